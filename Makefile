@@ -1,0 +1,56 @@
+# pdm-federation — one command each for a new user: `make demo`, `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+TOOLS_STAMP := $(VENV)/.tools
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install tools test test-unit test-integration lint format demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project (idempotent, fast when nothing changed)
+
+$(TOOLS_STAMP): scripts/install-tools.sh
+	bash scripts/install-tools.sh
+	@touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP) ## install the offline validators (promtool, ...) when missing
+
+test: install tools ## run the whole suite: lint, unit, integration (real RabbitMQ + PySyft), e2e
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: install ## unit tier only (fast, no services)
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install tools ## integration and e2e tiers
+	$(VENV)/bin/pytest tests/integration tests/e2e tests/deploy $(PYTEST_ARGS)
+
+lint: install ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## apply ruff formatting and autofixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+demo: install ## run the main job: 3 local PySyft factories, 4 services, 5 secure rounds
+	$(VENV)/bin/pdmfed demo $(DEMO_ARGS)
+
+bench: install ## run the side-by-side benchmarks; results in bench/results/, summary in BENCHMARKS.md
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean: ## remove run folders and caches (keeps .venv)
+	rm -rf runs .pytest_cache .ruff_cache .pdmfed

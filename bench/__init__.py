@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks; each writes bench/results/<name>.json."""

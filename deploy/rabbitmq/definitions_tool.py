@@ -1,0 +1,86 @@
+"""Render deploy/rabbitmq/definitions.json with real password hashes read from the environment.
+
+The committed definitions.json carries hashes of public placeholder passwords (see
+.env.example) so `docker compose up` works on a laptop. A real deployment renders its own
+copy, with each service user's password taken from the environment, and loads that copy from
+a secret (Kubernetes Secret / compose secret), never from the repository:
+
+    PDMFED_RABBITMQ_PASSWORD_CONNECTOR=... (one per user, name upper-cased, '-' -> '_')
+    python deploy/rabbitmq/definitions_tool.py render deploy/rabbitmq/definitions.json > out.json
+
+Passwords are never taken from argv. Hashes use RabbitMQ's `rabbit_password_hashing_sha256`:
+base64(salt[4] + SHA-256(salt[4] + utf8(password))).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sys
+from typing import Any
+
+__all__ = ["HASHING_ALGORITHM", "hash_password", "verify_password", "password_env_var", "render"]
+
+HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
+_SALT_BYTES = 4
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """Return the RabbitMQ sha256 password hash (base64) of ``password``."""
+    salt = secrets.token_bytes(_SALT_BYTES) if salt is None else salt
+    if len(salt) != _SALT_BYTES:
+        raise ValueError(f"salt must be {_SALT_BYTES} bytes, got {len(salt)}")
+    digest = hashlib.sha256(salt + password.encode("utf-8")).digest()
+    return base64.b64encode(salt + digest).decode("ascii")
+
+
+def verify_password(password: str, password_hash: str) -> bool:
+    """True when ``password_hash`` (RabbitMQ sha256 format) is the hash of ``password``."""
+    raw = base64.b64decode(password_hash, validate=True)
+    if len(raw) != _SALT_BYTES + hashlib.sha256().digest_size:
+        return False
+    expected = hash_password(password, raw[:_SALT_BYTES])
+    return hmac.compare_digest(expected, password_hash)
+
+
+def password_env_var(user: str) -> str:
+    """Environment variable holding ``user``'s password, e.g. PDMFED_RABBITMQ_PASSWORD_CONNECTOR."""
+    suffix = user.removeprefix("pdmfed-").upper().replace("-", "_")
+    return f"PDMFED_RABBITMQ_PASSWORD_{suffix}"
+
+
+def render(definitions: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """Copy of ``definitions`` with every user's hash recomputed from ``env``; all must be set."""
+    missing = [password_env_var(u["name"]) for u in definitions.get("users", [])]
+    missing = [name for name in missing if not env.get(name)]
+    if missing:
+        raise KeyError("missing password environment variables: " + ", ".join(missing))
+    out = json.loads(json.dumps(definitions))
+    for user in out["users"]:
+        user["password_hash"] = hash_password(env[password_env_var(user["name"])])
+        user["hashing_algorithm"] = HASHING_ALGORITHM
+    return out
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "render":
+        print(__doc__, file=sys.stderr)
+        return 2
+    with open(argv[1], encoding="utf-8") as fh:
+        definitions = json.load(fh)
+    try:
+        rendered = render(definitions, dict(os.environ))
+    except KeyError as exc:
+        print(f"definitions_tool: {exc.args[0]}", file=sys.stderr)
+        return 1
+    json.dump(rendered, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""The four pdm-federation services: connector, trainer-dispatch, security, aggregator."""

@@ -1,0 +1,203 @@
+"""aggregator: collects a round's screened updates, aggregates robustly, central DP, new model versions."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from federation.campaign import CampaignConfig
+from federation.errors import PrivacyBudgetExceeded, StaleRoundError
+from federation.runtime.service import Service
+from federation.runtime.store import Transaction
+
+__all__ = ["build_service", "aggregate_round", "sensitivity_of"]
+
+log = logging.getLogger(__name__)
+
+
+def sensitivity_of(rule: str, n: int, clip_norm: float, trim_ratio: float) -> float:
+    """L2 sensitivity of one client's clipped update on the aggregate (for central DP noise)."""
+    if n <= 0:
+        return clip_norm
+    if rule == "fedavg" or (rule == "trimmed_mean" and n < 5):
+        return clip_norm / n
+    if rule == "trimmed_mean":
+        k = int(n * trim_ratio)
+        return clip_norm / max(n - 2 * k, 1)
+    # median, krum, centered clipping: one client can move the output by up to C.
+    return clip_norm
+
+
+def aggregate_round(
+    cfg: CampaignConfig, base: dict[str, torch.Tensor], accepted: list[dict], accountant: Any,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """New global model from the accepted deltas (pure but for the accountant's ledger)."""
+    from federation.privacy import add_gaussian_noise, clip_update
+    from federation.robust import get_aggregator
+
+    info: dict[str, Any] = {"aggregation": cfg.robustness.aggregation, "noise_std": 0.0}
+    if not accepted:
+        return {k: v.clone() for k, v in base.items()}, {**info, "status": "no_updates"}
+    deltas = [u["delta"] for u in accepted]
+    weights = [float(u.get("weight", 1.0)) for u in accepted]
+    p = cfg.privacy
+    central = p.enabled and p.mode == "central"
+    if central:
+        accountant.spend_round()  # raises PrivacyBudgetExceeded before any noise or update
+        deltas = [clip_update(d, p.clip_norm)[0] for d in deltas]
+    rob = cfg.robustness
+    kwargs: dict[str, Any] = {}
+    if rob.aggregation == "trimmed_mean":
+        kwargs["trim_ratio"] = rob.trim_ratio
+    rule = get_aggregator(rob.aggregation, **kwargs) if rob.enabled else get_aggregator("fedavg")
+    if central:
+        weights = None  # DP-FedAvg: equal weights keep the sensitivity at C/n
+    agg = rule.aggregate(deltas, weights)
+    if central and p.noise_multiplier > 0:
+        std = p.noise_multiplier * sensitivity_of(rob.aggregation if rob.enabled else "fedavg",
+                                                  len(deltas), p.clip_norm, rob.trim_ratio)
+        agg = add_gaussian_noise(agg, std, generator)
+        info["noise_std"] = std
+    new = {}
+    for k, v in base.items():
+        if v.is_floating_point():
+            new[k] = (v + agg[k].to(v.dtype)).contiguous()
+        else:
+            new[k] = v.clone()
+    return new, {**info, "status": "aggregated"}
+
+
+def _weighted(accepted: list[dict], key: str) -> float | None:
+    pairs = [(u["metrics"][key], u.get("num_samples", 1)) for u in accepted if key in (u.get("metrics") or {})]
+    total = sum(n for _, n in pairs)
+    return None if not pairs or total <= 0 else float(sum(m * n for m, n in pairs) / total)
+
+
+def build_service(queue: str = "pdmfed.aggregator") -> Service:
+    """The aggregator service."""
+    from federation.privacy.accountant import PrivacyAccountant
+
+    def _accountant(tx: Transaction, cfg: CampaignConfig) -> PrivacyAccountant | None:
+        p = cfg.privacy
+        if not p.enabled:
+            return None
+        raw = tx.get(f"ledger/{cfg.campaign_id}")
+        if raw is not None:
+            return PrivacyAccountant.from_dict(raw)
+        return PrivacyAccountant(noise_multiplier=p.noise_multiplier, sampling_rate=1.0, delta=p.delta,
+                                 max_epsilon=p.max_epsilon, method=p.accountant)
+
+    def _round(tx: Transaction, cid: str, rnd: int) -> dict:
+        r = tx.get(f"round/{cid}/{rnd:06d}")
+        if r is None:
+            # round.open not seen yet (out-of-order redelivery): transient, so the bus requeues it
+            raise LookupError(f"{cid} round {rnd} is not open here yet")
+        if r["status"] == "closed":
+            raise StaleRoundError(f"{cid} round {rnd} is closed")
+        return r
+
+    def on_campaign_start(tx: Transaction, payload: dict, envelope: Any) -> None:
+        cfg = CampaignConfig.from_payload(payload["config"])
+        if tx.get(f"campaign/{cfg.campaign_id}") is None:
+            tx.put(f"campaign/{cfg.campaign_id}", cfg.to_payload())
+
+    def on_round_open(tx: Transaction, payload: dict, envelope: Any) -> None:
+        cid, rnd = payload["campaign_id"], int(payload["round_num"])
+        if tx.get(f"round/{cid}/{rnd:06d}") is not None:
+            return
+        tx.put(f"round/{cid}/{rnd:06d}", {
+            "status": "open", "model_version": int(payload["model_version"]), "opened_at": time.time(),
+            "expected": None, "base": payload["global_model"],
+        })
+
+    def on_round_close(tx: Transaction, payload: dict, envelope: Any) -> None:
+        cid, rnd = payload["campaign_id"], int(payload["round_num"])
+        r = _round(tx, cid, rnd)
+        if r["expected"] is None:
+            r["expected"] = list(payload["expected"])
+            r["failed"] = dict(payload.get("failed") or {})
+            tx.put(f"round/{cid}/{rnd:06d}", r)
+        _maybe_aggregate(tx, cid, rnd)
+
+    def on_verdict(accepted: bool):
+        def handle(tx: Transaction, payload: dict, envelope: Any) -> None:
+            cid, rnd, ds = payload["campaign_id"], int(payload["round_num"]), payload["datasite_id"]
+            _round(tx, cid, rnd)
+            key = f"verdict/{cid}/{rnd:06d}/{ds}"
+            if tx.get(key) is not None:
+                log.info("duplicate verdict for %s round %d ignored", ds, rnd)
+                return
+            record = {k: v for k, v in payload.items() if not k.startswith("_")}
+            record["accepted"] = accepted
+            tx.put(key, record)
+            _maybe_aggregate(tx, cid, rnd)
+        return handle
+
+    def _maybe_aggregate(tx: Transaction, cid: str, rnd: int) -> None:
+        r = _round(tx, cid, rnd)
+        if r["expected"] is None:
+            return
+        verdicts = {ds: tx.get(f"verdict/{cid}/{rnd:06d}/{ds}") for ds in r["expected"]}
+        if any(v is None for v in verdicts.values()):
+            return
+        cfg = CampaignConfig.from_payload(tx.get(f"campaign/{cid}"))
+        accepted = [v for v in verdicts.values() if v["accepted"]]
+        rejected = {ds: v["reason"] for ds, v in verdicts.items() if not v["accepted"]}
+        byzantine = sorted(ds for ds, why in rejected.items() if why == "byzantine")
+        acct = _accountant(tx, cfg)
+        base = r["base"]
+        status = "aggregated"
+        gen = torch.Generator().manual_seed(cfg.seed * 104_729 + rnd)
+        if len(accepted) < 1:
+            new, info = {k: v.clone() for k, v in base.items()}, {"status": "no_updates"}
+            status = "no_updates"
+        else:
+            try:
+                new, info = aggregate_round(cfg, base, accepted, acct, gen)
+            except PrivacyBudgetExceeded as exc:
+                log.warning("round %d refused: %s", rnd, exc)
+                new, info = {k: v.clone() for k, v in base.items()}, {"status": "budget_exhausted"}
+                status = "budget_exhausted"
+        if acct is not None:
+            tx.put(f"ledger/{cid}", acct.to_dict())
+        version = int(r["model_version"]) + (1 if status == "aggregated" else 0)
+        reputation = {ds: v.get("verdict", {}).get("reputation", v.get("detail", {}).get("reputation"))
+                      for ds, v in verdicts.items()}
+        metrics = {
+            "rmse": _weighted(accepted, "rmse"),
+            "loss": _weighted(accepted, "loss"),
+            "num_samples": int(sum(int(u.get("num_samples", 0)) for u in accepted)),
+            "duration_s": time.time() - float(r["opened_at"]),
+            "noise_std": float(info.get("noise_std", 0.0)),
+            "reputation": {k: float(v) for k, v in reputation.items() if v is not None},
+        }
+        epsilon = acct.epsilon if acct is not None else None
+        r.update({"status": "closed", "base": {}})
+        tx.put(f"round/{cid}/{rnd:06d}", r)
+        for ds in r["expected"]:
+            tx.delete(f"verdict/{cid}/{rnd:06d}/{ds}")
+        tx.emit("model.global", {"campaign_id": cid, "model_version": version, "round_num": rnd,
+                                 "state_dict": new}, round_num=rnd)
+        tx.emit("round.completed", {
+            "campaign_id": cid, "round_num": rnd, "model_version": version, "status": status,
+            "participants": sorted(v["datasite_id"] for v in accepted), "rejected": rejected,
+            "failed": r.get("failed", {}), "byzantine": byzantine, "metrics": metrics, "epsilon": epsilon,
+            "global_model": new,
+        }, round_num=rnd)
+        log.info("round %d aggregated: %d accepted, rejected %s, eps=%s", rnd, len(accepted), rejected, epsilon)
+
+    return Service(
+        name="aggregator",
+        queue=queue,
+        handlers={
+            "campaign.start": on_campaign_start,
+            "round.open": on_round_open,
+            "round.close": on_round_close,
+            "update.screened": on_verdict(True),
+            "update.rejected": on_verdict(False),
+        },
+    )

@@ -1,0 +1,139 @@
+"""connector: owns the PySyft sessions; turns train.request into training at the datasite."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from federation.campaign import CampaignConfig, DatasiteRef
+from federation.runtime.service import Service
+from federation.runtime.store import Transaction
+
+__all__ = ["ConnectorLogic", "build_service"]
+
+log = logging.getLogger(__name__)
+
+
+class ConnectorLogic:
+    """Sessions to the datasites named by running campaigns, and the training round trip."""
+
+    def __init__(self, comm_manager: Any, password_lookup: Callable[[str], str | None] | None = None) -> None:
+        self.comm = comm_manager
+        self._refs: dict[str, DatasiteRef] = {}
+        self._password_lookup = password_lookup or os.environ.get
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def remember_datasites(self, cfg: CampaignConfig) -> None:
+        """Learn where a campaign's datasites are."""
+        for ref in cfg.datasites:
+            self._refs[ref.datasite_id] = ref
+
+    def _ensure_connected(self, datasite_id: str) -> None:
+        if self.comm.is_connected(datasite_id):
+            return
+        ref = self._refs.get(datasite_id)
+        if ref is None:
+            raise RuntimeError(f"no campaign names datasite {datasite_id!r}")
+        password = self._password_lookup(ref.password_env)
+        if not password:
+            raise RuntimeError(f"{ref.password_env} is not set: no password for datasite {datasite_id}")
+        ok = self.comm.connect_to_datasite(
+            datasite_url=ref.url,
+            credentials={"email": ref.email, "password": password, "datasite_id": datasite_id},
+        )
+        if not ok:
+            raise RuntimeError(f"cannot connect to datasite {datasite_id} at {ref.url}")
+
+    def train(self, request: dict) -> dict:
+        """Send the global model and train at the datasite (blocking; run in a thread)."""
+        ds = request["datasite_id"]
+        self._ensure_connected(ds)
+        global_model = {k: v for k, v in request["global_model"].items()}
+        if not self.comm.send_model(global_model, ds):
+            raise RuntimeError(f"sending the global model to {ds} failed")
+        config = dict(request["training_config"])
+        config["round_number"] = request["round_num"]
+        config["campaign_id"] = request["campaign_id"]
+        result = self.comm.request_training(config, ds)
+        if not isinstance(result, dict) or result.get("error"):
+            err = result.get("error") if isinstance(result, dict) else "no result"
+            raise RuntimeError(f"training at {ds} failed: {err}")
+        return result
+
+    async def prepare_train(self, payload: dict, envelope: Any) -> dict:
+        """Run training outside the transaction; a failure becomes data, not an exception."""
+        ds = payload["datasite_id"]
+        lock = self._locks.setdefault(ds, asyncio.Lock())
+        async with lock:  # one training at a time per datasite
+            try:
+                result = await asyncio.to_thread(self.train, payload)
+                return {"ok": True, "result": result}
+            except Exception as exc:  # the datasite's failure is reported, never fatal
+                log.warning("training at %s failed: %s", ds, exc)
+                return {"ok": False, "error": str(exc)}
+
+
+def _delta(result: dict, global_model: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    delta = result.get("delta")
+    if delta is not None:
+        return dict(delta)
+    update = result["model_update"]
+    return {k: (update[k].to(torch.float32) - global_model[k].to(torch.float32)) if update[k].is_floating_point()
+            else update[k] for k in global_model}
+
+
+def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Service:
+    """The connector service around its session logic."""
+
+    def on_campaign_start(tx: Transaction, payload: dict, envelope: Any) -> None:
+        cfg = CampaignConfig.from_payload(payload["config"])
+        logic.remember_datasites(cfg)
+        tx.put(f"campaign/{cfg.campaign_id}", cfg.to_payload())
+
+    def on_train_request(tx: Transaction, payload: dict, envelope: Any) -> None:
+        cid, rnd, ds = payload["campaign_id"], int(payload["round_num"]), payload["datasite_id"]
+        attempt = int(payload.get("attempt", 1))
+        key = f"done/{cid}/{rnd:06d}/{ds}/{attempt}"
+        if tx.get(key) is not None:
+            return  # this attempt was already answered
+        prepared = payload["_prepared"]
+        detail = {"campaign_id": cid, "round_num": rnd, "attempt": attempt}
+        if not prepared["ok"]:
+            tx.emit("datasite.status", {"datasite_id": ds, "status": "failed",
+                                        "detail": {**detail, "error": prepared["error"]}},
+                    datasite_id=ds, round_num=rnd)
+            tx.put(key, "failed")
+            return
+        result = prepared["result"]
+        metrics = {k: float(result[k]) for k in ("loss", "rmse", "accuracy", "training_time") if k in result}
+        tx.emit(
+            "update.raw",
+            {
+                "campaign_id": cid,
+                "round_num": rnd,
+                "datasite_id": ds,
+                "model_version": int(payload["model_version"]),
+                "delta": _delta(result, payload["global_model"]),
+                "num_samples": int(result.get("num_samples", 0)),
+                "metrics": metrics,
+                "factory_signature": result.get("factory_signature"),
+                "factory_key_id": result.get("factory_key_id"),
+            },
+            datasite_id=ds,
+            round_num=rnd,
+        )
+        tx.emit("datasite.status", {"datasite_id": ds, "status": "trained", "detail": detail},
+                datasite_id=ds, round_num=rnd)
+        tx.put(key, "trained")
+
+    return Service(
+        name="connector",
+        queue=queue,
+        handlers={"campaign.start": on_campaign_start, "train.request": on_train_request},
+        prepare={"train.request": logic.prepare_train},
+    )

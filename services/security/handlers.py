@@ -1,0 +1,146 @@
+"""security: verifies factory signatures, screens a round's updates (Byzantine, reputation), local DP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from federation.campaign import CampaignConfig
+from federation.errors import AuthError, StaleRoundError
+from federation.runtime.service import Service
+from federation.runtime.store import Transaction
+
+__all__ = ["build_service", "screen_round"]
+
+log = logging.getLogger(__name__)
+
+FactoryVerifier = Callable[[dict], None]
+
+
+def _cfg(tx: Transaction, cid: str) -> CampaignConfig:
+    raw = tx.get(f"campaign/{cid}")
+    if raw is None:
+        raise StaleRoundError(f"unknown campaign {cid}")
+    return CampaignConfig.from_payload(raw)
+
+
+def screen_round(
+    cfg: CampaignConfig, updates: list[dict], reputation: Any, generator: torch.Generator | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Split a round's updates into (accepted with weights, rejected with reasons). Pure."""
+    from federation.privacy import privatize_update
+    from federation.robust import screen
+
+    ids = [u["datasite_id"] for u in updates]
+    flagged: dict[str, dict] = {}
+    rob = cfg.robustness
+    if rob.enabled and len(updates) >= rob.min_clients:
+        verdicts = screen([u["delta"] for u in updates], ids, threshold=rob.threshold, min_clients=rob.min_clients)
+        for ds in ids:
+            v = verdicts[ds]
+            if v.flagged:
+                flagged[ds] = {"reason": "byzantine", "why": list(v.reasons), "scores": dict(v.scores)}
+    if rob.enabled:
+        for ds in ids:
+            reputation.record(ds, ds in flagged)
+    accepted, rejected = [], []
+    for u in updates:
+        ds = u["datasite_id"]
+        rep = float(reputation.score(ds)) if rob.enabled else 1.0
+        if ds in flagged:
+            rejected.append({**flagged[ds], "datasite_id": ds, "reputation": rep})
+            continue
+        if rob.enabled and rep < rob.reputation_threshold:
+            rejected.append({"datasite_id": ds, "reason": "reputation", "why": [f"reputation {rep:.2f}"],
+                             "reputation": rep})
+            continue
+        delta = u["delta"]
+        p = cfg.privacy
+        if p.enabled and p.mode == "local":
+            delta, _ = privatize_update(delta, p.clip_norm, p.noise_multiplier, generator)
+        accepted.append({**u, "delta": delta, "reputation": rep,
+                         "weight": float(max(u.get("num_samples", 1), 1)) * (rep if rob.enabled else 1.0)})
+    return accepted, rejected
+
+
+def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "pdmfed.security") -> Service:
+    """The security service; verify_factory checks an update.raw's factory signature."""
+    from federation.robust import ReputationBook
+
+    def on_campaign_start(tx: Transaction, payload: dict, envelope: Any) -> None:
+        cfg = CampaignConfig.from_payload(payload["config"])
+        if tx.get(f"campaign/{cfg.campaign_id}") is None:
+            tx.put(f"campaign/{cfg.campaign_id}", cfg.to_payload())
+
+    def on_update_raw(tx: Transaction, payload: dict, envelope: Any) -> None:
+        cid, rnd, ds = payload["campaign_id"], int(payload["round_num"]), payload["datasite_id"]
+        cfg = _cfg(tx, cid)
+        if tx.get(f"screened/{cid}/{rnd:06d}") is not None:
+            raise StaleRoundError(f"update from {ds} for {cid} round {rnd}, already screened")
+        key = f"pending/{cid}/{rnd:06d}/{ds}"
+        if tx.get(key) is not None:
+            log.info("duplicate update from %s for round %d ignored", ds, rnd)
+            return
+        if verify_factory is not None:
+            try:
+                verify_factory(payload)
+            except AuthError as exc:
+                log.warning("update from %s round %d fails its factory signature: %s", ds, rnd, exc)
+                tx.put(key, {"datasite_id": ds, "invalid": str(exc)})
+                _maybe_screen(tx, cfg, rnd)
+                return
+        tx.put(key, {k: v for k, v in payload.items() if not k.startswith("_")})
+        _maybe_screen(tx, cfg, rnd)
+
+    def on_round_close(tx: Transaction, payload: dict, envelope: Any) -> None:
+        cid, rnd = payload["campaign_id"], int(payload["round_num"])
+        cfg = _cfg(tx, cid)
+        if tx.get(f"screened/{cid}/{rnd:06d}") is not None:
+            return
+        tx.put(f"closing/{cid}/{rnd:06d}", {"expected": list(payload["expected"])})
+        _maybe_screen(tx, cfg, rnd)
+
+    def _maybe_screen(tx: Transaction, cfg: CampaignConfig, rnd: int) -> None:
+        cid = cfg.campaign_id
+        closing = tx.get(f"closing/{cid}/{rnd:06d}")
+        if closing is None:
+            return
+        expected = list(closing["expected"])
+        pending = {ds: tx.get(f"pending/{cid}/{rnd:06d}/{ds}") for ds in expected}
+        if any(v is None for v in pending.values()):
+            return  # an expected update is still in flight
+        invalid = {ds: v for ds, v in pending.items() if "invalid" in v}
+        valid = [v for ds, v in pending.items() if "invalid" not in v]
+        raw_book = tx.get(f"reputation/{cid}")
+        book = ReputationBook.from_dict(raw_book) if raw_book else ReputationBook()
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + rnd)
+        accepted, rejected = screen_round(cfg, valid, book, gen)
+        rejected += [{"datasite_id": ds, "reason": "auth", "why": [v["invalid"]]} for ds, v in invalid.items()]
+        tx.put(f"reputation/{cid}", book.to_dict())
+        for u in accepted:
+            tx.emit("update.screened", {
+                "campaign_id": cid, "round_num": rnd, "datasite_id": u["datasite_id"],
+                "model_version": int(u.get("model_version", 0)), "delta": u["delta"],
+                "num_samples": int(u.get("num_samples", 0)), "weight": u["weight"],
+                "metrics": dict(u.get("metrics") or {}),
+                "verdict": {"accepted": True, "reputation": u["reputation"]}, "expected": expected,
+            }, datasite_id=u["datasite_id"], round_num=rnd)
+        for r in rejected:
+            tx.emit("update.rejected", {
+                "campaign_id": cid, "round_num": rnd, "datasite_id": r["datasite_id"], "reason": r["reason"],
+                "detail": {k: v for k, v in r.items() if k not in ("datasite_id", "reason")}, "expected": expected,
+            }, datasite_id=r["datasite_id"], round_num=rnd)
+        if rejected:
+            log.warning("round %d: rejected %s", rnd, {r["datasite_id"]: r["reason"] for r in rejected})
+        for ds in expected:
+            tx.delete(f"pending/{cid}/{rnd:06d}/{ds}")
+        tx.put(f"screened/{cid}/{rnd:06d}", True)
+
+    return Service(
+        name="security",
+        queue=queue,
+        handlers={"campaign.start": on_campaign_start, "update.raw": on_update_raw, "round.close": on_round_close},
+    )

@@ -1,0 +1,226 @@
+"""trainer-dispatch: the round state machine (cohort, deadlines, stragglers, retries, stop rules)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from federation.campaign import CampaignConfig
+from federation.errors import ConfigError, StaleRoundError
+from federation.runtime.service import Service
+from federation.runtime.store import Transaction
+from services.trainer_dispatch import state
+
+__all__ = ["build_service", "initial_model_state", "privacy_allows_round"]
+
+log = logging.getLogger(__name__)
+
+
+def initial_model_state(cfg: CampaignConfig) -> dict[str, torch.Tensor]:
+    """The campaign's starting model, reproducible from its seed."""
+    from federation.ml.models import build_model
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.training.model_type, cfg.training.n_features, cfg.training.window)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def privacy_allows_round(cfg: CampaignConfig, rounds_done: int) -> bool:
+    """Whether one more round stays within max_epsilon (planned with the same accountant)."""
+    p = cfg.privacy
+    if not p.enabled or p.max_epsilon is None or p.noise_multiplier <= 0:
+        return True
+    from federation.privacy.accountant import PrivacyAccountant
+
+    acct = PrivacyAccountant(
+        noise_multiplier=p.noise_multiplier, sampling_rate=1.0, delta=p.delta,
+        max_epsilon=p.max_epsilon, method=p.accountant,
+    )
+    return acct.epsilon_after(rounds_done + 1) <= p.max_epsilon
+
+
+def _open_round(tx: Transaction, cfg: CampaignConfig, round_num: int, now: float) -> None:
+    model = state.get_model(tx, cfg.campaign_id)
+    rnd = state.new_round(cfg, round_num, now, model["version"])
+    state.put_round(tx, cfg.campaign_id, rnd)
+    camp = state.get_campaign(tx, cfg.campaign_id)
+    camp["round"] = round_num
+    state.put_campaign(tx, cfg.campaign_id, camp)
+    tx.emit(
+        "round.open",
+        {
+            "campaign_id": cfg.campaign_id,
+            "round_num": round_num,
+            "model_version": model["version"],
+            "cohort": list(rnd["cohort"]),
+            "deadline_ts": rnd["deadline_ts"],
+            "global_model": model["state_dict"],
+        },
+        round_num=round_num,
+    )
+    for datasite_id in rnd["cohort"]:
+        _send_train_request(tx, cfg, rnd, datasite_id, model, attempt=1)
+    log.info("round %d of %s opened: cohort %s", round_num, cfg.campaign_id, rnd["cohort"])
+
+
+def _send_train_request(
+    tx: Transaction, cfg: CampaignConfig, rnd: dict, datasite_id: str, model: dict, attempt: int
+) -> None:
+    rnd["attempts"][datasite_id] = attempt
+    tx.emit(
+        "train.request",
+        {
+            "campaign_id": cfg.campaign_id,
+            "round_num": rnd["round_num"],
+            "datasite_id": datasite_id,
+            "model_version": model["version"],
+            "global_model": model["state_dict"],
+            "training_config": {**cfg.training.model_dump(), "seed": cfg.seed * 100_003 + rnd["round_num"]},
+            "attempt": attempt,
+        },
+        datasite_id=datasite_id,
+        round_num=rnd["round_num"],
+    )
+
+
+def _close_round(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str) -> None:
+    rnd["status"] = "closing"
+    rnd["close_reason"] = why
+    state.put_round(tx, cfg.campaign_id, rnd)
+    tx.emit(
+        "round.close",
+        {
+            "campaign_id": cfg.campaign_id,
+            "round_num": rnd["round_num"],
+            "expected": sorted(rnd["trained"]),
+            "failed": dict(rnd["failed"]),
+            "reason": why,
+        },
+        round_num=rnd["round_num"],
+    )
+    log.info("round %d closing (%s): %d trained, %d failed", rnd["round_num"], why,
+             len(rnd["trained"]), len(rnd["failed"]))
+
+
+def _maybe_close(tx: Transaction, cfg: CampaignConfig, rnd: dict) -> None:
+    answered = set(rnd["trained"]) | set(rnd["failed"])
+    if rnd["status"] == "open" and answered >= set(rnd["cohort"]):
+        _close_round(tx, cfg, rnd, "all_answered")
+    else:
+        state.put_round(tx, cfg.campaign_id, rnd)
+
+
+def on_campaign_start(tx: Transaction, payload: dict, envelope: Any) -> None:
+    """Register the campaign, build the initial model, open round 1 (idempotent)."""
+    cfg = CampaignConfig.from_payload(payload["config"])
+    if state.get_campaign(tx, cfg.campaign_id) is not None:
+        log.info("campaign %s already started; ignoring the duplicate start", cfg.campaign_id)
+        return
+    if len(cfg.datasites) < cfg.quorum:
+        raise ConfigError(f"campaign {cfg.campaign_id}: {len(cfg.datasites)} datasites < quorum {cfg.quorum}")
+    state.put_campaign(tx, cfg.campaign_id, {
+        "config": cfg.to_payload(), "status": "running", "round": 0, "started_at": time.time(),
+    })
+    state.put_model(tx, cfg.campaign_id, {"version": 0, "state_dict": initial_model_state(cfg)})
+    _open_round(tx, cfg, 1, time.time())
+
+
+def on_datasite_status(tx: Transaction, payload: dict, envelope: Any) -> None:
+    """A datasite finished (trained) or failed its training for a round; retry or close."""
+    detail = payload.get("detail") or {}
+    cid, round_num = detail.get("campaign_id"), detail.get("round_num")
+    if cid is None or round_num is None:
+        return  # a plain health change: nothing for the round machine
+    camp = state.get_campaign(tx, cid)
+    rnd = state.get_round(tx, cid, int(round_num))
+    if camp is None or rnd is None or rnd["status"] != "open":
+        raise StaleRoundError(f"status for {cid} round {round_num}, which is not open")
+    cfg = CampaignConfig.from_payload(camp["config"])
+    ds = payload["datasite_id"]
+    if ds not in rnd["cohort"]:
+        return
+    status = payload["status"]
+    attempt = int(detail.get("attempt", 1))
+    if attempt != rnd["attempts"].get(ds, 1):
+        return  # an answer to a superseded attempt
+    if status == "trained":
+        if ds not in rnd["trained"]:
+            rnd["trained"].append(ds)
+        rnd["failed"].pop(ds, None)
+    elif status == "failed":
+        error = str(detail.get("error", "unknown error"))
+        if attempt <= cfg.max_retries and time.time() < rnd["deadline_ts"]:
+            log.warning("round %d: %s failed (%s); retry %d", rnd["round_num"], ds, error, attempt + 1)
+            _send_train_request(tx, cfg, rnd, ds, state.get_model(tx, cid), attempt + 1)
+        else:
+            rnd["failed"][ds] = error
+    _maybe_close(tx, cfg, rnd)
+
+
+def on_round_completed(tx: Transaction, payload: dict, envelope: Any) -> None:
+    """Record the new global model; open the next round or end the campaign."""
+    cid, round_num = payload["campaign_id"], int(payload["round_num"])
+    camp = state.get_campaign(tx, cid)
+    rnd = state.get_round(tx, cid, round_num)
+    if camp is None or rnd is None or rnd["status"] == "closed":
+        raise StaleRoundError(f"completion for {cid} round {round_num}, which is closed or unknown")
+    cfg = CampaignConfig.from_payload(camp["config"])
+    rnd["status"] = "closed"
+    state.put_round(tx, cid, rnd)
+    if payload.get("global_model"):
+        state.put_model(tx, cid, {"version": int(payload["model_version"]), "state_dict": payload["global_model"]})
+    metrics = payload.get("metrics") or {}
+    rmse = metrics.get("rmse")
+    reason = None
+    if payload.get("status") == "budget_exhausted":
+        reason = "privacy_budget"
+    elif round_num >= cfg.rounds:
+        reason = "max_rounds"
+    elif cfg.target_rmse is not None and rmse is not None and rmse <= cfg.target_rmse:
+        reason = "target_rmse"
+    elif not privacy_allows_round(cfg, round_num):
+        reason = "privacy_budget"
+    if reason is None:
+        _open_round(tx, cfg, round_num + 1, time.time())
+        return
+    camp["status"] = "completed"
+    camp["reason"] = reason
+    state.put_campaign(tx, cid, camp)
+    tx.emit(
+        "campaign.completed",
+        {"campaign_id": cid, "rounds": round_num, "reason": reason,
+         "final_metrics": {**metrics, "epsilon": payload.get("epsilon")}},
+        round_num=round_num,
+    )
+    log.info("campaign %s completed after %d rounds: %s", cid, round_num, reason)
+
+
+def on_tick(tx: Transaction, now: float) -> None:
+    """Close every open round whose deadline passed, with whoever answered."""
+    for cid in state.running_campaigns(tx):
+        camp = state.get_campaign(tx, cid)
+        rnd = state.get_round(tx, cid, int(camp["round"]))
+        if rnd is not None and rnd["status"] == "open" and now >= rnd["deadline_ts"]:
+            cfg = CampaignConfig.from_payload(camp["config"])
+            for ds in rnd["cohort"]:
+                if ds not in rnd["trained"] and ds not in rnd["failed"]:
+                    rnd["failed"][ds] = "deadline"
+            _close_round(tx, cfg, rnd, "deadline")
+
+
+def build_service(queue: str = "pdmfed.dispatch", tick_interval_s: float = 0.5) -> Service:
+    """The trainer-dispatch service."""
+    return Service(
+        name="trainer-dispatch",
+        queue=queue,
+        handlers={
+            "campaign.start": on_campaign_start,
+            "datasite.status": on_datasite_status,
+            "round.completed": on_round_completed,
+        },
+        tick=on_tick,
+        tick_interval_s=tick_interval_s,
+    )

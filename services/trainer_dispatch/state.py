@@ -1,0 +1,69 @@
+"""What trainer-dispatch persists: campaigns, rounds, the current global model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from federation.campaign import CampaignConfig
+from federation.runtime.store import Transaction
+
+__all__ = [
+    "get_campaign", "put_campaign", "running_campaigns", "get_round", "put_round", "new_round",
+    "get_model", "put_model",
+]
+
+
+def get_campaign(tx: Transaction, cid: str) -> dict | None:
+    """The campaign record, or None."""
+    return tx.get(f"campaign/{cid}")
+
+
+def put_campaign(tx: Transaction, cid: str, record: dict) -> None:
+    """Save the campaign record."""
+    tx.put(f"campaign/{cid}", record)
+    running = set(tx.get("running", []))
+    if record.get("status") == "running":
+        running.add(cid)
+    else:
+        running.discard(cid)
+    tx.put("running", sorted(running))
+
+
+def running_campaigns(tx: Transaction) -> list[str]:
+    """Ids of campaigns still running."""
+    return list(tx.get("running", []))
+
+
+def new_round(cfg: CampaignConfig, round_num: int, now: float, model_version: int) -> dict:
+    """A fresh open round for the whole cohort."""
+    return {
+        "round_num": round_num,
+        "status": "open",
+        "cohort": cfg.cohort,
+        "opened_at": now,
+        "deadline_ts": now + cfg.round_timeout_s,
+        "model_version": model_version,
+        "trained": [],
+        "failed": {},
+        "attempts": {},
+    }
+
+
+def get_round(tx: Transaction, cid: str, round_num: int) -> dict | None:
+    """A round record, or None."""
+    return tx.get(f"round/{cid}/{round_num:06d}")
+
+
+def put_round(tx: Transaction, cid: str, record: dict) -> None:
+    """Save a round record."""
+    tx.put(f"round/{cid}/{int(record['round_num']):06d}", record)
+
+
+def get_model(tx: Transaction, cid: str) -> dict[str, Any]:
+    """The current global model {version, state_dict}."""
+    return tx.get(f"model/{cid}")
+
+
+def put_model(tx: Transaction, cid: str, record: dict) -> None:
+    """Save the current global model."""
+    tx.put(f"model/{cid}", record)

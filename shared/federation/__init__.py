@@ -1,0 +1,1 @@
+"""pdm-federation: secure federated learning for predictive maintenance."""

@@ -1,0 +1,125 @@
+"""Campaign configuration: what the orchestrator asks the services to run (YAML or defaults)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from federation.errors import ConfigError
+
+__all__ = [
+    "DatasiteRef",
+    "TrainingConfig",
+    "PrivacyConfig",
+    "RobustnessConfig",
+    "CampaignConfig",
+    "load_campaign_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasiteRef(_Strict):
+    """Where a factory datasite lives and how to log in (the password comes from the env)."""
+
+    datasite_id: str
+    url: str
+    email: str = "admin@pdm-factory.com"
+    #: Name of the environment variable holding this datasite's admin password.
+    password_env: str = "PDMFED_DATASITE_ADMIN_PASSWORD"
+
+
+class TrainingConfig(_Strict):
+    """Local training at each datasite."""
+
+    model_type: Literal["cnn", "lstm", "hybrid"] = "hybrid"
+    epochs: int = Field(1, ge=1, le=100)
+    learning_rate: float = Field(0.003, gt=0, le=1)
+    batch_size: int = Field(64, ge=1, le=4096)
+    window: int = Field(30, ge=2, le=500)
+    n_features: int = Field(14, ge=1)
+    max_batches: int | None = Field(None, ge=1)
+
+
+class PrivacyConfig(_Strict):
+    """Differential privacy: clip to clip_norm, then Gaussian noise (local or central)."""
+
+    enabled: bool = True
+    mode: Literal["local", "central"] = "central"
+    noise_multiplier: float = Field(0.3, ge=0)
+    clip_norm: float = Field(5.0, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    max_epsilon: float | None = Field(None, gt=0)
+    accountant: Literal["rdp", "pld"] = "rdp"
+
+
+class RobustnessConfig(_Strict):
+    """Byzantine screening, reputation and the robust aggregation rule."""
+
+    enabled: bool = True
+    threshold: float = Field(2.0, gt=0)
+    min_clients: int = Field(3, ge=1)
+    aggregation: Literal["fedavg", "trimmed_mean", "median", "krum", "multi_krum", "centered_clipping"] = (
+        "trimmed_mean"
+    )
+    trim_ratio: float = Field(0.1, ge=0, lt=0.5)
+    reputation_threshold: float = Field(0.3, ge=0, le=1)
+
+
+class CampaignConfig(_Strict):
+    """One federated training campaign."""
+
+    campaign_id: str = "campaign"
+    datasites: list[DatasiteRef] = Field(default_factory=list)
+    rounds: int = Field(5, ge=1, le=10_000)
+    round_timeout_s: float = Field(120.0, gt=0)
+    quorum: int = Field(2, ge=1)
+    max_retries: int = Field(1, ge=0, le=10)
+    target_rmse: float | None = Field(None, gt=0)
+    seed: int = 0
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
+
+    @model_validator(mode="after")
+    def _ids_unique(self) -> CampaignConfig:
+        ids = [d.datasite_id for d in self.datasites]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"datasite ids must be unique, got {ids}")
+        return self
+
+    @property
+    def cohort(self) -> list[str]:
+        """Datasite ids taking part in every round."""
+        return [d.datasite_id for d in self.datasites]
+
+    def to_payload(self) -> dict:
+        """Plain dict for the wire."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_payload(cls, data: dict) -> CampaignConfig:
+        """Validate a wire dict; a bad one is a ConfigError, never a crash."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid campaign config: {exc}") from exc
+
+
+def load_campaign_config(path: str | Path) -> CampaignConfig:
+    """Read a campaign YAML file and validate it."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"campaign config not found: {p}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"campaign config {p} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"campaign config {p} must be a mapping at the top level")
+    return CampaignConfig.from_payload(raw)

@@ -1,0 +1,92 @@
+"""Runtime settings from the environment (prefix PDMFED_), read at startup, never at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from federation.errors import ConfigError
+
+__all__ = ["Settings", "load_settings", "DEMO_PASSPHRASE", "DEMO_SALT"]
+
+#: Used only when ``demo=True``; a non-demo run refuses these.
+DEMO_PASSPHRASE = "pdmfed-demo-only-passphrase"
+DEMO_SALT = "pdmfed-demo-salt"
+
+_MIN_PASSPHRASE_CHARS = 16
+
+
+class Settings(BaseSettings):
+    """Everything a service or the orchestrator reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="PDMFED_", extra="ignore")
+
+    amqp_url: str | None = None
+    redis_url: str | None = None
+    encryption_key: SecretStr | None = None
+    key_salt: str | None = None
+    key_id: str = "k1"
+    #: Older passphrases still accepted for opening, as "key_id=passphrase,key_id=passphrase".
+    previous_keys: SecretStr | None = None
+    metrics_port: int = 0
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_tensor_bytes: int = 2 * 1024 * 1024 * 1024
+    message_ttl_s: float = 600.0
+    clock_skew_s: float = 30.0
+    require_signatures: bool = True
+    #: Declare exchanges/queues at start-up; off where the broker loads them from definitions
+    #: (least-privilege users cannot configure other services' queues).
+    declare_topology: bool = True
+    state_dir: Path = Path(".pdmfed")
+    #: Directory of Ed25519 keys (<sender>.key private, <sender>.pub public).
+    keys_dir: Path | None = None
+    service_id: str | None = None
+    log_level: str = "INFO"
+    demo: bool = False
+    datasite_admin_email: str = "admin@pdm-factory.com"
+    datasite_admin_password: SecretStr | None = None
+
+    @property
+    def freshness_window_s(self) -> float:
+        """How old a message may be: the queue's TTL plus clock skew."""
+        return self.message_ttl_s + self.clock_skew_s
+
+    def passphrase(self) -> str:
+        """The sealing passphrase; the demo one only in demo mode."""
+        if self.encryption_key is not None:
+            return self.encryption_key.get_secret_value()
+        if self.demo:
+            return DEMO_PASSPHRASE
+        raise ConfigError("PDMFED_ENCRYPTION_KEY is not set (required outside `pdmfed demo`)")
+
+    def salt(self) -> str:
+        """The key-derivation salt; the demo one only in demo mode."""
+        if self.key_salt:
+            return self.key_salt
+        if self.demo:
+            return DEMO_SALT
+        raise ConfigError("PDMFED_KEY_SALT is not set (required outside `pdmfed demo`)")
+
+    def validate_secrets(self) -> None:
+        """Refuse to start a non-demo run on missing or weak secrets; say why."""
+        if self.demo:
+            return
+        phrase = self.passphrase()
+        if len(phrase) < _MIN_PASSPHRASE_CHARS:
+            raise ConfigError(
+                f"PDMFED_ENCRYPTION_KEY is too weak: {len(phrase)} characters, "
+                f"need at least {_MIN_PASSPHRASE_CHARS}"
+            )
+        if phrase == DEMO_PASSPHRASE:
+            raise ConfigError("PDMFED_ENCRYPTION_KEY is the public demo passphrase")
+        if len(self.salt()) < 8:
+            raise ConfigError("PDMFED_KEY_SALT is too short: need at least 8 characters")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, with explicit overrides winning."""
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+

@@ -1,0 +1,145 @@
+"""Freshness: a seen-msg_id store (in-memory or Redis) and the timestamp window check."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+from federation.errors import BusError, ExpiredError, ReplayError
+
+__all__ = [
+    "SeenStore",
+    "SeenStoreUnavailable",
+    "InMemorySeenStore",
+    "RedisSeenStore",
+    "ReplayGuard",
+    "seen_store_from_settings",
+]
+
+
+class SeenStoreUnavailable(BusError):
+    """The shared seen-id store cannot be reached: fail closed, requeue and retry later."""
+
+    reason = "bus"
+
+
+@runtime_checkable
+class SeenStore(Protocol):
+    """Remembers message ids for a while."""
+
+    def add_if_new(self, msg_id: bytes, ttl_s: float) -> bool:
+        """Remember ``msg_id`` for ``ttl_s`` seconds; False if it was already there."""
+        ...
+
+
+class InMemorySeenStore:
+    """A bounded, expiring seen-id set for one process (evicts the oldest when full)."""
+
+    def __init__(self, max_items: int = 200_000, clock: Callable[[], float] = time.monotonic):
+        if max_items < 1:
+            raise ValueError("max_items must be positive")
+        self.max_items = max_items
+        self.evictions = 0
+        self._clock = clock
+        self._items: OrderedDict[bytes, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add_if_new(self, msg_id: bytes, ttl_s: float) -> bool:
+        now = self._clock()
+        key = bytes(msg_id)
+        with self._lock:
+            expiry = self._items.get(key)
+            if expiry is not None and expiry > now:
+                return False
+            self._items.pop(key, None)
+            self._items[key] = now + max(ttl_s, 0.0)
+            # Insertion order approximates expiry order: purge expired entries from the front.
+            while self._items:
+                first_key, first_exp = next(iter(self._items.items()))
+                if first_exp > now and len(self._items) <= self.max_items:
+                    break
+                if first_exp > now:
+                    self.evictions += 1
+                self._items.popitem(last=False)
+            return True
+
+
+class RedisSeenStore:
+    """Seen ids shared by a service's replicas: ``SET <namespace>:<hex id> 1 NX PX ttl``.
+
+    Use one namespace per consuming service (not per replica): services that receive the same
+    fanned-out message must not see each other's ids.
+    """
+
+    def __init__(self, url: str, namespace: str = "pdmfed:seen", *, client: Any = None) -> None:
+        import redis
+
+        self.namespace = namespace
+        self._errors = (redis.RedisError, OSError)
+        self._client = client or redis.Redis.from_url(
+            url, socket_timeout=5.0, socket_connect_timeout=5.0
+        )
+
+    def add_if_new(self, msg_id: bytes, ttl_s: float) -> bool:
+        key = f"{self.namespace}:{bytes(msg_id).hex()}"
+        ttl_ms = max(1, math.ceil(ttl_s * 1000))
+        try:
+            return bool(self._client.set(key, b"1", nx=True, px=ttl_ms))
+        except self._errors as exc:
+            raise SeenStoreUnavailable(f"seen-id store unreachable: {type(exc).__name__}") from exc
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+
+class ReplayGuard:
+    """Rejects stale or repeated messages; remembers an id only when the check passes.
+
+    A message is fresh while ``|now - timestamp| <= window_s`` (future timestamps up to
+    ``future_s``, default ``window_s``); its id is remembered exactly that long.
+    """
+
+    def __init__(
+        self,
+        store: SeenStore,
+        window_s: float = 630.0,
+        *,
+        future_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        self.store = store
+        self.window_s = float(window_s)
+        self.future_s = self.window_s if future_s is None else float(future_s)
+        self._clock = clock
+
+    def check(self, msg_id: bytes, timestamp: float, now: float | None = None) -> None:
+        """ExpiredError outside the window, ReplayError for a seen id; else remember it."""
+        now = self._clock() if now is None else now
+        if not math.isfinite(timestamp):
+            raise ExpiredError("message timestamp is not a finite number")
+        age = now - timestamp
+        if age > self.window_s:
+            raise ExpiredError(f"message is {age:.1f}s old; the window is {self.window_s:.0f}s")
+        if -age > self.future_s:
+            raise ExpiredError(f"message is dated {-age:.1f}s in the future")
+        ttl = timestamp + self.window_s - now + 1.0
+        if not self.store.add_if_new(bytes(msg_id), ttl):
+            raise ReplayError(f"msg_id {bytes(msg_id).hex()} was already accepted")
+
+
+def seen_store_from_settings(settings: Any, namespace: str | None = None) -> SeenStore:
+    """Redis when PDMFED_REDIS_URL is set (namespace per service), else in-memory."""
+    if settings.redis_url:
+        ns = namespace or f"pdmfed:seen:{settings.service_id or 'default'}"
+        return RedisSeenStore(settings.redis_url, ns)
+    return InMemorySeenStore()

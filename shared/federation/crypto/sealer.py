@@ -1,0 +1,354 @@
+"""Seal and open message bodies: AES-256-GCM with header AAD, checksum, Ed25519, freshness.
+
+Sealing streams the payload's buffers (tensor memory included) through SHA-256 and AES-GCM
+straight into the body, and opening decrypts straight into the buffer the decoded tensors view,
+so a large update is copied once on the way out and not at all on the way in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from federation.crypto.keys import KeyRing
+from federation.crypto.replay import InMemorySeenStore, ReplayGuard, seen_store_from_settings
+from federation.crypto.signing import SigningIdentity, TrustStore, check_sender_name
+from federation.errors import (
+    AuthError,
+    ChunkError,
+    ConfigError,
+    IntegrityError,
+    MalformedMessage,
+    OversizeMessage,
+)
+from federation.wire.chunking import ChunkAssembler, chunk_bounds, chunk_count, chunks_digest
+from federation.wire.codec import decode_payload, encode_payload_parts
+from federation.wire.envelope import (
+    COMMUNICATION_TYPE,
+    ENVELOPE_RESERVE,
+    MAX_CHUNKS,
+    MSG_ID_LEN,
+    NONCE_LEN,
+    SECURITY_VERSION,
+    SIGNATURE_LEN,
+    TAG_LEN,
+    Envelope,
+    aad_bytes,
+    decode_envelope,
+    encode_envelope_parts,
+    signed_bytes_for,
+)
+from federation.wire.messages import Message, MsgType
+
+__all__ = ["Opened", "Sealer", "DEFAULT_MAX_MESSAGE_BYTES"]
+
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A verified message: its envelope and decoded payload map."""
+
+    envelope: Envelope
+    payload: dict[str, Any]
+
+
+def _sha256(pieces: Iterable[Any]) -> Any:
+    h = hashlib.sha256()
+    for p in pieces:
+        h.update(p)
+    return h
+
+
+def _slice(pieces: list[Any], start: int, end: int) -> list[memoryview]:
+    """Views of bytes [start, end) of the concatenation of ``pieces``."""
+    out, pos = [], 0
+    for p in pieces:
+        mv = memoryview(p).cast("B")
+        n = len(mv)
+        lo, hi = max(start, pos), min(end, pos + n)
+        if lo < hi:
+            out.append(mv[lo - pos : hi - pos])
+        pos += n
+        if pos >= end:
+            break
+    return out
+
+
+def _msg_type(msg_type: str | MsgType) -> MsgType:
+    try:
+        return MsgType(msg_type)
+    except ValueError as exc:
+        raise MalformedMessage(f"unknown msg_type {msg_type!r}") from exc
+
+
+class Sealer:
+    """Seals payloads into envelope bodies and opens bodies into verified payloads.
+
+    Opening checks, in order: decode → version → key_id → signature → AEAD (AAD = header) →
+    checksum → replay/expiry. Only federation.errors types are raised.
+    """
+
+    def __init__(
+        self,
+        keyring: KeyRing,
+        *,
+        sender: str,
+        identity: SigningIdentity | None = None,
+        trust: TrustStore | None = None,
+        replay: ReplayGuard | None = None,
+        require_signature: bool = True,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        window_s: float = 630.0,
+        max_tensor_bytes: int | None = None,
+        assembler: ChunkAssembler | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sender = check_sender_name(sender)
+        if identity is not None and identity.sender != sender:
+            raise ConfigError(f"signing identity is {identity.sender!r}, sender is {sender!r}")
+        if max_message_bytes < 2 * ENVELOPE_RESERVE:
+            raise ConfigError(f"max_message_bytes must be at least {2 * ENVELOPE_RESERVE}")
+        self.keyring = keyring
+        self.identity = identity
+        self.trust = trust
+        self.replay = replay if replay is not None else ReplayGuard(InMemorySeenStore(), window_s)
+        self.require_signature = require_signature
+        self.max_message_bytes = max_message_bytes
+        self.max_tensor_bytes = max_tensor_bytes
+        self.assembler = assembler or ChunkAssembler(max_chunk_bytes=max_message_bytes)
+        self._clock = clock
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Any,
+        sender: str,
+        identity: SigningIdentity | None = None,
+        trust: TrustStore | None = None,
+    ) -> Sealer:
+        """A sealer from Settings; keys_dir (or state_dir/keys in demo) supplies Ed25519 keys."""
+        keys_dir: Path | None = settings.keys_dir
+        if keys_dir is None and settings.demo:
+            keys_dir = Path(settings.state_dir) / "keys"
+        if keys_dir is not None:
+            if identity is None:
+                identity = SigningIdentity.load_or_create(keys_dir, sender)
+            if trust is None:
+                trust = TrustStore.from_dir(keys_dir)
+        window = settings.freshness_window_s
+        return cls(
+            KeyRing.from_settings(settings),
+            sender=sender,
+            identity=identity,
+            trust=trust,
+            replay=ReplayGuard(seen_store_from_settings(settings), window),
+            require_signature=settings.require_signatures,
+            max_message_bytes=settings.max_message_bytes,
+            window_s=window,
+            max_tensor_bytes=settings.max_tensor_bytes,
+        )
+
+    # --- sealing ---------------------------------------------------------------------
+    def seal(
+        self,
+        msg_type: str | MsgType,
+        payload: Mapping[str, Any] | Message,
+        *,
+        datasite_id: str = "",
+        round_num: int = 0,
+    ) -> list[bytes]:
+        """One body, or several separately sealed chunk bodies when over max_message_bytes."""
+        kind, parts = self._encode(msg_type, payload)
+        limit = self.max_message_bytes - ENVELOPE_RESERVE
+        size = parts.nbytes
+        if size <= limit:
+            return [self._seal_body(kind, parts.parts, size, datasite_id, round_num, None, None)]
+        total = chunk_count(size, limit)
+        if total > MAX_CHUNKS:
+            raise OversizeMessage(f"payload of {size} bytes needs more than {MAX_CHUNKS} chunks")
+        slices = [_slice(parts.parts, *chunk_bounds(size, total, i)) for i in range(total)]
+        digests = [_sha256(s).digest() for s in slices]
+        base = {
+            "update_id": os.urandom(MSG_ID_LEN),
+            "total": total,
+            "size": size,
+            "sha256_all": chunks_digest(size, total, digests),
+        }
+        bodies = []
+        for i, pieces in enumerate(slices):
+            start, end = chunk_bounds(size, total, i)
+            chunk = {**base, "index": i}
+            bodies.append(
+                self._seal_body(
+                    kind, pieces, end - start, datasite_id, round_num, chunk, digests[i].hex()
+                )
+            )
+        return bodies
+
+    def seal_envelope(
+        self,
+        msg_type: str | MsgType,
+        payload: Mapping[str, Any] | Message,
+        *,
+        datasite_id: str = "",
+        round_num: int = 0,
+    ) -> Envelope:
+        """One envelope, never chunked (the seed API's ``secure_package``)."""
+        kind, parts = self._encode(msg_type, payload)
+        body = self._seal_body(kind, parts.parts, parts.nbytes, datasite_id, round_num, None, None)
+        return decode_envelope(body)
+
+    def _encode(self, msg_type: str | MsgType, payload: Any) -> tuple[MsgType, Any]:
+        kind = _msg_type(msg_type)
+        if isinstance(payload, Message):
+            if payload.msg_type != kind:
+                raise MalformedMessage(f"a {payload.msg_type.value} payload sent as {kind.value}")
+            payload = payload.to_payload()
+        if not isinstance(payload, Mapping):
+            raise MalformedMessage("a payload must be a map (or a typed message)")
+        if self.require_signature and self.identity is None:
+            raise ConfigError("signatures are required but this sealer has no signing identity")
+        return kind, encode_payload_parts(dict(payload))
+
+    def _seal_body(
+        self,
+        kind: MsgType,
+        pieces: list[Any],
+        nbytes: int,
+        datasite_id: str,
+        round_num: int,
+        chunk: dict[str, Any] | None,
+        checksum: str | None,
+    ) -> bytes:
+        header = {
+            "security_version": SECURITY_VERSION,
+            "communication_type": COMMUNICATION_TYPE,
+            "msg_type": kind.value,
+            "msg_id": os.urandom(MSG_ID_LEN),
+            "sender": self.sender,
+            "key_id": self.keyring.active_id,
+            "timestamp": float(self._clock()),
+            "datasite_id": datasite_id,
+            "round_num": round_num,
+            "nonce": os.urandom(NONCE_LEN),
+            "checksum": checksum or _sha256(pieces).hexdigest(),
+            "chunk": chunk,
+        }
+        # Validates caller-supplied fields (datasite_id, round_num) like a receiver would.
+        Envelope(**header, encrypted_data=bytes(TAG_LEN))
+        aad = aad_bytes(header)
+        ct_len = nbytes + TAG_LEN
+        placeholder = bytes(SIGNATURE_LEN) if self.identity is not None else None
+        prefix, suffix = encode_envelope_parts(header, ct_len, placeholder)
+        body = np.empty(len(prefix) + ct_len + len(suffix), dtype=np.uint8)
+        out = memoryview(body)
+        out[: len(prefix)] = prefix
+        pos = len(prefix)
+        cipher = Cipher(algorithms.AES(self.keyring.sealing_key()), modes.GCM(header["nonce"]))
+        enc = cipher.encryptor()
+        enc.authenticate_additional_data(aad)
+        for piece in pieces:
+            if len(piece):
+                # The slack after the ciphertext (tag + suffix) covers update_into's margin.
+                pos += enc.update_into(piece, out[pos:])
+        tail = enc.finalize()
+        out[pos : pos + len(tail)] = tail
+        pos += len(tail)
+        tag = enc.tag
+        out[pos : pos + TAG_LEN] = tag
+        pos += TAG_LEN
+        if self.identity is not None:
+            signature = self.identity.sign(signed_bytes_for(aad, ct_len, tag))
+            _, suffix = encode_envelope_parts(header, ct_len, signature)
+        out[pos:] = suffix
+        return body.tobytes()
+
+    # --- opening ---------------------------------------------------------------------
+    def open(self, body: Any, *, expected_msg_type: str | MsgType | None = None) -> Opened | None:
+        """Verify and decode a body; None when it was a chunk and the payload is incomplete."""
+        env = decode_envelope(body, max_bytes=self.max_message_bytes)
+        return self.open_envelope(env, expected_msg_type=expected_msg_type)
+
+    def open_envelope(
+        self, env: Envelope, *, expected_msg_type: str | MsgType | None = None
+    ) -> Opened | None:
+        """``open`` for an already decoded envelope (e.g. the seed's ``secure_package``)."""
+        if expected_msg_type is not None and env.msg_type != str(expected_msg_type):
+            raise MalformedMessage(
+                f"msg_type {env.msg_type} does not match routing key {expected_msg_type}"
+            )
+        aead = self.keyring.aead(env.key_id)
+        self._verify_signature(env)
+        aad = env.aad()
+        ct = env.encrypted_data
+        if env.chunk is not None:
+            return self._open_chunk(env, aead, aad)
+        plaintext = np.empty(len(ct) - TAG_LEN, dtype=np.uint8)
+        self._decrypt(aead, env, aad, memoryview(plaintext))
+        if not hmac.compare_digest(hashlib.sha256(plaintext).hexdigest(), env.checksum):
+            raise IntegrityError("checksum of the decrypted payload does not match")
+        self.replay.check(env.msg_id, env.timestamp)
+        return Opened(env, self._decode(plaintext))
+
+    def _verify_signature(self, env: Envelope) -> None:
+        known = self.trust is not None and env.sender in self.trust
+        if env.signature is None or not known:
+            if self.require_signature:
+                if env.signature is None:
+                    raise AuthError(f"unsigned message from {env.sender!r}")
+                raise AuthError(f"sender {env.sender!r} is not in the trust store")
+            return
+        self.trust.verify(env.sender, env.signed_bytes(), env.signature)  # type: ignore[union-attr]
+
+    @staticmethod
+    def _decrypt(aead: AESGCM, env: Envelope, aad: bytes, out: memoryview) -> None:
+        try:
+            aead.decrypt_into(env.nonce, env.encrypted_data, aad, out)
+        except InvalidTag:
+            raise IntegrityError(
+                "AES-GCM authentication failed (wrong key or altered bytes)"
+            ) from None
+        except ValueError as exc:
+            raise MalformedMessage(f"ciphertext cannot be decrypted: {exc}") from exc
+
+    def _decode(self, plaintext: Any) -> dict[str, Any]:
+        payload = decode_payload(plaintext, max_tensor_bytes=self.max_tensor_bytes)
+        if not isinstance(payload, dict):
+            raise MalformedMessage("payload is not a map")
+        return payload
+
+    def _open_chunk(self, env: Envelope, aead: AESGCM, aad: bytes) -> Opened | None:
+        chunk = env.chunk
+        assert chunk is not None
+        origin = (env.sender, env.msg_type, env.datasite_id, env.round_num)
+        slot = self.assembler.reserve(origin, chunk, env.msg_id)
+        try:
+            if len(slot) != len(env.encrypted_data) - TAG_LEN:
+                raise ChunkError(
+                    f"chunk {chunk['index']} carries {len(env.encrypted_data) - TAG_LEN} bytes,"
+                    f" its place needs {len(slot)}"
+                )
+            self._decrypt(aead, env, aad, slot)
+            digest = hashlib.sha256(slot).digest()
+            if not hmac.compare_digest(digest.hex(), env.checksum):
+                raise IntegrityError("checksum of the decrypted chunk does not match")
+            self.replay.check(env.msg_id, env.timestamp)
+        except BaseException:
+            self.assembler.release(chunk)
+            raise
+        buffer = self.assembler.commit(chunk, env.msg_id, digest)
+        if buffer is None:
+            return None
+        return Opened(env, self._decode(buffer))

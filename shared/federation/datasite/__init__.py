@@ -1,0 +1,33 @@
+"""Factory datasites on PySyft: launcher, approved training job, approval policy, factory signatures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from federation.datasite.policy import ApprovalPolicy, approved_job_hashes, code_hash, job_code_hash
+from federation.datasite.signing import verify_factory_result, verify_update_signature
+
+__all__ = [
+    "ApprovalPolicy",
+    "DatasiteHandle",
+    "approved_job_hashes",
+    "code_hash",
+    "datasite_main",
+    "job_code_hash",
+    "launch_datasite",
+    "verify_factory_result",
+    "verify_update_signature",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # the launcher imports PySyft (seconds); load it only when asked for
+    if name in ("DatasiteHandle", "launch_datasite"):
+        from federation.datasite import launcher
+
+        return getattr(launcher, name)
+    if name == "datasite_main":
+        from federation.datasite.cli import datasite_main
+
+        return datasite_main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

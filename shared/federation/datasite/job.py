@@ -1,0 +1,109 @@
+"""The approved training job: the code a datasite runs on its private partition, and its runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ENV_DATASITE_ID",
+    "ENV_KEYS_DIR",
+    "pdmfed_train_job",
+    "run_training_job",
+    "training_delta",
+]
+
+#: Set in the datasite's server process only: its identity and where its signing key lives.
+ENV_DATASITE_ID = "PDMFED_DATASITE_ID"
+ENV_KEYS_DIR = "PDMFED_DATASITE_KEYS_DIR"
+
+_JOB_THREADS = 1  # deterministic results regardless of the host's core count
+
+
+def pdmfed_train_job(features, labels, global_model, train_config):
+    # The source of this function is what the orchestrator submits to PySyft and what the
+    # datasite's allow-list pins by hash; it only hands over to code installed at the factory.
+    from federation.datasite.job import run_training_job
+
+    return run_training_job(features, labels, global_model, train_config)
+
+
+def training_delta(
+    update: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """update - global for float tensors (as the connector computes it), the update otherwise."""
+    out = {}
+    for name, value in update.items():
+        if value.is_floating_point() and name in global_state:
+            out[name] = value.to(torch.float32) - global_state[name].to(torch.float32)
+        else:
+            out[name] = value
+    return out
+
+
+def _config(raw: Any) -> dict[str, Any]:
+    from federation.errors import MalformedMessage
+    from federation.wire.codec import decode_payload
+
+    cfg = decode_payload(bytes(raw))
+    if not isinstance(cfg, dict):
+        raise MalformedMessage("training config is not a map")
+    return cfg
+
+
+def run_training_job(features: Any, labels: Any, global_model: Any, train_config: Any) -> dict:
+    """Train on the private partition, sign the result with the factory key; errors as data."""
+    try:
+        return _run(features, labels, global_model, train_config)
+    except Exception as exc:  # the orchestrator gets a clear error, never a datasite traceback
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _run(features: Any, labels: Any, global_model: Any, train_config: Any) -> dict:
+    from federation.crypto.signing import SigningIdentity
+    from federation.datasite.signing import sign_tensors
+    from federation.errors import ConfigError
+    from federation.ml.train import train_local
+    from federation.wire.codec import decode_state_dict, encode_state_dict
+
+    datasite_id = os.environ.get(ENV_DATASITE_ID)
+    keys_dir = os.environ.get(ENV_KEYS_DIR)
+    if not datasite_id or not keys_dir:
+        raise ConfigError("this process is not a pdmfed datasite (no identity or key dir)")
+    identity = SigningIdentity.load(keys_dir, datasite_id)
+
+    model_bytes = bytes(global_model)
+    global_state = decode_state_dict(model_bytes)
+    cfg = _config(train_config)
+    seed = int(cfg.pop("seed", 0))
+    round_number = int(cfg.get("round_number", 0))
+
+    torch.set_num_threads(_JOB_THREADS)
+    out = train_local(global_state, np.asarray(features), np.asarray(labels), cfg, seed)
+    update = out["model_update"]
+    delta = training_delta(update, global_state)
+    update_digest, update_sig = sign_tensors(identity, "update", update, round_number)
+    delta_digest, delta_sig = sign_tensors(identity, "delta", delta, round_number)
+    return {
+        "loss": float(out["loss"]),
+        "rmse": float(out["rmse"]),
+        "accuracy": float(out["accuracy"]),
+        "num_samples": int(out["num_samples"]),
+        "training_time": float(out["training_time"]),
+        "model_update": encode_state_dict(update),
+        "delta": encode_state_dict(delta),
+        "update_digest": update_digest,
+        "delta_digest": delta_digest,
+        "update_signature": update_sig,
+        "factory_signature": delta_sig,
+        "factory_key_id": datasite_id,
+        "datasite_id": datasite_id,
+        "round_number": round_number,
+        "seed": seed,
+        "global_model_digest": hashlib.sha256(model_bytes).hexdigest(),
+    }

@@ -1,0 +1,468 @@
+"""Launch a factory datasite on real PySyft: private partition, credentials, approval watcher."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from federation.config import load_settings
+from federation.crypto.signing import SigningIdentity, check_sender_name
+from federation.datasite.job import ENV_DATASITE_ID, ENV_KEYS_DIR
+from federation.datasite.partition import (
+    CAPABILITIES,
+    DATASET_NAME,
+    FEATURES,
+    LABELS,
+    check_partition,
+    make_mock,
+)
+from federation.datasite.policy import ApprovalPolicy, approved_job_hashes
+from federation.errors import ConfigError, DatasiteConnectionError, DatasiteError
+
+__all__ = ["DatasiteHandle", "launch_datasite", "free_port"]
+
+log = logging.getLogger(__name__)
+
+#: PySyft's built-in root account; replaced right after launch.
+_SYFT_DEFAULT_EMAIL = "info@openmined.org"
+_SYFT_DEFAULT_PASSWORD = "changethis"  # noqa: S105 - PySyft's public default, replaced at once
+_MIN_PASSWORD_CHARS = 12
+_ENV_ORCHESTRATOR_PASSWORD = "PDMFED_DATASITE_ORCHESTRATOR_PASSWORD"
+
+# PySyft forks the datasite's server process; env vars and the fork must not interleave with
+# another launch, and watcher threads pause so no lock is held mid-request at fork time.
+_FORK_LOCK = threading.RLock()
+_LIVE: weakref.WeakSet[DatasiteHandle] = weakref.WeakSet()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _url_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
+
+
+@contextlib.contextmanager
+def _env(values: Mapping[str, str]):  # noqa: ANN202
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _quiet():  # noqa: ANN202
+    """PySyft prints banners and progress bars; keep them out of our stdout."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
+def _ok(result: Any, what: str) -> Any:
+    """PySyft returns some failures as SyftError values instead of raising them."""
+    from syft.service.response import SyftError
+
+    if isinstance(result, SyftError):
+        raise DatasiteError(f"{what} failed: {result.message}")
+    return result
+
+
+def _login(url: str, email: str, password: str) -> Any:
+    import syft as sy
+
+    with _quiet():
+        return sy.login(url=url, email=email, password=password, cache=False)
+
+
+class _ApprovalWatcher(threading.Thread):
+    """Polls the datasite's code requests as admin and applies the allow-list policy."""
+
+    def __init__(self, handle: DatasiteHandle, policy: ApprovalPolicy, interval_s: float) -> None:
+        super().__init__(name=f"pdmfed-approval-{handle.datasite_id}", daemon=True)
+        self._handle = handle
+        self._policy = policy
+        self._interval = interval_s
+        self._stop_event = threading.Event()
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self.pending: list[dict[str, Any]] = []
+        self.approved: list[dict[str, Any]] = []
+        self._client: Any = None
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self._interval):
+            try:
+                with _FORK_LOCK:
+                    self._poll()
+            except Exception as exc:  # a dead or restarting datasite: retry with a fresh login
+                log.debug("approval watcher of %s: %s", self._handle.datasite_id, exc)
+                self._client = None
+
+    def _poll(self) -> None:
+        if self._client is None:
+            self._client = _login(
+                self._handle.url, self._handle.admin_email, self._handle._admin_password
+            )
+        from syft.service.request.request import RequestStatus
+
+        for request in self._client.api.services.request.get_all():
+            rid = str(request.id)
+            if rid in self._seen:
+                continue
+            if request.status != RequestStatus.PENDING:
+                self._seen.add(rid)
+                continue
+            code = request.code
+            decision = self._policy.decide(getattr(code, "raw_code", None))
+            entry = {
+                "request_id": rid,
+                "func_name": getattr(code, "service_func_name", "?"),
+                "code_hash": decision.code_hash,
+                "reason": decision.reason,
+                "seen_at": time.time(),
+            }
+            if decision.approve:
+                with _quiet():
+                    self._client.api.services.request.apply(request.id)
+                with self._lock:
+                    self.approved.append(entry)
+                log.info("%s approved %s (%s)", self._handle.datasite_id, rid, entry["func_name"])
+            else:
+                with self._lock:
+                    self.pending.append(entry)
+                log.warning(
+                    "%s left request %s pending: %s (hash %s)",
+                    self._handle.datasite_id,
+                    rid,
+                    decision.reason,
+                    decision.code_hash[:12],
+                )
+            self._seen.add(rid)
+
+    def report(self, which: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(e) for e in getattr(self, which)]
+
+
+class DatasiteHandle:
+    """A running factory datasite: where it is, its public key, its policy report, stop()."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        datasite_id: str,
+        host: str,
+        port: int,
+        admin_email: str,
+        admin_password: str,
+        public_key: bytes,
+        keys_dir: Path,
+        temp_root: Path,
+        server: Any,
+        pid: int,
+    ) -> None:
+        self.name = name
+        self.datasite_id = datasite_id
+        self.host = host
+        self.port = port
+        self.url = f"http://{_url_host(host)}:{port}"
+        self.admin_email = admin_email
+        self._admin_password = admin_password
+        self.public_key = public_key
+        self.keys_dir = keys_dir
+        self.temp_root = temp_root
+        self.pid = pid
+        self._server = server
+        self._watcher: _ApprovalWatcher | None = None
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return f"DatasiteHandle({self.datasite_id!r}, url={self.url!r}, alive={self.is_alive()})"
+
+    def __enter__(self) -> DatasiteHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def is_alive(self) -> bool:
+        """Whether the datasite's server process is running."""
+        try:
+            proc = psutil.Process(self.pid)
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def pending_requests(self) -> list[dict[str, Any]]:
+        """Code requests the policy refused: they stay pending for a human to review."""
+        return self._watcher.report("pending") if self._watcher else []
+
+    def approved_requests(self) -> list[dict[str, Any]]:
+        """Code requests the policy approved (allow-listed hash)."""
+        return self._watcher.report("approved") if self._watcher else []
+
+    def kill(self) -> None:
+        """SIGKILL the server process (simulates a crash; stop() still cleans up)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Stop the watcher and the server; leave no child process and no temp dir behind."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.join(timeout=5)
+        try:
+            procs = [psutil.Process(self.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.Error:
+            procs = []
+        try:
+            with _quiet():
+                self._server.land()
+        except Exception as exc:  # already dead: the sweep below still runs
+            log.debug("land() of %s: %s", self.datasite_id, exc)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(procs, timeout=5)
+        shutil.rmtree(self.temp_root, ignore_errors=True)
+        _LIVE.discard(self)
+
+
+def _stop_all_at_exit() -> None:
+    for handle in list(_LIVE):
+        with contextlib.suppress(Exception):
+            handle.stop()
+
+
+atexit.register(_stop_all_at_exit)
+
+
+def _resolve_admin(
+    admin_email: str | None, admin_password: str | None, demo: bool
+) -> tuple[str, str, bool]:
+    settings = load_settings()
+    demo = demo or settings.demo
+    email = admin_email or settings.datasite_admin_email
+    password = admin_password
+    if password is None and settings.datasite_admin_password is not None:
+        password = settings.datasite_admin_password.get_secret_value()
+    if password is None:
+        if not demo:
+            raise ConfigError(
+                "PDMFED_DATASITE_ADMIN_PASSWORD is not set (required outside `pdmfed demo`)"
+            )
+        password = secrets.token_urlsafe(18)
+    if not demo and (len(password) < _MIN_PASSWORD_CHARS or password == _SYFT_DEFAULT_PASSWORD):
+        raise ConfigError(
+            f"datasite admin password is too weak: need at least {_MIN_PASSWORD_CHARS} "
+            "characters and not PySyft's default"
+        )
+    return email, password, demo
+
+
+def _capabilities(
+    datasite_id: str, X: Any, public_key: bytes, allow: Iterable[str], extra: Mapping | None
+) -> dict[str, Any]:
+    import torch
+
+    from federation.ml.models import SUPPORTED_MODELS
+
+    caps: dict[str, Any] = {
+        "datasite_id": datasite_id,
+        "supported_models": list(SUPPORTED_MODELS),
+        "data_types": ["time_series", "tabular"],
+        "compute_resources": "gpu" if torch.cuda.is_available() else "cpu",
+        "cpu_count": os.cpu_count() or 1,
+        "max_clients": 1,
+        "privacy_features": ["code_allow_list", "factory_signed_updates", "synthetic_mock"],
+        "num_samples": int(X.shape[0]),
+        "window": int(X.shape[1]),
+        "n_features": int(X.shape[2]),
+        "factory_public_key": public_key.hex(),
+        "approved_job_hashes": sorted(allow),
+    }
+    caps.update(dict(extra or {}))
+    return caps
+
+
+def _configure(
+    handle: DatasiteHandle,
+    X: Any,
+    y: Any,
+    caps: dict[str, Any],
+    orchestrator: tuple[str, str] | None,
+    mock_seed: int,
+) -> None:
+    import syft as sy
+    from syft.service.user.user_roles import ServiceRole
+
+    root = _login(handle.url, _SYFT_DEFAULT_EMAIL, _SYFT_DEFAULT_PASSWORD)
+    with _quiet():
+        _ok(root.account.set_password(handle._admin_password, confirm=False), "set password")
+        if handle.admin_email != _SYFT_DEFAULT_EMAIL:
+            _ok(root.account.set_email(handle.admin_email), "set admin email")
+    admin = _login(handle.url, handle.admin_email, handle._admin_password)
+    with _quiet():
+        if orchestrator is not None:
+            email, password = orchestrator
+            _ok(
+                admin.users.create(
+                    name="pdmfed-orchestrator",
+                    email=email,
+                    password=password,
+                    password_verify=password,
+                    role=ServiceRole.DATA_SCIENTIST,
+                ),
+                "create orchestrator account",
+            )
+        mock_X, mock_y = make_mock(X, y, seed=mock_seed)
+        dataset = sy.Dataset(
+            name=DATASET_NAME,
+            description=f"Private sensor windows of factory {handle.datasite_id} (RUL labels).",
+        )
+        dataset.add_asset(sy.Asset(name=FEATURES, data=X, mock=mock_X))
+        dataset.add_asset(sy.Asset(name=LABELS, data=y, mock=mock_y))
+        dataset.add_asset(sy.Asset(name=CAPABILITIES, data=caps, mock=caps))
+        _ok(admin.upload_dataset(dataset), "upload dataset")
+
+
+def launch_datasite(
+    name: str,
+    port: int | None,
+    partition_arrays: Any,
+    admin_email: str | None = None,
+    admin_password: str | None = None,
+    allow_list: Iterable[str] | None = None,
+    signing_key_dir: str | Path | None = None,
+    *,
+    datasite_id: str | None = None,
+    host: str = "127.0.0.1",
+    orchestrator_email: str | None = None,
+    orchestrator_password: str | None = None,
+    capabilities: Mapping[str, Any] | None = None,
+    demo: bool = False,
+    poll_interval_s: float = 0.2,
+    mock_seed: int = 0,
+) -> DatasiteHandle:
+    """Start a PySyft datasite holding ``partition_arrays`` ({'X','y'}) and its approval watcher.
+
+    The admin password comes from the argument or PDMFED_DATASITE_ADMIN_PASSWORD (a random one
+    only in demo mode); ``orchestrator_email`` creates a data-scientist account for the
+    orchestrator (password from the argument or PDMFED_DATASITE_ORCHESTRATOR_PASSWORD). The
+    factory's Ed25519 key is loaded or created in ``signing_key_dir`` (default: inside the
+    datasite's temp dir) and is read only by the training job at the datasite.
+    """
+    datasite_id = check_sender_name(datasite_id or name)
+    X, y = check_partition(partition_arrays)
+    email, password, demo = _resolve_admin(admin_email, admin_password, demo)
+    orchestrator = None
+    if orchestrator_email:
+        orch_pw = orchestrator_password or os.environ.get(_ENV_ORCHESTRATOR_PASSWORD)
+        if not orch_pw:
+            raise ConfigError(f"{_ENV_ORCHESTRATOR_PASSWORD} is not set for {orchestrator_email}")
+        orchestrator = (orchestrator_email, orch_pw)
+    policy = ApprovalPolicy(approved_job_hashes() if allow_list is None else allow_list)
+    port = free_port(host) if not port else int(port)
+    if not _port_is_free(host, port):
+        raise DatasiteError(f"port {port} on {host} is already in use")
+
+    temp_root = Path(tempfile.mkdtemp(prefix=f"pdmfed-ds-{datasite_id}-"))
+    keys_dir = Path(signing_key_dir) if signing_key_dir else temp_root / "keys"
+    try:
+        identity = SigningIdentity.load_or_create(keys_dir, datasite_id)
+    except Exception:
+        shutil.rmtree(temp_root, ignore_errors=True)
+        raise
+    env = {
+        "SYFT_TEMP_ROOT": str(temp_root / "syft"),
+        ENV_DATASITE_ID: datasite_id,
+        ENV_KEYS_DIR: str(keys_dir.resolve()),
+    }
+    import syft as sy
+
+    me = psutil.Process()
+    with _FORK_LOCK, _env(env):
+        before = {p.pid for p in me.children()}
+        try:
+            with _quiet():
+                server = sy.orchestra.launch(
+                    name=name,
+                    port=port,
+                    host=host,
+                    reset=True,
+                    n_consumers=0,
+                    create_producer=False,
+                )
+        except Exception as exc:
+            shutil.rmtree(temp_root, ignore_errors=True)
+            raise DatasiteError(f"PySyft could not launch {datasite_id}: {exc}") from exc
+        new = [p.pid for p in me.children() if p.pid not in before]
+    handle = DatasiteHandle(
+        name=name,
+        datasite_id=datasite_id,
+        host=host,
+        port=port,
+        admin_email=email,
+        admin_password=password,
+        public_key=identity.public_bytes(),
+        keys_dir=keys_dir,
+        temp_root=temp_root,
+        server=server,
+        pid=new[0] if new else -1,
+    )
+    _LIVE.add(handle)
+    try:
+        if not handle.is_alive():
+            raise DatasiteConnectionError(f"datasite {datasite_id} exited during start-up")
+        caps = _capabilities(datasite_id, X, handle.public_key, policy.allow_list, capabilities)
+        _configure(handle, X, y, caps, orchestrator, mock_seed)
+    except Exception as exc:
+        handle.stop()
+        if isinstance(exc, DatasiteError | ConfigError):
+            raise
+        raise DatasiteError(f"configuring datasite {datasite_id} failed: {exc}") from exc
+    handle._watcher = _ApprovalWatcher(handle, policy, poll_interval_s)
+    handle._watcher.start()
+    log.info("datasite %s up at %s (demo=%s)", datasite_id, handle.url, demo)
+    return handle

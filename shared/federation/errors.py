@@ -1,0 +1,175 @@
+"""One exception tree for pdm-federation; each rejection carries a reason from DESIGN.md §8."""
+
+from __future__ import annotations
+
+__all__ = [
+    "REJECT_REASONS",
+    "PdmFedError",
+    "ConfigError",
+    "WireError",
+    "MalformedMessage",
+    "OversizeMessage",
+    "ChunkError",
+    "SecurityError",
+    "IntegrityError",
+    "AuthError",
+    "ReplayError",
+    "ExpiredError",
+    "UnknownKeyError",
+    "StaleRoundError",
+    "BusError",
+    "PublishError",
+    "DatasiteError",
+    "DatasiteConnectionError",
+    "TrainingError",
+    "ApprovalPendingError",
+    "PrivacyError",
+    "PrivacyBudgetExceeded",
+    "RobustnessError",
+]
+
+#: Every reason a consumer may give for rejecting a message (metric label values).
+REJECT_REASONS = (
+    "replay",
+    "expired",
+    "integrity",
+    "auth",
+    "malformed",
+    "oversize",
+    "unknown_key",
+    "stale_round",
+)
+
+
+class PdmFedError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    reason: str = "error"
+
+    def __init__(self, message: str = "", *, reason: str | None = None) -> None:
+        super().__init__(message or self.__class__.__name__)
+        if reason is not None:
+            self.reason = reason
+
+
+class ConfigError(PdmFedError):
+    """Missing, invalid or weak configuration (refuse to start)."""
+
+    reason = "config"
+
+
+# --- wire -----------------------------------------------------------------
+class WireError(PdmFedError):
+    """A message that cannot be decoded."""
+
+    reason = "malformed"
+
+
+class MalformedMessage(WireError):
+    """Bytes that are not a valid envelope or payload."""
+
+    reason = "malformed"
+
+
+class OversizeMessage(WireError):
+    """A message or tensor larger than the configured limits."""
+
+    reason = "oversize"
+
+
+class ChunkError(WireError):
+    """A missing, duplicated, foreign or timed-out chunk."""
+
+    reason = "malformed"
+
+
+# --- security -------------------------------------------------------------
+class SecurityError(PdmFedError):
+    """A message that failed a security check."""
+
+    reason = "integrity"
+
+
+class IntegrityError(SecurityError):
+    """Decryption, AAD or checksum failure: the bytes were altered."""
+
+    reason = "integrity"
+
+
+class AuthError(SecurityError):
+    """Missing, unknown or invalid sender signature."""
+
+    reason = "auth"
+
+
+class ReplayError(SecurityError):
+    """A msg_id that was already accepted."""
+
+    reason = "replay"
+
+
+class ExpiredError(SecurityError):
+    """A timestamp outside the freshness window."""
+
+    reason = "expired"
+
+
+class UnknownKeyError(SecurityError):
+    """A key_id this process does not hold."""
+
+    reason = "unknown_key"
+
+
+class StaleRoundError(SecurityError):
+    """A message for a round or model version that is already closed."""
+
+    reason = "stale_round"
+
+
+# --- bus ------------------------------------------------------------------
+class BusError(PdmFedError):
+    """The message bus failed (connection, channel, topology)."""
+
+    reason = "bus"
+
+
+class PublishError(BusError):
+    """A publish was not confirmed or was unroutable."""
+
+    reason = "bus"
+
+
+# --- datasite -------------------------------------------------------------
+class DatasiteError(PdmFedError):
+    """A PySyft datasite failed or refused."""
+
+    reason = "datasite"
+
+
+class DatasiteConnectionError(DatasiteError):
+    """Could not reach or log in to a datasite."""
+
+
+class TrainingError(DatasiteError):
+    """Training at a datasite failed or timed out."""
+
+
+class ApprovalPendingError(DatasiteError):
+    """A code request is waiting for the factory's approval."""
+
+
+# --- privacy / robustness ---------------------------------------------------
+class PrivacyError(PdmFedError):
+    """Differential-privacy misuse."""
+
+    reason = "privacy"
+
+
+class PrivacyBudgetExceeded(PrivacyError):
+    """The next round would spend more than max_epsilon."""
+
+
+class RobustnessError(PdmFedError):
+    """Robust aggregation cannot run (e.g. too few clients for the rule)."""
+
+    reason = "robustness"

@@ -1,0 +1,562 @@
+"""C-MAPSS loading, a synthetic run-to-failure fleet, sensor selection, normalisation and windows."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from federation.errors import PdmFedError
+
+__all__ = [
+    "DEFAULT_RUL_CAP",
+    "DEFAULT_WINDOW",
+    "FD001_INFORMATIVE_SENSORS",
+    "CmapssData",
+    "DatasetError",
+    "Fleet",
+    "Normalizer",
+    "Partition",
+    "Prepared",
+    "informative_sensors",
+    "load_cmapss",
+    "load_dataset",
+    "make_windows",
+    "piecewise_rul",
+    "prepare",
+    "regime_ids",
+    "synthetic_fleet",
+]
+
+DEFAULT_RUL_CAP = 125.0
+DEFAULT_WINDOW = 30
+
+#: The 14 FD001 sensors the literature keeps (1-based as in the NASA readme); informative_sensors
+#: derives the same list from the training data (verified by a test on the real files).
+FD001_INFORMATIVE_SENSORS = (2, 3, 4, 7, 8, 9, 11, 12, 13, 14, 15, 17, 20, 21)
+
+_N_COLUMNS = 26
+_N_SETTINGS = 3
+_N_CMAPSS_SENSORS = 21
+#: Settings are rounded to these decimals to name an operating regime (FD002/FD004 have six).
+_REGIME_DECIMALS = (0, 1, 0)
+
+
+class DatasetError(PdmFedError):
+    """A dataset that is missing, malformed or inconsistent."""
+
+    reason = "dataset"
+
+
+# --- raw data -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fleet:
+    """Rows of a run-to-failure data file: one row per engine and cycle, sorted by (unit, cycle)."""
+
+    units: np.ndarray  # int64 (n_rows,)
+    cycles: np.ndarray  # int64 (n_rows,)
+    settings: np.ndarray  # float32 (n_rows, 3)
+    sensors: np.ndarray  # float32 (n_rows, n_sensors)
+
+    @property
+    def engine_ids(self) -> np.ndarray:
+        """Sorted distinct engine ids."""
+        return np.unique(self.units)
+
+    def lifetimes(self) -> dict[int, int]:
+        """Last observed cycle per engine (the failure cycle for training engines)."""
+        ids, last = _last_index_per_unit(self.units)
+        return {int(u): int(self.cycles[i]) for u, i in zip(ids, last, strict=True)}
+
+    def __len__(self) -> int:
+        return int(self.units.shape[0])
+
+
+@dataclass(frozen=True)
+class CmapssData:
+    """A C-MAPSS-style dataset: training fleet run to failure, truncated test fleet, its true RUL."""
+
+    name: str
+    train: Fleet
+    test: Fleet
+    test_rul: np.ndarray  # float32 (n_test_engines,): RUL after each test engine's last cycle
+    sensor_names: tuple[str, ...]
+
+
+def _last_index_per_unit(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids, first = np.unique(units, return_index=True)
+    counts = np.diff(np.append(first, units.shape[0]))
+    return ids, first + counts - 1
+
+
+def _read_rows(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetError(f"missing C-MAPSS file {path}")
+    try:
+        with open(path, encoding="ascii") as fh:
+            rows = [line.split() for line in fh if line.strip()]
+        arr = np.array(rows, dtype=np.float64)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path.name}: not a numeric C-MAPSS table ({exc})") from exc
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise DatasetError(f"{path.name}: ragged or empty table")
+    if not np.all(np.isfinite(arr)):
+        raise DatasetError(f"{path.name}: contains non-finite values")
+    return arr
+
+
+def _fleet_from_table(arr: np.ndarray, name: str) -> Fleet:
+    if arr.shape[1] != _N_COLUMNS:
+        raise DatasetError(f"{name}: expected {_N_COLUMNS} columns, found {arr.shape[1]}")
+    units, cycles = arr[:, 0], arr[:, 1]
+    if np.any(units != np.round(units)) or np.any(cycles != np.round(cycles)) or cycles.min() < 1:
+        raise DatasetError(f"{name}: unit and cycle columns must be positive integers")
+    order = np.lexsort((cycles, units))
+    arr = arr[order]
+    units_i, cycles_i = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
+    same = units_i[1:] == units_i[:-1]
+    if np.any(cycles_i[1:][same] != cycles_i[:-1][same] + 1) or np.any(
+        cycles_i[np.r_[True, ~same]] != 1
+    ):
+        raise DatasetError(f"{name}: each engine's cycles must run 1, 2, 3, ... without gaps")
+    return Fleet(
+        units=units_i,
+        cycles=cycles_i,
+        settings=arr[:, 2:5].astype(np.float32),
+        sensors=arr[:, 5:].astype(np.float32),
+    )
+
+
+def load_cmapss(directory: str | Path, subset: str | None = None) -> CmapssData:
+    """Load train_FD00x.txt, test_FD00x.txt and RUL_FD00x.txt from a NASA C-MAPSS directory.
+
+    `subset` (e.g. "FD001") defaults to the single train_*.txt file found in the directory.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise DatasetError(f"C-MAPSS directory not found: {d}")
+    if subset is None:
+        found = sorted(p.name[len("train_") : -len(".txt")] for p in d.glob("train_FD*.txt"))
+        if len(found) != 1:
+            raise DatasetError(f"{d}: expected exactly one train_FD*.txt, found {found}")
+        subset = found[0]
+    train = _fleet_from_table(_read_rows(d / f"train_{subset}.txt"), f"train_{subset}")
+    test = _fleet_from_table(_read_rows(d / f"test_{subset}.txt"), f"test_{subset}")
+    rul = _read_rows(d / f"RUL_{subset}.txt")
+    if rul.shape[1] != 1:
+        raise DatasetError(f"RUL_{subset}.txt: expected one column, found {rul.shape[1]}")
+    rul = rul[:, 0]
+    if rul.shape[0] != test.engine_ids.shape[0]:
+        raise DatasetError(
+            f"RUL_{subset}.txt has {rul.shape[0]} values for {test.engine_ids.shape[0]} test engines"
+        )
+    if np.any(rul < 0):
+        raise DatasetError(f"RUL_{subset}.txt: negative RUL")
+    names = tuple(f"s{i}" for i in range(1, _N_CMAPSS_SENSORS + 1))
+    return CmapssData(subset, train, test, rul.astype(np.float32), names)
+
+
+# --- synthetic fleet ----------------------------------------------------------------------------
+def _simulate_engine(
+    rng: np.random.Generator,
+    life: int,
+    n_cycles: int,
+    sensitivity: np.ndarray,
+    regime_offsets: np.ndarray,
+    regime_settings: np.ndarray,
+    n_constant: int,
+    noise: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Settings and sensors of one engine for cycles 1..n_cycles of a life of `life` cycles."""
+    n_regimes, n_sensors = regime_offsets.shape
+    t = np.arange(1, n_cycles + 1, dtype=np.float64)
+    # Health index: initial wear, then exponential growth reaching 1.0 at failure.
+    wear0 = rng.uniform(0.0, 0.12)
+    rate = rng.uniform(3.0, 5.0)
+    health = wear0 + (1 - wear0) * np.expm1(rate * t / life) / np.expm1(rate)
+    regimes = (
+        rng.integers(0, n_regimes, size=n_cycles) if n_regimes > 1 else np.zeros(n_cycles, int)
+    )
+    manufacturing = rng.normal(0.0, 0.05, size=n_sensors)
+    sensors = (
+        regime_offsets[regimes]
+        + manufacturing
+        + health[:, None] * sensitivity[None, :]
+        + rng.normal(0.0, noise, size=(n_cycles, n_sensors))
+    )
+    sensors[:, n_sensors - n_constant :] = regime_offsets[regimes][:, n_sensors - n_constant :]
+    settings = regime_settings[regimes] + rng.normal(0.0, 1e-3, size=(n_cycles, _N_SETTINGS))
+    return settings, sensors
+
+
+def synthetic_fleet(
+    n_engines: int = 60,
+    seed: int = 0,
+    *,
+    n_test_engines: int | None = None,
+    n_sensors: int = 12,
+    n_constant: int = 2,
+    n_regimes: int = 3,
+    noise: float = 0.25,
+    min_life: int = 128,
+    max_life: int = 300,
+) -> CmapssData:
+    """A reproducible C-MAPSS-like fleet: training engines run to failure, test engines truncated.
+
+    Each engine has its own initial wear, degradation rate and manufacturing offsets; its health
+    grows exponentially to failure and moves each sensor with a fixed sensitivity; Gaussian
+    noise is added; every cycle runs in one of `n_regimes` operating regimes (distinct settings)
+    that shift all sensor baselines. The last `n_constant` sensors carry no degradation signal
+    (they only follow the regime) so sensor selection has something to drop.
+    """
+    n_test = n_engines if n_test_engines is None else n_test_engines
+    if n_engines < 1 or n_test < 1:
+        raise DatasetError("synthetic_fleet needs at least one training and one test engine")
+    if (
+        not 0 <= n_constant < n_sensors
+        or n_regimes < 1
+        or noise < 0
+        or not 2 <= min_life <= max_life
+    ):
+        raise DatasetError("synthetic_fleet: invalid sensor, regime, noise or lifetime arguments")
+    rng = np.random.default_rng(seed)
+    sensitivity = rng.choice([-1.0, 1.0], size=n_sensors) * rng.uniform(0.8, 2.5, size=n_sensors)
+    regime_offsets = rng.normal(0.0, 3.0, size=(n_regimes, n_sensors))
+    regime_settings = np.column_stack(
+        [
+            np.arange(n_regimes) * 10.0,
+            np.round(rng.uniform(0, 0.9, n_regimes), 1),
+            np.full(n_regimes, 100.0),
+        ]
+    )
+
+    def fleet(n: int, first_unit: int, truncate: bool) -> tuple[Fleet, np.ndarray]:
+        cols: dict[str, list[np.ndarray]] = {"u": [], "c": [], "s": [], "x": []}
+        rul = np.zeros(n, dtype=np.float32)
+        for i in range(n):
+            life = int(rng.integers(min_life, max_life + 1))
+            seen = int(rng.integers(max(2, life // 5), life)) if truncate else life
+            settings, sensors = _simulate_engine(
+                rng, life, seen, sensitivity, regime_offsets, regime_settings, n_constant, noise
+            )
+            cols["u"].append(np.full(seen, first_unit + i, dtype=np.int64))
+            cols["c"].append(np.arange(1, seen + 1, dtype=np.int64))
+            cols["s"].append(settings)
+            cols["x"].append(sensors)
+            rul[i] = life - seen
+        return (
+            Fleet(
+                units=np.concatenate(cols["u"]),
+                cycles=np.concatenate(cols["c"]),
+                settings=np.concatenate(cols["s"]).astype(np.float32),
+                sensors=np.concatenate(cols["x"]).astype(np.float32),
+            ),
+            rul,
+        )
+
+    train, _ = fleet(n_engines, 1, truncate=False)
+    test, test_rul = fleet(n_test, 1, truncate=True)
+    names = tuple(f"s{i}" for i in range(1, n_sensors + 1))
+    return CmapssData(f"synthetic-{seed}", train, test, test_rul, names)
+
+
+# --- features -------------------------------------------------------------------------------------
+def piecewise_rul(fleet: Fleet, cap: float = DEFAULT_RUL_CAP, final_rul: Any = None) -> np.ndarray:
+    """Per-row RUL = cycles left to failure, capped at `cap` (early life counts as healthy).
+
+    For training engines failure is the last cycle; for test engines pass `final_rul`, the RUL
+    after each engine's last row (ordered like fleet.engine_ids).
+    """
+    ids, last = _last_index_per_unit(fleet.units)
+    last_cycle = fleet.cycles[last].astype(np.float64)
+    extra = np.zeros_like(last_cycle) if final_rul is None else np.asarray(final_rul, np.float64)
+    if extra.shape != last_cycle.shape:
+        raise DatasetError(f"final_rul has {extra.shape[0]} values for {ids.shape[0]} engines")
+    pos = np.searchsorted(ids, fleet.units)
+    rul = last_cycle[pos] - fleet.cycles + extra[pos]
+    return np.minimum(rul, cap).astype(np.float32)
+
+
+def regime_ids(settings: np.ndarray) -> np.ndarray:
+    """Operating-regime keys: each row's settings rounded (1 regime for FD001/FD003)."""
+    s = np.asarray(settings, dtype=np.float64)
+    cols = [np.round(s[:, j], _REGIME_DECIMALS[j]) + 0.0 for j in range(s.shape[1])]
+    return np.column_stack(cols)
+
+
+def _regime_index(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    return uniq, inverse.reshape(-1)
+
+
+def informative_sensors(
+    fleet: Fleet, sensor_names: Sequence[str], min_levels: float = 1.0
+) -> tuple[str, ...]:
+    """Sensors whose within-regime spread exceeds `min_levels` quantisation steps.
+
+    Spread is the pooled within-regime standard deviation on the given (training) rows; the
+    quantisation step is the smallest gap between distinct recorded values. A sensor that only
+    flickers between two neighbouring readings (FD001's s6) or never moves is dropped.
+    """
+    x = fleet.sensors.astype(np.float64)
+    _, inv = _regime_index(regime_ids(fleet.settings))
+    means = np.zeros((inv.max() + 1, x.shape[1]))
+    np.add.at(means, inv, x)
+    means /= np.bincount(inv)[:, None]
+    pooled_std = np.sqrt(np.mean((x - means[inv]) ** 2, axis=0))
+    keep = []
+    for j, name in enumerate(sensor_names):
+        levels = np.unique(np.round(x[:, j], 6))
+        if levels.shape[0] < 2:
+            continue
+        step = float(np.min(np.diff(levels)))
+        if pooled_std[j] > min_levels * step:
+            keep.append(name)
+    return tuple(keep)
+
+
+@dataclass
+class Normalizer:
+    """Per-regime, per-column z-scoring; fitted on training rows, stored as plain floats."""
+
+    columns: tuple[str, ...] = ()
+    regimes: list[list[float]] = field(default_factory=list)
+    mean: list[list[float]] = field(default_factory=list)
+    std: list[list[float]] = field(default_factory=list)
+
+    def fit(self, values: np.ndarray, settings: np.ndarray, columns: Sequence[str]) -> Normalizer:
+        """Learn mean/std per regime and column from training rows only."""
+        x = np.asarray(values, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(columns) or x.shape[0] == 0:
+            raise DatasetError(
+                f"cannot fit normaliser on shape {x.shape} for {len(columns)} columns"
+            )
+        keys, inv = _regime_index(regime_ids(settings))
+        self.columns = tuple(columns)
+        self.regimes, self.mean, self.std = [], [], []
+        for r, key in enumerate(keys):
+            rows = x[inv == r]
+            sd = rows.std(axis=0)
+            self.regimes.append([float(v) for v in key])
+            self.mean.append([float(v) for v in rows.mean(axis=0)])
+            self.std.append([float(v) if v > 1e-8 else 1.0 for v in sd])
+        return self
+
+    def transform(self, values: np.ndarray, settings: np.ndarray) -> np.ndarray:
+        """Z-score rows with their regime's statistics (float32)."""
+        if not self.regimes:
+            raise DatasetError("normaliser used before fit")
+        x = np.asarray(values, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.columns):
+            raise DatasetError(f"expected {len(self.columns)} columns, got shape {x.shape}")
+        known = np.asarray(self.regimes, dtype=np.float64)
+        keys = regime_ids(settings)
+        match = np.all(keys[:, None, :] == known[None, :, :], axis=2)
+        if not np.all(match.any(axis=1)):
+            bad = keys[~match.any(axis=1)][0].tolist()
+            raise DatasetError(f"operating regime {bad} was not seen in the training data")
+        idx = match.argmax(axis=1)
+        mean, std = np.asarray(self.mean)[idx], np.asarray(self.std)[idx]
+        return ((x - mean) / std).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and floats (msgpack/JSON friendly)."""
+        return {
+            "columns": list(self.columns),
+            "regimes": [list(r) for r in self.regimes],
+            "mean": [list(m) for m in self.mean],
+            "std": [list(s) for s in self.std],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Normalizer:
+        """Inverse of to_dict, validating shapes."""
+        try:
+            cols = tuple(str(c) for c in d["columns"])
+            regimes = [[float(v) for v in r] for r in d["regimes"]]
+            mean = [[float(v) for v in m] for m in d["mean"]]
+            std = [[float(v) for v in s] for s in d["std"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(f"malformed normaliser: {exc}") from exc
+        ok = len(regimes) == len(mean) == len(std) and all(
+            len(m) == len(cols) and len(s) == len(cols) for m, s in zip(mean, std, strict=True)
+        )
+        if not ok or any(v <= 0 or not math.isfinite(v) for s in std for v in s):
+            raise DatasetError("malformed normaliser: inconsistent lengths or non-positive std")
+        return cls(cols, regimes, mean, std)
+
+
+def make_windows(
+    features: np.ndarray,
+    units: np.ndarray,
+    labels: np.ndarray | None = None,
+    window: int = DEFAULT_WINDOW,
+    *,
+    last_only: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sliding windows per engine over rows sorted by (unit, cycle).
+
+    Returns (X (n, window, F) float32, y (n,) float32 = label of each window's last row,
+    engine ids (n,) int64). Every row from the window-th of an engine ends one window; an engine
+    shorter than `window` is padded at the front by repeating its first row and yields one
+    window. `last_only` keeps only each engine's final window (test-set evaluation).
+    """
+    feats = np.asarray(features, dtype=np.float32)
+    units = np.asarray(units)
+    if window < 1 or feats.ndim != 2 or feats.shape[0] != units.shape[0]:
+        raise DatasetError("make_windows: features must be (rows, F) matching units; window >= 1")
+    lab = np.zeros(units.shape[0], np.float32) if labels is None else np.asarray(labels, np.float32)
+    xs, ys, ids = [], [], []
+    ids_sorted, first = np.unique(units, return_index=True)
+    bounds = np.append(first, units.shape[0])
+    for k, u in enumerate(ids_sorted):
+        block, y_block = feats[bounds[k] : bounds[k + 1]], lab[bounds[k] : bounds[k + 1]]
+        if block.shape[0] < window:
+            pad = np.repeat(block[:1], window - block.shape[0], axis=0)
+            block = np.concatenate([pad, block])
+            y_block = np.concatenate([np.full(pad.shape[0], y_block[0]), y_block])
+        if last_only:
+            win = block[None, -window:]
+            yy = y_block[-1:]
+        else:
+            win = np.lib.stride_tricks.sliding_window_view(block, window, axis=0)
+            win = win.transpose(0, 2, 1)
+            yy = y_block[window - 1 :]
+        xs.append(np.ascontiguousarray(win))
+        ys.append(yy)
+        ids.append(np.full(win.shape[0], u, dtype=np.int64))
+    if not xs:
+        raise DatasetError("make_windows: no rows")
+    return np.concatenate(xs), np.concatenate(ys).astype(np.float32), np.concatenate(ids)
+
+
+# --- prepared windows -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Partition:
+    """Windows (X), RUL labels (y) and the engine each window came from."""
+
+    X: np.ndarray  # float32 (n, window, F)
+    y: np.ndarray  # float32 (n,)
+    engine_ids: np.ndarray  # int64 (n,)
+
+    def __post_init__(self) -> None:
+        if self.X.ndim != 3 or self.y.ndim != 1 or self.engine_ids.ndim != 1:
+            raise DatasetError("partition arrays must be X (n,w,F), y (n,), engine_ids (n,)")
+        if not self.X.shape[0] == self.y.shape[0] == self.engine_ids.shape[0]:
+            raise DatasetError("partition arrays have different lengths")
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def engines(self) -> np.ndarray:
+        """Sorted distinct engine ids in this partition."""
+        return np.unique(self.engine_ids)
+
+    def select(self, engines: Sequence[int] | np.ndarray) -> Partition:
+        """The windows of the given engines only."""
+        mask = np.isin(self.engine_ids, np.asarray(engines))
+        return Partition(self.X[mask], self.y[mask], self.engine_ids[mask])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain numpy arrays for a PySyft asset: X, y, engine_ids."""
+        return {"X": self.X, "y": self.y, "engine_ids": self.engine_ids}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the arrays to an uncompressed .npz file (no pickled objects)."""
+        path = Path(path)
+        with open(path, "wb") as fh:
+            np.savez(fh, **self.to_arrays())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Partition:
+        """Read a file written by save(); object arrays are refused (allow_pickle=False)."""
+        try:
+            with np.load(Path(path), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise DatasetError(f"cannot read partition file {path}: {exc}") from exc
+        return cls.from_arrays(arrays)
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Any]) -> Partition:
+        """Inverse of to_arrays; validates keys, dtypes and shapes."""
+        try:
+            X = np.asarray(arrays["X"], dtype=np.float32)
+            y = np.asarray(arrays["y"], dtype=np.float32)
+            e = np.asarray(arrays["engine_ids"], dtype=np.int64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(f"malformed partition arrays: {exc}") from exc
+        if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
+            raise DatasetError("partition arrays contain non-finite values")
+        return cls(X, y, e)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Model-ready data: all training windows, last test windows, and how they were made."""
+
+    name: str
+    train: Partition
+    test: Partition
+    features: tuple[str, ...]
+    normalizer: Normalizer
+    window: int
+    rul_cap: float
+    train_lifetimes: dict[int, int]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+
+def prepare(
+    data: CmapssData,
+    *,
+    window: int = DEFAULT_WINDOW,
+    rul_cap: float = DEFAULT_RUL_CAP,
+    sensors: Sequence[str] | None = None,
+) -> Prepared:
+    """Select sensors and fit the normaliser on training rows, then window train and test.
+
+    Train: one window per row from each engine's window-th cycle, label = capped RUL. Test:
+    each engine's last window, label = capped true RUL from the RUL file.
+    """
+    chosen = (
+        tuple(sensors)
+        if sensors is not None
+        else informative_sensors(data.train, data.sensor_names)
+    )
+    unknown = [s for s in chosen if s not in data.sensor_names]
+    if unknown or not chosen:
+        raise DatasetError(f"unknown or empty sensor selection: {unknown or chosen}")
+    cols = [data.sensor_names.index(s) for s in chosen]
+    norm = Normalizer().fit(data.train.sensors[:, cols], data.train.settings, chosen)
+    train_x = norm.transform(data.train.sensors[:, cols], data.train.settings)
+    test_x = norm.transform(data.test.sensors[:, cols], data.test.settings)
+    Xtr, ytr, etr = make_windows(
+        train_x, data.train.units, piecewise_rul(data.train, rul_cap), window
+    )
+    test_rul = piecewise_rul(data.test, rul_cap, final_rul=data.test_rul)
+    Xte, yte, ete = make_windows(test_x, data.test.units, test_rul, window, last_only=True)
+    return Prepared(
+        name=data.name,
+        train=Partition(Xtr, ytr, etr),
+        test=Partition(Xte, yte, ete),
+        features=chosen,
+        normalizer=norm,
+        window=window,
+        rul_cap=rul_cap,
+        train_lifetimes=data.train.lifetimes(),
+    )
+
+
+def load_dataset(path: str | Path | None = None, *, seed: int = 0, **kwargs: Any) -> Prepared:
+    """Prepared C-MAPSS data from `path`, or the synthetic fleet (embedded default) when None."""
+    data = load_cmapss(path) if path is not None else synthetic_fleet(seed=seed)
+    return prepare(data, **kwargs)

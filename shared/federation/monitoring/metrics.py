@@ -1,0 +1,240 @@
+"""Prometheus metrics of DESIGN.md §8, created once per registry and bound to one service."""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from federation.errors import REJECT_REASONS
+
+__all__ = [
+    "Metrics",
+    "MESSAGE_TYPES",
+    "DIRECTIONS",
+    "HANDLER_BUCKETS",
+    "ROUND_BUCKETS",
+]
+
+#: Every message type of DESIGN.md §4 (routing keys); consumed/published series start at 0.
+MESSAGE_TYPES = (
+    "campaign.start",
+    "round.open",
+    "round.close",
+    "train.request",
+    "model.global",
+    "update.raw",
+    "update.screened",
+    "update.rejected",
+    "round.completed",
+    "campaign.completed",
+    "datasite.status",
+    "datasite.command",
+)
+
+#: Values of the `direction` label of pdmfed_message_bytes_total.
+DIRECTIONS = ("in", "out")
+
+#: Handler latency: decrypt + verify of a small message is ~1 ms, aggregation of a large model seconds.
+HANDLER_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+#: A round spans local training at every datasite: seconds to an hour.
+ROUND_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+@dataclass(frozen=True)
+class _Families:
+    messages_consumed: Counter
+    messages_published: Counter
+    messages_rejected: Counter
+    message_bytes: Counter
+    handler_seconds: Histogram
+    round: Gauge
+    round_duration: Histogram
+    datasites_connected: Gauge
+    byzantine_detected: Counter
+    client_reputation: Gauge
+    dp_epsilon: Gauge
+    dp_noise_applications: Counter
+    updates_aggregated: Counter
+    model_rmse: Gauge
+
+
+# One set of metric objects per registry: the embedded demo runs all four services in one
+# process, and a second registration of the same name in one registry would raise.
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def _create_families(registry: CollectorRegistry) -> _Families:
+    def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, doc, labels, registry=registry)
+
+    def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, labels, registry=registry)
+
+    return _Families(
+        messages_consumed=counter(
+            "pdmfed_messages_consumed_total",
+            "Messages a service accepted and handled.",
+            ("service", "msg_type"),
+        ),
+        messages_published=counter(
+            "pdmfed_messages_published_total",
+            "Messages a service published (confirmed by the broker).",
+            ("service", "msg_type"),
+        ),
+        messages_rejected=counter(
+            "pdmfed_messages_rejected_total",
+            "Messages a service rejected to the dead-letter queue, by reason.",
+            ("service", "reason"),
+        ),
+        message_bytes=counter(
+            "pdmfed_message_bytes_total",
+            "Wire bytes consumed (in) and published (out).",
+            ("service", "direction"),
+        ),
+        handler_seconds=Histogram(
+            "pdmfed_handler_seconds",
+            "Time a service spent handling one message.",
+            ("service", "msg_type"),
+            buckets=HANDLER_BUCKETS,
+            registry=registry,
+        ),
+        round=gauge("pdmfed_round", "The current federated round number."),
+        round_duration=Histogram(
+            "pdmfed_round_duration_seconds",
+            "Wall time from round.open to round.completed.",
+            buckets=ROUND_BUCKETS,
+            registry=registry,
+        ),
+        datasites_connected=gauge(
+            "pdmfed_datasites_connected", "Factory datasites currently connected."
+        ),
+        byzantine_detected=counter(
+            "pdmfed_byzantine_detected_total",
+            "Updates flagged as Byzantine, by datasite.",
+            ("datasite_id",),
+        ),
+        client_reputation=gauge(
+            "pdmfed_client_reputation", "Reputation of each datasite in [0, 1].", ("datasite_id",)
+        ),
+        dp_epsilon=gauge("pdmfed_dp_epsilon", "Privacy budget spent so far (epsilon at delta)."),
+        dp_noise_applications=counter(
+            "pdmfed_dp_noise_applications_total", "Times Gaussian DP noise was added."
+        ),
+        updates_aggregated=counter(
+            "pdmfed_updates_aggregated_total", "Model updates that entered an aggregate."
+        ),
+        model_rmse=gauge("pdmfed_model_rmse", "RMSE of the global model on held-out engines."),
+    )
+
+
+def _families_for(registry: CollectorRegistry) -> _Families:
+    with _LOCK:
+        fams = _FAMILIES.get(registry)
+        if fams is None:
+            fams = _create_families(registry)
+            _FAMILIES[registry] = fams
+        return fams
+
+
+class Metrics:
+    """The §8 metrics bound to one service; attributes are the prometheus_client metrics.
+
+    Series whose labels are known up front (this service's reject reasons, message types,
+    byte directions) exist at 0 from construction, so dashboards and alerts see them before
+    the first event. Datasite series appear through :meth:`register_datasites`.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        registry: CollectorRegistry | None = None,
+        *,
+        msg_types: Iterable[str] = MESSAGE_TYPES,
+    ) -> None:
+        if not service:
+            raise ValueError("service must be a non-empty name")
+        self.service = service
+        self.registry = registry if registry is not None else REGISTRY
+        fams = _families_for(self.registry)
+        self.messages_consumed = fams.messages_consumed
+        self.messages_published = fams.messages_published
+        self.messages_rejected = fams.messages_rejected
+        self.message_bytes = fams.message_bytes
+        self.handler_seconds = fams.handler_seconds
+        self.round = fams.round
+        self.round_duration = fams.round_duration
+        self.datasites_connected = fams.datasites_connected
+        self.byzantine_detected = fams.byzantine_detected
+        self.client_reputation = fams.client_reputation
+        self.dp_epsilon = fams.dp_epsilon
+        self.dp_noise_applications = fams.dp_noise_applications
+        self.updates_aggregated = fams.updates_aggregated
+        self.model_rmse = fams.model_rmse
+        for reason in REJECT_REASONS:
+            self.messages_rejected.labels(service=service, reason=reason)
+        for direction in DIRECTIONS:
+            self.message_bytes.labels(service=service, direction=direction)
+        for msg_type in msg_types:
+            self.messages_consumed.labels(service=service, msg_type=msg_type)
+            self.messages_published.labels(service=service, msg_type=msg_type)
+            self.handler_seconds.labels(service=service, msg_type=msg_type)
+
+    # -- conveniences that fill in this service's label -------------------------------
+    def consumed(self, msg_type: str, nbytes: int = 0) -> None:
+        """Count one accepted message of `msg_type` and its wire size."""
+        self.messages_consumed.labels(service=self.service, msg_type=msg_type).inc()
+        if nbytes:
+            self.message_bytes.labels(service=self.service, direction="in").inc(nbytes)
+
+    def published(self, msg_type: str, nbytes: int = 0) -> None:
+        """Count one published message of `msg_type` and its wire size."""
+        self.messages_published.labels(service=self.service, msg_type=msg_type).inc()
+        if nbytes:
+            self.message_bytes.labels(service=self.service, direction="out").inc(nbytes)
+
+    def rejected(self, reason: str) -> None:
+        """Count one rejected message; `reason` is an `err.reason` of federation.errors."""
+        self.messages_rejected.labels(service=self.service, reason=reason).inc()
+
+    @contextmanager
+    def time_handler(self, msg_type: str) -> Iterator[None]:
+        """Observe the wall time of the block in pdmfed_handler_seconds."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.handler_seconds.labels(service=self.service, msg_type=msg_type).observe(
+                time.perf_counter() - start
+            )
+
+    def register_datasites(self, datasite_ids: Iterable[str]) -> None:
+        """Create the per-datasite series (Byzantine count at 0) for a known cohort."""
+        for datasite_id in datasite_ids:
+            self.byzantine_detected.labels(datasite_id=datasite_id)
+
+    def set_reputations(self, reputations: dict[str, float]) -> None:
+        """Publish the current reputation of every datasite."""
+        for datasite_id, value in reputations.items():
+            self.client_reputation.labels(datasite_id=datasite_id).set(float(value))

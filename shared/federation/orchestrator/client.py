@@ -1,0 +1,106 @@
+"""Campaign client: publish campaign.start, follow round events until campaign.completed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from federation.bus.base import Delivery
+from federation.campaign import CampaignConfig
+from federation.errors import PdmFedError
+from federation.wire.messages import parse_payload
+
+__all__ = ["CampaignClient", "CampaignRecord", "EVENT_KEYS"]
+
+log = logging.getLogger(__name__)
+
+#: What the orchestrator follows (not the heavy update traffic).
+EVENT_KEYS = ("round.open", "round.close", "round.completed", "campaign.completed", "update.rejected",
+              "datasite.status")
+
+
+@dataclass
+class CampaignRecord:
+    """Everything the orchestrator saw of one campaign."""
+
+    campaign_id: str
+    rounds: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    statuses: list[dict] = field(default_factory=list)
+    opened: dict[int, float] = field(default_factory=dict)
+    completed: dict | None = None
+    final_model: dict | None = None
+    event_errors: int = 0
+
+
+class CampaignClient:
+    """Starts a campaign on a bus and collects its events (sealed like every other message)."""
+
+    def __init__(self, bus: Any, sealer: Any, endpoint: Any) -> None:
+        self.bus = bus
+        self.sealer = sealer
+        self.endpoint = endpoint
+        self.records: dict[str, CampaignRecord] = {}
+        self._done: dict[str, asyncio.Event] = {}
+        self.on_event: Callable[[str, dict, CampaignRecord], None] | None = None
+
+    async def listen(self) -> None:
+        """Bind a private queue to the event types."""
+        await self.bus.consume_events(self._on_delivery, bindings=EVENT_KEYS)
+
+    def _record(self, cid: str) -> CampaignRecord:
+        if cid not in self.records:
+            self.records[cid] = CampaignRecord(cid)
+            self._done.setdefault(cid, asyncio.Event())
+        return self.records[cid]
+
+    def _open(self, delivery: Delivery) -> tuple[str, dict] | None:
+        opened = self.sealer.open(delivery.body, expected_msg_type=delivery.routing_key)
+        if opened is None:
+            return None
+        kind = str(opened.envelope.msg_type)
+        return kind, parse_payload(kind, opened.payload).to_payload()
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        try:
+            opened = await asyncio.to_thread(self._open, delivery)
+        except PdmFedError as exc:
+            log.warning("event %s rejected (%s): %s", delivery.routing_key, exc.reason, exc)
+            return
+        if opened is None:
+            return
+        kind, p = opened
+        cid = p.get("campaign_id") or (p.get("detail") or {}).get("campaign_id")
+        if not cid:
+            return
+        rec = self._record(cid)
+        if kind == "round.open":
+            rec.opened[int(p["round_num"])] = time.time()
+        elif kind == "round.completed":
+            if not any(r["round_num"] == p["round_num"] for r in rec.rounds):
+                rec.rounds.append({k: v for k, v in p.items() if k != "global_model"})
+                rec.final_model = p.get("global_model") or rec.final_model
+        elif kind == "update.rejected":
+            rec.rejected.append({k: p[k] for k in ("round_num", "datasite_id", "reason")})
+        elif kind == "datasite.status":
+            rec.statuses.append({"datasite_id": p["datasite_id"], "status": p["status"], **(p.get("detail") or {})})
+        elif kind == "campaign.completed":
+            rec.completed = p
+            self._done[cid].set()
+        if self.on_event is not None:
+            self.on_event(kind, p, rec)
+
+    async def start_campaign(self, cfg: CampaignConfig) -> None:
+        """Publish campaign.start."""
+        self._record(cfg.campaign_id)
+        await self.endpoint.publish("campaign.start", {"campaign_id": cfg.campaign_id, "config": cfg.to_payload()})
+
+    async def wait(self, campaign_id: str, timeout: float) -> CampaignRecord:
+        """Wait for campaign.completed (TimeoutError after timeout seconds)."""
+        self._record(campaign_id)
+        await asyncio.wait_for(self._done[campaign_id].wait(), timeout)
+        return self.records[campaign_id]

@@ -1,0 +1,106 @@
+"""Clipping and the Gaussian mechanism on model updates (pure tensor math, no I/O)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from federation.errors import PrivacyError
+
+__all__ = ["global_l2_norm", "clip_update", "add_gaussian_noise", "privatize_update"]
+
+Update = Mapping[str, torch.Tensor]
+
+
+def _check_update(update: Update) -> None:
+    if not isinstance(update, Mapping):
+        raise PrivacyError(f"a model update must be a mapping of name -> tensor, got {type(update).__name__}")
+    for name, value in update.items():
+        if not isinstance(value, torch.Tensor):
+            raise PrivacyError(f"update entry {name!r} is {type(value).__name__}, not a torch.Tensor")
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as exc:
+        raise PrivacyError(f"{name} must be a number, got {value!r}") from exc
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise PrivacyError(f"{name} must be finite and {bound}, got {value}")
+    return value
+
+
+def global_l2_norm(update: Update) -> float:
+    """L2 norm of all floating-point tensors of an update taken together (ints are ignored)."""
+    _check_update(update)
+    squares = [
+        torch.linalg.vector_norm(t.detach().to(torch.float64)) ** 2
+        for t in update.values()
+        if t.is_floating_point() and t.numel() > 0
+    ]
+    if not squares:
+        return 0.0
+    return float(torch.sqrt(torch.stack([s.cpu() for s in squares]).sum()))
+
+
+def clip_update(update: Update, max_norm: float) -> tuple[dict[str, torch.Tensor], float]:
+    """Scale a copy of ``update`` so its global L2 norm is at most ``max_norm``.
+
+    Returns ``(clipped_copy, original_norm)``. Integer tensors (e.g. BatchNorm counters) are
+    copied untouched. A non-finite update cannot be clipped and raises PrivacyError.
+    """
+    max_norm = _check_positive("max_norm", max_norm)
+    norm = global_l2_norm(update)
+    if not math.isfinite(norm):
+        raise PrivacyError("update contains NaN or Inf; it cannot be clipped")
+    # The tiny safety margin keeps the clipped norm <= max_norm despite float32 rounding.
+    factor = min(1.0, max_norm / norm * (1.0 - 1e-6)) if norm > 0 else 1.0
+    clipped = {
+        name: (t.detach() * factor).to(t.dtype) if t.is_floating_point() else t.detach().clone()
+        for name, t in update.items()
+    }
+    return clipped, norm
+
+
+def _gaussian_like(t: torch.Tensor, std: float, generator: torch.Generator | None) -> torch.Tensor:
+    # Draw on the generator's device in at least float32 (randn has no int/half kernels
+    # everywhere), then move/cast to the tensor's own device and dtype.
+    device = generator.device if generator is not None else t.device
+    draw_dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+    noise = torch.randn(t.shape, generator=generator, device=device, dtype=draw_dtype)
+    return (noise * std).to(device=t.device, dtype=t.dtype)
+
+
+def add_gaussian_noise(
+    update: Update, std: float, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """Return a copy of ``update`` with N(0, std^2) added to every floating-point entry.
+
+    Integer tensors are copied untouched. Noise is drawn from ``generator`` when given (seeded
+    runs), on the generator's device, and cast to each tensor's device and dtype.
+    """
+    _check_update(update)
+    std = _check_positive("std", std, allow_zero=True)
+    out: dict[str, torch.Tensor] = {}
+    for name, t in update.items():
+        t = t.detach()
+        if t.is_floating_point() and std > 0:
+            out[name] = t + _gaussian_like(t, std, generator)
+        else:
+            out[name] = t.clone()
+    return out
+
+
+def privatize_update(
+    update: Update,
+    clip_norm: float,
+    noise_multiplier: float,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Local DP: clip to L2 ``clip_norm`` then add N(0, (noise_multiplier * clip_norm)^2)."""
+    noise_multiplier = _check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
+    clipped, _ = clip_update(update, clip_norm)
+    return add_gaussian_noise(clipped, noise_multiplier * float(clip_norm), generator)

@@ -1,0 +1,76 @@
+"""Flatten a list of state-dict updates into one [n, d] matrix and back (shared by aggregators and detectors)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from federation.errors import RobustnessError
+
+
+@dataclass(frozen=True)
+class _Spec:
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    dtypes: tuple[torch.dtype, ...]
+    device: torch.device
+
+
+def _work_dtype(dtypes: Sequence[torch.dtype]) -> torch.dtype:
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _stack(updates: Sequence[Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor, _Spec]:
+    """Stack updates as rows of one matrix; every update must have the same names and shapes."""
+    if not isinstance(updates, Sequence) or len(updates) == 0:
+        raise RobustnessError("need at least one update")
+    first = updates[0]
+    if not isinstance(first, Mapping) or not first:
+        raise RobustnessError("an update must be a non-empty mapping of name -> tensor")
+    names = tuple(first.keys())
+    for name in names:
+        if not isinstance(first[name], torch.Tensor):
+            raise RobustnessError(f"update 0 entry {name!r} is not a torch.Tensor")
+    shapes = tuple(first[n].shape for n in names)
+    dtypes = tuple(first[n].dtype for n in names)
+    device = first[names[0]].device
+    work = _work_dtype(dtypes)
+    rows = []
+    for i, u in enumerate(updates):
+        if not isinstance(u, Mapping) or set(u.keys()) != set(names):
+            raise RobustnessError(f"update {i} does not have the same parameter names as update 0")
+        parts = []
+        for name, shape in zip(names, shapes, strict=True):
+            t = u[name]
+            if not isinstance(t, torch.Tensor) or t.shape != shape:
+                got = getattr(t, "shape", type(t).__name__)
+                raise RobustnessError(f"update {i} entry {name!r} has shape {got}, expected {tuple(shape)}")
+            parts.append(t.detach().reshape(-1).to(device=device, dtype=work))
+        rows.append(torch.cat(parts))
+    return torch.stack(rows), _Spec(names, shapes, dtypes, device)
+
+
+def _unflatten(vec: torch.Tensor, spec: _Spec) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    offset = 0
+    for name, shape, dtype in zip(spec.names, spec.shapes, spec.dtypes, strict=True):
+        size = shape.numel()
+        chunk = vec[offset : offset + size].reshape(shape)
+        if not (dtype.is_floating_point or dtype.is_complex):
+            chunk = chunk.round()
+        out[name] = chunk.to(dtype).clone()
+        offset += size
+    return out
+
+
+def _weights(weights: Sequence[float] | None, n: int, like: torch.Tensor) -> torch.Tensor:
+    if weights is None:
+        return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
+    if len(weights) != n:
+        raise RobustnessError(f"got {len(weights)} weights for {n} updates")
+    w = torch.as_tensor([float(x) for x in weights], dtype=like.dtype, device=like.device)
+    if not torch.isfinite(w).all() or (w < 0).any() or float(w.sum()) <= 0:
+        raise RobustnessError("weights must be finite, non-negative and not all zero")
+    return w / w.sum()

@@ -1,0 +1,173 @@
+"""Byzantine-update detectors: robust z-scores and IQR fences on norms, and direction against a robust centre."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from federation.errors import RobustnessError
+from federation.robust._tensors import _stack
+from federation.robust.aggregators import median_rows
+
+__all__ = [
+    "Verdict",
+    "Verdicts",
+    "robust_zscores",
+    "iqr_fences",
+    "cosine_to_center",
+    "screen",
+    "MAD_TO_SIGMA",
+]
+
+#: 1.4826 * MAD estimates the standard deviation of normal data.
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One client's screening result: ``reasons`` names each test that fired."""
+
+    client_id: str
+    flagged: bool
+    reasons: tuple[str, ...] = ()
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flagged": self.flagged, "reasons": list(self.reasons), "scores": dict(self.scores)}
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """All verdicts of one screening, in input order; ``screened`` is False when there were too few clients to judge."""
+
+    by_id: dict[str, Verdict]
+    screened: bool
+
+    @property
+    def flagged_ids(self) -> list[str]:
+        return [cid for cid, v in self.by_id.items() if v.flagged]
+
+    @property
+    def kept_ids(self) -> list[str]:
+        return [cid for cid, v in self.by_id.items() if not v.flagged]
+
+    def __getitem__(self, client_id: str) -> Verdict:
+        return self.by_id[client_id]
+
+    def __iter__(self):
+        return iter(self.by_id.values())
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"screened": self.screened, "verdicts": {k: v.to_dict() for k, v in self.by_id.items()}}
+
+
+# --- pure statistics on 1-D tensors -------------------------------------------
+def _median_1d(v: torch.Tensor) -> torch.Tensor:
+    return median_rows(v.reshape(-1, 1)).reshape(())
+
+
+def robust_zscores(values: torch.Tensor) -> torch.Tensor:
+    """(v - median) / (1.4826 * MAD): a z-score that one extreme value cannot mask."""
+    v = values.to(torch.float64)
+    med = _median_1d(v)
+    mad = _median_1d((v - med).abs())
+    return (v - med) / (MAD_TO_SIGMA * mad).clamp_min(1e-12)
+
+
+def _quantile_sorted(s: torch.Tensor, q: float) -> torch.Tensor:
+    pos = q * (s.numel() - 1)
+    lo = int(pos)
+    hi = min(lo + 1, s.numel() - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def iqr_fences(values: torch.Tensor, k: float = 1.5) -> tuple[float, float]:
+    """Tukey fences (Q1 - k*IQR, Q3 + k*IQR), quartiles by linear interpolation."""
+    s = torch.sort(values.to(torch.float64).reshape(-1)).values
+    q1, q3 = _quantile_sorted(s, 0.25), _quantile_sorted(s, 0.75)
+    iqr = q3 - q1
+    return float(q1 - k * iqr), float(q3 + k * iqr)
+
+
+def cosine_to_center(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each row of ``x`` to ``center`` (0 where either is zero)."""
+    num = x @ center
+    den = torch.linalg.vector_norm(x, dim=1) * torch.linalg.vector_norm(center)
+    return torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
+
+
+# --- the combined screen -------------------------------------------------------
+def screen(
+    updates: Sequence[Mapping[str, torch.Tensor]],
+    ids: Sequence[str],
+    threshold: float = 2.0,
+    min_clients: int = 3,
+    *,
+    reference: Mapping[str, torch.Tensor] | None = None,
+    norm_ratio: float = 2.0,
+    iqr_k: float = 1.5,
+    min_cosine: float = 0.0,
+) -> Verdicts:
+    """Judge each update; flag it when any test fires.
+
+    Tests (run only with at least ``min_clients`` finite updates):
+    - ``norm_zscore``: |robust z| of the update's L2 norm > ``threshold`` (median/MAD, two-sided),
+    - ``norm_iqr``: norm outside the Tukey fences (n >= 4),
+    both gated by a ratio-to-median test (norm > ``norm_ratio`` x median or < median /
+    ``norm_ratio``) so that tightly clustered honest norms are not flagged for tiny spreads;
+    - ``direction``: cosine to the coordinate-wise median below ``min_cosine`` and, by robust
+      z-score, far below the other clients' cosines (sign flips, IPM); the second condition
+      keeps clients without any shared direction (pure noise) from being flagged at random.
+    ``non_finite`` (NaN/Inf) is always flagged. With ``reference`` (the global model sent out)
+    the tests look at ``update - reference``, which is what they are meant for.
+    """
+    ids = [str(i) for i in ids]
+    if len(ids) != len(updates):
+        raise RobustnessError(f"{len(updates)} updates but {len(ids)} ids")
+    if len(set(ids)) != len(ids):
+        raise RobustnessError("client ids must be unique within one screening")
+    if threshold <= 0 or norm_ratio < 1:
+        raise RobustnessError(f"need threshold > 0 and norm_ratio >= 1, got {threshold}, {norm_ratio}")
+    x, _ = _stack(list(updates) + ([reference] if reference is not None else []))
+    if reference is not None:
+        x = x[:-1] - x[-1]
+    x = x.to(torch.float64)
+    finite = torch.isfinite(x).all(dim=1)
+    reasons: list[list[str]] = [[] if bool(finite[i]) else ["non_finite"] for i in range(len(ids))]
+    scores: list[dict[str, float]] = [{} for _ in ids]
+    good = torch.nonzero(finite).reshape(-1)
+    screened = good.numel() >= max(int(min_clients), 1)
+    if screened:
+        xg = x[good]
+        norms = torch.linalg.vector_norm(xg, dim=1)
+        med = float(_median_1d(norms))
+        ratio = norms / med if med > 0 else torch.where(norms > 0, torch.inf, 1.0)
+        off_scale = (ratio > norm_ratio) | (ratio < 1.0 / norm_ratio)
+        z = robust_zscores(norms)
+        lo, hi = iqr_fences(norms, iqr_k) if good.numel() >= 4 else (-float("inf"), float("inf"))
+        cos = cosine_to_center(xg, median_rows(xg))
+        cos_z = robust_zscores(cos)
+        for j, i in enumerate(good.tolist()):
+            scores[i] = {
+                "norm": float(norms[j]),
+                "norm_ratio": float(ratio[j]),
+                "norm_z": float(z[j]),
+                "cosine": float(cos[j]),
+                "cosine_z": float(cos_z[j]),
+            }
+            if bool(off_scale[j]) and abs(float(z[j])) > threshold:
+                reasons[i].append("norm_zscore")
+            if bool(off_scale[j]) and not (lo <= float(norms[j]) <= hi):
+                reasons[i].append("norm_iqr")
+            if float(cos[j]) < min_cosine and float(cos_z[j]) < -threshold:
+                reasons[i].append("direction")
+    verdicts = {
+        cid: Verdict(cid, bool(reasons[i]), tuple(reasons[i]), scores[i]) for i, cid in enumerate(ids)
+    }
+    return Verdicts(verdicts, screened)

@@ -1,0 +1,218 @@
+"""Wiring: settings → bus, sealer, metrics, store, health → a running service (or all four)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from federation.config import Settings
+from federation.crypto.signing import SigningIdentity, TrustStore
+from federation.runtime.service import Service, ServiceRunner
+from federation.runtime.store import ServiceStore
+
+__all__ = [
+    "SERVICE_KEYS",
+    "ServiceNode",
+    "make_bus",
+    "make_sealer",
+    "build_service_logic",
+    "start_node",
+    "service_main",
+    "ensure_identities",
+]
+
+log = logging.getLogger(__name__)
+
+#: CLI service name -> topology key (queue pdmfed.<key>) and envelope sender id.
+SERVICE_KEYS = {
+    "connector": "connector",
+    "trainer-dispatch": "dispatch",
+    "security": "security",
+    "aggregator": "aggregator",
+}
+
+
+def _sender(settings: Settings, name: str) -> str:
+    return settings.service_id or name
+
+
+def keys_dir_of(settings: Settings) -> Path | None:
+    """Where Ed25519 keys live (state_dir/keys in demo when unset)."""
+    if settings.keys_dir is not None:
+        return Path(settings.keys_dir)
+    if settings.demo:
+        return Path(settings.state_dir) / "keys"
+    return None
+
+
+def ensure_identities(keys_dir: Path, senders: list[str]) -> None:
+    """Create the missing key pairs (demo and tests): every sealer then trusts every sender."""
+    for sender in senders:
+        SigningIdentity.load_or_create(keys_dir, sender)
+
+
+def make_bus(settings: Settings, service_key: str, broker: Any = None, topology: Any = None) -> Any:
+    """RabbitMQ when PDMFED_AMQP_URL is set, else the in-memory bus (shared broker in-process)."""
+    from federation.bus.topology import DEFAULT_TOPOLOGY
+
+    topo = topology or DEFAULT_TOPOLOGY
+    if settings.amqp_url:
+        from federation.bus.rabbitmq import RabbitBus
+
+        return RabbitBus(settings.amqp_url, service=service_key, topology=topo,
+                         expected_message_bytes=settings.max_message_bytes,
+                         declare=settings.declare_topology)
+    from federation.bus.memory import InMemoryBroker, InMemoryBus
+
+    return InMemoryBus(broker if broker is not None else InMemoryBroker(topo))
+
+
+def make_sealer(settings: Settings, sender: str) -> Any:
+    """A Sealer for this sender with the settings' keys, trust store and replay store."""
+    from federation.crypto.sealer import Sealer
+
+    return Sealer.from_settings(settings, sender)
+
+
+def factory_verifier(trust: TrustStore | None) -> Callable[[dict], None] | None:
+    """Check an update.raw's factory signature against the factories' public keys."""
+    if trust is None:
+        return None
+    from federation.datasite.signing import verify_update_signature
+
+    def verify(payload: dict) -> None:
+        verify_update_signature(payload, trust)
+
+    return verify
+
+
+def build_service_logic(
+    name: str, settings: Settings, *, comm_manager: Any = None, factory_trust: TrustStore | None = None,
+    queue: str | None = None,
+) -> Service:
+    """The Service (handlers) for one service name."""
+    from federation.bus.topology import DEFAULT_TOPOLOGY
+
+    q = queue or DEFAULT_TOPOLOGY.queue(SERVICE_KEYS[name]).name
+    if name == "trainer-dispatch":
+        from services.trainer_dispatch.handlers import build_service
+
+        return build_service(queue=q)
+    if name == "security":
+        from services.security.handlers import build_service
+
+        return build_service(verify_factory=factory_verifier(factory_trust), queue=q)
+    if name == "aggregator":
+        from services.aggregator.handlers import build_service
+
+        return build_service(queue=q)
+    if name == "connector":
+        from services.connector.handlers import ConnectorLogic, build_service
+
+        if comm_manager is None:
+            from federation.communication import PySyftCommunicationManager
+
+            comm_manager = PySyftCommunicationManager()
+        return build_service(ConnectorLogic(comm_manager), queue=q)
+    raise KeyError(f"unknown service {name!r}; expected one of {sorted(SERVICE_KEYS)}")
+
+
+@dataclass
+class ServiceNode:
+    """One running service and everything it owns."""
+
+    name: str
+    runner: ServiceRunner
+    bus: Any
+    endpoint: Any
+    metrics: Any
+    store: ServiceStore
+    health: Any = None
+    extra: dict = field(default_factory=dict)
+
+    def ready(self) -> bool:
+        """Broker channel open and consumer registered."""
+        return bool(self.runner.subscribed and self.bus.is_ready())
+
+    async def stop(self) -> None:
+        """Stop consuming (in-flight messages finish or are requeued), close everything."""
+        await self.runner.stop()
+        await self.bus.close()
+        if self.health is not None:
+            self.health.stop()
+        self.store.close()
+
+
+async def start_node(
+    name: str,
+    settings: Settings,
+    *,
+    broker: Any = None,
+    topology: Any = None,
+    registry: CollectorRegistry | None = None,
+    comm_manager: Any = None,
+    factory_trust: TrustStore | None = None,
+    store_path: str | Path | None = None,
+    health_port: int | None = None,
+    concurrency: int | None = None,
+) -> ServiceNode:
+    """Build and start one service: bus, sealer, secure endpoint, store, runner, health."""
+    from federation.bus.middleware import SecureEndpoint
+    from federation.monitoring import HealthServer, Metrics
+
+    key = SERVICE_KEYS[name]
+    sender = _sender(settings, name)
+    bus = make_bus(settings, key, broker=broker, topology=topology)
+    await bus.start()
+    metrics = Metrics(name, registry)
+    sealer = make_sealer(settings, sender)
+    endpoint = SecureEndpoint(bus, sealer, metrics, name)
+    path = store_path if store_path is not None else Path(settings.state_dir) / f"{key}.sqlite"
+    store = ServiceStore(path)
+    queue = (topology.queue(key).name if topology is not None else None)
+    service = build_service_logic(name, settings, comm_manager=comm_manager, factory_trust=factory_trust,
+                                  queue=queue)
+    runner = ServiceRunner(service, endpoint, store, metrics)
+    node = ServiceNode(name, runner, bus, endpoint, metrics, store)
+    # connector: one training per datasite at a time, all datasites in parallel
+    conc = concurrency or (16 if name == "connector" else 1)
+    runner.concurrency = conc
+    await runner.start()
+    port = settings.metrics_port if health_port is None else health_port
+    if port is not None and port >= 0 and (health_port is not None or settings.metrics_port):
+        node.health = HealthServer(port, registry, ready=node.ready)
+    log.info("%s started (queue %s)", name, service.queue)
+    return node
+
+
+def service_main(name: str) -> int:
+    """`pdmfed service <name>`: run one service until SIGTERM/SIGINT."""
+    from federation.logs import setup_logging
+
+    settings = Settings()
+    setup_logging(settings.log_level)
+    settings.validate_secrets()
+    factory_trust = None
+    kd = keys_dir_of(settings)
+    if name == "security" and kd is not None and (kd / "factories").is_dir():
+        factory_trust = TrustStore.from_dir(kd / "factories")
+
+    async def run() -> None:
+        node = await start_node(name, settings, factory_trust=factory_trust)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("%s: shutting down", name)
+        await node.stop()
+
+    asyncio.run(run())
+    return 0

@@ -1,0 +1,156 @@
+"""The service runner: secure subscription, exactly-once commits, outbox flushing, ticks, health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from federation.errors import ConfigError, MalformedMessage, StaleRoundError
+from federation.runtime.observe import observe_emitted
+from federation.runtime.store import ServiceStore, Transaction
+
+__all__ = ["Service", "ServiceRunner", "as_dict"]
+
+log = logging.getLogger(__name__)
+
+
+def as_dict(payload: Any) -> dict:
+    """A typed message or a dict, as a plain dict."""
+    if isinstance(payload, dict):
+        return payload
+    to_payload = getattr(payload, "to_payload", None)
+    if to_payload is None:
+        raise TypeError(f"cannot read payload of type {type(payload).__name__}")
+    return to_payload()
+
+
+@dataclass
+class Service:
+    """A service's logic: one synchronous handler per message type, run inside a transaction.
+
+    Handlers are `(tx, payload: dict, envelope) -> None`; they read and write state through
+    `tx` and queue outgoing messages with `tx.emit`. They never touch the bus.
+    """
+
+    name: str
+    queue: str
+    handlers: dict[str, Callable[[Transaction, dict, Any], None]] = field(default_factory=dict)
+    #: Optional async pre-step run OUTSIDE the transaction (slow I/O such as remote training);
+    #: returns extra data handed to the handler as payload["_prepared"].
+    prepare: dict[str, Callable[[dict, Any], Awaitable[Any]]] = field(default_factory=dict)
+    #: Optional periodic step `(tx, now) -> None` (deadlines).
+    tick: Callable[[Transaction, float], None] | None = None
+    tick_interval_s: float = 0.5
+
+
+class ServiceRunner:
+    """Runs a Service on a SecureEndpoint with a ServiceStore."""
+
+    def __init__(self, service: Service, endpoint: Any, store: ServiceStore, metrics: Any = None) -> None:
+        self.service = service
+        self.endpoint = endpoint
+        self.store = store
+        self.metrics = metrics
+        self._flush_lock = asyncio.Lock()
+        self._tick_task: asyncio.Task | None = None
+        self._stopping = False
+        self.subscribed = False
+        #: Handlers run at once (the connector trains several datasites in parallel).
+        self.concurrency = 1
+
+    async def start(self) -> None:
+        """Flush what a previous run left in the outbox, then consume."""
+        await self.flush_outbox()
+        await self.endpoint.subscribe(
+            self.service.queue, self._on_message, prefetch=max(self.concurrency, 1), concurrency=self.concurrency
+        )
+        self.subscribed = True
+        if self.service.tick is not None:
+            self._tick_task = asyncio.create_task(self._tick_loop(), name=f"{self.service.name}-tick")
+
+    async def stop(self) -> None:
+        """Stop ticking; the bus owner closes consumers (in-flight messages finish or requeue)."""
+        self._stopping = True
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+
+    async def _on_message(self, msg_type: Any, payload: Any, envelope: Any) -> None:
+        kind = str(getattr(msg_type, "value", msg_type))
+        handler = self.service.handlers.get(kind)
+        if handler is None:
+            log.debug("%s ignores %s", self.service.name, kind)
+            return
+        data = dict(as_dict(payload))
+        msg_id = bytes(envelope.msg_id)
+        if self._already_handled(msg_id):
+            log.info("%s: %s %s already handled, acking the duplicate", self.service.name, kind, msg_id.hex())
+            return
+        prepare = self.service.prepare.get(kind)
+        if prepare is not None:
+            data["_prepared"] = await prepare(data, envelope)
+
+        def commit() -> None:
+            with self.store.transaction() as tx:
+                if tx.seen(msg_id):
+                    return
+                try:
+                    handler(tx, data, envelope)
+                except ConfigError as exc:  # a payload that validates as a message but not as config
+                    raise MalformedMessage(str(exc)) from exc
+                tx.mark_handled(msg_id, kind)
+
+        await asyncio.to_thread(commit)
+        await self.flush_outbox()
+
+    def _already_handled(self, msg_id: bytes) -> bool:
+        with self.store.transaction() as tx:
+            return tx.seen(msg_id)
+
+    async def flush_outbox(self) -> int:
+        """Publish committed messages; each is removed only after the broker confirmed it."""
+        published = 0
+        async with self._flush_lock:
+            while True:
+                items = await asyncio.to_thread(self.store.pending_outbox, 50)
+                if not items:
+                    return published
+                for item in items:
+                    await self.endpoint.publish(
+                        item.msg_type, item.payload, datasite_id=item.datasite_id, round_num=item.round_num
+                    )
+                    await asyncio.to_thread(self.store.outbox_done, item.id)
+                    observe_emitted(self.metrics, item.msg_type, item.payload)
+                    published += 1
+
+    async def _tick_loop(self) -> None:
+        tick = self.service.tick
+        assert tick is not None
+        while not self._stopping:
+            await asyncio.sleep(self.service.tick_interval_s)
+            try:
+                now = time.time()
+
+                def run() -> None:
+                    with self.store.transaction() as tx:
+                        tick(tx, now)
+
+                await asyncio.to_thread(run)
+                await self.flush_outbox()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a failed tick is retried next interval; never kill the service
+                log.exception("%s: tick failed", self.service.name)
+
+
+def stale(detail: str) -> StaleRoundError:
+    """The error a handler raises for a message about a closed round."""
+    return StaleRoundError(detail)
+
+

@@ -1,0 +1,152 @@
+"""deploy/k8s: kustomize renders, kubernetes-validate --strict, CRDs, and policy wiring."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+from deploy_helpers import DEPLOY, SERVICES, load_yaml_docs, require_tool, run
+
+OVERLAYS = ["base", "overlays/rabbitmq-operator", "overlays/prometheus-operator"]
+#: Custom resources kubernetes-validate has no schema for -> our schema in deploy/k8s/schemas.
+CRD_SCHEMAS = {
+    ("rabbitmq.com/v1beta1", "RabbitmqCluster"): "rabbitmqcluster-rabbitmq-v1beta1.json",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
+}
+
+
+def _kinds(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_when_rendered__every_builtin_object_passes_strict_validation(target, k8s_render):
+    validator = require_tool("kubernetes-validate")
+    rendered = k8s_render(target)
+    result = run([validator, "--strict", "--quiet", "-"], stdin=rendered)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ERROR" not in result.stdout
+    # Only the custom resources may lack a built-in schema; they are checked below.
+    for line in result.stdout.splitlines():
+        assert line.startswith("WARN") and any(k in line for _, k in CRD_SCHEMAS), line
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_when_rendered__every_custom_resource_matches_its_vendored_schema(target, k8s_render):
+    for doc in load_yaml_docs(k8s_render(target)):
+        key = (doc["apiVersion"], doc["kind"])
+        if "." in doc["apiVersion"].split("/")[0] and not doc["apiVersion"].endswith("k8s.io/v1"):
+            assert key in CRD_SCHEMAS, f"no schema for custom resource {key}"
+        if key in CRD_SCHEMAS:
+            schema = json.loads((DEPLOY / "k8s/schemas" / CRD_SCHEMAS[key]).read_text())
+            jsonschema.Draft202012Validator(schema).validate(doc)
+
+
+def test_the_crd_schemas_reject_a_misspelled_field():
+    schema = json.loads(
+        (
+            DEPLOY / "k8s/schemas" / CRD_SCHEMAS[("monitoring.coreos.com/v1", "ServiceMonitor")]
+        ).read_text()
+    )
+    bad = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": {"name": "x"},
+           "spec": {"selector": {}, "endpoints": [{"port": "metrics", "intervall": "15s"}]}}  # fmt: skip
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(schema).validate(bad)
+
+
+def test_every_service_deployment_is_probed_limited_and_locked_down(k8s_render):
+    docs = load_yaml_docs(k8s_render("base"))
+    deployments = _kinds(docs, "Deployment")
+    for name in SERVICES:
+        pod = deployments[name]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["command"] == ["pdmfed", "service", name]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+        assert "memory" in container["resources"]["limits"]
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["serviceAccountName"] == name and pod["automountServiceAccountToken"] is False
+        env = {e["name"]: e for e in container["env"]}
+        for secret_var in ("PDMFED_AMQP_URL", "PDMFED_ENCRYPTION_KEY", "PDMFED_KEY_SALT"):
+            assert "secretKeyRef" in env[secret_var]["valueFrom"], secret_var
+
+
+def test_no_secret_object_is_shipped_only_referenced(k8s_render):
+    for target in OVERLAYS:
+        assert not _kinds(load_yaml_docs(k8s_render(target)), "Secret"), target
+
+
+def test_security_and_aggregator_autoscale_and_every_pdb_selects_a_workload(k8s_render):
+    docs = load_yaml_docs(k8s_render("base"))
+    hpas = _kinds(docs, "HorizontalPodAutoscaler")
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas.values()} == {
+        "security",
+        "aggregator",
+    }
+    workloads = {
+        d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+        for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+    }  # fmt: skip
+    for name, pdb in _kinds(docs, "PodDisruptionBudget").items():
+        assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] in workloads, name
+
+
+def _egress_targets(docs: list[dict], labels: dict[str, str]) -> set[tuple[str, int]]:
+    """(target app name, port) pairs the NetworkPolicies let a pod with ``labels`` reach."""
+    allowed = set()
+    for pol in _kinds(docs, "NetworkPolicy").values():
+        sel = pol["spec"]["podSelector"].get("matchLabels", {})
+        if not all(labels.get(k) == v for k, v in sel.items()):
+            continue
+        for rule in pol["spec"].get("egress", []):
+            for peer in rule["to"]:
+                target = peer.get("podSelector", {}).get("matchLabels", {})
+                name = target.get("app.kubernetes.io/name", target.get("k8s-app"))
+                for port in rule["ports"]:
+                    allowed.add((name, port["port"]))
+    return allowed
+
+
+def test_network_policies_let_services_reach_only_the_broker_and_cache(k8s_render):
+    docs = load_yaml_docs(k8s_render("base"))
+    assert _kinds(docs, "NetworkPolicy")["default-deny"]["spec"]["podSelector"] == {}
+    bus = {("rabbitmq", 5672), ("redis", 6379), ("kube-dns", 53)}
+    for name in SERVICES:
+        labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "service"}
+        extra = {("factory", 8080)} if name == "connector" else set()
+        assert _egress_targets(docs, labels) == bus | extra, name
+    datasite_ingress = _kinds(docs, "NetworkPolicy")["datasites-from-connector"]["spec"]["ingress"]
+    sources = [p["podSelector"]["matchLabels"] for rule in datasite_ingress for p in rule["from"]]
+    assert sources == [{"app.kubernetes.io/name": "connector"}]
+
+
+def test_the_operator_overlay_replaces_the_broker_and_keeps_its_service_name(k8s_render):
+    docs = load_yaml_docs(k8s_render("overlays/rabbitmq-operator"))
+    assert "rabbitmq" not in _kinds(docs, "StatefulSet")
+    (cluster,) = _kinds(docs, "RabbitmqCluster").values()
+    assert cluster["metadata"]["name"] == "rabbitmq"  # operator's client Service name
+    assert "load_definitions" in cluster["spec"]["rabbitmq"]["additionalConfig"]
+
+
+def test_service_monitors_select_services_that_expose_the_named_port(k8s_render):
+    docs = load_yaml_docs(k8s_render("overlays/prometheus-operator"))
+    services = _kinds(docs, "Service").values()
+    for name, monitor in _kinds(docs, "ServiceMonitor").items():
+        want = monitor["spec"]["selector"]["matchLabels"]
+        chosen = [s for s in services if want.items() <= s["metadata"]["labels"].items()]
+        assert chosen, f"{name} selects no Service"
+        for endpoint in monitor["spec"]["endpoints"]:
+            for svc in chosen:
+                assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]}, name
+    scraped = {
+        s["metadata"]["name"]
+        for s in services
+        if s["metadata"]["labels"].get("app.kubernetes.io/component") == "service"
+    }
+    assert scraped == set(SERVICES)

@@ -1,0 +1,74 @@
+"""Replay guard: in-memory seen store (bounded, expiring) and the freshness window."""
+
+from __future__ import annotations
+
+import pytest
+from federation.config import Settings
+from federation.crypto.replay import (
+    InMemorySeenStore,
+    RedisSeenStore,
+    ReplayGuard,
+    seen_store_from_settings,
+)
+from federation.errors import ExpiredError, ReplayError
+
+
+class _Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_when_id_is_added_twice__second_add_is_refused_until_it_expires():
+    clock = _Clock()
+    store = InMemorySeenStore(clock=clock)
+    assert store.add_if_new(b"a", 10) is True
+    assert store.add_if_new(b"a", 10) is False
+    clock.now += 10.5
+    assert store.add_if_new(b"a", 10) is True
+
+
+def test_when_store_is_full__oldest_ids_are_evicted_and_counted():
+    store = InMemorySeenStore(max_items=3, clock=_Clock())
+    for i in range(5):
+        assert store.add_if_new(bytes([i]), 100)
+    assert len(store) == 3 and store.evictions == 2
+    assert store.add_if_new(bytes([4]), 100) is False
+    assert store.add_if_new(bytes([0]), 100) is True
+
+
+def test_when_message_is_fresh__guard_accepts_once_then_reports_replay():
+    guard = ReplayGuard(InMemorySeenStore(), window_s=60)
+    guard.check(b"m" * 16, 1000.0, now=1000.0)
+    with pytest.raises(ReplayError) as err:
+        guard.check(b"m" * 16, 1000.0, now=1001.0)
+    assert err.value.reason == "replay"
+
+
+@pytest.mark.parametrize("timestamp", [939.0, 1061.0, float("nan"), float("inf")])
+def test_when_timestamp_is_outside_the_window__guard_reports_expired(timestamp):
+    guard = ReplayGuard(InMemorySeenStore(), window_s=60)
+    with pytest.raises(ExpiredError) as err:
+        guard.check(b"e" * 16, timestamp, now=1000.0)
+    assert err.value.reason == "expired"
+    guard.check(b"e" * 16, 1000.0, now=1000.0)  # an expired message was not remembered
+
+
+def test_when_message_is_accepted__its_id_is_remembered_as_long_as_it_is_fresh():
+    clock = _Clock(0.0)
+    store = InMemorySeenStore(clock=clock)
+    guard = ReplayGuard(store, window_s=60, clock=clock)
+    guard.check(b"x" * 16, 30.0)  # fresh until t=90
+    clock.now = 89.0
+    with pytest.raises(ReplayError):
+        guard.check(b"x" * 16, 30.0)
+
+
+def test_when_redis_url_is_set__settings_select_the_redis_store_per_service():
+    assert isinstance(seen_store_from_settings(Settings()), InMemorySeenStore)
+    store = seen_store_from_settings(
+        Settings(redis_url="redis://127.0.0.1:1/0", service_id="security")
+    )
+    assert isinstance(store, RedisSeenStore) and store.namespace == "pdmfed:seen:security"

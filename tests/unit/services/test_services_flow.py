@@ -1,0 +1,78 @@
+"""The four services on the in-memory bus: a campaign runs to completion, every update accounted for."""
+
+from __future__ import annotations
+
+import pytest
+
+from federation.campaign import CampaignConfig, DatasiteRef
+from federation.config import Settings
+from federation.orchestrator.embedded import EmbeddedFederation
+
+from conftest import LocalDatasites  # noqa: E402  (tests/unit/services/conftest.py)
+
+
+def _cfg(data, ids, **kw) -> CampaignConfig:
+    base = dict(
+        campaign_id="unit-flow",
+        datasites=[DatasiteRef(datasite_id=d, url=f"http://local/{d}") for d in ids],
+        rounds=2,
+        round_timeout_s=60,
+        quorum=2,
+        training={"model_type": "cnn", "epochs": 1, "batch_size": 64, "n_features": data.n_features,
+                  "window": data.window, "learning_rate": 0.005},
+        privacy={"enabled": True, "mode": "central", "noise_multiplier": 0.5, "clip_norm": 5.0},
+        robustness={"enabled": True, "aggregation": "trimmed_mean"},
+    )
+    base.update(kw)
+    return CampaignConfig.model_validate(base)
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("PDMFED_DATASITE_ADMIN_PASSWORD", "unit-test-password")
+    return Settings(demo=True, state_dir=tmp_path / "state", amqp_url=None, redis_url=None)
+
+
+async def _run(settings, comm, cfg, timeout=60):
+    fed = EmbeddedFederation(settings, comm_manager=comm)
+    await fed.start()
+    try:
+        return fed, await fed.run_campaign(cfg, timeout=timeout)
+    finally:
+        await fed.stop()
+
+
+async def test_when_three_honest_factories_train__campaign_completes_with_every_update_counted(
+    settings, tiny_partitions
+):
+    data, parts = tiny_partitions
+    comm = LocalDatasites(parts)
+    cfg = _cfg(data, list(parts))
+    fed, rec = await _run(settings, comm, cfg)
+    assert rec.completed["reason"] == "max_rounds"
+    assert [r["round_num"] for r in rec.rounds] == [1, 2]
+    for r in rec.rounds:
+        assert sorted(r["participants"]) + sorted(r["rejected"]) == sorted(parts) or \
+            sorted(list(r["participants"]) + list(r["rejected"])) == sorted(parts)
+        assert r["epsilon"] is not None and r["epsilon"] > 0
+    assert rec.rounds[1]["epsilon"] > rec.rounds[0]["epsilon"]
+    assert len(comm.calls) == 6
+
+
+async def test_when_one_factory_scales_its_update__it_is_flagged_byzantine(settings, tiny_partitions):
+    data, parts = tiny_partitions
+    comm = LocalDatasites(parts, attack={"factory_c": 50.0})
+    cfg = _cfg(data, list(parts), privacy={"enabled": False})
+    _, rec = await _run(settings, comm, cfg)
+    assert all("factory_c" in r["byzantine"] for r in rec.rounds)
+    assert all("factory_c" not in r["participants"] for r in rec.rounds)
+
+
+async def test_when_a_datasite_fails_once__it_is_retried_within_the_round(settings, tiny_partitions):
+    data, parts = tiny_partitions
+    comm = LocalDatasites(parts)
+    comm.fail_next["factory_b"] = 1
+    cfg = _cfg(data, list(parts), rounds=1)
+    _, rec = await _run(settings, comm, cfg)
+    assert sorted(rec.rounds[0]["participants"]) == sorted(parts)
+    assert [c for c in comm.calls if c[0] == "factory_b"] == [("factory_b", 1), ("factory_b", 1)]
