@@ -1,6 +1,8 @@
-"""Seal+open throughput of envelope v1 vs bare AES-GCM+SHA-256 (ceiling) vs pickle+Fernet.
+"""Seal+open throughput of envelope v1 vs AES-GCM+SHA-256 (ceiling), pickle+Fernet and Flower.
 
 Run: ``.venv/bin/python -m bench.bench_envelope [--smoke] [--out PATH]``.
+Flower's ``ndarrays_to_parameters``/``parameters_to_ndarrays`` round trip is timed in its own
+virtualenv (bench/.flwr-venv, created on demand) on the same byte sizes and layer layout.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from federation.crypto import KeyRing, Sealer, SigningIdentity, TrustStore
 
-from bench._common import RESULTS_DIR, time_runs, write_result
+from bench._common import time_runs, write_result
+from bench._flwr import FlowerUnavailable, run_flwr_task
+from bench._util import result_path
 
 MB = 1024 * 1024
 
@@ -95,39 +99,76 @@ def _measure(size_mb: float, runs: int) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=None, help="result file")
-    args = parser.parse_args(argv)
-    sizes = [0.25, 1.0] if args.smoke else [1, 10, 100, 500]
+NAME = "envelope"
+FULL_SIZES = [1, 10, 100, 500]
+SMOKE_SIZES = [0.25, 1.0]
+
+
+def _flower(sizes: list[float], runs: int, smoke: bool) -> tuple[list[dict] | None, Any, Any]:
+    """Flower's serialisation round trip per size, or (None, None, reason)."""
+    try:
+        answer = run_flwr_task(
+            {"task": "serde", "sizes_mb": sizes, "runs": runs, "budget_s": 30.0},
+            install=not smoke,
+        )
+    except FlowerUnavailable as exc:
+        return None, None, exc.reason
+    return answer["serde"], answer["versions"], None
+
+
+def run(smoke: bool, runs: int = 5) -> dict[str, Any]:
+    """Every size; each row carries its ratios to the ceiling, to pickle+Fernet and to Flower."""
+    sizes = SMOKE_SIZES if smoke else FULL_SIZES
+    flower_rows, versions, flower_error = _flower(sizes, runs, smoke)
     results = []
-    for size in sizes:
-        row = _measure(size, args.runs)
+    for i, size in enumerate(sizes):
+        row = _measure(size, runs)
+        if flower_rows is not None:
+            fl = dict(flower_rows[i])
+            fl["mb_per_s"] = row["size_mb"] / fl["median_s"]
+            fl["mb_per_s_min_max"] = [row["size_mb"] / fl["max_s"], row["size_mb"] / fl["min_s"]]
+            row["flower_serde"] = fl
+            row["ratio_seal_open_vs_flower"] = row["seal_open"]["mb_per_s"] / fl["mb_per_s"]
         results.append(row)
         print(
             f"{row['size_mb']:>8.2f} MB  seal+open {row['seal_open']['mb_per_s']:7.0f} MB/s"
             f"  chunked {row['seal_open_chunked_8MiB']['mb_per_s']:7.0f}"
             f"  ceiling {row['ceiling_aesgcm_sha256']['mb_per_s']:7.0f}"
             f"  pickle+Fernet {row['pickle_fernet']['mb_per_s']:6.0f}"
-            f"  ratio {row['ratio_seal_open_vs_ceiling']:.2f}"
+            + (f"  flower {row['flower_serde']['mb_per_s']:6.0f}" if "flower_serde" in row else "")
+            + f"  ratio {row['ratio_seal_open_vs_ceiling']:.2f}"
             f"  x{row['speedup_vs_pickle_fernet']:.1f}",
             flush=True,
         )
-    default = RESULTS_DIR / ("envelope-smoke.json" if args.smoke else "envelope.json")
-    path = write_result(
-        "envelope",
-        {
-            "smoke": args.smoke,
-            "method": "median of >=5 runs per size; MB/s = update bytes / wall time of one"
-            " seal+open (ceiling: AES-256-GCM encrypt+decrypt + SHA-256 at both ends of the"
-            " same bytes; naive: pickle+Fernet round trip)",
-            "targets": {"ratio_vs_ceiling_min": 0.7, "speedup_vs_pickle_fernet_min": 5.0},
-            "results": results,
+    return {
+        "smoke": smoke,
+        "method": "median of >=5 runs per size; MB/s = update bytes / wall time of one"
+        " seal+open (ceiling: AES-256-GCM encrypt+decrypt + SHA-256 at both ends of the"
+        " same bytes; naive: pickle+Fernet round trip; Flower: ndarrays_to_parameters +"
+        " parameters_to_ndarrays round trip of the same layer layout in flwr's own venv,"
+        " which neither encrypts nor authenticates)",
+        "targets": {"ratio_vs_ceiling_min": 0.7, "speedup_vs_pickle_fernet_min": 5.0},
+        "flower_versions": versions,
+        "flower_error": flower_error,
+        "results": results,
+        "summary": {
+            "min_ratio_vs_ceiling": min(r["ratio_seal_open_vs_ceiling"] for r in results),
+            "min_speedup_vs_pickle_fernet": min(r["speedup_vs_pickle_fernet"] for r in results),
+            "ratio_vs_flower": {
+                str(r["size_mb"]): r.get("ratio_seal_open_vs_flower") for r in results
+            },
         },
-        args.out or default,
-    )
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None, help="result file")
+    args = parser.parse_args(argv)
+    data = run(args.smoke, args.runs)
+    path = write_result(NAME, data, args.out or result_path(NAME, args.smoke))
     print(f"wrote {path}")
     return 0
 

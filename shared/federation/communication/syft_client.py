@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
 import threading
 import time
 import uuid
@@ -65,8 +63,7 @@ def _call_with_timeout(fn: Callable[[], Any], timeout_s: float, what: str) -> An
 
     def target() -> None:
         try:
-            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-                box["value"] = fn()
+            box["value"] = fn()
         except BaseException as exc:  # handed to the caller's thread
             box["error"] = exc
 

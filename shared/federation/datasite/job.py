@@ -13,6 +13,8 @@ import torch
 __all__ = [
     "ENV_DATASITE_ID",
     "ENV_KEYS_DIR",
+    "ENV_ATTACK",
+    "compromise_delta",
     "pdmfed_train_job",
     "run_training_job",
     "training_delta",
@@ -21,6 +23,8 @@ __all__ = [
 #: Set in the datasite's server process only: its identity and where its signing key lives.
 ENV_DATASITE_ID = "PDMFED_DATASITE_ID"
 ENV_KEYS_DIR = "PDMFED_DATASITE_KEYS_DIR"
+#: Demo/evaluation only: what a compromised factory does to its update ("scaling[:k]", "signflip[:k]").
+ENV_ATTACK = "PDMFED_DATASITE_ATTACK"
 
 _JOB_THREADS = 1  # deterministic results regardless of the host's core count
 
@@ -44,6 +48,18 @@ def training_delta(
         else:
             out[name] = value
     return out
+
+
+def compromise_delta(delta: Mapping[str, torch.Tensor], attack: str) -> dict[str, torch.Tensor]:
+    """What a compromised factory sends instead of its honest delta (for demos and evaluation)."""
+    kind, _, arg = attack.partition(":")
+    if kind == "scaling":
+        factor = float(arg or 20.0)
+    elif kind == "signflip":
+        factor = -float(arg or 4.0)
+    else:
+        raise ValueError(f"unknown attack {attack!r}; expected scaling[:k] or signflip[:k]")
+    return {k: v * factor if v.is_floating_point() else v for k, v in delta.items()}
 
 
 def _config(raw: Any) -> dict[str, Any]:
@@ -87,6 +103,11 @@ def _run(features: Any, labels: Any, global_model: Any, train_config: Any) -> di
     out = train_local(global_state, np.asarray(features), np.asarray(labels), cfg, seed)
     update = out["model_update"]
     delta = training_delta(update, global_state)
+    attack = os.environ.get(ENV_ATTACK)
+    if attack:
+        delta = compromise_delta(delta, attack)
+        update = {k: (global_state[k].to(torch.float32) + delta[k]).to(update[k].dtype)
+                  if update[k].is_floating_point() and k in global_state else update[k] for k in update}
     update_digest, update_sig = sign_tensors(identity, "update", update, round_number)
     delta_digest, delta_sig = sign_tensors(identity, "delta", delta, round_number)
     return {

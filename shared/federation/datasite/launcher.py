@@ -22,7 +22,7 @@ import psutil
 
 from federation.config import load_settings
 from federation.crypto.signing import SigningIdentity, check_sender_name
-from federation.datasite.job import ENV_DATASITE_ID, ENV_KEYS_DIR
+from federation.datasite.job import ENV_ATTACK, ENV_DATASITE_ID, ENV_KEYS_DIR
 from federation.datasite.partition import (
     CAPABILITIES,
     DATASET_NAME,
@@ -59,6 +59,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket() as s:
+        # as uvicorn binds: TIME_WAIT leftovers of a crashed server do not block a restart
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -86,7 +88,10 @@ def _env(values: Mapping[str, str]):  # noqa: ANN202
 
 @contextlib.contextmanager
 def _quiet():  # noqa: ANN202
-    """PySyft prints banners and progress bars; keep them out of our stdout."""
+    """PySyft prints banners and progress bars; keep them out of our stdout.
+
+    Swaps the process-wide sys.stdout: only call it while holding _FORK_LOCK.
+    """
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         yield
 
@@ -103,8 +108,7 @@ def _ok(result: Any, what: str) -> Any:
 def _login(url: str, email: str, password: str) -> Any:
     import syft as sy
 
-    with _quiet():
-        return sy.login(url=url, email=email, password=password, cache=False)
+    return sy.login(url=url, email=email, password=password, cache=False)
 
 
 class _ApprovalWatcher(threading.Thread):
@@ -158,8 +162,7 @@ class _ApprovalWatcher(threading.Thread):
                 "seen_at": time.time(),
             }
             if decision.approve:
-                with _quiet():
-                    self._client.api.services.request.apply(request.id)
+                _ok(self._client.api.services.request.apply(request.id), "approve")
                 with self._lock:
                     self.approved.append(entry)
                 log.info("%s approved %s (%s)", self._handle.datasite_id, rid, entry["func_name"])
@@ -384,6 +387,7 @@ def launch_datasite(
     demo: bool = False,
     poll_interval_s: float = 0.2,
     mock_seed: int = 0,
+    attack: str | None = None,
 ) -> DatasiteHandle:
     """Start a PySyft datasite holding ``partition_arrays`` ({'X','y'}) and its approval watcher.
 
@@ -418,11 +422,50 @@ def launch_datasite(
         "SYFT_TEMP_ROOT": str(temp_root / "syft"),
         ENV_DATASITE_ID: datasite_id,
         ENV_KEYS_DIR: str(keys_dir.resolve()),
+        # A compromised factory (demo and robustness tests only): its installed software
+        # manipulates what it sends; it still signs it with its own key.
+        ENV_ATTACK: attack or "",
     }
+    with _FORK_LOCK:
+        server, pid = _start_server(name, port, host, env, temp_root)
+        handle = DatasiteHandle(
+            name=name,
+            datasite_id=datasite_id,
+            host=host,
+            port=port,
+            admin_email=email,
+            admin_password=password,
+            public_key=identity.public_bytes(),
+            keys_dir=keys_dir,
+            temp_root=temp_root,
+            server=server,
+            pid=pid,
+        )
+        _LIVE.add(handle)
+        try:
+            if not handle.is_alive():
+                raise DatasiteConnectionError(f"datasite {datasite_id} exited during start-up")
+            caps = _capabilities(datasite_id, X, handle.public_key, policy.allow_list, capabilities)
+            _configure(handle, X, y, caps, orchestrator, mock_seed)
+        except Exception as exc:
+            handle.stop()
+            if isinstance(exc, DatasiteError | ConfigError):
+                raise
+            raise DatasiteError(f"configuring datasite {datasite_id} failed: {exc}") from exc
+    handle._watcher = _ApprovalWatcher(handle, policy, poll_interval_s)
+    handle._watcher.start()
+    log.info("datasite %s up at %s (demo=%s)", datasite_id, handle.url, demo)
+    return handle
+
+
+def _start_server(
+    name: str, port: int, host: str, env: dict[str, str], temp_root: Path
+) -> tuple[Any, int]:
+    """Fork PySyft's uvicorn server process with this datasite's environment; (handle, pid)."""
     import syft as sy
 
     me = psutil.Process()
-    with _FORK_LOCK, _env(env):
+    with _env(env):
         before = {p.pid for p in me.children()}
         try:
             with _quiet():
@@ -436,33 +479,6 @@ def launch_datasite(
                 )
         except Exception as exc:
             shutil.rmtree(temp_root, ignore_errors=True)
-            raise DatasiteError(f"PySyft could not launch {datasite_id}: {exc}") from exc
+            raise DatasiteError(f"PySyft could not launch {name}: {exc}") from exc
         new = [p.pid for p in me.children() if p.pid not in before]
-    handle = DatasiteHandle(
-        name=name,
-        datasite_id=datasite_id,
-        host=host,
-        port=port,
-        admin_email=email,
-        admin_password=password,
-        public_key=identity.public_bytes(),
-        keys_dir=keys_dir,
-        temp_root=temp_root,
-        server=server,
-        pid=new[0] if new else -1,
-    )
-    _LIVE.add(handle)
-    try:
-        if not handle.is_alive():
-            raise DatasiteConnectionError(f"datasite {datasite_id} exited during start-up")
-        caps = _capabilities(datasite_id, X, handle.public_key, policy.allow_list, capabilities)
-        _configure(handle, X, y, caps, orchestrator, mock_seed)
-    except Exception as exc:
-        handle.stop()
-        if isinstance(exc, DatasiteError | ConfigError):
-            raise
-        raise DatasiteError(f"configuring datasite {datasite_id} failed: {exc}") from exc
-    handle._watcher = _ApprovalWatcher(handle, policy, poll_interval_s)
-    handle._watcher.start()
-    log.info("datasite %s up at %s (demo=%s)", datasite_id, handle.url, demo)
-    return handle
+    return server, (new[0] if new else -1)

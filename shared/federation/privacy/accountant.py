@@ -38,7 +38,9 @@ def _fresh(method: str) -> dp_accounting.PrivacyAccountant:
     raise PrivacyError(f"unknown accounting method {method!r}; choose one of {METHODS}")
 
 
-def round_event(noise_multiplier: float, sampling_rate: float, rounds: int) -> dp_accounting.DpEvent:
+def round_event(
+    noise_multiplier: float, sampling_rate: float, rounds: int
+) -> dp_accounting.DpEvent:
     """The DpEvent for ``rounds`` rounds of Gaussian noise at ``noise_multiplier``, Poisson-sampled at ``sampling_rate``."""
     event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise_multiplier)
     if sampling_rate < 1:
@@ -46,7 +48,9 @@ def round_event(noise_multiplier: float, sampling_rate: float, rounds: int) -> d
     return dp_accounting.SelfComposedDpEvent(event, rounds)
 
 
-def _epsilon(noise_multiplier: float, sampling_rate: float, delta: float, rounds: int, method: str) -> float:
+def _epsilon(
+    noise_multiplier: float, sampling_rate: float, delta: float, rounds: int, method: str
+) -> float:
     if rounds <= 0:
         return 0.0
     if noise_multiplier == 0:
@@ -78,7 +82,9 @@ class PrivacyAccountant:
         if max_epsilon is not None and not (
             isinstance(max_epsilon, int | float) and max_epsilon > 0 and not math.isnan(max_epsilon)
         ):
-            raise PrivacyError(f"max_epsilon must be a positive number or None, got {max_epsilon!r}")
+            raise PrivacyError(
+                f"max_epsilon must be a positive number or None, got {max_epsilon!r}"
+            )
         self.noise_multiplier = float(noise_multiplier)
         self.sampling_rate = float(sampling_rate)
         self.delta = float(delta)
@@ -186,8 +192,14 @@ def noise_multiplier_for(
 ) -> float:
     """Smallest noise multiplier whose epsilon after ``rounds`` rounds is <= ``target_epsilon`` (dp-accounting calibration)."""
     _validate(1.0, sampling_rate, delta)
-    if not (isinstance(target_epsilon, int | float) and target_epsilon > 0 and math.isfinite(target_epsilon)):
-        raise PrivacyError(f"target_epsilon must be a positive finite number, got {target_epsilon!r}")
+    if not (
+        isinstance(target_epsilon, int | float)
+        and target_epsilon > 0
+        and math.isfinite(target_epsilon)
+    ):
+        raise PrivacyError(
+            f"target_epsilon must be a positive finite number, got {target_epsilon!r}"
+        )
     if not isinstance(rounds, int) or rounds < 1:
         raise PrivacyError(f"rounds must be a positive int, got {rounds!r}")
     _fresh(method)

@@ -16,10 +16,14 @@ Update = Mapping[str, torch.Tensor]
 
 def _check_update(update: Update) -> None:
     if not isinstance(update, Mapping):
-        raise PrivacyError(f"a model update must be a mapping of name -> tensor, got {type(update).__name__}")
+        raise PrivacyError(
+            f"a model update must be a mapping of name -> tensor, got {type(update).__name__}"
+        )
     for name, value in update.items():
         if not isinstance(value, torch.Tensor):
-            raise PrivacyError(f"update entry {name!r} is {type(value).__name__}, not a torch.Tensor")
+            raise PrivacyError(
+                f"update entry {name!r} is {type(value).__name__}, not a torch.Tensor"
+            )
 
 
 def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:

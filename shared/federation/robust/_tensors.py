@@ -46,7 +46,9 @@ def _stack(updates: Sequence[Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor,
             t = u[name]
             if not isinstance(t, torch.Tensor) or t.shape != shape:
                 got = getattr(t, "shape", type(t).__name__)
-                raise RobustnessError(f"update {i} entry {name!r} has shape {got}, expected {tuple(shape)}")
+                raise RobustnessError(
+                    f"update {i} entry {name!r} has shape {got}, expected {tuple(shape)}"
+                )
             parts.append(t.detach().reshape(-1).to(device=device, dtype=work))
         rows.append(torch.cat(parts))
     return torch.stack(rows), _Spec(names, shapes, dtypes, device)

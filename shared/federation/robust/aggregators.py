@@ -100,7 +100,9 @@ def centered_clipping_rows(
     if tau is None:
         tau = float(torch.linalg.vector_norm(x - v, dim=1).median())
     if tau < 0 or iters < 1:
-        raise RobustnessError(f"centered clipping needs tau >= 0 and iters >= 1, got {tau}, {iters}")
+        raise RobustnessError(
+            f"centered clipping needs tau >= 0 and iters >= 1, got {tau}, {iters}"
+        )
     for _ in range(iters):
         diff = x - v
         norms = torch.linalg.vector_norm(diff, dim=1, keepdim=True)
@@ -184,7 +186,9 @@ class CenteredClipping:
 
     def __init__(self, tau: float | None = None, iters: int = 3) -> None:
         if (tau is not None and tau < 0) or iters < 1:
-            raise RobustnessError(f"centered clipping needs tau >= 0 and iters >= 1, got {tau}, {iters}")
+            raise RobustnessError(
+                f"centered clipping needs tau >= 0 and iters >= 1, got {tau}, {iters}"
+            )
         self.tau = tau
         self.iters = int(iters)
 

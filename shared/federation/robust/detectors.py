@@ -64,7 +64,10 @@ class Verdicts:
         return len(self.by_id)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"screened": self.screened, "verdicts": {k: v.to_dict() for k, v in self.by_id.items()}}
+        return {
+            "screened": self.screened,
+            "verdicts": {k: v.to_dict() for k, v in self.by_id.items()},
+        }
 
 
 # --- pure statistics on 1-D tensors -------------------------------------------
@@ -133,7 +136,9 @@ def screen(
     if len(set(ids)) != len(ids):
         raise RobustnessError("client ids must be unique within one screening")
     if threshold <= 0 or norm_ratio < 1:
-        raise RobustnessError(f"need threshold > 0 and norm_ratio >= 1, got {threshold}, {norm_ratio}")
+        raise RobustnessError(
+            f"need threshold > 0 and norm_ratio >= 1, got {threshold}, {norm_ratio}"
+        )
     x, _ = _stack(list(updates) + ([reference] if reference is not None else []))
     if reference is not None:
         x = x[:-1] - x[-1]
@@ -168,6 +173,7 @@ def screen(
             if float(cos[j]) < min_cosine and float(cos_z[j]) < -threshold:
                 reasons[i].append("direction")
     verdicts = {
-        cid: Verdict(cid, bool(reasons[i]), tuple(reasons[i]), scores[i]) for i, cid in enumerate(ids)
+        cid: Verdict(cid, bool(reasons[i]), tuple(reasons[i]), scores[i])
+        for i, cid in enumerate(ids)
     }
     return Verdicts(verdicts, screened)

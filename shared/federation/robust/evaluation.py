@@ -299,16 +299,35 @@ def robustness_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=".pdmfed/robustness.json")
+    p.add_argument("--attacks", default=",".join(EVAL_ATTACKS), help="comma-separated subset")
+    p.add_argument("--defences", default=",".join(DEFENCES), help="comma-separated subset")
+    p.add_argument("--dp-noise", default="0.1,1.0", help="noise multipliers for the DP rows")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     args = p.parse_args(list(argv) if argv is not None else None)
+    try:
+        noise_levels = [float(z) for z in args.dp_noise.split(",") if z]
+    except ValueError:
+        print(f"robustness evaluation failed: --dp-noise must be numbers, got {args.dp_noise!r}")
+        return 2
+    threads = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
     try:
         result = run_robustness_eval(
-            args.data_dir, args.sites, args.byzantine_fraction, args.rounds, args.seed, args.out
+            args.data_dir,
+            args.sites,
+            args.byzantine_fraction,
+            args.rounds,
+            args.seed,
+            args.out,
+            attacks=[a for a in args.attacks.split(",") if a],
+            defences=[d for d in args.defences.split(",") if d],
+            dp_noise_levels=noise_levels,
         )
     except PdmFedError as exc:
         print(f"robustness evaluation failed: {exc}")
         return 2
+    finally:
+        torch.set_num_threads(threads)
     table = format_table(result)
     try:
         from rich.console import Console

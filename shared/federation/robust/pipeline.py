@@ -48,7 +48,11 @@ def defended_aggregate(
     if book is not None:
         book.record_round(verdicts)
     flagged = set(verdicts.flagged_ids)
-    low = [c for c in ids if c not in flagged and book is not None and book.score(c) < reputation_threshold]
+    low = [
+        c
+        for c in ids
+        if c not in flagged and book is not None and book.score(c) < reputation_threshold
+    ]
     keep = [i for i, c in enumerate(ids) if c not in flagged and c not in low]
     if not keep:
         raise RobustnessError(f"no update survived screening ({len(ids)} received)")

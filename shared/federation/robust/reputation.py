@@ -20,7 +20,9 @@ class ReputationBook:
     1.0 below 0.3, and climbing back above 0.9 from there takes about twenty clean rounds.
     """
 
-    def __init__(self, alpha_bad: float = 0.5, alpha_good: float = 0.1, initial: float = 1.0) -> None:
+    def __init__(
+        self, alpha_bad: float = 0.5, alpha_good: float = 0.1, initial: float = 1.0
+    ) -> None:
         for name, value in (("alpha_bad", alpha_bad), ("alpha_good", alpha_good)):
             if not 0 < value <= 1:
                 raise RobustnessError(f"{name} must be in (0, 1], got {value}")
@@ -46,7 +48,9 @@ class ReputationBook:
         """Fold one verdict into the client's score and return the new score."""
         cid = str(client_id)
         old = self.score(cid)
-        new = (1 - self.alpha_bad) * old if flagged else (1 - self.alpha_good) * old + self.alpha_good
+        new = (
+            (1 - self.alpha_bad) * old if flagged else (1 - self.alpha_good) * old + self.alpha_good
+        )
         self._scores[cid] = min(1.0, max(0.0, new))
         self._flags[cid] = self._flags.get(cid, 0) + int(bool(flagged))
         self._rounds[cid] = self._rounds.get(cid, 0) + 1

@@ -5,7 +5,6 @@ import math
 import dp_accounting
 import pytest
 from dp_accounting import pld, rdp
-
 from federation.errors import PrivacyBudgetExceeded, PrivacyError
 from federation.privacy import PrivacyAccountant, noise_multiplier_for
 from federation.privacy.accountant import PLD_DISCRETIZATION

@@ -4,9 +4,6 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from federation.errors import PrivacyError
 from federation.privacy import (
     add_gaussian_noise,
@@ -15,6 +12,8 @@ from federation.privacy import (
     global_l2_norm,
     privatize_update,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 _shapes = st.lists(st.integers(1, 6), min_size=1, max_size=3)
 

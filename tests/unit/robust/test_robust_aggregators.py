@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from federation.errors import RobustnessError
 from federation.robust import (
     CenteredClipping,
@@ -85,8 +84,11 @@ def test_when_centered_clipping_tau_is_one__the_outlier_moves_the_centre_by_at_m
 
 def test_when_updates_have_several_tensors_and_int_buffers__shapes_and_dtypes_survive():
     ups = [
-        {"a": torch.full((2, 3), float(i)), "b": torch.tensor([i], dtype=torch.float64),
-         "n": torch.tensor(i)}
+        {
+            "a": torch.full((2, 3), float(i)),
+            "b": torch.tensor([i], dtype=torch.float64),
+            "n": torch.tensor(i),
+        }
         for i in range(5)
     ]
     for name in ("fedavg", "trimmed_mean", "median", "krum", "multi_krum", "centered_clipping"):

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from federation.errors import RobustnessError
 from federation.robust import screen
 from federation.robust.attacks import craft

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from federation.errors import RobustnessError
 from federation.robust import ReputationBook
 from federation.robust.attacks import alie, alie_z, craft, ipm, label_flip, scaling, sign_flip
@@ -70,8 +69,9 @@ def test_when_ipm_sign_flip_and_scaling_run__they_produce_the_expected_vectors()
 
 
 def test_when_labels_are_flipped__rul_is_reversed_and_binary_labels_swap():
-    torch.testing.assert_close(label_flip(torch.tensor([0.0, 25.0, 125.0]), 125.0),
-                               torch.tensor([125.0, 100.0, 0.0]))
+    torch.testing.assert_close(
+        label_flip(torch.tensor([0.0, 25.0, 125.0]), 125.0), torch.tensor([125.0, 100.0, 0.0])
+    )
     assert label_flip(torch.tensor([0, 1, 1])).tolist() == [1, 0, 0]
     with pytest.raises(RobustnessError):
         label_flip(torch.tensor([0, 2]))

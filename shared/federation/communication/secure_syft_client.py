@@ -1,0 +1,574 @@
+"""The seed's SecurePySyftCommunicationManager: sealed updates, differential privacy and Byzantine tolerance."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from federation.communication.syft_client import PySyftCommunicationManager
+from federation.crypto import KeyRing, ReplayGuard, Sealer
+from federation.crypto.replay import InMemorySeenStore
+from federation.errors import (
+    ConfigError,
+    MalformedMessage,
+    PdmFedError,
+    PrivacyError,
+    RobustnessError,
+    SecurityError,
+    WireError,
+)
+from federation.privacy import PrivacyAccountant, add_gaussian_noise, clip_update, dp_fedavg
+from federation.robust import ReputationBook, Verdicts, get_aggregator, screen
+from federation.robust.aggregators import trim_count, trimmed_mean_rows
+from federation.wire.envelope import Envelope
+from federation.wire.messages import MsgType
+
+__all__ = ["SecurePySyftCommunicationManager", "DEFAULT_SALT", "DP_MODES"]
+
+#: Salt used when none is given and PDMFED_KEY_SALT is unset, so that two processes with the same
+#: passphrase agree on the key. It is public: a production run passes ``salt=`` (or sets
+#: PDMFED_KEY_SALT) to a per-deployment random value.
+DEFAULT_SALT = "pdm-federation/secure-syft-client/default-salt/v1"
+#: "local": each update is noised (the seed's behaviour); "central": DP-FedAvg noises the sum once.
+DP_MODES = ("local", "central")
+_SECURITY_VERSION = "1.0"
+_PAYLOAD_KEY = "model_update"
+_LOCAL_LEDGER = "_local"
+
+
+def _as_updates(updates: Any) -> list[dict[str, Any]]:
+    if not isinstance(updates, Sequence) or isinstance(updates, str | bytes):
+        raise RobustnessError(
+            "updates must be a list of {'datasite_id', 'model_update', ...} dicts"
+        )
+    out = []
+    for i, u in enumerate(updates):
+        if not isinstance(u, Mapping) or "model_update" not in u or "datasite_id" not in u:
+            raise RobustnessError(f"update {i} needs 'datasite_id' and 'model_update'")
+        mu = u["model_update"]
+        if (
+            not isinstance(mu, Mapping)
+            or not mu
+            or not all(isinstance(t, torch.Tensor) for t in mu.values())
+        ):
+            raise RobustnessError(
+                f"update {i} ('{u['datasite_id']}'): model_update must map names to tensors"
+            )
+        out.append(dict(u))
+    return out
+
+
+class SecurePySyftCommunicationManager(PySyftCommunicationManager):
+    """The seed's §3 API over our envelope (AES-256-GCM, header AAD, checksum, replay guard),
+    clip-then-noise DP with a budgeted accountant, robust screening, reputation and aggregation.
+
+    Updates may be full weights (as in the seed) or deltas. When the global model that was sent
+    out is known (``send_model`` records it, or ``set_reference_model``), screening, clipping and
+    aggregation work on ``update - reference``, which is what they are meant for.
+    """
+
+    def __init__(
+        self,
+        encryption_key: str | bytes,
+        enable_dp: bool = True,
+        noise_multiplier: float = 1.0,
+        enable_bft: bool = True,
+        bft_threshold: float = 2.0,
+        min_clients: int = 3,
+        *,
+        salt: str | bytes | None = None,
+        clip_norm: float = 1.0,
+        delta: float = 1e-5,
+        max_epsilon: float | None = None,
+        sampling_rate: float = 1.0,
+        aggregation: str = "trimmed_mean",
+        trim_ratio: float = 0.1,
+        dp_mode: str = "local",
+        seed: int | None = None,
+        reputation_threshold: float = 0.3,
+        accounting: str = "rdp",
+        sender: str = "secure-comm",
+        key_id: str = "k1",
+        identity: Any = None,
+        trust: Any = None,
+        require_signature: bool | None = None,
+        replay: ReplayGuard | None = None,
+        window_s: float = 630.0,
+        transport: Callable[[str, bytes], Any] | None = None,
+        metrics: Any = None,
+        clock: Callable[[], float] = time.time,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(encryption_key, str | bytes) or not encryption_key:
+            raise ConfigError("encryption_key must be a non-empty passphrase")
+        if dp_mode not in DP_MODES:
+            raise ConfigError(f"dp_mode must be one of {DP_MODES}, got {dp_mode!r}")
+        if not (isinstance(bft_threshold, int | float) and bft_threshold > 0):
+            raise ConfigError(f"bft_threshold must be a positive number, got {bft_threshold!r}")
+        if not isinstance(min_clients, int) or min_clients < 1:
+            raise ConfigError(f"min_clients must be a positive int, got {min_clients!r}")
+        for name, value in (("noise_multiplier", noise_multiplier), ("clip_norm", clip_norm)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if clip_norm <= 0:
+            raise ConfigError("clip_norm must be > 0")
+        self.differential_privacy_enabled = bool(enable_dp)
+        self.byzantine_fault_tolerance_enabled = bool(enable_bft)
+        self.noise_multiplier = float(noise_multiplier)
+        self.bft_threshold = float(bft_threshold)
+        self.min_clients = int(min_clients)
+        self.clip_norm = float(clip_norm)
+        self.delta = float(delta)
+        self.max_epsilon = max_epsilon
+        self.sampling_rate = float(sampling_rate)
+        self.dp_mode = dp_mode
+        self.trim_ratio = float(trim_ratio)
+        self.reputation_threshold = float(reputation_threshold)
+        self.accounting = accounting
+        self.aggregation = aggregation
+        try:
+            self._aggregator = (
+                get_aggregator(aggregation, trim_ratio=trim_ratio)
+                if aggregation == "trimmed_mean"
+                else get_aggregator(aggregation)
+            )
+            # Built now so bad DP settings fail at construction, not mid-campaign.
+            self._central_ledger = PrivacyAccountant(
+                self.noise_multiplier, self.sampling_rate, self.delta, max_epsilon, accounting
+            )
+        except PdmFedError as exc:
+            raise ConfigError(f"invalid security configuration: {exc}") from exc
+        self._local_ledgers: dict[str, PrivacyAccountant] = {}
+        self._generator = torch.Generator()
+        self._generator.manual_seed(
+            seed if seed is not None else int.from_bytes(os.urandom(8), "little")
+        )
+
+        salt = salt if salt is not None else (os.environ.get("PDMFED_KEY_SALT") or DEFAULT_SALT)
+        keyring = KeyRing.from_passphrase(encryption_key, salt, key_id)
+        if require_signature is None:
+            require_signature = identity is not None and trust is not None
+        self._sealer = Sealer(
+            keyring,
+            sender=sender,
+            identity=identity,
+            trust=trust,
+            replay=replay or ReplayGuard(InMemorySeenStore(), window_s, clock=clock),
+            require_signature=require_signature,
+            window_s=window_s,
+            clock=clock,
+        )
+        self._transport = transport
+        self._metrics = metrics
+        self._sec_lock = threading.RLock()
+        self.reputation = ReputationBook()
+        self.reference_model: dict[str, torch.Tensor] | None = None
+        self.last_verdicts: Verdicts | None = None
+        self._norm_history: dict[str, list[float]] = {}
+        self._counters = {
+            "encrypted_messages": 0,
+            "decrypted_messages": 0,
+            "authentication_checks": 0,
+            "security_violations": 0,
+            "dp_noise_applications": 0,
+            "byzantine_attacks_detected": 0,
+            "clients_filtered": 0,
+            "aggregations": 0,
+        }
+        self._violations_by_reason: dict[str, int] = {}
+
+    # --- encryption -------------------------------------------------------------------
+    def encrypt_model_update(
+        self, model_update: Mapping[str, torch.Tensor], datasite_id: str = "", round_num: int = 0
+    ) -> dict[str, Any]:
+        """Seal ``model_update`` into the seed's secure package (a dict of envelope fields)."""
+        if not isinstance(model_update, Mapping):
+            raise MalformedMessage("model_update must be a mapping of name -> tensor")
+        env = self._sealer.seal_envelope(
+            MsgType.UPDATE_RAW,
+            {_PAYLOAD_KEY: dict(model_update)},
+            datasite_id=str(datasite_id),
+            round_num=int(round_num),
+        )
+        with self._sec_lock:
+            self._counters["encrypted_messages"] += 1
+        package = env.to_dict()
+        package["encrypted_data"] = bytes(package["encrypted_data"])
+        return package
+
+    def decrypt_model_update(self, package: Mapping[str, Any] | bytes) -> dict[str, torch.Tensor]:
+        """Verify and open a secure package (dict or envelope bytes); typed errors on tamper, replay, expiry, wrong key."""
+        with self._sec_lock:
+            self._counters["authentication_checks"] += 1
+        try:
+            if isinstance(package, bytes | bytearray | memoryview):
+                opened = self._sealer.open(bytes(package))
+            else:
+                opened = self._sealer.open_envelope(Envelope.from_dict(package))
+            if opened is None:
+                raise MalformedMessage(
+                    "a chunk of a larger update is not a complete secure package"
+                )
+            update = opened.payload.get(_PAYLOAD_KEY)
+            if not isinstance(update, dict) or not all(
+                isinstance(t, torch.Tensor) for t in update.values()
+            ):
+                raise MalformedMessage("secure package does not carry a model update")
+        except (SecurityError, WireError) as exc:
+            with self._sec_lock:
+                self._counters["security_violations"] += 1
+                self._violations_by_reason[exc.reason] = (
+                    self._violations_by_reason.get(exc.reason, 0) + 1
+                )
+            raise
+        with self._sec_lock:
+            self._counters["decrypted_messages"] += 1
+        return update
+
+    def send_model_update(
+        self, datasite_id: str, model_update: Mapping[str, torch.Tensor], round_num: int = 0
+    ) -> dict[str, Any]:
+        """Seal the update and deliver it: through ``transport`` when one was given, else over the datasite's PySyft connection."""
+        started = time.time()
+        package = self.encrypt_model_update(
+            model_update, datasite_id=datasite_id, round_num=round_num
+        )
+        body = Envelope.from_dict(package)
+        result: dict[str, Any] = {
+            "success": False,
+            "datasite_id": datasite_id,
+            "round_num": round_num,
+            "timestamp": package["timestamp"],
+            "checksum": package["checksum"],
+            "size_bytes": len(body.encrypted_data),
+            "delivered_via": None,
+        }
+        try:
+            if self._transport is not None:
+                from federation.wire.envelope import encode_envelope
+
+                self._transport(datasite_id, encode_envelope(body))
+                result["success"], result["delivered_via"] = True, "transport"
+            elif self.is_connected(datasite_id):
+                result["success"] = bool(self.send_model(dict(model_update), datasite_id))
+                result["delivered_via"] = "pysyft"
+            else:
+                result["error"] = (
+                    f"datasite {datasite_id!r} is not connected and no transport is set"
+                )
+        except PdmFedError as exc:
+            result["error"] = str(exc)
+        result["duration_s"] = time.time() - started
+        return result
+
+    # --- differential privacy -----------------------------------------------------------
+    def _ledger(self, key: str) -> PrivacyAccountant:
+        if key not in self._local_ledgers:
+            self._local_ledgers[key] = PrivacyAccountant(
+                self.noise_multiplier,
+                self.sampling_rate,
+                self.delta,
+                self.max_epsilon,
+                self.accounting,
+            )
+        return self._local_ledgers[key]
+
+    def apply_differential_privacy(
+        self,
+        model_update: Mapping[str, torch.Tensor],
+        sensitivity: float = 1.0,
+        *,
+        datasite_id: str | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Clip to L2 ``sensitivity`` (across all tensors) then add N(0, (noise_multiplier x sensitivity)^2).
+
+        Spends one round of ``datasite_id``'s privacy ledger first and raises
+        PrivacyBudgetExceeded (nothing noised, nothing spent) when that would pass max_epsilon.
+        With a reference model, the update's difference from it is what gets clipped.
+        A disabled DP returns an unchanged copy.
+        """
+        if not self.differential_privacy_enabled:
+            return {k: v.detach().clone() for k, v in model_update.items()}
+        ref = self._reference_for(model_update)
+        delta = self._minus(model_update, ref)
+        with self._sec_lock:
+            clipped, _ = clip_update(delta, sensitivity)
+            self._ledger(datasite_id or _LOCAL_LEDGER).spend_round()
+            noisy = add_gaussian_noise(
+                clipped, self.noise_multiplier * float(sensitivity), self._generator
+            )
+            self._counters["dp_noise_applications"] += 1
+        self._observe_dp()
+        return self._plus(noisy, ref)
+
+    def privacy_spent(self) -> dict[str, Any]:
+        """(epsilon, delta) per ledger: the campaign's (central) and each datasite's (local)."""
+        with self._sec_lock:
+            return {
+                "central": self._central_ledger.to_dict(),
+                "local": {k: v.to_dict() for k, v in self._local_ledgers.items()},
+            }
+
+    def _epsilon_spent(self) -> float:
+        eps = [self._central_ledger.epsilon] + [a.epsilon for a in self._local_ledgers.values()]
+        return max(eps)
+
+    # --- Byzantine tolerance ----------------------------------------------------------
+    def set_reference_model(self, model_parameters: Mapping[str, torch.Tensor] | None) -> None:
+        """The global model the current round's updates started from (None = updates are deltas)."""
+        self.reference_model = (
+            None
+            if model_parameters is None
+            else {k: v.detach().clone() for k, v in model_parameters.items()}
+        )
+
+    def send_model(self, model_parameters: Mapping[str, torch.Tensor], datasite_id: str) -> bool:
+        """The parent's send_model; also remembers the model as this round's reference."""
+        self.set_reference_model(model_parameters)
+        return super().send_model(model_parameters, datasite_id)
+
+    def _reference_for(self, update: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        ref = self.reference_model
+        if ref is None or set(ref) != set(update):
+            return None
+        if any(ref[k].shape != update[k].shape for k in update):
+            return None
+        return ref
+
+    @staticmethod
+    def _minus(update: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor] | None):
+        if ref is None:
+            return dict(update)
+        return {k: (v - ref[k]) if v.is_floating_point() else v for k, v in update.items()}
+
+    @staticmethod
+    def _plus(update: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor] | None):
+        if ref is None:
+            return dict(update)
+        return {
+            k: (v + ref[k]).to(ref[k].dtype) if v.is_floating_point() else v
+            for k, v in update.items()
+        }
+
+    def detect_byzantine_clients(
+        self, updates: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Screen the seed's update dicts; return (the updates not flagged, the flagged datasite ids).
+
+        Median/MAD z-scores and IQR fences on norms (two-sided, gated by a ratio-to-median
+        test), and cosine to the coordinate-wise median; every verdict also updates reputation.
+        Below ``min_clients`` only non-finite updates are flagged.
+        """
+        items = _as_updates(updates)
+        if not self.byzantine_fault_tolerance_enabled or not items:
+            return items, []
+        ids = [str(u["datasite_id"]) for u in items]
+        model_updates = [u["model_update"] for u in items]
+        ref = self._reference_for(model_updates[0])
+        verdicts = screen(model_updates, ids, self.bft_threshold, self.min_clients, reference=ref)
+        with self._sec_lock:
+            self.last_verdicts = verdicts
+            self.reputation.record_round(verdicts)
+            for v in verdicts:
+                norm = v.scores.get("norm")
+                if norm is not None and math.isfinite(norm):
+                    self._norm_history.setdefault(v.client_id, []).append(norm)
+            flagged = verdicts.flagged_ids
+            self._counters["byzantine_attacks_detected"] += len(flagged)
+        self._observe_reputation(flagged)
+        return [u for u, cid in zip(items, ids, strict=True) if cid not in flagged], flagged
+
+    def apply_reputation_filtering(
+        self, updates: Sequence[Mapping[str, Any]], reputation_threshold: float = 0.3
+    ) -> list[dict[str, Any]]:
+        """Keep the updates whose datasite's reputation is at least ``reputation_threshold``."""
+        items = _as_updates(updates)
+        kept = [
+            u for u in items if self.reputation.score(str(u["datasite_id"])) >= reputation_threshold
+        ]
+        with self._sec_lock:
+            self._counters["clients_filtered"] += len(items) - len(kept)
+        return kept
+
+    # --- aggregation --------------------------------------------------------------------
+    def aggregate_secure_updates(
+        self, updates: Sequence[Mapping[str, Any]]
+    ) -> dict[str, torch.Tensor]:
+        """Aggregate the seed's update dicts.
+
+        Local DP mode (and DP off): the configured robust rule (default trimmed mean with the
+        seed's plain-mean fallback below 5 clients), weighted by num_samples x reputation where
+        the rule uses weights. Central DP mode: DP-FedAvg (clip each to ``clip_norm``, noise
+        the sum once, divide by n), one round spent on the campaign ledger first.
+        """
+        items = _as_updates(updates)
+        if not items:
+            raise RobustnessError("no updates to aggregate")
+        model_updates = [u["model_update"] for u in items]
+        ref = self._reference_for(model_updates[0])
+        deltas = [self._minus(m, ref) for m in model_updates]
+        if self.differential_privacy_enabled and self.dp_mode == "central":
+            with self._sec_lock:
+                self._central_ledger.spend_round()
+                agg = dp_fedavg(deltas, self.clip_norm, self.noise_multiplier, self._generator)
+                self._counters["dp_noise_applications"] += 1
+            self._observe_dp()
+        else:
+            weights = [
+                max(0.0, float(u.get("num_samples") or 1))
+                * self.reputation.score(str(u["datasite_id"]))
+                for u in items
+            ]
+            if sum(weights) <= 0:
+                weights = None
+            agg = self._aggregator.aggregate(deltas, weights)
+        with self._sec_lock:
+            self._counters["aggregations"] += 1
+        if self._metrics is not None:
+            self._metrics.updates_aggregated.inc(len(items))
+        return self._plus(agg, ref)
+
+    def _trimmed_mean_aggregation(
+        self, param_tensors: Sequence[torch.Tensor], trim_ratio: float = 0.1
+    ) -> torch.Tensor:
+        """Coordinate-wise trimmed mean of one parameter across clients (ceil(n x trim_ratio) cut from each end)."""
+        if not param_tensors:
+            raise RobustnessError("no tensors to aggregate")
+        try:
+            stacked = torch.stack([t.detach() for t in param_tensors])
+        except (RuntimeError, TypeError) as exc:
+            raise RobustnessError(f"parameter tensors do not stack: {exc}") from exc
+        dtype = stacked.dtype
+        work = stacked if stacked.is_floating_point() else stacked.double()
+        k = trim_count(stacked.shape[0], trim_ratio)
+        out = trimmed_mean_rows(work.reshape(stacked.shape[0], -1), k).reshape(stacked.shape[1:])
+        return out if stacked.is_floating_point() else out.round().to(dtype)
+
+    def secure_aggregation_with_bft(
+        self, client_updates: Sequence[Mapping[str, Any]]
+    ) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """The seed's §3 flow: detect Byzantine clients, filter by reputation, aggregate robustly."""
+        filtered_updates, byzantine_clients = self.detect_byzantine_clients(client_updates)
+        trusted_updates = self.apply_reputation_filtering(
+            updates=filtered_updates, reputation_threshold=self.reputation_threshold
+        )
+        if not trusted_updates:
+            raise RobustnessError(
+                f"no trusted update left ({len(client_updates)} received, {len(byzantine_clients)} flagged)"
+            )
+        return self.aggregate_secure_updates(trusted_updates), byzantine_clients
+
+    # --- reporting ------------------------------------------------------------------------
+    def get_security_metrics(self) -> dict[str, Any]:
+        """The seed's security metrics, plus epsilon spent and rejection reasons."""
+        dp, bft = self.differential_privacy_enabled, self.byzantine_fault_tolerance_enabled
+        level = "high" if dp and bft else "medium" if dp or bft else "basic"
+        with self._sec_lock:
+            counters = dict(self._counters)
+            scores = self.reputation.scores()
+            eps = self._epsilon_spent()
+            counters.update(
+                {
+                    "epsilon_spent": eps,
+                    "delta": self.delta,
+                    "max_epsilon": self.max_epsilon,
+                    "dp_mode": self.dp_mode,
+                    "dp_rounds": max(
+                        [self._central_ledger.rounds]
+                        + [a.rounds for a in self._local_ledgers.values()]
+                    ),
+                    "violations_by_reason": dict(self._violations_by_reason),
+                }
+            )
+        values = list(scores.values())
+        return {
+            "security_level": level,
+            "encryption_enabled": True,
+            "differential_privacy_enabled": dp,
+            "byzantine_fault_tolerance_enabled": bft,
+            "noise_multiplier": self.noise_multiplier,
+            "security_metrics": counters,
+            "client_reputation_summary": {
+                "num_clients": len(values),
+                "avg_reputation": sum(values) / len(values) if values else 1.0,
+                "min_reputation": min(values) if values else 1.0,
+                "low_reputation_clients": sorted(
+                    c for c, s in scores.items() if s < self.reputation_threshold
+                ),
+            },
+        }
+
+    def get_client_reputation_report(self) -> dict[str, Any]:
+        """The seed's reputation report: scores, per-client norm history, detection totals."""
+        with self._sec_lock:
+            history = {}
+            for cid, norms in self._norm_history.items():
+                t = torch.tensor(norms, dtype=torch.float64)
+                history[cid] = {
+                    "num_updates": len(norms),
+                    "avg_norm": float(t.mean()),
+                    "std_norm": float(t.std()) if len(norms) > 1 else 0.0,
+                    "latest_norm": norms[-1],
+                }
+            return {
+                "client_reputations": self.reputation.scores(),
+                "update_history_summary": history,
+                "byzantine_detection_summary": {
+                    "total_attacks_detected": self._counters["byzantine_attacks_detected"],
+                    "total_clients_filtered": self._counters["clients_filtered"],
+                    "reputation_updates": self.reputation.updates,
+                },
+            }
+
+    # --- persistence --------------------------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        """Reputation, privacy ledgers and counters as plain data (what a service persists)."""
+        with self._sec_lock:
+            return {
+                "reputation": self.reputation.to_dict(),
+                "privacy": self.privacy_spent(),
+                "counters": dict(self._counters),
+                "norm_history": {k: list(v) for k, v in self._norm_history.items()},
+            }
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``export_state`` wrote (e.g. after a restart)."""
+        try:
+            book = ReputationBook.from_dict(state["reputation"])
+            central = PrivacyAccountant.from_dict(state["privacy"]["central"])
+            local = {
+                k: PrivacyAccountant.from_dict(v) for k, v in state["privacy"]["local"].items()
+            }
+            counters = {k: int(state["counters"].get(k, 0)) for k in self._counters}
+            norms = {
+                str(k): [float(x) for x in v] for k, v in state.get("norm_history", {}).items()
+            }
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise PrivacyError(f"corrupt secure-manager state: {exc}") from exc
+        with self._sec_lock:
+            self.reputation, self._central_ledger, self._local_ledgers = book, central, local
+            self._counters, self._norm_history = counters, norms
+
+    # --- metrics ---------------------------------------------------------------------------
+    def _observe_dp(self) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.dp_noise_applications.inc()
+        eps = self._epsilon_spent()
+        if math.isfinite(eps):
+            self._metrics.dp_epsilon.set(eps)
+
+    def _observe_reputation(self, flagged: Sequence[str]) -> None:
+        if self._metrics is None:
+            return
+        for cid in flagged:
+            self._metrics.byzantine_detected.labels(datasite_id=cid).inc()
+        for cid, score in self.reputation.scores().items():
+            self._metrics.client_reputation.labels(datasite_id=cid).set(score)

@@ -1,0 +1,86 @@
+"""A campaign's run folder: final model, summary.json (the report's schema) and report.html."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from federation.orchestrator.client import CampaignRecord
+
+__all__ = ["build_summary", "write_run", "message_rejections"]
+
+log = logging.getLogger(__name__)
+
+
+def message_rejections(registry: Any) -> dict[str, int]:
+    """pdmfed_messages_rejected_total summed over services, by reason (non-zero only)."""
+    if registry is None:
+        return {}
+    out: Counter[str] = Counter()
+    for family in registry.collect():
+        if family.name != "pdmfed_messages_rejected":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.value > 0:
+                out[sample.labels["reason"]] += int(sample.value)
+    return dict(out)
+
+
+def build_summary(record: CampaignRecord, config: dict, *, test_rmse: dict[int, float] | None = None,
+                  registry: Any = None) -> dict:
+    """The CampaignSummary dict of federation.monitoring.report."""
+    rounds = []
+    for r in sorted(record.rounds, key=lambda r: r["round_num"]):
+        m = r.get("metrics") or {}
+        rn = int(r["round_num"])
+        rmse = (test_rmse or {}).get(rn, m.get("rmse"))
+        rounds.append({
+            "round_num": rn,
+            "rmse": None if rmse is None else float(rmse),
+            "train_rmse": m.get("rmse"),
+            "epsilon": r.get("epsilon"),
+            "participants": list(r.get("participants") or []),
+            "rejected": {k: str(v) for k, v in (r.get("rejected") or {}).items()},
+            "failed": {k: str(v) for k, v in (r.get("failed") or {}).items()},
+            "byzantine": list(r.get("byzantine") or []),
+            "duration_s": m.get("duration_s"),
+            "reputation": {k: float(v) for k, v in (m.get("reputation") or {}).items()},
+            "status": r.get("status", "aggregated"),
+        })
+    reasons: Counter[str] = Counter()
+    for r in rounds:
+        reasons.update(r["rejected"].values())
+    reasons.update(message_rejections(registry))
+    done = record.completed or {}
+    last = rounds[-1] if rounds else {}
+    return {
+        "campaign_id": record.campaign_id,
+        "config": config,
+        "rounds": rounds,
+        "rejections_by_reason": dict(reasons),
+        "final": {
+            "rmse": last.get("rmse"),
+            "epsilon": last.get("epsilon"),
+            "rounds": len(rounds),
+            "reason": str(done.get("reason", "incomplete")),
+        },
+    }
+
+
+def write_run(run_dir: Path, summary: dict, final_model: dict | None) -> dict[str, Path]:
+    """Write model.msgpack, summary.json and report.html into run_dir."""
+    from federation.monitoring.report import render_report
+    from federation.wire.codec import encode_state_dict
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    if final_model:
+        out["model"] = run_dir / "model.msgpack"
+        out["model"].write_bytes(encode_state_dict(final_model))
+    out["summary"] = run_dir / "summary.json"
+    out["summary"].write_text(json.dumps(summary, indent=2, default=float))
+    out["report"] = render_report(run_dir)
+    return out

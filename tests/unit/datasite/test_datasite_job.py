@@ -1,0 +1,75 @@
+"""The approved job's runtime, run in-process as the datasite would: real training, signed result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from federation.crypto.signing import SigningIdentity
+from federation.datasite.job import ENV_DATASITE_ID, ENV_KEYS_DIR, run_training_job, training_delta
+from federation.datasite.signing import verify_factory_result
+from federation.ml.models import build_model
+from federation.ml.train import train_local
+from federation.wire.codec import decode_state_dict, encode_payload, encode_state_dict
+
+DS = "chemical_houston_reactor"
+
+
+@pytest.fixture()
+def factory(tmp_path, monkeypatch) -> SigningIdentity:
+    identity = SigningIdentity.load_or_create(tmp_path, DS)
+    monkeypatch.setenv(ENV_DATASITE_ID, DS)
+    monkeypatch.setenv(ENV_KEYS_DIR, str(tmp_path))
+    return identity
+
+
+def _data():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((24, 6, 3)).astype(np.float32)
+    y = (50 + 10 * X[:, -1, 1]).astype(np.float32)
+    torch.manual_seed(0)
+    state = build_model("cnn", 3, 6).state_dict()
+    return X, y, state
+
+
+def test_when_the_job_runs__it_returns_train_local_results_signed_by_the_factory(factory):
+    X, y, state = _data()
+    cfg = {"epochs": 1, "batch_size": 8, "model_type": "cnn", "round_number": 2, "seed": 5}
+    threads = torch.get_num_threads()
+    try:
+        out = run_training_job(X, y, encode_state_dict(state), encode_payload(cfg))
+        local = train_local(state, X, y, {k: v for k, v in cfg.items() if k != "seed"}, 5)
+    finally:
+        torch.set_num_threads(threads)
+    assert "error" not in out, out.get("error")
+    update = decode_state_dict(out["model_update"])
+    for k, v in local["model_update"].items():
+        assert torch.equal(update[k], v)
+    assert out["loss"] == local["loss"] and out["num_samples"] == 24
+    result = {**out, "model_update": update, "delta": decode_state_dict(out["delta"])}
+    assert verify_factory_result(result, factory.public_bytes())
+    assert out["round_number"] == 2 and out["datasite_id"] == DS
+
+
+def test_when_not_running_inside_a_datasite__the_job_returns_an_error_not_a_crash(monkeypatch):
+    monkeypatch.delenv(ENV_DATASITE_ID, raising=False)
+    X, y, state = _data()
+    out = run_training_job(X, y, encode_state_dict(state), encode_payload({}))
+    assert "not a pdmfed datasite" in out["error"]
+
+
+@pytest.mark.parametrize("model, config", [(b"\x00junk", encode_payload({})),
+                                           (None, encode_payload({})),
+                                           ("state", b"\xc1")])  # fmt: skip
+def test_when_inputs_are_malformed__the_job_returns_a_clear_error(factory, model, config):
+    X, y, state = _data()
+    model = encode_state_dict(state) if model == "state" else model
+    out = run_training_job(X, y, model, config)
+    assert set(out) == {"error"} and out["error"]
+
+
+def test_when_a_delta_is_computed__floats_subtract_and_other_tensors_pass_through():
+    g = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    u = {"w": torch.tensor([1.5, 1.0]), "n": torch.tensor(4)}
+    d = training_delta(u, g)
+    assert torch.equal(d["w"], torch.tensor([0.5, -1.0])) and torch.equal(d["n"], torch.tensor(4))
