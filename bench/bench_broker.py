@@ -35,6 +35,7 @@ MB = 1024 * 1024
 FULL = {"sizes": {1: 32, 8: 8, 32: 4}, "runs": 5}
 SMOKE = {"sizes": {0.25: 4}, "runs": 5}
 RUN_TIMEOUT_S = 120.0
+RAW_KEY = "bench.raw"
 
 
 def _payload(size_bytes: int) -> dict[str, Any]:
@@ -139,9 +140,17 @@ class _Raw:
         self.con_conn = await aio_pika.connect_robust(AMQP_URL)
         channel = await self.pub_conn.channel(publisher_confirms=True, on_return_raises=True)
         self.exchange = await channel.get_exchange(self.topo.exchange.name)
+        # Its own quorum queue with the security queue's arguments, so the sealed consumer
+        # never sees raw bytes (and vice versa).
+        spec = self.topo.queue("security")
+        self.queue_name = f"{self.topo.prefix}.raw"
+        declared = await channel.declare_queue(
+            self.queue_name, durable=True, arguments=spec.arguments()
+        )
+        await declared.bind(self.exchange, RAW_KEY)
         con_channel = await self.con_conn.channel()
         await con_channel.set_qos(prefetch_count=self.prefetch)
-        queue = await con_channel.declare_queue(self.topo.queue("security").name, passive=True)
+        queue = await con_channel.declare_queue(self.queue_name, passive=True)
 
         async def on_message(message: Any) -> None:
             await message.ack()
@@ -156,12 +165,14 @@ class _Raw:
         start = time.perf_counter()
         for _ in range(count):
             message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-            await self.exchange.publish(message, "update.raw", mandatory=True)
+            await self.exchange.publish(message, RAW_KEY, mandatory=True)
         await self.counter.wait(target, RUN_TIMEOUT_S)
         return time.perf_counter() - start
 
     async def close(self) -> None:
         await self.con_conn.close()
+        async with self.pub_conn.channel() as channel:
+            await channel.queue_delete(self.queue_name)
         await self.pub_conn.close()
 
 
@@ -226,7 +237,7 @@ def run(smoke: bool) -> dict[str, Any]:
         " (raw, sealed, raw, ...); a run's time is first publish to last consumer-side"
         " completion (sealed: after every check and the typed-payload handler; raw: after ack)."
         " Sealed bodies over 8 MiB are chunked (separately sealed chunks); raw sends one"
-        " message per update. Quorum queue, persistent messages, publisher confirms,"
+        " message per update into a twin quorum queue (same arguments). Quorum queues, persistent messages, publisher confirms,"
         " prefetch as RabbitBus sizes it.",
         "targets": {"ratio_sealed_vs_raw_min_for_1mb_plus": 0.8},
     }

@@ -59,10 +59,13 @@ def _parser() -> argparse.ArgumentParser:
                       help="what the compromised factory does (default: scaling)")
     demo.add_argument("--rounds", type=int, default=5)
     demo.add_argument("--sites", type=int, default=3)
-    demo.add_argument("--model", choices=("cnn", "lstm", "hybrid"), default="hybrid")
+    demo.add_argument("--model", choices=("cnn", "lstm", "hybrid"), default="cnn")
     demo.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-dp", action="store_true", help="turn differential privacy off")
+    demo.add_argument("--noise", type=float, default=0.01,
+                      help="DP noise multiplier z (central DP-FedAvg; std on the mean = z*clip/n)")
+    demo.add_argument("--clip", type=float, default=5.0, help="DP clipping norm C of each update")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.set_defaults(func=_run_demo)
 

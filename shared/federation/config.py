@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     #: Declare exchanges/queues at start-up; off where the broker loads them from definitions
     #: (least-privilege users cannot configure other services' queues).
     declare_topology: bool = True
+    #: Prefix of the exchange and queue names (tests and side-by-side deployments use their own).
+    topology_prefix: str = "pdmfed"
     state_dir: Path = Path(".pdmfed")
     #: Directory of Ed25519 keys (<sender>.key private, <sender>.pub public).
     keys_dir: Path | None = None

@@ -6,7 +6,12 @@ from typing import Any
 
 from .syft_client import PySyftCommunicationManager
 
-__all__ = ["PySyftCommunicationManager", "SecurePySyftCommunicationManager"]
+__all__ = [
+    "PySyftCommunicationManager",
+    "SecurePySyftCommunicationManager",
+    "FederatedLearningOrchestrator",
+    "ProductionSecureOrchestrator",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from .secure_syft_client import SecurePySyftCommunicationManager
 
         return SecurePySyftCommunicationManager
+    if name in ("FederatedLearningOrchestrator", "ProductionSecureOrchestrator"):
+        from . import orchestrators
+
+        return getattr(orchestrators, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,8 +11,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from federation.errors import TrainingError
+from federation.errors import PrivacyError, TrainingError
 from federation.ml.models import RUL_SCALE, SUPPORTED_MODELS, ModelConfigError, build_model
+from federation.privacy.dpsgd import (
+    DPSGDConfig,
+    clip_per_sample,
+    dpsgd_epsilon,
+    noisy_gradient,
+    parse_dp_config,
+    per_sample_gradients,
+    poisson_batch,
+)
 
 __all__ = [
     "ACCURACY_TOLERANCE",
@@ -36,6 +45,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "batch_size": 64,
     "max_batches": None,
     "weight_decay": 0.0,
+    "dp": None,
 }
 
 _EVAL_BATCH = 4096
@@ -191,6 +201,59 @@ def _fit(
     return last_loss, steps
 
 
+def _per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((pred - target) / RUL_SCALE) ** 2
+
+
+def _fit_dp(
+    model: nn.Module, X: np.ndarray, y: np.ndarray, cfg: dict[str, Any], dp: DPSGDConfig
+) -> tuple[float, int, float]:
+    """DP-SGD with Adam: Poisson batches, per-sample clipping to C, N(0, (zC)^2) on each sum.
+
+    The sample rate is 1 / ceil(n / batch_size) with ceil(n / batch_size) steps per epoch, as
+    Opacus's DPDataLoader does, so the expected batch is about batch_size. Returns (last
+    epoch's mean per-sample MSE in cycles^2, steps taken, sample rate).
+    """
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    gen = dp.generator()
+    opt = torch.optim.Adam(
+        model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"]
+    )
+    n = X.shape[0]
+    per_epoch = math.ceil(n / cfg["batch_size"])
+    q = 1.0 / per_epoch
+    expected = q * n
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    steps = 0
+    model.train()
+    last_loss = float("nan")
+    for _ in range(cfg["epochs"]):
+        total, count = 0.0, 0
+        for _ in range(per_epoch):
+            if cfg["max_batches"] is not None and steps >= cfg["max_batches"]:
+                break
+            idx = poisson_batch(n, q, gen)
+            if idx.numel():
+                grads, losses = per_sample_gradients(model, _per_sample_mse, Xt[idx], yt[idx])
+                total += float(losses.sum())
+                count += idx.numel()
+            else:  # an empty Poisson batch still releases (pure) noise
+                grads = {k: torch.zeros((0, *p.shape), dtype=p.dtype) for k, p in params.items()}
+            clipped, _ = clip_per_sample(grads, dp.max_grad_norm)
+            noisy = noisy_gradient(clipped, dp.max_grad_norm, dp.noise_multiplier, expected, gen)
+            for k, p in params.items():
+                p.grad = noisy[k]
+            opt.step()
+            steps += 1
+        if count:
+            last_loss = total / count * RUL_SCALE**2
+        if cfg["max_batches"] is not None and steps >= cfg["max_batches"]:
+            break
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise TrainingError("DP training diverged (parameters are not finite)")
+    return last_loss, steps, q
+
+
 def train_local(
     state_dict: Mapping[str, Any] | None,
     X: Any,
@@ -206,10 +269,22 @@ def train_local(
     MSE, cycles²), rmse and accuracy (fraction within ±ACCURACY_TOLERANCE cycles) of the trained
     model on its own training data, num_samples, model_update (the new state dict, CPU tensors)
     and training_time (seconds).
+
+    Optional ``dp``: ``{"noise_multiplier": z, "max_grad_norm": C, "delta": 1e-5}`` with z > 0
+    trains with record-level DP-SGD (see ``_fit_dp``) and adds ``dp``: noise_multiplier,
+    max_grad_norm, sample_rate, steps, delta and epsilon (this call's steps alone). Sampling
+    and noise come from the OS's secure RNG unless ``dp["noise_seed"]`` is given. Missing dp
+    or z == 0 is the plain path, unchanged. loss, rmse and accuracy are computed on the
+    private data without noise: they are not covered by the DP guarantee.
     """
     started = time.perf_counter()
     Xa, ya = _check_xy(X, y)
     cfg = _resolve_config(config, Xa)
+    try:
+        dp = parse_dp_config(cfg["dp"])
+    except PrivacyError as exc:
+        raise TrainingError(f"invalid dp config: {exc}") from exc
+    dp_report: dict[str, Any] | None = None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = build_model(cfg["model_type"], cfg["n_features"], cfg["window"])
@@ -219,9 +294,20 @@ def train_local(
                     f"state_dict must be a mapping, got {type(state_dict).__name__}"
                 )
             _load_state(model, state_dict)
-        loss, steps = _fit(model, Xa, ya, cfg, seed)
+        if dp is None:
+            loss, steps = _fit(model, Xa, ya, cfg, seed)
+        else:
+            loss, steps, q = _fit_dp(model, Xa, ya, cfg, dp)
+            dp_report = {
+                "noise_multiplier": dp.noise_multiplier,
+                "max_grad_norm": dp.max_grad_norm,
+                "sample_rate": q,
+                "steps": steps,
+                "delta": dp.delta,
+                "epsilon": dpsgd_epsilon(dp.noise_multiplier, q, steps, dp.delta),
+            }
     metrics = _metrics(predict(model, Xa), ya)
-    return {
+    result = {
         "loss": loss,
         "rmse": metrics["rmse"],
         "accuracy": metrics["accuracy"],
@@ -230,6 +316,9 @@ def train_local(
         "training_time": time.perf_counter() - started,
         "steps": steps,
     }
+    if dp_report is not None:
+        result["dp"] = dp_report
+    return result
 
 
 def train_centralised(

@@ -172,15 +172,23 @@ def _manager_view(diagnosis: dict[str, Any], comm_manager: Any, datasite_id: str
 
 
 # --- security self-test -------------------------------------------------------------------
-def validate_security_configuration(secure_comm: Any, *, seed: int = 0) -> dict[str, Any]:
+def validate_security_configuration(
+    secure_comm: Any, *, seed: int = 0, restore_state: bool = True
+) -> dict[str, Any]:
     """Self-test encryption, DP and Byzantine detection on the manager (seed §6 keys).
 
     Beyond the seed: the decrypted update must equal the original, a tampered package must
     be refused, and a replayed package must be refused; the BFT test uses a cohort of honest
     clients that agree (as real ones do) and one obvious outlier.
+
+    The self-test must not change what the manager reports about the federation: with
+    ``restore_state`` and a manager that has ``export_state``/``import_state``, its counters,
+    reputation book and privacy ledgers are put back afterwards (the tests' deliberate
+    violations, fake clients and ε spent would otherwise show up in its dashboard).
     """
     import torch
 
+    saved = _export_state(secure_comm) if restore_state else None
     gen = torch.Generator().manual_seed(seed)
     results: dict[str, Any] = {
         "encryption": "unknown",
@@ -190,11 +198,24 @@ def validate_security_configuration(secure_comm: Any, *, seed: int = 0) -> dict[
         "recommendations": [],
         "checks": [],
     }
-    _check_encryption(secure_comm, results, torch, gen)
-    _check_dp(secure_comm, results, torch, gen)
-    _check_bft(secure_comm, results, torch, gen)
+    try:
+        _check_encryption(secure_comm, results, torch, gen)
+        _check_dp(secure_comm, results, torch, gen)
+        _check_bft(secure_comm, results, torch, gen)
+    finally:
+        if saved is not None:
+            secure_comm.import_state(saved)
     results["ok"] = not results["issues"]
     return results
+
+
+def _export_state(secure_comm: Any) -> Any:
+    export, restore = (getattr(secure_comm, n, None) for n in ("export_state", "import_state"))
+    if not (callable(export) and callable(restore)):
+        return None
+    import copy
+
+    return copy.deepcopy(export())
 
 
 def _check_encryption(secure_comm: Any, results: dict[str, Any], torch: Any, gen: Any) -> None:

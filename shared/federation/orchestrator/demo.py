@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -49,6 +50,8 @@ class DemoOptions:
     epochs: int = 1
     max_batches: int | None = None
     timeout_s: float = 900.0
+    noise_multiplier: float = 0.01
+    clip_norm: float = 5.0
 
 
 def _partitions(opts: DemoOptions) -> tuple[Any, list[tuple[str, dict]]]:
@@ -168,7 +171,7 @@ async def run_demo(opts: DemoOptions) -> dict:
             training={"model_type": opts.model, "epochs": opts.epochs, "learning_rate": 0.003,
                       "batch_size": 64, "n_features": data.n_features, "window": data.window,
                       "max_batches": opts.max_batches},
-            privacy={"enabled": opts.dp, "mode": "central", "noise_multiplier": 0.05, "clip_norm": 20.0,
+            privacy={"enabled": opts.dp, "mode": "central", "noise_multiplier": opts.noise_multiplier, "clip_norm": opts.clip_norm,
                      "delta": 1e-5},
             robustness={"enabled": True, "aggregation": "trimmed_mean", "threshold": 2.0, "min_clients": 3},
         )
@@ -201,11 +204,14 @@ def demo_main(args: argparse.Namespace) -> int:
 
     setup_logging("WARNING")
     opts = DemoOptions(data=args.data, attack=args.attack, rounds=args.rounds, sites=args.sites,
-                       model=args.model, out=args.out, seed=args.seed, dp=not args.no_dp, json=args.json)
+                       model=args.model, out=args.out, seed=args.seed, dp=not args.no_dp, json=args.json,
+                       noise_multiplier=args.noise, clip_norm=args.clip)
     if opts.sites < 3:
         print("pdmfed demo: need at least 3 factories for Byzantine screening", flush=True)
         return 2
-    summary = asyncio.run(run_demo(opts))
+    # PySyft prints progress to stdout from worker threads; the demo's own output is on stderr.
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        summary = asyncio.run(run_demo(opts))
     if opts.json:
         print(json.dumps(summary, indent=2, default=float))
     ok = summary["final"]["reason"] in ("max_rounds", "target_rmse", "privacy_budget")

@@ -54,15 +54,14 @@ class EmbeddedFederation:
         """Start the four services, then the orchestrator's event listener."""
         from federation.bus.memory import InMemoryBroker
         from federation.bus.middleware import SecureEndpoint
-        from federation.bus.topology import DEFAULT_TOPOLOGY
         from federation.monitoring import Metrics
-        from federation.runtime.launch import make_bus, make_sealer
+        from federation.runtime.launch import make_bus, make_sealer, topology_of
 
         kd = keys_dir_of(self.settings)
         if kd is not None:
             ensure_identities(kd, [*SERVICE_KEYS, ORCHESTRATOR_SENDER])
         if not self.settings.amqp_url:
-            self._broker = InMemoryBroker(self.topology or DEFAULT_TOPOLOGY)
+            self._broker = InMemoryBroker(self.topology or topology_of(self.settings))
         for name in SERVICE_KEYS:
             await self.start_service(name)
         self._client_bus = make_bus(self.settings, "orchestrator", broker=self._broker, topology=self.topology)

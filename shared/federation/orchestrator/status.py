@@ -13,8 +13,7 @@ __all__ = ["status_main", "collect_status"]
 
 
 async def _queues(settings: Settings) -> dict[str, int | str]:
-    from federation.bus.topology import DEFAULT_TOPOLOGY
-    from federation.runtime.launch import make_bus
+    from federation.runtime.launch import make_bus, topology_of
 
     out: dict[str, int | str] = {}
     if not settings.amqp_url:
@@ -22,7 +21,7 @@ async def _queues(settings: Settings) -> dict[str, int | str]:
     bus = make_bus(settings, "status")
     try:
         await bus.start()
-        for q in DEFAULT_TOPOLOGY.all_queues():
+        for q in topology_of(settings).all_queues():
             try:
                 out[q.name] = await bus.queue_depth(q.name)
             except Exception as exc:  # one missing queue should not hide the others

@@ -1,7 +1,12 @@
-"""Differential privacy for model updates: clipping, the Gaussian mechanism, central DP-FedAvg and a budgeted accountant."""
+"""Differential privacy: update clipping, the Gaussian mechanism, central DP-FedAvg, record-level DP-SGD and their accountants."""
 
 from federation.privacy.accountant import PrivacyAccountant, noise_multiplier_for
 from federation.privacy.central import dp_fedavg
+from federation.privacy.dpsgd import (
+    RecordLevelLedger,
+    dpsgd_epsilon,
+    noise_for_target,
+)
 from federation.privacy.mechanisms import (
     add_gaussian_noise,
     clip_update,
@@ -11,10 +16,13 @@ from federation.privacy.mechanisms import (
 
 __all__ = [
     "PrivacyAccountant",
+    "RecordLevelLedger",
     "add_gaussian_noise",
     "clip_update",
     "dp_fedavg",
+    "dpsgd_epsilon",
     "global_l2_norm",
+    "noise_for_target",
     "noise_multiplier_for",
     "privatize_update",
 ]

@@ -60,9 +60,7 @@ def ensure_identities(keys_dir: Path, senders: list[str]) -> None:
 
 def make_bus(settings: Settings, service_key: str, broker: Any = None, topology: Any = None) -> Any:
     """RabbitMQ when PDMFED_AMQP_URL is set, else the in-memory bus (shared broker in-process)."""
-    from federation.bus.topology import DEFAULT_TOPOLOGY
-
-    topo = topology or DEFAULT_TOPOLOGY
+    topo = topology or topology_of(settings)
     if settings.amqp_url:
         from federation.bus.rabbitmq import RabbitBus
 
@@ -72,6 +70,15 @@ def make_bus(settings: Settings, service_key: str, broker: Any = None, topology:
     from federation.bus.memory import InMemoryBroker, InMemoryBus
 
     return InMemoryBus(broker if broker is not None else InMemoryBroker(topo))
+
+
+def topology_of(settings: Settings) -> Any:
+    """The topology named by settings.topology_prefix."""
+    from federation.bus.topology import DEFAULT_TOPOLOGY
+
+    if settings.topology_prefix == DEFAULT_TOPOLOGY.prefix:
+        return DEFAULT_TOPOLOGY
+    return DEFAULT_TOPOLOGY.with_prefix(settings.topology_prefix)
 
 
 def make_sealer(settings: Settings, sender: str) -> Any:
@@ -98,9 +105,7 @@ def build_service_logic(
     queue: str | None = None,
 ) -> Service:
     """The Service (handlers) for one service name."""
-    from federation.bus.topology import DEFAULT_TOPOLOGY
-
-    q = queue or DEFAULT_TOPOLOGY.queue(SERVICE_KEYS[name]).name
+    q = queue or topology_of(settings).queue(SERVICE_KEYS[name]).name
     if name == "trainer-dispatch":
         from services.trainer_dispatch.handlers import build_service
 
@@ -176,7 +181,7 @@ async def start_node(
     endpoint = SecureEndpoint(bus, sealer, metrics, name)
     path = store_path if store_path is not None else Path(settings.state_dir) / f"{key}.sqlite"
     store = ServiceStore(path)
-    queue = (topology.queue(key).name if topology is not None else None)
+    queue = (topology or topology_of(settings)).queue(key).name
     service = build_service_logic(name, settings, comm_manager=comm_manager, factory_trust=factory_trust,
                                   queue=queue)
     runner = ServiceRunner(service, endpoint, store, metrics)

@@ -14,20 +14,10 @@ from federation.bus.topology import (
     as_definitions,
     topic_matches,
 )
+from federation.wire.messages import MsgType
 
-MESSAGE_TYPES = (
-    "campaign.start",
-    "round.open",
-    "train.request",
-    "model.global",
-    "update.raw",
-    "update.screened",
-    "update.rejected",
-    "round.completed",
-    "campaign.completed",
-    "datasite.status",
-    "datasite.command",
-)
+#: Every routing key: the wire module's message types (DESIGN.md §4 plus round.close).
+MESSAGE_TYPES = tuple(t.value for t in MsgType)
 
 
 @pytest.mark.parametrize(

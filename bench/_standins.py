@@ -1,0 +1,233 @@
+"""In-process datasite stand-ins and a campaign harness timing rounds through the real services.
+
+The stand-ins have the seed's comm-manager methods (the connector cannot tell them from
+PySyftCommunicationManager): ``TrainingDatasites`` really trains with ``train_local``;
+``SleepingDatasites`` returns a precomputed delta of the model's exact shape after a fixed
+"training" time, so a 10M-parameter round costs no CPU at the datasites.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "TrainingDatasites",
+    "SleepingDatasites",
+    "model_template",
+    "cnn_features_for",
+    "run_campaign",
+]
+
+_PASSWORD_ENV = "PDMFED_DATASITE_ADMIN_PASSWORD"
+
+
+def model_template(kind: str, n_features: int, window: int) -> dict[str, torch.Tensor]:
+    """The campaign's initial state dict, built exactly as trainer-dispatch builds it."""
+    from federation.ml.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(kind, n_features, window)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def cnn_features_for(params: int, window: int = 30) -> int:
+    """n_features that makes the ``cnn`` model about ``params`` parameters (first conv dominates)."""
+    fixed = (32 * 32 * 5 + 32) + (32 * 8 * 3 + 8) + (8 * window * 64 + 64) + 65 + 32
+    return max(1, round((params - fixed) / (32 * 5)))
+
+
+class _Base:
+    """What the connector calls: connect, send the model, train, report status."""
+
+    def __init__(self) -> None:
+        self.connected: set[str] = set()
+        self.models: dict[str, dict] = {}
+        self.train_times: dict[tuple[int, str], float] = {}
+        self._lock = threading.Lock()
+
+    def is_connected(self, datasite_id: str) -> bool:
+        return datasite_id in self.connected
+
+    def connect_to_datasite(self, datasite_url: str, credentials: dict) -> bool:
+        self.connected.add(credentials["datasite_id"])
+        return True
+
+    def send_model(self, model_parameters: dict, datasite_id: str) -> bool:
+        self.models[datasite_id] = model_parameters
+        return True
+
+    def get_connection_status(self) -> dict[str, str]:
+        return {d: "connected" for d in self.connected}
+
+    def _record(self, round_num: int, datasite_id: str, seconds: float) -> None:
+        with self._lock:
+            self.train_times[(round_num, datasite_id)] = seconds
+
+
+class TrainingDatasites(_Base):
+    """Real local training (``train_local``) on each site's own partition."""
+
+    def __init__(self, partitions: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        super().__init__()
+        self.partitions = partitions
+
+    def request_training(self, training_config: dict, datasite_id: str) -> dict:
+        from federation.ml.train import train_local
+
+        X, y = self.partitions[datasite_id]
+        start = time.perf_counter()
+        result = train_local(
+            self.models[datasite_id], X, y, training_config, seed=training_config.get("seed", 0)
+        )
+        self._record(training_config["round_number"], datasite_id, time.perf_counter() - start)
+        return result
+
+
+class SleepingDatasites(_Base):
+    """Returns a fixed random delta of the model's shape after ``train_s`` seconds."""
+
+    def __init__(
+        self, template: dict[str, torch.Tensor], ids: list[str], train_s: float, scale: float = 1e-3
+    ) -> None:
+        super().__init__()
+        self.train_s = train_s
+        gen = torch.Generator().manual_seed(7)
+        self.deltas = {
+            ds: {
+                k: (torch.randn(v.shape, generator=gen) * scale).to(v.dtype)
+                if v.is_floating_point()
+                else torch.zeros_like(v)
+                for k, v in template.items()
+            }
+            for ds in ids
+        }
+
+    def request_training(self, training_config: dict, datasite_id: str) -> dict:
+        start = time.perf_counter()
+        if self.train_s > 0:
+            time.sleep(self.train_s)
+        seconds = time.perf_counter() - start
+        self._record(training_config["round_number"], datasite_id, seconds)
+        return {
+            "delta": self.deltas[datasite_id],
+            "num_samples": 100,
+            "loss": 1.0,
+            "rmse": 1.0,
+            "accuracy": 0.0,
+            "training_time": seconds,
+        }
+
+
+async def _run(
+    comm: _Base,
+    cfg: Any,
+    amqp_url: str | None,
+    prefix: str,
+    timeout: float,
+    state_dir: Path,
+) -> dict[str, Any]:
+    from federation.bus.topology import Topology
+    from federation.config import Settings
+    from federation.orchestrator.embedded import EmbeddedFederation
+
+    settings = Settings(demo=True, state_dir=state_dir, amqp_url=amqp_url, redis_url=None)
+    topology = Topology().with_prefix(prefix)
+    fed = EmbeddedFederation(settings, comm_manager=comm, topology=topology)
+    marks: dict[str, dict[int, float]] = {"round.open": {}, "round.completed": {}}
+    await fed.start()
+    try:
+        assert fed.client is not None
+
+        def on_event(kind: str, payload: dict, record: Any) -> None:
+            if kind in marks:
+                marks[kind].setdefault(int(payload["round_num"]), time.perf_counter())
+
+        fed.client.on_event = on_event
+        start = time.perf_counter()
+        record = await fed.run_campaign(cfg, timeout=timeout)
+        total = time.perf_counter() - start
+    finally:
+        await fed.stop()
+        if amqp_url:
+            from federation.bus.rabbitmq import RabbitBus
+
+            cleanup = RabbitBus(amqp_url, service="bench-cleanup", topology=topology, declare=False)
+            await cleanup.start()
+            await cleanup.delete_topology()
+            await cleanup.close()
+    return {"start": start, "total_s": total, "marks": marks, "record": record}
+
+
+def run_campaign(
+    comm: _Base,
+    *,
+    model_type: str,
+    n_features: int,
+    window: int,
+    ids: list[str],
+    rounds: int,
+    amqp_url: str | None,
+    prefix: str,
+    timeout: float = 900.0,
+    training: dict | None = None,
+) -> dict[str, Any]:
+    """Run a campaign of ``rounds`` rounds; per round: wall time, slowest site's training time.
+
+    Round r's wall time is completed(r) - completed(r - 1) (round 1: from campaign.start): the
+    whole cycle of dispatch opening the round, train.request, training, update.raw, security
+    screening, aggregation and round.completed, as the orchestrator's listener sees it.
+    """
+    from federation.campaign import CampaignConfig, DatasiteRef
+
+    os.environ.setdefault(
+        _PASSWORD_ENV, "bench-stand-in"
+    )  # stand-ins ignore it; the connector asks
+    cfg = CampaignConfig.model_validate(
+        {
+            "campaign_id": f"{prefix}-campaign",
+            "datasites": [DatasiteRef(datasite_id=d, url=f"http://stand-in/{d}") for d in ids],
+            "rounds": rounds,
+            "round_timeout_s": timeout,
+            "quorum": min(2, len(ids)),
+            "training": {
+                "model_type": model_type,
+                "n_features": n_features,
+                "window": window,
+                "epochs": 1,
+                **(training or {}),
+            },
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="pdmfed-bench-") as tmp:
+        out = asyncio.run(_run(comm, cfg, amqp_url, prefix, timeout, Path(tmp) / "state"))
+    record = out["record"]
+    done = out["marks"]["round.completed"]
+    if record.completed is None or len(done) < rounds:
+        raise RuntimeError(f"campaign ended early: {record.completed}, rounds seen {sorted(done)}")
+    per_round = []
+    previous = out["start"]
+    for r in range(1, rounds + 1):
+        wall = done[r] - previous
+        previous = done[r]
+        times = [t for (rn, _), t in comm.train_times.items() if rn == r]
+        rec = next(x for x in record.rounds if x["round_num"] == r)
+        per_round.append(
+            {
+                "round": r,
+                "wall_s": wall,
+                "training_s": max(times) if times else 0.0,
+                "training_sum_s": sum(times),
+                "participants": len(rec["participants"]),
+                "rejected": len(rec["rejected"]),
+            }
+        )
+    return {"rounds": per_round, "total_s": out["total_s"], "completed": record.completed}

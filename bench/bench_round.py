@@ -1,0 +1,178 @@
+"""Round overhead over RabbitMQ: a round's wall time minus the datasites' own training time.
+
+Run: ``.venv/bin/python -m bench.bench_round [--smoke] [--out PATH]``.
+EmbeddedFederation (the four real services + orchestrator client) over RabbitMQ on a fresh
+bench topology; the connector talks to in-process datasite stand-ins (bench/_standins.py):
+the C-MAPSS hybrid model trains for real on FD001 partitions; the 10M-parameter model (the
+``cnn`` architecture widened to 10M parameters) "trains" by sleeping a fixed time and returns
+a delta of its exact shape. Round 1 (start-up, initial model) is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench._common import write_result
+from bench._standins import (
+    SleepingDatasites,
+    TrainingDatasites,
+    cnn_features_for,
+    model_template,
+    run_campaign,
+)
+from bench._util import AMQP_URL, bench_prefix, rabbit_available, result_path
+
+NAME = "round"
+FD001_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cmapss" / "FD001"
+TARGET_SHARE = 0.10
+BIG_PARAMS = 10_000_000
+BIG_TRAIN_S = 10.0
+FULL = [
+    {"model": "hybrid", "sites": 3, "rounds": 6},
+    {"model": "hybrid", "sites": 10, "rounds": 6},
+    # ~85 s per 10M x 10 round on the 2-core box: fewer counted rounds to fit the time budget
+    {"model": "10M", "sites": 3, "rounds": 3, "train_s": BIG_TRAIN_S},
+    {"model": "10M", "sites": 10, "rounds": 2, "train_s": BIG_TRAIN_S},
+]
+SMOKE = [{"model": "hybrid-sleep", "sites": 3, "rounds": 3, "train_s": 0.05}]
+
+
+def _fd001_partitions(n_sites: int) -> tuple[Any, dict]:
+    from federation.ml.data import load_dataset
+    from federation.ml.partition import partition_engines, split_partition
+
+    data = load_dataset(FD001_DIR)
+    groups = partition_engines(data.train.engines, n_sites, seed=1)
+    parts = split_partition(data.train, groups)
+    ids = [f"factory_{i:02d}" for i in range(n_sites)]
+    return data, {ds: (p.X, p.y) for ds, p in zip(ids, parts, strict=True)}
+
+
+def _config(spec: dict) -> dict[str, Any]:
+    ids = [f"factory_{i:02d}" for i in range(spec["sites"])]
+    if spec["model"] == "hybrid":
+        if not FD001_DIR.is_dir():
+            raise FileNotFoundError(f"C-MAPSS FD001 not found at {FD001_DIR}")
+        data, parts = _fd001_partitions(spec["sites"])
+        comm: Any = TrainingDatasites(parts)
+        kind, n_features, window = "hybrid", data.n_features, data.window
+        training = {"batch_size": 256, "learning_rate": 2e-3}
+    elif spec["model"] == "10M":
+        kind, window = "cnn", 30
+        n_features = cnn_features_for(BIG_PARAMS, window)
+        comm = SleepingDatasites(model_template(kind, n_features, window), ids, spec["train_s"])
+        training = {}
+    else:  # smoke: the hybrid's shape, sleeping stand-ins
+        kind, n_features, window = "hybrid", 14, 30
+        comm = SleepingDatasites(model_template(kind, n_features, window), ids, spec["train_s"])
+        training = {}
+    template = model_template(kind, n_features, window)
+    params = sum(v.numel() for v in template.values())
+    return {
+        "comm": comm,
+        "kind": kind,
+        "n_features": n_features,
+        "window": window,
+        "ids": ids,
+        "training": training,
+        "params": params,
+    }
+
+
+def _measure(spec: dict) -> dict[str, Any]:
+    c = _config(spec)
+    out = run_campaign(
+        c["comm"],
+        model_type=c["kind"],
+        n_features=c["n_features"],
+        window=c["window"],
+        ids=c["ids"],
+        rounds=spec["rounds"],
+        amqp_url=AMQP_URL,
+        prefix=bench_prefix(NAME),
+        training=c["training"],
+    )
+    counted = out["rounds"][1:]
+    walls = [r["wall_s"] for r in counted]
+    trains = [r["training_s"] for r in counted]
+    overheads = [r["wall_s"] - r["training_s"] for r in counted]
+    shares = [o / w for o, w in zip(overheads, walls, strict=True)]
+    oh = statistics.median(overheads)
+    return {
+        **{k: v for k, v in spec.items()},
+        "params": c["params"],
+        "model_mb": c["params"] * 4 / 1024**2,
+        "bus": "rabbitmq",
+        "rounds_counted": len(counted),
+        "wall_s": {"median": statistics.median(walls), "min": min(walls), "max": max(walls)},
+        "training_s": {"median": statistics.median(trains), "min": min(trains), "max": max(trains)},
+        "overhead_s": {"median": oh, "min": min(overheads), "max": max(overheads)},
+        "overhead_share": {
+            "median": statistics.median(shares),
+            "min": min(shares),
+            "max": max(shares),
+        },
+        "training_for_10pct_s": oh * (1 - TARGET_SHARE) / TARGET_SHARE,
+        "per_round": out["rounds"],
+    }
+
+
+def run(smoke: bool) -> dict[str, Any]:
+    base = {
+        "smoke": smoke,
+        "method": "per configuration one campaign; a round's wall time is the interval between"
+        " consecutive round.completed events at the orchestrator (round 1 not counted);"
+        " training time = the slowest datasite's own time inside request_training (sites"
+        " train in parallel); overhead = wall - training; median, min-max over the counted"
+        " rounds (5 for hybrid; 2 for 10M x 3 and 1 for 10M x 10, whose rounds take minutes). 10M stand-ins sleep"
+        f" {BIG_TRAIN_S:.0f} s; 'training_for_10pct_s' is the local training time at which"
+        " the measured overhead would be 10% of the round.",
+        "targets": {"overhead_share_max_10M_10_sites": TARGET_SHARE},
+    }
+    reason = asyncio.run(rabbit_available())
+    if reason is not None:
+        return {**base, "error": reason, "results": []}
+    results, skipped = [], []
+    for spec in SMOKE if smoke else FULL:
+        try:
+            row = _measure(spec)
+        except FileNotFoundError as exc:
+            skipped.append({**spec, "reason": str(exc)})
+            continue
+        results.append(row)
+        print(
+            f"{spec['model']:>12} x{spec['sites']:<3} wall {row['wall_s']['median']:7.2f} s"
+            f"  training {row['training_s']['median']:6.2f} s  overhead"
+            f" {row['overhead_s']['median']:6.2f} s ({row['overhead_share']['median']:.0%})",
+            flush=True,
+        )
+    big = [r for r in results if r["model"] == "10M" and r["sites"] == 10]
+    return {
+        **base,
+        "results": results,
+        "skipped": skipped,
+        "summary": {
+            "overhead_share_10M_10_sites": big[0]["overhead_share"]["median"] if big else None,
+            "target_met": bool(big) and big[0]["overhead_share"]["median"] <= TARGET_SHARE,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny model, seconds")
+    parser.add_argument("--out", type=Path, default=None, help="result file")
+    args = parser.parse_args(argv)
+    data = run(args.smoke)
+    path = write_result(NAME, data, args.out or result_path(NAME, args.smoke))
+    print(f"wrote {path}")
+    return 0 if "error" not in data else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

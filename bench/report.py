@@ -1,0 +1,333 @@
+"""Renders BENCHMARKS.md from the JSON files in bench/results (no measuring here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BENCHMARKS", "render", "write_report"]
+
+#: benchmark name -> module under bench/ (run order of ``python -m bench``).
+BENCHMARKS = {
+    "envelope": "bench_envelope",
+    "broker": "bench_broker",
+    "aggregation": "bench_aggregation",
+    "round": "bench_round",
+    "scale": "bench_scale",
+    "memory": "bench_memory",
+    "quality_fd001": "quality_fd001",
+}
+
+_NOTES = Path(__file__).resolve().parent / "NOTES.md"
+
+
+def _load(results: Path, name: str) -> dict[str, Any] | None:
+    path = results / f"{name}.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+
+
+def _met(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**not met**")
+
+
+def _f(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _rate(row: dict[str, Any]) -> str:
+    lo, hi = row["mb_per_s_min_max"]
+    return f"{row['mb_per_s']:,.0f} ({lo:,.0f}–{hi:,.0f})"
+
+
+def _ms(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "–"
+    return (
+        f"{row['median_s'] * 1e3:,.1f} ({row['min_s'] * 1e3:,.1f}–{row['max_s'] * 1e3:,.1f})"
+        f" ×{row['runs']}"
+    )
+
+
+def _missing(title: str, name: str, doc: dict | None) -> list[str] | None:
+    if doc is None:
+        return [f"## {title}", "", f"Not run yet (`python -m bench --only {name}`).", ""]
+    if doc.get("error"):
+        return [f"## {title}", "", f"Not measured: {doc['error']}", ""]
+    return None
+
+
+def _envelope(doc: dict | None) -> list[str]:
+    out = _missing("1. Envelope: seal + open throughput", "envelope", doc)
+    if out:
+        return out
+    assert doc is not None
+    t = doc["targets"]
+    lines = [
+        "## 1. Envelope: seal + open throughput",
+        "",
+        "MB/s of one seal+open round trip, median of ≥ 5 runs (min–max). Ceiling = AES-256-GCM"
+        " encrypt + decrypt + SHA-256 at both ends of the same bytes. Flower = its own"
+        " `ndarrays_to_parameters` + `parameters_to_ndarrays` (no encryption, no authentication).",
+        "",
+        "| size MB | seal+open | chunked (8 MiB) | ceiling | pickle+Fernet | Flower serde |"
+        f" vs ceiling (≥ {t['ratio_vs_ceiling_min']}) | vs pickle+Fernet"
+        f" (≥ {t['speedup_vs_pickle_fernet_min']}×) | vs Flower |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["results"]:
+        fl = r.get("flower_serde")
+        ratio, speed = r["ratio_seal_open_vs_ceiling"], r["speedup_vs_pickle_fernet"]
+        lines.append(
+            f"| {r['size_mb']:g} | {_rate(r['seal_open'])} | {_rate(r['seal_open_chunked_8MiB'])}"
+            f" | {_rate(r['ceiling_aesgcm_sha256'])} | {_rate(r['pickle_fernet'])}"
+            f" | {_rate(fl) if fl else '–'}"
+            f" | {ratio:.2f} {_met(ratio >= t['ratio_vs_ceiling_min'])}"
+            f" | {speed:.1f}× {_met(speed >= t['speedup_vs_pickle_fernet_min'])}"
+            f" | {_f(r.get('ratio_seal_open_vs_flower'), 2)} |"
+        )
+    if doc.get("flower_error"):
+        lines += ["", f"Flower not measured: {doc['flower_error']}"]
+    elif doc.get("flower_versions"):
+        v = doc["flower_versions"]
+        lines += ["", f"Flower {v['flwr']} with numpy {v['numpy']} in `bench/.flwr-venv`."]
+    return [*lines, ""]
+
+
+def _broker(doc: dict | None) -> list[str]:
+    out = _missing("2. Broker pipeline (RabbitMQ)", "broker", doc)
+    if out:
+        return out
+    assert doc is not None
+    target = doc["targets"]["ratio_sealed_vs_raw_min_for_1mb_plus"]
+    lines = [
+        "## 2. Broker pipeline (RabbitMQ)",
+        "",
+        "Sealed = SecureEndpoint publish (seal, chunk > 8 MiB, confirmed) → SecureEndpoint"
+        " subscribe with every check (decode, signature, AEAD, checksum, replay, typed payload)."
+        " Raw = aio-pika confirmed persistent publish of the same bytes → consumer ack. Same"
+        " kind of quorum queue, publisher and consumer concurrent; median of 5 runs (min–max).",
+        "",
+        f"| size MB | updates/run | sealed MB/s | sealed updates/s | raw MB/s | raw updates/s |"
+        f" sealed / raw (≥ {target} for ≥ 1 MB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        ok = r["ratio_sealed_vs_raw"] >= target if r["size_mb"] >= 1 else None
+        lines.append(
+            f"| {r['size_mb']:g} | {r['updates_per_run']} | {_rate(r['sealed'])}"
+            f" | {r['sealed']['updates_per_s']:,.1f} | {_rate(r['raw'])}"
+            f" | {r['raw']['updates_per_s']:,.1f} | {r['ratio_sealed_vs_raw']:.2f} {_met(ok)} |"
+        )
+    lines += ["", f"Rejected messages during the run: {doc.get('rejected', 0):g}."]
+    return [*lines, ""]
+
+
+def _aggregation(doc: dict | None) -> list[str]:
+    out = _missing("3. Aggregation vs Flower", "aggregation", doc)
+    if out:
+        return out
+    assert doc is not None
+    t = doc["targets"]
+    lines = [
+        "## 3. Aggregation vs Flower",
+        "",
+        "Milliseconds per call, median (min–max) ×runs; one warm-up call first, fewer runs when"
+        " one call is slow (×runs says how many). Identical inputs on both sides (digest"
+        f" compared). Ours with torch threads = {doc.get('torch_threads', '?')}; Flower's numpy"
+        " code is single-threaded. Speed-up = Flower time / our time; target ≥"
+        f" {t['speedup_vs_flower_min']}×. Trimmed mean / plain mean target ≤"
+        f" {t['trimmed_over_mean_max']}×.",
+        "",
+        "| n | d | rule | ours ms | Flower ms | speed-up | target | same output |",
+        "|---:|---:|---|---:|---:|---:|---|---|",
+    ]
+    for c in doc["cells"]:
+        for rule, row in c["ours"].items():
+            theirs = (c.get("flower") or {}).get(rule)
+            speed = (c.get("speedup_vs_flower") or {}).get(rule)
+            agree = (c.get("outputs_agree") or {}).get(rule)
+            lines.append(
+                f"| {c['n']} | {c['d']:,} | {rule} | {_ms(row)} | {_ms(theirs)}"
+                f" | {_f(speed, 2)}{'×' if speed else ''}"
+                f" | {_met(None if speed is None else speed >= t['speedup_vs_flower_min'])}"
+                f" | {'–' if agree is None else ('yes' if agree else 'no')} |"
+            )
+    lines += ["", "| n | d | trimmed mean / plain mean | target |", "|---:|---:|---:|---|"]
+    for c in doc["cells"]:
+        ratio = c["trimmed_over_mean"]
+        lines.append(
+            f"| {c['n']} | {c['d']:,} | {ratio:.1f}× |"
+            f" {_met(ratio <= t['trimmed_over_mean_max'])} |"
+        )
+    if doc.get("skipped"):
+        lines += [
+            "",
+            "Skipped: "
+            + "; ".join(f"n={s['n']}, d={s['d']:,} ({s['reason']})" for s in doc["skipped"])
+            + ".",
+        ]
+    if doc.get("flower_error"):
+        lines += ["", f"Flower not measured: {doc['flower_error']}"]
+    return [*lines, ""]
+
+
+def _round(doc: dict | None) -> list[str]:
+    out = _missing("4. Round overhead over RabbitMQ", "round", doc)
+    if out:
+        return out
+    assert doc is not None
+    target = doc["targets"]["overhead_share_max_10M_10_sites"]
+    lines = [
+        "## 4. Round overhead over RabbitMQ",
+        "",
+        "Wall time of a round (consecutive round.completed events) minus the slowest datasite's"
+        " own training time; median (min–max) over the counted rounds.",
+        "",
+        "| model | params | sites | rounds | wall s | training s | overhead s | overhead share |"
+        " target | training needed for 10 % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in doc["results"]:
+        w, tr, oh, sh = r["wall_s"], r["training_s"], r["overhead_s"], r["overhead_share"]
+        is_target = r["model"] == "10M" and r["sites"] == 10
+        lines.append(
+            f"| {r['model']} | {r['params']:,} | {r['sites']} | {r['rounds_counted']}"
+            f" | {w['median']:.2f} ({w['min']:.2f}–{w['max']:.2f})"
+            f" | {tr['median']:.2f} | {oh['median']:.2f} ({oh['min']:.2f}–{oh['max']:.2f})"
+            f" | {sh['median']:.0%} | {_met(sh['median'] <= target) if is_target else '–'}"
+            f" | {r['training_for_10pct_s']:.0f} s |"
+        )
+    for s in doc.get("skipped", []):
+        lines.append(f"\nSkipped {s['model']} × {s['sites']}: {s['reason']}")
+    return [*lines, ""]
+
+
+def _scale(doc: dict | None) -> list[str]:
+    out = _missing("5. Scale: 10 → 200 clients", "scale", doc)
+    if out:
+        return out
+    assert doc is not None
+    s = doc["summary"]
+    lines = [
+        "## 5. Scale: 10 → 200 clients",
+        "",
+        f"Bus: **{doc['bus']}**. Stand-in clients answer at once, so the round time is all"
+        " system (dispatch, connector, security screening, aggregation, persistence). One"
+        " campaign per point, each in a fresh process.",
+        "",
+        "| clients | model params | round s | first round s | peak RSS MB |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["results"]:
+        lines.append(
+            f"| {r['clients']} | {r['params']:,} | {r['round_s']:.2f}"
+            f" | {r['first_round_s']:.2f} | {r['peak_rss_mb']:,.0f} |"
+        )
+    lines += [
+        "",
+        f"Fitted exponent (round time ∝ clients^k, log-log least squares):"
+        f" **k = {s['round_time_exponent']:.2f}**.",
+        "",
+        "| clients | model params | model MB | clients × model MB | baseline RSS MB |"
+        " peak RSS MB | (peak − baseline) / (clients × model) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rss_vs_model"]:
+        lines.append(
+            f"| {r['clients']} | {r['params']:,} | {r['model_mb']:.2f}"
+            f" | {r['updates_mb']:,.0f} | {r['baseline_rss_mb']:,.0f}"
+            f" | {r['peak_rss_mb']:,.0f} | {r['peak_above_baseline_over_updates']:.2f} |"
+        )
+    return [*lines, ""]
+
+
+def _memory(doc: dict | None) -> list[str]:
+    out = _missing("6. Memory: consumer receiving a chunked update", "memory", doc)
+    if out:
+        return out
+    assert doc is not None
+    target = doc["targets"]["peak_over_update_max"]
+    lines = [
+        "## 6. Memory: consumer receiving a chunked update",
+        "",
+        "A fresh consumer process (RabbitBus + SecureEndpoint, every check) receives one update"
+        " in 8 MiB sealed chunks. Peak RSS is a high-water mark (one measurement per size).",
+        "",
+        "| update MB | chunks | baseline RSS MB | peak RSS MB | peak / update |"
+        f" target (≤ {target}×) | (peak − baseline) / update | receive s |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    mb = 1024 * 1024
+    for r in doc["results"]:
+        lines.append(
+            f"| {r['size_mb']:g} | {r['chunks']} | {r['baseline_rss_bytes'] / mb:,.0f}"
+            f" | {r['peak_rss_bytes'] / mb:,.0f} | {r['peak_over_update']:.2f}×"
+            f" | {_met(r['peak_over_update'] <= target)}"
+            f" | {r['peak_minus_baseline_over_update']:.2f}× | {r['receive_seconds']:.1f} |"
+        )
+    return [*lines, ""]
+
+
+def _quality(doc: dict | None) -> list[str]:
+    if doc is None or "summary" not in doc:
+        return []
+    s = doc["summary"]
+    return [
+        "## 7. Quality on C-MAPSS FD001 (bench/quality_fd001.py)",
+        "",
+        f"Centralised test RMSE {s['central_test_rmse']:.2f} (bar ≤ 18: {_met(s['central_bar_met'])});"
+        f" federated (3 non-IID factories) {s['federated_profile_test_rmse']:.2f},"
+        f" {s['federated_over_central']:.2f}× centralised (bar ≤ 1.15:"
+        f" {_met(s['federated_bar_met'])}).",
+        "",
+    ]
+
+
+def render(results: Path, *, smoke: bool = False) -> str:
+    """The whole report as Markdown from the JSON files in ``results``."""
+    docs = {name: _load(results, name) for name in BENCHMARKS}
+    machine = next((d["machine"] for d in docs.values() if d and "machine" in d), {})
+    when = sorted(d["machine"].get("when", "") for d in docs.values() if d and "machine" in d)
+    lines = [
+        "# Benchmarks" + (" (smoke configuration: NOT representative)" if smoke else ""),
+        "",
+        "Generated by `python -m bench` from `bench/results/*.json`; do not edit by hand"
+        " (notes: `bench/NOTES.md`).",
+        "",
+        "Reproduce: `make bench` (= `.venv/bin/python -m bench`); one benchmark:"
+        " `.venv/bin/python -m bench --only broker`; smoke configuration (seconds, used by"
+        " `make test`): `.venv/bin/python -m bench --smoke`. RabbitMQ at"
+        " `amqp://guest:guest@127.0.0.1:5672/`; Flower is installed on demand into"
+        " `bench/.flwr-venv`.",
+        "",
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('cpu_count', '?')} cores,"
+        f" {machine.get('memory_gb', '?')} GiB RAM, Python {machine.get('python', '?')},"
+        f" {machine.get('platform', '?')}; shared with other jobs (figures are side-by-side"
+        " ratios for that reason)." + (f" Measured {when[0]} – {when[-1]}." if when else ""),
+        "",
+    ]
+    lines += _envelope(docs["envelope"])
+    lines += _broker(docs["broker"])
+    lines += _aggregation(docs["aggregation"])
+    lines += _round(docs["round"])
+    lines += _scale(docs["scale"])
+    lines += _memory(docs["memory"])
+    lines += _quality(docs["quality_fd001"])
+    if _NOTES.is_file() and not smoke:
+        lines += [_NOTES.read_text(encoding="utf-8").rstrip(), ""]
+    return "\n".join(lines)
+
+
+def write_report(results: Path, path: Path, *, smoke: bool = False) -> Path:
+    """Render and write the report; returns its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(results, smoke=smoke), encoding="utf-8")
+    return path

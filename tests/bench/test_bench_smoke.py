@@ -1,0 +1,165 @@
+"""Each benchmark in its --smoke configuration: it runs, and its JSON has the expected figures.
+
+Benchmarks are not timed tests: nothing here asserts a speed, only that every figure exists,
+is positive and is consistent with the others (so the benchmarks cannot rot).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT  # tests/bench/conftest.py
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and value > 0
+
+
+def _run(module: str, tmp_path, *extra: str) -> dict:
+    out = tmp_path / f"{module}.json"
+    done = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", "--smoke", "--out", str(out), *extra],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["smoke"] is True
+    assert {"benchmark", "machine", "method"} <= set(doc)
+    return doc
+
+
+def test_when_envelope_runs_in_smoke__every_size_has_positive_rates_and_ratios(tmp_path):
+    doc = _run("bench_envelope", tmp_path)
+    assert [r["size_mb"] for r in doc["results"]] == [0.25, 1.0]
+    for row in doc["results"]:
+        for key in (
+            "seal_open",
+            "seal_open_chunked_8MiB",
+            "ceiling_aesgcm_sha256",
+            "pickle_fernet",
+        ):
+            assert _positive(row[key]["mb_per_s"]) and row[key]["runs"] >= 5
+            assert row[key]["min_s"] <= row[key]["median_s"] <= row[key]["max_s"]
+        assert _positive(row["ratio_seal_open_vs_ceiling"])
+        assert _positive(row["speedup_vs_pickle_fernet"])
+    # Flower is either measured or its absence is explained, never silently missing
+    assert doc["flower_error"] or all(
+        _positive(r["ratio_seal_open_vs_flower"]) for r in doc["results"]
+    )
+
+
+def test_when_aggregation_runs_in_smoke__every_rule_is_timed_on_identical_inputs(tmp_path):
+    doc = _run("bench_aggregation", tmp_path)
+    (cell,) = doc["cells"]
+    assert set(cell["ours"]) == {
+        "fedavg",
+        "trimmed_mean",
+        "median",
+        "multi_krum",
+        "centered_clipping",
+    }
+    assert all(_positive(r["median_s"]) for r in cell["ours"].values())
+    assert _positive(cell["trimmed_over_mean"])
+    if doc["flower_error"] is None:
+        assert cell["inputs_identical"] is True
+        assert all(cell["outputs_agree"].values())
+        assert all(_positive(v) for v in cell["speedup_vs_flower"].values())
+
+
+@pytest.mark.integration
+def test_when_broker_runs_in_smoke__sealed_and_raw_rates_are_measured(tmp_path, rabbitmq):
+    doc = _run("bench_broker", tmp_path)
+    (row,) = doc["rows"]
+    for path in ("sealed", "raw"):
+        assert _positive(row[path]["mb_per_s"]) and _positive(row[path]["updates_per_s"])
+        assert row[path]["runs"] == 5
+    assert _positive(row["ratio_sealed_vs_raw"])
+    assert doc["rejected"] == 0
+
+
+@pytest.mark.integration
+def test_when_round_runs_in_smoke__overhead_is_wall_minus_training(tmp_path, rabbitmq):
+    doc = _run("bench_round", tmp_path)
+    (row,) = doc["results"]
+    assert row["rounds_counted"] == row["rounds"] - 1
+    for r in row["per_round"]:
+        assert r["participants"] == row["sites"]
+        assert _positive(r["wall_s"]) and r["wall_s"] >= r["training_s"] > 0
+    assert 0 < row["overhead_share"]["median"] < 1
+
+
+@pytest.mark.integration
+def test_when_scale_runs_in_smoke__round_times_and_exponent_are_reported(tmp_path, rabbitmq):
+    doc = _run("bench_scale", tmp_path)
+    assert [r["clients"] for r in doc["results"]] == [3, 6]
+    for r in doc["results"]:
+        assert r["participants"] == r["clients"]
+        assert _positive(r["round_s"]) and r["peak_rss_mb"] >= r["baseline_rss_mb"] > 0
+    assert isinstance(doc["summary"]["round_time_exponent"], float)
+
+
+@pytest.mark.integration
+def test_when_memory_runs_in_smoke__consumer_peak_rss_covers_the_update(tmp_path, rabbitmq):
+    doc = _run("bench_memory", tmp_path)
+    (row,) = doc["results"]
+    assert row["received_bytes"] == row["update_bytes"] == 16 * 1024 * 1024
+    assert row["chunks"] >= 2  # 16 MiB is over the 8 MiB message limit
+    assert row["peak_rss_bytes"] >= row["baseline_rss_bytes"] > 0
+    assert _positive(row["peak_over_update"])
+
+
+def test_when_the_runner_runs_two_benchmarks__it_writes_their_json_and_the_report(tmp_path):
+    report = tmp_path / "BENCHMARKS.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--smoke",
+            "--only",
+            "envelope,aggregation",
+            "--results-dir",
+            str(tmp_path),
+            "--report",
+            str(report),
+        ],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "envelope.json").is_file() and (tmp_path / "aggregation.json").is_file()
+    text = report.read_text()
+    assert "## 1. Envelope" in text and "## 3. Aggregation vs Flower" in text
+    assert "Not run yet (`python -m bench --only broker`)" in text
+
+
+def test_when_the_runner_is_asked_for_an_unknown_benchmark__it_refuses():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--only", "nope"],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "unknown benchmark" in done.stderr
+
+
+def test_when_round_time_grows_as_a_power_of_clients__the_fit_recovers_the_exponent():
+    from bench._util import loglog_slope
+
+    xs = [10, 25, 50, 100, 200]
+    assert loglog_slope(xs, [0.3 * x**1.5 for x in xs]) == pytest.approx(1.5)
+    assert loglog_slope(xs, [7.0 for _ in xs]) == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        loglog_slope([10], [1.0])
