@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import torch
-
 from federation.campaign import CampaignConfig
 from federation.errors import PrivacyBudgetExceeded, StaleRoundError
 from federation.runtime.service import Service
@@ -75,6 +74,34 @@ def _weighted(accepted: list[dict], key: str) -> float | None:
     pairs = [(u["metrics"][key], u.get("num_samples", 1)) for u in accepted if key in (u.get("metrics") or {})]
     total = sum(n for _, n in pairs)
     return None if not pairs or total <= 0 else float(sum(m * n for m, n in pairs) / total)
+
+
+def _record_privacy(tx: Transaction, cfg: CampaignConfig, verdicts: dict[str, dict]) -> dict:
+    """Compose each factory's DP-SGD spend (accepted or not: the release happened) into its ledger."""
+    rp = cfg.record_privacy
+    if not rp.enabled:
+        return {}
+    from federation.privacy import RecordLevelLedger
+
+    raw = tx.get(f"record-ledger/{cfg.campaign_id}")
+    ledger = RecordLevelLedger.from_dict(raw) if raw else RecordLevelLedger(delta=cfg.privacy.delta)
+    last: dict[str, dict] = {}
+    for ds, v in sorted(verdicts.items()):
+        m = v.get("metrics") or (v.get("detail") or {}).get("metrics") or {}
+        dp = m.get("dp")
+        if not dp:
+            continue
+        z, q, steps = float(dp["noise_multiplier"]), float(dp["sample_rate"]), int(dp["steps"])
+        ledger.spend(ds, z, q, steps)
+        last[ds] = {"z": z, "q": q, "steps": steps}
+    tx.put(f"record-ledger/{cfg.campaign_id}", ledger.to_dict())
+    eps = {ds: float(ledger.epsilon(ds)) for ds in ledger.datasites()}
+    allows_next = True
+    if rp.max_epsilon is not None:
+        allows_next = not any(ledger.would_exceed(rp.max_epsilon, ds, p["z"], p["q"], p["steps"])
+                              for ds, p in last.items())
+    return {"record_epsilon": eps, "record_epsilon_max": max(eps.values(), default=0.0),
+            "record_budget_allows_next": allows_next}
 
 
 def build_service(queue: str = "pdmfed.aggregator") -> Service:
@@ -176,6 +203,7 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
             "reputation": {k: float(v) for k, v in reputation.items() if v is not None},
         }
         epsilon = acct.epsilon if acct is not None else None
+        metrics.update(_record_privacy(tx, cfg, verdicts))
         r.update({"status": "closed", "base": {}})
         tx.put(f"round/{cid}/{rnd:06d}", r)
         for ds in r["expected"]:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
 from federation.campaign import CampaignConfig, DatasiteRef
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
@@ -32,6 +31,12 @@ class ConnectorLogic:
         """Learn where a campaign's datasites are."""
         for ref in cfg.datasites:
             self._refs[ref.datasite_id] = ref
+
+    def load_campaigns(self, store: Any) -> None:
+        """After a restart: learn the datasites of the campaigns this connector already saw."""
+        with store.transaction() as tx:
+            for key in tx.keys("campaign/"):
+                self.remember_datasites(CampaignConfig.from_payload(tx.get(key)))
 
     def _ensure_connected(self, datasite_id: str) -> None:
         if self.comm.is_connected(datasite_id):
@@ -111,6 +116,8 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
             return
         result = prepared["result"]
         metrics = {k: float(result[k]) for k in ("loss", "rmse", "accuracy", "training_time") if k in result}
+        if result.get("dp"):
+            metrics["dp"] = {k: float(v) for k, v in result["dp"].items() if isinstance(v, int | float)}
         tx.emit(
             "update.raw",
             {

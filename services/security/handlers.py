@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
 from federation.campaign import CampaignConfig
 from federation.errors import AuthError, StaleRoundError
 from federation.runtime.service import Service
@@ -51,11 +50,12 @@ def screen_round(
         ds = u["datasite_id"]
         rep = float(reputation.score(ds)) if rob.enabled else 1.0
         if ds in flagged:
-            rejected.append({**flagged[ds], "datasite_id": ds, "reputation": rep})
+            rejected.append({**flagged[ds], "datasite_id": ds, "reputation": rep,
+                             "metrics": dict(u.get("metrics") or {})})
             continue
         if rob.enabled and rep < rob.reputation_threshold:
             rejected.append({"datasite_id": ds, "reason": "reputation", "why": [f"reputation {rep:.2f}"],
-                             "reputation": rep})
+                             "reputation": rep, "metrics": dict(u.get("metrics") or {})})
             continue
         delta = u["delta"]
         p = cfg.privacy

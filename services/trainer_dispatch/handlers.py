@@ -7,11 +7,11 @@ import time
 from typing import Any
 
 import torch
-
 from federation.campaign import CampaignConfig
 from federation.errors import ConfigError, StaleRoundError
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
+
 from services.trainer_dispatch import state
 
 __all__ = ["build_service", "initial_model_state", "privacy_allows_round"]
@@ -78,12 +78,21 @@ def _send_train_request(
             "datasite_id": datasite_id,
             "model_version": model["version"],
             "global_model": model["state_dict"],
-            "training_config": {**cfg.training.model_dump(), "seed": cfg.seed * 100_003 + rnd["round_num"]},
+            "training_config": _training_config(cfg, rnd["round_num"]),
             "attempt": attempt,
         },
         datasite_id=datasite_id,
         round_num=rnd["round_num"],
     )
+
+
+def _training_config(cfg: CampaignConfig, round_num: int) -> dict:
+    out = {**cfg.training.model_dump(), "seed": cfg.seed * 100_003 + round_num}
+    rp = cfg.record_privacy
+    if rp.enabled:
+        out["dp"] = {"noise_multiplier": rp.noise_multiplier, "max_grad_norm": rp.max_grad_norm,
+                     "delta": cfg.privacy.delta}
+    return out
 
 
 def _close_round(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str) -> None:
@@ -182,6 +191,8 @@ def on_round_completed(tx: Transaction, payload: dict, envelope: Any) -> None:
     elif cfg.target_rmse is not None and rmse is not None and rmse <= cfg.target_rmse:
         reason = "target_rmse"
     elif not privacy_allows_round(cfg, round_num):
+        reason = "privacy_budget"
+    elif metrics.get("record_budget_allows_next") is False:
         reason = "privacy_budget"
     if reason is None:
         _open_round(tx, cfg, round_num + 1, time.time())

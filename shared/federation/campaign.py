@@ -14,6 +14,7 @@ __all__ = [
     "DatasiteRef",
     "TrainingConfig",
     "PrivacyConfig",
+    "RecordPrivacyConfig",
     "RobustnessConfig",
     "CampaignConfig",
     "load_campaign_config",
@@ -58,6 +59,20 @@ class PrivacyConfig(_Strict):
     accountant: Literal["rdp", "pld"] = "rdp"
 
 
+class RecordPrivacyConfig(_Strict):
+    """Record-level DP-SGD inside each factory's training: per-sample clipping + Gaussian noise.
+
+    This protects each factory's individual records (sensor windows); the accountant composes
+    every round's sampled-Gaussian steps per factory. Client-level DP (PrivacyConfig) protects a
+    whole factory's contribution, which is only meaningful with many factories.
+    """
+
+    enabled: bool = False
+    noise_multiplier: float = Field(1.0, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_epsilon: float | None = Field(None, gt=0)
+
+
 class RobustnessConfig(_Strict):
     """Byzantine screening, reputation and the robust aggregation rule."""
 
@@ -84,6 +99,7 @@ class CampaignConfig(_Strict):
     seed: int = 0
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    record_privacy: RecordPrivacyConfig = Field(default_factory=RecordPrivacyConfig)
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
 
     @model_validator(mode="after")

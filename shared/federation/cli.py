@@ -62,10 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", choices=("cnn", "lstm", "hybrid"), default="cnn")
     demo.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--no-dp", action="store_true", help="turn differential privacy off")
+    demo.add_argument("--no-dp", action="store_true", help="turn record-level DP-SGD off")
+    demo.add_argument("--record-noise", type=float, default=1.0,
+                      help="DP-SGD noise multiplier at each factory (per-sample clip 1.0)")
+    demo.add_argument("--max-epsilon", type=float, default=10.0,
+                      help="record-level privacy budget per factory; the campaign stops before exceeding it")
+    demo.add_argument("--client-dp", action="store_true",
+                      help="also add client-level central DP-FedAvg noise (meaningful only with many factories)")
     demo.add_argument("--noise", type=float, default=0.01,
-                      help="DP noise multiplier z (central DP-FedAvg; std on the mean = z*clip/n)")
-    demo.add_argument("--clip", type=float, default=5.0, help="DP clipping norm C of each update")
+                      help="client-level DP noise multiplier z (std on the mean = z*clip/n)")
+    demo.add_argument("--clip", type=float, default=5.0, help="client-level DP clipping norm C of each update")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.set_defaults(func=_run_demo)
 
@@ -108,8 +114,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Subcommands that own their argument parsing: words -> "module:function(argv)".
+_PASSTHROUGH = {
+    ("diagnose",): "federation.monitoring.diagnostics:diagnose_main",
+    ("validate-security",): "federation.monitoring.diagnostics:validate_security_main",
+    ("report",): "federation.monitoring.report:report_main",
+    ("datasite", "launch"): "federation.datasite:datasite_main",
+    ("eval", "robustness"): "federation.robust.evaluation:robustness_main",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pdmfed` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # argparse's REMAINDER drops leading --flags, so hand these over before parsing.
+    for words, target in _PASSTHROUGH.items():
+        if tuple(argv[: len(words)]) == words:
+            return _passthrough(target)(argparse.Namespace(rest=argv[len(words):]))
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

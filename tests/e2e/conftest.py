@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import pytest
 from e2e_helpers import AMQP_URL, FACTORIES, ORCH_EMAIL, ORCH_PASSWORD_ENV, broker_reachable
-
 from federation.crypto.signing import SigningIdentity
 
 

@@ -81,7 +81,7 @@ class ServiceProcesses:
 
     def stop_all(self) -> dict[str, int | None]:
         codes = {}
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.time() + 20

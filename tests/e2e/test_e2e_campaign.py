@@ -11,14 +11,13 @@ import pika
 import pytest
 import torch
 from e2e_helpers import campaign_config, unique_prefix
-from prometheus_client import CollectorRegistry
-
 from federation.bus.topology import DEFAULT_TOPOLOGY
 from federation.config import Settings
 from federation.crypto.keys import KeyRing
 from federation.crypto.sealer import Sealer
 from federation.crypto.signing import SigningIdentity, TrustStore
 from federation.ml.train import evaluate
+from prometheus_client import CollectorRegistry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

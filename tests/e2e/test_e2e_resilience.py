@@ -10,12 +10,17 @@ import threading
 import time
 
 import pytest
-from e2e_helpers import ORCH_EMAIL, ORCH_PASSWORD_ENV, ServiceProcesses, campaign_config, unique_prefix
-from prometheus_client import CollectorRegistry
-
+from e2e_helpers import (
+    ORCH_EMAIL,
+    ORCH_PASSWORD_ENV,
+    ServiceProcesses,
+    campaign_config,
+    unique_prefix,
+)
 from federation.config import Settings
 from federation.crypto.signing import TrustStore
 from federation.runtime.launch import SERVICE_KEYS, ensure_identities
+from prometheus_client import CollectorRegistry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

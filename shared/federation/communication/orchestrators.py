@@ -58,8 +58,6 @@ _MANAGER_PASSTHROUGH = (
 class InsufficientDatasitesError(DatasiteConnectionError):
     """A round could not reach the minimum number of datasites (seed: "Insufficient datasites")."""
 
-    reason = "datasite"
-
 
 def _resolve_key(encryption_key: str | bytes | None) -> str | bytes:
     if encryption_key:

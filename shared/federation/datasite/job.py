@@ -127,4 +127,6 @@ def _run(features: Any, labels: Any, global_model: Any, train_config: Any) -> di
         "round_number": round_number,
         "seed": seed,
         "global_model_digest": hashlib.sha256(model_bytes).hexdigest(),
+        # record-level DP-SGD: what this training spent (z, sample rate, steps, delta, epsilon)
+        "dp": out.get("dp"),
     }

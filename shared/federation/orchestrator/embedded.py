@@ -12,7 +12,13 @@ from federation.campaign import CampaignConfig
 from federation.config import Settings
 from federation.crypto.signing import TrustStore
 from federation.orchestrator.client import CampaignClient, CampaignRecord
-from federation.runtime.launch import SERVICE_KEYS, ServiceNode, ensure_identities, keys_dir_of, start_node
+from federation.runtime.launch import (
+    SERVICE_KEYS,
+    ServiceNode,
+    ensure_identities,
+    keys_dir_of,
+    start_node,
+)
 
 __all__ = ["EmbeddedFederation", "ORCHESTRATOR_SENDER"]
 

@@ -102,7 +102,7 @@ def factory_verifier(trust: TrustStore | None) -> Callable[[dict], None] | None:
 
 def build_service_logic(
     name: str, settings: Settings, *, comm_manager: Any = None, factory_trust: TrustStore | None = None,
-    queue: str | None = None,
+    queue: str | None = None, store: ServiceStore | None = None,
 ) -> Service:
     """The Service (handlers) for one service name."""
     q = queue or topology_of(settings).queue(SERVICE_KEYS[name]).name
@@ -125,7 +125,10 @@ def build_service_logic(
             from federation.communication import PySyftCommunicationManager
 
             comm_manager = PySyftCommunicationManager()
-        return build_service(ConnectorLogic(comm_manager), queue=q)
+        logic = ConnectorLogic(comm_manager)
+        if store is not None:
+            logic.load_campaigns(store)
+        return build_service(logic, queue=q)
     raise KeyError(f"unknown service {name!r}; expected one of {sorted(SERVICE_KEYS)}")
 
 
@@ -183,7 +186,7 @@ async def start_node(
     store = ServiceStore(path)
     queue = (topology or topology_of(settings)).queue(key).name
     service = build_service_logic(name, settings, comm_manager=comm_manager, factory_trust=factory_trust,
-                                  queue=queue)
+                                  queue=queue, store=store)
     runner = ServiceRunner(service, endpoint, store, metrics)
     node = ServiceNode(name, runner, bus, endpoint, metrics, store)
     # connector: one training per datasite at a time, all datasites in parallel

@@ -21,8 +21,13 @@ def observe_emitted(metrics: Any, msg_type: str, payload: dict) -> None:
         metrics.updates_aggregated.inc(len(payload.get("participants") or []))
         if m.get("rmse") is not None:
             metrics.model_rmse.set(float(m["rmse"]))
-        if payload.get("epsilon") is not None:
-            metrics.dp_epsilon.set(float(payload["epsilon"]))
+        eps = payload.get("epsilon")
+        if eps is None:
+            eps = m.get("record_epsilon_max")
+        if eps is not None:
+            metrics.dp_epsilon.set(float(eps))
+        if m.get("record_epsilon"):
+            metrics.dp_noise_applications.inc(len(m["record_epsilon"]))
         if float(m.get("noise_std") or 0.0) > 0:
             metrics.dp_noise_applications.inc()
         for ds, rep in (m.get("reputation") or {}).items():

@@ -137,7 +137,7 @@ class ServiceRunner:
             try:
                 now = time.time()
 
-                def run() -> None:
+                def run(now: float = now) -> None:
                     with self.store.transaction() as tx:
                         tick(tx, now)
 

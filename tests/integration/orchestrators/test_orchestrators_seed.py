@@ -44,12 +44,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 SCALER, FLIPPER = "aerospace_seattle_assembly", "energy_rotterdam_turbines"
 PDMFED = Path(sys.executable).parent / "pdmfed"
 TEST_KEY = "orchestrator-integration-passphrase"
-#: federation/cli.py hands `rest` (argparse.REMAINDER) to diagnose/validate-security, but argparse
-#: does not put a leading "--flag" into a REMAINDER, so `pdmfed diagnose --json` exits 2 with
-#: "unrecognized arguments". Strict: these start passing (and fail as XPASS) once cli.py is fixed.
-CLI_FLAGS_BUG = pytest.mark.xfail(
-    strict=True, reason="cli.py passthrough drops leading --flags (argparse.REMAINDER)"
-)
 
 
 def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -340,7 +334,6 @@ def _pdmfed(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-@CLI_FLAGS_BUG
 def test_when_pdmfed_diagnose_checks_a_live_and_a_dead_datasite__json_tells_them_apart(factories):
     live = factories.handles[HONEST[0]].url
     dead = f"http://127.0.0.1:{free_port()}"
@@ -364,7 +357,6 @@ def test_when_pdmfed_diagnose_checks_a_live_and_a_dead_datasite__json_tells_them
     assert factories.password not in proc.stdout + proc.stderr
 
 
-@CLI_FLAGS_BUG
 def test_when_pdmfed_validate_security_runs__json_says_every_part_works():
     key = secrets.token_urlsafe(24)
     proc = _pdmfed(
