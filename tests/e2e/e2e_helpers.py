@@ -62,11 +62,14 @@ class ServiceProcesses:
     root: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+
     def start(self, name: str) -> subprocess.Popen:
         state = self.root / "state" / name
         state.mkdir(parents=True, exist_ok=True)
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
-        env = {**self.env, "PDMFED_STATE_DIR": str(state), "PDMFED_SERVICE_ID": name}
+        env = {**self.env, "PDMFED_STATE_DIR": str(state), "PDMFED_SERVICE_ID": name,
+               **self.extra_env.get(name, {})}
         proc = subprocess.Popen(
             [sys.executable, "-m", "federation.cli", "service", name],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -95,3 +98,70 @@ class ServiceProcesses:
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
+
+
+def service_env(amqp_url: str, prefix: str, keys: Path, trust_dir: Path, *, redis_url: str | None) -> dict[str, str]:
+    """Environment of a deployed service: secrets and wiring come from here, never argv."""
+    import secrets as _secrets
+
+    from federation.runtime.launch import SERVICE_KEYS, ensure_identities
+
+    ensure_identities(keys, [*SERVICE_KEYS, "orchestrator"])
+    (keys / "factories").mkdir(exist_ok=True)
+    for pub in trust_dir.iterdir():
+        (keys / "factories" / pub.name).write_bytes(pub.read_bytes())
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PDMFED_")},
+        "PDMFED_AMQP_URL": amqp_url,
+        "PDMFED_ENCRYPTION_KEY": _secrets.token_urlsafe(32),
+        "PDMFED_KEY_SALT": _secrets.token_hex(16),
+        "PDMFED_KEYS_DIR": str(keys),
+        "PDMFED_TOPOLOGY_PREFIX": prefix,
+        ORCH_PASSWORD_ENV: os.environ[ORCH_PASSWORD_ENV],
+        "PDMFED_LOG_LEVEL": "INFO",
+    }
+    if redis_url:
+        env["PDMFED_REDIS_URL"] = redis_url
+    return env
+
+
+async def orchestrate(env: dict[str, str], cfg: CampaignConfig, state_dir: Path, *, on_event=None,
+                      timeout: float = 420, settle_s: float = 8.0):
+    """Drive a campaign against service processes from the outside, like `pdmfed campaign`."""
+    import asyncio
+
+    from federation.bus.middleware import SecureEndpoint
+    from federation.bus.rabbitmq import RabbitBus
+    from federation.bus.topology import DEFAULT_TOPOLOGY
+    from federation.config import Settings
+    from federation.monitoring import Metrics
+    from federation.orchestrator.client import CampaignClient
+    from federation.runtime.launch import make_bus, make_sealer
+    from prometheus_client import CollectorRegistry
+
+    settings = Settings(amqp_url=env["PDMFED_AMQP_URL"], encryption_key=env["PDMFED_ENCRYPTION_KEY"],
+                        key_salt=env["PDMFED_KEY_SALT"], keys_dir=Path(env["PDMFED_KEYS_DIR"]),
+                        topology_prefix=env["PDMFED_TOPOLOGY_PREFIX"], state_dir=state_dir, redis_url=None)
+    bus = make_bus(settings, "orchestrator")
+    for _ in range(60):  # the services declare the topology as they come up
+        try:
+            await bus.start()
+            break
+        except Exception:
+            await asyncio.sleep(0.5)
+    sealer = make_sealer(settings, "orchestrator")
+    client = CampaignClient(bus, sealer, SecureEndpoint(bus, sealer, Metrics("orchestrator", CollectorRegistry()),
+                                                        "orchestrator"))
+    client.on_event = on_event
+    await client.listen()
+    await asyncio.sleep(settle_s)  # let every service finish starting (the connector imports PySyft)
+    await client.start_campaign(cfg)
+    try:
+        return await client.wait(cfg.campaign_id, timeout)
+    finally:
+        await bus.close()
+        cleanup = RabbitBus(settings.amqp_url, service="cleanup",
+                            topology=DEFAULT_TOPOLOGY.with_prefix(settings.topology_prefix), declare=False)
+        await cleanup.start()
+        await cleanup.delete_topology()
+        await cleanup.close()

@@ -15,12 +15,12 @@ from e2e_helpers import (
     ORCH_PASSWORD_ENV,
     ServiceProcesses,
     campaign_config,
+    orchestrate,
+    service_env,
     unique_prefix,
 )
 from federation.config import Settings
 from federation.crypto.signing import TrustStore
-from federation.runtime.launch import SERVICE_KEYS, ensure_identities
-from prometheus_client import CollectorRegistry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -44,23 +44,7 @@ def test_when_each_service_is_killed_mid_round_and_restarted__campaign_completes
     from services.trainer_dispatch.handlers import initial_model_state  # noqa: F401 - import check
 
     prefix = unique_prefix("kill")
-    keys = tmp_path / "keys"
-    ensure_identities(keys, [*SERVICE_KEYS, "orchestrator"])
-    (keys / "factories").mkdir()
-    for pub in fleet.trust_dir.iterdir():
-        (keys / "factories" / pub.name).write_bytes(pub.read_bytes())
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PDMFED_")},
-        "PDMFED_AMQP_URL": amqp_url,
-        "PDMFED_ENCRYPTION_KEY": secrets.token_urlsafe(32),
-        "PDMFED_KEY_SALT": secrets.token_hex(16),
-        "PDMFED_KEYS_DIR": str(keys),
-        "PDMFED_TOPOLOGY_PREFIX": prefix,
-        "PDMFED_REDIS_URL": REDIS_URL,
-        "PDMFED_MESSAGE_TTL_S": "600",
-        ORCH_PASSWORD_ENV: os.environ[ORCH_PASSWORD_ENV],
-        "PDMFED_LOG_LEVEL": "INFO",
-    }
+    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=REDIS_URL)
     procs = ServiceProcesses(env, tmp_path)
     order = ["connector", "trainer-dispatch", "security", "aggregator"]
     for name in order:
@@ -84,45 +68,8 @@ def test_when_each_service_is_killed_mid_round_and_restarted__campaign_completes
         if kind == "round.open" and payload["round_num"] <= len(order):
             threading.Thread(target=kill_and_restart, args=(payload["round_num"],), daemon=True).start()
 
-    settings = Settings(amqp_url=amqp_url, encryption_key=env["PDMFED_ENCRYPTION_KEY"],
-                        key_salt=env["PDMFED_KEY_SALT"], keys_dir=keys, topology_prefix=prefix,
-                        state_dir=tmp_path / "orchestrator", redis_url=None)
-
-    async def orchestrate():
-        from federation.bus.middleware import SecureEndpoint
-        from federation.monitoring import Metrics
-        from federation.orchestrator.client import CampaignClient
-        from federation.runtime.launch import make_bus, make_sealer
-
-        bus = make_bus(settings, "orchestrator")
-        for _ in range(60):  # the services declare the topology as they come up
-            try:
-                await bus.start()
-                break
-            except Exception:
-                await asyncio.sleep(0.5)
-        sealer = make_sealer(settings, "orchestrator")
-        client = CampaignClient(bus, sealer, SecureEndpoint(bus, sealer, Metrics("orchestrator", CollectorRegistry()),
-                                                            "orchestrator"))
-        client.on_event = on_event
-        await client.listen()
-        await asyncio.sleep(8)  # let every service finish starting (the connector imports PySyft)
-        await client.start_campaign(cfg)
-        try:
-            return await client.wait(cfg.campaign_id, 420)
-        finally:
-            await bus.close()
-            from federation.bus.rabbitmq import RabbitBus
-            from federation.bus.topology import DEFAULT_TOPOLOGY
-
-            cleanup = RabbitBus(amqp_url, service="cleanup", topology=DEFAULT_TOPOLOGY.with_prefix(prefix),
-                                declare=False)
-            await cleanup.start()
-            await cleanup.delete_topology()
-            await cleanup.close()
-
     try:
-        record = asyncio.run(orchestrate())
+        record = asyncio.run(orchestrate(env, cfg, tmp_path / "orchestrator", on_event=on_event))
     finally:
         codes = procs.stop_all()
     logs = {n: procs.log(n)[-3000:] for n in order}
