@@ -74,3 +74,44 @@ async def test_when_a_datasite_fails_once__it_is_retried_within_the_round(settin
     _, rec = await _run(settings, comm, cfg)
     assert sorted(rec.rounds[0]["participants"]) == sorted(parts)
     assert [c for c in comm.calls if c[0] == "factory_b"] == [("factory_b", 1), ("factory_b", 1)]
+
+
+class _SlowDatasites(LocalDatasites):
+    """One factory answers long after the round's deadline."""
+
+    def __init__(self, partitions, slow: str, delay_s: float):
+        super().__init__(partitions)
+        self.slow, self.delay_s = slow, delay_s
+
+    def request_training(self, training_config, datasite_id):
+        import time
+
+        if datasite_id == self.slow:
+            time.sleep(self.delay_s)
+        return super().request_training(training_config, datasite_id)
+
+
+async def test_when_a_factory_misses_the_deadline__round_closes_with_the_others_and_its_late_update_is_stale(
+    settings, tiny_partitions
+):
+    data, parts = tiny_partitions
+    comm = _SlowDatasites(parts, slow="factory_c", delay_s=4.0)
+    cfg = _cfg(data, list(parts), rounds=1, round_timeout_s=1.5, max_retries=0)
+    fed = EmbeddedFederation(settings, comm_manager=comm)
+    await fed.start()
+    try:
+        rec = await fed.run_campaign(cfg, timeout=60)
+        r = rec.rounds[0]
+        assert r["failed"] == {"factory_c": "deadline"}
+        assert sorted(r["participants"]) == ["factory_a", "factory_b"]
+        import asyncio
+
+        for _ in range(100):  # the late update arrives after the round closed: rejected as stale
+            stale = fed.registry.get_sample_value(
+                "pdmfed_messages_rejected_total", {"service": "security", "reason": "stale_round"})
+            if stale:
+                break
+            await asyncio.sleep(0.1)
+        assert stale == 1
+    finally:
+        await fed.stop()
