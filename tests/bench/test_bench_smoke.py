@@ -6,12 +6,30 @@ is positive and is consistent with the others (so the benchmarks cannot rot).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import ROOT  # tests/bench/conftest.py
+
+# No conftest.py here: a second module named ``conftest`` would shadow the one that
+# tests/unit/services imports by name. ``bench`` is a top-level folder, not an installed package.
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def rabbitmq() -> str:
+    """The broker URL, or a skip naming the missing broker."""
+    from bench._util import AMQP_URL, rabbit_available
+
+    reason = asyncio.run(rabbit_available(AMQP_URL))
+    if reason is not None:
+        pytest.skip(reason)
+    return AMQP_URL
 
 
 def _positive(value) -> bool:

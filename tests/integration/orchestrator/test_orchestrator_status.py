@@ -10,7 +10,6 @@ import sys
 import uuid
 
 import pytest
-
 from federation.bus.topology import DEFAULT_TOPOLOGY
 from federation.config import Settings
 from federation.orchestrator.status import collect_status
