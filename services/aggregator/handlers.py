@@ -136,9 +136,10 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
         cid, rnd = payload["campaign_id"], int(payload["round_num"])
         if tx.get(f"round/{cid}/{rnd:06d}") is not None:
             return
+        tx.put(f"base/{cid}/{rnd:06d}", payload["global_model"])  # big: kept apart from the round record
         tx.put(f"round/{cid}/{rnd:06d}", {
             "status": "open", "model_version": int(payload["model_version"]), "opened_at": time.time(),
-            "expected": None, "base": payload["global_model"],
+            "expected": None,
         })
 
     def on_round_close(tx: Transaction, payload: dict, envelope: Any) -> None:
@@ -155,7 +156,7 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
             cid, rnd, ds = payload["campaign_id"], int(payload["round_num"]), payload["datasite_id"]
             _round(tx, cid, rnd)
             key = f"verdict/{cid}/{rnd:06d}/{ds}"
-            if tx.get(key) is not None:
+            if tx.has(key):
                 log.info("duplicate verdict for %s round %d ignored", ds, rnd)
                 return
             record = {k: v for k, v in payload.items() if not k.startswith("_")}
@@ -168,15 +169,15 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
         r = _round(tx, cid, rnd)
         if r["expected"] is None:
             return
+        if not all(tx.has(f"verdict/{cid}/{rnd:06d}/{ds}") for ds in r["expected"]):
+            return  # still waiting (checked without decoding any tensors)
         verdicts = {ds: tx.get(f"verdict/{cid}/{rnd:06d}/{ds}") for ds in r["expected"]}
-        if any(v is None for v in verdicts.values()):
-            return
         cfg = CampaignConfig.from_payload(tx.get(f"campaign/{cid}"))
         accepted = [v for v in verdicts.values() if v["accepted"]]
         rejected = {ds: v["reason"] for ds, v in verdicts.items() if not v["accepted"]}
         byzantine = sorted(ds for ds, why in rejected.items() if why == "byzantine")
         acct = _accountant(tx, cfg)
-        base = r["base"]
+        base = tx.get(f"base/{cid}/{rnd:06d}")
         status = "aggregated"
         gen = torch.Generator().manual_seed(cfg.seed * 104_729 + rnd)
         if len(accepted) < 1:
@@ -204,8 +205,9 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
         }
         epsilon = acct.epsilon if acct is not None else None
         metrics.update(_record_privacy(tx, cfg, verdicts))
-        r.update({"status": "closed", "base": {}})
+        r["status"] = "closed"
         tx.put(f"round/{cid}/{rnd:06d}", r)
+        tx.delete(f"base/{cid}/{rnd:06d}")
         for ds in r["expected"]:
             tx.delete(f"verdict/{cid}/{rnd:06d}/{ds}")
         tx.emit("model.global", {"campaign_id": cid, "model_version": version, "round_num": rnd,

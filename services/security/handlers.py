@@ -78,10 +78,10 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
     def on_update_raw(tx: Transaction, payload: dict, envelope: Any) -> None:
         cid, rnd, ds = payload["campaign_id"], int(payload["round_num"]), payload["datasite_id"]
         cfg = _cfg(tx, cid)
-        if tx.get(f"screened/{cid}/{rnd:06d}") is not None:
+        if tx.has(f"screened/{cid}/{rnd:06d}"):
             raise StaleRoundError(f"update from {ds} for {cid} round {rnd}, already screened")
         key = f"pending/{cid}/{rnd:06d}/{ds}"
-        if tx.get(key) is not None:
+        if tx.has(key):
             log.info("duplicate update from %s for round %d ignored", ds, rnd)
             return
         if verify_factory is not None:
@@ -109,9 +109,9 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
         if closing is None:
             return
         expected = list(closing["expected"])
+        if not all(tx.has(f"pending/{cid}/{rnd:06d}/{ds}") for ds in expected):
+            return  # an expected update is still in flight (checked without decoding tensors)
         pending = {ds: tx.get(f"pending/{cid}/{rnd:06d}/{ds}") for ds in expected}
-        if any(v is None for v in pending.values()):
-            return  # an expected update is still in flight
         invalid = {ds: v for ds, v in pending.items() if "invalid" in v}
         valid = [v for ds, v in pending.items() if "invalid" not in v]
         raw_book = tx.get(f"reputation/{cid}")

@@ -37,21 +37,23 @@ def _stack(updates: Sequence[Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor,
     dtypes = tuple(first[n].dtype for n in names)
     device = first[names[0]].device
     work = _work_dtype(dtypes)
-    rows = []
+    sizes = [shape.numel() for shape in shapes]
+    # one preallocated [n, d] matrix, each tensor copied straight into its slice (no cat/stack copies)
+    out = torch.empty((len(updates), sum(sizes)), dtype=work, device=device)
     for i, u in enumerate(updates):
         if not isinstance(u, Mapping) or set(u.keys()) != set(names):
             raise RobustnessError(f"update {i} does not have the same parameter names as update 0")
-        parts = []
-        for name, shape in zip(names, shapes, strict=True):
+        offset = 0
+        for name, shape, size in zip(names, shapes, sizes, strict=True):
             t = u[name]
             if not isinstance(t, torch.Tensor) or t.shape != shape:
                 got = getattr(t, "shape", type(t).__name__)
                 raise RobustnessError(
                     f"update {i} entry {name!r} has shape {got}, expected {tuple(shape)}"
                 )
-            parts.append(t.detach().reshape(-1).to(device=device, dtype=work))
-        rows.append(torch.cat(parts))
-    return torch.stack(rows), _Spec(names, shapes, dtypes, device)
+            out[i, offset : offset + size].copy_(t.detach().reshape(-1))
+            offset += size
+    return out, _Spec(names, shapes, dtypes, device)
 
 
 def _unflatten(vec: torch.Tensor, spec: _Spec) -> dict[str, torch.Tensor]:

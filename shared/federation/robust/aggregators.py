@@ -56,16 +56,23 @@ def trimmed_mean_rows(x: torch.Tensor, k: int) -> torch.Tensor:
         return x.mean(dim=0)
     if n - 2 * k < 1:
         raise RobustnessError(f"cannot trim {k} from each end of {n} rows")
-    return torch.sort(x, dim=0).values[k : n - k].mean(dim=0)
+    if 4 * k <= n:
+        # few trimmed: subtract the k largest and k smallest (topk) instead of sorting everything
+        xt = x.t().contiguous()  # per-coordinate rows are contiguous: topk/sort run much faster
+        top = torch.topk(xt, k, dim=1).values.sum(dim=1)
+        bottom = torch.topk(xt, k, dim=1, largest=False).values.sum(dim=1)
+        return (xt.sum(dim=1) - top - bottom) / (n - 2 * k)
+    return torch.sort(x.t().contiguous(), dim=1).values[:, k : n - k].mean(dim=1)
 
 
 def median_rows(x: torch.Tensor) -> torch.Tensor:
     """Coordinate-wise median; for even n the mean of the two middle values."""
     n = x.shape[0]
-    s = torch.sort(x, dim=0).values
+    xt = x.t().contiguous()  # per-coordinate rows are contiguous: median/sort run much faster
     if n % 2:
-        return s[n // 2]
-    return (s[n // 2 - 1] + s[n // 2]) / 2
+        return torch.median(xt, dim=1).values
+    s = torch.sort(xt, dim=1).values  # rows contiguous: faster than sorting dim 0
+    return (s[:, n // 2 - 1] + s[:, n // 2]) / 2
 
 
 def krum_scores(x: torch.Tensor, f: int) -> torch.Tensor:

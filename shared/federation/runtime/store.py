@@ -56,6 +56,10 @@ class Transaction:
         row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return default if row is None else decode_payload(bytes(row[0]))
 
+    def has(self, key: str) -> bool:
+        """Whether a key exists, without decoding its value (cheap for big tensors)."""
+        return self._conn.execute("SELECT 1 FROM kv WHERE key = ?", (key,)).fetchone() is not None
+
     def put(self, key: str, value: Any) -> None:
         """Write a value (encoded with the tensor-aware codec, never pickle)."""
         self._conn.execute(
