@@ -132,9 +132,31 @@ class FedAvg:
     name = "fedavg"
 
     def aggregate(self, updates: Sequence[Update], weights: Sequence[float] | None = None):
-        x, spec = _finite_matrix(updates)
-        w = _weights(weights, x.shape[0], x)
-        return _unflatten(w @ x, spec)
+        if len(updates) == 0:
+            raise RobustnessError("need at least one update")
+        first = updates[0]
+        for i, u in enumerate(updates):
+            if not isinstance(u, Mapping) or set(u) != set(first):
+                raise RobustnessError(f"update {i} does not have the same parameter names as update 0")
+        # Accumulate per tensor: no [n, d] matrix. A NaN/Inf in any input makes the sum
+        # non-finite, so checking the result alone keeps the same guarantee.
+        w = _weights(weights, len(updates), torch.empty(0, dtype=torch.float64))
+        out: dict[str, torch.Tensor] = {}
+        for name, ref in first.items():
+            if not isinstance(ref, torch.Tensor):
+                raise RobustnessError(f"update 0 entry {name!r} is not a torch.Tensor")
+            work = torch.float64 if ref.dtype == torch.float64 else torch.float32
+            acc = torch.zeros(ref.shape, dtype=work, device=ref.device)
+            for i, u in enumerate(updates):
+                t = u[name]
+                if not isinstance(t, torch.Tensor) or t.shape != ref.shape:
+                    raise RobustnessError(f"update {i} entry {name!r} has shape "
+                                          f"{getattr(t, 'shape', type(t).__name__)}, expected {tuple(ref.shape)}")
+                acc.add_(t.detach().to(work), alpha=float(w[i]))
+            if not torch.isfinite(acc).all():
+                raise RobustnessError("an update contains NaN or Inf; screen updates before aggregating")
+            out[name] = acc.round().to(ref.dtype) if not ref.dtype.is_floating_point else acc.to(ref.dtype)
+        return out
 
 
 class TrimmedMean:
