@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +22,12 @@ log = logging.getLogger(__name__)
 class ConnectorLogic:
     """Sessions to the datasites named by running campaigns, and the training round trip."""
 
+    #: How long a train.request waits for its round.open's model to be committed here.
+    model_wait_s: float = 60.0
+
     def __init__(self, comm_manager: Any, password_lookup: Callable[[str], str | None] | None = None) -> None:
         self.comm = comm_manager
+        self.store: Any = None
         self._refs: dict[str, DatasiteRef] = {}
         self._password_lookup = password_lookup or os.environ.get
         self._locks: dict[str, asyncio.Lock] = {}
@@ -34,6 +39,7 @@ class ConnectorLogic:
 
     def load_campaigns(self, store: Any) -> None:
         """After a restart: learn the datasites of the campaigns this connector already saw."""
+        self.store = store
         with store.transaction() as tx:
             for key in tx.keys("campaign/"):
                 self.remember_datasites(CampaignConfig.from_payload(tx.get(key)))
@@ -54,11 +60,28 @@ class ConnectorLogic:
         if not ok:
             raise RuntimeError(f"cannot connect to datasite {datasite_id} at {ref.url}")
 
+    def global_model(self, request: dict) -> dict[str, torch.Tensor]:
+        """The round's model: in the request, or the version kept from round.open (waits for it)."""
+        if request.get("global_model"):
+            return dict(request["global_model"])
+        if self.store is None:
+            raise RuntimeError("train.request without a model and no store to find it in")
+        key = model_key(request["campaign_id"], int(request["model_version"]))
+        deadline = time.monotonic() + self.model_wait_s
+        while True:  # round.open is ahead in the queue but may still be committing in parallel
+            model = self.store.read(key)
+            if model is not None:
+                return model
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"model version {request['model_version']} never arrived (round.open)")
+            time.sleep(0.05)
+
     def train(self, request: dict) -> dict:
         """Send the global model and train at the datasite (blocking; run in a thread)."""
         ds = request["datasite_id"]
         self._ensure_connected(ds)
-        global_model = {k: v for k, v in request["global_model"].items()}
+        global_model = self.global_model(request)
+        request["global_model"] = global_model
         if not self.comm.send_model(global_model, ds):
             raise RuntimeError(f"sending the global model to {ds} failed")
         config = dict(request["training_config"])
@@ -83,6 +106,11 @@ class ConnectorLogic:
                 return {"ok": False, "error": str(exc)}
 
 
+def model_key(campaign_id: str, version: int) -> str:
+    """Store key of a global model version kept by the connector."""
+    return f"model/{campaign_id}/{version:08d}"
+
+
 def _delta(result: dict, global_model: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     delta = result.get("delta")
     if delta is not None:
@@ -99,6 +127,13 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
         cfg = CampaignConfig.from_payload(payload["config"])
         logic.remember_datasites(cfg)
         tx.put(f"campaign/{cfg.campaign_id}", cfg.to_payload())
+
+    def on_round_open(tx: Transaction, payload: dict, envelope: Any) -> None:
+        cid, version = payload["campaign_id"], int(payload["model_version"])
+        tx.put(model_key(cid, version), payload["global_model"])
+        for key in tx.keys(f"model/{cid}/"):
+            if key < model_key(cid, version - 1):  # keep this version and the one before (retries)
+                tx.delete(key)
 
     def on_train_request(tx: Transaction, payload: dict, envelope: Any) -> None:
         cid, rnd, ds = payload["campaign_id"], int(payload["round_num"]), payload["datasite_id"]
@@ -141,6 +176,7 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
     return Service(
         name="connector",
         queue=queue,
-        handlers={"campaign.start": on_campaign_start, "train.request": on_train_request},
+        handlers={"campaign.start": on_campaign_start, "round.open": on_round_open,
+                  "train.request": on_train_request},
         prepare={"train.request": logic.prepare_train},
     )

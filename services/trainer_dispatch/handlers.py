@@ -77,7 +77,8 @@ def _send_train_request(
             "round_num": rnd["round_num"],
             "datasite_id": datasite_id,
             "model_version": model["version"],
-            "global_model": model["state_dict"],
+            # no weights here: the connector keeps each version from round.open (one copy per
+            # round on the wire instead of one per datasite)
             "training_config": _training_config(cfg, rnd["round_num"]),
             "attempt": attempt,
         },

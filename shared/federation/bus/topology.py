@@ -47,6 +47,7 @@ BINDINGS: dict[str, tuple[tuple[str, str], ...]] = {
         ("aggregator", "takes the aggregation rule, central DP settings and privacy budget"),
     ),
     "round.open": (
+        ("connector", "keeps the round's global model: train.request names its version only"),
         ("aggregator", "keeps the round's base model (deltas are applied to it) and opens the round"),
     ),
     "round.close": (

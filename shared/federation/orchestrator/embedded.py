@@ -18,6 +18,7 @@ from federation.runtime.launch import (
     ensure_identities,
     keys_dir_of,
     start_node,
+    widen_thread_pool,
 )
 
 __all__ = ["EmbeddedFederation", "ORCHESTRATOR_SENDER"]
@@ -63,6 +64,7 @@ class EmbeddedFederation:
         from federation.monitoring import Metrics
         from federation.runtime.launch import make_bus, make_sealer, topology_of
 
+        widen_thread_pool()
         kd = keys_dir_of(self.settings)
         if kd is not None:
             ensure_identities(kd, [*SERVICE_KEYS, ORCHESTRATOR_SENDER])

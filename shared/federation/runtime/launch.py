@@ -26,6 +26,7 @@ __all__ = [
     "start_node",
     "service_main",
     "ensure_identities",
+    "widen_thread_pool",
 ]
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,7 @@ def build_service_logic(
 
             comm_manager = PySyftCommunicationManager()
         logic = ConnectorLogic(comm_manager)
-        if store is not None:
-            logic.load_campaigns(store)
+        logic.load_campaigns(store if store is not None else ServiceStore())
         return build_service(logic, queue=q)
     raise KeyError(f"unknown service {name!r}; expected one of {sorted(SERVICE_KEYS)}")
 
@@ -200,6 +200,15 @@ async def start_node(
     return node
 
 
+def widen_thread_pool(loop: asyncio.AbstractEventLoop | None = None, workers: int = 32) -> None:
+    """Blocking I/O (PySyft HTTP calls, sealing, SQLite) runs in threads; the default pool has
+    only cores + 4 workers, which would cap the connector's parallel trainings."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    (loop or asyncio.get_running_loop()).set_default_executor(
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pdmfed"))
+
+
 def service_main(name: str) -> int:
     """`pdmfed service <name>`: run one service until SIGTERM/SIGINT."""
     from federation.logs import setup_logging
@@ -213,6 +222,7 @@ def service_main(name: str) -> int:
         factory_trust = TrustStore.from_dir(kd / "factories")
 
     async def run() -> None:
+        widen_thread_pool()
         node = await start_node(name, settings, factory_trust=factory_trust)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import LocalDatasites  # noqa: E402  (tests/unit/services/conftest.py)
 from federation.campaign import CampaignConfig, DatasiteRef
 from federation.config import Settings
 from federation.orchestrator.embedded import EmbeddedFederation
+from services_helpers import LocalDatasites
 
 
 def _cfg(data, ids, **kw) -> CampaignConfig:

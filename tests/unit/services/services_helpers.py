@@ -1,0 +1,50 @@
+"""A local stand-in for the datasites with the seed's comm-manager methods (unit tier only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class LocalDatasites:
+    """In-process stand-in with the seed's comm-manager methods: trains with train_local on arrays.
+
+    Unit tier only; the integration tier uses real PySyft datasites.
+    """
+
+    def __init__(self, partitions: dict[str, tuple[np.ndarray, np.ndarray]], attack: dict | None = None):
+        self.partitions = partitions
+        self.connected: set[str] = set()
+        self.models: dict[str, dict] = {}
+        self.attack = attack or {}
+        self.fail_next: dict[str, int] = {}
+        self.calls: list[tuple[str, int]] = []
+
+    def is_connected(self, datasite_id):
+        return datasite_id in self.connected
+
+    def connect_to_datasite(self, datasite_url, credentials):
+        self.connected.add(credentials["datasite_id"])
+        return True
+
+    def send_model(self, model_parameters, datasite_id):
+        self.models[datasite_id] = {k: v.clone() for k, v in model_parameters.items()}
+        return True
+
+    def request_training(self, training_config, datasite_id):
+        from federation.ml.train import train_local
+
+        self.calls.append((datasite_id, training_config["round_number"]))
+        if self.fail_next.get(datasite_id, 0) > 0:
+            self.fail_next[datasite_id] -= 1
+            return {"error": "simulated datasite failure"}
+        X, y = self.partitions[datasite_id]
+        result = train_local(self.models[datasite_id], X, y, training_config, seed=training_config.get("seed", 0))
+        factor = self.attack.get(datasite_id)
+        if factor is not None:
+            g = self.models[datasite_id]
+            result["model_update"] = {k: g[k] + factor * (v - g[k]) if v.is_floating_point() else v
+                                      for k, v in result["model_update"].items()}
+        return result
+
+    def get_connection_status(self):
+        return {d: "connected" for d in self.connected}
