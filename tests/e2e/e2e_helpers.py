@@ -165,3 +165,21 @@ async def orchestrate(env: dict[str, str], cfg: CampaignConfig, state_dir: Path,
         await cleanup.start()
         await cleanup.delete_topology()
         await cleanup.close()
+
+
+def delete_topology(amqp_url: str, prefix: str) -> None:
+    """Remove a test's exchanges and queues from the broker."""
+    import asyncio
+
+    from federation.bus.rabbitmq import RabbitBus
+    from federation.bus.topology import DEFAULT_TOPOLOGY
+
+    async def run() -> None:
+        bus = RabbitBus(amqp_url, service="cleanup", topology=DEFAULT_TOPOLOGY.with_prefix(prefix), declare=False)
+        await bus.start()
+        try:
+            await bus.delete_topology()
+        finally:
+            await bus.close()
+
+    asyncio.run(run())

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
-from e2e_helpers import ServiceProcesses, campaign_config, orchestrate, service_env, unique_prefix
+import yaml
+from e2e_helpers import (
+    ServiceProcesses,
+    campaign_config,
+    delete_topology,
+    service_env,
+    unique_prefix,
+)
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration" / "prometheus"))
 from prometheus_helpers import free_port  # noqa: E402
@@ -51,8 +58,16 @@ def test_when_services_run_a_campaign__prometheus_scrapes_round_and_consumption_
     prom = prometheus_server(ports)
     cfg = campaign_config(fleet.sites, campaign_id="e2e-prometheus", rounds=2, seed=2,
                           n_features=fleet.data.n_features, window=fleet.data.window)
+    config = tmp_path / "campaign.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_payload()))
     try:
-        record = asyncio.run(orchestrate(env, cfg, tmp_path / "orchestrator"))
+        # the documented path: `pdmfed campaign --config …` against the running services
+        cli = subprocess.run(
+            [sys.executable, "-m", "federation.cli", "campaign", "--config", str(config),
+             "--out", str(tmp_path / "runs"), "--timeout", "300"],
+            env={**env, "PDMFED_STATE_DIR": str(tmp_path / "orchestrator")},
+            capture_output=True, text=True, timeout=360,
+        )
         health = {n: (_get(f"http://127.0.0.1:{p}/healthz")[0], _get(f"http://127.0.0.1:{p}/readyz")[0])
                   for n, p in ports.items()}
         scraped = "".join(_get(f"http://127.0.0.1:{p}/metrics")[1] for p in ports.values())
@@ -61,7 +76,12 @@ def test_when_services_run_a_campaign__prometheus_scrapes_round_and_consumption_
                                  min_series=len(SERVICES))
     finally:
         codes = procs.stop_all()
-    assert record.completed["reason"] == "max_rounds", {n: procs.log(n)[-2000:] for n in SERVICES}
+        delete_topology(amqp_url, prefix)
+    assert cli.returncode == 0, (cli.stderr[-3000:], {n: procs.log(n)[-2000:] for n in SERVICES})
+    summary = json.loads((tmp_path / "runs" / cfg.campaign_id / "summary.json").read_text())
+    assert summary["final"]["reason"] == "max_rounds" and len(summary["rounds"]) == 2
+    assert (tmp_path / "runs" / cfg.campaign_id / "report.html").stat().st_size > 10_000
+    assert (tmp_path / "runs" / cfg.campaign_id / "model.msgpack").exists()
     assert health == {n: (200, 200) for n in SERVICES}
     assert {r["metric"]["service"] for r in rounds} >= {"trainer-dispatch", "aggregator"}
     assert {r["metric"]["service"] for r in consumed} == set(SERVICES)
