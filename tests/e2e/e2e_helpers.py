@@ -131,8 +131,6 @@ async def orchestrate(env: dict[str, str], cfg: CampaignConfig, state_dir: Path,
     import asyncio
 
     from federation.bus.middleware import SecureEndpoint
-    from federation.bus.rabbitmq import RabbitBus
-    from federation.bus.topology import DEFAULT_TOPOLOGY
     from federation.config import Settings
     from federation.monitoring import Metrics
     from federation.orchestrator.client import CampaignClient
@@ -160,26 +158,24 @@ async def orchestrate(env: dict[str, str], cfg: CampaignConfig, state_dir: Path,
         return await client.wait(cfg.campaign_id, timeout)
     finally:
         await bus.close()
-        cleanup = RabbitBus(settings.amqp_url, service="cleanup",
-                            topology=DEFAULT_TOPOLOGY.with_prefix(settings.topology_prefix), declare=False)
-        await cleanup.start()
-        await cleanup.delete_topology()
-        await cleanup.close()
+        await delete_topology_async(settings.amqp_url, settings.topology_prefix)
 
 
-def delete_topology(amqp_url: str, prefix: str) -> None:
+async def delete_topology_async(amqp_url: str, prefix: str) -> None:
     """Remove a test's exchanges and queues from the broker."""
-    import asyncio
-
     from federation.bus.rabbitmq import RabbitBus
     from federation.bus.topology import DEFAULT_TOPOLOGY
 
-    async def run() -> None:
-        bus = RabbitBus(amqp_url, service="cleanup", topology=DEFAULT_TOPOLOGY.with_prefix(prefix), declare=False)
-        await bus.start()
-        try:
-            await bus.delete_topology()
-        finally:
-            await bus.close()
+    bus = RabbitBus(amqp_url, service="cleanup", topology=DEFAULT_TOPOLOGY.with_prefix(prefix), declare=False)
+    await bus.start()
+    try:
+        await bus.delete_topology()
+    finally:
+        await bus.close()
 
-    asyncio.run(run())
+
+def delete_topology(amqp_url: str, prefix: str) -> None:
+    """Synchronous delete_topology_async."""
+    import asyncio
+
+    asyncio.run(delete_topology_async(amqp_url, prefix))

@@ -10,7 +10,7 @@ import time
 import pika
 import pytest
 import torch
-from e2e_helpers import campaign_config, unique_prefix
+from e2e_helpers import campaign_config, delete_topology, delete_topology_async, unique_prefix
 from federation.bus.topology import DEFAULT_TOPOLOGY
 from federation.config import Settings
 from federation.crypto.keys import KeyRing
@@ -25,17 +25,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 def _settings(tmp_path, *, amqp_url=None, prefix="pdmfed") -> Settings:
     return Settings(demo=True, amqp_url=amqp_url, topology_prefix=prefix, state_dir=tmp_path / "state",
                     redis_url=None, keys_dir=tmp_path / "keys")
-
-
-async def _delete_topology(amqp_url: str, prefix: str) -> None:
-    from federation.bus.rabbitmq import RabbitBus
-
-    bus = RabbitBus(amqp_url, service="cleanup", topology=DEFAULT_TOPOLOGY.with_prefix(prefix), declare=False)
-    await bus.start()
-    try:
-        await bus.delete_topology()
-    finally:
-        await bus.close()
 
 
 async def _run_campaign(settings, fleet, cfg, *, registry=None, on_event=None, timeout=240):
@@ -55,7 +44,7 @@ async def _run_campaign(settings, fleet, cfg, *, registry=None, on_event=None, t
         await fed.stop()
         comm.cleanup_all_connections()
         if settings.amqp_url:
-            await _delete_topology(settings.amqp_url, settings.topology_prefix)
+            await delete_topology_async(settings.amqp_url, settings.topology_prefix)
 
 
 def _value(registry, name, **labels) -> float:
@@ -302,6 +291,6 @@ def test_when_a_message_is_rejected__it_lands_in_the_dead_letter_queue_with_its_
         seen = asyncio.run(scenario())
         reasons = _dead_letter_reasons(amqp_url, f"{prefix}.dead")
     finally:
-        asyncio.run(_delete_topology(amqp_url, prefix))
+        delete_topology(amqp_url, prefix)
     assert seen == ["round.close"]
     assert sorted(reasons) == ["malformed", "replay"]

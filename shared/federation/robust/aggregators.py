@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from federation.errors import RobustnessError
@@ -70,9 +71,12 @@ def trimmed_mean_rows(x: torch.Tensor, k: int) -> torch.Tensor:
 def median_rows(x: torch.Tensor) -> torch.Tensor:
     """Coordinate-wise median; for even n the mean of the two middle values."""
     n = x.shape[0]
+    if x.device.type == "cpu":
+        # numpy's introselect partition beats a full torch.sort on CPU (same result)
+        return torch.from_numpy(np.median(x.numpy(), axis=0)).to(x.dtype)
     if n % 2:
         return torch.median(x, dim=0).values
-    s = torch.sort(x.t().contiguous(), dim=1).values  # contiguous rows sort faster than dim 0  # rows contiguous: faster than sorting dim 0
+    s = torch.sort(x.t().contiguous(), dim=1).values  # contiguous rows sort faster than dim 0
     return (s[:, n // 2 - 1] + s[:, n // 2]) / 2
 
 
