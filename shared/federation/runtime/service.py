@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation.errors import ConfigError, MalformedMessage, StaleRoundError
+from federation.errors import ConfigError, MalformedMessage
 from federation.runtime.observe import observe_emitted
 from federation.runtime.store import ServiceStore, Transaction
 
@@ -147,10 +147,5 @@ class ServiceRunner:
                 raise
             except Exception:  # a failed tick is retried next interval; never kill the service
                 log.exception("%s: tick failed", self.service.name)
-
-
-def stale(detail: str) -> StaleRoundError:
-    """The error a handler raises for a message about a closed round."""
-    return StaleRoundError(detail)
 
 
