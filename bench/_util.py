@@ -105,3 +105,19 @@ def result_path(name: str, smoke: bool) -> Path:
     from bench._common import RESULTS_DIR
 
     return RESULTS_DIR / "smoke" / f"{name}.json" if smoke else RESULTS_DIR / f"{name}.json"
+
+
+def bench_main(name: str, run: Callable[[bool], dict], doc: str, argv: list[str] | None = None) -> int:
+    """The command line every benchmark module shares: [--smoke] [--out FILE]."""
+    import argparse
+
+    from bench._common import write_result
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny configuration, seconds")
+    parser.add_argument("--out", type=Path, default=None, help="result file")
+    args = parser.parse_args(argv)
+    data = run(args.smoke)
+    path = write_result(name, data, args.out or result_path(name, args.smoke))
+    print(f"wrote {path}")
+    return 0 if "error" not in data else 2

@@ -10,12 +10,10 @@ Both pipelines run publisher and consumer concurrently in one process on a fresh
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,8 +24,7 @@ from federation.crypto import KeyRing, Sealer, SigningIdentity, TrustStore
 from federation.monitoring import Metrics
 from prometheus_client import CollectorRegistry
 
-from bench._common import write_result
-from bench._util import AMQP_URL, bench_prefix, rabbit_available, result_path, summary
+from bench._util import AMQP_URL, bench_main, bench_prefix, rabbit_available, summary
 
 NAME = "broker"
 MB = 1024 * 1024
@@ -256,14 +253,8 @@ def run(smoke: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
-    parser.add_argument("--out", type=Path, default=None, help="result file")
-    args = parser.parse_args(argv)
-    data = run(args.smoke)
-    path = write_result(NAME, data, args.out or result_path(NAME, args.smoke))
-    print(f"wrote {path}")
-    return 0 if "error" not in data else 2
+    """Command line: [--smoke] [--out FILE]."""
+    return bench_main(NAME, run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,12 @@ a delta of its exact shape. Round 1 (start-up, initial model) is not counted.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from bench._common import write_result
 from bench._standins import (
     SleepingDatasites,
     TrainingDatasites,
@@ -25,7 +23,7 @@ from bench._standins import (
     model_template,
     run_campaign,
 )
-from bench._util import AMQP_URL, bench_prefix, rabbit_available, result_path
+from bench._util import AMQP_URL, bench_main, bench_prefix, rabbit_available
 
 NAME = "round"
 FD001_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cmapss" / "FD001"
@@ -164,14 +162,8 @@ def run(smoke: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny model, seconds")
-    parser.add_argument("--out", type=Path, default=None, help="result file")
-    args = parser.parse_args(argv)
-    data = run(args.smoke)
-    path = write_result(NAME, data, args.out or result_path(NAME, args.smoke))
-    print(f"wrote {path}")
-    return 0 if "error" not in data else 2
+    """Command line: [--smoke] [--out FILE]."""
+    return bench_main(NAME, run, __doc__, argv)
 
 
 if __name__ == "__main__":
