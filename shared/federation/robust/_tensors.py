@@ -22,8 +22,8 @@ def _work_dtype(dtypes: Sequence[torch.dtype]) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
-def _stack(updates: Sequence[Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor, _Spec]:
-    """Stack updates as rows of one matrix; every update must have the same names and shapes."""
+def _spec_of(updates: Sequence[Mapping[str, torch.Tensor]]) -> _Spec:
+    """Names, shapes and dtypes of update 0, after checking every update has the same ones."""
     if not isinstance(updates, Sequence) or len(updates) == 0:
         raise RobustnessError("need at least one update")
     first = updates[0]
@@ -34,26 +34,41 @@ def _stack(updates: Sequence[Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor,
         if not isinstance(first[name], torch.Tensor):
             raise RobustnessError(f"update 0 entry {name!r} is not a torch.Tensor")
     shapes = tuple(first[n].shape for n in names)
-    dtypes = tuple(first[n].dtype for n in names)
-    device = first[names[0]].device
-    work = _work_dtype(dtypes)
-    sizes = [shape.numel() for shape in shapes]
-    # one preallocated [n, d] matrix, each tensor copied straight into its slice (no cat/stack copies)
-    out = torch.empty((len(updates), sum(sizes)), dtype=work, device=device)
     for i, u in enumerate(updates):
         if not isinstance(u, Mapping) or set(u.keys()) != set(names):
             raise RobustnessError(f"update {i} does not have the same parameter names as update 0")
-        offset = 0
-        for name, shape, size in zip(names, shapes, sizes, strict=True):
+        for name, shape in zip(names, shapes, strict=True):
             t = u[name]
             if not isinstance(t, torch.Tensor) or t.shape != shape:
                 got = getattr(t, "shape", type(t).__name__)
                 raise RobustnessError(
                     f"update {i} entry {name!r} has shape {got}, expected {tuple(shape)}"
                 )
-            out[i, offset : offset + size].copy_(t.detach().reshape(-1))
+    dtypes = tuple(first[n].dtype for n in names)
+    return _Spec(names, shapes, dtypes, first[names[0]].device)
+
+
+def _stack(updates: Sequence[Mapping[str, torch.Tensor]]) -> tuple[torch.Tensor, _Spec]:
+    """Stack updates as rows of one matrix; every update must have the same names and shapes."""
+    spec = _spec_of(updates)
+    sizes = [shape.numel() for shape in spec.shapes]
+    # one preallocated [n, d] matrix, each tensor copied straight into its slice (no cat/stack copies)
+    out = torch.empty(
+        (len(updates), sum(sizes)), dtype=_work_dtype(spec.dtypes), device=spec.device
+    )
+    for i, u in enumerate(updates):
+        offset = 0
+        for name, size in zip(spec.names, sizes, strict=True):
+            out[i, offset : offset + size].copy_(u[name].detach().reshape(-1))
             offset += size
-    return out, _Spec(names, shapes, dtypes, device)
+    return out, spec
+
+
+def _flat_rows(
+    updates: Sequence[Mapping[str, torch.Tensor]], name: str, work: torch.dtype
+) -> list[torch.Tensor]:
+    """Every update's ``name`` tensor as a flat ``work``-dtype row (a view when it already is one)."""
+    return [u[name].detach().reshape(-1).to(work) for u in updates]
 
 
 def _unflatten(vec: torch.Tensor, spec: _Spec) -> dict[str, torch.Tensor]:

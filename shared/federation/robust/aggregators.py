@@ -6,11 +6,19 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 import torch
 
 from federation.errors import RobustnessError
-from federation.robust._tensors import _stack, _unflatten, _weights
+from federation.robust._order_stats import sorted_range_mean
+from federation.robust._tensors import (
+    _flat_rows,
+    _Spec,
+    _spec_of,
+    _stack,
+    _unflatten,
+    _weights,
+    _work_dtype,
+)
 
 __all__ = [
     "Aggregator",
@@ -25,7 +33,12 @@ __all__ = [
     "trimmed_mean_rows",
     "median_rows",
     "krum_scores",
+    "krum_scores_from_gram",
     "krum_select",
+    "gram_matrix",
+    "weighted_sum",
+    "all_finite",
+    "median_positions",
     "centered_clipping_rows",
 ]
 
@@ -50,6 +63,36 @@ def trim_count(n: int, trim_ratio: float) -> int:
     return max(0, min(k, (n - 1) // 2))
 
 
+NON_FINITE = "an update contains NaN or Inf; screen updates before aggregating"
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """True when no element is NaN or infinite: one sum (any NaN/Inf makes it non-finite), and
+    the element-wise check only when the sum itself overflowed."""
+    if x.numel() == 0 or not x.dtype.is_floating_point:
+        return True
+    if math.isfinite(float(x.sum())):
+        return True
+    return bool(torch.isfinite(x).all())
+
+
+def median_positions(n: int) -> tuple[int, int]:
+    """Sorted positions [start, stop) whose mean is the median of n values."""
+    return (n // 2, n // 2 + 1) if n % 2 else (n // 2 - 1, n // 2 + 1)
+
+
+def _sorted_range_mean_rows(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Per column of a CPU [n, d] matrix: mean of the sorted values at positions [start, stop)."""
+    work = x.detach()
+    if work.dtype not in (torch.float32, torch.float64):
+        work = work.to(torch.float32)
+    rows = list(work.contiguous().numpy())
+    vec, finite = sorted_range_mean(rows, start, stop)
+    if not finite:
+        raise RobustnessError(NON_FINITE)
+    return torch.from_numpy(vec)
+
+
 def trimmed_mean_rows(x: torch.Tensor, k: int) -> torch.Tensor:
     """Per coordinate: drop the k smallest and k largest rows, average the rest."""
     n = x.shape[0]
@@ -57,14 +100,8 @@ def trimmed_mean_rows(x: torch.Tensor, k: int) -> torch.Tensor:
         return x.mean(dim=0)
     if n - 2 * k < 1:
         raise RobustnessError(f"cannot trim {k} from each end of {n} rows")
-    if k == 1:  # one from each end: max/min reduce along the client axis, no sort at all
-        return (x.sum(dim=0) - x.max(dim=0).values - x.min(dim=0).values) / (n - 2)
-    if 4 * k <= n:
-        # few trimmed: subtract the k largest and k smallest (topk) instead of sorting everything
-        xt = x.t().contiguous()  # per-coordinate rows are contiguous: topk/sort run much faster
-        top = torch.topk(xt, k, dim=1).values.sum(dim=1)
-        bottom = torch.topk(xt, k, dim=1, largest=False).values.sum(dim=1)
-        return (xt.sum(dim=1) - top - bottom) / (n - 2 * k)
+    if x.device.type == "cpu":
+        return _sorted_range_mean_rows(x, k, n - k).to(x.dtype)
     return torch.sort(x.t().contiguous(), dim=1).values[:, k : n - k].mean(dim=1)
 
 
@@ -72,8 +109,7 @@ def median_rows(x: torch.Tensor) -> torch.Tensor:
     """Coordinate-wise median; for even n the mean of the two middle values."""
     n = x.shape[0]
     if x.device.type == "cpu":
-        # numpy's introselect partition beats a full torch.sort on CPU (same result)
-        return torch.from_numpy(np.median(x.numpy(), axis=0)).to(x.dtype)
+        return _sorted_range_mean_rows(x, *median_positions(n)).to(x.dtype)
     if n % 2:
         return torch.median(x, dim=0).values
     s = torch.sort(x.t().contiguous(), dim=1).values  # contiguous rows sort faster than dim 0
@@ -82,14 +118,38 @@ def median_rows(x: torch.Tensor) -> torch.Tensor:
 
 def krum_scores(x: torch.Tensor, f: int) -> torch.Tensor:
     """Krum score per row: sum of squared distances to its n - f - 2 nearest other rows."""
-    n = x.shape[0]
+    return krum_scores_from_gram(x.double() @ x.double().T, f).to(x.dtype)
+
+
+def krum_scores_from_gram(gram: torch.Tensor, f: int) -> torch.Tensor:
+    """Krum scores from the rows' Gram matrix G (G_ij = <x_i, x_j>): |x_i - x_j|^2 = G_ii + G_jj - 2 G_ij."""
+    n = gram.shape[0]
     k = n - f - 2
     if f < 0 or k < 1:
         raise RobustnessError(f"Krum with f={f} needs at least f + 3 = {f + 3} updates, got {n}")
-    sq = (x * x).sum(dim=1)
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_min(0)
+    sq = gram.diagonal()
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min(0)
     d2.fill_diagonal_(float("inf"))
     return torch.sort(d2, dim=1).values[:, :k].sum(dim=1)
+
+
+#: Bytes of the [n, block] slice stacked at a time for the Gram matrix (stays in cache).
+GRAM_BLOCK_BYTES = 1 << 20
+
+
+def gram_matrix(updates: Sequence[Update], spec: _Spec) -> torch.Tensor:
+    """float64 Gram matrix of the flattened updates, built block by block (no [n, d] copy)."""
+    n = len(updates)
+    work = _work_dtype(spec.dtypes)
+    gram = torch.zeros((n, n), dtype=torch.float64, device=spec.device)
+    itemsize = torch.empty((), dtype=work).element_size()
+    step = max(1, GRAM_BLOCK_BYTES // (n * itemsize))
+    for name in spec.names:
+        rows = _flat_rows(updates, name, work)
+        for c0 in range(0, rows[0].numel(), step):
+            block = torch.stack([r[c0 : c0 + step] for r in rows])
+            gram += (block @ block.T).to(torch.float64)
+    return gram
 
 
 def krum_select(x: torch.Tensor, f: int, m: int = 1) -> torch.Tensor:
@@ -125,9 +185,52 @@ def centered_clipping_rows(
 
 def _finite_matrix(updates: Sequence[Update]):
     x, spec = _stack(updates)
-    if not torch.isfinite(x).all():
-        raise RobustnessError("an update contains NaN or Inf; screen updates before aggregating")
+    if not all_finite(x):
+        raise RobustnessError(NON_FINITE)
     return x, spec
+
+
+def _cast(vec: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if not (dtype.is_floating_point or dtype.is_complex):
+        vec = vec.round()
+    return vec.to(dtype)
+
+
+def weighted_sum(updates: Sequence[Update], w: torch.Tensor, spec: _Spec) -> dict[str, torch.Tensor]:
+    """Sum of w_i * update_i per tensor, accumulated in place (no [n, d] matrix); checked finite.
+
+    A NaN/Inf in any input with a non-zero weight makes the sum non-finite, so checking the
+    result alone keeps the guarantee.
+    """
+    terms = [(u, wi) for u, wi in zip(updates, w.tolist(), strict=True) if wi != 0.0]
+    out: dict[str, torch.Tensor] = {}
+    for name, dtype in zip(spec.names, spec.dtypes, strict=True):
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        (u0, w0), rest = terms[0], terms[1:]
+        acc = torch.mul(u0[name].detach().to(work), w0)  # a fresh tensor: no zero-fill pass
+        for u, wi in rest:
+            acc.add_(u[name].detach().to(work), alpha=wi)
+        if not all_finite(acc):
+            raise RobustnessError(NON_FINITE)
+        out[name] = _cast(acc, dtype)
+    return out
+
+
+def _order_statistic(updates: Sequence[Update], positions) -> dict[str, torch.Tensor] | None:
+    """Per tensor and coordinate: the mean of the sorted values at ``positions(n)`` (None off CPU)."""
+    spec = _spec_of(updates)
+    if spec.device.type != "cpu":
+        return None
+    start, stop = positions(len(updates))
+    work = _work_dtype(spec.dtypes)
+    out: dict[str, torch.Tensor] = {}
+    for name, shape, dtype in zip(spec.names, spec.shapes, spec.dtypes, strict=True):
+        rows = [r.numpy() for r in _flat_rows(updates, name, work)]
+        vec, finite = sorted_range_mean(rows, start, stop)
+        if not finite:
+            raise RobustnessError(NON_FINITE)
+        out[name] = _cast(torch.from_numpy(vec).reshape(shape), dtype)
+    return out
 
 
 # --- the Aggregator classes ---------------------------------------------------
@@ -137,31 +240,9 @@ class FedAvg:
     name = "fedavg"
 
     def aggregate(self, updates: Sequence[Update], weights: Sequence[float] | None = None):
-        if len(updates) == 0:
-            raise RobustnessError("need at least one update")
-        first = updates[0]
-        for i, u in enumerate(updates):
-            if not isinstance(u, Mapping) or set(u) != set(first):
-                raise RobustnessError(f"update {i} does not have the same parameter names as update 0")
-        # Accumulate per tensor: no [n, d] matrix. A NaN/Inf in any input makes the sum
-        # non-finite, so checking the result alone keeps the same guarantee.
+        spec = _spec_of(updates)
         w = _weights(weights, len(updates), torch.empty(0, dtype=torch.float64))
-        out: dict[str, torch.Tensor] = {}
-        for name, ref in first.items():
-            if not isinstance(ref, torch.Tensor):
-                raise RobustnessError(f"update 0 entry {name!r} is not a torch.Tensor")
-            work = torch.float64 if ref.dtype == torch.float64 else torch.float32
-            acc = torch.zeros(ref.shape, dtype=work, device=ref.device)
-            for i, u in enumerate(updates):
-                t = u[name]
-                if not isinstance(t, torch.Tensor) or t.shape != ref.shape:
-                    raise RobustnessError(f"update {i} entry {name!r} has shape "
-                                          f"{getattr(t, 'shape', type(t).__name__)}, expected {tuple(ref.shape)}")
-                acc.add_(t.detach().to(work), alpha=float(w[i]))
-            if not torch.isfinite(acc).all():
-                raise RobustnessError("an update contains NaN or Inf; screen updates before aggregating")
-            out[name] = acc.round().to(ref.dtype) if not ref.dtype.is_floating_point else acc.to(ref.dtype)
-        return out
+        return weighted_sum(updates, w, spec)
 
 
 class TrimmedMean:
@@ -175,9 +256,12 @@ class TrimmedMean:
         self.min_clients = int(min_clients)
 
     def aggregate(self, updates: Sequence[Update], weights: Sequence[float] | None = None):
-        x, spec = _finite_matrix(updates)
-        n = x.shape[0]
+        n = len(updates)
         k = trim_count(n, self.trim_ratio) if n >= self.min_clients else 0
+        out = _order_statistic(updates, lambda n: (k, n - k))
+        if out is not None:
+            return out
+        x, spec = _finite_matrix(updates)
         return _unflatten(trimmed_mean_rows(x, k), spec)
 
 
@@ -187,6 +271,9 @@ class CoordinateMedian:
     name = "median"
 
     def aggregate(self, updates: Sequence[Update], weights: Sequence[float] | None = None):
+        out = _order_statistic(updates, median_positions)
+        if out is not None:
+            return out
         x, spec = _finite_matrix(updates)
         return _unflatten(median_rows(x), spec)
 
@@ -207,10 +294,19 @@ class Krum:
         self.last_selected: list[int] = []
 
     def aggregate(self, updates: Sequence[Update], weights: Sequence[float] | None = None):
-        x, spec = _finite_matrix(updates)
-        idx = krum_select(x, self.f, self.m)
+        spec = _spec_of(updates)
+        gram = gram_matrix(updates, spec)
+        if not all_finite(gram.diagonal()):  # |x_i|^2 is NaN/Inf iff x_i is, or it overflowed
+            if not all(all_finite(t) for u in updates for t in u.values()):
+                raise RobustnessError(NON_FINITE)
+            x, _ = _stack(updates)
+            gram = x.double() @ x.double().T
+        scores = krum_scores_from_gram(gram, self.f)
+        idx = torch.argsort(scores, stable=True)[: min(self.m, len(updates))]
         self.last_selected = [int(i) for i in idx]
-        return _unflatten(x[idx].mean(dim=0), spec)
+        w = torch.zeros(len(updates), dtype=torch.float64)
+        w[idx] = 1.0 / len(idx)
+        return weighted_sum(updates, w, spec)
 
 
 class CenteredClipping:

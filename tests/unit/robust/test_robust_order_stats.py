@@ -1,0 +1,161 @@
+"""The compiled sorting-network order statistics against numpy's sort, and the aggregators built on them."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from federation.errors import RobustnessError
+from federation.robust import CoordinateMedian, FedAvg, Krum, TrimmedMean
+from federation.robust._order_stats import _network_arrays, batcher_network, sorted_range_mean
+from federation.robust._tensors import _spec_of
+from federation.robust.aggregators import (
+    all_finite,
+    gram_matrix,
+    krum_scores,
+    krum_scores_from_gram,
+    median_rows,
+    trimmed_mean_rows,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_when_the_network_gets_every_zero_one_input__it_sorts_it(n):
+    pairs = batcher_network(n)
+    for bits in itertools.product((0, 1), repeat=n):  # 0-1 principle: then it sorts anything
+        v = list(bits)
+        for a, b in pairs:
+            if v[a] > v[b]:
+                v[a], v[b] = v[b], v[a]
+        assert v == sorted(v)
+
+
+def test_when_only_a_range_is_needed__pruning_removes_pairs():
+    full = len(batcher_network(50))
+    assert len(_network_arrays(50, 5, 45)[0]) < full
+    assert len(_network_arrays(50, 24, 26)[0]) < full
+    assert len(_network_arrays(7, 0, 7)[0]) == 0  # the whole range: a plain mean, no sorting
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_when_any_range_of_sorted_positions_is_averaged__it_equals_numpys_sort(dtype):
+    rng = np.random.default_rng(3)
+    for n in range(1, 21):
+        x = rng.standard_normal((n, 777)).astype(dtype)  # 777: not a multiple of the block
+        x[:, :200] = np.round(x[:, :200])  # many ties
+        ref = np.sort(x, axis=0)
+        for start in range(n):
+            for stop in range(start + 1, n + 1):
+                out, finite = sorted_range_mean(list(x), start, stop)
+                assert finite and out.dtype == dtype
+                np.testing.assert_allclose(out, ref[start:stop].mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 64),
+    d=st.integers(1, 3000),
+    seed=st.integers(0, 2**31),
+    data=st.data(),
+)
+def test_when_shapes_are_arbitrary__the_trimmed_mean_equals_numpys(n, d, seed, data):
+    k = data.draw(st.integers(0, (n - 1) // 2))
+    x = np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32) * 1e3
+    out, finite = sorted_range_mean(list(x), k, n - k)
+    assert finite
+    np.testing.assert_allclose(out, np.sort(x, axis=0)[k : n - k].mean(axis=0), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_when_one_value_is_not_finite__the_kernel_says_so_even_if_it_would_be_trimmed(bad):
+    x = np.random.default_rng(0).standard_normal((9, 5000), dtype=np.float32)
+    x[4, 4321] = bad
+    _, finite = sorted_range_mean(list(x), 2, 7)
+    assert not finite
+    with pytest.raises(RobustnessError, match="NaN or Inf"):
+        trimmed_mean_rows(torch.from_numpy(x), 2)
+    with pytest.raises(RobustnessError, match="NaN or Inf"):
+        median_rows(torch.from_numpy(x))
+
+
+def test_when_rows_disagree_in_length_or_range_is_bad__a_value_error_names_it():
+    with pytest.raises(ValueError, match="row 1"):
+        sorted_range_mean([np.zeros(3, np.float32), np.zeros(4, np.float32)], 0, 1)
+    with pytest.raises(ValueError, match="range"):
+        sorted_range_mean([np.zeros(3, np.float32)] * 3, 2, 2)
+
+
+def test_when_rows_are_read_only_or_strided__they_are_still_used():
+    x = np.random.default_rng(1).standard_normal((5, 40), dtype=np.float32)
+    ro = [r.copy() for r in x]
+    for r in ro:
+        r.flags.writeable = False
+    strided = [r for r in np.asfortranarray(x)]  # rows of a Fortran array are not contiguous
+    ref = np.median(x, axis=0)
+    for rows in (ro, strided):
+        out, _ = sorted_range_mean(rows, 2, 3)
+        np.testing.assert_allclose(out, ref)
+
+
+def _updates(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "conv.weight": torch.randn(4, 3, 5, generator=g),
+            "fc.bias": torch.randn(7, generator=g, dtype=torch.float64),
+            "bn.num_batches_tracked": torch.tensor(10 + i),
+        }
+        for i in range(n)
+    ]
+
+
+def test_when_updates_have_several_tensors_and_dtypes__median_and_trim_match_torch_sort():
+    ups = _updates(11)
+    med = CoordinateMedian().aggregate(ups)
+    trim = TrimmedMean(trim_ratio=0.2).aggregate(ups)  # k = 3
+    for name in ups[0]:
+        stacked = torch.stack([u[name].double() for u in ups])
+        srt = torch.sort(stacked, dim=0).values
+        assert med[name].dtype == ups[0][name].dtype and med[name].shape == ups[0][name].shape
+        torch.testing.assert_close(med[name].double(), srt[5].to(ups[0][name].dtype).double())
+        want = srt[3:8].mean(dim=0)
+        if not ups[0][name].dtype.is_floating_point:
+            want = want.round()
+        torch.testing.assert_close(trim[name].double(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_when_an_update_holds_nan__every_aggregator_refuses_it():
+    ups = _updates(6)
+    ups[2]["conv.weight"][1, 1, 1] = float("nan")
+    for agg in (FedAvg(), TrimmedMean(0.2), CoordinateMedian(), Krum(f=1, m=3)):
+        with pytest.raises(RobustnessError, match="NaN or Inf"):
+            agg.aggregate(ups)
+
+
+def test_when_krum_uses_the_blocked_gram__scores_equal_the_stacked_computation():
+    ups = _updates(9, seed=4)
+    spec = _spec_of(ups)
+    stacked = torch.cat(
+        [torch.stack([u[n].double().reshape(-1) for u in ups]) for n in spec.names], dim=1
+    )
+    torch.testing.assert_close(gram_matrix(ups, spec), stacked @ stacked.T)
+    torch.testing.assert_close(
+        krum_scores_from_gram(gram_matrix(ups, spec), 2), krum_scores(stacked, 2)
+    )
+
+
+def test_when_finite_values_overflow_float32_squares__krum_still_aggregates():
+    scale = (1.0, 1.1, 1.15, 1.3, 1.6)
+    ups = [{"w": torch.full((4,), 1e20 * s)} for s in scale]  # |x|^2 > float32 max
+    krum = Krum(f=1, m=2)
+    out = krum.aggregate(ups)["w"]
+    assert krum.last_selected == [1, 2]  # scores 0.0125 and 0.025 (x 1e40), the lowest two
+    assert out[0].item() == pytest.approx(1e20 * 1.125, rel=1e-5)
+
+
+def test_when_a_sum_overflows_but_values_are_finite__all_finite_still_says_true():
+    assert all_finite(torch.full((8,), 3e38))
+    assert not all_finite(torch.tensor([1.0, float("inf")]))
+    assert not all_finite(torch.tensor([1.0, float("nan")]))
