@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -84,12 +85,14 @@ def _unflatten(vec: torch.Tensor, spec: _Spec) -> dict[str, torch.Tensor]:
     return out
 
 
-def _weights(weights: Sequence[float] | None, n: int, like: torch.Tensor) -> torch.Tensor:
+def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    """Normalised non-negative weights (equal when None), as plain floats."""
     if weights is None:
-        return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
+        return [1.0 / n] * n
     if len(weights) != n:
         raise RobustnessError(f"got {len(weights)} weights for {n} updates")
-    w = torch.as_tensor([float(x) for x in weights], dtype=like.dtype, device=like.device)
-    if not torch.isfinite(w).all() or (w < 0).any() or float(w.sum()) <= 0:
+    w = [float(x) for x in weights]
+    total = math.fsum(w)
+    if not all(math.isfinite(x) and x >= 0 for x in w) or not math.isfinite(total) or total <= 0:
         raise RobustnessError("weights must be finite, non-negative and not all zero")
-    return w / w.sum()
+    return [x / total for x in w]

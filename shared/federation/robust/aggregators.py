@@ -196,20 +196,21 @@ def _cast(vec: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return vec.to(dtype)
 
 
-def weighted_sum(updates: Sequence[Update], w: torch.Tensor, spec: _Spec) -> dict[str, torch.Tensor]:
+def weighted_sum(updates: Sequence[Update], w: Sequence[float], spec: _Spec) -> dict[str, torch.Tensor]:
     """Sum of w_i * update_i per tensor, accumulated in place (no [n, d] matrix); checked finite.
 
     A NaN/Inf in any input with a non-zero weight makes the sum non-finite, so checking the
     result alone keeps the guarantee.
     """
-    terms = [(u, wi) for u, wi in zip(updates, w.tolist(), strict=True) if wi != 0.0]
+    terms = [(u, float(wi)) for u, wi in zip(updates, w, strict=True) if wi != 0.0]
     out: dict[str, torch.Tensor] = {}
     for name, dtype in zip(spec.names, spec.dtypes, strict=True):
         work = torch.float64 if dtype == torch.float64 else torch.float32
         (u0, w0), rest = terms[0], terms[1:]
         acc = torch.mul(u0[name].detach().to(work), w0)  # a fresh tensor: no zero-fill pass
         for u, wi in rest:
-            acc.add_(u[name].detach().to(work), alpha=wi)
+            t = u[name]
+            acc.add_(t if t.dtype == work and not t.requires_grad else t.detach().to(work), alpha=wi)
         if not all_finite(acc):
             raise RobustnessError(NON_FINITE)
         out[name] = _cast(acc, dtype)
@@ -241,8 +242,7 @@ class FedAvg:
 
     def aggregate(self, updates: Sequence[Update], weights: Sequence[float] | None = None):
         spec = _spec_of(updates)
-        w = _weights(weights, len(updates), torch.empty(0, dtype=torch.float64))
-        return weighted_sum(updates, w, spec)
+        return weighted_sum(updates, _weights(weights, len(updates)), spec)
 
 
 class TrimmedMean:
@@ -304,8 +304,9 @@ class Krum:
         scores = krum_scores_from_gram(gram, self.f)
         idx = torch.argsort(scores, stable=True)[: min(self.m, len(updates))]
         self.last_selected = [int(i) for i in idx]
-        w = torch.zeros(len(updates), dtype=torch.float64)
-        w[idx] = 1.0 / len(idx)
+        w = [0.0] * len(updates)
+        for i in self.last_selected:
+            w[i] = 1.0 / len(self.last_selected)
         return weighted_sum(updates, w, spec)
 
 

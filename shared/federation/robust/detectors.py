@@ -105,6 +105,15 @@ def cosine_to_center(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
 
 
+def _finite_rows(x: torch.Tensor) -> torch.Tensor:
+    """Per row: no NaN/Inf. A row's sum is non-finite if it holds one; only rows whose sum
+    is non-finite (or overflowed) get the element-wise check."""
+    finite = torch.isfinite(x.sum(dim=1))
+    for i in torch.nonzero(~finite).reshape(-1).tolist():
+        finite[i] = bool(torch.isfinite(x[i]).all())
+    return finite
+
+
 # --- the combined screen -------------------------------------------------------
 def screen(
     updates: Sequence[Mapping[str, torch.Tensor]],
@@ -139,24 +148,25 @@ def screen(
         raise RobustnessError(
             f"need threshold > 0 and norm_ratio >= 1, got {threshold}, {norm_ratio}"
         )
+    # One [n, d] matrix in the updates' own precision (float32 for models), the reference
+    # subtracted in place: big models are screened without float64 or per-step copies.
     x, _ = _stack(list(updates) + ([reference] if reference is not None else []))
     if reference is not None:
-        x = x[:-1] - x[-1]
-    x = x.to(torch.float64)
-    finite = torch.isfinite(x).all(dim=1)
+        x = x[:-1].sub_(x[-1])
+    finite = _finite_rows(x)
     reasons: list[list[str]] = [[] if bool(finite[i]) else ["non_finite"] for i in range(len(ids))]
     scores: list[dict[str, float]] = [{} for _ in ids]
     good = torch.nonzero(finite).reshape(-1)
     screened = good.numel() >= max(int(min_clients), 1)
     if screened:
-        xg = x[good]
-        norms = torch.linalg.vector_norm(xg, dim=1)
+        xg = x if good.numel() == x.shape[0] else x[good]
+        norms = torch.linalg.vector_norm(xg, dim=1).to(torch.float64)
         med = float(_median_1d(norms))
         ratio = norms / med if med > 0 else torch.where(norms > 0, torch.inf, 1.0)
         off_scale = (ratio > norm_ratio) | (ratio < 1.0 / norm_ratio)
         z = robust_zscores(norms)
         lo, hi = iqr_fences(norms, iqr_k) if good.numel() >= 4 else (-float("inf"), float("inf"))
-        cos = cosine_to_center(xg, median_rows(xg))
+        cos = cosine_to_center(xg, median_rows(xg)).to(torch.float64)
         cos_z = robust_zscores(cos)
         for j, i in enumerate(good.tolist()):
             scores[i] = {

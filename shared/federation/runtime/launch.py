@@ -183,7 +183,7 @@ async def start_node(
     sealer = make_sealer(settings, sender)
     endpoint = SecureEndpoint(bus, sealer, metrics, name)
     path = store_path if store_path is not None else Path(settings.state_dir) / f"{key}.sqlite"
-    store = ServiceStore(path)
+    store = ServiceStore(path, collect_orphans=True)
     queue = (topology or topology_of(settings)).queue(key).name
     service = build_service_logic(name, settings, comm_manager=comm_manager, factory_trust=factory_trust,
                                   queue=queue, store=store)

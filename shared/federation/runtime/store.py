@@ -4,34 +4,109 @@ A handler's state change, the id of the message it handled and the messages it w
 are committed in ONE transaction; the broker message is acked only after that commit, and the
 outbox is flushed after it (and again at start-up). So a service killed at any point loses
 nothing and applies nothing twice: a redelivered message finds its id in the inbox.
+
+Values and outbox payloads of ``BLOB_MIN_BYTES`` or more (model updates) live in files beside
+the database, written and fsynced before the transaction that references them commits and
+unlinked after the one that drops them: SQLite would write such a value twice (WAL, then
+checkpoint) and walk thousands of overflow pages to delete it. Files no row references
+(a crash between the two steps) are removed when the store opens.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from federation.wire.codec import decode_payload, encode_payload
+from federation.wire.codec import PayloadParts, decode_payload, encode_payload_parts
 
-__all__ = ["ServiceStore", "Transaction", "OutboxItem"]
+__all__ = ["ServiceStore", "Transaction", "OutboxItem", "BLOB_MIN_BYTES"]
+
+#: Encoded values at least this big are kept in a file beside the database.
+BLOB_MIN_BYTES = 256 * 1024
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, blob TEXT);
 CREATE TABLE IF NOT EXISTS inbox (msg_id BLOB PRIMARY KEY, msg_type TEXT, at REAL);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     msg_type TEXT NOT NULL,
     payload BLOB NOT NULL,
     datasite_id TEXT NOT NULL,
-    round_num INTEGER NOT NULL
+    round_num INTEGER NOT NULL,
+    blob TEXT
 );
 """
+
+
+class _Blobs:
+    """Big encoded values as files named by a random id (or in a dict for ':memory:' stores)."""
+
+    def __init__(self, directory: Path | None, sync: bool) -> None:
+        self.directory = directory
+        self.sync = sync
+        self._memory: dict[str, bytes] = {}
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def write(self, parts: PayloadParts) -> str:
+        """Store the parts durably (fsynced when ``sync``); return the reference."""
+        ref = uuid.uuid4().hex
+        if self.directory is None:
+            self._memory[ref] = parts.tobytes()
+            return ref
+        final = self.directory / ref
+        tmp = final.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.writelines(parts.parts)  # no joined copy of the payload
+            f.flush()
+            if self.sync:
+                os.fsync(f.fileno())
+        os.replace(tmp, final)
+        if self.sync:
+            self._sync_directory()
+        return ref
+
+    def read(self, ref: str) -> bytes | bytearray:
+        """The stored bytes (a writable buffer for files: decoded tensors can alias it)."""
+        if self.directory is None:
+            return self._memory[ref]
+        path = self.directory / ref
+        with open(path, "rb") as f:
+            buf = bytearray(os.fstat(f.fileno()).st_size)
+            f.readinto(buf)
+        return buf
+
+    def remove(self, refs: list[str]) -> None:
+        """Forget these references (already dropped by a committed transaction)."""
+        for ref in refs:
+            if self.directory is None:
+                self._memory.pop(ref, None)
+            else:
+                (self.directory / ref).unlink(missing_ok=True)
+
+    def collect(self, live: set[str]) -> int:
+        """Remove every stored blob not in ``live`` (left by a crash); return how many."""
+        names = list(self._memory) if self.directory is None else [
+            p.name for p in self.directory.iterdir()
+        ]
+        dead = [n for n in names if n not in live]
+        self.remove(dead)
+        return len(dead)
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -48,13 +123,32 @@ class OutboxItem:
 class Transaction:
     """What a handler may do inside one atomic commit."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, blobs: _Blobs) -> None:
         self._conn = conn
+        self._blobs = blobs
+        self.created: list[str] = []  # blobs written here: removed if the transaction rolls back
+        self.dropped: list[str] = []  # blobs no longer referenced: removed once it commits
+
+    def _encode(self, value: Any) -> tuple[bytes, str | None]:
+        parts = encode_payload_parts(value)
+        if parts.nbytes < BLOB_MIN_BYTES:
+            return parts.tobytes(), None
+        ref = self._blobs.write(parts)
+        self.created.append(ref)
+        return b"", ref
+
+    def _decode(self, value: bytes, ref: str | None) -> Any:
+        return decode_payload(self._blobs.read(ref) if ref is not None else bytes(value))
+
+    def _drop_blob_of(self, key: str) -> None:
+        row = self._conn.execute("SELECT blob FROM kv WHERE key = ?", (key,)).fetchone()
+        if row is not None and row[0] is not None:
+            self.dropped.append(row[0])
 
     def get(self, key: str, default: Any = None) -> Any:
         """Read a value (decoded with the tensor-aware codec)."""
-        row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return default if row is None else decode_payload(bytes(row[0]))
+        row = self._conn.execute("SELECT value, blob FROM kv WHERE key = ?", (key,)).fetchone()
+        return default if row is None else self._decode(row[0], row[1])
 
     def has(self, key: str) -> bool:
         """Whether a key exists, without decoding its value (cheap for big tensors)."""
@@ -62,14 +156,17 @@ class Transaction:
 
     def put(self, key: str, value: Any) -> None:
         """Write a value (encoded with the tensor-aware codec, never pickle)."""
+        encoded, ref = self._encode(value)
+        self._drop_blob_of(key)
         self._conn.execute(
-            "INSERT INTO kv (key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, encode_payload(value)),
+            "INSERT INTO kv (key, value, blob) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, blob = excluded.blob",
+            (key, encoded, ref),
         )
 
     def delete(self, key: str) -> None:
         """Remove a value if present."""
+        self._drop_blob_of(key)
         self._conn.execute("DELETE FROM kv WHERE key = ?", (key,))
 
     def keys(self, prefix: str) -> list[str]:
@@ -94,16 +191,20 @@ class Transaction:
 
     def emit(self, msg_type: str, payload: dict, *, datasite_id: str = "", round_num: int = 0) -> None:
         """Queue a message to publish once this transaction commits."""
+        encoded, ref = self._encode(payload)
         self._conn.execute(
-            "INSERT INTO outbox (msg_type, payload, datasite_id, round_num) VALUES (?, ?, ?, ?)",
-            (str(msg_type), encode_payload(payload), datasite_id, int(round_num)),
+            "INSERT INTO outbox (msg_type, payload, datasite_id, round_num, blob)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (str(msg_type), encoded, datasite_id, int(round_num), ref),
         )
 
 
 class ServiceStore:
     """One SQLite file per service (':memory:' for tests and the embedded demo)."""
 
-    def __init__(self, path: str | Path = ":memory:") -> None:
+    def __init__(self, path: str | Path = ":memory:", *, collect_orphans: bool = False) -> None:
+        """Open (or create) the store; the owning service passes ``collect_orphans=True`` to
+        remove blob files a crash left unreferenced (never a reader: it would race the owner)."""
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -111,20 +212,43 @@ class ServiceStore:
         self._conn.execute("PRAGMA journal_mode=WAL" if self.path != ":memory:" else "PRAGMA journal_mode=MEMORY")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
+        for table in ("kv", "outbox"):  # stores made before big values moved to files
+            columns = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+            if "blob" not in columns:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN blob TEXT")
+        on_disk = self.path != ":memory:"
+        self._blobs = _Blobs(Path(self.path + ".blobs") if on_disk else None, sync=on_disk)
         self._lock = threading.RLock()
+        if collect_orphans:
+            self.collect_orphans()
+
+    def collect_orphans(self) -> int:
+        """Remove blob files no row references (left by a crash mid-commit); return how many."""
+        with self._lock:
+            live = {
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT blob FROM kv WHERE blob IS NOT NULL"
+                    " UNION SELECT blob FROM outbox WHERE blob IS NOT NULL"
+                )
+            }
+            return self._blobs.collect(live)
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Everything inside commits together or not at all."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
+            tx = Transaction(self._conn, self._blobs)
             try:
-                yield Transaction(self._conn)
+                yield tx
             except BaseException:
                 self._conn.execute("ROLLBACK")
+                self._blobs.remove(tx.created)
                 raise
             else:
                 self._conn.execute("COMMIT")
+                self._blobs.remove(tx.dropped)
 
     def read(self, key: str, default: Any = None) -> Any:
         """Read one value outside a handler."""
@@ -135,15 +259,20 @@ class ServiceStore:
         """Messages committed but not yet confirmed published, oldest first."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, msg_type, payload, datasite_id, round_num FROM outbox ORDER BY id LIMIT ?",
+                "SELECT id, msg_type, payload, datasite_id, round_num, blob FROM outbox"
+                " ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [OutboxItem(r[0], r[1], decode_payload(bytes(r[2])), r[3], r[4]) for r in rows]
+            tx = Transaction(self._conn, self._blobs)
+            return [OutboxItem(r[0], r[1], tx._decode(r[2], r[5]), r[3], r[4]) for r in rows]
 
     def outbox_done(self, item_id: int) -> None:
         """Forget an outbox message once the broker confirmed it."""
         with self._lock:
+            row = self._conn.execute("SELECT blob FROM outbox WHERE id = ?", (item_id,)).fetchone()
             self._conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            if row is not None and row[0] is not None:
+                self._blobs.remove([row[0]])
 
     def close(self) -> None:
         """Close the database."""

@@ -44,3 +44,100 @@ def test_when_listing_keys_by_prefix__only_that_prefix_is_returned_in_order():
         for k in ("campaign/b", "campaign/a", "round/a/000001", "campaignx"):
             tx.put(k, 1)
         assert tx.keys("campaign/") == ["campaign/a", "campaign/b"]
+
+
+def _big(seed: float) -> dict:
+    return {"delta": {"w": torch.full((200_000,), seed)}}  # 800 KB: above BLOB_MIN_BYTES
+
+
+def _blob_files(path):
+    return sorted(p.name for p in (path.parent / (path.name + ".blobs")).iterdir())
+
+
+def test_when_big_values_are_stored__they_live_in_files_that_follow_the_transactions(tmp_path):
+    path = tmp_path / "s.sqlite"
+    store = ServiceStore(path)
+    with store.transaction() as tx:
+        tx.put("update/a", _big(1.0))
+        tx.emit("update.screened", _big(2.0))
+    assert len(_blob_files(path)) == 2
+    first = set(_blob_files(path))
+    with store.transaction() as tx:
+        tx.put("update/a", _big(3.0))  # overwrite: the old file goes once this commits
+    assert len(_blob_files(path)) == 2 and len(first - set(_blob_files(path))) == 1
+    assert float(store.read("update/a")["delta"]["w"][0]) == 3.0
+    (item,) = store.pending_outbox()
+    assert float(item.payload["delta"]["w"][-1]) == 2.0
+    store.outbox_done(item.id)
+    with store.transaction() as tx:
+        tx.delete("update/a")
+    assert _blob_files(path) == []
+
+
+def test_when_a_transaction_with_big_values_rolls_back__no_file_and_the_old_value_stay(tmp_path):
+    path = tmp_path / "s.sqlite"
+    store = ServiceStore(path)
+    with store.transaction() as tx:
+        tx.put("k", _big(1.0))
+    before = _blob_files(path)
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            tx.put("k", _big(5.0))
+            tx.delete("k")
+            tx.emit("x", _big(6.0))
+            raise RuntimeError("crash before commit")
+    assert _blob_files(path) == before
+    assert float(store.read("k")["delta"]["w"][0]) == 1.0 and store.pending_outbox() == []
+
+
+def test_when_a_crash_left_an_unreferenced_file__reopening_removes_it_and_keeps_live_ones(tmp_path):
+    path = tmp_path / "s.sqlite"
+    store = ServiceStore(path)
+    with store.transaction() as tx:
+        tx.put("k", _big(1.0))
+    store.close()
+    blobs = path.parent / (path.name + ".blobs")
+    (blobs / "0123orphan").write_bytes(b"x" * 10)
+    (blobs / "feed.tmp").write_bytes(b"half-written")
+    reader = ServiceStore(path)  # a reader (pdmfed status) never removes files
+    assert len(_blob_files(path)) == 3
+    reader.close()
+    again = ServiceStore(path, collect_orphans=True)  # the owning service, restarted
+    assert len(_blob_files(path)) == 1
+    assert float(again.read("k")["delta"]["w"][0]) == 1.0
+
+
+def test_when_the_store_is_in_memory__big_values_round_trip_without_files():
+    store = ServiceStore()
+    with store.transaction() as tx:
+        tx.put("k", _big(4.0))
+        tx.emit("x", _big(7.0))
+    assert float(store.read("k")["delta"]["w"][1]) == 4.0
+    (item,) = store.pending_outbox()
+    store.outbox_done(item.id)
+    with store.transaction() as tx:
+        tx.delete("k")
+    assert store._blobs._memory == {}
+
+
+def test_when_a_store_from_before_blob_files_is_opened__its_rows_still_read(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL);"
+        "CREATE TABLE inbox (msg_id BLOB PRIMARY KEY, msg_type TEXT, at REAL);"
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, msg_type TEXT NOT NULL,"
+        " payload BLOB NOT NULL, datasite_id TEXT NOT NULL, round_num INTEGER NOT NULL);"
+    )
+    from federation.wire.codec import encode_payload
+
+    conn.execute("INSERT INTO kv VALUES (?, ?)", ("k", encode_payload({"v": 1})))
+    conn.commit()
+    conn.close()
+    store = ServiceStore(path)
+    assert store.read("k") == {"v": 1}
+    with store.transaction() as tx:
+        tx.put("big", _big(2.0))
+    assert float(store.read("big")["delta"]["w"][0]) == 2.0
