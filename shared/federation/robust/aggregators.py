@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from federation.errors import RobustnessError
+from federation.robust._distances import squared_distances
 from federation.robust._order_stats import sorted_range_mean
 from federation.robust._tensors import (
     _flat_rows,
@@ -40,6 +41,7 @@ __all__ = [
     "all_finite",
     "median_positions",
     "centered_clipping_rows",
+    "row_distances",
 ]
 
 Update = Mapping[str, torch.Tensor]
@@ -170,17 +172,35 @@ def centered_clipping_rows(
     """
     v = median_rows(x) if center is None else center.to(x.dtype)
     if tau is None:
-        tau = float(torch.linalg.vector_norm(x - v, dim=1).median())
+        tau = float(row_distances(x, v).median())
     if tau < 0 or iters < 1:
         raise RobustnessError(
             f"centered clipping needs tau >= 0 and iters >= 1, got {tau}, {iters}"
         )
+    n = x.shape[0]
     for _ in range(iters):
-        diff = x - v
-        norms = torch.linalg.vector_norm(diff, dim=1, keepdim=True)
-        scale = torch.clamp(tau / norms.clamp_min(1e-12), max=1.0)
-        v = v + (diff * scale).mean(dim=0)
+        scale = torch.clamp(tau / row_distances(x, v).clamp_min(1e-12), max=1.0)
+        # v + mean_i s_i (x_i - v) = v (1 - mean(s)) + (s @ x) / n: one pass over x, no [n, d] diff
+        v = v * (1.0 - float(scale.mean())) + (scale.to(x.dtype) @ x) / n
     return v
+
+
+#: Bytes of the [n, block] difference formed at a time by ``row_distances`` off the CPU.
+DISTANCE_BLOCK_BYTES = 1 << 22
+
+
+def row_distances(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """float64 L2 distance of each row of ``x`` to ``v``, without an [n, d] temporary."""
+    n, d = x.shape
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        sq = squared_distances(x.detach().numpy(), v.detach().to(x.dtype).numpy())
+        return torch.from_numpy(sq).sqrt()
+    step = max(1, DISTANCE_BLOCK_BYTES // max(1, n * x.element_size()))
+    sq = torch.zeros(n, dtype=torch.float64, device=x.device)
+    for c0 in range(0, d, step):
+        diff = x[:, c0 : c0 + step] - v[c0 : c0 + step]
+        sq += torch.linalg.vector_norm(diff, dim=1, dtype=torch.float64).square()
+    return sq.sqrt()
 
 
 def _finite_matrix(updates: Sequence[Update]):

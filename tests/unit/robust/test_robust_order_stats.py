@@ -159,3 +159,41 @@ def test_when_a_sum_overflows_but_values_are_finite__all_finite_still_says_true(
     assert all_finite(torch.full((8,), 3e38))
     assert not all_finite(torch.tensor([1.0, float("inf")]))
     assert not all_finite(torch.tensor([1.0, float("nan")]))
+
+
+def _naive_centered_clipping(x, tau, iters):
+    v = torch.median(x, dim=0).values if x.shape[0] % 2 else x.sort(dim=0).values[
+        x.shape[0] // 2 - 1 : x.shape[0] // 2 + 1
+    ].mean(dim=0)
+    if tau is None:
+        tau = float(torch.linalg.vector_norm(x - v, dim=1).median())
+    for _ in range(iters):
+        diff = x - v
+        scale = torch.clamp(tau / torch.linalg.vector_norm(diff, dim=1, keepdim=True), max=1.0)
+        v = v + (diff * scale).mean(dim=0)
+    return v
+
+
+@pytest.mark.parametrize("tau", [None, 0.5, 1e9])
+def test_when_centered_clipping_runs_without_temporaries__it_equals_the_textbook_iteration(tau):
+    from federation.robust import aggregators
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(9, 1000, generator=g, dtype=torch.float64)
+    x[0] *= 50  # one far-away row gets clipped
+    got = aggregators.centered_clipping_rows(x, tau, iters=3)
+    torch.testing.assert_close(got, _naive_centered_clipping(x, tau, 3), rtol=1e-10, atol=1e-10)
+
+
+def test_when_distances_are_blocked_off_cpu_or_compiled_on_cpu__both_equal_the_direct_norm(monkeypatch):
+    from federation.robust import aggregators
+
+    g = torch.Generator().manual_seed(5)
+    x, v = torch.randn(7, 3001, generator=g), torch.randn(3001, generator=g)
+    want = torch.linalg.vector_norm(x.double() - v.double(), dim=1)
+    torch.testing.assert_close(aggregators.row_distances(x, v), want, rtol=1e-9, atol=1e-9)
+    monkeypatch.setattr(aggregators, "DISTANCE_BLOCK_BYTES", 256)  # the torch path, many blocks
+    monkeypatch.setattr(aggregators, "squared_distances", None)
+    xh = x.to(torch.bfloat16)  # not a compiled dtype: takes the blocked torch path
+    want_h = torch.linalg.vector_norm(xh.double() - v.to(torch.bfloat16).double(), dim=1)
+    torch.testing.assert_close(aggregators.row_distances(xh, v.to(torch.bfloat16)), want_h, rtol=1e-2, atol=1e-2)
