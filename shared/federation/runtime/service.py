@@ -118,15 +118,18 @@ class ServiceRunner:
         published = 0
         async with self._flush_lock:
             while True:
-                items = await asyncio.to_thread(self.store.pending_outbox, 50)
-                if not items:
+                heads = await asyncio.to_thread(self.store.pending_outbox_heads, 50)
+                if not heads:
                     return published
-                for item in items:
+                for head in heads:  # one payload in memory at a time; just-committed ones cost no I/O
+                    payload = self.store.cached_outbox_payload(head.id)
+                    if payload is None:
+                        payload = await asyncio.to_thread(self.store.outbox_payload, head.id)
                     await self.endpoint.publish(
-                        item.msg_type, item.payload, datasite_id=item.datasite_id, round_num=item.round_num
+                        head.msg_type, payload, datasite_id=head.datasite_id, round_num=head.round_num
                     )
-                    await asyncio.to_thread(self.store.outbox_done, item.id)
-                    observe_emitted(self.metrics, item.msg_type, item.payload)
+                    await asyncio.to_thread(self.store.outbox_done, head.id)
+                    observe_emitted(self.metrics, head.msg_type, payload)
                     published += 1
 
     async def _tick_loop(self) -> None:

@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,10 +28,13 @@ from typing import Any
 
 from federation.wire.codec import PayloadParts, decode_payload, encode_payload_parts
 
-__all__ = ["ServiceStore", "Transaction", "OutboxItem", "BLOB_MIN_BYTES"]
+__all__ = ["ServiceStore", "Transaction", "OutboxHead", "OutboxItem", "BLOB_MIN_BYTES"]
 
 #: Encoded values at least this big are kept in a file beside the database.
 BLOB_MIN_BYTES = 256 * 1024
+#: Payloads just committed to the outbox are also kept in memory, up to this many bytes, so
+#: the flush right after the commit publishes them without reading them back.
+EMITTED_CACHE_BYTES = 512 * 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, blob TEXT);
@@ -110,6 +114,16 @@ class _Blobs:
 
 
 @dataclass(frozen=True)
+class OutboxHead:
+    """An outbox message without its payload."""
+
+    id: int
+    msg_type: str
+    datasite_id: str
+    round_num: int
+
+
+@dataclass(frozen=True)
 class OutboxItem:
     """A message committed for publishing."""
 
@@ -128,9 +142,10 @@ class Transaction:
         self._blobs = blobs
         self.created: list[str] = []  # blobs written here: removed if the transaction rolls back
         self.dropped: list[str] = []  # blobs no longer referenced: removed once it commits
+        self.emitted: list[tuple[int, dict, int]] = []  # (outbox id, payload, encoded size)
 
     def _encode(self, value: Any) -> tuple[bytes, str | None]:
-        parts = encode_payload_parts(value)
+        parts = self._last_parts = encode_payload_parts(value)
         if parts.nbytes < BLOB_MIN_BYTES:
             return parts.tobytes(), None
         ref = self._blobs.write(parts)
@@ -192,11 +207,12 @@ class Transaction:
     def emit(self, msg_type: str, payload: dict, *, datasite_id: str = "", round_num: int = 0) -> None:
         """Queue a message to publish once this transaction commits."""
         encoded, ref = self._encode(payload)
-        self._conn.execute(
+        cursor = self._conn.execute(
             "INSERT INTO outbox (msg_type, payload, datasite_id, round_num, blob)"
             " VALUES (?, ?, ?, ?, ?)",
             (str(msg_type), encoded, datasite_id, int(round_num), ref),
         )
+        self.emitted.append((int(cursor.lastrowid), payload, self._last_parts.nbytes))
 
 
 class ServiceStore:
@@ -219,6 +235,8 @@ class ServiceStore:
         on_disk = self.path != ":memory:"
         self._blobs = _Blobs(Path(self.path + ".blobs") if on_disk else None, sync=on_disk)
         self._lock = threading.RLock()
+        self._emitted: OrderedDict[int, tuple[dict, int]] = OrderedDict()
+        self._emitted_bytes = 0
         if collect_orphans:
             self.collect_orphans()
 
@@ -249,22 +267,50 @@ class ServiceStore:
             else:
                 self._conn.execute("COMMIT")
                 self._blobs.remove(tx.dropped)
+                for item_id, payload, nbytes in tx.emitted:
+                    if self._emitted_bytes + nbytes <= EMITTED_CACHE_BYTES:
+                        self._emitted[item_id] = (payload, nbytes)
+                        self._emitted_bytes += nbytes
 
     def read(self, key: str, default: Any = None) -> Any:
         """Read one value outside a handler."""
         with self.transaction() as tx:
             return tx.get(key, default)
 
-    def pending_outbox(self, limit: int = 100) -> list[OutboxItem]:
-        """Messages committed but not yet confirmed published, oldest first."""
+    def pending_outbox_heads(self, limit: int = 100) -> list[OutboxHead]:
+        """Messages committed but not yet confirmed published, oldest first, without payloads."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, msg_type, payload, datasite_id, round_num, blob FROM outbox"
-                " ORDER BY id LIMIT ?",
+                "SELECT id, msg_type, datasite_id, round_num FROM outbox ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
-            tx = Transaction(self._conn, self._blobs)
-            return [OutboxItem(r[0], r[1], tx._decode(r[2], r[5]), r[3], r[4]) for r in rows]
+        return [OutboxHead(*r) for r in rows]
+
+    def cached_outbox_payload(self, item_id: int) -> dict | None:
+        """The payload of a message this process committed, if still in memory (no I/O)."""
+        with self._lock:
+            hit = self._emitted.get(item_id)
+        return None if hit is None else hit[0]
+
+    def outbox_payload(self, item_id: int) -> dict:
+        """The payload of one pending outbox message (from memory when possible)."""
+        cached = self.cached_outbox_payload(item_id)
+        if cached is not None:
+            return cached
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT payload, blob FROM outbox WHERE id = ?", (item_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no outbox message {item_id}")
+            return Transaction(self._conn, self._blobs)._decode(row[0], row[1])
+
+    def pending_outbox(self, limit: int = 100) -> list[OutboxItem]:
+        """Messages committed but not yet confirmed published, oldest first."""
+        return [
+            OutboxItem(h.id, h.msg_type, self.outbox_payload(h.id), h.datasite_id, h.round_num)
+            for h in self.pending_outbox_heads(limit)
+        ]
 
     def outbox_done(self, item_id: int) -> None:
         """Forget an outbox message once the broker confirmed it."""
@@ -273,6 +319,9 @@ class ServiceStore:
             self._conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
             if row is not None and row[0] is not None:
                 self._blobs.remove([row[0]])
+            cached = self._emitted.pop(item_id, None)
+            if cached is not None:
+                self._emitted_bytes -= cached[1]
 
     def close(self) -> None:
         """Close the database."""

@@ -141,3 +141,33 @@ def test_when_a_store_from_before_blob_files_is_opened__its_rows_still_read(tmp_
     with store.transaction() as tx:
         tx.put("big", _big(2.0))
     assert float(store.read("big")["delta"]["w"][0]) == 2.0
+
+
+def test_when_a_payload_was_just_committed__the_flush_gets_it_from_memory_not_disk(tmp_path, monkeypatch):
+    from federation.runtime import store as store_module
+
+    path = tmp_path / "s.sqlite"
+    store = ServiceStore(path)
+    payload = _big(9.0)
+    with store.transaction() as tx:
+        tx.emit("update.raw", payload)
+    (head,) = store.pending_outbox_heads()
+    assert store.cached_outbox_payload(head.id) is payload  # no read-back, no decode
+    store.outbox_done(head.id)
+    assert store.cached_outbox_payload(head.id) is None and store._emitted_bytes == 0
+
+    monkeypatch.setattr(store_module, "EMITTED_CACHE_BYTES", 1024)  # too big to keep in memory
+    with store.transaction() as tx:
+        tx.emit("update.raw", _big(8.0))
+    (head,) = store.pending_outbox_heads()
+    assert store.cached_outbox_payload(head.id) is None
+    assert float(store.outbox_payload(head.id)["delta"]["w"][0]) == 8.0  # read from its file
+
+
+def test_when_a_transaction_with_emits_rolls_back__nothing_is_cached(tmp_path):
+    store = ServiceStore(tmp_path / "s.sqlite")
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            tx.emit("x", {"a": 1})
+            raise RuntimeError("crash")
+    assert store._emitted == {} and store.pending_outbox_heads() == []
