@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,9 @@ class ConnectorLogic:
 
     #: How long a train.request waits for its round.open's model to be committed here.
     model_wait_s: float = 60.0
+    #: Model versions kept decoded in memory: every datasite of a round trains from the same
+    #: one, so it is read from the store once per round, not once per datasite.
+    models_in_memory: int = 2
 
     def __init__(self, comm_manager: Any, password_lookup: Callable[[str], str | None] | None = None) -> None:
         self.comm = comm_manager
@@ -31,6 +36,8 @@ class ConnectorLogic:
         self._refs: dict[str, DatasiteRef] = {}
         self._password_lookup = password_lookup or os.environ.get
         self._locks: dict[str, asyncio.Lock] = {}
+        self._models: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._models_lock = threading.Lock()
 
     def remember_datasites(self, cfg: CampaignConfig) -> None:
         """Learn where a campaign's datasites are."""
@@ -69,9 +76,16 @@ class ConnectorLogic:
         key = model_key(request["campaign_id"], int(request["model_version"]))
         deadline = time.monotonic() + self.model_wait_s
         while True:  # round.open is ahead in the queue but may still be committing in parallel
-            model = self.store.read(key)
+            with self._models_lock:  # one reader loads a version; the others reuse it
+                model = self._models.get(key)
+                if model is None:
+                    model = self.store.read(key)
+                    if model is not None:
+                        self._models[key] = model
+                        while len(self._models) > self.models_in_memory:
+                            self._models.popitem(last=False)
             if model is not None:
-                return model
+                return dict(model)  # sessions encode the tensors and never modify them
             if time.monotonic() > deadline:
                 raise RuntimeError(f"model version {request['model_version']} never arrived (round.open)")
             time.sleep(0.05)

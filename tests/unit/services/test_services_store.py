@@ -171,3 +171,4 @@ def test_when_a_transaction_with_emits_rolls_back__nothing_is_cached(tmp_path):
             tx.emit("x", {"a": 1})
             raise RuntimeError("crash")
     assert store._emitted == {} and store.pending_outbox_heads() == []
+
