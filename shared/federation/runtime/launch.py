@@ -192,12 +192,29 @@ async def start_node(
     # connector: one training per datasite at a time, all datasites in parallel
     conc = concurrency or (16 if name == "connector" else 1)
     runner.concurrency = conc
+    if name in ("security", "aggregator"):  # they screen and aggregate with compiled kernels
+        _warm_up_kernels_in_background()
     await runner.start()
     port = settings.metrics_port if health_port is None else health_port
     if port is not None and port >= 0 and (health_port is not None or settings.metrics_port):
         node.health = HealthServer(port, registry, ready=node.ready)
     log.info("%s started (queue %s)", name, service.queue)
     return node
+
+
+def _warm_up_kernels_in_background() -> None:
+    """Load the robust aggregators' compiled kernels on a side thread while the service starts."""
+    import threading
+
+    from federation.robust._order_stats import warm_up
+
+    def run() -> None:
+        try:
+            warm_up()
+        except Exception:  # the first real use compiles them anyway; never fail a start for this
+            log.exception("kernel warm-up failed")
+
+    threading.Thread(target=run, name="pdmfed-warm-up", daemon=True).start()
 
 
 def widen_thread_pool(loop: asyncio.AbstractEventLoop | None = None, workers: int = 32) -> None:

@@ -197,3 +197,10 @@ def test_when_distances_are_blocked_off_cpu_or_compiled_on_cpu__both_equal_the_d
     xh = x.to(torch.bfloat16)  # not a compiled dtype: takes the blocked torch path
     want_h = torch.linalg.vector_norm(xh.double() - v.to(torch.bfloat16).double(), dim=1)
     torch.testing.assert_close(aggregators.row_distances(xh, v.to(torch.bfloat16)), want_h, rtol=1e-2, atol=1e-2)
+
+
+def test_when_a_service_warms_up__both_kernel_signatures_are_ready():
+    from federation.robust._order_stats import _range_mean_kernel, warm_up
+
+    warm_up()
+    assert len(_range_mean_kernel.signatures) >= 2  # float32 and float64 rows
