@@ -39,6 +39,9 @@ class SeenStore(Protocol):
 class InMemorySeenStore:
     """A bounded, expiring seen-id set for one process (evicts the oldest when full)."""
 
+    #: ``add_if_new`` never waits on I/O (callers may run it on an event loop).
+    performs_io = False
+
     def __init__(self, max_items: int = 200_000, clock: Callable[[], float] = time.monotonic):
         if max_items < 1:
             raise ValueError("max_items must be positive")
@@ -77,6 +80,9 @@ class RedisSeenStore:
     Use one namespace per consuming service (not per replica): services that receive the same
     fanned-out message must not see each other's ids.
     """
+
+    #: ``add_if_new`` is a network round trip: keep it off the event loop.
+    performs_io = True
 
     def __init__(self, url: str, namespace: str = "pdmfed:seen", *, client: Any = None) -> None:
         import redis
@@ -118,6 +124,8 @@ class ReplayGuard:
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         self.store = store
+        #: True unless the store says it never waits on I/O (unknown stores are assumed to).
+        self.performs_io = bool(getattr(store, "performs_io", True))
         self.window_s = float(window_s)
         self.future_s = self.window_s if future_s is None else float(future_s)
         self._clock = clock

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from federation.crypto._buffers import finish, new_bytes
 from federation.crypto.keys import KeyRing
 from federation.crypto.replay import InMemorySeenStore, ReplayGuard, seen_store_from_settings
 from federation.crypto.signing import SigningIdentity, TrustStore, check_sender_name
@@ -48,10 +51,11 @@ from federation.wire.envelope import (
     decode_envelope,
     encode_envelope_parts,
     signed_bytes_for,
+    validate_header,
 )
 from federation.wire.messages import Message, MsgType
 
-__all__ = ["Opened", "Sealer", "DEFAULT_MAX_MESSAGE_BYTES"]
+__all__ = ["Opened", "Sealer", "Sealing", "DEFAULT_MAX_MESSAGE_BYTES"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
@@ -91,6 +95,95 @@ def _msg_type(msg_type: str | MsgType) -> MsgType:
         return MsgType(msg_type)
     except ValueError as exc:
         raise MalformedMessage(f"unknown msg_type {msg_type!r}") from exc
+
+
+#: Chunk digests of a payload at least this large are computed on two threads (hashlib
+#: releases the GIL): the pass over the payload before the first chunk can go out is halved.
+PARALLEL_DIGEST_BYTES = 4 * 1024 * 1024
+_digest_pool: ThreadPoolExecutor | None = None
+_digest_pool_lock = threading.Lock()
+
+
+def _chunk_digests(slices: list[list[memoryview]], size: int) -> list[bytes]:
+    """SHA-256 of each chunk; for a large payload on a multi-core host, every other chunk is
+    hashed on a helper thread while this one hashes the rest (hashlib releases the GIL)."""
+    global _digest_pool
+    if len(slices) < 2 or size < PARALLEL_DIGEST_BYTES or (os.cpu_count() or 1) < 2:
+        return [_sha256(s).digest() for s in slices]
+    with _digest_pool_lock:
+        if _digest_pool is None:
+            _digest_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdmfed-digest")
+        try:
+            odd = [_digest_pool.submit(_sha256, s) for s in slices[1::2]]
+        except RuntimeError:  # interpreter shutting down: no new threads
+            return [_sha256(s).digest() for s in slices]
+    even = [_sha256(s).digest() for s in slices[0::2]]
+    digests: list[bytes] = []
+    for i in range(len(slices)):
+        if i % 2 == 0:
+            digests.append(even[i // 2])
+            continue
+        future = odd[i // 2]
+        # Not started (the helper is busy with another sealer's chunks): hash it here.
+        h = _sha256(slices[i]) if future.cancel() else future.result()
+        digests.append(h.digest())
+    return digests
+
+
+class Sealing:
+    """The bodies of one sealed payload, produced one at a time (see ``Sealer.prepare``).
+
+    ``count`` bodies in all; ``nbytes`` is the encoded payload size. Iterating seals the next
+    body; a chunked payload's chunk digests are computed when the first body is asked for.
+    """
+
+    def __init__(
+        self,
+        sealer: Sealer,
+        kind: MsgType,
+        parts: list[Any],
+        nbytes: int,
+        count: int,
+        datasite_id: str,
+        round_num: int,
+    ) -> None:
+        self.kind = kind
+        self.nbytes = nbytes
+        self.count = count
+        self._sealer = sealer
+        self._parts = parts
+        self._datasite_id = datasite_id
+        self._round_num = round_num
+        self._iter = self._bodies()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._iter
+
+    def __next__(self) -> bytes:
+        return next(self._iter)
+
+    def next_body(self) -> bytes | None:
+        """The next sealed body, or None when all were produced."""
+        return next(self._iter, None)
+
+    def _bodies(self) -> Iterator[bytes]:
+        seal, kind = self._sealer._seal_body, self.kind
+        ds, rn, size, total = self._datasite_id, self._round_num, self.nbytes, self.count
+        if total == 1:
+            yield seal(kind, self._parts, size, ds, rn, None, None)
+            return
+        slices = [_slice(self._parts, *chunk_bounds(size, total, i)) for i in range(total)]
+        digests = _chunk_digests(slices, size)
+        base = {
+            "update_id": os.urandom(MSG_ID_LEN),
+            "total": total,
+            "size": size,
+            "sha256_all": chunks_digest(size, total, digests),
+        }
+        for i, pieces in enumerate(slices):
+            start, end = chunk_bounds(size, total, i)
+            chunk = {**base, "index": i}
+            yield seal(kind, pieces, end - start, ds, rn, chunk, digests[i].hex())
 
 
 class Sealer:
@@ -170,32 +263,28 @@ class Sealer:
         round_num: int = 0,
     ) -> list[bytes]:
         """One body, or several separately sealed chunk bodies when over max_message_bytes."""
+        return list(self.prepare(msg_type, payload, datasite_id=datasite_id, round_num=round_num))
+
+    def prepare(
+        self,
+        msg_type: str | MsgType,
+        payload: Mapping[str, Any] | Message,
+        *,
+        datasite_id: str = "",
+        round_num: int = 0,
+    ) -> Sealing:
+        """Encode and validate now; seal body by body while iterating the result.
+
+        Lets a publisher send chunk ``i`` while chunk ``i + 1`` is being sealed. The encoded
+        payload references the caller's tensor memory: leave it unchanged until done.
+        """
         kind, parts = self._encode(msg_type, payload)
         limit = self.max_message_bytes - ENVELOPE_RESERVE
         size = parts.nbytes
-        if size <= limit:
-            return [self._seal_body(kind, parts.parts, size, datasite_id, round_num, None, None)]
-        total = chunk_count(size, limit)
+        total = 1 if size <= limit else chunk_count(size, limit)
         if total > MAX_CHUNKS:
             raise OversizeMessage(f"payload of {size} bytes needs more than {MAX_CHUNKS} chunks")
-        slices = [_slice(parts.parts, *chunk_bounds(size, total, i)) for i in range(total)]
-        digests = [_sha256(s).digest() for s in slices]
-        base = {
-            "update_id": os.urandom(MSG_ID_LEN),
-            "total": total,
-            "size": size,
-            "sha256_all": chunks_digest(size, total, digests),
-        }
-        bodies = []
-        for i, pieces in enumerate(slices):
-            start, end = chunk_bounds(size, total, i)
-            chunk = {**base, "index": i}
-            bodies.append(
-                self._seal_body(
-                    kind, pieces, end - start, datasite_id, round_num, chunk, digests[i].hex()
-                )
-            )
-        return bodies
+        return Sealing(self, kind, parts.parts, size, total, datasite_id, round_num)
 
     def seal_envelope(
         self,
@@ -247,13 +336,16 @@ class Sealer:
             "chunk": chunk,
         }
         # Validates caller-supplied fields (datasite_id, round_num) like a receiver would.
-        Envelope(**header, encrypted_data=bytes(TAG_LEN))
+        validate_header(header)
         aad = aad_bytes(header)
         ct_len = nbytes + TAG_LEN
-        placeholder = bytes(SIGNATURE_LEN) if self.identity is not None else None
-        prefix, suffix = encode_envelope_parts(header, ct_len, placeholder)
-        body = np.empty(len(prefix) + ct_len + len(suffix), dtype=np.uint8)
-        out = memoryview(body)
+        signed = self.identity is not None
+        # The suffix ends with the signature's 64 bytes (bin8); they are filled in after the tag.
+        prefix, suffix = encode_envelope_parts(
+            header, ct_len, bytes(SIGNATURE_LEN) if signed else None
+        )
+        # One allocation, written once: the body is the final bytes object (see _buffers).
+        handle, out = new_bytes(len(prefix) + ct_len + len(suffix))
         out[: len(prefix)] = prefix
         pos = len(prefix)
         cipher = Cipher(algorithms.AES(self.keyring.sealing_key()), modes.GCM(header["nonce"]))
@@ -269,11 +361,13 @@ class Sealer:
         tag = enc.tag
         out[pos : pos + TAG_LEN] = tag
         pos += TAG_LEN
-        if self.identity is not None:
-            signature = self.identity.sign(signed_bytes_for(aad, ct_len, tag))
-            _, suffix = encode_envelope_parts(header, ct_len, signature)
         out[pos:] = suffix
-        return body.tobytes()
+        if signed:
+            assert self.identity is not None
+            signature = self.identity.sign(signed_bytes_for(aad, ct_len, tag))
+            out[len(out) - SIGNATURE_LEN :] = signature
+        out.release()
+        return finish(handle)
 
     # --- opening ---------------------------------------------------------------------
     def open(self, body: Any, *, expected_msg_type: str | MsgType | None = None) -> Opened | None:
@@ -290,9 +384,9 @@ class Sealer:
                 f"msg_type {env.msg_type} does not match routing key {expected_msg_type}"
             )
         aead = self.keyring.aead(env.key_id)
-        self._verify_signature(env)
         aad = env.aad()
         ct = env.encrypted_data
+        self._verify_signature(env, signed_bytes_for(aad, len(ct), ct[len(ct) - TAG_LEN :]))
         if env.chunk is not None:
             return self._open_chunk(env, aead, aad)
         plaintext = np.empty(len(ct) - TAG_LEN, dtype=np.uint8)
@@ -302,7 +396,7 @@ class Sealer:
         self.replay.check(env.msg_id, env.timestamp)
         return Opened(env, self._decode(plaintext))
 
-    def _verify_signature(self, env: Envelope) -> None:
+    def _verify_signature(self, env: Envelope, signed: bytes | None = None) -> None:
         known = self.trust is not None and env.sender in self.trust
         if env.signature is None or not known:
             if self.require_signature:
@@ -310,7 +404,9 @@ class Sealer:
                     raise AuthError(f"unsigned message from {env.sender!r}")
                 raise AuthError(f"sender {env.sender!r} is not in the trust store")
             return
-        self.trust.verify(env.sender, env.signed_bytes(), env.signature)  # type: ignore[union-attr]
+        if signed is None:
+            signed = env.signed_bytes()
+        self.trust.verify(env.sender, signed, env.signature)  # type: ignore[union-attr]
 
     @staticmethod
     def _decrypt(aead: AESGCM, env: Envelope, aad: bytes, out: memoryview) -> None:

@@ -280,6 +280,9 @@ def encode_envelope(env: Envelope) -> bytes:
     return b"".join((prefix, env.encrypted_data, suffix))
 
 
+_SIMPLE = {0xC0: None, 0xC2: False, 0xC3: True}
+
+
 class _Reader:
     """A strict msgpack reader for envelopes: bins come back as zero-copy memoryviews."""
 
@@ -312,7 +315,11 @@ class _Reader:
     def read(self, depth: int = 0) -> Any:
         if depth > _MAX_DEPTH:
             raise MalformedMessage("envelope is nested too deeply")
-        b = self._uint(1)
+        pos = self.pos
+        if pos >= len(self.mv):
+            raise MalformedMessage("envelope is truncated")
+        b = self.mv[pos]
+        self.pos = pos + 1
         if b <= 0x7F:
             return b
         if b >= 0xE0:
@@ -323,9 +330,8 @@ class _Reader:
             return self._map(b & 0x0F, depth)
         if 0x90 <= b <= 0x9F:
             return self._array(b & 0x0F, depth)
-        simple = {0xC0: None, 0xC2: False, 0xC3: True}
-        if b in simple:
-            return simple[b]
+        if b in _SIMPLE:
+            return _SIMPLE[b]
         if b in (0xC4, 0xC5, 0xC6):
             return self._take(self._uint(1 << (b - 0xC4)))
         if b in (0xD9, 0xDA, 0xDB):
