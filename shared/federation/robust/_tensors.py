@@ -77,12 +77,16 @@ def _unflatten(vec: torch.Tensor, spec: _Spec) -> dict[str, torch.Tensor]:
     offset = 0
     for name, shape, dtype in zip(spec.names, spec.shapes, spec.dtypes, strict=True):
         size = shape.numel()
-        chunk = vec[offset : offset + size].reshape(shape)
-        if not (dtype.is_floating_point or dtype.is_complex):
-            chunk = chunk.round()
-        out[name] = chunk.to(dtype).clone()
+        out[name] = _cast(vec[offset : offset + size].reshape(shape), dtype).clone()
         offset += size
     return out
+
+
+def _cast(vec: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``vec`` as ``dtype``, rounded first when that is an integer type."""
+    if not (dtype.is_floating_point or dtype.is_complex):
+        vec = vec.round()
+    return vec.to(dtype)
 
 
 def _weights(weights: Sequence[float] | None, n: int) -> list[float]:

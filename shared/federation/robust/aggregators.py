@@ -12,6 +12,7 @@ from federation.errors import RobustnessError
 from federation.robust._distances import squared_distances
 from federation.robust._order_stats import sorted_range_mean
 from federation.robust._tensors import (
+    _cast,
     _flat_rows,
     _Spec,
     _spec_of,
@@ -156,10 +157,14 @@ def gram_matrix(updates: Sequence[Update], spec: _Spec) -> torch.Tensor:
 
 def krum_select(x: torch.Tensor, f: int, m: int = 1) -> torch.Tensor:
     """Indices of the m rows with the lowest Krum scores (Multi-Krum when m > 1)."""
+    return _lowest(krum_scores(x, f), m)
+
+
+def _lowest(scores: torch.Tensor, m: int) -> torch.Tensor:
+    """Indices of the m lowest scores, ties in index order."""
     if m < 1:
         raise RobustnessError(f"Krum needs m >= 1, got {m}")
-    scores = krum_scores(x, f)
-    return torch.argsort(scores, stable=True)[: min(m, x.shape[0])]
+    return torch.argsort(scores, stable=True)[: min(m, scores.shape[0])]
 
 
 def centered_clipping_rows(
@@ -208,12 +213,6 @@ def _finite_matrix(updates: Sequence[Update]):
     if not all_finite(x):
         raise RobustnessError(NON_FINITE)
     return x, spec
-
-
-def _cast(vec: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if not (dtype.is_floating_point or dtype.is_complex):
-        vec = vec.round()
-    return vec.to(dtype)
 
 
 def weighted_sum(updates: Sequence[Update], w: Sequence[float], spec: _Spec) -> dict[str, torch.Tensor]:
@@ -321,8 +320,7 @@ class Krum:
                 raise RobustnessError(NON_FINITE)
             x, _ = _stack(updates)
             gram = x.double() @ x.double().T
-        scores = krum_scores_from_gram(gram, self.f)
-        idx = torch.argsort(scores, stable=True)[: min(self.m, len(updates))]
+        idx = _lowest(krum_scores_from_gram(gram, self.f), self.m)
         self.last_selected = [int(i) for i in idx]
         w = [0.0] * len(updates)
         for i in self.last_selected:

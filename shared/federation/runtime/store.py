@@ -19,7 +19,6 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,6 +87,10 @@ class _Blobs:
             f.readinto(buf)
         return buf
 
+    def load(self, value: bytes, ref: str | None) -> Any:
+        """Decode a stored value: inline bytes, or the blob ``ref`` names."""
+        return decode_payload(self.read(ref) if ref is not None else bytes(value))
+
     def remove(self, refs: list[str]) -> None:
         """Forget these references (already dropped by a committed transaction)."""
         for ref in refs:
@@ -144,16 +147,14 @@ class Transaction:
         self.dropped: list[str] = []  # blobs no longer referenced: removed once it commits
         self.emitted: list[tuple[int, dict, int]] = []  # (outbox id, payload, encoded size)
 
-    def _encode(self, value: Any) -> tuple[bytes, str | None]:
-        parts = self._last_parts = encode_payload_parts(value)
+    def _encode(self, value: Any) -> tuple[bytes, str | None, int]:
+        """(inline bytes, blob reference, encoded size): big values go to a blob file."""
+        parts = encode_payload_parts(value)
         if parts.nbytes < BLOB_MIN_BYTES:
-            return parts.tobytes(), None
+            return parts.tobytes(), None, parts.nbytes
         ref = self._blobs.write(parts)
         self.created.append(ref)
-        return b"", ref
-
-    def _decode(self, value: bytes, ref: str | None) -> Any:
-        return decode_payload(self._blobs.read(ref) if ref is not None else bytes(value))
+        return b"", ref, parts.nbytes
 
     def _drop_blob_of(self, key: str) -> None:
         row = self._conn.execute("SELECT blob FROM kv WHERE key = ?", (key,)).fetchone()
@@ -163,7 +164,7 @@ class Transaction:
     def get(self, key: str, default: Any = None) -> Any:
         """Read a value (decoded with the tensor-aware codec)."""
         row = self._conn.execute("SELECT value, blob FROM kv WHERE key = ?", (key,)).fetchone()
-        return default if row is None else self._decode(row[0], row[1])
+        return default if row is None else self._blobs.load(row[0], row[1])
 
     def has(self, key: str) -> bool:
         """Whether a key exists, without decoding its value (cheap for big tensors)."""
@@ -171,7 +172,7 @@ class Transaction:
 
     def put(self, key: str, value: Any) -> None:
         """Write a value (encoded with the tensor-aware codec, never pickle)."""
-        encoded, ref = self._encode(value)
+        encoded, ref, _ = self._encode(value)
         self._drop_blob_of(key)
         self._conn.execute(
             "INSERT INTO kv (key, value, blob) VALUES (?, ?, ?) "
@@ -206,13 +207,13 @@ class Transaction:
 
     def emit(self, msg_type: str, payload: dict, *, datasite_id: str = "", round_num: int = 0) -> None:
         """Queue a message to publish once this transaction commits."""
-        encoded, ref = self._encode(payload)
+        encoded, ref, nbytes = self._encode(payload)
         cursor = self._conn.execute(
             "INSERT INTO outbox (msg_type, payload, datasite_id, round_num, blob)"
             " VALUES (?, ?, ?, ?, ?)",
             (str(msg_type), encoded, datasite_id, int(round_num), ref),
         )
-        self.emitted.append((int(cursor.lastrowid), payload, self._last_parts.nbytes))
+        self.emitted.append((int(cursor.lastrowid), payload, nbytes))
 
 
 class ServiceStore:
@@ -222,20 +223,20 @@ class ServiceStore:
         """Open (or create) the store; the owning service passes ``collect_orphans=True`` to
         remove blob files a crash left unreferenced (never a reader: it would race the owner)."""
         self.path = str(path)
-        if self.path != ":memory:":
+        on_disk = self.path != ":memory:"
+        if on_disk:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL" if self.path != ":memory:" else "PRAGMA journal_mode=MEMORY")
+        self._conn.execute("PRAGMA journal_mode=WAL" if on_disk else "PRAGMA journal_mode=MEMORY")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
         for table in ("kv", "outbox"):  # stores made before big values moved to files
             columns = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
             if "blob" not in columns:
                 self._conn.execute(f"ALTER TABLE {table} ADD COLUMN blob TEXT")
-        on_disk = self.path != ":memory:"
         self._blobs = _Blobs(Path(self.path + ".blobs") if on_disk else None, sync=on_disk)
         self._lock = threading.RLock()
-        self._emitted: OrderedDict[int, tuple[dict, int]] = OrderedDict()
+        self._emitted: dict[int, tuple[dict, int]] = {}
         self._emitted_bytes = 0
         if collect_orphans:
             self.collect_orphans()
@@ -287,9 +288,12 @@ class ServiceStore:
         return [OutboxHead(*r) for r in rows]
 
     def cached_outbox_payload(self, item_id: int) -> dict | None:
-        """The payload of a message this process committed, if still in memory (no I/O)."""
-        with self._lock:
-            hit = self._emitted.get(item_id)
+        """The payload of a message this process committed, if still in memory (no I/O).
+
+        No lock: the event loop calls this, and one dict lookup is atomic, whereas the store's
+        lock may be held by a commit writing a large blob in another thread.
+        """
+        hit = self._emitted.get(item_id)
         return None if hit is None else hit[0]
 
     def outbox_payload(self, item_id: int) -> dict:
@@ -303,7 +307,7 @@ class ServiceStore:
             ).fetchone()
             if row is None:
                 raise KeyError(f"no outbox message {item_id}")
-            return Transaction(self._conn, self._blobs)._decode(row[0], row[1])
+            return self._blobs.load(row[0], row[1])
 
     def pending_outbox(self, limit: int = 100) -> list[OutboxItem]:
         """Messages committed but not yet confirmed published, oldest first."""
