@@ -80,6 +80,16 @@ def ensure_flwr_venv(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _same_allocator() -> dict[str, str]:
+    """glibc's environment form of the tuning our side applies with mallopt, so both sides
+    allocate alike (federation.runtime.allocator)."""
+    from federation.runtime.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD, keep_freed_buffers
+
+    if not keep_freed_buffers():
+        return {}
+    return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+
+
 def run_flwr_task(
     task: dict[str, Any], *, venv: Path = FLWR_VENV, timeout: float = 1800.0, install: bool = True
 ) -> dict:
@@ -93,6 +103,7 @@ def run_flwr_task(
             text=True,
             timeout=timeout,
             check=False,
+            env={**os.environ, **_same_allocator()},
         )
     except subprocess.TimeoutExpired as exc:
         raise FlowerUnavailable(f"flwr worker timed out after {timeout:.0f} s") from exc

@@ -143,6 +143,7 @@ async def _run(
     topology = Topology().with_prefix(prefix)
     fed = EmbeddedFederation(settings, comm_manager=comm, topology=topology)
     marks: dict[str, dict[int, float]] = {"round.open": {}, "round.completed": {}}
+    consumed: dict[int, float] = {}  # round -> wire bytes the four services had consumed by its end
     await fed.start()
     try:
         assert fed.client is not None
@@ -150,6 +151,8 @@ async def _run(
         def on_event(kind: str, payload: dict, record: Any) -> None:
             if kind in marks:
                 marks[kind].setdefault(int(payload["round_num"]), time.perf_counter())
+            if kind == "round.completed":
+                consumed.setdefault(int(payload["round_num"]), _bytes_consumed(fed.registry))
 
         fed.client.on_event = on_event
         start = time.perf_counter()
@@ -164,7 +167,26 @@ async def _run(
             await cleanup.start()
             await cleanup.delete_topology()
             await cleanup.close()
-    return {"start": start, "total_s": total, "marks": marks, "record": record}
+    return {
+        "start": start,
+        "total_s": total,
+        "marks": marks,
+        "record": record,
+        "consumed": consumed,
+    }
+
+
+def _bytes_consumed(registry: Any) -> float:
+    """Wire bytes every service has consumed so far (pdmfed_message_bytes_total, direction in)."""
+    total = 0.0
+    for metric in registry.collect():
+        if metric.name == "pdmfed_message_bytes":
+            total += sum(
+                s.value
+                for s in metric.samples
+                if s.name.endswith("_total") and s.labels.get("direction") == "in"
+            )
+    return total
 
 
 def run_campaign(
@@ -215,6 +237,7 @@ def run_campaign(
         raise RuntimeError(f"campaign ended early: {record.completed}, rounds seen {sorted(done)}")
     per_round = []
     previous = out["start"]
+    consumed, consumed_before = out["consumed"], 0.0
     for r in range(1, rounds + 1):
         wall = done[r] - previous
         previous = done[r]
@@ -228,6 +251,8 @@ def run_campaign(
                 "training_sum_s": sum(times),
                 "participants": len(rec["participants"]),
                 "rejected": len(rec["rejected"]),
+                "service_bytes_in": consumed.get(r, consumed_before) - consumed_before,
             }
         )
+        consumed_before = consumed.get(r, consumed_before)
     return {"rounds": per_round, "total_s": out["total_s"], "completed": record.completed}

@@ -107,7 +107,9 @@ def result_path(name: str, smoke: bool) -> Path:
     return RESULTS_DIR / "smoke" / f"{name}.json" if smoke else RESULTS_DIR / f"{name}.json"
 
 
-def bench_main(name: str, run: Callable[[bool], dict], doc: str, argv: list[str] | None = None) -> int:
+def bench_main(
+    name: str, run: Callable[[bool], dict], doc: str, argv: list[str] | None = None
+) -> int:
     """The command line every benchmark module shares: [--smoke] [--out FILE]."""
     import argparse
 
@@ -117,6 +119,9 @@ def bench_main(name: str, run: Callable[[bool], dict], doc: str, argv: list[str]
     parser.add_argument("--smoke", action="store_true", help="tiny configuration, seconds")
     parser.add_argument("--out", type=Path, default=None, help="result file")
     args = parser.parse_args(argv)
+    from federation.runtime.allocator import keep_freed_buffers
+
+    keep_freed_buffers()  # as every service process does at start
     data = run(args.smoke)
     path = write_result(name, data, args.out or result_path(name, args.smoke))
     print(f"wrote {path}")

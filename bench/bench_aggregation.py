@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from federation.robust.aggregators import get_aggregator
+from federation.runtime.allocator import keep_freed_buffers
 
 from bench._common import write_result
 from bench._flwr import FlowerUnavailable, run_flwr_task
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="result file")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (ours)")
     args = parser.parse_args(argv)
+    keep_freed_buffers()  # as every service process does at start
     data = run(args.smoke, threads=args.threads)
     path = write_result(NAME, data, args.out or result_path(NAME, args.smoke))
     print(f"wrote {path}")

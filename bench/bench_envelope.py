@@ -19,6 +19,7 @@ import torch
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from federation.crypto import KeyRing, Sealer, SigningIdentity, TrustStore
+from federation.runtime.allocator import keep_freed_buffers
 
 from bench._common import time_runs, write_result
 from bench._flwr import FlowerUnavailable, run_flwr_task
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None, help="result file")
     args = parser.parse_args(argv)
+    keep_freed_buffers()  # as every service process does at start
     data = run(args.smoke, args.runs)
     path = write_result(NAME, data, args.out or result_path(NAME, args.smoke))
     print(f"wrote {path}")

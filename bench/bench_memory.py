@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from federation.runtime.allocator import keep_freed_buffers
+
 from bench._common import write_result
 from bench._util import AMQP_URL, bench_prefix, rabbit_available, result_path
 
@@ -190,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="result file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    keep_freed_buffers()  # as every service process does at start
     if args.child:
         return _child_main()
     data = run(args.smoke)

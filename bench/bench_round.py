@@ -11,6 +11,7 @@ a delta of its exact shape. Round 1 (start-up, initial model) is not counted.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -82,6 +83,56 @@ def _config(spec: dict) -> dict[str, Any]:
     }
 
 
+async def _raw_broker_rate(size_bytes: int, count: int = 4, runs: int = 3) -> dict[str, Any]:
+    """Bytes/s of plain aio-pika (persistent, confirmed, acked, quorum queue) for messages of
+    ``size_bytes``: the broker alone, with no sealing, checks, state or services."""
+    from federation.bus.rabbitmq import RabbitBus
+    from federation.bus.topology import Topology
+
+    from bench.bench_broker import _Raw
+
+    topo = Topology().with_prefix(bench_prefix(f"{NAME}-floor"))
+    declarer = RabbitBus(AMQP_URL, service="bench-floor", topology=topo)
+    await declarer.start()
+    raw = _Raw(topo, prefetch=declarer.prefetch_count)
+    await raw.start()
+    try:
+        body = os.urandom(size_bytes)
+        await raw.run_once(body, 1)
+        times = [await raw.run_once(body, count) for _ in range(runs)]
+    finally:
+        await raw.close()
+        await declarer.delete_topology()
+        await declarer.close()
+    median = statistics.median(times)
+    return {
+        "message_mb": size_bytes / 1024**2,
+        "messages_per_run": count,
+        "runs": runs,
+        "bytes_per_s": size_bytes * count / median,
+        "mb_per_s": size_bytes * count / median / 1024**2,
+    }
+
+
+def _floor(row: dict[str, Any], spec: dict, raw: dict[str, Any]) -> dict[str, Any]:
+    """What moving the round's bytes through the bare broker costs, against the training time."""
+    train = row["training_s"]["median"]
+    model = row["params"] * 4
+    this_design = statistics.median(r["service_bytes_in"] for r in row["per_round"][1:])
+    one_hop = (
+        spec["sites"] + 1
+    ) * model  # every update in once, the model out to the connector once
+    out = {"raw_broker": raw, "service_bytes_in_per_round_mb": this_design / 1024**2}
+    for name, nbytes in (("this_design", this_design), ("one_hop_minimum", one_hop)):
+        seconds = nbytes / raw["bytes_per_s"]
+        out[name] = {
+            "mb": nbytes / 1024**2,
+            "broker_s": seconds,
+            "share": seconds / (train + seconds),
+        }
+    return out
+
+
 def _measure(spec: dict) -> dict[str, Any]:
     c = _config(spec)
     out = run_campaign(
@@ -129,7 +180,12 @@ def run(smoke: bool) -> dict[str, Any]:
         " train in parallel); overhead = wall - training; median, min-max over the counted"
         " rounds (5 for hybrid; 2 for 10M x 3 and 1 for 10M x 10, whose rounds take minutes). 10M stand-ins sleep"
         f" {BIG_TRAIN_S:.0f} s; 'training_for_10pct_s' is the local training time at which"
-        " the measured overhead would be 10% of the round.",
+        " the measured overhead would be 10% of the round. 'broker_floor': after each campaign,"
+        " plain aio-pika moves messages of the model's size through a quorum queue (persistent,"
+        " confirmed, acked) in the same run; the round's bytes over that rate is what the bare"
+        " broker alone costs: 'this_design' = the wire bytes the four services consumed per round"
+        " (median), 'one_hop_minimum' = every update once plus the model once, the least any"
+        " design moves.",
         "targets": {"overhead_share_max_10M_10_sites": TARGET_SHARE},
     }
     reason = asyncio.run(rabbit_available())
@@ -142,6 +198,9 @@ def run(smoke: bool) -> dict[str, Any]:
         except FileNotFoundError as exc:
             skipped.append({**spec, "reason": str(exc)})
             continue
+        model_bytes = row["params"] * 4
+        count = max(4, min(64, (32 * 1024**2) // model_bytes))  # about 32 MB per timed run
+        row["broker_floor"] = _floor(row, spec, asyncio.run(_raw_broker_rate(model_bytes, count)))
         results.append(row)
         print(
             f"{spec['model']:>12} x{spec['sites']:<3} wall {row['wall_s']['median']:7.2f} s"
@@ -149,6 +208,15 @@ def run(smoke: bool) -> dict[str, Any]:
             f" {row['overhead_s']['median']:6.2f} s ({row['overhead_share']['median']:.0%})",
             flush=True,
         )
+        if "broker_floor" in row:
+            fl = row["broker_floor"]
+            print(
+                f"{'':>12}      bare broker {fl['raw_broker']['mb_per_s']:.0f} MB/s: this design's"
+                f" {fl['this_design']['mb']:.0f} MB/round = {fl['this_design']['broker_s']:.2f} s"
+                f" ({fl['this_design']['share']:.0%}); one hop {fl['one_hop_minimum']['mb']:.0f} MB"
+                f" = {fl['one_hop_minimum']['broker_s']:.2f} s ({fl['one_hop_minimum']['share']:.0%})",
+                flush=True,
+            )
     big = [r for r in results if r["model"] == "10M" and r["sites"] == 10]
     return {
         **base,
@@ -157,6 +225,11 @@ def run(smoke: bool) -> dict[str, Any]:
         "summary": {
             "overhead_share_10M_10_sites": big[0]["overhead_share"]["median"] if big else None,
             "target_met": bool(big) and big[0]["overhead_share"]["median"] <= TARGET_SHARE,
+            "bare_broker_share_10M_10_sites": (
+                {k: big[0]["broker_floor"][k]["share"] for k in ("this_design", "one_hop_minimum")}
+                if big
+                else None
+            ),
         },
     }
 

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from federation.runtime.allocator import keep_freed_buffers
+
 from bench._common import write_result
 from bench._util import AMQP_URL, bench_prefix, loglog_slope, rabbit_available, result_path
 
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="result file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    keep_freed_buffers()  # as every service process does at start
     if args.child is not None:
         print(json.dumps(_child(json.loads(args.child))), flush=True)
         return 0

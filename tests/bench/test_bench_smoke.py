@@ -111,6 +111,14 @@ def test_when_round_runs_in_smoke__overhead_is_wall_minus_training(tmp_path, rab
         assert r["participants"] == row["sites"]
         assert _positive(r["wall_s"]) and r["wall_s"] >= r["training_s"] > 0
     assert 0 < row["overhead_share"]["median"] < 1
+    # every counted round moved at least each site's update and the model through the services
+    model_bytes = row["params"] * 4
+    for r in row["per_round"][1:]:
+        assert r["service_bytes_in"] >= (row["sites"] + 1) * model_bytes
+    floor = row["broker_floor"]
+    assert _positive(floor["raw_broker"]["bytes_per_s"])
+    assert floor["this_design"]["mb"] >= floor["one_hop_minimum"]["mb"] > 0
+    assert 0 < floor["one_hop_minimum"]["share"] <= floor["this_design"]["share"] < 1
 
 
 @pytest.mark.integration

@@ -58,7 +58,7 @@ BINDINGS: dict[str, tuple[tuple[str, str], ...]] = {
         ("connector", "runs the send-model + local-training job on the named datasite"),
     ),
     "model.global": (
-        ("dispatch", "the versioned model, for the record (round.completed also carries it)"),
+        ("dispatch", "announces the new model version (the weights travel in round.completed)"),
     ),
     "update.raw": (("security", "verifies the factory signature, screens and clips every update"),),
     "update.screened": (("aggregator", "aggregates the screened update into the round's model"),),

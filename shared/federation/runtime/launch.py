@@ -174,7 +174,9 @@ async def start_node(
     """Build and start one service: bus, sealer, secure endpoint, store, runner, health."""
     from federation.bus.middleware import SecureEndpoint
     from federation.monitoring import HealthServer, Metrics
+    from federation.runtime.allocator import keep_freed_buffers
 
+    keep_freed_buffers()  # message buffers are reused warm, not faulted in afresh per message
     key = SERVICE_KEYS[name]
     sender = _sender(settings, name)
     bus = make_bus(settings, key, broker=broker, topology=topology)

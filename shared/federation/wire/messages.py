@@ -214,7 +214,8 @@ class TrainRequest(Message):
 
 @dataclass(frozen=True)
 class ModelGlobal(Message):
-    """The aggregator publishes a new global model version."""
+    """The aggregator announces a new global model version; ``state_dict`` is left empty by the
+    services (round.completed carries the weights) and is there for a standalone publisher."""
 
     msg_type: ClassVar[MsgType] = MsgType.MODEL_GLOBAL
     campaign_id: str = _f(_str)

@@ -115,3 +115,28 @@ async def test_when_a_factory_misses_the_deadline__round_closes_with_the_others_
         assert stale == 1
     finally:
         await fed.stop()
+
+
+async def test_when_a_round_completes__the_model_crosses_the_broker_once_in_round_completed(
+    settings, tiny_partitions
+):
+    data, parts = tiny_partitions
+    fed = EmbeddedFederation(settings, comm_manager=LocalDatasites(parts))
+    await fed.start()
+    sizes: dict[str, list[int]] = {}
+    route = fed._broker.route
+
+    def tap(routing_key, body, headers):
+        sizes.setdefault(routing_key, []).append(len(body))
+        return route(routing_key, body, headers)
+
+    fed._broker.route = tap
+    try:
+        rec = await fed.run_campaign(_cfg(data, list(parts)), timeout=60)
+    finally:
+        await fed.stop()
+    assert rec.final_model  # the weights reached the orchestrator through round.completed
+    model_bytes = sum(t.numel() * t.element_size() for t in rec.final_model.values())
+    assert len(sizes["model.global"]) == len(sizes["round.completed"]) == 2
+    assert min(sizes["round.completed"]) > model_bytes
+    assert max(sizes["model.global"]) < 4096  # the version announcement, no weights
