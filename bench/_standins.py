@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -127,6 +130,86 @@ class SleepingDatasites(_Base):
         }
 
 
+#: The services that run as their own `pdmfed service` processes in the deployment shape; the
+#: connector stays in the harness, which owns the in-process datasite stand-ins.
+SEPARATE_SERVICES = ("trainer-dispatch", "security", "aggregator")
+
+
+class _ServiceProcesses:
+    """`python -m federation.cli service <name>` processes on the harness's topology and keys."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root = root
+        self.env = env
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, names: tuple[str, ...], timeout: float = 120.0) -> None:
+        for name in names:
+            state = self.root / "state" / name
+            state.mkdir(parents=True, exist_ok=True)
+            with open(self.root / f"{name}.log", "ab") as log:
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "federation.cli", "service", name],
+                    env={**self.env, "PDMFED_STATE_DIR": str(state)},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        deadline = time.monotonic() + timeout
+        for name, proc in self.procs.items():  # each logs "<name> started (queue ...)" when consuming
+            while "started (queue" not in self.log(name):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"service {name} did not start:\n{self.log(name)[-2000:]}")
+                time.sleep(0.1)
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def _process_settings(state_dir: Path, amqp_url: str, prefix: str) -> tuple[Any, dict[str, str]]:
+    """Settings for the harness and the environment of the service processes: one fresh
+    passphrase, salt and key directory for the run, handed over in the environment only."""
+    import secrets
+
+    from federation.config import Settings
+    from federation.runtime.launch import SERVICE_KEYS, ensure_identities
+
+    keys = state_dir.parent / "keys"
+    ensure_identities(keys, [*SERVICE_KEYS, "orchestrator"])
+    passphrase, salt = secrets.token_urlsafe(32), secrets.token_hex(16)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PDMFED_")},
+        "PDMFED_AMQP_URL": amqp_url,
+        "PDMFED_ENCRYPTION_KEY": passphrase,
+        "PDMFED_KEY_SALT": salt,
+        "PDMFED_KEYS_DIR": str(keys),
+        "PDMFED_TOPOLOGY_PREFIX": prefix,
+        "PDMFED_LOG_LEVEL": "INFO",
+    }
+    settings = Settings(
+        amqp_url=amqp_url,
+        encryption_key=passphrase,
+        key_salt=salt,
+        keys_dir=keys,
+        topology_prefix=prefix,
+        state_dir=state_dir,
+        redis_url=None,
+    )
+    return settings, env
+
+
 async def _run(
     comm: _Base,
     cfg: Any,
@@ -134,18 +217,29 @@ async def _run(
     prefix: str,
     timeout: float,
     state_dir: Path,
+    processes: bool = False,
 ) -> dict[str, Any]:
     from federation.bus.topology import Topology
     from federation.config import Settings
     from federation.orchestrator.embedded import EmbeddedFederation
 
-    settings = Settings(demo=True, state_dir=state_dir, amqp_url=amqp_url, redis_url=None)
     topology = Topology().with_prefix(prefix)
-    fed = EmbeddedFederation(settings, comm_manager=comm, topology=topology)
+    separate = None
+    if processes:
+        if not amqp_url:
+            raise ValueError("service processes need RabbitMQ")
+        settings, env = _process_settings(state_dir, amqp_url, prefix)
+        separate = _ServiceProcesses(state_dir.parent, env)
+        fed = EmbeddedFederation(settings, comm_manager=comm, topology=topology, services=("connector",))
+    else:
+        settings = Settings(demo=True, state_dir=state_dir, amqp_url=amqp_url, redis_url=None)
+        fed = EmbeddedFederation(settings, comm_manager=comm, topology=topology)
     marks: dict[str, dict[int, float]] = {"round.open": {}, "round.completed": {}}
     consumed: dict[int, float] = {}  # round -> wire bytes the four services had consumed by its end
-    await fed.start()
+    await fed.start()  # declares the topology before the other processes attach to it
     try:
+        if separate is not None:
+            await asyncio.to_thread(separate.start, SEPARATE_SERVICES)
         assert fed.client is not None
 
         def on_event(kind: str, payload: dict, record: Any) -> None:
@@ -159,6 +253,8 @@ async def _run(
         record = await fed.run_campaign(cfg, timeout=timeout)
         total = time.perf_counter() - start
     finally:
+        if separate is not None:
+            await asyncio.to_thread(separate.stop)
         await fed.stop()
         if amqp_url:
             from federation.bus.rabbitmq import RabbitBus
@@ -201,6 +297,7 @@ def run_campaign(
     prefix: str,
     timeout: float = 900.0,
     training: dict | None = None,
+    processes: bool = False,
 ) -> dict[str, Any]:
     """Run a campaign of ``rounds`` rounds; per round: wall time, slowest site's training time.
 
@@ -230,7 +327,7 @@ def run_campaign(
         }
     )
     with tempfile.TemporaryDirectory(prefix="pdmfed-bench-") as tmp:
-        out = asyncio.run(_run(comm, cfg, amqp_url, prefix, timeout, Path(tmp) / "state"))
+        out = asyncio.run(_run(comm, cfg, amqp_url, prefix, timeout, Path(tmp) / "state", processes))
     record = out["record"]
     done = out["marks"]["round.completed"]
     if record.completed is None or len(done) < rounds:

@@ -102,15 +102,23 @@ def test_when_broker_runs_in_smoke__sealed_and_raw_rates_are_measured(tmp_path, 
     assert doc["rejected"] == 0
 
 
-@pytest.mark.integration
-def test_when_round_runs_in_smoke__overhead_is_wall_minus_training(tmp_path, rabbitmq):
-    doc = _run("bench_round", tmp_path)
-    (row,) = doc["results"]
+def _check_round_row(row: dict) -> None:
     assert row["rounds_counted"] == row["rounds"] - 1
     for r in row["per_round"]:
         assert r["participants"] == row["sites"]
         assert _positive(r["wall_s"]) and r["wall_s"] >= r["training_s"] > 0
     assert 0 < row["overhead_share"]["median"] < 1
+    assert "broker_floor" in row
+
+
+@pytest.mark.integration
+def test_when_round_runs_in_smoke__overhead_is_wall_minus_training(tmp_path, rabbitmq):
+    doc = _run("bench_round", tmp_path)
+    rows = {r["layout"]: r for r in doc["results"]}
+    assert set(rows) == {"one process", "service processes"}
+    for row in rows.values():
+        _check_round_row(row)
+    row = rows["one process"]
     # every counted round moved at least each site's update and the model through the services
     model_bytes = row["params"] * 4
     for r in row["per_round"][1:]:

@@ -31,6 +31,9 @@ ORCHESTRATOR_SENDER = "orchestrator"
 class EmbeddedFederation:
     """connector, trainer-dispatch, security and aggregator sharing one bus broker in-process.
 
+    ``services`` names the ones to run here (all by default); the others must then be running
+    elsewhere on the same RabbitMQ topology (e.g. as `pdmfed service` processes).
+
     Over the in-memory bus by default; over RabbitMQ when settings.amqp_url is set. Each
     service keeps its own sealer, identity, replay store, SQLite store and metrics labels:
     the same handlers and the same checks as when each runs in its own container.
@@ -45,8 +48,15 @@ class EmbeddedFederation:
         registry: CollectorRegistry | None = None,
         topology: Any = None,
         health: bool = False,
+        services: tuple[str, ...] = tuple(SERVICE_KEYS),
     ) -> None:
+        unknown = sorted(set(services) - set(SERVICE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown service(s) {unknown}; choose from {sorted(SERVICE_KEYS)}")
+        if not settings.amqp_url and set(services) != set(SERVICE_KEYS):
+            raise ValueError("running only some services in-process needs a broker (PDMFED_AMQP_URL)")
         self.settings = settings
+        self.services = tuple(services)
         self.comm_manager = comm_manager
         self.factory_trust = factory_trust
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -70,7 +80,7 @@ class EmbeddedFederation:
             ensure_identities(kd, [*SERVICE_KEYS, ORCHESTRATOR_SENDER])
         if not self.settings.amqp_url:
             self._broker = InMemoryBroker(self.topology or topology_of(self.settings))
-        for name in SERVICE_KEYS:
+        for name in self.services:
             await self.start_service(name)
         self._client_bus = make_bus(self.settings, "orchestrator", broker=self._broker, topology=self.topology)
         await self._client_bus.start()

@@ -7,6 +7,7 @@ import pytest
 import torch
 from federation.errors import RobustnessError
 from federation.robust import CoordinateMedian, FedAvg, Krum, TrimmedMean
+from federation.robust import _order_stats as order_stats
 from federation.robust._order_stats import _network_arrays, batcher_network, sorted_range_mean
 from federation.robust._tensors import _spec_of
 from federation.robust.aggregators import (
@@ -39,8 +40,16 @@ def test_when_only_a_range_is_needed__pruning_removes_pairs():
     assert len(_network_arrays(7, 0, 7)[0]) == 0  # the whole range: a plain mean, no sorting
 
 
+@pytest.fixture(params=["register", "blocked"])
+def kernel_path(request, monkeypatch):
+    """Run a test through the generated register kernels (up to 12 rows: each (n, k) compiles
+    once), then through the blocked buffer kernel."""
+    monkeypatch.setattr(order_stats, "REGISTER_MAX_N", 0 if request.param == "blocked" else 12)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_when_any_range_of_sorted_positions_is_averaged__it_equals_numpys_sort(dtype):
+def test_when_any_range_of_sorted_positions_is_averaged__it_equals_numpys_sort(dtype, kernel_path):
     rng = np.random.default_rng(3)
     for n in range(1, 21):
         x = rng.standard_normal((n, 777)).astype(dtype)  # 777: not a multiple of the block
@@ -55,21 +64,65 @@ def test_when_any_range_of_sorted_positions_is_averaged__it_equals_numpys_sort(d
 
 @settings(max_examples=60, deadline=None)
 @given(
-    n=st.integers(1, 64),
+    n=st.integers(1, 80),
     d=st.integers(1, 3000),
     seed=st.integers(0, 2**31),
+    blocked=st.booleans(),
     data=st.data(),
 )
-def test_when_shapes_are_arbitrary__the_trimmed_mean_equals_numpys(n, d, seed, data):
+def test_when_shapes_are_arbitrary__the_trimmed_mean_equals_numpys(n, d, seed, blocked, data):
     k = data.draw(st.integers(0, (n - 1) // 2))
     x = np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32) * 1e3
-    out, finite = sorted_range_mean(list(x), k, n - k)
+    # register kernels for n <= 16 here (each new (n, k) compiles once); larger n, the blocked kernel
+    limit = 0 if blocked else 16
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(order_stats, "REGISTER_MAX_N", limit)
+        out, finite = sorted_range_mean(list(x), k, n - k)
     assert finite
     np.testing.assert_allclose(out, np.sort(x, axis=0)[k : n - k].mean(axis=0), rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("n", [33, 50, order_stats.REGISTER_MAX_N])
+def test_when_many_clients_use_the_largest_register_kernels__trim_and_median_equal_numpys(n):
+    x = np.random.default_rng(n).standard_normal((n, 4099), dtype=np.float32)
+    x[:, :500] = np.round(x[:, :500])  # ties
+    ref = np.sort(x, axis=0)
+    k = max(1, n // 10)
+    for start, stop in ((k, n - k), ((n - 1) // 2, n // 2 + 1)):
+        out, finite = sorted_range_mean(list(x), start, stop)
+        assert finite
+        np.testing.assert_allclose(out, ref[start:stop].mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_when_a_register_kernel_is_generated__it_is_kept_on_disk_and_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(order_stats, "_generated", {})
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)[::-1].copy()
+    out, finite = sorted_range_mean(list(x), 1, 2)
+    assert finite
+    np.testing.assert_array_equal(out, x[1])  # the middle row of three sorted rows
+    (median,) = tmp_path.glob("pdmfed-networks-v*/network_3_trim_1.py")
+    assert "min(x0, x1)" in median.read_text()
+    kernel = order_stats._generated[(3, 1)]
+    out, _ = sorted_range_mean(list(x), 0, 2)  # not symmetric: the full network, weighted sum
+    np.testing.assert_allclose(out, (x[1] + x[2]) / 2)
+    assert (3, None) in order_stats._generated
+    assert len(list(tmp_path.glob("pdmfed-networks-v*/network_3*.py"))) == 2
+    sorted_range_mean(list(x), 1, 2)
+    assert order_stats._generated[(3, 1)] is kernel  # compiled once per process
+
+
+def test_when_no_directory_is_writable__the_kernel_is_compiled_from_memory(monkeypatch):
+    monkeypatch.setattr(order_stats, "_generated_dir", lambda: None)
+    monkeypatch.setattr(order_stats, "_generated", {})
+    x = np.random.default_rng(4).standard_normal((4, 100))
+    out, finite = sorted_range_mean(list(x), 1, 3)
+    assert finite
+    np.testing.assert_allclose(out, np.sort(x, axis=0)[1:3].mean(axis=0))
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_when_one_value_is_not_finite__the_kernel_says_so_even_if_it_would_be_trimmed(bad):
+def test_when_one_value_is_not_finite__the_kernel_says_so_even_if_it_would_be_trimmed(bad, kernel_path):
     x = np.random.default_rng(0).standard_normal((9, 5000), dtype=np.float32)
     x[4, 4321] = bad
     _, finite = sorted_range_mean(list(x), 2, 7)
@@ -202,5 +255,6 @@ def test_when_distances_are_blocked_off_cpu_or_compiled_on_cpu__both_equal_the_d
 def test_when_a_service_warms_up__both_kernel_signatures_are_ready():
     from federation.robust._order_stats import _range_mean_kernel, warm_up
 
-    warm_up()
+    warm_up(ns=(2, 5))
     assert len(_range_mean_kernel.signatures) >= 2  # float32 and float64 rows
+    assert {(2, 0), (5, 2), (5, 1)} <= set(order_stats._generated)  # medians, trimmed at 10%
