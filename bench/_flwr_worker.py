@@ -17,8 +17,15 @@ import numpy as np
 MB = 1024 * 1024
 
 
+#: Calls of a fast function are repeated until this much time is sampled (at most MAX_RUNS),
+#: so a sub-millisecond median is not decided by five calls (same rule as bench/_util.py).
+MIN_SAMPLED_S = 0.2
+MAX_RUNS = 200
+
+
 def _timed(fn, runs: int, budget_s: float) -> dict:
-    """Median/min/max of ``runs`` calls; fewer calls (stated) when one call exceeds the budget."""
+    """Median/min/max of ``runs`` calls (more while under MIN_SAMPLED_S in total); fewer calls
+    (stated) when one call exceeds the budget."""
     start = time.perf_counter()
     result = fn()
     first = time.perf_counter() - start
@@ -27,7 +34,7 @@ def _timed(fn, runs: int, budget_s: float) -> dict:
     else:
         n = runs if first * runs < 5 * budget_s else max(3, int(5 * budget_s / first))
         times = []
-        for _ in range(min(n, runs)):
+        while len(times) < min(n, runs) or (sum(times) < MIN_SAMPLED_S and len(times) < MAX_RUNS):
             start = time.perf_counter()
             result = fn()
             times.append(time.perf_counter() - start)

@@ -37,10 +37,17 @@ def summary(times: list[float]) -> dict[str, float]:
     }
 
 
+#: Calls of a fast function are repeated until this much time is sampled (at most MAX_RUNS),
+#: so a sub-millisecond median is not decided by five calls (Flower's worker uses the same rule).
+MIN_SAMPLED_S = 0.2
+MAX_RUNS = 200
+
+
 def timed_adaptive(
     fn: Callable[[], Any], *, runs: int = 5, budget_s: float = 10.0
 ) -> tuple[dict[str, float], Any]:
-    """Time ``fn`` ``runs`` times after one warm-up call; fewer (stated in ``runs``) when slow.
+    """Time ``fn`` ``runs`` times after one warm-up call (more while under MIN_SAMPLED_S in
+    total); fewer (stated in ``runs``) when slow.
 
     One call over ``budget_s`` is the only measurement (the warm-up is reused); otherwise the
     number of calls shrinks so the cell stays within about ``5 * budget_s``, but never below 3.
@@ -52,8 +59,8 @@ def timed_adaptive(
     if first > budget_s:
         return summary([first]), result
     n = runs if first * runs < 5 * budget_s else max(3, int(5 * budget_s / first))
-    times = []
-    for _ in range(min(n, runs)):
+    times: list[float] = []
+    while len(times) < min(n, runs) or (sum(times) < MIN_SAMPLED_S and len(times) < MAX_RUNS):
         start = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - start)

@@ -185,8 +185,10 @@ def _run(plan: dict, smoke: bool, seed: int, threads: int) -> dict[str, Any]:
     speedups = [v for r in rows for v in r.get("speedup_vs_flower", {}).values()]
     return {
         "smoke": smoke,
-        "method": "per cell and rule: one warm-up, then the median of 5 timed calls (fewer when"
-        " one call exceeds the budget; 'runs' says how many). Inputs: one float32 row per"
+        "method": "per cell and rule: one warm-up, then the median of 5 timed calls, more (up to"
+        " 200) until 0.2 s is sampled, fewer when one call exceeds the budget ('runs' says how"
+        " many); the same rule on both sides. Both processes run with the services' allocator"
+        " thresholds (federation.runtime.allocator). Inputs: one float32 row per"
         " client from numpy default_rng(seed).standard_normal, identical on both sides"
         " (digest compared). Ours: federation.robust.aggregators via get_aggregator,"
         " including the stacking of per-client dicts. Flower: flwr.server.strategy."

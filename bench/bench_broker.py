@@ -5,7 +5,8 @@ Sealed: SecureEndpoint.publish (seal, chunk over 8 MiB, confirmed mandatory publ
 SecureEndpoint.subscribe on the security queue (decode, signature, AEAD, checksum, replay,
 typed UpdateRaw) → handler. Raw: aio-pika publish with publisher confirms of one message of
 the update's size (persistent, mandatory) into the same quorum queue, consumer acks each.
-Both pipelines run publisher and consumer concurrently in one process on a fresh topology.
+Both pipelines publish from this process and consume in one separate consumer process (as the
+connector and the security service are separate processes), on a fresh topology.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from federation.bus.rabbitmq import RabbitBus
 from federation.bus.topology import Topology
 from federation.crypto import KeyRing, Sealer, SigningIdentity, TrustStore
 from federation.monitoring import Metrics
+from federation.runtime.allocator import keep_freed_buffers
 from prometheus_client import CollectorRegistry
 
 from bench._util import AMQP_URL, bench_main, bench_prefix, rabbit_available, summary
@@ -67,40 +70,160 @@ class _Counter:
             await asyncio.wait_for(self._cond.wait_for(lambda: self.count >= n), timeout)
 
 
-class _Sealed:
-    """Producer and consumer SecureEndpoints with separate keys, identities and replay guards."""
+#: Environment variables that carry the run's keys and names to the consumer process.
+_ENV_KEY = "PDMFED_BENCH_KEY_HEX"
+_ENV_TRUST = "PDMFED_BENCH_TRUST_HEX"
+_ENV_PREFIX = "PDMFED_BENCH_PREFIX"
+_ENV_PREFETCH = "PDMFED_BENCH_PREFETCH"
 
-    def __init__(self, topo: Topology) -> None:
-        key = os.urandom(32)
-        pub_id = SigningIdentity.generate("connector")
-        trust = TrustStore({"connector": pub_id.public_bytes()})
-        self.registry = CollectorRegistry()
+
+def _raw_queue_name(topo: Topology) -> str:
+    return f"{topo.prefix}.raw"
+
+
+# -- consumer process: what the security service does on receipt, and its raw twin -----------
+async def _consume() -> None:
+    """Consume both queues; one stdout line per handled message ("S"/"R" and its bytes) until
+    "STOP" arrives on stdin, then the rejection count."""
+    import aio_pika
+
+    topo = Topology().with_prefix(os.environ[_ENV_PREFIX])
+    key = bytes.fromhex(os.environ[_ENV_KEY])
+    trust = TrustStore({"connector": bytes.fromhex(os.environ[_ENV_TRUST])})
+    registry = CollectorRegistry()
+    bus = RabbitBus(AMQP_URL, service="security", topology=topo, declare=False)
+    await bus.start()
+    consumer = SecureEndpoint(
+        bus,
+        Sealer(KeyRing("k1", {"k1": key}), sender="security", trust=trust),
+        Metrics("security", registry),
+        "security",
+    )
+
+    def report(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    async def sealed(msg_type: Any, payload: Any, envelope: Any) -> None:
+        delta = payload.delta["w"]
+        report(f"S {delta.numel() * delta.element_size()}")
+
+    await consumer.subscribe(topo.queue("security").name, sealed)
+    conn = await aio_pika.connect_robust(AMQP_URL)
+    channel = await conn.channel()
+    await channel.set_qos(prefetch_count=int(os.environ[_ENV_PREFETCH]))
+    queue = await channel.declare_queue(_raw_queue_name(topo), passive=True)
+
+    async def raw(message: Any) -> None:
+        await message.ack()
+        report(f"R {len(message.body)}")
+
+    await queue.consume(raw)
+    report("READY")
+    while (await asyncio.to_thread(sys.stdin.readline)).strip() not in ("STOP", ""):
+        pass
+    rejected = 0.0
+    for metric in registry.collect():
+        if metric.name == "pdmfed_messages_rejected":
+            rejected += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+    report(f"REJECTED {rejected}")
+    await conn.close()
+    await bus.close()
+
+
+async def consume_raw_here(topo: Topology, counter: _Counter, prefetch: int) -> Any:
+    """A plain aio-pika consumer of the raw twin queue in this process (acks, counts); returns
+    its connection, to close."""
+    import aio_pika
+
+    conn = await aio_pika.connect_robust(AMQP_URL)
+    channel = await conn.channel()
+    await channel.set_qos(prefetch_count=prefetch)
+    queue = await channel.declare_queue(_raw_queue_name(topo), passive=True)
+
+    async def on_message(message: Any) -> None:
+        await message.ack()
+        await counter.hit(len(message.body))
+
+    await queue.consume(on_message)
+    return conn
+
+
+# -- producer process: publishers, timing ----------------------------------------------------
+class _Consumer:
+    """The consumer process and the counters its stdout lines feed."""
+
+    def __init__(self) -> None:
+        self.sealed = _Counter()
+        self.raw = _Counter()
+        self.rejected: float | None = None
+        self.proc: Any = None
+        self._reader: asyncio.Task | None = None
+
+    async def start(self, env: dict[str, str]) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.bench_broker",
+            "--consumer",
+            env={**os.environ, **env},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 120)
+        if line.strip() != b"READY":
+            raise RuntimeError(f"consumer process did not start: {line[:200]!r}")
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while line := await self.proc.stdout.readline():
+            kind, _, value = line.decode().strip().partition(" ")
+            if kind == "S":
+                await self.sealed.hit(int(value))
+            elif kind == "R":
+                await self.raw.hit(int(value))
+            elif kind == "REJECTED":
+                self.rejected = float(value)
+
+    async def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.returncode is None:
+            self.proc.stdin.write(b"STOP\n")
+            await self.proc.stdin.drain()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader is not None:
+            await self._reader
+
+
+class _Sealed:
+    """The connector's side: a SecureEndpoint publishing sealed update.raw messages."""
+
+    def __init__(self, topo: Topology, counter: _Counter) -> None:
+        self.key = os.urandom(32)
+        self.identity = SigningIdentity.generate("connector")
+        trust = TrustStore({"connector": self.identity.public_bytes()})
         self.pub_bus = RabbitBus(AMQP_URL, service="bench-producer", topology=topo)
-        self.con_bus = RabbitBus(AMQP_URL, service="security", topology=topo, declare=False)
         self.producer = SecureEndpoint(
             self.pub_bus,
-            Sealer(KeyRing("k1", {"k1": key}), sender="connector", identity=pub_id, trust=trust),
-            Metrics("bench-producer", self.registry),
+            Sealer(
+                KeyRing("k1", {"k1": self.key}),
+                sender="connector",
+                identity=self.identity,
+                trust=trust,
+            ),
+            Metrics("bench-producer", CollectorRegistry()),
             "bench-producer",
         )
-        self.consumer = SecureEndpoint(
-            self.con_bus,
-            Sealer(KeyRing("k1", {"k1": key}), sender="security", trust=trust),
-            Metrics("security", self.registry),
-            "security",
-        )
-        self.counter = _Counter()
-        self.queue = topo.queue("security").name
+        self.counter = counter
 
     async def start(self) -> None:
-        await self.pub_bus.start()
-        await self.con_bus.start()
-
-        async def handler(msg_type: Any, payload: Any, envelope: Any) -> None:
-            delta = payload.delta["w"]
-            await self.counter.hit(delta.numel() * delta.element_size())
-
-        await self.consumer.subscribe(self.queue, handler)
+        await self.pub_bus.start()  # declares the topology, the security queue included
 
     async def run_once(self, payload: dict, count: int) -> float:
         target = self.counter.count + count
@@ -110,50 +233,30 @@ class _Sealed:
         await self.counter.wait(target, RUN_TIMEOUT_S)
         return time.perf_counter() - start
 
-    def rejected(self) -> float:
-        total = 0.0
-        for metric in self.registry.collect():
-            if metric.name == "pdmfed_messages_rejected":
-                total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
-        return total
-
     async def close(self) -> None:
-        await self.con_bus.close()
         await self.pub_bus.close()
 
 
 class _Raw:
-    """Plain aio-pika: confirmed persistent mandatory publishes, manual acks, same queue."""
+    """Plain aio-pika: confirmed persistent mandatory publishes into a twin quorum queue."""
 
-    def __init__(self, topo: Topology, prefetch: int) -> None:
+    def __init__(self, topo: Topology, counter: _Counter) -> None:
         self.topo = topo
-        self.prefetch = prefetch
-        self.counter = _Counter()
+        self.counter = counter
 
     async def start(self) -> None:
         import aio_pika
 
         self.pub_conn = await aio_pika.connect_robust(AMQP_URL)
-        self.con_conn = await aio_pika.connect_robust(AMQP_URL)
         channel = await self.pub_conn.channel(publisher_confirms=True, on_return_raises=True)
         self.exchange = await channel.get_exchange(self.topo.exchange.name)
         # Its own quorum queue with the security queue's arguments, so the sealed consumer
         # never sees raw bytes (and vice versa).
         spec = self.topo.queue("security")
-        self.queue_name = f"{self.topo.prefix}.raw"
         declared = await channel.declare_queue(
-            self.queue_name, durable=True, arguments=spec.arguments()
+            _raw_queue_name(self.topo), durable=True, arguments=spec.arguments()
         )
         await declared.bind(self.exchange, RAW_KEY)
-        con_channel = await self.con_conn.channel()
-        await con_channel.set_qos(prefetch_count=self.prefetch)
-        queue = await con_channel.declare_queue(self.queue_name, passive=True)
-
-        async def on_message(message: Any) -> None:
-            await message.ack()
-            await self.counter.hit(len(message.body))
-
-        await queue.consume(on_message)
 
     async def run_once(self, body: bytes, count: int) -> float:
         import aio_pika
@@ -167,9 +270,8 @@ class _Raw:
         return time.perf_counter() - start
 
     async def close(self) -> None:
-        await self.con_conn.close()
         async with self.pub_conn.channel() as channel:
-            await channel.queue_delete(self.queue_name)
+            await channel.queue_delete(_raw_queue_name(self.topo))
         await self.pub_conn.close()
 
 
@@ -183,12 +285,21 @@ def _rates(times: list[float], count: int, size_mb: float) -> dict[str, Any]:
 
 async def _run(plan: dict) -> dict[str, Any]:
     topo = Topology().with_prefix(bench_prefix(NAME))
-    sealed = _Sealed(topo)
+    consumer = _Consumer()
+    sealed = _Sealed(topo, consumer.sealed)
     await sealed.start()
-    raw = _Raw(topo, prefetch=sealed.con_bus.prefetch_count)
+    raw = _Raw(topo, consumer.raw)
     await raw.start()
     rows = []
     try:
+        await consumer.start(
+            {
+                _ENV_KEY: sealed.key.hex(),
+                _ENV_TRUST: sealed.identity.public_bytes().hex(),
+                _ENV_PREFIX: topo.prefix,
+                _ENV_PREFETCH: str(sealed.pub_bus.prefetch_count),  # as RabbitBus sizes it
+            }
+        )
         for size_mb, count in plan["sizes"].items():
             size = int(size_mb * MB)
             payload = _payload(size)
@@ -214,15 +325,15 @@ async def _run(plan: dict) -> dict[str, Any]:
                 f" MB/s  ratio {row['ratio_sealed_vs_raw']:.2f}",
                 flush=True,
             )
-        rejected = sealed.rejected()
     finally:
+        await consumer.stop()
         await raw.close()
         await sealed.close()
         cleanup = RabbitBus(AMQP_URL, service="bench-cleanup", topology=topo, declare=False)
         await cleanup.start()
         await cleanup.delete_topology()
         await cleanup.close()
-    return {"rows": rows, "rejected": rejected, "topology_prefix": topo.prefix}
+    return {"rows": rows, "rejected": consumer.rejected, "topology_prefix": topo.prefix}
 
 
 def run(smoke: bool) -> dict[str, Any]:
@@ -253,7 +364,12 @@ def run(smoke: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: [--smoke] [--out FILE]."""
+    """Command line: [--smoke] [--out FILE]; --consumer runs the consumer process."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--consumer"]:
+        keep_freed_buffers()  # as every service process does at start
+        asyncio.run(_consume())
+        return 0
     return bench_main(NAME, run, __doc__, argv)
 
 

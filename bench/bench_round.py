@@ -98,18 +98,20 @@ async def _raw_broker_rate(size_bytes: int, count: int = 4, runs: int = 3) -> di
     from federation.bus.rabbitmq import RabbitBus
     from federation.bus.topology import Topology
 
-    from bench.bench_broker import _Raw
+    from bench.bench_broker import _Counter, _Raw, consume_raw_here
 
     topo = Topology().with_prefix(bench_prefix(f"{NAME}-floor"))
     declarer = RabbitBus(AMQP_URL, service="bench-floor", topology=topo)
     await declarer.start()
-    raw = _Raw(topo, prefetch=declarer.prefetch_count)
+    raw = _Raw(topo, _Counter())
     await raw.start()
+    consumer = await consume_raw_here(topo, raw.counter, declarer.prefetch_count)
     try:
         body = os.urandom(size_bytes)
         await raw.run_once(body, 1)
         times = [await raw.run_once(body, count) for _ in range(runs)]
     finally:
+        await consumer.close()
         await raw.close()
         await declarer.delete_topology()
         await declarer.close()

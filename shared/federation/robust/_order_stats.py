@@ -27,7 +27,7 @@ import numba
 import numpy as np
 from numba.typed import List
 
-__all__ = ["batcher_network", "sorted_range_mean", "warm_up", "REGISTER_MAX_N"]
+__all__ = ["batcher_network", "sorted_range_mean", "weighted_row_sum", "warm_up", "REGISTER_MAX_N"]
 
 #: Largest n served by a generated register kernel (compiling one takes ~0.3 s at n = 10, ~4 s
 #: at n = 64, once per machine: the code is cached on disk).
@@ -125,19 +125,20 @@ def _range_mean_kernel(rows, lo, hi, start, stop, block, out, nan_probe):  # pra
 
 
 # --- generated register kernels ------------------------------------------------------------
-_GENERATED_VERSION = 3
+_GENERATED_VERSION = 5
 #: (n, k) -> compiled kernel; k = the rows trimmed at each end for a symmetric range
-#: [k, n - k) (trimmed mean, median: network pruned, sum hard-wired), None for any range (full
-#: network, weighted sum).
-_generated: dict[tuple[int, int | None], Callable] = {}
+#: [k, n - k) (trimmed mean, median: network pruned, sum hard-wired), RANGE for any range (full
+#: network, weighted sum), SUM for a weighted sum without sorting (FedAvg).
+RANGE, SUM = -1, -2
+_generated: dict[tuple[int, int], Callable] = {}
 _generated_lock = threading.Lock()
 
 
-def _kernel_source(n: int, k: int | None, cache: bool = True) -> str:
+def _kernel_source(n: int, k: int, cache: bool = True) -> str:
     """Python source of the register kernel for n rows: load, network, sum of the range, store."""
     xs = [f"x{i}" for i in range(n)]
-    if k is None:
-        pairs, args = batcher_network(n), "rows, w, out"
+    if k in (RANGE, SUM):
+        pairs, args = (batcher_network(n) if k == RANGE else []), "rows, w, out"
         weights = [f"    w{i} = w[{i}]" for i in range(n)]
         total = " + ".join(f"w{i} * x{i}" for i in range(n))
     else:
@@ -157,9 +158,10 @@ def _kernel_source(n: int, k: int | None, cache: bool = True) -> str:
         "    for j in range(out.shape[0]):",
         *(f"        x{i} = r{i}[j]" for i in range(n)),
         # 0 for finite inputs, NaN as soon as one is NaN or infinite: it poisons the output
-        "        z = " + " + ".join(f"({x} - {x})" for x in xs),
+        # (a plain weighted sum needs no probe: every row it reads reaches the output)
+        *([] if k == SUM else ["        z = " + " + ".join(f"({x} - {x})" for x in xs)]),
         *(f"        x{a}, x{b} = min(x{a}, x{b}), max(x{a}, x{b})" for a, b in pairs),
-        f"        out[j] = {total} + z",
+        f"        out[j] = {total}" + ("" if k == SUM else " + z"),
         "",
     ]
     return "\n".join(lines)
@@ -176,8 +178,8 @@ def _generated_dir() -> Path | None:
     return path if os.access(path, os.W_OK) else None
 
 
-def _load_generated(n: int, k: int | None) -> Callable:
-    stem = f"network_{n}" if k is None else f"network_{n}_trim_{k}"
+def _load_generated(n: int, k: int) -> Callable:
+    stem = {RANGE: f"network_{n}", SUM: f"sum_{n}"}.get(k, f"network_{n}_trim_{k}")
     folder = _generated_dir()
     if folder is None:  # nowhere to cache: compile from memory, once per process
         namespace: dict = {}
@@ -199,7 +201,7 @@ def _load_generated(n: int, k: int | None) -> Callable:
     return module.kernel
 
 
-def _register_kernel(n: int, k: int | None) -> Callable:
+def _register_kernel(n: int, k: int) -> Callable:
     """The compiled register kernel for (n, k) (generated, then cached in-process and on disk)."""
     with _generated_lock:
         if (n, k) not in _generated:
@@ -215,6 +217,14 @@ def _allow_wide_runtime_checks() -> None:
     llvm.set_option("pdmfed", f"-runtime-memory-check-threshold={4 * REGISTER_MAX_N}")
 
 
+def _typed_rows(rows: Sequence[np.ndarray]) -> List:
+    """The rows as a numba typed list of writable C-contiguous arrays (what the kernels take)."""
+    typed = List()
+    for row in rows:
+        typed.append(row if row.flags.c_contiguous and row.flags.writeable else row.copy())
+    return typed
+
+
 def _register_range_mean(rows: List, start: int, stop: int) -> tuple[np.ndarray, bool]:
     n = len(rows)
     first = rows[0]
@@ -224,8 +234,27 @@ def _register_range_mean(rows: List, start: int, stop: int) -> tuple[np.ndarray,
     else:
         weights = np.zeros(n, dtype=first.dtype)  # summed in the rows' precision, like FedAvg
         weights[start:stop] = 1.0 / (stop - start)
-        _register_kernel(n, None)(rows, weights, out)
+        _register_kernel(n, RANGE)(rows, weights, out)
     # NaN when any input was NaN or infinite; the element-wise check only if the sum overflowed
+    return out, math.isfinite(float(out.sum())) or bool(np.isfinite(out).all())
+
+
+def weighted_row_sum(rows: Sequence[np.ndarray], weights: Sequence[float]) -> tuple[np.ndarray, bool] | None:
+    """sum_i weights[i] * rows[i] in one pass (n loads and one store per coordinate), in the rows'
+    precision, with (result, all_finite); None when the rows do not suit a register kernel
+    (more than REGISTER_MAX_N, mixed dtypes or lengths, not float32/float64)."""
+    n = len(rows)
+    if not 2 <= n <= REGISTER_MAX_N or len(weights) != n:
+        return None
+    first = rows[0]
+    if first.ndim != 1 or first.dtype not in (np.float32, np.float64):
+        return None
+    for row in rows:
+        if row.shape != first.shape or row.dtype != first.dtype:
+            return None
+    out = np.empty(first.shape[0], dtype=first.dtype)
+    if out.size:
+        _register_kernel(n, SUM)(_typed_rows(rows), np.asarray(weights, dtype=first.dtype), out)
     return out, math.isfinite(float(out.sum())) or bool(np.isfinite(out).all())
 
 
@@ -261,9 +290,7 @@ def sorted_range_mean(
     out = np.empty(d, dtype=first.dtype)
     if d == 0:
         return out, True
-    typed = List()
-    for row in rows:  # the kernel wants writable C-contiguous rows of a single array type
-        typed.append(row if row.flags.c_contiguous and row.flags.writeable else row.copy())
+    typed = _typed_rows(rows)
     if 2 <= n <= REGISTER_MAX_N:
         return _register_range_mean(typed, start, stop)
     lo, hi = _network_arrays(n, start, stop)
@@ -287,6 +314,7 @@ def warm_up(ns: Sequence[int] = WARM_UP_NS) -> None:
         _range_mean_kernel(rows, lo, hi, 1, 2, 4, np.empty(4, dtype=dtype), np.zeros(4, dtype=dtype))
     for n in ns:  # the median and the trimmed mean at 10% (one row per end from 5 rows up)
         if 2 <= n <= REGISTER_MAX_N:
-            rows = List([np.zeros(4, dtype=np.float32)] * n)
+            rows = _typed_rows([np.zeros(4, dtype=np.float32)] * n)
             for k in {(n - 1) // 2, math.ceil(n / 10) if n >= 5 else 0}:
                 _register_range_mean(rows, k, n - k)
+            weighted_row_sum(rows, [1.0 / n] * n)  # FedAvg, Multi-Krum's average

@@ -106,7 +106,7 @@ def test_when_a_register_kernel_is_generated__it_is_kept_on_disk_and_in_memory(t
     kernel = order_stats._generated[(3, 1)]
     out, _ = sorted_range_mean(list(x), 0, 2)  # not symmetric: the full network, weighted sum
     np.testing.assert_allclose(out, (x[1] + x[2]) / 2)
-    assert (3, None) in order_stats._generated
+    assert (3, order_stats.RANGE) in order_stats._generated
     assert len(list(tmp_path.glob("pdmfed-networks-v*/network_3*.py"))) == 2
     sorted_range_mean(list(x), 1, 2)
     assert order_stats._generated[(3, 1)] is kernel  # compiled once per process
@@ -258,3 +258,42 @@ def test_when_a_service_warms_up__both_kernel_signatures_are_ready():
     warm_up(ns=(2, 5))
     assert len(_range_mean_kernel.signatures) >= 2  # float32 and float64 rows
     assert {(2, 0), (5, 2), (5, 1)} <= set(order_stats._generated)  # medians, trimmed at 10%
+    assert {(2, order_stats.SUM), (5, order_stats.SUM)} <= set(order_stats._generated)  # FedAvg
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [2, 3, 7, 10, 33])
+def test_when_rows_are_weighted_and_summed_in_one_pass__it_equals_numpys_sum(n, dtype):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 1001)).astype(dtype)
+    w = rng.random(n)
+    out, finite = order_stats.weighted_row_sum(list(x), list(w))
+    assert finite and out.dtype == dtype
+    np.testing.assert_allclose(out, (w[:, None] * x.astype(np.float64)).sum(axis=0), rtol=1e-5, atol=1e-5)
+    x[n // 2, 500] = np.inf
+    assert order_stats.weighted_row_sum(list(x), list(w))[1] is False
+
+
+def test_when_rows_do_not_suit_a_register_kernel__the_weighted_sum_declines():
+    x = np.ones((3, 5), dtype=np.float32)
+    assert order_stats.weighted_row_sum([x[0]], [1.0]) is None  # one row: nothing to fuse
+    assert order_stats.weighted_row_sum([x[0], x[1].astype(np.float64)], [1.0, 1.0]) is None
+    assert order_stats.weighted_row_sum([x[0], x[1, :4]], [1.0, 1.0]) is None
+    assert order_stats.weighted_row_sum([np.ones(5, np.int64)] * 2, [1.0, 1.0]) is None
+    many = [x[0]] * (order_stats.REGISTER_MAX_N + 1)
+    assert order_stats.weighted_row_sum(many, [1.0] * len(many)) is None
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_when_fedavg_gives_a_nan_update_zero_weight__the_others_still_aggregate(fused, monkeypatch):
+    from federation.robust import aggregators
+
+    monkeypatch.setattr(aggregators, "FUSED_SUM_MIN_ELEMENTS", 1 if fused else 10**9)
+    g = torch.Generator().manual_seed(8)
+    ups = [{"w": torch.randn(300, generator=g)} for _ in range(4)]
+    ups[2]["w"][7] = float("nan")
+    got = FedAvg().aggregate(ups, [1.0, 3.0, 0.0, 2.0])["w"]
+    want = (ups[0]["w"] + 3 * ups[1]["w"] + 2 * ups[3]["w"]) / 6
+    torch.testing.assert_close(got, want)
+    with pytest.raises(RobustnessError, match="NaN or Inf"):
+        FedAvg().aggregate(ups, [1.0, 3.0, 1.0, 2.0])
