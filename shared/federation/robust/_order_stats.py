@@ -168,14 +168,28 @@ def _kernel_source(n: int, k: int, cache: bool = True) -> str:
 
 
 def _generated_dir() -> Path | None:
-    """A writable directory for the generated modules (numba caches their machine code beside them)."""
-    base = os.environ.get("NUMBA_CACHE_DIR") or tempfile.gettempdir()
-    path = Path(base) / f"pdmfed-networks-v{_GENERATED_VERSION}"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return path if os.access(path, os.W_OK) else None
+    """This user's directory for the generated modules (numba caches their machine code beside
+    them): under NUMBA_CACHE_DIR, else the user's cache dir, else a per-user temp dir. Code is
+    imported from it, so it must belong to this user and be writable by no one else; None when
+    no such directory can be had (the kernels are then compiled from memory)."""
+    name = f"pdmfed-networks-v{_GENERATED_VERSION}"
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    candidates = [
+        os.environ.get("NUMBA_CACHE_DIR"),
+        os.environ.get("XDG_CACHE_HOME") or (os.path.expanduser("~/.cache") if "HOME" in os.environ else None),
+        os.path.join(tempfile.gettempdir(), f"pdmfed-{uid}"),
+    ]
+    for base in filter(None, candidates):
+        path = Path(base) / name
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = path.stat()
+        except OSError:
+            continue
+        private = (uid is None or st.st_uid == uid) and not st.st_mode & 0o022
+        if private and os.access(path, os.W_OK):
+            return path
+    return None
 
 
 def _load_generated(n: int, k: int) -> Callable:

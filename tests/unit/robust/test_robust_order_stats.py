@@ -112,6 +112,17 @@ def test_when_a_register_kernel_is_generated__it_is_kept_on_disk_and_in_memory(t
     assert order_stats._generated[(3, 1)] is kernel  # compiled once per process
 
 
+def test_when_a_cache_directory_is_writable_by_others__generated_code_is_not_kept_there(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    (shared / f"pdmfed-networks-v{order_stats._GENERATED_VERSION}").mkdir(parents=True)
+    (shared / f"pdmfed-networks-v{order_stats._GENERATED_VERSION}").chmod(0o777)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(shared))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "mine"))
+    got = order_stats._generated_dir()
+    assert got == tmp_path / "mine" / f"pdmfed-networks-v{order_stats._GENERATED_VERSION}"
+    assert got.stat().st_mode & 0o077 == 0  # created private
+
+
 def test_when_no_directory_is_writable__the_kernel_is_compiled_from_memory(monkeypatch):
     monkeypatch.setattr(order_stats, "_generated_dir", lambda: None)
     monkeypatch.setattr(order_stats, "_generated", {})

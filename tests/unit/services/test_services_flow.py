@@ -140,3 +140,12 @@ async def test_when_a_round_completes__the_model_crosses_the_broker_once_in_roun
     assert len(sizes["model.global"]) == len(sizes["round.completed"]) == 2
     assert min(sizes["round.completed"]) > model_bytes
     assert max(sizes["model.global"]) < 4096  # the version announcement, no weights
+
+
+def test_when_only_some_services_run_in_process__a_broker_is_required_and_names_are_checked(settings):
+    with pytest.raises(ValueError, match="unknown service"):
+        EmbeddedFederation(settings, services=("connector", "scheduler"))
+    with pytest.raises(ValueError, match="needs a broker"):
+        EmbeddedFederation(settings, services=("connector",))
+    rabbit = settings.model_copy(update={"amqp_url": "amqp://guest:guest@127.0.0.1:5672/"})
+    assert EmbeddedFederation(rabbit, services=("connector",)).services == ("connector",)
