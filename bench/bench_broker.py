@@ -333,6 +333,8 @@ async def _run(plan: dict) -> dict[str, Any]:
         await cleanup.start()
         await cleanup.delete_topology()
         await cleanup.close()
+    if consumer.rejected is None:
+        raise RuntimeError(f"the consumer process ended without its report (exit {consumer.proc.returncode})")
     return {"rows": rows, "rejected": consumer.rejected, "topology_prefix": topo.prefix}
 
 
