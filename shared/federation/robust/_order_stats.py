@@ -1,10 +1,11 @@
 """Coordinate-wise order statistics (trimmed mean, median) of n client rows by compiled sorting networks.
 
-Up to ``REGISTER_MAX_N`` rows, a kernel generated for that n reads each coordinate's n values
-into registers, runs Batcher's odd-even merge network on them as straight-line min/max code and
-stores one weighted sum: the compiler vectorises the loop over coordinates, so every
-compare-exchange is one SIMD min and max on registers, and memory sees n loads and one store
-per coordinate. Beyond that (spills would dominate, compiling takes minutes), each block of
+For a symmetric range [k, n - k) (trimmed mean, median) of up to ``REGISTER_MAX_N`` rows, a
+kernel generated for (n, k) reads each coordinate's n values into registers, runs Batcher's
+odd-even merge network (pruned to the range) on them as straight-line min/max code and stores
+the range's mean: the compiler vectorises the loop over coordinates, so every compare-exchange
+is one SIMD min and max on registers, and memory sees n loads and one store per coordinate.
+For more rows (spills would dominate, compiling takes minutes) or any other range, each block of
 coordinates is gathered from the n rows into a cache-sized buffer and the network runs down the
 client axis as min/max over whole buffer rows. Either way the work is branch-free and SIMD
 across coordinates, unlike a per-coordinate sort.
@@ -125,11 +126,11 @@ def _range_mean_kernel(rows, lo, hi, start, stop, block, out, nan_probe):  # pra
 
 
 # --- generated register kernels ------------------------------------------------------------
-_GENERATED_VERSION = 5
+_GENERATED_VERSION = 6
 #: (n, k) -> compiled kernel; k = the rows trimmed at each end for a symmetric range
-#: [k, n - k) (trimmed mean, median: network pruned, sum hard-wired), RANGE for any range (full
-#: network, weighted sum), SUM for a weighted sum without sorting (FedAvg).
-RANGE, SUM = -1, -2
+#: [k, n - k) (trimmed mean, median: network pruned, sum hard-wired), or SUM for a weighted sum
+#: without sorting (FedAvg). Other ranges take the blocked kernel.
+SUM = -1
 _generated: dict[tuple[int, int], Callable] = {}
 _generated_lock = threading.Lock()
 
@@ -137,8 +138,8 @@ _generated_lock = threading.Lock()
 def _kernel_source(n: int, k: int, cache: bool = True) -> str:
     """Python source of the register kernel for n rows: load, network, sum of the range, store."""
     xs = [f"x{i}" for i in range(n)]
-    if k in (RANGE, SUM):
-        pairs, args = (batcher_network(n) if k == RANGE else []), "rows, w, out"
+    if k == SUM:
+        pairs, args = [], "rows, w, out"
         weights = [f"    w{i} = w[{i}]" for i in range(n)]
         total = " + ".join(f"w{i} * x{i}" for i in range(n))
     else:
@@ -193,7 +194,7 @@ def _generated_dir() -> Path | None:
 
 
 def _load_generated(n: int, k: int) -> Callable:
-    stem = {RANGE: f"network_{n}", SUM: f"sum_{n}"}.get(k, f"network_{n}_trim_{k}")
+    stem = f"sum_{n}" if k == SUM else f"network_{n}_trim_{k}"
     folder = _generated_dir()
     if folder is None:  # nowhere to cache: compile from memory, once per process
         namespace: dict = {}
@@ -239,18 +240,18 @@ def _typed_rows(rows: Sequence[np.ndarray]) -> List:
     return typed
 
 
-def _register_range_mean(rows: List, start: int, stop: int) -> tuple[np.ndarray, bool]:
-    n = len(rows)
+def _finite(out: np.ndarray) -> bool:
+    """No NaN/Inf in a register kernel's output (a non-finite input poisons its coordinate):
+    one sum, and the element-wise check only when the sum itself overflowed."""
+    return math.isfinite(float(out.sum())) or bool(np.isfinite(out).all())
+
+
+def _register_trimmed_mean(rows: List, k: int) -> tuple[np.ndarray, bool]:
+    """Mean of the sorted positions [k, n - k) of the rows, by the register kernel for (n, k)."""
     first = rows[0]
     out = np.empty(first.shape[0], dtype=first.dtype)  # numpy's allocation: huge pages when large
-    if start + stop == n:  # symmetric: trimmed mean, median
-        _register_kernel(n, start)(rows, out)
-    else:
-        weights = np.zeros(n, dtype=first.dtype)  # summed in the rows' precision, like FedAvg
-        weights[start:stop] = 1.0 / (stop - start)
-        _register_kernel(n, RANGE)(rows, weights, out)
-    # NaN when any input was NaN or infinite; the element-wise check only if the sum overflowed
-    return out, math.isfinite(float(out.sum())) or bool(np.isfinite(out).all())
+    _register_kernel(len(rows), k)(rows, out)
+    return out, _finite(out)
 
 
 def weighted_row_sum(rows: Sequence[np.ndarray], weights: Sequence[float]) -> tuple[np.ndarray, bool] | None:
@@ -269,7 +270,7 @@ def weighted_row_sum(rows: Sequence[np.ndarray], weights: Sequence[float]) -> tu
     out = np.empty(first.shape[0], dtype=first.dtype)
     if out.size:
         _register_kernel(n, SUM)(_typed_rows(rows), np.asarray(weights, dtype=first.dtype), out)
-    return out, math.isfinite(float(out.sum())) or bool(np.isfinite(out).all())
+    return out, _finite(out)
 
 
 def _block_columns(n: int, itemsize: int) -> int:
@@ -305,8 +306,8 @@ def sorted_range_mean(
     if d == 0:
         return out, True
     typed = _typed_rows(rows)
-    if 2 <= n <= REGISTER_MAX_N:
-        return _register_range_mean(typed, start, stop)
+    if 2 <= n <= REGISTER_MAX_N and start + stop == n:  # symmetric: trimmed mean, median
+        return _register_trimmed_mean(typed, start)
     lo, hi = _network_arrays(n, start, stop)
     block = min(_block_columns(n, first.itemsize), d)
     probe = np.zeros(block, dtype=first.dtype)
@@ -330,5 +331,5 @@ def warm_up(ns: Sequence[int] = WARM_UP_NS) -> None:
         if 2 <= n <= REGISTER_MAX_N:
             rows = _typed_rows([np.zeros(4, dtype=np.float32)] * n)
             for k in {(n - 1) // 2, math.ceil(n / 10) if n >= 5 else 0}:
-                _register_range_mean(rows, k, n - k)
+                _register_trimmed_mean(rows, k)
             weighted_row_sum(rows, [1.0 / n] * n)  # FedAvg, Multi-Krum's average
