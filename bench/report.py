@@ -142,7 +142,10 @@ def _aggregation(doc: dict | None) -> list[str]:
         "",
         "Milliseconds per call, median (min–max) ×runs; one warm-up call first, then at least 5"
         " calls and more (up to 200) until 0.2 s is sampled, fewer when one call is slow (×runs"
-        " says how many), the same rule on both sides. Identical inputs on both sides (digest"
+        " says how many), the same rule on both sides. Our warm-up call is never a measurement:"
+        " it may compile a kernel for a new cohort size (once per machine; the slowest such first"
+        f" call here: {_first_call(doc)}); Flower's numpy compiles nothing, and its slow first"
+        " call is reused as its measurement. Identical inputs on both sides (digest"
         f" compared). Ours with torch threads = {doc.get('torch_threads', '?')}; Flower's numpy"
         " code is single-threaded. Speed-up = Flower time / our time; target ≥"
         f" {t['speedup_vs_flower_min']}×. Trimmed mean / plain mean target ≤"
@@ -179,6 +182,21 @@ def _aggregation(doc: dict | None) -> list[str]:
     if doc.get("flower_error"):
         lines += ["", f"Flower not measured: {doc['flower_error']}"]
     return [*lines, ""]
+
+
+def _first_call(doc: dict) -> str:
+    """The slowest first (warm-up) call of our rules, and its cell."""
+    worst = max(
+        (
+            (row.get("first_call_s", 0.0), c["n"], c["d"], rule)
+            for c in doc["cells"]
+            for rule, row in c["ours"].items()
+        ),
+        default=None,
+    )
+    if worst is None or worst[0] == 0.0:
+        return "not recorded"
+    return f"{worst[0]:.1f} s, {worst[3]} at n = {worst[1]}, d = {worst[2]:,}"
 
 
 def _round(doc: dict | None) -> list[str]:

@@ -197,3 +197,25 @@ def test_when_round_time_grows_as_a_power_of_clients__the_fit_recovers_the_expon
     assert loglog_slope(xs, [7.0 for _ in xs]) == pytest.approx(0.0)
     with pytest.raises(ValueError):
         loglog_slope([10], [1.0])
+
+
+def test_when_the_first_call_is_slow__it_is_reported_apart_and_never_the_measurement():
+    """A first call that compiles a kernel (numba) must not become a cell's only figure."""
+    import time
+
+    from bench._util import timed_adaptive
+
+    calls = []
+
+    def compiles_then_fast() -> int:
+        calls.append(1)
+        time.sleep(0.3 if len(calls) == 1 else 0.001)
+        return len(calls)
+
+    row, last = timed_adaptive(compiles_then_fast, runs=5, budget_s=0.1)
+    assert row["first_call_s"] >= 0.3
+    assert row["median_s"] < 0.1 and row["max_s"] < 0.3
+    assert row["runs"] >= 5 and last == len(calls)
+
+    slow, _ = timed_adaptive(lambda: time.sleep(0.05), runs=5, budget_s=0.01)
+    assert slow["runs"] == 1 and slow["median_s"] >= 0.05 and slow["first_call_s"] >= 0.05

@@ -254,12 +254,26 @@ def _register_trimmed_mean(rows: List, k: int) -> tuple[np.ndarray, bool]:
     return out, _finite(out)
 
 
+def _row_groups(n: int) -> list[tuple[int, int]]:
+    """[start, stop) of the fewest near-equal groups of at most REGISTER_MAX_N rows (so a cohort
+    of any size needs at most two kernel sizes)."""
+    count = -(-n // REGISTER_MAX_N)
+    base, extra = divmod(n, count)
+    bounds, start = [], 0
+    for i in range(count):
+        stop = start + base + (i < extra)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
 def weighted_row_sum(rows: Sequence[np.ndarray], weights: Sequence[float]) -> tuple[np.ndarray, bool] | None:
-    """sum_i weights[i] * rows[i] in one pass (n loads and one store per coordinate), in the rows'
+    """sum_i weights[i] * rows[i], reading each row once (n loads and one store per coordinate;
+    above REGISTER_MAX_N rows, one pass per group of rows added into the first), in the rows'
     precision, with (result, all_finite); None when the rows do not suit a register kernel
-    (more than REGISTER_MAX_N, mixed dtypes or lengths, not float32/float64)."""
+    (one row, mixed dtypes or lengths, not float32/float64)."""
     n = len(rows)
-    if not 2 <= n <= REGISTER_MAX_N or len(weights) != n:
+    if n < 2 or len(weights) != n or REGISTER_MAX_N < 2:
         return None
     first = rows[0]
     if first.ndim != 1 or first.dtype not in (np.float32, np.float64):
@@ -267,9 +281,18 @@ def weighted_row_sum(rows: Sequence[np.ndarray], weights: Sequence[float]) -> tu
     for row in rows:
         if row.shape != first.shape or row.dtype != first.dtype:
             return None
+    w = np.asarray(weights, dtype=first.dtype)
     out = np.empty(first.shape[0], dtype=first.dtype)
-    if out.size:
-        _register_kernel(n, SUM)(_typed_rows(rows), np.asarray(weights, dtype=first.dtype), out)
+    part = np.empty_like(out) if n > REGISTER_MAX_N else out
+    for i, (start, stop) in enumerate(_row_groups(n) if out.size else []):
+        target = out if i == 0 else part
+        if stop - start == 1:
+            np.multiply(rows[start], w[start], out=target)
+        else:
+            kernel = _register_kernel(stop - start, SUM)
+            kernel(_typed_rows(rows[start:stop]), w[start:stop], target)
+        if i > 0:
+            np.add(out, part, out=out)
     return out, _finite(out)
 
 

@@ -221,7 +221,7 @@ FUSED_SUM_MIN_ELEMENTS = 1 << 18
 
 def weighted_sum(updates: Sequence[Update], w: Sequence[float], spec: _Spec) -> dict[str, torch.Tensor]:
     """Sum of w_i * update_i per tensor (no [n, d] matrix); checked finite. A large CPU tensor
-    with up to REGISTER_MAX_N terms is summed in one compiled pass that reads each input once;
+    is summed by compiled passes that read each input once (one pass per REGISTER_MAX_N terms);
     otherwise the sum accumulates in place, term by term.
 
     A NaN/Inf in any input with a non-zero weight makes the sum non-finite, so checking the

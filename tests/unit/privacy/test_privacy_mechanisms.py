@@ -141,3 +141,15 @@ def test_when_central_dp_fedavg_gets_no_updates_or_mismatched_shapes__it_raises_
 def test_when_global_norm_is_taken__it_matches_the_hand_computed_value():
     u = {"a": torch.ones(4), "b": torch.full((2, 2), 2.0)}
     assert global_l2_norm(u) == pytest.approx(math.sqrt(4 + 16))
+
+
+def test_when_a_tensor_spans_many_float64_pieces__the_norm_equals_a_whole_float64_sum():
+    from federation.privacy import mechanisms
+
+    gen = torch.Generator().manual_seed(7)
+    big = torch.randn(3 * mechanisms.NORM_PIECE_ELEMENTS + 123, generator=gen) * 1e3
+    update = {"w": big.reshape(-1, 1), "b": torch.ones(5), "n": torch.tensor([7])}
+    expected = math.sqrt(float((big.double() ** 2).sum()) + 5.0)
+    assert global_l2_norm(update) == pytest.approx(expected, rel=1e-12)
+    big[-1] = float("nan")
+    assert math.isnan(global_l2_norm({"w": big}))

@@ -291,8 +291,25 @@ def test_when_rows_do_not_suit_a_register_kernel__the_weighted_sum_declines():
     assert order_stats.weighted_row_sum([x[0], x[1].astype(np.float64)], [1.0, 1.0]) is None
     assert order_stats.weighted_row_sum([x[0], x[1, :4]], [1.0, 1.0]) is None
     assert order_stats.weighted_row_sum([np.ones(5, np.int64)] * 2, [1.0, 1.0]) is None
-    many = [x[0]] * (order_stats.REGISTER_MAX_N + 1)
-    assert order_stats.weighted_row_sum(many, [1.0] * len(many)) is None
+
+
+@pytest.mark.parametrize(("max_n", "n"), [(4, 5), (4, 9), (4, 12), (2, 3), (12, 40)])
+def test_when_more_rows_than_a_kernel_takes_are_summed__groups_of_rows_add_up_to_numpys_sum(
+    max_n, n, monkeypatch
+):
+    monkeypatch.setattr(order_stats, "REGISTER_MAX_N", max_n)
+    groups = order_stats._row_groups(n)
+    assert groups[0][0] == 0 and groups[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(groups, groups[1:], strict=False))
+    assert max(b - a for a, b in groups) <= max_n and len(groups) == -(-n // max_n)
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 1001)).astype(np.float32)
+    w = rng.random(n)
+    out, finite = order_stats.weighted_row_sum(list(x), list(w))
+    assert finite and out.dtype == np.float32
+    np.testing.assert_allclose(out, (w[:, None] * x.astype(np.float64)).sum(axis=0), rtol=1e-5, atol=1e-5)
+    x[n - 1, 7] = np.nan  # in the last group: the added parts carry it
+    assert order_stats.weighted_row_sum(list(x), list(w))[1] is False
 
 
 @pytest.mark.parametrize("fused", [True, False])
