@@ -50,7 +50,9 @@ def _big(seed: float) -> dict:
     return {"delta": {"w": torch.full((200_000,), seed)}}  # 800 KB: above BLOB_MIN_BYTES
 
 
-def _blob_files(path):
+def _blob_files(path, store=None):
+    if store is not None:
+        store.settle()  # dropped files are unlinked on a background thread
     return sorted(p.name for p in (path.parent / (path.name + ".blobs")).iterdir())
 
 
@@ -64,14 +66,14 @@ def test_when_big_values_are_stored__they_live_in_files_that_follow_the_transact
     first = set(_blob_files(path))
     with store.transaction() as tx:
         tx.put("update/a", _big(3.0))  # overwrite: the old file goes once this commits
-    assert len(_blob_files(path)) == 2 and len(first - set(_blob_files(path))) == 1
+    assert len(_blob_files(path, store)) == 2 and len(first - set(_blob_files(path))) == 1
     assert float(store.read("update/a")["delta"]["w"][0]) == 3.0
     (item,) = store.pending_outbox()
     assert float(item.payload["delta"]["w"][-1]) == 2.0
     store.outbox_done(item.id)
     with store.transaction() as tx:
         tx.delete("update/a")
-    assert _blob_files(path) == []
+    assert _blob_files(path, store) == []
 
 
 def test_when_a_transaction_with_big_values_rolls_back__no_file_and_the_old_value_stay(tmp_path):
@@ -86,7 +88,7 @@ def test_when_a_transaction_with_big_values_rolls_back__no_file_and_the_old_valu
             tx.delete("k")
             tx.emit("x", _big(6.0))
             raise RuntimeError("crash before commit")
-    assert _blob_files(path) == before
+    assert _blob_files(path, store) == before
     assert float(store.read("k")["delta"]["w"][0]) == 1.0 and store.pending_outbox() == []
 
 
@@ -172,3 +174,30 @@ def test_when_a_transaction_with_emits_rolls_back__nothing_is_cached(tmp_path):
             raise RuntimeError("crash")
     assert store._emitted == {} and store.pending_outbox_heads() == []
 
+
+
+def test_when_a_commit_drops_big_values__their_files_are_unlinked_off_the_committing_thread(
+    tmp_path, monkeypatch
+):
+    import pathlib
+    import threading
+
+    unlinked_on: list[str] = []
+    real_unlink = pathlib.Path.unlink
+
+    def recording_unlink(self, missing_ok=False):
+        unlinked_on.append(threading.current_thread().name)
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", recording_unlink)
+    path = tmp_path / "s.sqlite"
+    store = ServiceStore(path)
+    with store.transaction() as tx:
+        tx.put("a", _big(1.0))
+        tx.put("b", _big(2.0))
+    with store.transaction() as tx:
+        tx.delete("a")
+        tx.delete("b")
+    store.close()  # waits for the pending unlinks
+    assert _blob_files(path) == []
+    assert unlinked_on == ["pdmfed-blob-unlink"] * 2
