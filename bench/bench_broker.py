@@ -275,6 +275,50 @@ class _Raw:
         await self.pub_conn.close()
 
 
+class _CpuMeter:
+    """CPU seconds (user + system) used by the publisher (this process), the consumer process
+    and the local RabbitMQ node (beam.smp), read around each timed run."""
+
+    ROLES = ("publisher", "consumer", "broker")
+
+    def __init__(self, consumer_pid: int) -> None:
+        import psutil
+
+        self._procs = {
+            "publisher": [psutil.Process()],
+            "consumer": [psutil.Process(consumer_pid)],
+            "broker": [
+                p for p in psutil.process_iter(["name"]) if p.info["name"] == "beam.smp"
+            ],
+        }
+
+    @property
+    def sees_broker(self) -> bool:
+        """False when RabbitMQ runs elsewhere (its CPU is then not counted)."""
+        return bool(self._procs["broker"])
+
+    def read(self) -> dict[str, float]:
+        out = {}
+        for role, procs in self._procs.items():
+            total = 0.0
+            for proc in procs:
+                try:
+                    t = proc.cpu_times()
+                except Exception:  # noqa: BLE001 - a vanished process adds nothing
+                    continue
+                total += t.user + t.system
+            out[role] = total
+        return out
+
+
+def _cpu_per_update(spent: dict[str, float], updates: int, wall_s: float) -> dict[str, Any]:
+    """CPU milliseconds per update by role, and how busy the machine's cores were."""
+    row: dict[str, Any] = {role: 1e3 * spent[role] / updates for role in _CpuMeter.ROLES}
+    row["total"] = sum(row[role] for role in _CpuMeter.ROLES)
+    row["cores_busy"] = sum(spent.values()) / wall_s
+    return row
+
+
 def _rates(times: list[float], count: int, size_mb: float) -> dict[str, Any]:
     row: dict[str, Any] = summary(times)
     row["updates_per_s"] = count / row["median_s"]
@@ -300,6 +344,7 @@ async def _run(plan: dict) -> dict[str, Any]:
                 _ENV_PREFETCH: str(sealed.pub_bus.prefetch_count),  # as RabbitBus sizes it
             }
         )
+        meter = _CpuMeter(consumer.proc.pid)
         for size_mb, count in plan["sizes"].items():
             size = int(size_mb * MB)
             payload = _payload(size)
@@ -307,22 +352,42 @@ async def _run(plan: dict) -> dict[str, Any]:
             # warm-up both paths once, then alternate runs so drift hits both alike
             await raw.run_once(body, 1)
             await sealed.run_once(payload, 1)
-            raw_t, sealed_t = [], []
+            times: dict[str, list[float]] = {"raw": [], "sealed": []}
+            spent = {kind: dict.fromkeys(_CpuMeter.ROLES, 0.0) for kind in times}
             for _ in range(plan["runs"]):
-                raw_t.append(await raw.run_once(body, count))
-                sealed_t.append(await sealed.run_once(payload, count))
+                for kind, run_once, item in (("raw", raw.run_once, body), ("sealed", sealed.run_once, payload)):
+                    before = meter.read()
+                    times[kind].append(await run_once(item, count))
+                    after = meter.read()
+                    for role in _CpuMeter.ROLES:
+                        spent[kind][role] += after[role] - before[role]
             row = {
                 "size_mb": size_mb,
                 "updates_per_run": count,
-                "sealed": _rates(sealed_t, count, size_mb),
-                "raw": _rates(raw_t, count, size_mb),
+                "sealed": _rates(times["sealed"], count, size_mb),
+                "raw": _rates(times["raw"], count, size_mb),
             }
             row["ratio_sealed_vs_raw"] = row["sealed"]["mb_per_s"] / row["raw"]["mb_per_s"]
+            if meter.sees_broker and all(sum(spent[k].values()) > 0 for k in spent):
+                updates = count * plan["runs"]
+                cpu = {k: _cpu_per_update(spent[k], updates, sum(times[k])) for k in times}
+                row["cpu_ms_per_update"] = cpu
+                # With every core busy, throughput is CPU per update over the cores: the ratio
+                # then cannot exceed raw's CPU per update over sealed's.
+                row["cpu_bound_ratio"] = cpu["raw"]["total"] / cpu["sealed"]["total"]
             rows.append(row)
+            cpu_note = ""
+            if "cpu_ms_per_update" in row:
+                c = row["cpu_ms_per_update"]
+                cpu_note = (
+                    f"  CPU ms/update raw {c['raw']['total']:.1f} sealed {c['sealed']['total']:.1f}"
+                    f" (cores busy {c['raw']['cores_busy']:.1f}/{c['sealed']['cores_busy']:.1f},"
+                    f" CPU-bound ratio {row['cpu_bound_ratio']:.2f})"
+                )
             print(
                 f"{size_mb:>6} MB x{count:<3} sealed {row['sealed']['mb_per_s']:7.1f} MB/s"
                 f" ({row['sealed']['updates_per_s']:6.1f}/s)  raw {row['raw']['mb_per_s']:7.1f}"
-                f" MB/s  ratio {row['ratio_sealed_vs_raw']:.2f}",
+                f" MB/s  ratio {row['ratio_sealed_vs_raw']:.2f}{cpu_note}",
                 flush=True,
             )
     finally:
@@ -348,7 +413,10 @@ def run(smoke: bool) -> dict[str, Any]:
         " completion (sealed: after every check and the typed-payload handler; raw: after ack)."
         " Sealed bodies over 8 MiB are chunked (separately sealed chunks); raw sends one"
         " message per update into a twin quorum queue (same arguments). Quorum queues, persistent messages, publisher confirms,"
-        " prefetch as RabbitBus sizes it.",
+        " prefetch as RabbitBus sizes it. CPU: user+system seconds of the publisher, the"
+        " consumer process and the local RabbitMQ node (beam.smp) over the timed runs, per update;"
+        " cpu_bound_ratio = raw's CPU per update / sealed's, the ratio's cap when every core is"
+        " busy.",
         "targets": {"ratio_sealed_vs_raw_min_for_1mb_plus": 0.8},
     }
     if reason is not None:

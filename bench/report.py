@@ -116,16 +116,30 @@ def _broker(doc: dict | None) -> list[str]:
         " kind of quorum queue; both publish from the bench process and consume in one separate"
         " process (as connector and security do), concurrently; median of 5 runs (min–max).",
         "",
+        "CPU ms per update: user + system time of publisher + consumer + RabbitMQ node over the"
+        " timed runs. CPU-bound cap = raw's CPU per update / sealed's: the ratio a run would show"
+        " if every core were busy (cores busy = CPU seconds per wall second, raw / sealed).",
+        "",
         f"| size MB | updates/run | sealed MB/s | sealed updates/s | raw MB/s | raw updates/s |"
-        f" sealed / raw (≥ {target} for ≥ 1 MB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        f" sealed / raw (≥ {target} for ≥ 1 MB) | CPU ms/update raw → sealed | cores busy |"
+        " CPU-bound cap |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["rows"]:
         ok = r["ratio_sealed_vs_raw"] >= target if r["size_mb"] >= 1 else None
+        cpu = r.get("cpu_ms_per_update")
+        cpu_cells = (
+            f" {cpu['raw']['total']:.1f} → {cpu['sealed']['total']:.1f}"
+            f" | {cpu['raw']['cores_busy']:.1f} / {cpu['sealed']['cores_busy']:.1f}"
+            f" | {r['cpu_bound_ratio']:.2f} |"
+            if cpu
+            else " – | – | – |"
+        )
         lines.append(
             f"| {r['size_mb']:g} | {r['updates_per_run']} | {_rate(r['sealed'])}"
             f" | {r['sealed']['updates_per_s']:,.1f} | {_rate(r['raw'])}"
             f" | {r['raw']['updates_per_s']:,.1f} | {r['ratio_sealed_vs_raw']:.2f} {_met(ok)} |"
+            + cpu_cells
         )
     lines += ["", f"Rejected messages during the run: {doc.get('rejected', 0):g}."]
     return [*lines, ""]

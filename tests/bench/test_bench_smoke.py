@@ -100,6 +100,12 @@ def test_when_broker_runs_in_smoke__sealed_and_raw_rates_are_measured(tmp_path, 
         assert row[path]["runs"] == 5
     assert _positive(row["ratio_sealed_vs_raw"])
     assert doc["rejected"] == 0
+    if "cpu_ms_per_update" in row:  # RabbitMQ runs on this machine: its CPU is counted too
+        for path in ("sealed", "raw"):
+            cpu = row["cpu_ms_per_update"][path]
+            assert _positive(cpu["total"]) and cpu["cores_busy"] >= 0
+            assert cpu["total"] == pytest.approx(sum(cpu[r] for r in ("publisher", "consumer", "broker")))
+        assert _positive(row["cpu_bound_ratio"])
 
 
 def _check_round_row(row: dict) -> None:
