@@ -225,3 +225,25 @@ def test_when_the_first_call_is_slow__it_is_reported_apart_and_never_the_measure
 
     slow, _ = timed_adaptive(lambda: time.sleep(0.05), runs=5, budget_s=0.01)
     assert slow["runs"] == 1 and slow["median_s"] >= 0.05 and slow["first_call_s"] >= 0.05
+
+
+def test_when_the_round_timeline_runs_in_smoke__every_stage_of_the_last_round_is_spanned(tmp_path, rabbitmq):
+    out = tmp_path / "timeline.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.round_timeline", "--smoke", "--out", str(out)],
+        cwd=str(ROOT), capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    spans = {(s["service"], s["step"], s["msg_type"]): s for s in doc["spans"]}
+    sites = doc["spec"]["sites"]
+    assert spans[("connector", "publish", "update.raw")]["count"] == sites
+    assert spans[("security", "handle", "update.raw")]["count"] == sites
+    assert spans[("aggregator", "handle", "update.screened")]["count"] == sites
+    assert spans[("aggregator", "publish", "round.completed")]["count"] == 1
+    for s in doc["spans"]:
+        assert 0 <= s["first_start_s"] <= s["last_end_s"] and s["busy_s"] >= 0
+    assert (
+        spans[("connector", "publish", "update.raw")]["first_start_s"]
+        <= spans[("aggregator", "publish", "round.completed")]["first_start_s"]
+    )
