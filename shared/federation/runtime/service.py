@@ -66,8 +66,12 @@ class ServiceRunner:
     async def start(self) -> None:
         """Flush what a previous run left in the outbox, then consume."""
         await self.flush_outbox()
+        # One handler at a time still lets the bus's byte-sized prefetch stream the next chunks
+        # in (and open them ahead) while this one is handled; with prefetch 1 every 8 MiB chunk
+        # waited for the previous one's ack: a broker round trip per chunk, nothing overlapped.
+        prefetch = None if self.concurrency <= 1 else self.concurrency
         await self.endpoint.subscribe(
-            self.service.queue, self._on_message, prefetch=max(self.concurrency, 1), concurrency=self.concurrency
+            self.service.queue, self._on_message, prefetch=prefetch, concurrency=self.concurrency
         )
         self.subscribed = True
         if self.service.tick is not None:
