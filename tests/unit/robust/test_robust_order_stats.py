@@ -325,3 +325,15 @@ def test_when_fedavg_gives_a_nan_update_zero_weight__the_others_still_aggregate(
     torch.testing.assert_close(got, want)
     with pytest.raises(RobustnessError, match="NaN or Inf"):
         FedAvg().aggregate(ups, [1.0, 3.0, 1.0, 2.0])
+
+
+@pytest.mark.parametrize(("n", "dtype"), [(70, np.float64), (130, np.float32)])
+def test_when_columns_span_many_blocks__the_blocked_kernel_equals_numpys_sort(n, dtype):
+    block = order_stats._block_columns(n, np.dtype(dtype).itemsize)
+    d = 3 * block + 17  # several full blocks and a partial one
+    x = np.random.default_rng(n).standard_normal((n, d)).astype(dtype)
+    k = n // 10
+    out, finite = order_stats.sorted_range_mean(list(x), k, n - k - 1)  # asymmetric: blocked kernel
+    assert finite
+    ref = np.sort(x.astype(np.float64), axis=0)[k : n - k - 1].mean(axis=0)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
