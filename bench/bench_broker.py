@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from federation.bus.middleware import SecureEndpoint
 from federation.bus.rabbitmq import RabbitBus
@@ -282,8 +283,6 @@ class _CpuMeter:
     ROLES = ("publisher", "consumer", "broker")
 
     def __init__(self, consumer_pid: int) -> None:
-        import psutil
-
         self._procs = {
             "publisher": [psutil.Process()],
             "consumer": [psutil.Process(consumer_pid)],
@@ -304,7 +303,7 @@ class _CpuMeter:
             for proc in procs:
                 try:
                     t = proc.cpu_times()
-                except Exception:  # noqa: BLE001 - a vanished process adds nothing
+                except psutil.Error:  # a vanished process adds nothing
                     continue
                 total += t.user + t.system
             out[role] = total

@@ -15,6 +15,7 @@ for). Files no row references (a crash between the steps) are removed when the s
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sqlite3
@@ -30,6 +31,8 @@ from typing import Any
 from federation.wire.codec import PayloadParts, decode_payload, encode_payload_parts
 
 __all__ = ["ServiceStore", "Transaction", "OutboxHead", "OutboxItem", "BLOB_MIN_BYTES"]
+
+log = logging.getLogger(__name__)
 
 #: Encoded values at least this big are kept in a file beside the database.
 BLOB_MIN_BYTES = 256 * 1024
@@ -58,7 +61,7 @@ class _Blobs:
         self.directory = directory
         self.sync = sync
         self._memory: dict[str, bytes] = {}
-        self._unlinks: queue.Queue[Path] = queue.Queue()
+        self._unlinks: queue.Queue[Path | None] = queue.Queue()  # None stops the thread
         self._unlinker: threading.Thread | None = None
         self._unlinker_lock = threading.Lock()
         if directory is not None:
@@ -114,6 +117,14 @@ class _Blobs:
         if self._unlinker is not None:
             self._unlinks.join()
 
+    def stop(self) -> None:
+        """Unlink what is pending, then end the background thread."""
+        with self._unlinker_lock:
+            thread, self._unlinker = self._unlinker, None
+        if thread is not None:
+            self._unlinks.put(None)
+            thread.join()
+
     def _start_unlinker(self) -> None:
         with self._unlinker_lock:
             if self._unlinker is None:
@@ -127,9 +138,11 @@ class _Blobs:
         while True:
             path = self._unlinks.get()
             try:
+                if path is None:
+                    return
                 path.unlink(missing_ok=True)
-            except OSError:
-                pass  # collected as an orphan when the owning service next starts
+            except OSError as exc:
+                log.warning("could not unlink %s (%s); it is collected at the next start", path, exc)
             finally:
                 self._unlinks.task_done()
 
@@ -369,6 +382,6 @@ class ServiceStore:
 
     def close(self) -> None:
         """Close the database (after the pending unlinks)."""
-        self._blobs.settle()
+        self._blobs.stop()
         with self._lock:
             self._conn.close()
