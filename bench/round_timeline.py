@@ -12,7 +12,6 @@ message type): how many, the first start and the last end relative to the round'
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench._common import write_result
 from bench._util import result_path
 
 NAME = "round_timeline"
@@ -117,11 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     for s in spans:
         print(f"{s['service']:>17} {s['step']:>8} {s['msg_type']:>18} {s['count']:>5}"
               f" {s['first_start_s']:7.2f} {s['last_end_s']:7.2f} {s['busy_s']:7.2f}")
-    out = args.out or result_path(NAME, args.smoke)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"spec": spec, "round": {k: row[k] for k in ("wall_s", "training_s")},
-                               "spans": spans, "events": recorder.events}, indent=1))
-    print(f"wrote {out}")
+    data = {"spec": spec, "round": {k: row[k] for k in ("wall_s", "training_s")},
+            "spans": spans, "events": recorder.events}
+    print(f"wrote {write_result(NAME, data, args.out or result_path(NAME, args.smoke))}")
     return 0
 
 
