@@ -124,7 +124,14 @@ class CampaignConfig(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(f"invalid campaign config: {exc}") from exc
+            raise ConfigError(f"invalid campaign config: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: ValidationError) -> str:
+    """Each validation problem as `where: what`, joined on one line."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+    )
 
 
 def load_campaign_config(path: str | Path) -> CampaignConfig:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -388,12 +387,14 @@ def format_validation(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- command line -------------------------------------------------------------------------
-def _load_datasite_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
+# --- command line (parsed by `federation.cli`) ------------------------------------------------
+def _load_datasite_configs(
+    datasites: Sequence[str], config: Path | None, email: str
+) -> list[dict[str, Any]]:
     env_password = os.environ.get(_PASSWORD_ENV, "")
     configs: list[dict[str, Any]] = []
-    if args.config:
-        path = Path(args.config)
+    if config:
+        path = Path(config)
         try:
             text = path.read_text()
         except OSError as exc:
@@ -422,7 +423,7 @@ def _load_datasite_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "name an environment variable with 'password_env'"
                 )
             password_env = creds.pop("password_env", None) or item.get("password_env")
-            creds.setdefault("email", args.email)
+            creds.setdefault("email", item.get("email") or email)
             creds["password"] = os.environ.get(password_env, "") if password_env else env_password
             configs.append(
                 {
@@ -431,7 +432,7 @@ def _load_datasite_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "credentials": creds,
                 }
             )
-    for spec in args.datasite or []:
+    for spec in datasites:
         datasite_id, sep, url = spec.partition("=")
         if not sep or not datasite_id or not url:
             raise ConfigError(f"--datasite expects ID=URL, got {spec!r}")
@@ -439,7 +440,7 @@ def _load_datasite_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
             {
                 "datasite_id": datasite_id,
                 "url": url,
-                "credentials": {"email": args.email, "password": env_password},
+                "credentials": {"email": email, "password": env_password},
             }
         )
     if not configs:
@@ -447,75 +448,57 @@ def _load_datasite_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
     return configs
 
 
-def diagnose_main(argv: Sequence[str] | None = None) -> int:
+def diagnose_command(
+    *, datasites: Sequence[str], config: Path | None, email: str, timeout: float, json_out: bool
+) -> int:
     """`pdmfed diagnose`: 0 when every datasite is healthy, 1 when any has issues, 2 on bad input."""
-    parser = argparse.ArgumentParser(
-        prog="pdmfed diagnose",
-        description=f"Diagnose datasite connections. The admin password comes from {_PASSWORD_ENV}.",
-    )
-    parser.add_argument("--datasite", action="append", metavar="ID=URL", help="repeatable")
-    parser.add_argument(
-        "--config", help="JSON/YAML file: [{datasite_id, url, credentials: {email, password_env}}]"
-    )
-    parser.add_argument(
-        "--email", default=os.environ.get("PDMFED_DATASITE_ADMIN_EMAIL", "admin@pdm-factory.com")
-    )
-    parser.add_argument("--timeout", type=float, default=5.0)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    args = parser.parse_args(argv)
-    try:
-        configs = _load_datasite_configs(args)
-    except ConfigError as exc:
-        print(f"pdmfed diagnose: {exc}", file=sys.stderr)
-        return 2
-    results = diagnose_connection_failures(None, configs, timeout=args.timeout)
+    configs = _load_datasite_configs(datasites, config, email)
+    results = diagnose_connection_failures(None, configs, timeout=timeout)
     sys.stdout.write(
-        json.dumps(results, indent=2) + "\n" if args.json else format_diagnosis(results)
+        json.dumps(results, indent=2) + "\n" if json_out else format_diagnosis(results)
     )
     return 0 if all(not d["issues"] for d in results.values()) else 1
 
 
-def validate_security_main(argv: Sequence[str] | None = None) -> int:
+def diagnose_main(argv: Sequence[str] | None = None) -> int:
+    """`pdmfed diagnose ARGS` as a function (exit code)."""
+    from federation.cli import main
+
+    return main(["diagnose", *(argv or [])])
+
+
+def validate_security_command(
+    *,
+    no_dp: bool,
+    no_bft: bool,
+    noise_multiplier: float,
+    bft_threshold: float,
+    min_clients: int,
+    json_out: bool,
+) -> int:
     """`pdmfed validate-security`: self-test the secure manager built from PDMFED_* settings."""
-    parser = argparse.ArgumentParser(
-        prog="pdmfed validate-security",
-        description="Self-test encryption, DP and Byzantine detection (key from PDMFED_ENCRYPTION_KEY).",
-    )
-    parser.add_argument("--no-dp", action="store_true", help="test with differential privacy off")
-    parser.add_argument("--no-bft", action="store_true", help="test with Byzantine tolerance off")
-    parser.add_argument("--noise-multiplier", type=float, default=1.0)
-    parser.add_argument("--bft-threshold", type=float, default=2.0)
-    parser.add_argument("--min-clients", type=int, default=3)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    args = parser.parse_args(argv)
+    from federation.communication.secure_syft_client import SecurePySyftCommunicationManager
     from federation.config import load_settings
 
-    try:
-        settings = load_settings()
-        settings.validate_secrets()
-        passphrase = settings.passphrase()
-    except PdmFedError as exc:
-        print(f"pdmfed validate-security: {exc}", file=sys.stderr)
-        return 2
-    try:
-        from federation.communication.secure_syft_client import SecurePySyftCommunicationManager
-    except ImportError as exc:
-        print(f"pdmfed validate-security: secure manager unavailable: {exc}", file=sys.stderr)
-        return 2
-    try:
-        secure_comm = SecurePySyftCommunicationManager(
-            encryption_key=passphrase,
-            enable_dp=not args.no_dp,
-            noise_multiplier=args.noise_multiplier,
-            enable_bft=not args.no_bft,
-            bft_threshold=args.bft_threshold,
-            min_clients=args.min_clients,
-        )
-    except PdmFedError as exc:
-        print(f"pdmfed validate-security: {exc}", file=sys.stderr)
-        return 2
+    settings = load_settings()
+    settings.validate_secrets()
+    secure_comm = SecurePySyftCommunicationManager(
+        encryption_key=settings.passphrase(),
+        enable_dp=not no_dp,
+        noise_multiplier=noise_multiplier,
+        enable_bft=not no_bft,
+        bft_threshold=bft_threshold,
+        min_clients=min_clients,
+    )
     results = validate_security_configuration(secure_comm)
     sys.stdout.write(
-        json.dumps(results, indent=2) + "\n" if args.json else format_validation(results)
+        json.dumps(results, indent=2) + "\n" if json_out else format_validation(results)
     )
     return 0 if not results["issues"] else 1
+
+
+def validate_security_main(argv: Sequence[str] | None = None) -> int:
+    """`pdmfed validate-security ARGS` as a function (exit code)."""
+    from federation.cli import main
+
+    return main(["validate-security", *(argv or [])])

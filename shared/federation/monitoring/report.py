@@ -24,13 +24,11 @@ be empty. Optional config keys the plots use: `max_epsilon` (budget line) and
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -45,6 +43,7 @@ __all__ = [
     "load_summary",
     "render_report",
     "render_html",
+    "report_command",
     "report_main",
     "SUMMARY_FILE",
     "REPORT_FILE",
@@ -437,15 +436,14 @@ def render_report(run_dir: str | Path) -> Path:
     return out
 
 
-def report_main(argv: Sequence[str] | None = None) -> int:
-    """`pdmfed report RUN_DIR`: 0 and the report's path on success, 1 on a bad summary."""
-    parser = argparse.ArgumentParser(prog="pdmfed report", description="Render a campaign report.")
-    parser.add_argument("run_dir", help=f"directory holding {SUMMARY_FILE}")
-    args = parser.parse_args(argv)
-    try:
-        path = render_report(args.run_dir)
-    except PdmFedError as exc:
-        print(f"pdmfed report: {exc}", file=sys.stderr)
-        return 1
-    print(path)
+def report_command(run_dir: Path) -> int:
+    """`pdmfed report RUN_DIR`: print the report's path (a bad summary raises SummaryError: exit 1)."""
+    print(render_report(run_dir))
     return 0
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    """`pdmfed report ARGS` as a function (exit code)."""
+    from federation.cli import main
+
+    return main(["report", *(argv or [])])

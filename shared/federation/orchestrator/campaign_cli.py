@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import time
@@ -64,7 +63,7 @@ async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: floa
     return summary
 
 
-def campaign_main(args: argparse.Namespace) -> int:
+def campaign_main(*, config: Path, out: Path, timeout: float) -> int:
     """CLI entry: exit 0 on a completed campaign, non-zero with a one-line reason otherwise."""
     from rich.console import Console
 
@@ -76,16 +75,16 @@ def campaign_main(args: argparse.Namespace) -> int:
         raise ConfigError("PDMFED_AMQP_URL is not set: `pdmfed campaign` talks to running services "
                           "(use `pdmfed demo` for a self-contained run)")
     settings.validate_secrets()
-    cfg = load_campaign_config(args.config)
+    cfg = load_campaign_config(config)
     if cfg.campaign_id == "campaign":
         cfg = cfg.model_copy(update={"campaign_id": f"campaign-{time.strftime('%Y%m%d-%H%M%S')}"})
     console = Console(stderr=True)
     try:
-        summary = asyncio.run(run_campaign(settings, cfg, timeout=args.timeout, out=Path(args.out),
+        summary = asyncio.run(run_campaign(settings, cfg, timeout=timeout, out=out,
                                            console=console))
     except TimeoutError:
-        console.print(f"pdmfed campaign: no campaign.completed within {args.timeout:.0f}s")
+        console.print(f"pdmfed campaign: no campaign.completed within {timeout:.0f}s")
         return 3
     console.print(f"campaign {cfg.campaign_id}: {summary['final']['reason']} after "
-                  f"{summary['final']['rounds']} rounds; run folder {Path(args.out) / cfg.campaign_id}")
+                  f"{summary['final']['rounds']} rounds; run folder {out / cfg.campaign_id}")
     return 0 if summary["final"]["reason"] in ("max_rounds", "target_rmse", "privacy_budget") else 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -18,6 +17,7 @@ import torch
 
 from federation.campaign import CampaignConfig, DatasiteRef
 from federation.config import Settings
+from federation.errors import ConfigError
 
 __all__ = ["demo_main", "DemoOptions", "run_demo", "FACTORY_NAMES"]
 
@@ -124,6 +124,45 @@ def _summary_table(summary: dict) -> Any:
     return t
 
 
+def _campaign_config(opts: DemoOptions, run_id: str, data: Any, sites: list[tuple[str, str]]) -> CampaignConfig:
+    """The demo's campaign over these (datasite id, url) pairs (a ConfigError if opts are invalid)."""
+    return CampaignConfig.from_payload(dict(
+        campaign_id=f"demo-{run_id}",
+        datasites=[DatasiteRef(datasite_id=ds, url=url, password_env=_PASSWORD_ENV).model_dump() for ds, url in sites],
+        rounds=opts.rounds, round_timeout_s=300, quorum=2, seed=opts.seed,
+        training={"model_type": opts.model, "epochs": opts.epochs, "learning_rate": 0.003,
+                  "batch_size": 64, "n_features": data.n_features, "window": data.window,
+                  "max_batches": opts.max_batches},
+        # Client-level DP over 3 factories cannot give a meaningful ε (measured: ε in the
+        # thousands before the model breaks), so the demo protects each factory's records with
+        # DP-SGD at the datasite; --client-dp adds central DP-FedAvg noise on top.
+        privacy={"enabled": opts.client_dp, "mode": "central", "noise_multiplier": opts.noise_multiplier,
+                 "clip_norm": opts.clip_norm, "delta": 1e-5},
+        record_privacy={"enabled": opts.dp, "noise_multiplier": opts.record_noise,
+                        "max_grad_norm": 1.0, "max_epsilon": opts.max_epsilon},
+        robustness={"enabled": True, "aggregation": "trimmed_mean", "threshold": 2.0, "min_clients": 3},
+    ))
+
+
+def check_options(opts: DemoOptions) -> None:
+    """Refuse options the demo cannot run, before anything starts (ConfigError)."""
+    if not 3 <= opts.sites <= len(FACTORY_NAMES):
+        raise ConfigError(f"--sites must be between 3 and {len(FACTORY_NAMES)} (Byzantine screening needs 3; "
+                          f"the demo names {len(FACTORY_NAMES)} factories), got {opts.sites}")
+    if opts.attack not in ("scaling", "signflip", "none"):
+        raise ConfigError(f"unknown attack {opts.attack!r}")
+    if opts.data is not None and not Path(opts.data).is_dir():
+        raise ConfigError(f"--data {opts.data} is not a folder")
+    out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+
+    class _Shape:  # the real n_features/window are known once the data is loaded
+        n_features, window = 14, 30
+
+    _campaign_config(opts, "check", _Shape(), [(ds, "http://127.0.0.1:1") for ds in FACTORY_NAMES[: opts.sites]])
+
+
 async def run_demo(opts: DemoOptions) -> dict:
     """Run the demo end to end; returns the summary dict (and writes the run folder)."""
     from prometheus_client import CollectorRegistry
@@ -134,6 +173,7 @@ async def run_demo(opts: DemoOptions) -> dict:
     from federation.orchestrator.embedded import EmbeddedFederation
     from federation.orchestrator.summary import build_summary, write_run
 
+    check_options(opts)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{secrets.token_hex(2)}"
     run_dir = Path(opts.out) / run_id
@@ -169,23 +209,7 @@ async def run_demo(opts: DemoOptions) -> dict:
             trust_dir.mkdir(parents=True, exist_ok=True)
             (trust_dir / f"{ds}.pub").write_bytes(pub.public_pem())
             progress.console.print(f"  datasite {ds} up at {handle.url} ({len(arrays['y'])} windows)")
-        cfg = CampaignConfig(
-            campaign_id=f"demo-{run_id}",
-            datasites=[DatasiteRef(datasite_id=ds, url=h.url, password_env=_PASSWORD_ENV)
-                       for (ds, _), h in zip(parts, handles, strict=True)],
-            rounds=opts.rounds, round_timeout_s=300, quorum=2, seed=opts.seed,
-            training={"model_type": opts.model, "epochs": opts.epochs, "learning_rate": 0.003,
-                      "batch_size": 64, "n_features": data.n_features, "window": data.window,
-                      "max_batches": opts.max_batches},
-            # Client-level DP over 3 factories cannot give a meaningful ε (measured: ε in the
-            # thousands before the model breaks), so the demo protects each factory's records with
-            # DP-SGD at the datasite; --client-dp adds central DP-FedAvg noise on top.
-            privacy={"enabled": opts.client_dp, "mode": "central", "noise_multiplier": opts.noise_multiplier,
-                     "clip_norm": opts.clip_norm, "delta": 1e-5},
-            record_privacy={"enabled": opts.dp, "noise_multiplier": opts.record_noise,
-                            "max_grad_norm": 1.0, "max_epsilon": opts.max_epsilon},
-            robustness={"enabled": True, "aggregation": "trimmed_mean", "threshold": 2.0, "min_clients": 3},
-        )
+        cfg = _campaign_config(opts, run_id, data, [(ds, h.url) for (ds, _), h in zip(parts, handles, strict=True)])
         registry = CollectorRegistry()
         fed = EmbeddedFederation(settings, comm_manager=comm, factory_trust=TrustStore.from_dir(trust_dir),
                                  registry=registry)
@@ -209,18 +233,12 @@ async def run_demo(opts: DemoOptions) -> dict:
             await asyncio.to_thread(h.stop)
 
 
-def demo_main(args: argparse.Namespace) -> int:
-    """CLI entry: `pdmfed demo …`."""
+def demo_main(opts: DemoOptions) -> int:
+    """CLI entry: `pdmfed demo …`; 0 when the campaign reached its goal."""
     from federation.logs import setup_logging
 
+    check_options(opts)  # before anything starts: no datasite, no run folder
     setup_logging("ERROR")  # progress is printed by the demo itself; rejections show in its table
-    opts = DemoOptions(data=args.data, attack=args.attack, rounds=args.rounds, sites=args.sites,
-                       model=args.model, out=args.out, seed=args.seed, dp=not args.no_dp, json=args.json,
-                       noise_multiplier=args.noise, clip_norm=args.clip, client_dp=args.client_dp,
-                       record_noise=args.record_noise, max_epsilon=args.max_epsilon)
-    if opts.sites < 3:
-        print("pdmfed demo: need at least 3 factories for Byzantine screening", flush=True)
-        return 2
     # PySyft prints progress to stdout from worker threads; the demo's own output is on stderr.
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         summary = asyncio.run(run_demo(opts))
@@ -228,5 +246,3 @@ def demo_main(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=float))
     ok = summary["final"]["reason"] in ("max_rounds", "target_rmse", "privacy_budget")
     return 0 if ok else 1
-
-

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 from pathlib import Path
@@ -59,13 +58,13 @@ def collect_status(settings: Settings) -> dict:
     return {"queues": asyncio.run(_queues(settings)), "campaigns": _campaigns(Path(settings.state_dir))}
 
 
-def status_main(args: argparse.Namespace) -> int:
-    """CLI entry."""
+def status_main(*, json_out: bool = False) -> int:
+    """`pdmfed status`: tables (or JSON) on stdout; exit 0."""
     from rich.console import Console
     from rich.table import Table
 
     status = collect_status(Settings())
-    if args.json:
+    if json_out:
         print(json.dumps(status, indent=2, default=str))
         return 0
     console = Console()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -24,6 +23,7 @@ __all__ = [
     "EVAL_ATTACKS",
     "default_data_dir",
     "format_table",
+    "robustness_command",
     "robustness_main",
     "run_robustness_eval",
 ]
@@ -286,58 +286,55 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def robustness_main(argv: Sequence[str] | None = None) -> int:
+def robustness_command(
+    *,
+    data_dir: Path | None,
+    sites: int,
+    byzantine_fraction: float,
+    rounds: int,
+    seed: int,
+    out: Path,
+    attacks: str | None,
+    defences: str | None,
+    dp_noise_levels: list[float],
+    threads: int,
+) -> int:
     """``pdmfed eval robustness``: run the evaluation, print the table, write JSON; 0 on success."""
-    p = argparse.ArgumentParser(prog="pdmfed eval robustness", description=__doc__)
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="C-MAPSS FD001 directory (default: ../shared/data/cmapss/FD001)",
-    )
-    p.add_argument("--sites", type=int, default=5)
-    p.add_argument("--byzantine-fraction", type=float, default=0.2)
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=".pdmfed/robustness.json")
-    p.add_argument("--attacks", default=",".join(EVAL_ATTACKS), help="comma-separated subset")
-    p.add_argument("--defences", default=",".join(DEFENCES), help="comma-separated subset")
-    p.add_argument("--dp-noise", default="0.1,1.0", help="noise multipliers for the DP rows")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    args = p.parse_args(list(argv) if argv is not None else None)
-    try:
-        noise_levels = [float(z) for z in args.dp_noise.split(",") if z]
-    except ValueError:
-        print(f"robustness evaluation failed: --dp-noise must be numbers, got {args.dp_noise!r}")
-        return 2
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, args.threads))
+    from federation.console import fail
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
     try:
         result = run_robustness_eval(
-            args.data_dir,
-            args.sites,
-            args.byzantine_fraction,
-            args.rounds,
-            args.seed,
-            args.out,
-            attacks=[a for a in args.attacks.split(",") if a],
-            defences=[d for d in args.defences.split(",") if d],
-            dp_noise_levels=noise_levels,
+            str(data_dir) if data_dir else None,
+            sites,
+            byzantine_fraction,
+            rounds,
+            seed,
+            str(out),
+            attacks=[a for a in (attacks or ",".join(EVAL_ATTACKS)).split(",") if a],
+            defences=[d for d in (defences or ",".join(DEFENCES)).split(",") if d],
+            dp_noise_levels=dp_noise_levels,
         )
     except PdmFedError as exc:
-        print(f"robustness evaluation failed: {exc}")
-        return 2
+        fail(f"robustness evaluation: {exc}")
     finally:
-        torch.set_num_threads(threads)
-    table = format_table(result)
-    try:
-        from rich.console import Console
-        from rich.markdown import Markdown
+        torch.set_num_threads(previous_threads)
+    from rich.console import Console
+    from rich.markdown import Markdown
 
-        Console().print(Markdown(table))
-    except ImportError:  # rich is a dependency; plain text is the fallback
-        print(table)
-    print(f"\nwrote {args.out} in {result['seconds']} s")
+    Console().print(Markdown(format_table(result)))
+    print(f"\nwrote {out} in {result['seconds']} s")
     return 0
+
+
+def robustness_main(argv: Sequence[str] | None = None) -> int:
+    """``pdmfed eval robustness ARGS`` as a function (exit code)."""
+    import sys
+
+    from federation.cli import main
+
+    return main(["eval", "robustness", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -47,5 +47,5 @@ def test_when_the_eval_runs_a_tiny_grid__it_writes_rmse_per_cell_and_epsilon_per
 
 def test_when_the_eval_gets_an_unknown_attack__it_exits_2_with_a_message(tmp_path, capsys):
     code = robustness_main(["--attacks", "backdoor", "--out", str(tmp_path / "x.json")])
-    assert code == 2 and "unknown attacks" in capsys.readouterr().out
+    assert code == 2 and "unknown attacks" in capsys.readouterr().err
     assert robustness_main(["--dp-noise", "lots"]) == 2
