@@ -32,15 +32,15 @@ from federation.datasite.partition import (
     make_mock,
 )
 from federation.datasite.policy import ApprovalPolicy, approved_job_hashes
-from federation.errors import ConfigError, DatasiteConnectionError, DatasiteError
+from federation.datasite.server import start_server, wait_until_serving
+from federation.errors import ConfigError, DatasiteError
 
 __all__ = ["DatasiteHandle", "launch_datasite", "free_port"]
 
 log = logging.getLogger(__name__)
 
-#: PySyft's built-in root account; replaced right after launch.
-_SYFT_DEFAULT_EMAIL = "info@openmined.org"
-_SYFT_DEFAULT_PASSWORD = "changethis"  # noqa: S105 - PySyft's public default, replaced at once
+#: PySyft's public default root password: the server is never built with it (see datasite.server).
+_SYFT_DEFAULT_PASSWORD = "changethis"  # noqa: S105 - refused as a factory's password
 _MIN_PASSWORD_CHARS = 12
 _ENV_ORCHESTRATOR_PASSWORD = "PDMFED_DATASITE_ORCHESTRATOR_PASSWORD"
 
@@ -259,11 +259,9 @@ class DatasiteHandle:
             procs += procs[0].children(recursive=True)
         except psutil.Error:
             procs = []
-        try:
-            with _quiet():
-                self._server.land()
-        except Exception as exc:  # already dead: the sweep below still runs
-            log.debug("land() of %s: %s", self.datasite_id, exc)
+        with contextlib.suppress(Exception):  # already dead: the sweep below still runs
+            self._server.terminate()
+            self._server.join(5)
         for proc in procs:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
@@ -340,11 +338,6 @@ def _configure(
     import syft as sy
     from syft.service.user.user_roles import ServiceRole
 
-    root = _login(handle.url, _SYFT_DEFAULT_EMAIL, _SYFT_DEFAULT_PASSWORD)
-    with _quiet():
-        _ok(root.account.set_password(handle._admin_password, confirm=False), "set password")
-        if handle.admin_email != _SYFT_DEFAULT_EMAIL:
-            _ok(root.account.set_email(handle.admin_email), "set admin email")
     admin = _login(handle.url, handle.admin_email, handle._admin_password)
     with _quiet():
         if orchestrator is not None:
@@ -427,7 +420,7 @@ def launch_datasite(
         ENV_ATTACK: attack or "",
     }
     with _FORK_LOCK:
-        server, pid = _start_server(name, port, host, env, temp_root)
+        server, pid = _start_server(name, port, host, env, temp_root, email, password)
         handle = DatasiteHandle(
             name=name,
             datasite_id=datasite_id,
@@ -443,8 +436,7 @@ def launch_datasite(
         )
         _LIVE.add(handle)
         try:
-            if not handle.is_alive():
-                raise DatasiteConnectionError(f"datasite {datasite_id} exited during start-up")
+            wait_until_serving(server, handle.url, temp_root / "server.log")
             caps = _capabilities(datasite_id, X, handle.public_key, policy.allow_list, capabilities)
             _configure(handle, X, y, caps, orchestrator, mock_seed)
         except Exception as exc:
@@ -459,26 +451,13 @@ def launch_datasite(
 
 
 def _start_server(
-    name: str, port: int, host: str, env: dict[str, str], temp_root: Path
+    name: str, port: int, host: str, env: dict[str, str], temp_root: Path, email: str, password: str
 ) -> tuple[Any, int]:
-    """Fork PySyft's uvicorn server process with this datasite's environment; (handle, pid)."""
-    import syft as sy
-
-    me = psutil.Process()
+    """Fork the datasite's server process with its environment and root account; (process, pid)."""
     with _env(env):
-        before = {p.pid for p in me.children()}
         try:
-            with _quiet():
-                server = sy.orchestra.launch(
-                    name=name,
-                    port=port,
-                    host=host,
-                    reset=True,
-                    n_consumers=0,
-                    create_producer=False,
-                )
+            process = start_server(name, host, port, email, password, temp_root / "server.log")
         except Exception as exc:
             shutil.rmtree(temp_root, ignore_errors=True)
             raise DatasiteError(f"PySyft could not launch {name}: {exc}") from exc
-        new = [p.pid for p in me.children() if p.pid not in before]
-    return server, (new[0] if new else -1)
+    return process, int(process.pid)
