@@ -1,14 +1,17 @@
 """Render deploy/rabbitmq/definitions.json with real password hashes read from the environment.
 
 The committed definitions.json carries hashes of public placeholder passwords (see
-.env.example) so `docker compose up` works on a laptop. A real deployment renders its own
-copy, with each service user's password taken from the environment, and loads that copy from
-a secret (Kubernetes Secret / compose secret), never from the repository:
+.env.example) and no administrator. A real deployment renders its own copy, with each
+service user's password taken from the environment, and loads that copy from a secret
+(Kubernetes Secret / compose secret), never from the repository:
 
     PDMFED_RABBITMQ_PASSWORD_CONNECTOR=... (one per user, name upper-cased, '-' -> '_')
     python deploy/rabbitmq/definitions_tool.py render deploy/rabbitmq/definitions.json > out.json
 
-Passwords are never taken from argv. Hashes use RabbitMQ's `rabbit_password_hashing_sha256`:
+Placeholders and guessable passwords are refused. An administrator (user ``pdmfed-admin``,
+tag ``administrator``, full rights on the vhost) is added only when
+PDMFED_RABBITMQ_PASSWORD_ADMIN is set to a strong password. Passwords are never taken from
+argv. Hashes use RabbitMQ's `rabbit_password_hashing_sha256`:
 base64(salt[4] + SHA-256(salt[4] + utf8(password))).
 """
 
@@ -27,6 +30,7 @@ __all__ = ["HASHING_ALGORITHM", "hash_password", "verify_password", "password_en
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 _SALT_BYTES = 4
+ADMIN_USER = "pdmfed-admin"
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -53,16 +57,39 @@ def password_env_var(user: str) -> str:
     return f"PDMFED_RABBITMQ_PASSWORD_{suffix}"
 
 
+def _admin(definitions: dict[str, Any], password: str) -> tuple[dict[str, Any], list[dict]]:
+    user = {"name": ADMIN_USER, "password_hash": hash_password(password),
+            "hashing_algorithm": HASHING_ALGORITHM, "tags": ["administrator"], "limits": {}}
+    perms = [{"user": ADMIN_USER, "vhost": v["name"], "configure": ".*", "write": ".*", "read": ".*"}
+             for v in definitions.get("vhosts", [])]
+    return user, perms
+
+
 def render(definitions: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """Copy of ``definitions`` with every user's hash recomputed from ``env``; all must be set."""
-    missing = [password_env_var(u["name"]) for u in definitions.get("users", [])]
+    """Copy of ``definitions`` with every user's hash recomputed from ``env``; all must be set.
+
+    Every password must be a real secret (no placeholder, not guessable); an administrator is
+    added only when PDMFED_RABBITMQ_PASSWORD_ADMIN is set.
+    """
+    from federation.crypto.strength import check_secret
+
+    users = [u for u in definitions.get("users", []) if u["name"] != ADMIN_USER]
+    missing = [password_env_var(u["name"]) for u in users]
     missing = [name for name in missing if not env.get(name)]
     if missing:
         raise KeyError("missing password environment variables: " + ", ".join(missing))
     out = json.loads(json.dumps(definitions))
+    out["users"] = [u for u in out.get("users", []) if u["name"] != ADMIN_USER]
+    out["permissions"] = [p for p in out.get("permissions", []) if p["user"] != ADMIN_USER]
     for user in out["users"]:
-        user["password_hash"] = hash_password(env[password_env_var(user["name"])])
+        var = password_env_var(user["name"])
+        user["password_hash"] = hash_password(check_secret(env[var], var))
         user["hashing_algorithm"] = HASHING_ALGORITHM
+    admin_var = password_env_var(ADMIN_USER)
+    if env.get(admin_var):
+        user, perms = _admin(out, check_secret(env[admin_var], admin_var))
+        out["users"].append(user)
+        out["permissions"].extend(perms)
     return out
 
 
@@ -72,10 +99,15 @@ def _main(argv: list[str]) -> int:
         return 2
     with open(argv[1], encoding="utf-8") as fh:
         definitions = json.load(fh)
+    from federation.errors import ConfigError
+
     try:
         rendered = render(definitions, dict(os.environ))
     except KeyError as exc:
         print(f"definitions_tool: {exc.args[0]}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:  # a weak or placeholder password (named, never echoed)
+        print(f"definitions_tool: {exc}", file=sys.stderr)
         return 1
     json.dump(rendered, sys.stdout, indent=2)
     sys.stdout.write("\n")

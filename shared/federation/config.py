@@ -16,6 +16,10 @@ DEMO_PASSPHRASE = "pdmfed-demo-only-passphrase"
 DEMO_SALT = "pdmfed-demo-salt"
 
 _MIN_PASSPHRASE_CHARS = 16
+#: The salt need not be secret, but a shared template salt would make every deployment's keys
+#: derive alike: random, and not a placeholder.
+_MIN_SALT_CHARS = 8
+_MIN_SALT_GUESSES_LOG10 = 8.0
 
 
 class Settings(BaseSettings):
@@ -72,19 +76,25 @@ class Settings(BaseSettings):
         raise ConfigError("PDMFED_KEY_SALT is not set (required outside `pdmfed demo`)")
 
     def validate_secrets(self) -> None:
-        """Refuse to start a non-demo run on missing or weak secrets; say why."""
+        """Refuse to start a non-demo run on missing, placeholder or weak secrets; say why."""
         if self.demo:
             return
+        from federation.crypto.keys import parse_previous_keys
+        from federation.crypto.strength import check_secret, check_url_password
+
         phrase = self.passphrase()
-        if len(phrase) < _MIN_PASSPHRASE_CHARS:
-            raise ConfigError(
-                f"PDMFED_ENCRYPTION_KEY is too weak: {len(phrase)} characters, "
-                f"need at least {_MIN_PASSPHRASE_CHARS}"
-            )
         if phrase == DEMO_PASSPHRASE:
             raise ConfigError("PDMFED_ENCRYPTION_KEY is the public demo passphrase")
-        if len(self.salt()) < 8:
-            raise ConfigError("PDMFED_KEY_SALT is too short: need at least 8 characters")
+        check_secret(phrase, "PDMFED_ENCRYPTION_KEY", min_chars=_MIN_PASSPHRASE_CHARS)
+        check_secret(self.salt(), "PDMFED_KEY_SALT", min_chars=_MIN_SALT_CHARS,
+                     min_guesses_log10=_MIN_SALT_GUESSES_LOG10)
+        previous = self.previous_keys.get_secret_value() if self.previous_keys is not None else None
+        for key_id, old in parse_previous_keys(previous).items():
+            check_secret(old, f"PDMFED_PREVIOUS_KEYS ({key_id})", min_chars=_MIN_PASSPHRASE_CHARS)
+        if self.datasite_admin_password is not None:
+            check_secret(self.datasite_admin_password.get_secret_value(), "PDMFED_DATASITE_ADMIN_PASSWORD")
+        check_url_password(self.amqp_url, "PDMFED_AMQP_URL")
+        check_url_password(self.redis_url, "PDMFED_REDIS_URL")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -6,10 +6,12 @@ import base64
 import importlib.util
 import json
 import re
+import secrets
 
 import pytest
 import yaml
 from deploy_helpers import DEPLOY, ROOT, SERVICE_QUEUES, SERVICES
+from federation.errors import ConfigError
 from federation.wire.messages import MsgType
 
 RABBIT = DEPLOY / "rabbitmq"
@@ -98,11 +100,10 @@ def test_a_service_user_may_use_only_its_own_queue(service):
     assert not _matches(perms["configure"], "amq.gen-1234")
 
 
-def test_only_the_admin_user_has_full_permissions():
+def test_no_administrator_ships_and_no_user_has_full_permissions():
+    assert all(not u["tags"] for u in DEFINITIONS["users"])
     for user, perms in _permissions().items():
-        full = all(perms[op] == ".*" for op in ("configure", "write", "read"))
-        assert full == (user == "pdmfed-admin"), user
-    assert _by_name("users")["pdmfed-admin"]["tags"] == ["administrator"]
+        assert not all(perms[op] == ".*" for op in ("configure", "write", "read")), user
 
 
 def test_the_committed_hashes_are_of_the_public_placeholders_in_env_example():
@@ -130,16 +131,37 @@ def test_when_rendering_without_every_password__it_names_the_missing_variables()
         definitions_tool.render(DEFINITIONS, {"PDMFED_RABBITMQ_PASSWORD_CONNECTOR": "a" * 20})
 
 
+def _real_passwords() -> dict[str, str]:
+    return {definitions_tool.password_env_var(u["name"]): secrets.token_urlsafe(24) for u in DEFINITIONS["users"]}
+
+
 def test_when_rendering_with_real_passwords__every_hash_is_replaced_and_verifies():
-    env = {
-        definitions_tool.password_env_var(u["name"]): f"real-{u['name']}"
-        for u in DEFINITIONS["users"]
-    }
+    env = _real_passwords()
     rendered = definitions_tool.render(DEFINITIONS, env)
     for user in rendered["users"]:
-        assert definitions_tool.verify_password(f"real-{user['name']}", user["password_hash"])
+        assert definitions_tool.verify_password(env[definitions_tool.password_env_var(user["name"])],
+                                                user["password_hash"])
     assert rendered["queues"] == DEFINITIONS["queues"]
     assert DEFINITIONS["users"][0]["password_hash"] != rendered["users"][0]["password_hash"]
+    assert definitions_tool.ADMIN_USER not in {u["name"] for u in rendered["users"]}
+
+
+@pytest.mark.parametrize("weak", ["dev-only-connector-password-change-me", "a" * 24, "connector123"])
+def test_when_rendering_with_a_placeholder_or_weak_password__it_is_refused_by_name(weak):
+    env = {**_real_passwords(), "PDMFED_RABBITMQ_PASSWORD_CONNECTOR": weak}
+    with pytest.raises(ConfigError, match="PDMFED_RABBITMQ_PASSWORD_CONNECTOR") as err:
+        definitions_tool.render(DEFINITIONS, env)
+    assert weak not in str(err.value)
+
+
+def test_when_an_admin_password_is_given__the_rendered_copy_has_an_administrator_with_it():
+    admin = secrets.token_urlsafe(24)
+    rendered = definitions_tool.render(DEFINITIONS, {**_real_passwords(), "PDMFED_RABBITMQ_PASSWORD_ADMIN": admin})
+    (user,) = [u for u in rendered["users"] if u["name"] == definitions_tool.ADMIN_USER]
+    assert user["tags"] == ["administrator"] and definitions_tool.verify_password(admin, user["password_hash"])
+    with pytest.raises(ConfigError, match="PDMFED_RABBITMQ_PASSWORD_ADMIN"):
+        definitions_tool.render(DEFINITIONS, {**_real_passwords(),
+                                              "PDMFED_RABBITMQ_PASSWORD_ADMIN": "dev-only-admin-password-change-me"})
 
 
 def test_the_kubernetes_broker_config_is_the_compose_broker_config():

@@ -22,6 +22,7 @@ import psutil
 
 from federation.config import load_settings
 from federation.crypto.signing import SigningIdentity, check_sender_name
+from federation.crypto.strength import check_secret
 from federation.datasite.job import ENV_ATTACK, ENV_DATASITE_ID, ENV_KEYS_DIR
 from federation.datasite.partition import (
     CAPABILITIES,
@@ -294,11 +295,10 @@ def _resolve_admin(
                 "PDMFED_DATASITE_ADMIN_PASSWORD is not set (required outside `pdmfed demo`)"
             )
         password = secrets.token_urlsafe(18)
-    if not demo and (len(password) < _MIN_PASSWORD_CHARS or password == _SYFT_DEFAULT_PASSWORD):
-        raise ConfigError(
-            f"datasite admin password is too weak: need at least {_MIN_PASSWORD_CHARS} "
-            "characters and not PySyft's default"
-        )
+    if password == _SYFT_DEFAULT_PASSWORD:
+        raise ConfigError("datasite admin password is PySyft's public default")
+    if not demo:
+        check_secret(password, "datasite admin password", min_chars=_MIN_PASSWORD_CHARS)
     return email, password, demo
 
 

@@ -21,8 +21,10 @@ def test_when_no_admin_password_is_set_outside_a_demo__launch_refuses(tmp_path, 
     part = {"X": np.zeros((2, 3, 1)), "y": np.zeros(2)}
     with pytest.raises(ConfigError, match="PDMFED_DATASITE_ADMIN_PASSWORD"):
         launch_datasite("x_site", 0, part)
-    with pytest.raises(ConfigError, match="too weak"):
+    with pytest.raises(ConfigError, match="PySyft's public default"):
         launch_datasite("x_site", 0, part, admin_password="changethis")
+    with pytest.raises(ConfigError, match="too weak"):
+        launch_datasite("x_site", 0, part, admin_password="a" * 20)
     npz = tmp_path / "p.npz"
     np.savez(npz, **part)
     assert datasite_main(["--name", "x_site", "--data", str(npz)]) == 2
