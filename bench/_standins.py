@@ -178,9 +178,13 @@ class _ServiceProcesses:
                 proc.wait(timeout=10)
 
 
-def _process_settings(state_dir: Path, amqp_url: str, prefix: str) -> tuple[Any, dict[str, str]]:
+def _process_settings(
+    state_dir: Path, amqp_url: str, prefix: str, state_url: str | None = None
+) -> tuple[Any, dict[str, str]]:
     """Settings for the harness and the environment of the service processes: one fresh
-    passphrase, salt and key directory for the run, handed over in the environment only."""
+    passphrase, salt and key directory for the run, handed over in the environment only;
+    with ``state_url``, every service keeps its state in that PostgreSQL database and its
+    large values in one blob directory of the run."""
     import secrets
 
     from federation.config import Settings
@@ -198,7 +202,12 @@ def _process_settings(state_dir: Path, amqp_url: str, prefix: str) -> tuple[Any,
         "PDMFED_TOPOLOGY_PREFIX": prefix,
         "PDMFED_LOG_LEVEL": "INFO",
     }
+    blobs = state_dir.parent / "blobs"
+    if state_url:
+        env.update({"PDMFED_STATE_URL": state_url, "PDMFED_BLOB_DIR": str(blobs)})
     settings = Settings(
+        state_url=state_url,
+        blob_dir=blobs if state_url else None,
         amqp_url=amqp_url,
         encryption_key=passphrase,
         key_salt=salt,
@@ -218,6 +227,7 @@ async def _run(
     timeout: float,
     state_dir: Path,
     processes: bool = False,
+    state_url: str | None = None,
 ) -> dict[str, Any]:
     from federation.bus.topology import Topology
     from federation.config import Settings
@@ -228,11 +238,12 @@ async def _run(
     if processes:
         if not amqp_url:
             raise ValueError("service processes need RabbitMQ")
-        settings, env = _process_settings(state_dir, amqp_url, prefix)
+        settings, env = _process_settings(state_dir, amqp_url, prefix, state_url)
         separate = _ServiceProcesses(state_dir.parent, env)
         fed = EmbeddedFederation(settings, comm_manager=comm, topology=topology, services=("connector",))
     else:
-        settings = Settings(demo=True, state_dir=state_dir, amqp_url=amqp_url, redis_url=None)
+        settings = Settings(demo=True, state_dir=state_dir, amqp_url=amqp_url, redis_url=None,
+                            state_url=state_url)
         fed = EmbeddedFederation(settings, comm_manager=comm, topology=topology)
     marks: dict[str, dict[int, float]] = {"round.open": {}, "round.completed": {}}
     consumed: dict[int, float] = {}  # round -> wire bytes the four services had consumed by its end
@@ -298,8 +309,11 @@ def run_campaign(
     timeout: float = 900.0,
     training: dict | None = None,
     processes: bool = False,
+    state_url: str | None = None,
 ) -> dict[str, Any]:
     """Run a campaign of ``rounds`` rounds; per round: wall time, slowest site's training time.
+
+    ``state_url``: the services keep their state in that PostgreSQL database (else SQLite).
 
     Round r's wall time is completed(r) - completed(r - 1) (round 1: from campaign.start): the
     whole cycle of dispatch opening the round, train.request, training, update.raw, security
@@ -327,7 +341,9 @@ def run_campaign(
         }
     )
     with tempfile.TemporaryDirectory(prefix="pdmfed-bench-") as tmp:
-        out = asyncio.run(_run(comm, cfg, amqp_url, prefix, timeout, Path(tmp) / "state", processes))
+        out = asyncio.run(
+            _run(comm, cfg, amqp_url, prefix, timeout, Path(tmp) / "state", processes, state_url)
+        )
     record = out["record"]
     done = out["marks"]["round.completed"]
     if record.completed is None or len(done) < rounds:

@@ -17,6 +17,7 @@ BENCHMARKS = {
     "scale": "bench_scale",
     "memory": "bench_memory",
     "quality_fd001": "quality_fd001",
+    "store": "bench_store",
 }
 
 _NOTES = Path(__file__).resolve().parent / "NOTES.md"
@@ -340,6 +341,67 @@ def _quality(doc: dict | None) -> list[str]:
     ]
 
 
+def _store(doc: dict | None) -> list[str]:
+    title = "8. State store: SQLite against PostgreSQL, one instance"
+    out = _missing(title, "store", doc)
+    if out:
+        return out
+    assert doc is not None
+    mb = doc["big_value_bytes"] / 1e6
+    lines = [
+        f"## {title}",
+        "",
+        "Handler commit: the transaction a handler makes for one small message (inbox row, read"
+        " and write a record, emit a message) plus the publisher's outbox claim and delete; ms per"
+        " commit, median (min–max) over interleaved batches. SQLite: WAL, synchronous=FULL;"
+        " PostgreSQL: its defaults (fsync, synchronous_commit on), a scratch database.",
+        "",
+        "| backend | ms per commit | commits/s |",
+        "|---|---:|---:|",
+    ]
+    for name, r in doc["commits"].items():
+        m = r["ms_per_commit"]
+        lines.append(
+            f"| {name} | {m['median']:.2f} ({m['min']:.2f}–{m['max']:.2f}) | {r['commits_per_s']:,.0f} |"
+        )
+    lines += [
+        "",
+        f"A {mb:.0f} MB value" + (" (one encoded 10M-parameter update)" if mb > 30 else "")
+        + " committed and read back, median (min–max) seconds. Both stores keep it in a file of their blob directory; the PostgreSQL"
+        " rows are the alternatives measured for keeping it inside the database.",
+        "",
+        "| where | write + commit s | read s |",
+        "|---|---:|---:|",
+    ]
+    for name, r in doc["big_value"].items():
+        w, rd = r["write_commit_s"], r["read_s"]
+        lines.append(
+            f"| {name} | {w['median']:.3f} ({w['min']:.3f}–{w['max']:.3f})"
+            f" | {rd['median']:.3f} ({rd['min']:.3f}–{rd['max']:.3f}) |"
+        )
+    if doc.get("rounds"):
+        lines += [
+            "",
+            "Rounds: dispatch, security and aggregator as `pdmfed service` processes, one instance"
+            " each, state in SQLite files or in PostgreSQL (the same campaign alternately);"
+            " overhead = wall − slowest site's training, median (min–max) over the rounds after"
+            " the first.",
+            "",
+            "| model | sites | state | rounds | wall s | overhead s | rounds/min |",
+            "|---|---:|---|---:|---:|---:|---:|",
+        ]
+        for r in doc["rounds"]:
+            o = r["overhead_s"]
+            lines.append(
+                f"| {r['model']} | {r['sites']} | {r['backend']} | {r['rounds_counted']}"
+                f" | {r['wall_s']['median']:.2f} | {o['median']:.2f} ({o['min']:.2f}–{o['max']:.2f})"
+                f" | {r['rounds_per_min']:.1f} |"
+            )
+    elif doc.get("rounds_skipped"):
+        lines += ["", f"Rounds not measured: {doc['rounds_skipped']}"]
+    return [*lines, ""]
+
+
 def render(results: Path, *, smoke: bool = False) -> str:
     """The whole report as Markdown from the JSON files in ``results``."""
     docs = {name: _load(results, name) for name in BENCHMARKS}
@@ -370,6 +432,7 @@ def render(results: Path, *, smoke: bool = False) -> str:
     lines += _scale(docs["scale"])
     lines += _memory(docs["memory"])
     lines += _quality(docs["quality_fd001"])
+    lines += _store(docs["store"])
     if _NOTES.is_file() and not smoke:
         lines += [_NOTES.read_text(encoding="utf-8").rstrip(), ""]
     return "\n".join(lines)

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     #: Prefix of the exchange and queue names (tests and side-by-side deployments use their own).
     topology_prefix: str = "pdmfed"
     state_dir: Path = Path(".pdmfed")
+    #: Service state in PostgreSQL (postgresql://...; one schema per service, shared by its
+    #: replicas); unset: one SQLite file per service in state_dir.
+    state_url: str | None = None
+    #: Where a PostgreSQL-backed service keeps large values as files (every replica mounts it);
+    #: unset: state_dir/blobs.
+    blob_dir: Path | None = None
     #: Directory of Ed25519 keys (<sender>.key private, <sender>.pub public).
     keys_dir: Path | None = None
     service_id: str | None = None
@@ -58,6 +64,12 @@ class Settings(BaseSettings):
     def freshness_window_s(self) -> float:
         """How old a message may be: the queue's TTL plus clock skew."""
         return self.message_ttl_s + self.clock_skew_s
+
+    @property
+    def inbox_retention_s(self) -> float:
+        """How long a handled message id is remembered: the freshness window plus the skew a
+        timestamp may be ahead; a copy of an older message is refused as expired."""
+        return self.freshness_window_s + self.clock_skew_s
 
     def passphrase(self) -> str:
         """The sealing passphrase; the demo one only in demo mode."""

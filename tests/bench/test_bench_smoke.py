@@ -247,3 +247,30 @@ def test_when_the_round_timeline_runs_in_smoke__every_stage_of_the_last_round_is
         spans[("connector", "publish", "update.raw")]["first_start_s"]
         <= spans[("aggregator", "publish", "round.completed")]["first_start_s"]
     )
+
+
+def test_when_the_store_bench_runs_in_smoke__both_backends_commit_store_big_values_and_run_rounds(
+    tmp_path, rabbitmq
+):
+    import psycopg
+
+    from bench.bench_store import POSTGRES_URL
+
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
+    doc = _run("bench_store", tmp_path)
+    assert set(doc["commits"]) == {"sqlite", "postgresql"}
+    for row in doc["commits"].values():
+        m = row["ms_per_commit"]
+        assert _positive(row["commits_per_s"]) and m["min"] <= m["median"] <= m["max"]
+    assert set(doc["big_value"]) == {
+        "sqlite (blob file)", "postgresql (blob file)", "postgresql large object", "postgresql bytea",
+    }
+    for row in doc["big_value"].values():
+        assert _positive(row["write_commit_s"]["median"]) and _positive(row["read_s"]["median"])
+    assert [r["backend"] for r in doc["rounds"]] == ["sqlite", "postgresql"]
+    for r in doc["rounds"]:  # every round complete, with every site
+        assert r["participants"] == [r["sites"]] * r["rounds"] and _positive(r["rounds_per_min"])
+    assert all(_positive(v) for v in doc["summary"].values())

@@ -30,13 +30,12 @@ async def _queues(settings: Settings) -> dict[str, int | str]:
     return out
 
 
-def _campaigns(state_dir: Path) -> list[dict]:
-    from federation.runtime.store import ServiceStore
+def _campaigns(settings: Settings) -> list[dict]:
+    from federation.runtime.store import open_store
 
-    path = state_dir / "dispatch.sqlite"
-    if not path.exists():
+    if not settings.state_url and not (Path(settings.state_dir) / "dispatch.sqlite").exists():
         return []
-    store = ServiceStore(path)
+    store = open_store(settings, "dispatch", collect_orphans=False)
     try:
         with store.transaction() as tx:
             out = []
@@ -55,7 +54,7 @@ def _campaigns(state_dir: Path) -> list[dict]:
 
 def collect_status(settings: Settings) -> dict:
     """Everything `pdmfed status` shows, as a dict."""
-    return {"queues": asyncio.run(_queues(settings)), "campaigns": _campaigns(Path(settings.state_dir))}
+    return {"queues": asyncio.run(_queues(settings)), "campaigns": _campaigns(settings)}
 
 
 def status_main(*, json_out: bool = False) -> int:

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from federation.config import Settings
 from federation.crypto.signing import SigningIdentity, TrustStore
 from federation.runtime.service import Service, ServiceRunner
-from federation.runtime.store import ServiceStore
+from federation.runtime.store import ServiceStore, open_store
 
 __all__ = [
     "SERVICE_KEYS",
@@ -127,9 +127,15 @@ def build_service_logic(
 
             comm_manager = PySyftCommunicationManager()
         logic = ConnectorLogic(comm_manager)
-        logic.load_campaigns(store if store is not None else ServiceStore())
+        logic.load_campaigns(store if store is not None else _memory_store())
         return build_service(logic, queue=q)
     raise KeyError(f"unknown service {name!r}; expected one of {sorted(SERVICE_KEYS)}")
+
+
+def _memory_store() -> ServiceStore:
+    from federation.runtime.store_sqlite import SqliteStore
+
+    return SqliteStore()
 
 
 @dataclass
@@ -184,8 +190,7 @@ async def start_node(
     metrics = Metrics(name, registry)
     sealer = make_sealer(settings, sender)
     endpoint = SecureEndpoint(bus, sealer, metrics, name)
-    path = store_path if store_path is not None else Path(settings.state_dir) / f"{key}.sqlite"
-    store = ServiceStore(path, collect_orphans=True)
+    store = open_store(settings, key, path=store_path)  # PDMFED_STATE_URL: PostgreSQL, else SQLite
     queue = (topology or topology_of(settings)).queue(key).name
     service = build_service_logic(name, settings, comm_manager=comm_manager, factory_trust=factory_trust,
                                   queue=queue, store=store)

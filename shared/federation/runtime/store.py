@@ -1,168 +1,67 @@
-"""Durable service state: key-value, inbox (processed msg ids) and outbox in one SQLite file.
+"""Durable service state behind one interface: key-value, inbox and outbox committed together.
 
 A handler's state change, the id of the message it handled and the messages it will publish
 are committed in ONE transaction; the broker message is acked only after that commit, and the
 outbox is flushed after it (and again at start-up). So a service killed at any point loses
 nothing and applies nothing twice: a redelivered message finds its id in the inbox.
 
-Values and outbox payloads of ``BLOB_MIN_BYTES`` or more (model updates) live in files beside
-the database, written and fsynced before the transaction that references them commits and
-unlinked after the one that drops them: SQLite would write such a value twice (WAL, then
-checkpoint) and walk thousands of overflow pages to delete it. Unlinking happens on a
-background thread (a 40 MB file takes ~13 ms to free, which the store's lock need not wait
-for). Files no row references (a crash between the steps) are removed when the store opens.
+Two backends with the same guarantees: SQLite (:mod:`~federation.runtime.store_sqlite`, one
+file per service: the embedded default, the demo and single-instance deployments) and PostgreSQL
+(:mod:`~federation.runtime.store_postgres`, one schema per service in a shared database, which
+replicas of a service share), chosen by ``PDMFED_STATE_URL`` (:func:`open_store`). Values and
+outbox payloads of ``BLOB_MIN_BYTES`` or more live out of line in a blob directory
+(:mod:`~federation.runtime.blobs`). Each backend creates and migrates its schema when it opens
+(versioned; idempotent; refuses a schema newer than it knows).
+
+Inbox rows are pruned once older than ``inbox_retention_s`` (the replay window plus the clock
+skew a timestamp may be ahead): a copy of such a message is refused as expired by the replay
+guard before any handler sees it, so the inbox only needs to cover the window.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import queue
-import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from federation.wire.codec import PayloadParts, decode_payload, encode_payload_parts
+from federation.errors import ConfigError
+from federation.runtime.blobs import BlobDirectory
+from federation.wire.codec import encode_payload_parts
 
-__all__ = ["ServiceStore", "Transaction", "OutboxHead", "OutboxItem", "BLOB_MIN_BYTES"]
-
-log = logging.getLogger(__name__)
+__all__ = [
+    "ServiceStore",
+    "Transaction",
+    "OutboxHead",
+    "OutboxItem",
+    "OutboxClaim",
+    "AlreadyHandled",
+    "BLOB_MIN_BYTES",
+    "DEFAULT_INBOX_RETENTION_S",
+    "PRUNE_INTERVAL_S",
+    "open_store",
+]
 
 #: Encoded values at least this big are kept in a file beside the database.
 BLOB_MIN_BYTES = 256 * 1024
 #: Payloads just committed to the outbox are also kept in memory, up to this many bytes, so
 #: the flush right after the commit publishes them without reading them back.
 EMITTED_CACHE_BYTES = 512 * 1024 * 1024
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, blob TEXT);
-CREATE TABLE IF NOT EXISTS inbox (msg_id BLOB PRIMARY KEY, msg_type TEXT, at REAL);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    msg_type TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    datasite_id TEXT NOT NULL,
-    round_num INTEGER NOT NULL,
-    blob TEXT
-);
-"""
+#: Inbox retention when none is given: the default replay window (600 s queue TTL + 30 s skew)
+#: plus the 30 s a timestamp may be ahead of the receiver's clock.
+DEFAULT_INBOX_RETENTION_S = 660.0
+#: A store prunes its inbox after a commit at most this often.
+PRUNE_INTERVAL_S = 60.0
+#: Highest key character for prefix ranges (keys are compared bytewise in both backends).
+_KEY_MAX = chr(0x10FFFF)
 
 
-class _Blobs:
-    """Big encoded values as files named by a random id (or in a dict for ':memory:' stores)."""
-
-    def __init__(self, directory: Path | None, sync: bool) -> None:
-        self.directory = directory
-        self.sync = sync
-        self._memory: dict[str, bytes] = {}
-        self._unlinks: queue.Queue[Path | None] = queue.Queue()  # None stops the thread
-        self._unlinker: threading.Thread | None = None
-        self._unlinker_lock = threading.Lock()
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
-
-    def write(self, parts: PayloadParts) -> str:
-        """Store the parts durably (fsynced when ``sync``); return the reference."""
-        ref = uuid.uuid4().hex
-        if self.directory is None:
-            self._memory[ref] = parts.tobytes()
-            return ref
-        final = self.directory / ref
-        tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.writelines(parts.parts)  # no joined copy of the payload
-            f.flush()
-            if self.sync:
-                os.fsync(f.fileno())
-        os.replace(tmp, final)
-        if self.sync:
-            self._sync_directory()
-        return ref
-
-    def read(self, ref: str) -> bytes | bytearray:
-        """The stored bytes (a writable buffer for files: decoded tensors can alias it)."""
-        if self.directory is None:
-            return self._memory[ref]
-        path = self.directory / ref
-        with open(path, "rb") as f:
-            buf = bytearray(os.fstat(f.fileno()).st_size)
-            f.readinto(buf)
-        return buf
-
-    def load(self, value: bytes, ref: str | None) -> Any:
-        """Decode a stored value: inline bytes, or the blob ``ref`` names."""
-        return decode_payload(self.read(ref) if ref is not None else bytes(value))
-
-    def remove(self, refs: list[str]) -> None:
-        """Forget these references (dropped by a committed transaction, or never committed);
-        their files are unlinked on the background thread."""
-        if self.directory is None:
-            for ref in refs:
-                self._memory.pop(ref, None)
-            return
-        if not refs:
-            return
-        self._start_unlinker()
-        for ref in refs:
-            self._unlinks.put(self.directory / ref)
-
-    def settle(self) -> None:
-        """Wait until every file handed to ``remove`` is gone."""
-        if self._unlinker is not None:
-            self._unlinks.join()
-
-    def stop(self) -> None:
-        """Unlink what is pending, then end the background thread."""
-        with self._unlinker_lock:
-            thread, self._unlinker = self._unlinker, None
-        if thread is not None:
-            self._unlinks.put(None)
-            thread.join()
-
-    def _start_unlinker(self) -> None:
-        with self._unlinker_lock:
-            if self._unlinker is None:
-                self._unlinker = threading.Thread(
-                    target=self._unlink_forever, name="pdmfed-blob-unlink", daemon=True
-                )
-                self._unlinker.start()
-
-    def _unlink_forever(self) -> None:
-        # A file left by an exit before its turn is an orphan: the owner collects it at start.
-        while True:
-            path = self._unlinks.get()
-            try:
-                if path is None:
-                    return
-                path.unlink(missing_ok=True)
-            except OSError as exc:
-                log.warning("could not unlink %s (%s); it is collected at the next start", path, exc)
-            finally:
-                self._unlinks.task_done()
-
-    def collect(self, live: set[str]) -> int:
-        """Remove every stored blob not in ``live`` (left by a crash), now; return how many."""
-        if self.directory is None:
-            dead = [n for n in self._memory if n not in live]
-            self.remove(dead)
-            return len(dead)
-        dead = [p.name for p in self.directory.iterdir() if p.name not in live]
-        for name in dead:
-            (self.directory / name).unlink(missing_ok=True)
-        return len(dead)
-
-    def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+class AlreadyHandled(Exception):
+    """``mark_handled`` found the message id committed by another transaction: roll back."""
 
 
 @dataclass(frozen=True)
@@ -186,15 +85,45 @@ class OutboxItem:
     round_num: int
 
 
-class Transaction:
-    """What a handler may do inside one atomic commit."""
+@dataclass
+class OutboxClaim:
+    """One outbox message reserved for this publisher until ``done`` or ``release``.
 
-    def __init__(self, conn: sqlite3.Connection, blobs: _Blobs) -> None:
+    While claimed, no other publisher sharing the store (a replica) takes it; if this process
+    dies, the claim ends with its database session and another publisher takes the message.
+    """
+
+    head: OutboxHead
+    _done: Callable[[], None] = field(repr=False)
+    _release: Callable[[], None] = field(repr=False)
+
+    def done(self) -> None:
+        """The broker confirmed it: forget the message."""
+        self._done()
+
+    def release(self) -> None:
+        """Publishing failed: leave the message for the next flush."""
+        self._release()
+
+
+class Transaction:
+    """What a handler may do inside one atomic commit (SQL written with ``?`` placeholders)."""
+
+    #: The driver's placeholder; SQL below is written with ``?``.
+    placeholder: ClassVar[str] = "?"
+
+    def __init__(self, conn: Any, blobs: BlobDirectory, clock: Callable[[], float]) -> None:
         self._conn = conn
         self._blobs = blobs
+        self._clock = clock
         self.created: list[str] = []  # blobs written here: removed if the transaction rolls back
         self.dropped: list[str] = []  # blobs no longer referenced: removed once it commits
         self.emitted: list[tuple[int, dict, int]] = []  # (outbox id, payload, encoded size)
+
+    def _x(self, sql: str, params: tuple = ()) -> Any:
+        if self.placeholder != "?":
+            sql = sql.replace("?", self.placeholder)
+        return self._conn.execute(sql, params)
 
     def _encode(self, value: Any) -> tuple[bytes, str | None, int]:
         """(inline bytes, blob reference, encoded size): big values go to a blob file."""
@@ -206,141 +135,222 @@ class Transaction:
         return b"", ref, parts.nbytes
 
     def _drop_blob_of(self, key: str) -> None:
-        row = self._conn.execute("SELECT blob FROM kv WHERE key = ?", (key,)).fetchone()
+        row = self._x("SELECT blob FROM kv WHERE key = ?", (key,)).fetchone()
         if row is not None and row[0] is not None:
             self.dropped.append(row[0])
 
+    def lock(self, name: str) -> None:
+        """Hold an exclusive lock named ``name`` until this transaction ends (take it first).
+
+        Serialises work that must meet (a campaign's round) across replicas sharing the store;
+        a backend whose transactions are already serial makes this a no-op.
+        """
+
     def get(self, key: str, default: Any = None) -> Any:
         """Read a value (decoded with the tensor-aware codec)."""
-        row = self._conn.execute("SELECT value, blob FROM kv WHERE key = ?", (key,)).fetchone()
+        row = self._x("SELECT value, blob FROM kv WHERE key = ?", (key,)).fetchone()
         return default if row is None else self._blobs.load(row[0], row[1])
 
     def has(self, key: str) -> bool:
         """Whether a key exists, without decoding its value (cheap for big tensors)."""
-        return self._conn.execute("SELECT 1 FROM kv WHERE key = ?", (key,)).fetchone() is not None
+        return self._x("SELECT 1 FROM kv WHERE key = ?", (key,)).fetchone() is not None
 
     def put(self, key: str, value: Any) -> None:
         """Write a value (encoded with the tensor-aware codec, never pickle)."""
         encoded, ref, _ = self._encode(value)
         self._drop_blob_of(key)
-        self._conn.execute(
+        self._x(
             "INSERT INTO kv (key, value, blob) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, blob = excluded.blob",
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, blob = excluded.blob",
             (key, encoded, ref),
         )
 
     def delete(self, key: str) -> None:
         """Remove a value if present."""
         self._drop_blob_of(key)
-        self._conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+        self._x("DELETE FROM kv WHERE key = ?", (key,))
 
     def keys(self, prefix: str) -> list[str]:
         """Keys starting with prefix, sorted."""
-        rows = self._conn.execute(
+        rows = self._x(
             "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key",
-            (prefix, prefix + "\uffff"),
+            (prefix, prefix + _KEY_MAX),
         ).fetchall()
         return [r[0] for r in rows]
 
     def seen(self, msg_id: bytes) -> bool:
         """Whether a message with this id was already handled."""
-        row = self._conn.execute("SELECT 1 FROM inbox WHERE msg_id = ?", (msg_id,)).fetchone()
-        return row is not None
+        return (
+            self._x("SELECT 1 FROM inbox WHERE msg_id = ?", (bytes(msg_id),)).fetchone() is not None
+        )
 
     def mark_handled(self, msg_id: bytes, msg_type: str) -> None:
-        """Record that this message's effect is part of this transaction."""
-        self._conn.execute(
-            "INSERT OR IGNORE INTO inbox (msg_id, msg_type, at) VALUES (?, ?, ?)",
-            (msg_id, msg_type, time.time()),
-        )
+        """Record that this message's effect is part of this transaction.
 
-    def emit(self, msg_type: str, payload: dict, *, datasite_id: str = "", round_num: int = 0) -> None:
+        Raises AlreadyHandled when another transaction committed the same id (a replica that
+        handled a redelivered copy): this one must then roll back, or the effect would count twice.
+        Where replicas may race, call it first: the second one waits for the first to commit.
+        """
+        cursor = self._x(
+            "INSERT INTO inbox (msg_id, msg_type, at) VALUES (?, ?, ?) ON CONFLICT (msg_id) DO NOTHING",
+            (bytes(msg_id), str(msg_type), float(self._clock())),
+        )
+        if cursor.rowcount == 0:
+            raise AlreadyHandled(f"message {bytes(msg_id).hex()} was already handled")
+
+    def emit(
+        self, msg_type: str, payload: dict, *, datasite_id: str = "", round_num: int = 0
+    ) -> None:
         """Queue a message to publish once this transaction commits."""
         encoded, ref, nbytes = self._encode(payload)
-        cursor = self._conn.execute(
+        row = self._x(
             "INSERT INTO outbox (msg_type, payload, datasite_id, round_num, blob)"
-            " VALUES (?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?) RETURNING id",
             (str(msg_type), encoded, datasite_id, int(round_num), ref),
-        )
-        self.emitted.append((int(cursor.lastrowid), payload, nbytes))
+        ).fetchone()
+        self.emitted.append((int(row[0]), payload, nbytes))
 
 
-class ServiceStore:
-    """One SQLite file per service (':memory:' for tests and the embedded demo)."""
+class ServiceStore(ABC):
+    """One service's durable state; see the module docstring for the guarantees.
 
-    def __init__(self, path: str | Path = ":memory:", *, collect_orphans: bool = False) -> None:
-        """Open (or create) the store; the owning service passes ``collect_orphans=True`` to
-        remove blob files a crash left unreferenced (never a reader: it would race the owner)."""
-        self.path = str(path)
-        on_disk = self.path != ":memory:"
-        if on_disk:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL" if on_disk else "PRAGMA journal_mode=MEMORY")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
-        for table in ("kv", "outbox"):  # stores made before big values moved to files
-            columns = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
-            if "blob" not in columns:
-                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN blob TEXT")
-        self._blobs = _Blobs(Path(self.path + ".blobs") if on_disk else None, sync=on_disk)
-        self._lock = threading.RLock()
+    A backend supplies the connection handling (``_begin``/``_commit``/``_rollback``/``_end``),
+    outbox claims and the few queries outside a handler's transaction; everything a handler
+    does goes through :class:`Transaction` and is the same SQL in both backends.
+    """
+
+    backend: ClassVar[str]
+    transaction_class: ClassVar[type[Transaction]] = Transaction
+    #: Unreferenced blob files younger than this are spared by ``collect_orphans``.
+    orphan_grace_s: float = 0.0
+
+    def __init__(
+        self,
+        blobs: BlobDirectory,
+        *,
+        inbox_retention_s: float = DEFAULT_INBOX_RETENTION_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if inbox_retention_s <= 0:
+            raise ConfigError("inbox retention must be positive")
+        self._blobs = blobs
+        self.inbox_retention_s = float(inbox_retention_s)
+        self._clock = clock
+        self._last_prune = clock()
+        self._prune_lock = threading.Lock()
         self._emitted: dict[int, tuple[dict, int]] = {}
         self._emitted_bytes = 0
-        if collect_orphans:
-            self.collect_orphans()
+        self._emitted_lock = threading.Lock()
 
-    def collect_orphans(self) -> int:
-        """Remove blob files no row references (left by a crash mid-commit); return how many."""
-        with self._lock:
-            live = {
-                r[0]
-                for r in self._conn.execute(
-                    "SELECT blob FROM kv WHERE blob IS NOT NULL"
-                    " UNION SELECT blob FROM outbox WHERE blob IS NOT NULL"
-                )
-            }
-            return self._blobs.collect(live)
+    # -- backend hooks ---------------------------------------------------------------
+    @abstractmethod
+    def _begin(self) -> Any:
+        """A connection inside a new transaction (may wait for the backend's write lock)."""
 
+    @abstractmethod
+    def _commit(self, conn: Any) -> None: ...
+
+    @abstractmethod
+    def _rollback(self, conn: Any) -> None: ...
+
+    @abstractmethod
+    def _end(self, conn: Any) -> None:
+        """Give the connection back (after commit or rollback)."""
+
+    @abstractmethod
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Run one statement in its own short transaction; the rows it returns."""
+
+    @abstractmethod
+    def claim_outbox(self) -> OutboxClaim | None:
+        """The oldest outbox message no other publisher holds, reserved; None when none."""
+
+    @property
+    @abstractmethod
+    def schema_version(self) -> int:
+        """The schema version this store is at."""
+
+    @abstractmethod
+    def _close(self) -> None: ...
+
+    # -- transactions ----------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Everything inside commits together or not at all."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            tx = Transaction(self._conn, self._blobs)
+        conn = self._begin()
+        tx = self.transaction_class(conn, self._blobs, self._clock)
+        try:
             try:
                 yield tx
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback(conn)
                 self._blobs.remove(tx.created)
                 raise
-            else:
-                self._conn.execute("COMMIT")
-                self._blobs.remove(tx.dropped)
-                for item_id, payload, nbytes in tx.emitted:
-                    if self._emitted_bytes + nbytes <= EMITTED_CACHE_BYTES:
-                        self._emitted[item_id] = (payload, nbytes)
-                        self._emitted_bytes += nbytes
+            try:
+                self._commit(conn)
+            except BaseException:
+                self._blobs.remove(tx.created)
+                raise
+        finally:
+            self._end(conn)
+        self._blobs.remove(tx.dropped)
+        self._remember_emitted(tx)
+        self._maybe_prune()
+
+    def _remember_emitted(self, tx: Transaction) -> None:
+        with self._emitted_lock:
+            for item_id, payload, nbytes in tx.emitted:
+                if self._emitted_bytes + nbytes <= EMITTED_CACHE_BYTES:
+                    self._emitted[item_id] = (payload, nbytes)
+                    self._emitted_bytes += nbytes
+
+    def _forget_emitted(self, item_id: int) -> None:
+        with self._emitted_lock:
+            cached = self._emitted.pop(item_id, None)
+            if cached is not None:
+                self._emitted_bytes -= cached[1]
 
     def read(self, key: str, default: Any = None) -> Any:
         """Read one value outside a handler."""
         with self.transaction() as tx:
             return tx.get(key, default)
 
+    # -- inbox -----------------------------------------------------------------------
+    def _maybe_prune(self) -> None:
+        now = self._clock()
+        if now - self._last_prune < PRUNE_INTERVAL_S or not self._prune_lock.acquire(
+            blocking=False
+        ):
+            return
+        try:
+            self._last_prune = now
+            self.prune_inbox(now)
+        finally:
+            self._prune_lock.release()
+
+    def prune_inbox(self, now: float | None = None) -> int:
+        """Forget handled message ids older than the retention; return how many."""
+        cutoff = (self._clock() if now is None else now) - self.inbox_retention_s
+        with self.transaction() as tx:
+            return int(tx._x("DELETE FROM inbox WHERE at < ?", (cutoff,)).rowcount)
+
+    def inbox_size(self) -> int:
+        """How many handled message ids are remembered."""
+        return int(self._query("SELECT count(*) FROM inbox")[0][0])
+
+    # -- outbox ----------------------------------------------------------------------
     def pending_outbox_heads(self, limit: int = 100) -> list[OutboxHead]:
         """Messages committed but not yet confirmed published, oldest first, without payloads."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, msg_type, datasite_id, round_num FROM outbox ORDER BY id LIMIT ?",
-                (limit,),
-            ).fetchall()
+        rows = self._query(
+            "SELECT id, msg_type, datasite_id, round_num FROM outbox ORDER BY id LIMIT ?", (limit,)
+        )
         return [OutboxHead(*r) for r in rows]
 
     def cached_outbox_payload(self, item_id: int) -> dict | None:
         """The payload of a message this process committed, if still in memory (no I/O).
 
-        No lock: the event loop calls this, and one dict lookup is atomic, whereas the store's
-        lock may be held by a commit writing a large blob in another thread.
+        No lock: the event loop calls this, and one dict lookup is atomic, whereas a commit
+        writing a large blob in another thread may hold the store.
         """
         hit = self._emitted.get(item_id)
         return None if hit is None else hit[0]
@@ -350,13 +360,10 @@ class ServiceStore:
         cached = self.cached_outbox_payload(item_id)
         if cached is not None:
             return cached
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT payload, blob FROM outbox WHERE id = ?", (item_id,)
-            ).fetchone()
-            if row is None:
-                raise KeyError(f"no outbox message {item_id}")
-            return self._blobs.load(row[0], row[1])
+        rows = self._query("SELECT payload, blob FROM outbox WHERE id = ?", (item_id,))
+        if not rows:
+            raise KeyError(f"no outbox message {item_id}")
+        return self._blobs.load(rows[0][0], rows[0][1])
 
     def pending_outbox(self, limit: int = 100) -> list[OutboxItem]:
         """Messages committed but not yet confirmed published, oldest first."""
@@ -367,14 +374,26 @@ class ServiceStore:
 
     def outbox_done(self, item_id: int) -> None:
         """Forget an outbox message once the broker confirmed it."""
-        with self._lock:
-            row = self._conn.execute("SELECT blob FROM outbox WHERE id = ?", (item_id,)).fetchone()
-            self._conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
-            if row is not None and row[0] is not None:
-                self._blobs.remove([row[0]])
-            cached = self._emitted.pop(item_id, None)
-            if cached is not None:
-                self._emitted_bytes -= cached[1]
+        with self.transaction() as tx:
+            row = tx._x("DELETE FROM outbox WHERE id = ? RETURNING blob", (item_id,)).fetchone()
+        self._outbox_gone(item_id, None if row is None else row[0])
+
+    def _outbox_gone(self, item_id: int, blob: str | None) -> None:
+        if blob is not None:
+            self._blobs.remove([blob])
+        self._forget_emitted(item_id)
+
+    # -- blobs and lifetime ----------------------------------------------------------
+    def collect_orphans(self) -> int:
+        """Remove blob files no row references (left by a crash mid-commit); return how many."""
+        live = {
+            r[0]
+            for r in self._query(
+                "SELECT blob FROM kv WHERE blob IS NOT NULL"
+                " UNION SELECT blob FROM outbox WHERE blob IS NOT NULL"
+            )
+        }
+        return self._blobs.collect(live, older_than_s=self.orphan_grace_s)
 
     def settle(self) -> None:
         """Wait until the files of values dropped by committed transactions are unlinked."""
@@ -383,5 +402,42 @@ class ServiceStore:
     def close(self) -> None:
         """Close the database (after the pending unlinks)."""
         self._blobs.stop()
-        with self._lock:
-            self._conn.close()
+        self._close()
+
+
+def open_store(
+    settings: Any,
+    service_key: str,
+    *,
+    path: str | Path | None = None,
+    collect_orphans: bool = True,
+) -> ServiceStore:
+    """The store ``settings`` select for one service (``service_key``: dispatch, security, ...).
+
+    ``PDMFED_STATE_URL=postgresql://...``: schema ``pdmfed_<service_key>`` in that database and
+    blob files in ``PDMFED_BLOB_DIR/<service_key>`` (a directory every replica of the service
+    mounts; default ``PDMFED_STATE_DIR/blobs``). Unset: SQLite at ``path`` (default
+    ``PDMFED_STATE_DIR/<service_key>.sqlite``). ``collect_orphans``: the owning service removes
+    blob files a crash left unreferenced (never a reader such as ``pdmfed status``).
+    """
+    retention = float(getattr(settings, "inbox_retention_s", DEFAULT_INBOX_RETENTION_S))
+    url = getattr(settings, "state_url", None)
+    if url:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                "PDMFED_STATE_URL must be a postgresql:// URL (unset: SQLite in PDMFED_STATE_DIR)"
+            )
+        from federation.runtime.store_postgres import PostgresStore
+
+        blob_root = settings.blob_dir or Path(settings.state_dir) / "blobs"
+        return PostgresStore(
+            url,
+            schema=f"pdmfed_{service_key}",
+            blob_dir=Path(blob_root) / service_key,
+            collect_orphans=collect_orphans,
+            inbox_retention_s=retention,
+        )
+    from federation.runtime.store_sqlite import SqliteStore
+
+    target = path if path is not None else Path(settings.state_dir) / f"{service_key}.sqlite"
+    return SqliteStore(target, collect_orphans=collect_orphans, inbox_retention_s=retention)
