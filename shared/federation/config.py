@@ -107,6 +107,7 @@ class Settings(BaseSettings):
             check_secret(self.datasite_admin_password.get_secret_value(), "PDMFED_DATASITE_ADMIN_PASSWORD")
         check_url_password(self.amqp_url, "PDMFED_AMQP_URL")
         check_url_password(self.redis_url, "PDMFED_REDIS_URL")
+        check_url_password(self.state_url, "PDMFED_STATE_URL")
 
 
 def load_settings(**overrides: object) -> Settings:

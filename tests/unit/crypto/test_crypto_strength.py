@@ -71,6 +71,13 @@ def test_when_the_broker_url_carries_a_shipped_placeholder_password__it_is_refus
     check_url_password("redis://127.0.0.1:6379/0", "x")
 
 
+def test_when_the_state_database_url_carries_a_placeholder_password__it_is_refused():
+    url = "postgresql://pdmfed:changeme@postgres:5432/pdmfed"
+    with pytest.raises(ConfigError, match="PDMFED_STATE_URL") as err:
+        _settings(state_url=url).validate_secrets()
+    assert "changeme" not in str(err.value)
+
+
 def test_when_the_demo_runs__its_public_defaults_are_allowed():
     Settings(demo=True).validate_secrets()
 
