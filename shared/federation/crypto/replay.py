@@ -17,6 +17,7 @@ __all__ = [
     "InMemorySeenStore",
     "RedisSeenStore",
     "ReplayGuard",
+    "DEFAULT_CLOCK_SKEW_S",
     "seen_store_from_settings",
 ]
 
@@ -106,11 +107,17 @@ class RedisSeenStore:
         self._client.close()
 
 
+#: How far ahead of this host's clock a sender's may run (PDMFED_CLOCK_SKEW_S's default).
+DEFAULT_CLOCK_SKEW_S = 30.0
+
+
 class ReplayGuard:
     """Rejects stale or repeated messages; remembers an id only when the check passes.
 
-    A message is fresh while ``|now - timestamp| <= window_s`` (future timestamps up to
-    ``future_s``, default ``window_s``); its id is remembered exactly that long.
+    A message is fresh while ``now - window_s <= timestamp <= now + future_s`` (``future_s`` is
+    the allowed clock skew, not the window: a message dated ahead would otherwise stay fresh,
+    and replayable once forgotten, for longer than the window); its id is remembered until it
+    is no longer fresh.
     """
 
     def __init__(
@@ -127,8 +134,15 @@ class ReplayGuard:
         #: True unless the store says it never waits on I/O (unknown stores are assumed to).
         self.performs_io = bool(getattr(store, "performs_io", True))
         self.window_s = float(window_s)
-        self.future_s = self.window_s if future_s is None else float(future_s)
+        self.future_s = DEFAULT_CLOCK_SKEW_S if future_s is None else float(future_s)
+        if self.future_s < 0:
+            raise ValueError("future_s must not be negative")
         self._clock = clock
+
+    @classmethod
+    def from_settings(cls, store: SeenStore, settings: Any) -> ReplayGuard:
+        """Window = queue TTL + clock skew into the past, the clock skew into the future."""
+        return cls(store, settings.freshness_window_s, future_s=settings.clock_skew_s)
 
     def check(self, msg_id: bytes, timestamp: float, now: float | None = None) -> None:
         """ExpiredError outside the window, ReplayError for a seen id; else remember it."""
@@ -139,7 +153,10 @@ class ReplayGuard:
         if age > self.window_s:
             raise ExpiredError(f"message is {age:.1f}s old; the window is {self.window_s:.0f}s")
         if -age > self.future_s:
-            raise ExpiredError(f"message is dated {-age:.1f}s in the future")
+            raise ExpiredError(
+                f"message is dated {-age:.1f}s in the future; the clock skew allowed is"
+                f" {self.future_s:.0f}s"
+            )
         ttl = timestamp + self.window_s - now + 1.0
         if not self.store.add_if_new(bytes(msg_id), ttl):
             raise ReplayError(f"msg_id {bytes(msg_id).hex()} was already accepted")

@@ -246,7 +246,7 @@ class Sealer:
             sender=sender,
             identity=identity,
             trust=trust,
-            replay=ReplayGuard(seen_store_from_settings(settings), window),
+            replay=ReplayGuard.from_settings(seen_store_from_settings(settings), settings),
             require_signature=settings.require_signatures,
             max_message_bytes=settings.max_message_bytes,
             window_s=window,

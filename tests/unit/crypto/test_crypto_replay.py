@@ -72,3 +72,21 @@ def test_when_redis_url_is_set__settings_select_the_redis_store_per_service():
         Settings(redis_url="redis://127.0.0.1:1/0", service_id="security")
     )
     assert isinstance(store, RedisSeenStore) and store.namespace == "pdmfed:seen:security"
+
+
+@pytest.mark.parametrize("ahead", [31.0, 120.0, 600.0])
+def test_when_a_key_holder_dates_a_message_in_the_future__beyond_the_clock_skew_it_is_expired(ahead):
+    """A message dated ahead stays 'fresh' (and replayable) longer: accept at most the skew."""
+    settings = Settings(clock_skew_s=30.0, message_ttl_s=600.0)
+    guard = ReplayGuard.from_settings(InMemorySeenStore(), settings)
+    with pytest.raises(ExpiredError, match="future"):
+        guard.check(b"f" * 16, 1000.0 + ahead, now=1000.0)
+    guard.check(b"g" * 16, 1000.0 + 30.0, now=1000.0)  # within the skew
+    guard.check(b"h" * 16, 1000.0 - 630.0, now=1000.0)  # as old as the window
+
+
+def test_when_no_skew_is_given__the_guard_defaults_to_the_settings_default_not_the_window():
+    guard = ReplayGuard(InMemorySeenStore(), window_s=630.0)
+    assert guard.future_s == Settings().clock_skew_s
+    with pytest.raises(ExpiredError):
+        guard.check(b"f" * 16, 1000.0 + 60.0, now=1000.0)

@@ -198,6 +198,20 @@ def test_when_timestamp_is_too_old_or_too_new__expired_error(make_sealer):
             make_sealer().open(body)
 
 
+def test_when_a_key_holder_seals_a_message_dated_in_the_future__open_refuses_past_the_skew(tmp_path):
+    conf = Settings(demo=True, keys_dir=tmp_path, clock_skew_s=30.0, message_ttl_s=600.0)
+    sender = Sealer.from_settings(conf, "connector-0")
+    receiver = Sealer.from_settings(conf, "security-0")  # trusts connector-0's key on disk
+    for ahead, accepted in ((20.0, True), (45.0, False), (600.0, False)):
+        sender._clock = lambda a=ahead: time.time() + a
+        (body,) = sender.seal("round.open", {"x": 1})
+        if accepted:
+            assert receiver.open(body).payload == {"x": 1}
+        else:
+            with pytest.raises(ExpiredError, match="future"):
+                receiver.open(body)
+
+
 def test_when_msg_id_is_replayed__replay_error(make_sealer):
     sealer = make_sealer()
     (body,) = sealer.seal("round.open", {"x": 1})
