@@ -87,8 +87,18 @@ class Settings(BaseSettings):
             return DEMO_SALT
         raise ConfigError("PDMFED_KEY_SALT is not set (required outside `pdmfed demo`)")
 
+    def check_signature_policy(self) -> None:
+        """Unsigned messages are for ``pdmfed demo`` only: without signatures any holder of
+        the shared key could send under any service's name."""
+        if not self.require_signatures and not self.demo:
+            raise ConfigError(
+                "PDMFED_REQUIRE_SIGNATURES=false is refused outside `pdmfed demo`: without"
+                " signatures any holder of the shared key can send as any service"
+            )
+
     def validate_secrets(self) -> None:
         """Refuse to start a non-demo run on missing, placeholder or weak secrets; say why."""
+        self.check_signature_policy()
         if self.demo:
             return
         from federation.crypto.keys import parse_previous_keys

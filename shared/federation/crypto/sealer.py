@@ -232,6 +232,7 @@ class Sealer:
         trust: TrustStore | None = None,
     ) -> Sealer:
         """A sealer from Settings; keys_dir (or state_dir/keys in demo) supplies Ed25519 keys."""
+        settings.check_signature_policy()
         keys_dir: Path | None = settings.keys_dir
         if keys_dir is None and settings.demo:
             keys_dir = Path(settings.state_dir) / "keys"

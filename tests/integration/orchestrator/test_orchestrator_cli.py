@@ -29,6 +29,15 @@ def test_when_a_service_starts_with_a_weak_key__it_refuses_and_says_why(tmp_path
     assert "too weak" in out.stderr and "short" not in out.stderr.replace("too weak", "")
 
 
+def test_when_a_service_starts_with_signatures_off__it_refuses_in_one_line(tmp_path):
+    out = _pdmfed("service", "security", env={"PDMFED_ENCRYPTION_KEY": "x" * 32, "PDMFED_KEY_SALT": "saltsalt1",
+                                                "PDMFED_REQUIRE_SIGNATURES": "false",
+                                                "PDMFED_STATE_DIR": str(tmp_path)})
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "PDMFED_REQUIRE_SIGNATURES=false" in out.stderr and "pdmfed demo" in out.stderr
+
+
 def test_when_the_campaign_yaml_is_invalid__the_error_names_the_problem(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("rounds: -3\nnot_a_field: 1\n")

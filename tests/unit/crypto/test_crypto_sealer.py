@@ -212,6 +212,21 @@ def test_when_a_key_holder_seals_a_message_dated_in_the_future__open_refuses_pas
                 receiver.open(body)
 
 
+def test_when_signatures_are_switched_off_outside_the_demo__no_service_sealer_is_built(tmp_path):
+    secrets = {"encryption_key": "a-production-passphrase", "key_salt": "saltsalt1"}
+    off = Settings(require_signatures=False, keys_dir=tmp_path, **secrets)
+    with pytest.raises(ConfigError, match="PDMFED_REQUIRE_SIGNATURES=false"):
+        off.validate_secrets()
+    with pytest.raises(ConfigError, match="PDMFED_REQUIRE_SIGNATURES=false"):
+        Sealer.from_settings(off, "security-0")
+    # Why: with signatures off, anyone holding the shared key speaks as any service.
+    demo = Settings(require_signatures=False, demo=True, keys_dir=tmp_path)
+    receiver = Sealer.from_settings(demo, "security-0")
+    forger = Sealer(KeyRing.from_settings(demo), sender="trainer-dispatch", require_signature=False)
+    (body,) = forger.seal("round.open", {"x": 1})
+    assert receiver.open(body).envelope.sender == "trainer-dispatch"
+
+
 def test_when_msg_id_is_replayed__replay_error(make_sealer):
     sealer = make_sealer()
     (body,) = sealer.seal("round.open", {"x": 1})
