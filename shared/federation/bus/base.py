@@ -37,7 +37,11 @@ EXPIRED_REASON = "expired"
 
 @dataclass(frozen=True)
 class Delivery:
-    """One message handed to a consumer; ``delivery_count`` is 1 on the first delivery."""
+    """One message handed to a consumer; ``delivery_count`` is 1 on the first delivery.
+
+    ``redelivered`` comes from the broker alone (the AMQP frame's flag, never a header a
+    publisher could set): the replay guard lets a seen msg_id through only when it is set.
+    """
 
     body: bytes
     routing_key: str

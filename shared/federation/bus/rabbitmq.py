@@ -49,6 +49,23 @@ def prefetch_count_for(prefetch_bytes: int, expected_message_bytes: int) -> int:
     return max(1, prefetch_bytes // max(1, expected_message_bytes))
 
 
+def _redelivery_of(flag: bool | None, headers: Mapping[str, Any]) -> tuple[bool, int]:
+    """(redelivered, delivery count) of one delivery, trusting only what the broker set on it.
+
+    ``redelivered`` is the flag of the AMQP ``basic.deliver`` frame, which only the broker
+    writes. Any publisher can put an ``x-delivery-count`` header on a message, so the header
+    counts only on a delivery the broker flagged as redelivered (a quorum queue then sets it
+    itself); on a first delivery it is ignored and the count is 1.
+    """
+    if not flag:
+        return False, 1
+    try:
+        previous = int(headers.get("x-delivery-count") or 0)
+    except (TypeError, ValueError):
+        previous = 0
+    return True, max(previous, 1) + 1
+
+
 class _Consumer:
     def __init__(self, queue: str, channel: Any, amqp_queue: Any, tag: str) -> None:
         self.queue = queue
@@ -243,12 +260,12 @@ class RabbitBus(Bus):
         self, queue: str, limit: int | None, handler: Handler, message: AbstractIncomingMessage
     ) -> None:
         headers = dict(message.headers or {})
-        count = int(headers.get("x-delivery-count") or 0) + 1
+        redelivered, count = _redelivery_of(message.redelivered, headers)
         delivery = Delivery(
             body=message.body,
             routing_key=message.routing_key or "",
             headers=headers,
-            redelivered=bool(message.redelivered) or count > 1,
+            redelivered=redelivered,
             delivery_count=count,
             queue=queue,
         )

@@ -234,12 +234,19 @@ class ChunkAssembler:
         return a
 
     def release(self, chunk: Mapping[str, Any]) -> None:
-        """Give back a reserved slot whose chunk failed verification."""
+        """Give back a reserved slot whose chunk failed verification.
+
+        An update none of whose chunks was accepted is dropped with it: a refused chunk (a
+        replay, a forgery) never leaves a reassembly booked behind.
+        """
         with self._lock:
-            a = self._open.get(bytes(chunk["update_id"]))
+            uid = bytes(chunk["update_id"])
+            a = self._open.get(uid)
             index = chunk["index"]
             if a is not None and a.state[index] == _WRITING:
                 a.state[index] = _FREE
+                if a.received == 0 and _WRITING not in a.state:
+                    self._drop(uid)
 
     def commit(self, chunk: Mapping[str, Any], msg_id: bytes, digest: bytes) -> np.ndarray | None:
         """Record a verified chunk; the whole payload buffer once every chunk is in."""
