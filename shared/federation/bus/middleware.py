@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from federation.bus.base import Bus, Delivery, RejectMessage, RequeueMessage
-from federation.errors import MalformedMessage, PdmFedError, ReplayError
+from federation.errors import BusError, MalformedMessage, PdmFedError, ReplayError
 
 __all__ = ["SecureEndpoint", "SecureHandler", "RoundGuard"]
 
@@ -32,6 +32,20 @@ INLINE_OPEN_BYTES = 2 * 1024 * 1024
 OPEN_AHEAD = 2
 #: Chunks of one message in flight (published, confirm pending) at once.
 PUBLISH_WINDOW = 4
+#: Seconds a delivery waits before it is requeued because infrastructure failed (BusError).
+STORE_RETRY_S = 1.0
+
+#: What decoding or validating received bytes may raise besides our own errors (a library's
+#: refusal, a validator's oversight): the message is malformed. MemoryError and OSError are not
+#: here: they say nothing about the message and stay transient (requeued).
+_DECODE_FAILURES = (
+    ValueError,
+    TypeError,
+    LookupError,
+    AttributeError,
+    RuntimeError,
+    ArithmeticError,
+)
 
 #: ``async (msg_type, payload_obj, envelope) -> None``
 SecureHandler = Callable[[Any, Any, Any], Awaitable[None]]
@@ -225,6 +239,8 @@ class SecureEndpoint:
         if not isinstance(sealer.replay, _RedeliveryAwareReplay):
             sealer.replay = _RedeliveryAwareReplay(sealer.replay)
         self._failed_chunked = _FailedChunked()
+        #: Pause before requeueing a delivery that met an unreachable seen-id store or broker.
+        self.store_retry_s = STORE_RETRY_S
 
     # -- publishing -----------------------------------------------------------------
     async def publish(
@@ -346,9 +362,23 @@ class SecureEndpoint:
         await self.bus.consume(queue, on_any, prefetch=prefetch, concurrency=concurrency)
 
     def _open(self, delivery: Delivery) -> tuple[Any, Any] | None:
-        """CPU-bound part (worker thread or copied context): open, bind to routing key, type it."""
+        """CPU-bound part (worker thread or copied context): open, bind to routing key, type it.
+
+        Every failure to decode or validate the received bytes is MalformedMessage, so the
+        message is dead-lettered on first sight: requeueing it would only fail again.
+        """
+        try:
+            return self._open_delivery(delivery)
+        except PdmFedError:
+            raise
+        except _DECODE_FAILURES as exc:
+            raise MalformedMessage(
+                f"received message does not decode: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _open_delivery(self, delivery: Delivery) -> tuple[Any, Any] | None:
+        from federation.wire import messages
         from federation.wire.envelope import decode_envelope
-        from federation.wire.messages import parse_payload
 
         _REDELIVERY.set(delivery.redelivered)
         if delivery.redelivered:
@@ -365,7 +395,7 @@ class SecureEndpoint:
             raise MalformedMessage(
                 f"msg_type {envelope.msg_type!r} does not match routing key {delivery.routing_key!r}"
             )
-        return envelope, parse_payload(envelope.msg_type, opened.payload)
+        return envelope, messages.parse_payload(envelope.msg_type, opened.payload)
 
     async def _handle(
         self, delivery: Delivery, handler: SecureHandler, turn: _Turn | None = None
@@ -416,6 +446,14 @@ class SecureEndpoint:
                 self._failed_chunked.drop(update_id)
             if self.metrics is not None:
                 self._child(self.metrics.messages_consumed, "msg_type", kind).inc()
+        except BusError as err:
+            # Infrastructure (the shared seen-id store, the broker), not the message: nothing
+            # was accepted unchecked; wait a little and let the broker deliver it again.
+            log.warning(
+                "%s: %s unavailable for %s; requeueing: %s", self.service, err.reason, kind, err
+            )
+            await asyncio.sleep(self.store_retry_s)
+            raise RequeueMessage(str(err)[:200]) from err
         except PdmFedError as err:
             self._count_rejection(err.reason)
             # The reason and the claimed sender, never the payload.

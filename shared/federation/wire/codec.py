@@ -67,11 +67,13 @@ _NUMPY_TO_TORCH = {
 _ALIGN = 64
 _MAX_NDIM = 32
 _MAX_REGION = 2**32 - 1
+_MAX_INT64 = 2**63 - 1
 _PAD = bytes(_ALIGN)
 if sys.byteorder != "little":  # tensors travel as raw little-endian bytes, viewed in place
     raise ImportError("federation.wire.codec supports little-endian hosts only")
 # Errors the msgpack C decoder (and our hooks' argument handling) raise on hostile input.
 _DECODE_ERRORS = (
+    RuntimeError,
     ValueError,
     TypeError,
     KeyError,
@@ -216,7 +218,11 @@ class _Decoder:
         for value in (offset, nbytes):
             if type(value) is not int or value < 0:
                 raise MalformedMessage("tensor offset/nbytes must be non-negative integers")
-        # Python ints: no overflow; checked before any allocation.
+        # Python ints: no overflow; checked before any allocation. torch computes each stride as
+        # the product of the later dimensions (a zero counted as one) even for an empty tensor,
+        # so [0, 2**62, 2**62] would overflow int64 there: bound that product as well.
+        if math.prod(max(dim, 1) for dim in shape) * _ITEMSIZE[name] > _MAX_INT64:
+            raise MalformedMessage(f"tensor shape {shape!r} overflows 64-bit strides")
         expected = math.prod(shape) * _ITEMSIZE[name]
         if nbytes != expected:
             raise MalformedMessage(
@@ -227,6 +233,14 @@ class _Decoder:
         if offset < self.next_free or offset + nbytes > self.region_len:
             raise MalformedMessage("tensor data lies outside its region or overlaps another tensor")
         self.next_free = offset + nbytes
+        try:
+            return self._tensor(name, shape, offset, nbytes)
+        except (RuntimeError, ValueError, TypeError, OverflowError) as exc:
+            # Every check above should make this unreachable; if torch or numpy still refuses
+            # the descriptor, it is the sender's malformed message, not a transient fault.
+            raise MalformedMessage(f"tensor {name} {shape!r} cannot be built: {exc}") from exc
+
+    def _tensor(self, name: str, shape: list[int], offset: int, nbytes: int) -> torch.Tensor:
         dtype = DTYPES[name]
         if nbytes == 0:
             return torch.empty(shape, dtype=dtype)

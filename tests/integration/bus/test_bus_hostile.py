@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 
+import msgpack
 import pytest
 import torch
 from bus_helpers import BusFactory, wait_for
@@ -16,7 +17,8 @@ from federation.crypto.replay import InMemorySeenStore, RedisSeenStore, ReplayGu
 from federation.crypto.sealer import Sealer
 from federation.crypto.signing import SigningIdentity, TrustStore
 from federation.monitoring.metrics import Metrics
-from federation.wire.messages import UpdateRaw
+from federation.wire import codec, messages
+from federation.wire.messages import MsgType, UpdateRaw
 from prometheus_client import CollectorRegistry
 
 pytestmark = pytest.mark.timeout(90)
@@ -144,3 +146,106 @@ async def test_when_a_captured_chunk_is_republished_after_a_consumer_restart__it
     assert dead_letter_info(restarted.dead[0]).reason == "replay"
     assert restarted.sealer.assembler.pending == 0, "a replayed chunk booked a reassembly slot"
     assert restarted.handled == [] and restarted.rejected("replay") == 1
+
+
+class CountingSealer(Sealer):
+    """A sealer that counts how often a body was opened (one delivery = one open)."""
+
+    opens = 0
+
+    def open(self, body, **kw):
+        self.opens += 1
+        return super().open(body, **kw)
+
+
+def _seal_plaintext(sealer: Sealer, msg_type: str, plaintext: bytes) -> bytes:
+    """What a holder of a service key can do: seal any plaintext, valid payload or not."""
+    return sealer._seal_body(MsgType(msg_type), [plaintext], len(plaintext), "", 0, None, None)
+
+
+def _hostile_payload() -> bytes:
+    """A payload whose tensor descriptor [0, 2**62, 2**62] overflows torch's strides."""
+    desc = msgpack.packb(["float32", [0, 2**62, 2**62], 0, 0])
+    structure = msgpack.packb({"delta": {"w": msgpack.ExtType(codec.TENSOR_EXT, desc)}})
+    head = bytearray(b"\x93\xc6") + len(structure).to_bytes(4, "big") + structure
+    pad = -(len(head) + 7) % 64
+    return bytes(head + b"\xc4" + bytes([pad]) + bytes(pad) + b"\xc6" + bytes(4))
+
+
+async def test_when_a_key_holder_sends_an_undecodable_tensor__it_is_malformed_on_first_sight(
+    buses: BusFactory, keys
+):
+    keyring, identity, trust = keys
+    consumer = Consumer(buses, keyring, trust, InMemorySeenStore())
+    consumer.sealer.__class__ = CountingSealer
+    await consumer.start()
+    publisher = await buses.make(service="attacker")
+    sealer = Sealer(keyring, sender=SENDER, identity=identity)
+    await publisher.publish("update.raw", _seal_plaintext(sealer, "update.raw", _hostile_payload()))
+    (good,) = sealer.seal("update.raw", _update(8))
+    await publisher.publish("update.raw", good)
+    await wait_for(lambda: len(consumer.dead) == 1 and len(consumer.handled) == 1)
+    await asyncio.sleep(0.3)
+    assert dead_letter_info(consumer.dead[0]).reason == "malformed"
+    assert consumer.sealer.opens == 2, "the poison message was requeued instead of refused"
+    assert consumer.rejected("malformed") == 1
+
+
+async def test_when_payload_validation_fails_untyped__the_message_is_malformed_on_first_sight(
+    buses: BusFactory, keys, monkeypatch
+):
+    def broken(msg_type, payload):
+        raise ValueError("a validator bug or an input nobody foresaw")
+
+    monkeypatch.setattr(messages, "parse_payload", broken)
+    keyring, identity, trust = keys
+    consumer = Consumer(buses, keyring, trust, InMemorySeenStore())
+    consumer.sealer.__class__ = CountingSealer
+    await consumer.start()
+    publisher = await buses.make(service="attacker")
+    (body,) = Sealer(keyring, sender=SENDER, identity=identity).seal("update.raw", _update(8))
+    await publisher.publish("update.raw", body)
+    await wait_for(lambda: len(consumer.dead) == 1)
+    await asyncio.sleep(0.3)
+    assert dead_letter_info(consumer.dead[0]).reason == "malformed"
+    assert consumer.sealer.opens == 1 and consumer.rejected("malformed") == 1
+
+
+async def test_when_the_shared_seen_store_is_briefly_unreachable__the_message_waits_not_dies(
+    buses: BusFactory, keys
+):
+    """Fail closed (nothing is accepted unchecked) but never dead-letter a valid message."""
+    import redis
+    from bus_helpers import TcpProxy
+
+    host, port = REDIS_URL.split("//", 1)[1].split("/", 1)[0].split(":")
+    try:
+        redis.Redis(host=host, port=int(port), socket_connect_timeout=2).ping()
+    except (redis.RedisError, OSError) as exc:
+        pytest.skip(f"Redis is unreachable at {REDIS_URL}: {exc}")
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    namespace = f"pdmfed:test:{uuid.uuid4().hex}"
+    store = RedisSeenStore(f"redis://127.0.0.1:{proxy.port}/0", namespace)
+    keyring, identity, trust = keys
+    consumer = Consumer(buses, keyring, trust, store)
+    try:
+        await consumer.start()
+        consumer.endpoint.store_retry_s = 0.3
+        publisher = await buses.make(service="connector")
+        (body,) = Sealer(keyring, sender=SENDER, identity=identity).seal("update.raw", _update(8))
+        await proxy.cut()
+        await publisher.publish("update.raw", body)
+        await asyncio.sleep(0.5)
+        assert consumer.handled == [] and consumer.dead == []
+        await proxy.restore()
+        await wait_for(lambda: len(consumer.handled) == 1)
+        assert consumer.dead == [] and consumer.rejected("bus") == 0
+    finally:
+        await proxy.cut()
+        store.close()
+        client = redis.Redis(host=host, port=int(port))
+        keys_left = list(client.scan_iter(f"{namespace}:*"))
+        if keys_left:
+            client.delete(*keys_left)
+        client.close()
