@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import subprocess
 import sys
@@ -10,6 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+#: torch creates its per-user compile cache in TMPDIR when torch._dynamo is imported: a cache
+#: shared by every run of the user, not a temp folder a run leaves behind.
+SHARED_CACHES = {f"torchinductor_{getpass.getuser()}"}
 
 #: The console script of the environment running the tests.
 PDMFED = str(Path(sys.executable).with_name("pdmfed"))
@@ -27,6 +32,10 @@ class Run:
     leftover_processes: list[str]
     #: what the run left in its private TMPDIR
     leftover_tmp: list[str]
+
+
+def _leftover_tmp(tmpdir: Path) -> list[str]:
+    return sorted(p.name for p in tmpdir.iterdir() if p.name not in SHARED_CACHES)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -97,5 +106,90 @@ def run_pdmfed(
     time.sleep(0.2)  # a child that outlives its parent shows up here
     leftovers = kill_session(proc.pid)
     return Run(
-        proc.returncode, out, err, seconds, leftovers, sorted(p.name for p in tmpdir.iterdir())
+        proc.returncode, out, err, seconds, leftovers, _leftover_tmp(tmpdir)
+    )
+
+
+@dataclass
+class PtyRun:
+    """One finished `pdmfed` run under a pseudo-terminal."""
+
+    returncode: int
+    #: every byte the terminal received (escape codes included)
+    raw: bytes
+    #: the screen a person sees at the end, trailing blank lines dropped
+    screen: list[str]
+    seconds: float
+    #: seconds from Ctrl-C to the process's exit (None when not interrupted)
+    stop_seconds: float | None
+    leftover_processes: list[str]
+    leftover_tmp: list[str]
+
+
+def run_in_pty(
+    *args: str,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    rows: int = 24,
+    cols: int = 80,
+    timeout: float = 900,
+    interrupt_when: bytes | None = None,
+) -> PtyRun:
+    """Run `pdmfed ARGS` in a ``rows`` x ``cols`` pseudo-terminal, emulating the screen.
+
+    With ``interrupt_when``, Ctrl-C is typed as soon as that text has been shown.
+    """
+    import pexpect
+    import pyte
+
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir(exist_ok=True)
+    full_env = {
+        **(env if env is not None else clean_env()),
+        "TMPDIR": str(tmpdir),
+        "TERM": "xterm-256color",
+    }
+    full_env.pop("COLUMNS", None)
+    full_env.pop("LINES", None)
+    screen = pyte.Screen(cols, rows)
+    stream = pyte.ByteStream(screen)
+    raw = bytearray()
+    started = time.monotonic()
+    child = pexpect.spawn(
+        PDMFED, list(args), env=full_env, cwd=str(tmp_path), dimensions=(rows, cols)
+    )
+    interrupted_at = None
+    try:
+        while True:
+            try:
+                chunk = child.read_nonblocking(
+                    65536, timeout=max(1.0, timeout - (time.monotonic() - started))
+                )
+            except pexpect.EOF:
+                break
+            raw += chunk
+            stream.feed(chunk)
+            if interrupt_when is not None and interrupted_at is None and interrupt_when in raw:
+                child.sendintr()
+                interrupted_at = time.monotonic()
+        child.wait()
+    finally:
+        if child.isalive():
+            kill_session(child.pid)
+            child.close(force=True)
+    ended = time.monotonic()
+    code = child.exitstatus if child.exitstatus is not None else 128 + (child.signalstatus or 0)
+    time.sleep(0.2)
+    leftovers = kill_session(child.pid)
+    lines = [line.rstrip() for line in screen.display]
+    while lines and not lines[-1]:
+        lines.pop()
+    return PtyRun(
+        code,
+        bytes(raw),
+        lines,
+        ended - started,
+        None if interrupted_at is None else ended - interrupted_at,
+        leftovers,
+        _leftover_tmp(tmpdir),
     )

@@ -143,6 +143,14 @@ def demo(
     json_out: Annotated[
         bool, typer.Option("--json", help="print the summary as JSON on stdout")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="show the services' and libraries' logs here instead of in the run folder's pdmfed.log",
+        ),
+    ] = False,
 ) -> int:
     """Run the main job locally: 3 factories, 4 services, 5 secure rounds (needs nothing running)."""
     from federation.orchestrator.demo import DemoOptions, demo_main
@@ -165,7 +173,7 @@ def demo(
         record_noise=record_noise,
         max_epsilon=max_epsilon,
     )
-    return demo_main(opts)
+    return demo_main(opts, verbose=verbose)
 
 
 # --- campaign, service, status --------------------------------------------------------------

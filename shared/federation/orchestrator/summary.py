@@ -10,7 +10,7 @@ from typing import Any
 
 from federation.orchestrator.client import CampaignRecord
 
-__all__ = ["build_summary", "write_run", "message_rejections"]
+__all__ = ["build_summary", "round_entry", "write_run", "message_rejections"]
 
 log = logging.getLogger(__name__)
 
@@ -29,30 +29,33 @@ def message_rejections(registry: Any) -> dict[str, int]:
     return dict(out)
 
 
+def round_entry(r: dict, test_rmse: dict[int, float] | None = None) -> dict:
+    """One round of the summary, from its round.completed payload (test RMSE when measured)."""
+    m = r.get("metrics") or {}
+    rn = int(r["round_num"])
+    rmse = (test_rmse or {}).get(rn, m.get("rmse"))
+    return {
+        "round_num": rn,
+        "rmse": None if rmse is None else float(rmse),
+        "train_rmse": m.get("rmse"),
+        # client-level ε when central/local update DP is on, else the worst factory's record-level ε
+        "epsilon": r.get("epsilon") if r.get("epsilon") is not None else m.get("record_epsilon_max"),
+        "client_epsilon": r.get("epsilon"),
+        "record_epsilon": {k: float(v) for k, v in (m.get("record_epsilon") or {}).items()},
+        "participants": list(r.get("participants") or []),
+        "rejected": {k: str(v) for k, v in (r.get("rejected") or {}).items()},
+        "failed": {k: str(v) for k, v in (r.get("failed") or {}).items()},
+        "byzantine": list(r.get("byzantine") or []),
+        "duration_s": m.get("duration_s"),
+        "reputation": {k: float(v) for k, v in (m.get("reputation") or {}).items()},
+        "status": r.get("status", "aggregated"),
+    }
+
+
 def build_summary(record: CampaignRecord, config: dict, *, test_rmse: dict[int, float] | None = None,
                   registry: Any = None) -> dict:
     """The CampaignSummary dict of federation.monitoring.report."""
-    rounds = []
-    for r in sorted(record.rounds, key=lambda r: r["round_num"]):
-        m = r.get("metrics") or {}
-        rn = int(r["round_num"])
-        rmse = (test_rmse or {}).get(rn, m.get("rmse"))
-        rounds.append({
-            "round_num": rn,
-            "rmse": None if rmse is None else float(rmse),
-            "train_rmse": m.get("rmse"),
-            # client-level ε when central/local update DP is on, else the worst factory's record-level ε
-            "epsilon": r.get("epsilon") if r.get("epsilon") is not None else m.get("record_epsilon_max"),
-            "client_epsilon": r.get("epsilon"),
-            "record_epsilon": {k: float(v) for k, v in (m.get("record_epsilon") or {}).items()},
-            "participants": list(r.get("participants") or []),
-            "rejected": {k: str(v) for k, v in (r.get("rejected") or {}).items()},
-            "failed": {k: str(v) for k, v in (r.get("failed") or {}).items()},
-            "byzantine": list(r.get("byzantine") or []),
-            "duration_s": m.get("duration_s"),
-            "reputation": {k: float(v) for k, v in (m.get("reputation") or {}).items()},
-            "status": r.get("status", "aggregated"),
-        })
+    rounds = [round_entry(r, test_rmse) for r in sorted(record.rounds, key=lambda r: r["round_num"])]
     reasons: Counter[str] = Counter()
     for r in rounds:
         reasons.update(r["rejected"].values())
