@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PDMFED_", extra="ignore")
 
     amqp_url: str | None = None
+    #: How long an unreachable broker is retried (with backoff) at start-up before giving up.
+    amqp_connect_give_up_s: float = 60.0
     redis_url: str | None = None
     encryption_key: SecretStr | None = None
     key_salt: str | None = None

@@ -25,6 +25,7 @@ from federation.bus.base import (
     RequeueMessage,
 )
 from federation.bus.topology import DEFAULT_TOPOLOGY, Topology, declare_topology
+from federation.bus.url import connect_with_retry, parse_amqp_url
 from federation.errors import BusError, PublishError
 
 __all__ = ["RabbitBus", "prefetch_count_for"]
@@ -97,8 +98,13 @@ class RabbitBus(Bus):
         reconnect_interval: float = 2.0,
         publish_timeout: float = 30.0,
         declare: bool = True,
+        connect_give_up_s: float = 60.0,
     ) -> None:
         self._url = url
+        #: host, port, vhost and user of the URL, checked now (a ConfigError names the problem)
+        self.target = parse_amqp_url(url)
+        #: how long an unreachable broker is retried at start-up before giving up
+        self.connect_give_up_s = connect_give_up_s
         self.service = service
         self.topology = topology
         self.prefetch_count = prefetch_count_for(prefetch_bytes, expected_message_bytes)
@@ -115,16 +121,17 @@ class RabbitBus(Bus):
         self._closing = False
 
     async def _connect(self, role: str) -> AbstractRobustConnection:
-        try:
-            return await aio_pika.connect_robust(
+        # Never echo the URL: it may carry the password (errors name host, port, vhost, user).
+        return await connect_with_retry(
+            lambda: aio_pika.connect_robust(
                 self._url,
                 heartbeat=self._heartbeat,
                 reconnect_interval=self._reconnect_interval,
                 client_properties={"connection_name": f"pdmfed-{self.service}-{role}"},
-            )
-        except (TimeoutError, aiormq.exceptions.AMQPError, OSError) as exc:
-            # Never echo the URL: it may carry the password.
-            raise BusError(f"cannot connect to RabbitMQ ({role}): {type(exc).__name__}") from exc
+            ),
+            self.target,
+            give_up_after_s=self.connect_give_up_s,
+        )
 
     async def start(self) -> None:
         if self._pub_conn is not None:

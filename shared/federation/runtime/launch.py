@@ -67,7 +67,8 @@ def make_bus(settings: Settings, service_key: str, broker: Any = None, topology:
 
         return RabbitBus(settings.amqp_url, service=service_key, topology=topo,
                          expected_message_bytes=settings.max_message_bytes,
-                         declare=settings.declare_topology)
+                         declare=settings.declare_topology,
+                         connect_give_up_s=settings.amqp_connect_give_up_s)
     from federation.bus.memory import InMemoryBroker, InMemoryBus
 
     return InMemoryBus(broker if broker is not None else InMemoryBroker(topo))
