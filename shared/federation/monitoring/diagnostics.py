@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from federation.errors import ConfigError, PdmFedError
 
@@ -33,6 +35,20 @@ def _base_url(url: str) -> str:
     return url
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost cause of a requests/urllib3 error (e.g. socket.gaierror, ConnectionRefusedError)."""
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "reason", None) or exc.__cause__ or exc.__context__
+        if inner is None and exc.args and isinstance(exc.args[0], BaseException):
+            inner = exc.args[0]
+        if not isinstance(inner, BaseException):
+            return exc
+        exc = inner
+    return exc
+
+
 def _probe_http(url: str, timeout: float) -> tuple[list[str], list[str], list[str], bool]:
     """Check reachability through the metadata endpoint; returns issues, recs, checks, ok."""
     import requests
@@ -46,9 +62,18 @@ def _probe_http(url: str, timeout: float) -> tuple[list[str], list[str], list[st
         issues.append("Connection timeout")
         recs.append("Check network connectivity and firewall settings")
         return issues, recs, checks, False
-    except requests.exceptions.ConnectionError:
-        issues.append("Connection refused")
-        recs.append("Verify datasite is running and URL is correct")
+    except requests.exceptions.ConnectionError as exc:
+        host = urlsplit(_base_url(url)).hostname or url
+        cause = _root_cause(exc)
+        if isinstance(cause, socket.gaierror):
+            issues.append(f"Name lookup failed: cannot resolve host '{host}'")
+            recs.append("Check the host name in the URL (and DNS / the container network)")
+        elif isinstance(cause, ConnectionRefusedError):
+            issues.append("Connection refused")
+            recs.append("Verify datasite is running and URL is correct")
+        else:
+            issues.append(f"Cannot connect to {host}: {type(cause).__name__}")
+            recs.append("Check network connectivity and that the datasite is running")
         return issues, recs, checks, False
     except requests.exceptions.RequestException as exc:
         issues.append(f"Invalid datasite URL: {exc}")
@@ -91,8 +116,8 @@ def diagnose_connection_failures(
     """Diagnose each datasite: reachability, PySyft login, and the manager's view of it.
 
     Each result has the seed's keys `datasite_id`, `url`, `issues`, `recommendations`, plus
-    `checks` (what succeeded; the seed put "PySyft connection successful" in `issues`) and
-    `ok` (no issues). `issues` holds real problems only.
+    `checks` (what succeeded; the seed put "PySyft connection successful" in `issues`),
+    `skipped` (steps not run, and why) and `ok` (no issues). `issues` holds real problems only.
     """
     login = login or _default_login
     results: dict[str, dict[str, Any]] = {}
@@ -105,6 +130,7 @@ def diagnose_connection_failures(
             "issues": [],
             "recommendations": [],
             "checks": [],
+            "skipped": [],
         }
         if not url:
             diagnosis["issues"].append("No URL configured")
@@ -116,7 +142,7 @@ def diagnose_connection_failures(
             diagnosis["checks"] += checks
             creds = config.get("credentials") or {}
             if not reachable:
-                diagnosis["checks"].append("PySyft login not attempted: server unreachable")
+                diagnosis["skipped"].append("PySyft login: the server is unreachable")
             elif not creds.get("email") or not creds.get("password"):
                 diagnosis["issues"].append("No credentials configured")
                 diagnosis["recommendations"].append(
@@ -359,6 +385,7 @@ def format_diagnosis(results: Mapping[str, Mapping[str, Any]]) -> str:
         mark = "OK  " if not d.get("issues") else "FAIL"
         lines.append(f"[{mark}] {datasite_id}  {d.get('url', '')}")
         lines += [f"    ✓ {c}" for c in d.get("checks", [])]
+        lines += [f"    - skipped: {c}" for c in d.get("skipped", [])]
         lines += [f"    ✗ {i}" for i in d.get("issues", [])]
         lines += [f"    → {r}" for r in d.get("recommendations", [])]
     bad = sum(1 for d in results.values() if d.get("issues"))
