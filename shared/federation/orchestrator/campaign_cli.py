@@ -17,27 +17,12 @@ __all__ = ["campaign_main", "run_campaign"]
 log = logging.getLogger(__name__)
 
 
-def _print_event(console: Any, total: int) -> Any:
-    def on_event(kind: str, p: dict, rec: Any) -> None:
-        if kind == "round.open":
-            console.print(f"[bold]round {p['round_num']}/{total}[/] opened, cohort {', '.join(p['cohort'])}")
-        elif kind == "datasite.status" and p.get("status") == "failed":
-            console.print(f"  [yellow]{p['datasite_id']} failed[/]: {(p.get('detail') or {}).get('error')}")
-        elif kind == "round.completed":
-            m = p.get("metrics") or {}
-            eps = p.get("epsilon")
-            rmse = m.get("rmse")
-            console.print(
-                f"  round {p['round_num']}: participants {len(p['participants'])}, "
-                f"rejected {len(p.get('rejected') or {})}, Byzantine {p.get('byzantine') or '-'}, "
-                f"ε {'off' if eps is None else f'{eps:.2f}'}, RMSE {'-' if rmse is None else f'{rmse:.2f}'}"
-            )
-    return on_event
-
-
 async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: float, out: Path,
                        console: Any = None) -> dict:
-    """Publish campaign.start, follow it, write the run folder; returns the summary."""
+    """Publish campaign.start, follow it, write the run folder; returns the summary.
+
+    ``console`` receives every event the orchestrator follows (e.g. a CampaignDisplay).
+    """
     from federation.bus.middleware import SecureEndpoint
     from federation.monitoring import Metrics
     from federation.orchestrator.client import CampaignClient
@@ -52,7 +37,7 @@ async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: floa
         endpoint = SecureEndpoint(bus, sealer, Metrics("orchestrator"), "orchestrator")
         client = CampaignClient(bus, sealer, endpoint)
         if console is not None:
-            client.on_event = _print_event(console, cfg.rounds)
+            client.on_event = console
         await client.listen()
         await client.start_campaign(cfg)
         record = await client.wait(cfg.campaign_id, timeout)
@@ -64,10 +49,12 @@ async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: floa
 
 
 def campaign_main(*, config: Path, out: Path, timeout: float) -> int:
-    """CLI entry: exit 0 on a completed campaign, non-zero with a one-line reason otherwise."""
+    """CLI entry: exit 0 when the campaign reached its goal, else one line saying why and exit 1."""
     from rich.console import Console
 
+    from federation.console import EXIT_FAILED, fail
     from federation.logs import setup_logging
+    from federation.orchestrator.display import CampaignDisplay, outcome, results_table
 
     settings = Settings()
     setup_logging(settings.log_level)
@@ -79,12 +66,16 @@ def campaign_main(*, config: Path, out: Path, timeout: float) -> int:
     if cfg.campaign_id == "campaign":
         cfg = cfg.model_copy(update={"campaign_id": f"campaign-{time.strftime('%Y%m%d-%H%M%S')}"})
     console = Console(stderr=True)
+    display = CampaignDisplay(console, cfg.rounds)
     try:
-        summary = asyncio.run(run_campaign(settings, cfg, timeout=timeout, out=out,
-                                           console=console))
+        summary = asyncio.run(run_campaign(settings, cfg, timeout=timeout, out=out, console=display))
     except TimeoutError:
-        console.print(f"pdmfed campaign: no campaign.completed within {timeout:.0f}s")
-        return 3
-    console.print(f"campaign {cfg.campaign_id}: {summary['final']['reason']} after "
-                  f"{summary['final']['rounds']} rounds; run folder {out / cfg.campaign_id}")
-    return 0 if summary["final"]["reason"] in ("max_rounds", "target_rmse", "privacy_budget") else 1
+        fail(f"campaign {cfg.campaign_id}: not completed within {timeout:.0f} s (--timeout)", EXIT_FAILED)
+    finally:
+        display.stop()
+    console.print(results_table(summary, cfg.rounds))
+    console.print(f"run folder {out / cfg.campaign_id}", highlight=False, soft_wrap=True)
+    ok, sentence = outcome(summary["final"]["reason"], summary["final"]["rounds"], cfg.rounds)
+    if not ok:
+        fail(f"campaign {cfg.campaign_id} {sentence}", EXIT_FAILED)
+    return 0
