@@ -267,27 +267,49 @@ def diagnose(
 
 @app.command("validate-security")
 def validate_security(
+    self_test: Annotated[
+        bool,
+        typer.Option(
+            "--self-test",
+            help="instead of the deployment, self-test this library's encryption, DP and Byzantine detection",
+        ),
+    ] = False,
     no_dp: Annotated[
-        bool, typer.Option("--no-dp", help="test with differential privacy off")
+        bool, typer.Option("--no-dp", help="--self-test with differential privacy off")
     ] = False,
     no_bft: Annotated[
-        bool, typer.Option("--no-bft", help="test with Byzantine tolerance off")
+        bool, typer.Option("--no-bft", help="--self-test with Byzantine tolerance off")
     ] = False,
     noise_multiplier: Annotated[
-        float, typer.Option(min=0.0, help="DP noise multiplier to test")
+        float, typer.Option(min=0.0, help="--self-test: DP noise multiplier to test")
     ] = 1.0,
     bft_threshold: Annotated[
-        float, typer.Option(click_type=POSITIVE, help="Byzantine detection threshold to test")
+        float, typer.Option(click_type=POSITIVE, help="--self-test: Byzantine detection threshold")
     ] = 2.0,
     min_clients: Annotated[
-        int, typer.Option(min=2, help="clients in the Byzantine test cohort")
+        int, typer.Option(min=2, help="--self-test: clients in the Byzantine test cohort")
     ] = 3,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
 ) -> int:
-    """Self-test encryption, DP and Byzantine detection (key from PDMFED_ENCRYPTION_KEY)."""
-    from federation.monitoring.diagnostics import validate_security_command
+    """Check the deployment PDMFED_* points at: secrets, keys directory, trust store, factory keys, broker."""
+    from federation.monitoring import diagnostics
 
-    return validate_security_command(
+    if not self_test:
+        given = [
+            name
+            for name, value, default in (
+                ("--no-dp", no_dp, False),
+                ("--no-bft", no_bft, False),
+                ("--noise-multiplier", noise_multiplier, 1.0),
+                ("--bft-threshold", bft_threshold, 2.0),
+                ("--min-clients", min_clients, 3),
+            )
+            if value != default
+        ]
+        if given:
+            fail(f"{', '.join(given)} only apply with --self-test")
+        return diagnostics.validate_deployment_command(json_out=json_out)
+    return diagnostics.validate_security_command(
         no_dp=no_dp,
         no_bft=no_bft,
         noise_multiplier=noise_multiplier,

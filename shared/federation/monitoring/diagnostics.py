@@ -494,6 +494,18 @@ def diagnose_main(argv: Sequence[str] | None = None) -> int:
     return main(["diagnose", *(argv or [])])
 
 
+def validate_deployment_command(*, json_out: bool) -> int:
+    """`pdmfed validate-security`: check the deployment PDMFED_* points at; 0 when nothing is wrong."""
+    from federation.config import load_settings
+    from federation.monitoring.deployment import check_deployment, findings_json, format_findings
+
+    findings = check_deployment(load_settings())
+    sys.stdout.write(
+        json.dumps(findings_json(findings), indent=2) + "\n" if json_out else format_findings(findings)
+    )
+    return 0 if all(f.status != "issue" for f in findings) else 1
+
+
 def validate_security_command(
     *,
     no_dp: bool,
