@@ -195,11 +195,19 @@ def campaign(
     timeout: Annotated[
         float, typer.Option(click_type=POSITIVE, help="give up after this many seconds")
     ] = 3600.0,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="follow the campaign already running under the config's campaign_id to its end "
+            "(publish no campaign.start)",
+        ),
+    ] = False,
 ) -> int:
     """Run a campaign over RabbitMQ against running services (PDMFED_AMQP_URL)."""
     from federation.orchestrator.campaign_cli import campaign_main
 
-    return campaign_main(config=config, out=out, timeout=timeout)
+    return campaign_main(config=config, out=out, timeout=timeout, resume=resume)
 
 
 class ServiceName(StrEnum):

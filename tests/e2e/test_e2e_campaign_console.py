@@ -75,3 +75,69 @@ def test_when_the_privacy_budget_stops_a_campaign_early__campaign_exits_1_with_t
     assert any(line.startswith(f"{cfg.campaign_id}: stopped after 1 of 5 rounds") for line in lines)
     assert (tmp_path / "runs" / cfg.campaign_id / "summary.json").exists()
     assert "\x1b" not in run.stderr and run.leftover_processes == []
+
+
+def test_when_resume_attaches_to_a_running_campaign__it_follows_it_to_its_end(
+    fleet, amqp_url, tmp_path
+):
+    import subprocess
+
+    from cli_helpers import PDMFED, kill_session
+
+    prefix = unique_prefix("resume")
+    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=None)
+    procs = ServiceProcesses(env, tmp_path)
+    for name in SERVICES:
+        procs.start(name)
+    cfg = campaign_config(
+        fleet.sites,
+        campaign_id=f"{prefix}-c",
+        rounds=3,
+        seed=2,
+        n_features=fleet.data.n_features,
+        window=fleet.data.window,
+    )
+    config = tmp_path / "campaign.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_payload()))
+    orch_env = {**env, "PDMFED_STATE_DIR": str(tmp_path / "orchestrator")}
+    first = subprocess.Popen(
+        [PDMFED, "campaign", "--config", str(config), "--out", "runs-first"],
+        env=orch_env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        seen = []
+        for line in first.stderr:  # attach once round 1 is done
+            seen.append(line)
+            if line.startswith("round 1/3"):
+                break
+        assert seen and seen[-1].startswith("round 1/3"), "".join(seen)
+        run = run_pdmfed(
+            "campaign",
+            "--config",
+            str(config),
+            "--out",
+            "runs",
+            "--resume",
+            "--timeout",
+            "300",
+            tmp_path=tmp_path,
+            env=orch_env,
+            timeout=360,
+        )
+        first_rest = first.communicate(timeout=360)[1]
+    finally:
+        kill_session(first.pid)
+        procs.stop_all()
+        delete_topology(amqp_url, prefix)
+    assert first.returncode == 0, first_rest[-2000:]
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stderr.splitlines()
+    assert lines[-1] == f"run folder runs/{cfg.campaign_id}"
+    assert f"{cfg.campaign_id}: all 3 rounds completed" in [line.rstrip() for line in lines]
+    assert any(line.startswith("round 3/3") for line in lines)
+    assert not any(line.startswith("round 1/3") for line in lines)  # it attached after round 1

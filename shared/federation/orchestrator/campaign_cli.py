@@ -18,10 +18,12 @@ log = logging.getLogger(__name__)
 
 
 async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: float, out: Path,
-                       console: Any = None) -> dict:
+                       console: Any = None, resume: bool = False) -> dict:
     """Publish campaign.start, follow it, write the run folder; returns the summary.
 
-    ``console`` receives every event the orchestrator follows (e.g. a CampaignDisplay).
+    ``console`` receives every event the orchestrator follows (e.g. a CampaignDisplay). With
+    ``resume`` nothing is published: the campaign already running under ``cfg.campaign_id`` is
+    followed to its end (the summary holds the rounds completed from then on).
     """
     from federation.bus.middleware import SecureEndpoint
     from federation.monitoring import Metrics
@@ -39,7 +41,8 @@ async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: floa
         if console is not None:
             client.on_event = console
         await client.listen()
-        await client.start_campaign(cfg)
+        if not resume:
+            await client.start_campaign(cfg)
         record = await client.wait(cfg.campaign_id, timeout)
     finally:
         await bus.close()
@@ -48,7 +51,7 @@ async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: floa
     return summary
 
 
-def campaign_main(*, config: Path, out: Path, timeout: float) -> int:
+def campaign_main(*, config: Path, out: Path, timeout: float, resume: bool = False) -> int:
     """CLI entry: exit 0 when the campaign reached its goal, else one line saying why and exit 1."""
     from rich.console import Console
 
@@ -64,11 +67,14 @@ def campaign_main(*, config: Path, out: Path, timeout: float) -> int:
     settings.validate_secrets()
     cfg = load_campaign_config(config)
     if cfg.campaign_id == "campaign":
+        if resume:
+            fail("--resume needs the campaign_id of the running campaign in the config")
         cfg = cfg.model_copy(update={"campaign_id": f"campaign-{time.strftime('%Y%m%d-%H%M%S')}"})
     console = Console(stderr=True)
     display = CampaignDisplay(console, cfg.rounds)
     try:
-        summary = asyncio.run(run_campaign(settings, cfg, timeout=timeout, out=out, console=display))
+        summary = asyncio.run(run_campaign(settings, cfg, timeout=timeout, out=out, console=display,
+                                           resume=resume))
     except TimeoutError:
         fail(f"campaign {cfg.campaign_id}: not completed within {timeout:.0f} s (--timeout)", EXIT_FAILED)
     finally:

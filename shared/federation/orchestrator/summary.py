@@ -70,7 +70,8 @@ def build_summary(record: CampaignRecord, config: dict, *, test_rmse: dict[int, 
         "final": {
             "rmse": last.get("rmse"),
             "epsilon": last.get("epsilon"),
-            "rounds": len(rounds),
+            # rounds the campaign ran (a follower that attached late saw fewer of them)
+            "rounds": int(done.get("rounds") or len(rounds)),
             "reason": str(done.get("reason", "incomplete")),
         },
     }
