@@ -365,7 +365,7 @@ def datasite_launch(
             show_default=False,
             exists=True,
             dir_okay=False,
-            help="file of approved code hashes, one a line",
+            help="file of approved request hashes (code + policies + bound assets), one a line",
         ),
     ] = None,
     admin_email: Annotated[

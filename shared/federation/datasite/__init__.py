@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from federation.datasite.policy import ApprovalPolicy, approved_job_hashes, code_hash, job_code_hash
+from federation.datasite.policy import (
+    ApprovalPolicy,
+    RequestPieces,
+    approved_job_hashes,
+    code_hash,
+    request_hash,
+    training_request,
+)
 from federation.datasite.signing import verify_factory_result, verify_update_signature
 
 __all__ = [
     "ApprovalPolicy",
     "DatasiteHandle",
+    "RequestPieces",
     "approved_job_hashes",
     "code_hash",
     "datasite_main",
-    "job_code_hash",
     "launch_datasite",
+    "request_hash",
+    "training_request",
     "verify_factory_result",
     "verify_update_signature",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -32,7 +33,14 @@ from federation.datasite.partition import (
     check_partition,
     make_mock,
 )
-from federation.datasite.policy import ApprovalPolicy, approved_job_hashes
+from federation.datasite.policy import (
+    UPLOAD,
+    ApprovalPolicy,
+    Decision,
+    RequestPieces,
+    approved_job_hashes,
+    asset_binding,
+)
 from federation.datasite.server import start_server, wait_until_serving
 from federation.errors import ConfigError, DatasiteError
 
@@ -106,6 +114,16 @@ def _ok(result: Any, what: str) -> Any:
     return result
 
 
+def _class_path(policy_type: Any) -> str:
+    """A policy's class path; a policy submitted as code is named by its code's hash."""
+    if isinstance(policy_type, type):
+        return f"{policy_type.__module__}.{policy_type.__qualname__}"
+    raw = getattr(policy_type, "raw_code", None)
+    if isinstance(raw, str):
+        return "user-policy:" + hashlib.sha256(raw.encode("utf-8")).hexdigest()
+    return f"unknown:{type(policy_type).__qualname__}"
+
+
 def _login(url: str, email: str, password: str) -> Any:
     import syft as sy
 
@@ -126,6 +144,7 @@ class _ApprovalWatcher(threading.Thread):
         self.pending: list[dict[str, Any]] = []
         self.approved: list[dict[str, Any]] = []
         self._client: Any = None
+        self._assets: dict[str, str] | None = None
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -137,7 +156,7 @@ class _ApprovalWatcher(threading.Thread):
                     self._poll()
             except Exception as exc:  # a dead or restarting datasite: retry with a fresh login
                 log.debug("approval watcher of %s: %s", self._handle.datasite_id, exc)
-                self._client = None
+                self._client = self._assets = None
 
     def _poll(self) -> None:
         if self._client is None:
@@ -154,11 +173,13 @@ class _ApprovalWatcher(threading.Thread):
                 self._seen.add(rid)
                 continue
             code = request.code
-            decision = self._policy.decide(getattr(code, "raw_code", None))
+            pieces = self._pieces(request, code)
+            decision = (self._policy.decide(pieces) if isinstance(pieces, RequestPieces)
+                        else Decision(False, "", pieces))
             entry = {
                 "request_id": rid,
                 "func_name": getattr(code, "service_func_name", "?"),
-                "code_hash": decision.code_hash,
+                "request_hash": decision.request_hash,
                 "reason": decision.reason,
                 "seen_at": time.time(),
             }
@@ -175,9 +196,45 @@ class _ApprovalWatcher(threading.Thread):
                     self._handle.datasite_id,
                     rid,
                     decision.reason,
-                    decision.code_hash[:12],
+                    decision.request_hash[:12],
                 )
             self._seen.add(rid)
+
+    def _asset_bindings(self) -> dict[str, str]:
+        """This datasite's assets by action id (what a request's arguments may be bound to)."""
+        if self._assets is None:
+            self._assets = {
+                str(asset.action_id): asset_binding(dataset.name, asset.name)
+                for dataset in self._client.datasets
+                for asset in dataset.assets
+            }
+        return self._assets
+
+    def _pieces(self, request: Any, code: Any) -> RequestPieces | str:
+        """The approval-relevant pieces of a PySyft code request, or why it cannot be approved."""
+        from syft.service.request.request import UserCodeStatusChange
+
+        changes = list(getattr(request, "changes", None) or [])
+        if len(changes) != 1 or not isinstance(changes[0], UserCodeStatusChange):
+            return "the request carries changes other than running one piece of code"
+        raw_code = getattr(code, "raw_code", None)
+        if not isinstance(raw_code, str):
+            return "unreadable code"
+        assets = self._asset_bindings()
+        bindings: dict[str, str] = {}
+        for server, args in (code.input_policy_init_kwargs or {}).items():
+            here = str(getattr(server, "server_id", "")) == str(code.server_uid)
+            for arg, uid in dict(args).items():
+                bindings[str(arg)] = assets.get(str(uid), UPLOAD) if here else f"foreign:{uid}"
+        return RequestPieces(
+            code=raw_code,
+            input_policy=_class_path(code.input_policy_type),
+            bindings=bindings,
+            output_policy=_class_path(code.output_policy_type),
+            output_settings=dict(code.output_policy_init_kwargs or {}),
+            uses_datasite=bool(getattr(code, "uses_datasite", False)),
+            nested_codes=tuple(sorted(str(k) for k in (code.nested_codes or {}))),
+        )
 
     def report(self, which: str) -> list[dict[str, Any]]:
         with self._lock:

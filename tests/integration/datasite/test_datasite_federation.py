@@ -152,7 +152,7 @@ def test_when_the_job_code_is_altered__the_request_stays_pending_and_is_reported
     assert "pending" in result["error"]
     pending = {p["request_id"]: p for p in site.handle.pending_requests()}
     assert result["request_id"] in pending
-    assert pending[result["request_id"]]["code_hash"] not in approved_job_hashes()
+    assert pending[result["request_id"]]["request_hash"] not in approved_job_hashes()
     assert result["request_id"] not in {a["request_id"] for a in site.handle.approved_requests()}
     assert comm.is_connected(ds)  # a refused job is not a broken connection
     comm.cleanup_all_connections()
