@@ -72,6 +72,20 @@ def _config(raw: Any) -> dict[str, Any]:
     return cfg
 
 
+def _refuse_requester_noise_seed(cfg: Mapping[str, Any]) -> None:
+    """DP noise is drawn here from a CSPRNG-seeded generator; a requester never chooses its seed.
+
+    Knowing the seed, the requester could regenerate the noise and subtract it, while the
+    factory still reported (and signed) an epsilon. Seeds are for tests calling train_local.
+    """
+    from federation.errors import PrivacyError
+
+    dp = cfg.get("dp")
+    if isinstance(dp, Mapping) and "noise_seed" in dp:
+        raise PrivacyError("a training request may not choose dp.noise_seed: the datasite draws "
+                           "its DP noise from its own CSPRNG-seeded generator")
+
+
 def run_training_job(features: Any, labels: Any, global_model: Any, train_config: Any) -> dict:
     """Train on the private partition, sign the result with the factory key; errors as data."""
     try:
@@ -96,6 +110,7 @@ def _run(features: Any, labels: Any, global_model: Any, train_config: Any) -> di
     model_bytes = bytes(global_model)
     global_state = decode_state_dict(model_bytes)
     cfg = _config(train_config)
+    _refuse_requester_noise_seed(cfg)
     seed = int(cfg.pop("seed", 0))
     round_number = int(cfg.get("round_number", 0))
 

@@ -154,3 +154,19 @@ def test_when_a_request_smuggles_a_read_grant_beside_the_approved_code__it_stays
     except Exception:  # refused
         leaked = False
     assert (status, leaked) == ("PENDING", False)
+
+
+def test_when_a_training_request_carries_a_dp_noise_seed__the_datasite_refuses_it(site):
+    from datasite_helpers import tiny_global_model
+    from federation.communication import PySyftCommunicationManager
+
+    handle, password = site
+    comm = PySyftCommunicationManager(approval_timeout_s=20, training_timeout_s=120)
+    try:
+        assert comm.connect_to_datasite(handle.url, {"email": ORCH_EMAIL, "password": password, "datasite_id": DS_ID})
+        assert comm.send_model(tiny_global_model(), DS_ID)
+        dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5, "noise_seed": 42}
+        result = comm.request_training({"epochs": 1, "batch_size": 16, "round_number": 1, "dp": dp}, DS_ID)
+    finally:
+        comm.cleanup_all_connections()
+    assert "noise_seed" in result.get("error", "") and "model_update" not in result

@@ -73,3 +73,37 @@ def test_when_a_delta_is_computed__floats_subtract_and_other_tensors_pass_throug
     u = {"w": torch.tensor([1.5, 1.0]), "n": torch.tensor(4)}
     d = training_delta(u, g)
     assert torch.equal(d["w"], torch.tensor([0.5, -1.0])) and torch.equal(d["n"], torch.tensor(4))
+
+
+DP = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5}
+
+
+def _dp_config(**dp) -> bytes:
+    return encode_payload({"epochs": 1, "batch_size": 8, "model_type": "cnn", "round_number": 1, "seed": 3,
+                           "dp": {**DP, **dp}})
+
+
+def test_when_a_requester_chooses_the_dp_noise_seed__the_datasite_refuses_the_request(factory):
+    """Knowing the seed, the requester could regenerate and subtract the noise yet get an epsilon."""
+    X, y, state = _data()
+    threads = torch.get_num_threads()
+    try:
+        out = run_training_job(X, y, encode_state_dict(state), _dp_config(noise_seed=7))
+    finally:
+        torch.set_num_threads(threads)
+    assert "model_update" not in out and "delta" not in out
+    assert "noise_seed" in out.get("error", "")
+
+
+def test_when_the_requester_sends_the_same_request_twice__the_dp_noise_differs(factory):
+    """The noise comes from a generator seeded by the OS's CSPRNG at the datasite, not the request."""
+    X, y, state = _data()
+    threads = torch.get_num_threads()
+    try:
+        a, b = (run_training_job(X, y, encode_state_dict(state), _dp_config()) for _ in range(2))
+    finally:
+        torch.set_num_threads(threads)
+    assert "error" not in a and "error" not in b, (a.get("error"), b.get("error"))
+    da, db = decode_state_dict(a["delta"]), decode_state_dict(b["delta"])
+    assert any(not torch.equal(da[k], db[k]) for k in da)
+    assert a["dp"]["epsilon"] == b["dp"]["epsilon"] > 0
