@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     amqp_url: str | None = None
     #: How long an unreachable broker is retried (with backoff) at start-up before giving up.
     amqp_connect_give_up_s: float = 60.0
+    #: Shared replay store: redis:// or rediss:// (TLS; CA via ?ssl_ca_certs=/path).
     redis_url: str | None = None
+    #: This role's Redis ACL password (user pdmfed-<role>), unless the URL carries credentials.
+    redis_password: SecretStr | None = None
     encryption_key: SecretStr | None = None
     key_salt: str | None = None
     key_id: str = "k1"
@@ -118,8 +121,32 @@ class Settings(BaseSettings):
         if self.datasite_admin_password is not None:
             check_secret(self.datasite_admin_password.get_secret_value(), "PDMFED_DATASITE_ADMIN_PASSWORD")
         check_url_password(self.amqp_url, "PDMFED_AMQP_URL")
-        check_url_password(self.redis_url, "PDMFED_REDIS_URL")
         check_url_password(self.state_url, "PDMFED_STATE_URL")
+        self._validate_redis()
+
+    def _validate_redis(self) -> None:
+        """The replay store must require auth: a role user and a real password."""
+        from urllib.parse import unquote, urlsplit
+
+        from federation.crypto.strength import check_secret, check_url_password
+
+        if not self.redis_url:
+            return
+        try:
+            parts = urlsplit(self.redis_url)
+            url_password = parts.password
+        except ValueError as exc:
+            raise ConfigError("PDMFED_REDIS_URL is not a valid URL") from exc
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError("PDMFED_REDIS_URL must be redis://, rediss:// (TLS) or unix://")
+        check_url_password(self.redis_url, "PDMFED_REDIS_URL")
+        if self.redis_password is not None:
+            check_secret(self.redis_password.get_secret_value(), "PDMFED_REDIS_PASSWORD")
+        elif url_password:
+            check_secret(unquote(url_password), "the password in PDMFED_REDIS_URL")
+        else:
+            raise ConfigError("PDMFED_REDIS_URL has no credentials: Redis must require auth "
+                              "(set PDMFED_REDIS_PASSWORD, the role's ACL password)")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -6,8 +6,10 @@ import asyncio
 import os
 import random
 import secrets
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from e2e_helpers import (
@@ -24,29 +26,27 @@ from federation.crypto.signing import TrustStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
-REDIS_URL = os.environ.get("PDMFED_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "crypto"))
+from redis_helpers import acl_redis  # noqa: E402 - a private redis-server with per-role ACL users
 
 
-def _redis_up() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping())
-    except Exception:
-        return False
+@pytest.fixture
+def replay_store(tmp_path):
+    """The services' shared replay store: a Redis that requires each role's own ACL user."""
+    with acl_redis(tmp_path / "redis") as server:
+        yield server
 
 
 def test_when_each_service_is_killed_mid_round_and_restarted__campaign_completes_with_every_update_once(
-    fleet, amqp_url, tmp_path
+    fleet, amqp_url, tmp_path, replay_store
 ):
-    if not _redis_up():
-        pytest.skip(f"Redis is not reachable at {REDIS_URL} (the services share their replay store there)")
     from services.trainer_dispatch.handlers import initial_model_state  # noqa: F401 - import check
 
     prefix = unique_prefix("kill")
-    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=REDIS_URL)
-    procs = ServiceProcesses(env, tmp_path)
+    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=replay_store.url)
     order = ["connector", "trainer-dispatch", "security", "aggregator"]
+    procs = ServiceProcesses(env, tmp_path, extra_env={
+        name: {"PDMFED_REDIS_PASSWORD": replay_store.passwords[name]} for name in order})
     for name in order:
         procs.start(name)
     cfg = campaign_config(fleet.sites, campaign_id="e2e-kill", rounds=len(order), seed=9,

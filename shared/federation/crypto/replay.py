@@ -85,13 +85,23 @@ class RedisSeenStore:
     #: ``add_if_new`` is a network round trip: keep it off the event loop.
     performs_io = True
 
-    def __init__(self, url: str, namespace: str = "pdmfed:seen", *, client: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        namespace: str = "pdmfed:seen",
+        *,
+        client: Any = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         import redis
 
         self.namespace = namespace
         self._errors = (redis.RedisError, OSError)
+        # credentials given apart from the URL win over any in it (rediss:// is TLS)
+        auth = {"username": username, "password": password} if password is not None else {}
         self._client = client or redis.Redis.from_url(
-            url, socket_timeout=5.0, socket_connect_timeout=5.0
+            url, socket_timeout=5.0, socket_connect_timeout=5.0, **auth
         )
 
     def add_if_new(self, msg_id: bytes, ttl_s: float) -> bool:
@@ -162,9 +172,20 @@ class ReplayGuard:
             raise ReplayError(f"msg_id {bytes(msg_id).hex()} was already accepted")
 
 
-def seen_store_from_settings(settings: Any, namespace: str | None = None) -> SeenStore:
-    """Redis when PDMFED_REDIS_URL is set (namespace per service), else in-memory."""
+def seen_store_from_settings(
+    settings: Any, namespace: str | None = None, *, role: str | None = None
+) -> SeenStore:
+    """Redis when PDMFED_REDIS_URL is set, else in-memory.
+
+    With ``role`` the store uses that role's namespace (shared by its replicas) and, when
+    PDMFED_REDIS_PASSWORD is set, that role's ACL user ``pdmfed-<role>``.
+    """
+    from federation.crypto.redis_acl import acl_user, seen_namespace
+
     if settings.redis_url:
-        ns = namespace or f"pdmfed:seen:{settings.service_id or 'default'}"
-        return RedisSeenStore(settings.redis_url, ns)
+        ns = namespace or seen_namespace(role or settings.service_id or "default")
+        secret = getattr(settings, "redis_password", None)
+        password = secret.get_secret_value() if secret is not None else None
+        username = acl_user(role) if role and password is not None else None
+        return RedisSeenStore(settings.redis_url, ns, username=username, password=password)
     return InMemorySeenStore()

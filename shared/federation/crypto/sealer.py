@@ -230,8 +230,12 @@ class Sealer:
         sender: str,
         identity: SigningIdentity | None = None,
         trust: TrustStore | None = None,
+        role: str | None = None,
     ) -> Sealer:
-        """A sealer from Settings; keys_dir (or state_dir/keys in demo) supplies Ed25519 keys."""
+        """A sealer from Settings; keys_dir (or state_dir/keys in demo) supplies Ed25519 keys.
+
+        ``role`` names the shared replay store's namespace and Redis user (default: the sender).
+        """
         settings.check_signature_policy()
         keys_dir: Path | None = settings.keys_dir
         if keys_dir is None and settings.demo:
@@ -247,7 +251,7 @@ class Sealer:
             sender=sender,
             identity=identity,
             trust=trust,
-            replay=ReplayGuard.from_settings(seen_store_from_settings(settings), settings),
+            replay=ReplayGuard.from_settings(seen_store_from_settings(settings, role=role or sender), settings),
             require_signature=settings.require_signatures,
             max_message_bytes=settings.max_message_bytes,
             window_s=window,

@@ -83,11 +83,12 @@ def topology_of(settings: Settings) -> Any:
     return DEFAULT_TOPOLOGY.with_prefix(settings.topology_prefix)
 
 
-def make_sealer(settings: Settings, sender: str) -> Any:
-    """A Sealer for this sender with the settings' keys, trust store and replay store."""
+def make_sealer(settings: Settings, sender: str, role: str | None = None) -> Any:
+    """A Sealer for this sender with the settings' keys, trust store and replay store (the
+    role's Redis namespace and user; default: the sender's)."""
     from federation.crypto.sealer import Sealer
 
-    return Sealer.from_settings(settings, sender)
+    return Sealer.from_settings(settings, sender, role=role)
 
 
 def factory_verifier(trust: TrustStore | None) -> Callable[[dict], None] | None:
@@ -189,7 +190,7 @@ async def start_node(
     bus = make_bus(settings, key, broker=broker, topology=topology)
     await bus.start()
     metrics = Metrics(name, registry)
-    sealer = make_sealer(settings, sender)
+    sealer = make_sealer(settings, sender, role=name)
     endpoint = SecureEndpoint(bus, sealer, metrics, name)
     store = open_store(settings, key, path=store_path)  # PDMFED_STATE_URL: PostgreSQL, else SQLite
     queue = (topology or topology_of(settings)).queue(key).name

@@ -1,0 +1,49 @@
+"""Redis ACL for the shared replay stores: one user per role, confined to its own seen-id keys.
+
+Each role's replicas share one Redis user and one key namespace; the user may only
+``SET``/``GET`` keys of that namespace, so a compromised service cannot delete or pre-fill
+another service's seen ids (which would re-open replay), flush the store or read its
+configuration. The file holds SHA-256 hashes of the passwords, never the passwords.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+from federation.crypto.strength import check_secret
+
+__all__ = ["REDIS_ROLES", "acl_user", "render_acl_file", "seen_namespace"]
+
+#: Roles that open envelopes and so keep seen message ids.
+REDIS_ROLES = ("orchestrator", "connector", "trainer-dispatch", "security", "aggregator")
+#: What a seen-id store sends: AUTH/HELLO (always allowed), SELECT for a non-zero database,
+#: PING for health checks, SET NX PX for add_if_new, GET for operators' debugging. (The
+#: client's CLIENT SETINFO handshake is refused and ignored by redis-py.)
+_COMMANDS = "-@all +ping +set +get +select"
+
+
+def seen_namespace(role: str) -> str:
+    """Key prefix of ``role``'s seen message ids (shared by its replicas)."""
+    return f"pdmfed:seen:{role}"
+
+
+def acl_user(role: str) -> str:
+    """Redis user name of ``role``."""
+    return f"pdmfed-{role}"
+
+
+def _rule(role: str, password: str) -> str:
+    digest = hashlib.sha256(password.encode("utf-8")).hexdigest()
+    return (f"user {acl_user(role)} on #{digest} resetkeys ~{seen_namespace(role)}:* "
+            f"resetchannels {_COMMANDS}")
+
+
+def render_acl_file(passwords: Mapping[str, str]) -> str:
+    """An ``aclfile`` for redis-server: the default user off, one confined user per role."""
+    lines = ["user default off nopass resetkeys resetchannels -@all"]
+    for role, password in sorted(passwords.items()):
+        if role not in REDIS_ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {REDIS_ROLES}")
+        lines.append(_rule(role, check_secret(password, f"Redis password of {role}")))
+    return "\n".join(lines) + "\n"
