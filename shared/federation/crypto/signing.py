@@ -146,6 +146,10 @@ class TrustStore:
             raise ConfigError(f"public key of {sender!r} must be Ed25519")
         self._keys[check_sender_name(sender)] = key
 
+    def replace_with(self, other: TrustStore) -> None:
+        """Trust exactly ``other``'s keys from now on (one assignment: readers never see a mix)."""
+        self._keys = dict(other._keys)
+
     def verify(self, sender: str, data: bytes, signature: bytes | None) -> None:
         """AuthError unless ``signature`` is ``sender``'s valid signature of ``data``."""
         key = self._keys.get(sender) if isinstance(sender, str) else None

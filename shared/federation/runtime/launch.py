@@ -16,6 +16,7 @@ from federation.config import Settings
 from federation.crypto.signing import SigningIdentity, TrustStore
 from federation.runtime.service import Service, ServiceRunner
 from federation.runtime.store import ServiceStore, open_store
+from federation.runtime.trust import TrustedKeys, load_factory_trust
 
 __all__ = [
     "SERVICE_KEYS",
@@ -244,16 +245,20 @@ def service_main(name: str) -> int:
     settings.validate_secrets()
     factory_trust = None
     kd = keys_dir_of(settings)
-    if name == "security" and kd is not None and (kd / "factories").is_dir():
-        factory_trust = TrustStore.from_dir(kd / "factories")
+    if name == "security":
+        factory_trust = load_factory_trust(kd, demo=settings.demo)
+        if factory_trust is not None:
+            log.info("security trusts factories: %s", ", ".join(factory_trust.senders))
 
     async def run() -> None:
         widen_thread_pool()
         node = await start_node(name, settings, factory_trust=factory_trust)
+        trusted = TrustedKeys(kd, node.endpoint.sealer.trust, factory_trust)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, trusted.reload)
         await stop.wait()
         log.info("%s: shutting down", name)
         await node.stop()
