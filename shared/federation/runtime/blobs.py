@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from federation.runtime.private_files import open_private, private_dir
 from federation.wire.codec import PayloadParts, decode_payload
 
 __all__ = ["BlobDirectory"]
@@ -38,7 +39,7 @@ class BlobDirectory:
         self._unlinker: threading.Thread | None = None
         self._unlinker_lock = threading.Lock()
         if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+            private_dir(directory)
 
     def write(self, parts: PayloadParts) -> str:
         """Store the parts durably (fsynced when ``sync``); return the reference."""
@@ -48,7 +49,7 @@ class BlobDirectory:
             return ref
         final = self.directory / ref
         tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
+        with open_private(tmp) as f:
             f.writelines(parts.parts)  # no joined copy of the payload
             f.flush()
             if self.sync:

@@ -16,6 +16,7 @@ from typing import Any
 
 from federation.errors import ConfigError
 from federation.runtime.blobs import BlobDirectory
+from federation.runtime.private_files import private_dir, private_file
 from federation.runtime.store import (
     DEFAULT_INBOX_RETENTION_S,
     OutboxClaim,
@@ -79,8 +80,12 @@ class SqliteStore(ServiceStore):
         it would race the owner)."""
         self.path = str(path)
         on_disk = self.path != ":memory:"
-        if on_disk:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if on_disk:  # model deltas and campaign state: the service's user only
+            private_dir(Path(self.path).parent)
+            private_file(self.path)
+            for leftover in (self.path + "-wal", self.path + "-shm"):  # of an earlier run
+                if Path(leftover).exists():
+                    private_file(leftover)
         blobs = BlobDirectory(Path(self.path + ".blobs") if on_disk else None, sync=on_disk)
         super().__init__(blobs, inbox_retention_s=inbox_retention_s, clock=clock)
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
