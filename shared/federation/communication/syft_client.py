@@ -85,6 +85,18 @@ def _syft_ok(result: Any, what: str) -> Any:
     return result
 
 
+def _check_data_scientist(client: Any, datasite_id: str) -> None:
+    """DatasiteError unless the logged-in account is exactly a data scientist."""
+    from syft.service.user.user_roles import ServiceRole
+
+    role = _syft_ok(client.account, "account").role
+    if role != ServiceRole.DATA_SCIENTIST:
+        raise DatasiteError(
+            f"the credentials for {datasite_id} are a datasite {getattr(role, 'name', role)}'s: "
+            "the connector logs in only as the factory's data scientist account"
+        )
+
+
 def _split_url(url: str) -> str:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -109,6 +121,7 @@ class PySyftCommunicationManager:
         poll_interval_s: float = 0.2,
         factory_trust: Any = None,
         training_job: Callable | None = None,
+        require_data_scientist: bool = False,
         **kwargs: Any,
     ) -> None:
         self.connect_timeout_s = float(connect_timeout_s)
@@ -118,6 +131,9 @@ class PySyftCommunicationManager:
         self.poll_interval_s = float(poll_interval_s)
         #: TrustStore / {datasite_id: public key}: verify factory signatures on every result.
         self.factory_trust = factory_trust
+        #: Refuse a login whose account is more than a data scientist (the connector's rule:
+        #: a factory's admin credentials never leave the factory).
+        self.require_data_scientist = bool(require_data_scientist)
         if training_job is None:
             from federation.datasite.job import pdmfed_train_job
 
@@ -166,6 +182,12 @@ class PySyftCommunicationManager:
                     self.connect_timeout_s,
                     "login",
                 )
+                if self.require_data_scientist:
+                    _call_with_timeout(
+                        lambda: _check_data_scientist(client, session.datasite_id),
+                        self.request_timeout_s,
+                        "role check",
+                    )
                 caps, assets = _call_with_timeout(
                     lambda: self._discover(client), self.request_timeout_s, "discovery"
                 )

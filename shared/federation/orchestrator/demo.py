@@ -33,7 +33,14 @@ FACTORY_NAMES = (
     "energy_rotterdam_turbines",
     "rail_lyon_depot",
 )
-_PASSWORD_ENV = "PDMFED_DATASITE_ADMIN_PASSWORD"
+#: The connector's data-scientist account at each demo factory (its own password per factory;
+#: each factory's admin password is random and stays in its launcher).
+DEMO_CONNECTOR_EMAIL = "connector@pdm-factory.com"
+
+
+def _connector_password_env(datasite_id: str) -> str:
+    """Where this process keeps the connector's password for one demo factory."""
+    return "PDMFED_DEMO_CONNECTOR_PASSWORD_" + datasite_id.upper().replace("-", "_").replace(".", "_")
 
 
 @dataclass
@@ -90,7 +97,12 @@ def _campaign_config(
         dict(
             campaign_id=f"demo-{run_id}",
             datasites=[
-                DatasiteRef(datasite_id=ds, url=url, password_env=_PASSWORD_ENV).model_dump()
+                DatasiteRef(
+                    datasite_id=ds,
+                    url=url,
+                    email=DEMO_CONNECTOR_EMAIL,
+                    password_env=_connector_password_env(ds),
+                ).model_dump()
                 for ds, url in sites
             ],
             rounds=opts.rounds,
@@ -189,12 +201,12 @@ async def run_demo(
     from prometheus_client import CollectorRegistry
     from rich.console import Console
 
-    from federation.communication import PySyftCommunicationManager
     from federation.crypto.signing import SigningIdentity, TrustStore
     from federation.datasite import launch_datasite
     from federation.orchestrator.display import CampaignDisplay, results_table
     from federation.orchestrator.embedded import EmbeddedFederation
     from federation.orchestrator.summary import build_summary, write_run
+    from federation.runtime.launch import connector_session_manager
 
     check_options(opts)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -205,8 +217,6 @@ async def run_demo(
     settings = Settings(demo=True, state_dir=state_dir)
     if not settings.amqp_url:
         settings = Settings(demo=True, state_dir=state_dir, redis_url=None)
-    # The demo's datasites get a random admin password that exists only in this process's env.
-    os.environ.setdefault(_PASSWORD_ENV, secrets.token_urlsafe(24))
     console = console if console is not None else Console(stderr=True, quiet=opts.json)
     handles = launched if launched is not None else []
     if display is None:
@@ -245,7 +255,7 @@ async def run_demo(
     display.info("bus", _bus_text(settings))
     factory_keys = run_dir / "factory-keys"
     trust_dir = state_dir / "keys" / "factories"
-    comm = PySyftCommunicationManager()
+    comm = connector_session_manager()
     fed = None
     try:
         width = max(len(ds) for ds, _ in parts)
@@ -261,6 +271,10 @@ async def run_demo(
                     demo=True,
                     datasite_id=ds,
                     attack=attack,
+                    orchestrator_email=DEMO_CONNECTOR_EMAIL,
+                    orchestrator_password=os.environ.setdefault(
+                        _connector_password_env(ds), secrets.token_urlsafe(24)
+                    ),
                 )
             handles.append(handle)
             pub = SigningIdentity.load(factory_keys / ds, ds)

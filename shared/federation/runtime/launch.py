@@ -92,6 +92,13 @@ def make_sealer(settings: Settings, sender: str, role: str | None = None) -> Any
     return Sealer.from_settings(settings, sender, role=role)
 
 
+def connector_session_manager(**options: Any) -> Any:
+    """The connector's PySyft sessions: it logs in only with a data-scientist account."""
+    from federation.communication import PySyftCommunicationManager
+
+    return PySyftCommunicationManager(require_data_scientist=True, **options)
+
+
 def factory_verifier(trust: TrustStore | None) -> Callable[[dict], None] | None:
     """Check an update.raw's factory signature against the factories' public keys."""
     if trust is None:
@@ -126,9 +133,7 @@ def build_service_logic(
         from services.connector.handlers import ConnectorLogic, build_service
 
         if comm_manager is None:
-            from federation.communication import PySyftCommunicationManager
-
-            comm_manager = PySyftCommunicationManager()
+            comm_manager = connector_session_manager()
         logic = ConnectorLogic(comm_manager)
         logic.load_campaigns(store if store is not None else _memory_store())
         return build_service(logic, queue=q)
