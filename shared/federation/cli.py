@@ -22,6 +22,7 @@ from typing import Annotated
 import click
 import typer
 
+from federation import keys_cli
 from federation.console import fail, run_app
 
 __all__ = ["app", "main"]
@@ -382,8 +383,9 @@ def datasite_launch(
 ) -> int:
     """Start a PySyft datasite holding a factory's partition; serve until SIGINT/SIGTERM.
 
-    Passwords come from PDMFED_DATASITE_ADMIN_PASSWORD / PDMFED_DATASITE_ORCHESTRATOR_PASSWORD,
-    never the command line. Prints one JSON line (id, url, port, public key) once serving.
+    Passwords come from PDMFED_DATASITE_ADMIN_PASSWORD / PDMFED_DATASITE_ORCHESTRATOR_PASSWORD
+    (or their files in PDMFED_SECRETS_DIR, as `pdmfed keys init` writes them), never the command
+    line. Prints one JSON line (id, url, port, public key) once serving.
     """
     from federation.datasite.cli import launch_command
 
@@ -461,6 +463,7 @@ def eval_robustness(
 # --- command groups: one line each (see the module docstring) ---------------------------------
 app.add_typer(datasite_app, name="datasite")
 app.add_typer(eval_app, name="eval")
+app.add_typer(keys_cli.app, name="keys")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

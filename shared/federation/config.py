@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SecretsSettingsSource, SettingsConfigDict
 
 from federation.errors import ConfigError
 
@@ -64,6 +65,23 @@ class Settings(BaseSettings):
     demo: bool = False
     datasite_admin_email: str = "admin@pdm-factory.com"
     datasite_admin_password: SecretStr | None = None
+    #: The data-scientist account a factory creates for the connector (its own password).
+    datasite_orchestrator_email: str | None = None
+    datasite_orchestrator_password: SecretStr | None = None
+
+    @classmethod
+    def settings_customise_sources(  # noqa: PLR0913 - pydantic-settings' signature
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):  # noqa: ANN001, ANN206
+        """Arguments, then the environment, then PDMFED_SECRETS_DIR: one file per setting, named
+        like its variable in lower case (``pdmfed_encryption_key``), as compose/k8s secrets mount."""
+        secrets_dir = os.environ.get("PDMFED_SECRETS_DIR")
+        if not secrets_dir:
+            return init_settings, env_settings, dotenv_settings
+        if not Path(secrets_dir).is_dir():
+            raise ConfigError(f"PDMFED_SECRETS_DIR {secrets_dir} is not a directory")
+        files = SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir)
+        return init_settings, env_settings, dotenv_settings, files
 
     @property
     def freshness_window_s(self) -> float:

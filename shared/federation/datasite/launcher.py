@@ -359,6 +359,25 @@ def _resolve_admin(
     return email, password, demo
 
 
+def _resolve_connector_account(
+    email: str | None, password: str | None, demo: bool, admin_password: str
+) -> tuple[str, str] | None:
+    """The connector's data-scientist account (argument, else settings/secrets), if any."""
+    settings = load_settings()
+    email = email or settings.datasite_orchestrator_email
+    if not email:
+        return None
+    if password is None and settings.datasite_orchestrator_password is not None:
+        password = settings.datasite_orchestrator_password.get_secret_value()
+    if not password:
+        raise ConfigError(f"{_ENV_ORCHESTRATOR_PASSWORD} is not set for {email}")
+    if password == admin_password:
+        raise ConfigError("the connector's datasite password must not be the admin password")
+    if not demo:
+        check_secret(password, _ENV_ORCHESTRATOR_PASSWORD, min_chars=_MIN_PASSWORD_CHARS)
+    return email, password
+
+
 def _capabilities(
     datasite_id: str, X: Any, public_key: bytes, allow: Iterable[str], extra: Mapping | None
 ) -> dict[str, Any]:
@@ -450,12 +469,7 @@ def launch_datasite(
     datasite_id = check_sender_name(datasite_id or name)
     X, y = check_partition(partition_arrays)
     email, password, demo = _resolve_admin(admin_email, admin_password, demo)
-    orchestrator = None
-    if orchestrator_email:
-        orch_pw = orchestrator_password or os.environ.get(_ENV_ORCHESTRATOR_PASSWORD)
-        if not orch_pw:
-            raise ConfigError(f"{_ENV_ORCHESTRATOR_PASSWORD} is not set for {orchestrator_email}")
-        orchestrator = (orchestrator_email, orch_pw)
+    orchestrator = _resolve_connector_account(orchestrator_email, orchestrator_password, demo, password)
     policy = ApprovalPolicy(approved_job_hashes() if allow_list is None else allow_list)
     port = free_port(host) if not port else int(port)
     if not _port_is_free(host, port):

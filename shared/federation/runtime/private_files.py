@@ -13,7 +13,10 @@ _FILE, _DIR = 0o600, 0o700
 def private_dir(path: str | Path) -> Path:
     """Create ``path`` (and parents) if missing; make it 0700 even if it existed."""
     path = Path(path)
-    path.mkdir(mode=_DIR, parents=True, exist_ok=True)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):  # the parents it creates are private too
+        directory.mkdir(mode=_DIR, exist_ok=True)
+        directory.chmod(_DIR)
     path.chmod(_DIR)
     return path
 

@@ -1,0 +1,48 @@
+"""`pdmfed keys`: provision a deployment's keys and secrets (see federation.provision)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Keys and secrets of a deployment, one directory per component.", no_args_is_help=True)
+
+
+@app.command("init")
+def init(
+    out: Annotated[Path, typer.Option(file_okay=False, help="new (or empty) directory to write", show_default=False)],
+    factory: Annotated[
+        list[str],
+        typer.Option(help="a factory's datasite id, optionally =URL the connector reaches it at (repeat)",
+                     show_default=False),
+    ],
+    broker: Annotated[str, typer.Option(help="RabbitMQ URL without credentials, as the components reach it")] = (
+        "amqp://rabbitmq:5672/pdmfed"
+    ),
+    redis: Annotated[
+        str, typer.Option(help="Redis URL without credentials (redis:// or rediss://), or 'none'")
+    ] = "redis://redis:6379/0",
+) -> int:
+    """Write service, orchestrator and factory keys, per-component secrets, per-factory datasite
+    accounts, the connector's datasite registry, the Redis ACL file and manifest.json."""
+    from urllib.parse import urlsplit
+
+    from federation.console import fail
+    from federation.provision import FactorySpec, ProvisionOptions, provision
+
+    specs = [FactorySpec.parse(f) for f in factory]
+    if urlsplit(broker).scheme not in ("amqp", "amqps"):
+        fail(f"--broker {broker!r} is not an amqp:// or amqps:// URL")
+    redis_url = None if redis == "none" else redis
+    if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss"):
+        fail(f"--redis {redis!r} is not a redis:// or rediss:// URL (or 'none')")
+    manifest = provision(out, specs, ProvisionOptions(broker_url=broker, redis_url=redis_url))
+    for name, entry in sorted(manifest["components"].items()):
+        trusts = ", ".join(entry["trusts"] + [f"factory {f}" for f in entry["trusts_factories"]]) or "-"
+        typer.echo(f"{name:<32} keys {out / entry['keys_dir']}  trusts {trusts}")
+    typer.echo(f"manifest: {out / 'manifest.json'}")
+    return 0

@@ -1,0 +1,223 @@
+"""`pdmfed keys init`: every key and secret of a deployment, one directory per component.
+
+Each component directory holds only what that component needs: its own private key, the
+public keys of the senders it must believe, and its own secrets (one file per setting, named
+like the variable in lower case, read through PDMFED_SECRETS_DIR). ``manifest.json`` says who
+holds what and who trusts whom; it holds no secret.
+
+    OUT/manifest.json
+    OUT/<service or orchestrator>/keys/     PDMFED_KEYS_DIR: <sender>.key (0600), trusted *.pub
+                                             (security also keys/factories/<datasite>.pub)
+    OUT/<service or orchestrator>/secrets/  PDMFED_SECRETS_DIR: pdmfed_encryption_key, ...
+    OUT/connector/datasites.json            the connector's datasite registry (id -> url,
+                                             account, secret file of its password)
+    OUT/factories/<datasite>/keys/          the factory's signing key (for `datasite launch`)
+    OUT/factories/<datasite>/secrets/       its admin password (never leaves the factory) and
+                                             the connector account it creates
+    OUT/redis/users.acl                     Redis ACL file (password hashes only)
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from federation.crypto.redis_acl import acl_user, render_acl_file
+from federation.crypto.signing import SigningIdentity, check_sender_name
+from federation.errors import ConfigError
+from federation.runtime.private_files import open_private, private_dir
+
+__all__ = [
+    "SERVICES",
+    "FactorySpec",
+    "ProvisionOptions",
+    "provision",
+    "trusted_senders",
+    "CONNECTOR_ACCOUNT_EMAIL",
+]
+
+ORCHESTRATOR = "orchestrator"
+#: The four services; each is also the sender id and role of its envelopes.
+SERVICES = ("connector", "trainer-dispatch", "security", "aggregator")
+#: Everyone who seals envelopes.
+ENVELOPE_SENDERS = (ORCHESTRATOR, *SERVICES)
+#: Message type -> the role that sends it, and the roles that consume it.
+_FLOWS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "campaign.start": (ORCHESTRATOR, ("trainer-dispatch", "connector", "security", "aggregator")),
+    "round.open": ("trainer-dispatch", ("connector", "aggregator", ORCHESTRATOR)),
+    "train.request": ("trainer-dispatch", ("connector",)),
+    "round.close": ("trainer-dispatch", ("security", "aggregator", ORCHESTRATOR)),
+    "campaign.completed": ("trainer-dispatch", ("connector", ORCHESTRATOR)),
+    "update.raw": ("connector", ("security",)),
+    "datasite.status": ("connector", ("trainer-dispatch", ORCHESTRATOR)),
+    "update.screened": ("security", ("aggregator",)),
+    "update.rejected": ("security", ("aggregator", ORCHESTRATOR)),
+    "model.global": ("aggregator", ("trainer-dispatch",)),
+    "round.completed": ("aggregator", ("trainer-dispatch", ORCHESTRATOR)),
+}
+CONNECTOR_ACCOUNT_EMAIL = "connector@pdm-factory.com"
+ADMIN_EMAIL = "admin@pdm-factory.com"
+_SECRET_BYTES = 32
+
+
+def trusted_senders(role: str) -> list[str]:
+    """The senders whose envelopes ``role`` must verify: those of the types it consumes."""
+    return sorted({sender for sender, consumers in _FLOWS.values() if role in consumers})
+
+
+@dataclass(frozen=True)
+class FactorySpec:
+    """One factory: its datasite id and, when known, the URL the connector reaches it at."""
+
+    datasite_id: str
+    url: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> FactorySpec:
+        """``ID`` or ``ID=URL``."""
+        datasite_id, _, url = text.partition("=")
+        check_sender_name(datasite_id)
+        if url:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"factory {datasite_id}: URL {url!r} is not http(s)://host[:port]")
+        return cls(datasite_id, url or None)
+
+
+@dataclass(frozen=True)
+class ProvisionOptions:
+    """Where the shared services are, as the components will reach them."""
+
+    broker_url: str = "amqp://rabbitmq:5672/pdmfed"
+    redis_url: str | None = "redis://redis:6379/0"
+
+
+def _token() -> str:
+    return secrets.token_urlsafe(_SECRET_BYTES)
+
+
+def _write_secret(directory: Path, name: str, value: str) -> str:
+    with open_private(directory / name) as fh:
+        fh.write(value.encode("utf-8"))
+    return name
+
+
+def _with_credentials(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise ConfigError("give the broker URL without credentials: each component gets its own")
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _public(identity: SigningIdentity, directory: Path) -> None:
+    private_dir(directory)
+    (directory / f"{identity.sender}.pub").write_bytes(identity.public_pem())
+
+
+class _Writer:
+    """Writes one deployment's tree and remembers what it wrote for the manifest."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.components: dict[str, dict] = {}
+
+    def component(self, name: str, role: str, sender: str | None) -> tuple[Path, Path, dict]:
+        base = private_dir(self.out / name)
+        entry = {"role": role, "sender": sender, "keys_dir": f"{name}/keys", "secrets_dir": f"{name}/secrets",
+                 "secrets": [], "trusts": [], "trusts_factories": []}
+        self.components[name] = entry
+        return private_dir(base / "keys"), private_dir(base / "secrets"), entry
+
+    def secret(self, entry: dict, directory: Path, name: str, value: str) -> None:
+        entry["secrets"].append(_write_secret(directory, name, value))
+
+
+def provision(out: str | Path, factories: Iterable[FactorySpec], options: ProvisionOptions | None = None) -> dict:
+    """Create every key and secret under ``out`` (which must not exist or be empty); the manifest."""
+    options = options or ProvisionOptions()
+    factories = list(factories)
+    ids = [f.datasite_id for f in factories]
+    if not factories:
+        raise ConfigError("name at least one factory (--factory ID[=URL])")
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"factory ids must be unique, got {ids}")
+    clash = set(ids) & set(ENVELOPE_SENDERS)
+    if clash:
+        raise ConfigError(f"a factory may not be named like a component: {sorted(clash)}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty: keys init never overwrites keys")
+    private_dir(out)
+    writer = _Writer(out)
+
+    identities = {s: SigningIdentity.generate(s) for s in ENVELOPE_SENDERS}
+    factory_ids = {f.datasite_id: SigningIdentity.generate(f.datasite_id) for f in factories}
+    passphrase, salt = _token(), secrets.token_hex(16)
+    broker = {s: _token() for s in ENVELOPE_SENDERS}
+    redis = {s: _token() for s in ENVELOPE_SENDERS} if options.redis_url else {}
+    connector_passwords = {ds: _token() for ds in ids}
+
+    for sender in ENVELOPE_SENDERS:
+        keys, secret_dir, entry = writer.component(sender, sender, sender)
+        identities[sender].save(keys)
+        for trusted in trusted_senders(sender):
+            if trusted != sender:
+                _public(identities[trusted], keys)
+            entry["trusts"].append(trusted)
+        writer.secret(entry, secret_dir, "pdmfed_encryption_key", passphrase)
+        writer.secret(entry, secret_dir, "pdmfed_key_salt", salt)
+        writer.secret(entry, secret_dir, "pdmfed_amqp_url",
+                      _with_credentials(options.broker_url, f"pdmfed-{sender}", broker[sender]))
+        if options.redis_url:
+            writer.secret(entry, secret_dir, "pdmfed_redis_url", options.redis_url)
+            writer.secret(entry, secret_dir, "pdmfed_redis_password", redis[sender])
+        if sender == "security":
+            for ds, identity in factory_ids.items():
+                _public(identity, keys / "factories")
+                entry["trusts_factories"].append(ds)
+        if sender == "connector":
+            registry = {}
+            for spec in factories:
+                name = f"pdmfed_datasite_password_{spec.datasite_id}"
+                writer.secret(entry, secret_dir, name, connector_passwords[spec.datasite_id])
+                registry[spec.datasite_id] = {"url": spec.url, "email": CONNECTOR_ACCOUNT_EMAIL,
+                                              "password_secret": name}
+            (out / sender / "datasites.json").write_text(json.dumps({"datasites": registry}, indent=2) + "\n")
+
+    for spec in factories:
+        name = f"factories/{spec.datasite_id}"
+        keys, secret_dir, entry = writer.component(name, "factory", spec.datasite_id)
+        factory_ids[spec.datasite_id].save(keys)
+        writer.secret(entry, secret_dir, "pdmfed_datasite_admin_email", ADMIN_EMAIL)
+        writer.secret(entry, secret_dir, "pdmfed_datasite_admin_password", _token())
+        writer.secret(entry, secret_dir, "pdmfed_datasite_orchestrator_email", CONNECTOR_ACCOUNT_EMAIL)
+        writer.secret(entry, secret_dir, "pdmfed_datasite_orchestrator_password",
+                      connector_passwords[spec.datasite_id])
+
+    if options.redis_url:
+        redis_dir = private_dir(out / "redis")
+        with open_private(redis_dir / "users.acl") as fh:
+            fh.write(render_acl_file(redis).encode("utf-8"))
+
+    manifest = {
+        "version": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "senders": {s: s for s in ENVELOPE_SENDERS},
+        "factories": {ds: {"url": spec.url} for ds, spec in zip(ids, factories, strict=True)},
+        "broker_users": {s: f"pdmfed-{s}" for s in ENVELOPE_SENDERS},
+        "redis_users": {s: acl_user(s) for s in redis},
+        "components": writer.components,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def public_key_files(keys_dir: Path) -> Mapping[str, Path]:
+    """``<sender>.pub`` files directly in ``keys_dir`` by sender (tests and `keys` listing)."""
+    return {p.stem: p for p in sorted(Path(keys_dir).glob("*.pub"))}

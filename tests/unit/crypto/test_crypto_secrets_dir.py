@@ -1,0 +1,35 @@
+"""Secrets can come from files (PDMFED_SECRETS_DIR), as compose/k8s secrets mount them."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from federation.config import Settings
+from federation.errors import ConfigError
+
+
+def test_when_a_secrets_dir_is_set__settings_read_one_file_per_variable(tmp_path, monkeypatch):
+    passphrase = secrets.token_urlsafe(24)
+    (tmp_path / "pdmfed_encryption_key").write_text(passphrase)
+    (tmp_path / "pdmfed_key_salt").write_text(secrets.token_hex(16))
+    (tmp_path / "pdmfed_datasite_orchestrator_password").write_text("p" * 20)
+    monkeypatch.setenv("PDMFED_SECRETS_DIR", str(tmp_path))
+    monkeypatch.delenv("PDMFED_ENCRYPTION_KEY", raising=False)
+    settings = Settings()
+    assert settings.passphrase() == passphrase
+    assert settings.datasite_orchestrator_password.get_secret_value() == "p" * 20
+    settings.validate_secrets()
+
+
+def test_when_the_environment_also_sets_a_value__the_environment_wins(tmp_path, monkeypatch):
+    (tmp_path / "pdmfed_amqp_url").write_text("amqp://u:p@rabbitmq:5672/pdmfed")
+    monkeypatch.setenv("PDMFED_SECRETS_DIR", str(tmp_path))
+    monkeypatch.setenv("PDMFED_AMQP_URL", "")
+    assert not Settings().amqp_url
+
+
+def test_when_the_secrets_dir_does_not_exist__settings_refuse_with_its_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("PDMFED_SECRETS_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="PDMFED_SECRETS_DIR .*missing"):
+        Settings()
