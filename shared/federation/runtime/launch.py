@@ -264,6 +264,7 @@ def service_main(name: str) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, trusted.reload)
+        log.info("%s: SIGHUP reloads its trusted public keys (%s)", name, trusted.describe())
         await stop.wait()
         log.info("%s: shutting down", name)
         await node.stop()

@@ -44,7 +44,7 @@ class ServiceProcess:
         for line in self.proc.stderr:
             self._queue.put(line.rstrip("\n"))
 
-    def wait_for_line(self, needle: str, timeout_s: float = 120.0) -> str | None:
+    def wait_for_line(self, needle: str, timeout_s: float = 240.0) -> str | None:
         """The first log line containing ``needle`` (None on timeout or exit)."""
         deadline = time.monotonic() + timeout_s
         for line in self.lines:
@@ -62,7 +62,7 @@ class ServiceProcess:
                 return line
         return None
 
-    def wait_exit(self, timeout_s: float = 120.0) -> int | None:
+    def wait_exit(self, timeout_s: float = 240.0) -> int | None:
         """The exit code, or None if still running after ``timeout_s``."""
         try:
             code = self.proc.wait(timeout_s)
