@@ -274,8 +274,20 @@ def diagnose(
     )
 
 
+class ComponentRole(StrEnum):
+    orchestrator = "orchestrator"
+    connector = "connector"
+    trainer_dispatch = "trainer-dispatch"
+    security = "security"
+    aggregator = "aggregator"
+
+
 @app.command("validate-security")
 def validate_security(
+    role: Annotated[
+        ComponentRole,
+        typer.Option(help="the component whose PDMFED_KEYS_DIR / PDMFED_SECRETS_DIR are checked"),
+    ] = ComponentRole.orchestrator,
     self_test: Annotated[
         bool,
         typer.Option(
@@ -300,7 +312,7 @@ def validate_security(
     ] = 3,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
 ) -> int:
-    """Check the deployment PDMFED_* points at: secrets, keys directory, trust store, factory keys, broker."""
+    """Check the component PDMFED_* points at: secrets, own key, trust store, factory keys, broker."""
     from federation.monitoring import diagnostics
 
     if not self_test:
@@ -317,7 +329,7 @@ def validate_security(
         ]
         if given:
             fail(f"{', '.join(given)} only apply with --self-test")
-        return diagnostics.validate_deployment_command(json_out=json_out)
+        return diagnostics.validate_deployment_command(role=role.value, json_out=json_out)
     return diagnostics.validate_security_command(
         no_dp=no_dp,
         no_bft=no_bft,

@@ -11,10 +11,10 @@ from typing import Any, Literal
 from federation.config import Settings
 from federation.errors import PdmFedError
 
-__all__ = ["Finding", "SENDERS", "check_deployment", "findings_json", "format_findings"]
+__all__ = ["Finding", "ROLES", "check_deployment", "findings_json", "format_findings"]
 
-#: Every sender whose public key the services must trust (the orchestrator starts campaigns).
-SENDERS = ("orchestrator", "connector", "dispatch", "security", "aggregator")
+#: The components a keys directory can belong to (as `pdmfed keys init` lays them out).
+ROLES = ("orchestrator", "connector", "trainer-dispatch", "security", "aggregator")
 
 
 @dataclass(frozen=True)
@@ -34,24 +34,46 @@ def _secrets(settings: Settings) -> list[Finding]:
     return [Finding("ok", "encryption key and salt are set and strong")]
 
 
-def _keys(settings: Settings) -> list[Finding]:
+def _keys(settings: Settings, role: str) -> list[Finding]:
+    from federation.provision import trusted_senders
+
     kd = settings.keys_dir
     if kd is None:
         return [
             Finding(
                 "issue",
                 "PDMFED_KEYS_DIR is not set: messages cannot be signed or verified",
-                "point PDMFED_KEYS_DIR at the keys directory the services use",
+                f"point PDMFED_KEYS_DIR at the {role}'s keys directory (`pdmfed keys init` writes it)",
             )
         ]
     kd = Path(kd)
     if not kd.is_dir():
         return [
             Finding(
-                "issue", f"keys directory {kd} does not exist", "create it with the services' keys"
+                "issue",
+                f"keys directory {kd} does not exist",
+                "run `pdmfed keys init` and mount it",
             )
         ]
     out: list[Finding] = []
+    sender = settings.service_id or role
+    own = kd / f"{sender}.key"
+    if not own.is_file():
+        out.append(
+            Finding(
+                "issue",
+                f"{kd} has no private key {own.name}: the {role} cannot sign",
+                "mount this component's own keys directory",
+            )
+        )
+    elif own.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        out.append(
+            Finding(
+                "issue", f"private key {own} is readable by group or others", f"chmod 600 {own}"
+            )
+        )
+    else:
+        out.append(Finding("ok", f"own private key {own.name}, readable by its owner only"))
     from federation.crypto.signing import TrustStore
 
     try:
@@ -60,13 +82,14 @@ def _keys(settings: Settings) -> list[Finding]:
         out.append(
             Finding("issue", f"trust store {kd}: {exc}", "replace the unreadable public key")
         )
-    missing = [s for s in SENDERS if not (kd / f"{s}.pub").is_file()]
+    expected = [s for s in trusted_senders(role) if s != sender]
+    missing = [s for s in expected if not (kd / f"{s}.pub").is_file()]
     if missing:
         out.append(
             Finding(
                 "issue",
                 f"trust store {kd} lacks the public key of {', '.join(missing)}: their "
-                "messages are dead-lettered",
+                f"messages to the {role} are dead-lettered",
                 "copy each sender's <name>.pub into it",
             )
         )
@@ -74,38 +97,27 @@ def _keys(settings: Settings) -> list[Finding]:
         out.append(
             Finding(
                 "ok",
-                f"trust store {kd} holds the public key of every sender ({', '.join(SENDERS)})",
+                f"trust store holds every sender the {role} consumes from ({', '.join(expected)})",
             )
         )
-    loose = [
-        p.name for p in sorted(kd.glob("*.key")) if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO)
-    ]
-    if loose:
-        out.append(
-            Finding(
-                "issue",
-                f"private keys readable by group or others: {', '.join(loose)}",
-                "chmod 600 each private key",
+    if role == "security":
+        factories = sorted((kd / "factories").glob("*.pub")) if (kd / "factories").is_dir() else []
+        if factories:
+            out.append(
+                Finding(
+                    "ok",
+                    f"{len(factories)} factory public keys ({', '.join(p.stem for p in factories)})",
+                )
             )
-        )
-    factories = sorted((kd / "factories").glob("*.pub")) if (kd / "factories").is_dir() else []
-    if factories:
-        out.append(
-            Finding(
-                "ok",
-                f"{len(factories)} factory public keys in {kd / 'factories'} "
-                f"({', '.join(p.stem for p in factories)})",
+        else:
+            out.append(
+                Finding(
+                    "issue",
+                    f"no factory public keys in {kd / 'factories'}: security cannot verify "
+                    "factory-signed updates",
+                    "copy each factory's <datasite>.pub into it",
+                )
             )
-        )
-    else:
-        out.append(
-            Finding(
-                "issue",
-                f"no factory public keys in {kd / 'factories'}: security cannot verify "
-                "factory-signed updates",
-                "copy each factory's <datasite>.pub into it",
-            )
-        )
     return out
 
 
@@ -119,14 +131,20 @@ async def _broker(settings: Settings, give_up_s: float) -> list[Finding]:
     topology = topology_of(settings)
     try:
         target = parse_amqp_url(settings.amqp_url or "")
-        conn = await connect_with_retry(lambda: aio_pika.connect(settings.amqp_url), target,
-                                        give_up_after_s=give_up_s)
+        conn = await connect_with_retry(
+            lambda: aio_pika.connect(settings.amqp_url), target, give_up_after_s=give_up_s
+        )
     except PdmFedError as exc:
         return [Finding("issue", f"broker: {exc}", "check PDMFED_AMQP_URL and the broker's users")]
-    names = [("exchange", topology.exchange.name)] + [("queue", q.name) for q in topology.all_queues()]
+    names = [("exchange", topology.exchange.name)] + [
+        ("queue", q.name) for q in topology.all_queues()
+    ]
     missing = []
     try:
-        for kind, name in names:  # passive declares: a missing entity closes the channel, so one each
+        for (
+            kind,
+            name,
+        ) in names:  # passive declares: a missing entity closes the channel, so one each
             channel = await conn.channel()
             try:
                 if kind == "exchange":
@@ -144,14 +162,21 @@ async def _broker(settings: Settings, give_up_s: float) -> list[Finding]:
         await conn.close()
     where = f"RabbitMQ at {target.where} (vhost '{target.vhost}', user '{target.user}')"
     if missing:
-        return [Finding("issue", f"{where}: missing {', '.join(missing)}",
-                        "load deploy/rabbitmq definitions, or start the services once")]
+        return [
+            Finding(
+                "issue",
+                f"{where}: missing {', '.join(missing)}",
+                "load deploy/rabbitmq definitions, or start the services once",
+            )
+        ]
     return [Finding("ok", f"{where}: the exchange and all {len(names) - 1} queues exist")]
 
 
-def check_deployment(settings: Settings, *, broker_give_up_s: float = 10.0) -> list[Finding]:
-    """Everything `pdmfed validate-security` checks, in order."""
-    findings = _secrets(settings) + _keys(settings)
+def check_deployment(
+    settings: Settings, role: str = "orchestrator", *, broker_give_up_s: float = 10.0
+) -> list[Finding]:
+    """Everything `pdmfed validate-security` checks for one component (``role``), in order."""
+    findings = _secrets(settings) + _keys(settings, role)
     if not settings.amqp_url:
         findings.append(Finding("skipped", "broker: PDMFED_AMQP_URL is not set"))
     else:

@@ -494,12 +494,12 @@ def diagnose_main(argv: Sequence[str] | None = None) -> int:
     return main(["diagnose", *(argv or [])])
 
 
-def validate_deployment_command(*, json_out: bool) -> int:
-    """`pdmfed validate-security`: check the deployment PDMFED_* points at; 0 when nothing is wrong."""
+def validate_deployment_command(*, role: str = "orchestrator", json_out: bool) -> int:
+    """`pdmfed validate-security`: check the component PDMFED_* points at; 0 when nothing is wrong."""
     from federation.config import load_settings
     from federation.monitoring.deployment import check_deployment, findings_json, format_findings
 
-    findings = check_deployment(load_settings())
+    findings = check_deployment(load_settings(), role)
     sys.stdout.write(
         json.dumps(findings_json(findings), indent=2) + "\n" if json_out else format_findings(findings)
     )

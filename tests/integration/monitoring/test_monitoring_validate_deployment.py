@@ -1,4 +1,4 @@
-"""`pdmfed validate-security` checks the deployment it is pointed at: secrets, keys, trust store, broker."""
+"""`pdmfed validate-security` checks the component it is pointed at, on a `pdmfed keys init` tree."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from federation.bus.rabbitmq import RabbitBus
 from federation.bus.topology import DEFAULT_TOPOLOGY
-from federation.crypto.signing import SigningIdentity
+from federation.provision import FactorySpec, provision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cli_helpers import clean_env, run_pdmfed  # noqa: E402
@@ -18,7 +18,6 @@ from cli_helpers import clean_env, run_pdmfed  # noqa: E402
 pytestmark = pytest.mark.integration
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-SENDERS = ("orchestrator", "connector", "dispatch", "security", "aggregator")
 
 
 async def _topology(prefix: str, *, create: bool) -> None:
@@ -35,59 +34,72 @@ async def _topology(prefix: str, *, create: bool) -> None:
 
 @pytest.fixture
 def deployment(tmp_path):
-    """A keys directory with every sender's key pair and two factory keys, and a declared topology."""
-    keys = tmp_path / "keys"
-    for sender in SENDERS:
-        SigningIdentity.load_or_create(keys, sender)
-    for factory in ("plant_a", "plant_b"):
-        SigningIdentity.load_or_create(tmp_path / "factory-keys", factory)
-        (keys / "factories").mkdir(exist_ok=True)
-        (keys / "factories" / f"{factory}.pub").write_bytes(
-            (tmp_path / "factory-keys" / f"{factory}.pub").read_bytes()
-        )
+    """A `keys init` tree for two factories, and the services' topology declared on the broker."""
+    out = tmp_path / "deploy"
+    provision(out, [FactorySpec("plant_a"), FactorySpec("plant_b")])
     prefix = f"vs-{uuid.uuid4().hex[:8]}"
     asyncio.run(_topology(prefix, create=True))
-    env = clean_env(
-        PDMFED_AMQP_URL=AMQP_URL,
-        PDMFED_KEYS_DIR=str(keys),
-        PDMFED_TOPOLOGY_PREFIX=prefix,
-        PDMFED_ENCRYPTION_KEY="Zq8vL2mXp4Rt7Wn9Kc3Bd6Hy",
-        PDMFED_KEY_SALT="8fK2pQ9xLm3v",
-    )
-    yield keys, prefix, env
+
+    def env(component: str, **extra: str) -> dict[str, str]:
+        # the component's two mounts; the broker URL of the test's (the tree's names user pdmfed-<component>)
+        mounts = {
+            "PDMFED_KEYS_DIR": str(out / component / "keys"),
+            "PDMFED_SECRETS_DIR": str(out / component / "secrets"),
+            "PDMFED_AMQP_URL": AMQP_URL,
+            "PDMFED_TOPOLOGY_PREFIX": prefix,
+        }
+        return clean_env(**{**mounts, **extra})
+
+    yield out, prefix, env
     asyncio.run(_topology(prefix, create=False))
 
 
-def test_when_the_deployment_is_complete__validate_security_ticks_every_check_and_exits_0(
+def test_when_the_orchestrator_s_mounts_are_complete__every_check_is_ticked_and_exit_is_0(
     tmp_path, deployment
 ):
-    keys, prefix, env = deployment
-    run = run_pdmfed("validate-security", tmp_path=tmp_path, env=env)
+    out, prefix, env = deployment
+    run = run_pdmfed("validate-security", tmp_path=tmp_path, env=env("orchestrator"))
     assert (run.returncode, run.stderr) == (0, "")
     assert run.stdout.splitlines() == [
         "  ✓ encryption key and salt are set and strong",
-        f"  ✓ trust store {keys} holds the public key of every sender (orchestrator, connector, dispatch, "
-        "security, aggregator)",
-        f"  ✓ 2 factory public keys in {keys}/factories (plant_a, plant_b)",
+        "  ✓ own private key orchestrator.key, readable by its owner only",
+        "  ✓ trust store holds every sender the orchestrator consumes from (aggregator, connector, security, "
+        "trainer-dispatch)",
         "  ✓ RabbitMQ at 127.0.0.1:5672 (vhost '/', user 'guest'): the exchange and all 5 queues exist",
         "deployment OK",
     ]
 
 
-def test_when_the_orchestrator_key_is_not_trusted_and_a_key_is_world_readable__both_are_issues(
+def test_when_security_is_checked__its_factory_keys_are_counted(tmp_path, deployment):
+    out, prefix, env = deployment
+    run = run_pdmfed(
+        "validate-security", "--role", "security", tmp_path=tmp_path, env=env("security")
+    )
+    assert run.returncode == 0, run.stdout
+    assert "  ✓ 2 factory public keys (plant_a, plant_b)" in run.stdout.splitlines()
+
+
+def test_when_dispatch_does_not_trust_the_orchestrator__the_dead_lettering_is_named(
     tmp_path, deployment
 ):
-    keys, prefix, env = deployment
+    out, prefix, env = deployment
+    keys = out / "trainer-dispatch" / "keys"
     (keys / "orchestrator.pub").unlink()
-    (keys / "security.key").chmod(0o644)
-    run = run_pdmfed("validate-security", tmp_path=tmp_path, env=env)
+    (keys / "trainer-dispatch.key").chmod(0o644)
+    run = run_pdmfed(
+        "validate-security",
+        "--role",
+        "trainer-dispatch",
+        tmp_path=tmp_path,
+        env=env("trainer-dispatch"),
+    )
     assert run.returncode == 1
-    assert run.stdout.splitlines()[1:6] == [
-        f"  ✗ trust store {keys} lacks the public key of orchestrator: their messages are dead-lettered",
+    assert run.stdout.splitlines()[1:5] == [
+        f"  ✗ private key {keys}/trainer-dispatch.key is readable by group or others",
+        f"    → chmod 600 {keys}/trainer-dispatch.key",
+        f"  ✗ trust store {keys} lacks the public key of orchestrator: their messages to the trainer-dispatch "
+        "are dead-lettered",
         "    → copy each sender's <name>.pub into it",
-        "  ✗ private keys readable by group or others: security.key",
-        "    → chmod 600 each private key",
-        f"  ✓ 2 factory public keys in {keys}/factories (plant_a, plant_b)",
     ]
     assert run.stdout.splitlines()[-1] == "deployment has 2 issues"
 
@@ -95,9 +107,12 @@ def test_when_the_orchestrator_key_is_not_trusted_and_a_key_is_world_readable__b
 def test_when_the_services_topology_is_missing__the_broker_check_names_what_is_missing(
     tmp_path, deployment
 ):
-    keys, prefix, env = deployment
-    env = {**env, "PDMFED_TOPOLOGY_PREFIX": f"{prefix}-absent"}
-    run = run_pdmfed("validate-security", tmp_path=tmp_path, env=env)
+    out, prefix, env = deployment
+    run = run_pdmfed(
+        "validate-security",
+        tmp_path=tmp_path,
+        env=env("orchestrator", PDMFED_TOPOLOGY_PREFIX=f"{prefix}-absent"),
+    )
     assert run.returncode == 1
     assert (
         f"  ✗ RabbitMQ at 127.0.0.1:5672 (vhost '/', user 'guest'): missing exchange {prefix}-absent, "
