@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from federation.errors import ConfigError
 
@@ -19,6 +19,11 @@ __all__ = [
     "CampaignConfig",
     "load_campaign_config",
 ]
+
+
+#: The default aggregation rule: ceil(10 %) of the updates trimmed from each end of every
+#: coordinate, the plain mean below five updates.
+DEFAULT_RULE: dict[str, Any] = {"name": "trimmed_mean", "trim_ratio": 0.1, "min_clients": 5}
 
 
 class _Strict(BaseModel):
@@ -74,16 +79,59 @@ class RecordPrivacyConfig(_Strict):
 
 
 class RobustnessConfig(_Strict):
-    """Byzantine screening, reputation and the robust aggregation rule."""
+    """Byzantine screening, reputation and the robust aggregation rule.
+
+    ``rule`` is a name or a mapping with the name and the rule's parameters, e.g.
+    ``{name: multi_krum, f: 2, m: 5}`` or ``{name: trimmed_mean, trim_ratio: 0.3}`` (see
+    ``federation.robust.build_rule``). The older ``aggregation: NAME`` + ``trim_ratio`` keys are
+    still read and turned into ``rule``.
+    """
 
     enabled: bool = True
     threshold: float = Field(2.0, gt=0)
     min_clients: int = Field(3, ge=1)
-    aggregation: Literal["fedavg", "trimmed_mean", "median", "krum", "multi_krum", "centered_clipping"] = (
-        "trimmed_mean"
-    )
-    trim_ratio: float = Field(0.1, ge=0, lt=0.5)
+    rule: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_RULE))
     reputation_threshold: float = Field(0.3, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_aggregation(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or ("aggregation" not in data and "trim_ratio" not in data):
+            return data
+        data = dict(data)
+        if "rule" in data:
+            raise ValueError("give either rule or the older aggregation/trim_ratio keys, not both")
+        name = data.pop("aggregation", "trimmed_mean")
+        ratio = data.pop("trim_ratio", None)
+        data["rule"] = {"name": name, **({"trim_ratio": ratio} if ratio is not None else {})}
+        if ratio is not None and name != "trimmed_mean":
+            data["rule"].pop("trim_ratio")
+        return data
+
+    @field_validator("rule", mode="before")
+    @classmethod
+    def _rule(cls, value: Any) -> dict[str, Any]:
+        from federation.errors import RobustnessError
+        from federation.robust.aggregators import build_rule, rule_spec
+
+        try:
+            return rule_spec(build_rule(value))
+        except (RobustnessError, TypeError) as exc:
+            raise ValueError(str(exc)) from exc
+
+    @property
+    def aggregation(self) -> str:
+        """The rule's name."""
+        return str(self.rule["name"])
+
+    @property
+    def trim_ratio(self) -> float:
+        """The trimmed mean's ratio (0.1 when the rule has none): what older callers read."""
+        return float(self.rule.get("trim_ratio", 0.1))
+
+    def rule_spec(self) -> dict[str, Any]:
+        """The rule as ``build_rule`` takes it."""
+        return dict(self.rule)
 
 
 class CampaignConfig(_Strict):

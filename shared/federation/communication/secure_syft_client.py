@@ -23,9 +23,10 @@ from federation.errors import (
     SecurityError,
     WireError,
 )
-from federation.privacy import PrivacyAccountant, add_gaussian_noise, clip_update, dp_fedavg
-from federation.robust import ReputationBook, Verdicts, get_aggregator, screen
+from federation.privacy import CentralDP, PrivacyAccountant, add_gaussian_noise, clip_update
+from federation.robust import ReputationBook, ScreeningPolicy, Verdicts, build_rule
 from federation.robust.aggregators import trim_count, trimmed_mean_rows
+from federation.robust.pipeline import judge, trusted
 from federation.wire.envelope import Envelope
 from federation.wire.messages import MsgType
 
@@ -87,7 +88,7 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         delta: float = 1e-5,
         max_epsilon: float | None = None,
         sampling_rate: float = 1.0,
-        aggregation: str = "trimmed_mean",
+        aggregation: str | Mapping[str, Any] = "trimmed_mean",
         trim_ratio: float = 0.1,
         dp_mode: str = "local",
         seed: int | None = None,
@@ -134,11 +135,10 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         self.accounting = accounting
         self.aggregation = aggregation
         try:
-            self._aggregator = (
-                get_aggregator(aggregation, trim_ratio=trim_ratio)
-                if aggregation == "trimmed_mean"
-                else get_aggregator(aggregation)
-            )
+            spec = dict(aggregation) if isinstance(aggregation, Mapping) else {"name": aggregation}
+            if spec["name"] == "trimmed_mean":
+                spec.setdefault("trim_ratio", trim_ratio)
+            self._aggregator = build_rule(spec)
             # Built now so bad DP settings fail at construction, not mid-campaign.
             self._central_ledger = PrivacyAccountant(
                 self.noise_multiplier, self.sampling_rate, self.delta, max_epsilon, accounting
@@ -357,6 +357,14 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
             for k, v in update.items()
         }
 
+    def _policy(self) -> ScreeningPolicy:
+        return ScreeningPolicy(
+            self.byzantine_fault_tolerance_enabled,
+            self.bft_threshold,
+            self.min_clients,
+            self.reputation_threshold,
+        )
+
     def detect_byzantine_clients(
         self, updates: Sequence[Mapping[str, Any]]
     ) -> tuple[list[dict[str, Any]], list[str]]:
@@ -372,10 +380,9 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         ids = [str(u["datasite_id"]) for u in items]
         model_updates = [u["model_update"] for u in items]
         ref = self._reference_for(model_updates[0])
-        verdicts = screen(model_updates, ids, self.bft_threshold, self.min_clients, reference=ref)
         with self._sec_lock:
+            verdicts = judge(model_updates, ids, self._policy(), self.reputation, reference=ref)
             self.last_verdicts = verdicts
-            self.reputation.record_round(verdicts)
             for v in verdicts:
                 norm = v.scores.get("norm")
                 if norm is not None and math.isfinite(norm):
@@ -390,9 +397,9 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
     ) -> list[dict[str, Any]]:
         """Keep the updates whose datasite's reputation is at least ``reputation_threshold``."""
         items = _as_updates(updates)
-        kept = [
-            u for u in items if self.reputation.score(str(u["datasite_id"])) >= reputation_threshold
-        ]
+        policy = ScreeningPolicy(True, self.bft_threshold, self.min_clients, reputation_threshold)
+        ids = [str(u["datasite_id"]) for u in items]
+        kept = [items[i] for i in trusted(ids, None, policy, self.reputation).accepted]
         with self._sec_lock:
             self._counters["clients_filtered"] += len(items) - len(kept)
         return kept
@@ -405,8 +412,9 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
 
         Local DP mode (and DP off): the configured robust rule (default trimmed mean with the
         seed's plain-mean fallback below 5 clients), weighted by num_samples x reputation where
-        the rule uses weights. Central DP mode: DP-FedAvg (clip each to ``clip_norm``, noise
-        the sum once, divide by n), one round spent on the campaign ledger first.
+        the rule uses weights. Central DP mode: the same rule inside ``CentralDP`` (clip each to
+        ``clip_norm``, aggregate unweighted, noise calibrated to the rule's own sensitivity), one
+        round spent on the campaign ledger first.
         """
         items = _as_updates(updates)
         if not items:
@@ -414,20 +422,26 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         model_updates = [u["model_update"] for u in items]
         ref = self._reference_for(model_updates[0])
         deltas = [self._minus(m, ref) for m in model_updates]
+        weights = [
+            max(0.0, float(u.get("num_samples") or 1))
+            * self.reputation.score(str(u["datasite_id"]))
+            for u in items
+        ]
+        if sum(weights) <= 0:
+            weights = None
         if self.differential_privacy_enabled and self.dp_mode == "central":
+            rule = CentralDP(
+                self._aggregator,
+                self.clip_norm,
+                self.noise_multiplier,
+                accountant=self._central_ledger,
+                generator=self._generator,
+            )
             with self._sec_lock:
-                self._central_ledger.spend_round()
-                agg = dp_fedavg(deltas, self.clip_norm, self.noise_multiplier, self._generator)
+                agg = rule.aggregate(deltas, weights)
                 self._counters["dp_noise_applications"] += 1
             self._observe_dp()
         else:
-            weights = [
-                max(0.0, float(u.get("num_samples") or 1))
-                * self.reputation.score(str(u["datasite_id"]))
-                for u in items
-            ]
-            if sum(weights) <= 0:
-                weights = None
             agg = self._aggregator.aggregate(deltas, weights)
         with self._sec_lock:
             self._counters["aggregations"] += 1

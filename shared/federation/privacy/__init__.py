@@ -1,7 +1,7 @@
 """Differential privacy: update clipping, the Gaussian mechanism, central DP-FedAvg, record-level DP-SGD and their accountants."""
 
 from federation.privacy.accountant import PrivacyAccountant, noise_multiplier_for
-from federation.privacy.central import dp_fedavg
+from federation.privacy.central import CentralDP, dp_fedavg
 from federation.privacy.dpsgd import (
     RecordLevelLedger,
     dpsgd_epsilon,
@@ -15,6 +15,7 @@ from federation.privacy.mechanisms import (
 )
 
 __all__ = [
+    "CentralDP",
     "PrivacyAccountant",
     "RecordLevelLedger",
     "add_gaussian_noise",

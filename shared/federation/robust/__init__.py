@@ -7,11 +7,22 @@ from federation.robust.aggregators import (
     CoordinateMedian,
     FedAvg,
     Krum,
+    MultiKrum,
     TrimmedMean,
+    build_rule,
     get_aggregator,
+    rule_spec,
 )
 from federation.robust.detectors import Verdict, Verdicts, screen
-from federation.robust.pipeline import DefenceResult, defended_aggregate
+from federation.robust.pipeline import (
+    Defence,
+    DefenceResult,
+    Screening,
+    ScreeningPolicy,
+    aggregation_rule,
+    defended_aggregate,
+    screen_cohort,
+)
 from federation.robust.reputation import ReputationBook
 
 __all__ = [
@@ -19,14 +30,22 @@ __all__ = [
     "Aggregator",
     "CenteredClipping",
     "CoordinateMedian",
+    "Defence",
     "DefenceResult",
     "FedAvg",
     "Krum",
+    "MultiKrum",
     "ReputationBook",
+    "Screening",
+    "ScreeningPolicy",
     "TrimmedMean",
     "Verdict",
     "Verdicts",
+    "aggregation_rule",
+    "build_rule",
     "defended_aggregate",
     "get_aggregator",
+    "rule_spec",
     "screen",
+    "screen_cohort",
 ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from federation.errors import RobustnessError
+from federation.errors import PrivacyError, RobustnessError
 from federation.robust._distances import squared_distances
 from federation.robust._order_stats import sorted_range_mean, weighted_row_sum
 from federation.robust._tensors import (
@@ -28,8 +29,12 @@ __all__ = [
     "TrimmedMean",
     "CoordinateMedian",
     "Krum",
+    "MultiKrum",
     "CenteredClipping",
+    "build_rule",
     "get_aggregator",
+    "rule_parameters",
+    "rule_spec",
     "AGGREGATORS",
     "trim_count",
     "trimmed_mean_rows",
@@ -50,7 +55,17 @@ Update = Mapping[str, torch.Tensor]
 
 @runtime_checkable
 class Aggregator(Protocol):
-    """Combines client updates (same names and shapes) into one update."""
+    """Combines client updates (same names and shapes) into one update.
+
+    ``sensitivity(n, clip)`` is the L2 sensitivity to one clipped update (see the note above
+    the classes); ``params()`` the parameters that rebuild the rule with ``build_rule``.
+    """
+
+    name: str
+
+    def params(self) -> dict[str, Any]: ...
+
+    def sensitivity(self, n: int, clip: float) -> float: ...
 
     def aggregate(
         self, updates: Sequence[Update], weights: Sequence[float] | None = None
@@ -271,10 +286,46 @@ def _order_statistic(updates: Sequence[Update], positions) -> dict[str, torch.Te
 
 
 # --- the Aggregator classes ---------------------------------------------------
+#
+# Every rule states ``sensitivity(n, clip)``: the largest L2 change of its output when one of n
+# clipped updates (L2 norm <= clip) is replaced by the zero update and n stays the same
+# ("zero-out" adjacency). That is the adjacency under which the client-level accountant's
+# Gaussian mechanism (std = noise_multiplier x sensitivity, every client every round) gives its
+# epsilon. Weights are not part of the bound: under central DP every rule runs unweighted.
+# A rule with no sound bound raises PrivacyError, so central DP refuses it.
+
+
+def _order_statistic_sensitivity(n: int, clip: float, start: int, stop: int) -> float:
+    """Sensitivity of "per coordinate, the mean of the sorted values at [start, stop)".
+
+    Sorting is a contraction in L1 (|sort(x) - sort(x')|_1 <= |x - x'|_1), so replacing one
+    value per coordinate by v_j changes the sum of any block of order statistics by at most
+    |v_j|, and their mean by |v_j| / (stop - start). Over all coordinates the change is at most
+    |v|_2 / (stop - start) <= clip / (stop - start). The bound is reached: k updates at +C e1,
+    k at -C e1, the rest 0, and the moved one at C e1 (k = start = n - stop).
+    """
+    return float(clip) / (stop - start)
+
+
+def _check_n_clip(n: int, clip: float) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise RobustnessError(f"sensitivity needs a cohort of n >= 1 updates, got {n!r}")
+    if not (isinstance(clip, int | float) and math.isfinite(clip) and clip > 0):
+        raise RobustnessError(f"sensitivity needs a positive finite clip norm, got {clip!r}")
+
+
 class FedAvg:
     """Weighted mean (weights are e.g. sample counts; equal when None)."""
 
     name = "fedavg"
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def sensitivity(self, n: int, clip: float) -> float:
+        """clip / n: the unweighted mean of n updates moves by |v| / n when one becomes v."""
+        _check_n_clip(n, clip)
+        return float(clip) / n
 
     def aggregate(self, updates: Sequence[Update], weights: Sequence[float] | None = None):
         spec = _spec_of(updates)
@@ -288,12 +339,27 @@ class TrimmedMean:
 
     def __init__(self, trim_ratio: float = 0.1, min_clients: int = 5) -> None:
         trim_count(10, trim_ratio)  # validates the ratio
+        if not isinstance(min_clients, int) or isinstance(min_clients, bool) or min_clients < 1:
+            raise RobustnessError(f"trimmed mean needs min_clients >= 1, got {min_clients!r}")
         self.trim_ratio = float(trim_ratio)
         self.min_clients = int(min_clients)
 
+    def params(self) -> dict[str, Any]:
+        return {"trim_ratio": self.trim_ratio, "min_clients": self.min_clients}
+
+    def trimmed(self, n: int) -> int:
+        """Rows dropped from each end for a cohort of n: ceil(n x trim_ratio), none below min_clients."""
+        return trim_count(n, self.trim_ratio) if n >= self.min_clients else 0
+
+    def sensitivity(self, n: int, clip: float) -> float:
+        """clip / (n - 2k) with k = ``trimmed(n)``, the rows the rule really drops (see
+        ``_order_statistic_sensitivity``); clip / n below ``min_clients``."""
+        _check_n_clip(n, clip)
+        k = self.trimmed(n)
+        return _order_statistic_sensitivity(n, clip, k, n - k)
+
     def aggregate(self, updates: Sequence[Update], weights: Sequence[float] | None = None):
-        n = len(updates)
-        k = trim_count(n, self.trim_ratio) if n >= self.min_clients else 0
+        k = self.trimmed(len(updates))
         out = _order_statistic(updates, lambda n: (k, n - k))
         if out is not None:
             return out
@@ -305,6 +371,15 @@ class CoordinateMedian:
     """Coordinate-wise median. Weights are ignored."""
 
     name = "median"
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def sensitivity(self, n: int, clip: float) -> float:
+        """clip for odd n, clip / 2 for even n: the median is the mean of the sorted values at
+        ``median_positions(n)`` (see ``_order_statistic_sensitivity``)."""
+        _check_n_clip(n, clip)
+        return _order_statistic_sensitivity(n, clip, *median_positions(n))
 
     def aggregate(self, updates: Sequence[Update], weights: Sequence[float] | None = None):
         out = _order_statistic(updates, median_positions)
@@ -323,11 +398,22 @@ class Krum:
     name = "krum"
 
     def __init__(self, f: int = 1, m: int = 1) -> None:
-        if f < 0 or m < 1:
-            raise RobustnessError(f"Krum needs f >= 0 and m >= 1, got f={f}, m={m}")
+        for label, value, low in (("f", f, 0), ("m", m, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise RobustnessError(f"Krum needs an int {label} >= {low}, got {value!r}")
         self.f = int(f)
         self.m = int(m)
         self.last_selected: list[int] = []
+
+    def params(self) -> dict[str, Any]:
+        return {"f": self.f, "m": self.m}
+
+    def sensitivity(self, n: int, clip: float) -> float:
+        """2 x clip: the output is the mean of selected clipped updates, so it lies in the ball of
+        radius clip on both sides; one update can flip the whole selection (two clusters at -C
+        and +C, the moved update tipping the scores), so no smaller bound holds for all cohorts."""
+        _check_n_clip(n, clip)
+        return 2.0 * float(clip)
 
     def aggregate(self, updates: Sequence[Update], weights: Sequence[float] | None = None):
         spec = _spec_of(updates)
@@ -345,44 +431,106 @@ class Krum:
         return weighted_sum(updates, w, spec)
 
 
+class MultiKrum(Krum):
+    """Multi-Krum: the mean of the m updates with the lowest Krum scores (m = 3 unless set)."""
+
+    name = "multi_krum"
+
+    def __init__(self, f: int = 1, m: int = 3) -> None:
+        super().__init__(f=f, m=m)
+
+
 class CenteredClipping:
     """Centered clipping around a robust start (coordinate median); ``tau=None`` adapts to the spread. Weights are ignored."""
 
     name = "centered_clipping"
 
     def __init__(self, tau: float | None = None, iters: int = 3) -> None:
-        if (tau is not None and tau < 0) or iters < 1:
+        if (tau is not None and not (isinstance(tau, int | float) and tau >= 0)) or iters < 1:
             raise RobustnessError(
                 f"centered clipping needs tau >= 0 and iters >= 1, got {tau}, {iters}"
             )
-        self.tau = tau
+        self.tau = None if tau is None else float(tau)
         self.iters = int(iters)
+
+    def params(self) -> dict[str, Any]:
+        return {"tau": self.tau, "iters": self.iters}
+
+    def sensitivity(self, n: int, clip: float) -> float:
+        """median's sensitivity + iters x min(clip, 2 tau) / n, for a fixed ``tau`` only.
+
+        One step is v' = mean_i (x_i - r(x_i - v)) with r(u) = u - clip_tau(u), the residual of
+        a projection, which is 1-Lipschitz: two neighbouring runs drift apart by no more than
+        they started (the median start) plus, per step, the moved update's own term
+        (v + clip_tau(x_j - v)) / n, which changes by at most min(|x_j|, 2 tau) / n. With an
+        adaptive tau (None) the radius itself depends on every update: no sound bound, so
+        central DP refuses the rule.
+        """
+        _check_n_clip(n, clip)
+        if self.tau is None:
+            raise PrivacyError(
+                "centered_clipping with an adaptive tau has no bounded sensitivity; set a fixed "
+                "tau to use it under central DP"
+            )
+        step = min(float(clip), 2.0 * self.tau) / n
+        return CoordinateMedian().sensitivity(n, clip) + self.iters * step
 
     def aggregate(self, updates: Sequence[Update], weights: Sequence[float] | None = None):
         x, spec = _finite_matrix(updates)
         return _unflatten(centered_clipping_rows(x, self.tau, self.iters), spec)
 
 
+#: The rules by configuration name.
 AGGREGATORS: dict[str, type] = {
     "fedavg": FedAvg,
-    "mean": FedAvg,
     "trimmed_mean": TrimmedMean,
     "median": CoordinateMedian,
-    "coordinate_median": CoordinateMedian,
     "krum": Krum,
-    "multi_krum": Krum,
+    "multi_krum": MultiKrum,
     "centered_clipping": CenteredClipping,
 }
 
 
-def get_aggregator(name: str, **kwargs) -> Aggregator:
-    """Build an aggregator by name (see AGGREGATORS); ``multi_krum`` defaults to m = 3."""
+def rule_parameters(name: str) -> dict[str, Any]:
+    """The parameters a rule accepts and their defaults (from its constructor)."""
+    cls = AGGREGATORS[_rule_key(name)]
+    sig = inspect.signature(cls.__init__)
+    return {k: p.default for k, p in sig.parameters.items() if k != "self"}
+
+
+def _rule_key(name: Any) -> str:
     key = str(name).lower().replace("-", "_")
     if key not in AGGREGATORS:
-        raise RobustnessError(f"unknown aggregator {name!r}; choose one of {sorted(AGGREGATORS)}")
-    if key == "multi_krum":
-        kwargs.setdefault("m", 3)
-    try:
-        return AGGREGATORS[key](**kwargs)
-    except TypeError as exc:
-        raise RobustnessError(f"bad arguments for aggregator {name!r}: {exc}") from exc
+        raise RobustnessError(f"unknown aggregation rule {name!r}; choose one of {sorted(AGGREGATORS)}")
+    return key
+
+
+def build_rule(spec: str | Mapping[str, Any] | Aggregator) -> Aggregator:
+    """A rule from its configuration: a name (``"median"``) or a mapping with the name and its
+    parameters (``{"name": "multi_krum", "f": 2, "m": 5}``); an Aggregator passes through.
+    Unknown names and parameters are a RobustnessError that lists what is accepted."""
+    if hasattr(spec, "aggregate") and not isinstance(spec, str | Mapping):
+        return spec  # already a rule
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        raise RobustnessError(f"a rule is a name or a mapping with 'name', got {spec!r}")
+    key = _rule_key(spec["name"])
+    params = {k: v for k, v in spec.items() if k != "name"}
+    accepted = rule_parameters(key)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise RobustnessError(
+            f"rule {key!r} has no parameter {', '.join(unknown)}; it accepts {sorted(accepted) or 'none'}"
+        )
+    return AGGREGATORS[key](**params)
+
+
+def rule_spec(rule: Aggregator) -> dict[str, Any]:
+    """The configuration that rebuilds ``rule``: its name and parameters."""
+    return {"name": rule.name, **rule.params()}
+
+
+def get_aggregator(name: str, **kwargs) -> Aggregator:
+    """Build an aggregator by name and keyword parameters (see ``build_rule``)."""
+    return build_rule({"name": name, **kwargs})

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
+from federation.campaign import PrivacyConfig, RobustnessConfig
 from federation.errors import PdmFedError, RobustnessError
-from federation.privacy import PrivacyAccountant, dp_fedavg
-from federation.robust.aggregators import FedAvg, get_aggregator
+from federation.privacy import PrivacyAccountant
 from federation.robust.attacks import craft, label_flip
-from federation.robust.pipeline import defended_aggregate
+from federation.robust.pipeline import aggregation_rule, screen_cohort, screening_policy
 from federation.robust.reputation import ReputationBook
 
 __all__ = [
@@ -30,7 +30,8 @@ __all__ = [
 
 #: Update attacks plus label flipping at the datasite.
 EVAL_ATTACKS = ("none", "sign_flip", "scaling", "gaussian", "ipm", "alie", "label_flip")
-#: "secure_default" is SecurePySyftCommunicationManager's default: screening + reputation + trimmed mean.
+#: "secure_default" is the services' default defence (a default campaign's ``robustness``):
+#: screening, reputation and the default rule; the others are a rule alone, without screening.
 DEFENCES = ("fedavg", "trimmed_mean", "median", "krum", "centered_clipping", "secure_default")
 _LOCAL = {
     "model_type": "cnn",
@@ -75,19 +76,38 @@ def _setup(data_dir: str | Path | None, n_sites: int, seed: int):
     return prepared, sites, init, source
 
 
+def defence_config(defence: str, n_sites: int, n_byz: int) -> RobustnessConfig:
+    """The campaign ``robustness`` section a defence of the table stands for.
+
+    ``secure_default`` is a default campaign's; a bare rule runs without screening, Krum with
+    f = the Byzantine count and the trimmed mean trimming at least that share.
+    """
+    if defence == "secure_default":
+        return RobustnessConfig()
+    if defence == "fedavg":
+        return RobustnessConfig(enabled=False)
+    rule: dict[str, Any] = {"name": defence}
+    if defence == "krum":
+        rule["f"] = max(1, n_byz)
+    elif defence == "trimmed_mean":
+        rule["trim_ratio"] = max(0.1, n_byz / n_sites)
+    return RobustnessConfig(rule=rule, threshold=1e9, min_clients=10**6)
+
+
 def _run_cell(
     prepared: Any,
     sites: Sequence[Any],
     init: dict[str, torch.Tensor],
     *,
     attack: str,
-    defence: str,
+    robustness: RobustnessConfig,
     n_byz: int,
     rounds: int,
     seed: int,
-    dp_noise: float | None = None,
-    dp_clip: float = 1.0,
+    privacy: PrivacyConfig | None = None,
 ) -> dict[str, Any]:
+    """One federation: each round the services' own steps, ``screen_cohort`` (security) then
+    ``aggregation_rule`` (aggregator, central DP when ``privacy`` says so)."""
     from federation.ml import evaluate, train_local
 
     n = len(sites)
@@ -95,6 +115,8 @@ def _run_cell(
     byz = set(range(n_byz)) if attack != "none" else set()
     book = ReputationBook()
     gen = torch.Generator().manual_seed(seed + 7)
+    policy = screening_policy(robustness)
+    rule = aggregation_rule(robustness, privacy, generator=gen)
     state = {k: v.clone() for k, v in init.items()}
     caught = 0
     for r in range(rounds):
@@ -111,40 +133,15 @@ def _run_cell(
             crafted = craft(attack, [deltas[i] for i in sorted(byz)], honest, n, generator=gen)
             for i, evil in zip(sorted(byz), crafted, strict=True):
                 deltas[i] = evil
-        if dp_noise is not None:
-            agg = (
-                dp_fedavg(deltas, dp_clip, dp_noise, gen)
-                if dp_noise > 0
-                else FedAvg().aggregate(deltas)
-            )
-        elif defence == "fedavg":
-            agg = FedAvg().aggregate(deltas, samples)
-        elif defence == "secure_default":
-            try:
-                out = defended_aggregate(
-                    deltas,
-                    ids,
-                    get_aggregator("trimmed_mean"),
-                    book=book,
-                    threshold=2.0,
-                    min_clients=3,
-                    weights=samples,
-                )
-                agg = out.aggregate
-                caught += sum(1 for c in out.flagged_ids if int(c[4:]) in byz)
-            except RobustnessError:
-                agg = {k: torch.zeros_like(v) for k, v in deltas[0].items()}
-        elif defence == "krum":
-            agg = get_aggregator("krum", f=max(1, n_byz)).aggregate(deltas)
-        elif defence == "trimmed_mean":
-            agg = get_aggregator("trimmed_mean", trim_ratio=max(0.1, n_byz / n)).aggregate(deltas)
-        else:
-            agg = get_aggregator(defence).aggregate(deltas)
-        state = _apply(state, agg)
+        screened = screen_cohort(deltas, ids, policy, book, num_samples=samples)
+        caught += sum(1 for c in screened.flagged_ids if int(c[4:]) in byz)
+        if screened.accepted:
+            agg = rule.aggregate([deltas[i] for i in screened.accepted], screened.weights)
+            state = _apply(state, agg)
     rmse = evaluate(state, prepared.test.X, prepared.test.y, _LOCAL["model_type"])["rmse"]
     return {
         "rmse": float(rmse) if math.isfinite(rmse) else None,
-        "byzantine_flagged": caught if defence == "secure_default" else None,
+        "byzantine_flagged": caught if policy.enabled else None,
     }
 
 
@@ -186,9 +183,15 @@ def run_robustness_eval(
         cells[defence] = {}
         for attack in attacks:
             cells[defence][attack] = _run_cell(
-                prepared, sites, init, attack=attack, defence=defence, **common
+                prepared,
+                sites,
+                init,
+                attack=attack,
+                robustness=defence_config(defence, n_sites, n_byz),
+                **common,
             )
-    clean = _run_cell(prepared, sites, init, attack="none", defence="fedavg", **common)["rmse"]
+    plain = defence_config("fedavg", n_sites, n_byz)
+    clean = _run_cell(prepared, sites, init, attack="none", robustness=plain, **common)["rmse"]
     if dp_clip is None:
         from federation.ml import train_local
         from federation.privacy import global_l2_norm
@@ -205,15 +208,9 @@ def run_robustness_eval(
         dp_clip = norms[len(norms) // 2]
     dp_rows = []
     for z in (0.0, *dp_noise_levels):
+        privacy = PrivacyConfig(mode="central", noise_multiplier=z, clip_norm=dp_clip)
         cell = _run_cell(
-            prepared,
-            sites,
-            init,
-            attack="none",
-            defence="fedavg",
-            dp_noise=z,
-            dp_clip=dp_clip,
-            **common,
+            prepared, sites, init, attack="none", robustness=plain, privacy=privacy, **common
         )
         eps = PrivacyAccountant(z, 1.0, delta).epsilon_after(rounds) if z > 0 else math.inf
         dp_rows.append(

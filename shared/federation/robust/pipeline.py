@@ -1,18 +1,171 @@
-"""The default defence as one pure step: screen, update reputations, filter, robust-aggregate."""
+"""The one defence pipeline: screening (detectors -> reputation -> verdicts), a robust rule, optional central DP.
+
+The security and aggregator services, ``SecurePySyftCommunicationManager`` and
+``pdmfed eval robustness`` all run these functions: ``judge`` and ``trusted`` (or both at once,
+``screen_cohort``) screen a round's updates, ``aggregation_rule`` builds the configured rule
+(wrapped in ``CentralDP`` when client-level DP is on), and ``Defence.run`` chains them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from federation.errors import RobustnessError
-from federation.robust.aggregators import Aggregator
+from federation.robust.aggregators import Aggregator, FedAvg, build_rule
 from federation.robust.detectors import Verdicts, screen
 from federation.robust.reputation import ReputationBook
 
-__all__ = ["DefenceResult", "defended_aggregate"]
+__all__ = [
+    "Defence",
+    "DefenceResult",
+    "Screening",
+    "ScreeningPolicy",
+    "aggregation_rule",
+    "defended_aggregate",
+    "judge",
+    "screen_cohort",
+    "screening_policy",
+    "trusted",
+]
+
+Update = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ScreeningPolicy:
+    """How a cohort is screened: detector threshold, the smallest cohort judged, the reputation floor."""
+
+    enabled: bool = True
+    threshold: float = 2.0
+    min_clients: int = 3
+    reputation_threshold: float = 0.3
+
+
+def screening_policy(robustness: Any) -> ScreeningPolicy:
+    """The policy of a campaign's ``robustness`` section (any object with those attributes)."""
+    return ScreeningPolicy(
+        bool(robustness.enabled),
+        float(robustness.threshold),
+        int(robustness.min_clients),
+        float(robustness.reputation_threshold),
+    )
+
+
+@dataclass(frozen=True)
+class Screening:
+    """One cohort's screening: accepted positions with their weights, rejections with reasons."""
+
+    ids: list[str]
+    accepted: list[int]
+    weights: list[float]
+    reputation: dict[str, float]
+    rejected: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verdicts: Verdicts | None = None
+
+    @property
+    def accepted_ids(self) -> list[str]:
+        return [self.ids[i] for i in self.accepted]
+
+    @property
+    def flagged_ids(self) -> list[str]:
+        return [c for c in self.ids if self.rejected.get(c, {}).get("reason") == "byzantine"]
+
+    @property
+    def low_reputation_ids(self) -> list[str]:
+        return [c for c in self.ids if self.rejected.get(c, {}).get("reason") == "reputation"]
+
+
+def judge(
+    updates: Sequence[Update],
+    ids: Sequence[str],
+    policy: ScreeningPolicy,
+    book: ReputationBook | None,
+    *,
+    reference: Update | None = None,
+) -> Verdicts | None:
+    """Detectors, then reputation: every verdict is folded into ``book``. None when screening is off.
+
+    Non-finite updates are always flagged; the statistical tests run from ``policy.min_clients``
+    finite updates on (see ``detectors.screen``).
+    """
+    if not policy.enabled:
+        return None
+    verdicts = screen(
+        updates, [str(i) for i in ids], policy.threshold, policy.min_clients, reference=reference
+    )
+    if book is not None:
+        book.record_round(verdicts)
+    return verdicts
+
+
+def trusted(
+    ids: Sequence[str],
+    verdicts: Verdicts | None,
+    policy: ScreeningPolicy,
+    book: ReputationBook | None,
+    num_samples: Sequence[float] | None = None,
+) -> Screening:
+    """Verdicts -> accepted (not flagged, reputation at least the floor) and rejected with reasons.
+
+    An accepted update's weight is its sample count (1 when unknown) times its reputation.
+    """
+    ids = [str(i) for i in ids]
+    if num_samples is not None and len(num_samples) != len(ids):
+        raise RobustnessError(f"got {len(num_samples)} sample counts for {len(ids)} updates")
+    on = policy.enabled
+    rep = {c: (float(book.score(c)) if (on and book is not None) else 1.0) for c in ids}
+    accepted, weights, rejected = [], [], {}
+    for i, c in enumerate(ids):
+        v = verdicts[c] if verdicts is not None else None
+        if v is not None and v.flagged:
+            rejected[c] = {"reason": "byzantine", "why": list(v.reasons), "scores": dict(v.scores)}
+        elif on and rep[c] < policy.reputation_threshold:
+            rejected[c] = {"reason": "reputation", "why": [f"reputation {rep[c]:.2f}"]}
+        else:
+            accepted.append(i)
+            samples = 1.0 if num_samples is None else max(float(num_samples[i]), 1.0)
+            weights.append(samples * rep[c])
+    return Screening(ids, accepted, weights, rep, rejected, verdicts)
+
+
+def screen_cohort(
+    updates: Sequence[Update],
+    ids: Sequence[str],
+    policy: ScreeningPolicy,
+    book: ReputationBook | None,
+    *,
+    num_samples: Sequence[float] | None = None,
+    reference: Update | None = None,
+) -> Screening:
+    """``judge`` then ``trusted``: the security service's whole screening step."""
+    if len(updates) != len(ids):
+        raise RobustnessError(f"{len(updates)} updates but {len(ids)} ids")
+    verdicts = judge(updates, ids, policy, book, reference=reference)
+    return trusted(ids, verdicts, policy, book, num_samples)
+
+
+def aggregation_rule(
+    robustness: Any,
+    privacy: Any = None,
+    *,
+    accountant: Any = None,
+    generator: torch.Generator | None = None,
+) -> Aggregator:
+    """The configured rule (FedAvg when robustness is off), wrapped in ``CentralDP`` when
+    ``privacy`` is enabled in central mode. ``robustness.rule`` is a name or a mapping with the
+    name and parameters; ``privacy`` needs enabled, mode, clip_norm and noise_multiplier."""
+    rule = build_rule(robustness.rule_spec()) if robustness.enabled else FedAvg()
+    if privacy is not None and privacy.enabled and privacy.mode == "central":
+        from federation.privacy.central import CentralDP
+
+        return CentralDP(
+            rule, privacy.clip_norm, privacy.noise_multiplier, accountant=accountant, generator=generator
+        )
+    return rule
 
 
 @dataclass(frozen=True)
@@ -20,14 +173,41 @@ class DefenceResult:
     """The aggregate, every verdict, and which clients were used or dropped (and why)."""
 
     aggregate: dict[str, torch.Tensor]
-    verdicts: Verdicts
+    verdicts: Verdicts | None
     kept_ids: list[str]
     flagged_ids: list[str]
     low_reputation_ids: list[str]
+    screening: Screening | None = None
+
+
+@dataclass
+class Defence:
+    """Screening policy + rule (possibly ``CentralDP``-wrapped): the services' defence in one call."""
+
+    policy: ScreeningPolicy
+    rule: Aggregator
+
+    def run(
+        self,
+        updates: Sequence[Update],
+        ids: Sequence[str],
+        book: ReputationBook | None = None,
+        *,
+        num_samples: Sequence[float] | None = None,
+        reference: Update | None = None,
+    ) -> DefenceResult:
+        """Screen, then aggregate the accepted updates with their weights. RobustnessError when none is left."""
+        s = screen_cohort(updates, ids, self.policy, book, num_samples=num_samples, reference=reference)
+        if not s.accepted:
+            raise RobustnessError(f"no update survived screening ({len(s.ids)} received)")
+        agg = self.rule.aggregate([updates[i] for i in s.accepted], s.weights)
+        return DefenceResult(
+            agg, s.verdicts, s.accepted_ids, s.flagged_ids, s.low_reputation_ids, s
+        )
 
 
 def defended_aggregate(
-    updates: Sequence[Mapping[str, torch.Tensor]],
+    updates: Sequence[Update],
     ids: Sequence[str],
     aggregator: Aggregator,
     *,
@@ -36,31 +216,10 @@ def defended_aggregate(
     min_clients: int = 3,
     reputation_threshold: float = 0.3,
     weights: Sequence[float] | None = None,
-    reference: Mapping[str, torch.Tensor] | None = None,
+    reference: Update | None = None,
 ) -> DefenceResult:
-    """Screen ``updates``, fold the verdicts into ``book``, drop flagged and low-reputation clients, aggregate the rest.
-
-    ``weights`` (e.g. sample counts) are multiplied by reputation, so weighted rules down-weight
-    doubtful clients. RobustnessError when no update survives.
-    """
-    ids = [str(i) for i in ids]
-    verdicts = screen(updates, ids, threshold, min_clients, reference=reference)
-    if book is not None:
-        book.record_round(verdicts)
-    flagged = set(verdicts.flagged_ids)
-    low = [
-        c
-        for c in ids
-        if c not in flagged and book is not None and book.score(c) < reputation_threshold
-    ]
-    keep = [i for i, c in enumerate(ids) if c not in flagged and c not in low]
-    if not keep:
-        raise RobustnessError(f"no update survived screening ({len(ids)} received)")
-    w = None
-    if weights is not None:
-        if len(weights) != len(ids):
-            raise RobustnessError(f"got {len(weights)} weights for {len(ids)} updates")
-        rep = book.weights([ids[i] for i in keep]) if book is not None else [1.0] * len(keep)
-        w = [float(weights[i]) * r for i, r in zip(keep, rep, strict=True)]
-    agg = aggregator.aggregate([updates[i] for i in keep], w)
-    return DefenceResult(agg, verdicts, [ids[i] for i in keep], sorted(flagged, key=ids.index), low)
+    """``Defence(ScreeningPolicy(...), aggregator).run(...)`` with ``weights`` as the sample counts."""
+    policy = ScreeningPolicy(True, threshold, min_clients, reputation_threshold)
+    return Defence(policy, aggregator).run(
+        updates, ids, book, num_samples=weights, reference=reference
+    )
