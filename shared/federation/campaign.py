@@ -50,6 +50,11 @@ class TrainingConfig(_Strict):
     window: int = Field(30, ge=2, le=500)
     n_features: int = Field(14, ge=1)
     max_batches: int | None = Field(None, ge=1)
+    #: The starting model: "random" (seeded initialisation) or "public" (pre-trained on the
+    #: public synthetic fleet, ``federation.ml.pretrain``; costs no privacy).
+    init: Literal["random", "public"] = "random"
+    #: Each factory returns the mean of its last half of iterates (averages DP-SGD noise away).
+    average_iterates: bool = False
 
 
 class PrivacyConfig(_Strict):
@@ -76,6 +81,9 @@ class RecordPrivacyConfig(_Strict):
     noise_multiplier: float = Field(1.0, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     max_epsilon: float | None = Field(None, gt=0)
+    #: How each factory's DP-SGD steps are composed: Renyi DP, or privacy-loss distributions
+    #: (tighter: the same noise gives a smaller epsilon).
+    accountant: Literal["rdp", "pld"] = "rdp"
 
 
 class RobustnessConfig(_Strict):

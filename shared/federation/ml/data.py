@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_RUL_CAP",
     "DEFAULT_WINDOW",
     "FD001_INFORMATIVE_SENSORS",
+    "CMAPSS_TRENDS",
     "CmapssData",
     "DatasetError",
     "Fleet",
@@ -161,57 +162,91 @@ def load_cmapss(directory: str | Path, subset: str | None = None) -> CmapssData:
 
 
 # --- synthetic fleet ----------------------------------------------------------------------------
+#: C-MAPSS's 21 sensors: which ones move with HPC degradation and which way (+1 up, -1 down), as
+#: published with the data set (Saxena et al. 2008) and in the RUL literature; the others only
+#: follow the operating regime. A 21-sensor synthetic fleet uses this layout, so its informative
+#: sensors are FD001's 14, in the same order and with the same trends (no FD001 value is used).
+CMAPSS_TRENDS: dict[int, float] = {
+    2: 1.0, 3: 1.0, 4: 1.0, 7: -1.0, 8: 1.0, 9: 1.0, 11: 1.0,
+    12: -1.0, 13: 1.0, 14: 1.0, 15: 1.0, 17: 1.0, 20: -1.0, 21: -1.0,
+}
+
+
+def _sensor_layout(
+    rng: np.random.Generator, n_sensors: int, n_constant: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per sensor: degradation sensitivity (0 for a regime-only sensor) and noise level."""
+    magnitude = rng.uniform(0.8, 2.5, size=n_sensors)
+    if n_sensors == _N_CMAPSS_SENSORS and n_constant == _N_CMAPSS_SENSORS - len(CMAPSS_TRENDS):
+        signs = np.array([CMAPSS_TRENDS.get(j + 1, 0.0) for j in range(n_sensors)])
+    else:  # the last n_constant sensors carry no signal
+        signs = rng.choice([-1.0, 1.0], size=n_sensors)
+        signs[n_sensors - n_constant :] = 0.0
+    return signs * magnitude, rng.uniform(0.8, 1.2, size=n_sensors)
+
+
 def _simulate_engine(
     rng: np.random.Generator,
     life: int,
     n_cycles: int,
     sensitivity: np.ndarray,
+    noise_scale: np.ndarray,
     regime_offsets: np.ndarray,
     regime_settings: np.ndarray,
-    n_constant: int,
     noise: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Settings and sensors of one engine for cycles 1..n_cycles of a life of `life` cycles."""
+    """Settings and sensors of one engine for cycles 1..n_cycles of a life of `life` cycles.
+
+    Damage grows exponentially towards failure in absolute cycles (time constant tau, its own
+    per engine), on top of a small initial wear: h = w0 + (1 - w0) exp(-(life - t) / tau), so
+    h = 1 at failure and the signal rises out of the noise in the last ~100 cycles, as C-MAPSS
+    sensors do. Each engine also has its own mix of the sensors' responses and small
+    manufacturing offsets.
+    """
     n_regimes, n_sensors = regime_offsets.shape
     t = np.arange(1, n_cycles + 1, dtype=np.float64)
-    # Health index: initial wear, then exponential growth reaching 1.0 at failure.
-    wear0 = rng.uniform(0.0, 0.12)
-    rate = rng.uniform(3.0, 5.0)
-    health = wear0 + (1 - wear0) * np.expm1(rate * t / life) / np.expm1(rate)
+    wear0 = rng.uniform(0.0, 0.05)
+    tau = rng.uniform(38.0, 52.0)
+    health = wear0 + (1 - wear0) * np.exp(-(life - t) / tau)
     regimes = (
         rng.integers(0, n_regimes, size=n_cycles) if n_regimes > 1 else np.zeros(n_cycles, int)
     )
-    manufacturing = rng.normal(0.0, 0.05, size=n_sensors)
+    response = sensitivity * rng.uniform(0.85, 1.15, size=n_sensors)
+    manufacturing = rng.normal(0.0, 0.1, size=n_sensors) * (sensitivity != 0)
     sensors = (
         regime_offsets[regimes]
         + manufacturing
-        + health[:, None] * sensitivity[None, :]
-        + rng.normal(0.0, noise, size=(n_cycles, n_sensors))
+        + health[:, None] * response[None, :]
+        + rng.normal(0.0, 1.0, size=(n_cycles, n_sensors)) * (noise * noise_scale)
     )
-    sensors[:, n_sensors - n_constant :] = regime_offsets[regimes][:, n_sensors - n_constant :]
+    constant = sensitivity == 0
+    sensors[:, constant] = regime_offsets[regimes][:, constant]
     settings = regime_settings[regimes] + rng.normal(0.0, 1e-3, size=(n_cycles, _N_SETTINGS))
     return settings, sensors
 
 
 def synthetic_fleet(
-    n_engines: int = 60,
+    n_engines: int = 100,
     seed: int = 0,
     *,
     n_test_engines: int | None = None,
-    n_sensors: int = 12,
-    n_constant: int = 2,
-    n_regimes: int = 3,
-    noise: float = 0.25,
+    n_sensors: int = _N_CMAPSS_SENSORS,
+    n_constant: int = _N_CMAPSS_SENSORS - len(CMAPSS_TRENDS),
+    n_regimes: int = 1,
+    noise: float = 0.5,
     min_life: int = 128,
-    max_life: int = 300,
+    max_life: int = 360,
 ) -> CmapssData:
     """A reproducible C-MAPSS-like fleet: training engines run to failure, test engines truncated.
 
-    Each engine has its own initial wear, degradation rate and manufacturing offsets; its health
-    grows exponentially to failure and moves each sensor with a fixed sensitivity; Gaussian
-    noise is added; every cycle runs in one of `n_regimes` operating regimes (distinct settings)
-    that shift all sensor baselines. The last `n_constant` sensors carry no degradation signal
-    (they only follow the regime) so sensor selection has something to drop.
+    One fleet model draws both sets: per-sensor sensitivities and noise levels, and regime
+    offsets. Each engine has its own lifetime, initial wear, damage time constant, sensor
+    response mix and manufacturing offsets (see ``_simulate_engine``). A test engine is cut
+    off at a uniformly drawn cycle and its true RUL recorded, as in C-MAPSS's test files.
+    With the defaults (21 sensors, 7 regime-only) the informative sensors are FD001's 14 with
+    C-MAPSS's trend directions (``CMAPSS_TRENDS``); other sizes put the regime-only sensors
+    last. Every cycle runs in one of ``n_regimes`` operating regimes (distinct settings) that
+    shift all sensor baselines.
     """
     n_test = n_engines if n_test_engines is None else n_test_engines
     if n_engines < 1 or n_test < 1:
@@ -224,7 +259,7 @@ def synthetic_fleet(
     ):
         raise DatasetError("synthetic_fleet: invalid sensor, regime, noise or lifetime arguments")
     rng = np.random.default_rng(seed)
-    sensitivity = rng.choice([-1.0, 1.0], size=n_sensors) * rng.uniform(0.8, 2.5, size=n_sensors)
+    sensitivity, noise_scale = _sensor_layout(rng, n_sensors, n_constant)
     regime_offsets = rng.normal(0.0, 3.0, size=(n_regimes, n_sensors))
     regime_settings = np.column_stack(
         [
@@ -241,7 +276,7 @@ def synthetic_fleet(
             life = int(rng.integers(min_life, max_life + 1))
             seen = int(rng.integers(max(2, life // 5), life)) if truncate else life
             settings, sensors = _simulate_engine(
-                rng, life, seen, sensitivity, regime_offsets, regime_settings, n_constant, noise
+                rng, life, seen, sensitivity, noise_scale, regime_offsets, regime_settings, noise
             )
             cols["u"].append(np.full(seen, first_unit + i, dtype=np.int64))
             cols["c"].append(np.arange(1, seen + 1, dtype=np.int64))

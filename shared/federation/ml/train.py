@@ -45,8 +45,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "batch_size": 64,
     "max_batches": None,
     "weight_decay": 0.0,
+    "trainable": "all",
+    "average_iterates": False,
     "dp": None,
 }
+
+#: What ``trainable`` may name: every parameter, or only the model's dense head (the layers after
+#: the feature extractor; fewer parameters to noise in private fine-tuning).
+TRAINABLE = ("all", "head")
 
 _EVAL_BATCH = 4096
 
@@ -104,7 +110,18 @@ def _resolve_config(config: Mapping[str, Any] | None, X: np.ndarray) -> dict[str
         raise TrainingError(f"learning_rate must be positive, got {cfg['learning_rate']}")
     if cfg["max_batches"] is not None and cfg["max_batches"] < 1:
         raise TrainingError("max_batches must be >= 1 when given")
+    cfg["average_iterates"] = bool(cfg["average_iterates"])
+    if cfg["trainable"] not in TRAINABLE:
+        raise TrainingError(f"trainable must be one of {TRAINABLE}, got {cfg['trainable']!r}")
     return cfg
+
+
+def _freeze(model: nn.Module, trainable: str) -> None:
+    """Leave only the ``trainable`` part's parameters with requires_grad (``head``: the dense head)."""
+    if trainable == "all":
+        return
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("head."))
 
 
 def _load_state(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
@@ -172,7 +189,9 @@ def _fit(
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     gen = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.Adam(
-        model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"]
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg["learning_rate"],
+        weight_decay=cfg["weight_decay"],
     )
     n, bs, steps = X.shape[0], cfg["batch_size"], 0
     model.train()
@@ -205,6 +224,16 @@ def _per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((pred - target) / RUL_SCALE) ** 2
 
 
+def _accumulate(averaged: dict[str, torch.Tensor], params: Mapping[str, nn.Parameter], count: int) -> None:
+    """Fold the parameters into their running mean (``count`` iterates so far, this one included)."""
+    with torch.no_grad():
+        for k, p in params.items():
+            if count == 1:
+                averaged[k] = p.detach().clone()
+            else:
+                averaged[k].add_(p.detach() - averaged[k], alpha=1.0 / count)
+
+
 def _fit_dp(
     model: nn.Module, X: np.ndarray, y: np.ndarray, cfg: dict[str, Any], dp: DPSGDConfig
 ) -> tuple[float, int, float]:
@@ -217,13 +246,19 @@ def _fit_dp(
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     gen = dp.generator()
     opt = torch.optim.Adam(
-        model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"]
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg["learning_rate"],
+        weight_decay=cfg["weight_decay"],
     )
     n = X.shape[0]
     per_epoch = math.ceil(n / cfg["batch_size"])
     q = 1.0 / per_epoch
     expected = q * n
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    total_steps = per_epoch * cfg["epochs"]
+    if cfg["max_batches"] is not None:
+        total_steps = min(total_steps, cfg["max_batches"])
+    averaged: dict[str, torch.Tensor] = {}
     steps = 0
     model.train()
     last_loss = float("nan")
@@ -245,10 +280,16 @@ def _fit_dp(
                 p.grad = noisy[k]
             opt.step()
             steps += 1
+            if cfg["average_iterates"] and steps > total_steps // 2:
+                _accumulate(averaged, params, steps - total_steps // 2)
         if count:
             last_loss = total / count * RUL_SCALE**2
         if cfg["max_batches"] is not None and steps >= cfg["max_batches"]:
             break
+    if averaged:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(averaged[k])
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise TrainingError("DP training diverged (parameters are not finite)")
     return last_loss, steps, q
@@ -264,7 +305,10 @@ def train_local(
     """Train from `state_dict` (None = a fresh model initialised from `seed`) on windows (X, y).
 
     Config keys: model_type, epochs, learning_rate, batch_size, n_features and window (default
-    to X's shape), optional max_batches and weight_decay. Deterministic for a given seed and
+    to X's shape), optional max_batches, weight_decay and trainable ("all", or "head": only the
+    dense head learns, the feature extractor stays as given) and average_iterates (DP-SGD
+    returns the mean of its last half of iterates, which averages much of the noise away; a
+    post-processing step, free of privacy cost). Deterministic for a given seed and
     thread count; the caller owns torch.set_num_threads. Returns loss (last epoch's mean training
     MSE, cycles²), rmse and accuracy (fraction within ±ACCURACY_TOLERANCE cycles) of the trained
     model on its own training data, num_samples, model_update (the new state dict, CPU tensors)
@@ -294,6 +338,7 @@ def train_local(
                     f"state_dict must be a mapping, got {type(state_dict).__name__}"
                 )
             _load_state(model, state_dict)
+        _freeze(model, cfg["trainable"])
         if dp is None:
             loss, steps = _fit(model, Xa, ya, cfg, seed)
         else:

@@ -134,3 +134,24 @@ def test_when_predicting__outputs_are_cycles_for_each_window(small_xy):
     X, _ = small_xy
     preds = predict(build_model("hybrid", 5, 30), X)
     assert preds.shape == (96,) and preds.dtype == np.float32
+
+
+def test_when_a_model_trains_on_the_synthetic_fleet__held_out_engines_score_like_training_ones():
+    """The embedded task generalises: held-out engines' error follows the training error (as on
+    C-MAPSS), instead of the model memorising engines (train 3.4 vs held-out 23 before)."""
+    from federation.ml import carve_validation
+
+    torch.set_num_threads(2)
+    p = prepare(synthetic_fleet(50, seed=0))
+    fit_ids, held_ids = carve_validation(p.train.engines, 0.2, seed=0)
+    fit, held = p.train.select(fit_ids), p.train.select(held_ids)
+    cfg = {"model_type": "cnn", "epochs": 2, "learning_rate": 2e-3, "batch_size": 256}
+    state = train_local(None, fit.X, fit.y, cfg, seed=0)["model_update"]
+    train_rmse = evaluate(state, fit.X[::7], fit.y[::7], "cnn")["rmse"]
+    held_rmse = evaluate(state, held.X, held.y, "cnn")["rmse"]
+    test_rmse = evaluate(state, p.test.X, p.test.y, "cnn")["rmse"]
+    baseline = float(np.sqrt(np.mean((p.test.y - fit.y.mean()) ** 2)))
+    assert held_rmse < 1.35 * train_rmse, (train_rmse, held_rmse)
+    assert test_rmse < 0.4 * baseline, (test_rmse, baseline)
+    assert p.features == ("s2", "s3", "s4", "s7", "s8", "s9", "s11", "s12",
+                                                 "s13", "s14", "s15", "s17", "s20", "s21")
