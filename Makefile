@@ -9,7 +9,7 @@ TOOLS_STAMP := $(VENV)/.tools
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools test test-unit test-integration lint format demo bench clean
+.PHONY: help install tools test test-unit test-integration lint format demo bench clean docker images stack stack-down test-stack
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -48,6 +48,21 @@ format: install ## apply ruff formatting and autofixes
 
 demo: install ## run the main job: 3 local PySyft factories, 4 services, 5 secure rounds
 	$(VENV)/bin/pdmfed demo $(DEMO_ARGS)
+
+docker: ## install Docker from Debian (docker.io, docker-compose 1.29) and start dockerd when missing
+	bash scripts/docker-up.sh
+
+images: docker ## build the container images; without a registry, from Debian packages and a host wheelhouse
+	bash scripts/images.sh
+
+stack: install images ## the whole stack here: secrets, factory partitions, docker-compose up (docs/deploy.md)
+	bash scripts/stack.sh up
+
+stack-down: ## stop the stack; remove its containers, networks and volumes (secrets and data stay)
+	bash scripts/stack.sh down
+
+test-stack: install images ## the stack test: a 3-round campaign in containers, a crash, Prometheus, down -v
+	$(VENV)/bin/pytest tests/stack -m stack -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install ## run the side-by-side benchmarks; results in bench/results/, summary in BENCHMARKS.md
 	$(PY) -m bench $(BENCH_ARGS)

@@ -62,6 +62,14 @@ else
   apt_install kubernetes-client || log "could not install kubectl; the kustomize tests will fail"
 fi
 
+# docker-compose (Debian's 1.29): the compose file must stay valid for it, not only for v2.
+if command -v docker-compose >/dev/null 2>&1; then
+  log "docker-compose present"
+else
+  log "installing Debian package docker-compose (validates docker-compose.yml)"
+  apt_install docker-compose || log "could not install docker-compose; the compose test will fail"
+fi
+
 # The Python validators come with the project's dev extras; check they are importable.
 for tool in check-jsonschema kubernetes-validate; do
   if [ -x "$VENV/bin/$tool" ] || command -v "$tool" >/dev/null 2>&1; then

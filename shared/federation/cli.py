@@ -24,6 +24,7 @@ import typer
 
 from federation import keys_cli
 from federation.console import fail, run_app
+from federation.data_cli import app as data_app
 
 __all__ = ["app", "main"]
 
@@ -476,6 +477,7 @@ def eval_robustness(
 app.add_typer(datasite_app, name="datasite")
 app.add_typer(eval_app, name="eval")
 app.add_typer(keys_cli.app, name="keys")
+app.add_typer(data_app, name="data")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

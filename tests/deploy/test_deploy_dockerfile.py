@@ -26,8 +26,14 @@ def _instructions(text: str) -> list[tuple[str, str]]:
 def _stages(text: str) -> dict[str, list[tuple[str, str]]]:
     stages: dict[str, list[tuple[str, str]]] = {}
     current = None
+    global_args: dict[str, str] = {}  # ARGs before the first FROM may name the base image
     for word, rest in _instructions(text):
+        if word == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            global_args[name.strip()] = default.strip()
         if word == "FROM":
+            for name, default in global_args.items():
+                rest = rest.replace(f"${{{name}}}", default).replace(f"${name}", default)
             parts = rest.split()
             current = parts[-1] if "AS" in (p.upper() for p in parts) else f"stage{len(stages)}"
             stages[current] = [(word, rest)]
@@ -89,6 +95,26 @@ def test_there_is_a_service_runtime_and_a_datasite_target_with_their_health_endp
     assert "/healthz" in health["runtime"]
     assert "/api/v2/metadata" in health["datasite"]
     assert "pdmfed datasite launch" in " ".join(r for w, r in stages["datasite"] if w == "CMD")
+
+
+def test_the_base_image_is_an_argument_defaulting_to_the_official_python_image():
+    text = DOCKERFILE.read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim" in text
+    froms = [rest for word, rest in _instructions(text) if word == "FROM"]
+    assert all(f.startswith(("${BASE_IMAGE} AS", "deps AS", "runtime AS")) for f in froms), froms
+
+
+def test_the_rules_see_through_a_base_image_argument():
+    unpinned = "ARG BASE_IMAGE=python\nFROM ${BASE_IMAGE} AS runtime\nUSER 1:1\nHEALTHCHECK CMD true\n"
+    assert "not pinned" in " ".join(lint(unpinned))
+    pinned = unpinned.replace("=python", "=python:3.11-slim")
+    assert "not pinned" not in " ".join(lint(pinned))
+
+
+def test_an_air_gapped_build_installs_only_from_the_wheelhouse():
+    text = DOCKERFILE.read_text()
+    assert "COPY deploy/docker/wheels/ /wheels/" in text
+    assert text.count("--no-index --find-links /wheels") == 2  # dependencies, project wheel
 
 
 def test_torch_is_the_pinned_cpu_build():

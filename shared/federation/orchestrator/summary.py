@@ -46,6 +46,8 @@ def round_entry(r: dict, test_rmse: dict[int, float] | None = None) -> dict:
         "rejected": {k: str(v) for k, v in (r.get("rejected") or {}).items()},
         "failed": {k: str(v) for k, v in (r.get("failed") or {}).items()},
         "byzantine": list(r.get("byzantine") or []),
+        # samples in the round's aggregate: every accepted update counted once
+        "num_samples": m.get("num_samples"),
         "duration_s": m.get("duration_s"),
         "reputation": {k: float(v) for k, v in (m.get("reputation") or {}).items()},
         "status": r.get("status", "aggregated"),

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# `make stack` / `make stack-down`: the whole stack on this machine with docker compose.
+#   up:   secrets (once), factory partitions (once), then `docker-compose up -d`
+#   down: stop it and remove its containers, networks and volumes (secrets and data stay)
+# Settings (environment): PDMFED_SECRETS_DIR (.pdmfed/secrets), PDMFED_DATA_DIR
+# (.pdmfed/data), STACK_DATA (a C-MAPSS directory; synthetic fleet when unset).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY=${PY:-.venv/bin/python}
+IMAGE_USER=10001:10001
+export PDMFED_SECRETS_DIR=${PDMFED_SECRETS_DIR:-$ROOT/.pdmfed/secrets}
+export PDMFED_DATA_DIR=${PDMFED_DATA_DIR:-$ROOT/.pdmfed/data}
+export PDMFED_RUNS_DIR=${PDMFED_RUNS_DIR:-$ROOT/runs}
+
+log() { printf 'stack: %s\n' "$*" >&2; }
+
+[ -f build/images.env ] || { log "build/images.env is missing: run make images"; exit 1; }
+set -a
+# shellcheck disable=SC1091
+. build/images.env
+set +a
+
+compose() { docker-compose "$@"; }
+
+case "${1:-up}" in
+  up)
+    if [ ! -d "$PDMFED_SECRETS_DIR" ]; then
+      "$PY" scripts/stack_secrets.py "$PDMFED_SECRETS_DIR" --owner "$IMAGE_USER"
+    fi
+    if [ ! -f "$PDMFED_DATA_DIR/manifest.json" ]; then
+      "$PY" -m federation.cli data partition --out "$PDMFED_DATA_DIR" --owner "$IMAGE_USER" \
+        ${STACK_DATA:+--data "$STACK_DATA"}
+    fi
+    # Compose reads .env from here: later `docker-compose ...` commands find the same stack.
+    if [ ! -f .env ] || head -1 .env | grep -q '^# written by scripts/stack.sh'; then
+      {
+        echo "# written by scripts/stack.sh (make stack); holds no secret"
+        grep -v '^#' build/images.env
+        echo "PDMFED_SECRETS_DIR=$PDMFED_SECRETS_DIR"
+        echo "PDMFED_DATA_DIR=$PDMFED_DATA_DIR"
+        echo "PDMFED_RUNS_DIR=$PDMFED_RUNS_DIR"
+      } >.env
+    else
+      log ".env exists and was not written by make stack: leaving it alone"
+    fi
+    mkdir -p "$PDMFED_RUNS_DIR"
+    chown "$IMAGE_USER" "$PDMFED_RUNS_DIR"
+    services=(rabbitmq redis connector trainer-dispatch security aggregator factory-1 factory-2 factory-3 prometheus)
+    # Grafana has no Debian package: it runs only where its upstream image can be pulled.
+    case "$COMPOSE_FILE" in *local-images.yml*) ;; *) services+=(grafana) ;; esac
+    compose up -d "${services[@]}"
+    log "up; follow with: docker-compose ps   (COMPOSE_FILE=$COMPOSE_FILE)"
+    log "run a campaign: docker-compose run --rm orchestrator pdmfed campaign --config /campaigns/synthetic.yaml"
+    ;;
+  down)
+    compose down -v --remove-orphans
+    ;;
+  *)
+    log "usage: stack.sh up|down"
+    exit 2
+    ;;
+esac

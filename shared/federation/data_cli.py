@@ -1,0 +1,174 @@
+"""`pdmfed data`: prepare factory data for datasites (`partition`: one file per factory)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from federation.console import fail
+from federation.errors import PdmFedError
+
+__all__ = ["app", "write_partitions", "PARTITION_FILE"]
+
+#: The file a datasite container reads (its data volume holds exactly this file).
+PARTITION_FILE = "partition.npz"
+MANIFEST_FILE = "manifest.json"
+
+app = typer.Typer(help="Prepare factory data for the datasites.", no_args_is_help=True)
+
+
+class PartitionMode(StrEnum):
+    profile = "profile"
+    engine = "engine"
+
+
+def _names(names: str | None, sites: int) -> list[str]:
+    from federation.crypto.signing import check_sender_name
+
+    chosen = [n.strip() for n in names.split(",")] if names else [f"factory-{i + 1}" for i in range(sites)]
+    if len(chosen) != sites:
+        fail(f"--names lists {len(chosen)} factories but --sites is {sites}")
+    if len(set(chosen)) != len(chosen):
+        fail(f"--names repeats a factory: {','.join(chosen)}")
+    for name in chosen:
+        try:
+            check_sender_name(name)
+        except PdmFedError as exc:
+            fail(f"factory name {name!r} is not usable as a datasite id: {exc}")
+    return chosen
+
+
+def _owner(owner: str | None) -> tuple[int, int] | None:
+    if owner is None:
+        return None
+    match = re.fullmatch(r"(\d+)(?::(\d+))?", owner)
+    if not match:
+        fail(f"--owner must be UID or UID:GID, got {owner!r}")
+    uid = int(match.group(1))
+    return uid, int(match.group(2) or uid)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_partitions(
+    out: Path,
+    *,
+    data: Path | None = None,
+    sites: int = 3,
+    names: list[str] | None = None,
+    seed: int = 0,
+    mode: str = "profile",
+    max_windows: int | None = None,
+    owner: tuple[int, int] | None = None,
+) -> dict:
+    """Split the training engines of C-MAPSS `data` (or the synthetic fleet) across factories.
+
+    Writes `out/<factory>/partition.npz` (arrays X, y, engine_ids; no pickled objects) and
+    `out/manifest.json` (source, split, per-factory windows/engines/sha256); returns the
+    manifest. Engines never straddle factories; test engines are never written. Files are
+    private (0600, directories 0700), owned by `owner` when given (the datasite image's user).
+    """
+    import numpy as np
+
+    from federation.ml.data import Partition, load_dataset
+    from federation.ml.partition import partition_engines, split_partition
+
+    names = names or [f"factory-{i + 1}" for i in range(sites)]
+    prepared = load_dataset(data, seed=seed)
+    groups = partition_engines(prepared.train.engines, sites, seed=seed, mode=mode,
+                               lifetimes=prepared.train_lifetimes)
+    manifest: dict = {
+        "source": str(data) if data is not None else "synthetic",
+        "dataset": prepared.name,
+        "seed": seed,
+        "mode": mode,
+        "window": prepared.window,
+        "features": list(prepared.features),
+        "max_windows": max_windows,
+        "factories": {},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in zip(names, split_partition(prepared.train, groups), strict=True):
+        if max_windows is not None and len(part) > max_windows:
+            # evenly spaced windows, so every engine of the factory keeps some of its life
+            keep = np.unique(np.linspace(0, len(part) - 1, max_windows).round().astype(np.int64))
+            part = Partition(part.X[keep], part.y[keep], part.engine_ids[keep])
+        site_dir = out / name
+        site_dir.mkdir(mode=0o700, exist_ok=True)
+        path = part.save(site_dir / PARTITION_FILE)
+        os.chmod(site_dir, 0o700)
+        os.chmod(path, 0o600)
+        if owner is not None:
+            os.chown(site_dir, *owner)
+            os.chown(path, *owner)
+        manifest["factories"][name] = {
+            "file": f"{name}/{PARTITION_FILE}",
+            "windows": len(part),
+            "engines": [int(e) for e in part.engines],
+            "sha256": _sha256(path),
+        }
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+@app.command("partition")
+def partition(
+    out: Annotated[
+        Path,
+        typer.Option(file_okay=False, show_default=False,
+                     help="directory to write <factory>/partition.npz and manifest.json into"),
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(exists=True, file_okay=False,
+                     help="C-MAPSS directory, e.g. ../shared/data/cmapss/FD001 (default: a synthetic fleet)"),
+    ] = None,
+    sites: Annotated[int, typer.Option(min=1, help="number of factories")] = 3,
+    names: Annotated[
+        str | None,
+        typer.Option(show_default=False,
+                     help="comma-separated factory ids (default factory-1..N, the compose and k8s names)"),
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="seed of the split (and of the synthetic fleet)")] = 0,
+    mode: Annotated[
+        PartitionMode,
+        typer.Option(help="profile: each factory a different lifetime profile; engine: random engines"),
+    ] = PartitionMode.profile,
+    max_windows: Annotated[
+        int | None,
+        typer.Option(min=1, show_default=False,
+                     help="keep at most this many windows per factory (evenly spaced; quick trials)"),
+    ] = None,
+    owner: Annotated[
+        str | None,
+        typer.Option(show_default=False,
+                     help="UID[:GID] to own the files (10001 for the datasite image); needs root"),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace partitions already in --out")] = False,
+) -> int:
+    """Split one dataset into one private partition per factory, for the datasites' data volumes."""
+    chosen = _names(names, sites)
+    uid_gid = _owner(owner)
+    if uid_gid is not None and os.geteuid() != 0:
+        fail("--owner needs root (the files are handed to the datasite image's user)")
+    existing = [n for n in chosen if (out / n / PARTITION_FILE).exists()]
+    if existing and not force:
+        fail(f"{out} already holds partitions for {', '.join(existing)} (--force replaces them)")
+    manifest = write_partitions(out, data=data, sites=sites, names=chosen, seed=seed, mode=mode.value,
+                                max_windows=max_windows, owner=uid_gid)
+    for name, info in manifest["factories"].items():
+        typer.echo(f"{name}: {info['windows']} windows of {len(info['engines'])} engines -> {out / info['file']}")
+    return 0

@@ -1,0 +1,156 @@
+"""The whole stack in containers: a 3-round campaign, a crashed security service, Prometheus,
+and a `down -v` that leaves nothing behind. Run by `make test-stack` (needs Docker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+from stack_helpers import (
+    FACTORIES,
+    IMAGE_UID,
+    IMAGES_ENV,
+    ROOT,
+    SERVICES,
+    STACK,
+    Stack,
+    compose_binary,
+    images_env,
+    metric_value,
+    run,
+)
+
+pytestmark = [pytest.mark.stack]
+
+ROUNDS = 3
+WINDOWS_PER_FACTORY = 200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _prerequisites() -> None:
+    # `make test-stack` installs Docker and builds the images first; here they must exist.
+    if compose_binary() is None:
+        pytest.fail("docker-compose is not installed: run `make test-stack` (it installs it)")
+    if run(["docker", "info"], check=False).returncode != 0:
+        pytest.fail("the Docker daemon is not reachable: run `make test-stack` (it starts it)")
+    if not IMAGES_ENV.exists():
+        pytest.fail(f"{IMAGES_ENV} is missing: run `make images`")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    _prerequisites()
+    root = tmp_path_factory.mktemp("stack")
+    owner = f"{IMAGE_UID}:{IMAGE_UID}"
+    run([sys.executable, str(ROOT / "scripts/stack_secrets.py"), str(root / "secrets"), "--owner", owner])
+    run([sys.executable, "-m", "federation.cli", "data", "partition", "--out", str(root / "data"),
+         "--max-windows", str(WINDOWS_PER_FACTORY), "--seed", "3", "--owner", owner])
+    (root / "runs").mkdir()
+    os.chown(root / "runs", IMAGE_UID, IMAGE_UID)
+    campaign = yaml.safe_load((ROOT / "deploy/campaigns/synthetic.yaml").read_text())
+    campaign.update(campaign_id=f"stack-{secrets.token_hex(3)}", rounds=ROUNDS, round_timeout_s=240)
+    (root / "campaigns").mkdir()
+    (root / "campaigns" / "stack.yaml").write_text(yaml.safe_dump(campaign))
+    prometheus_port = _free_port()
+    env = {
+        **os.environ,
+        **images_env(),
+        "PDMFED_SECRETS_DIR": str(root / "secrets"),
+        "PDMFED_DATA_DIR": str(root / "data"),
+        "PDMFED_RUNS_DIR": str(root / "runs"),
+        "PDMFED_CAMPAIGNS_DIR": str(root / "campaigns"),
+        "PDMFED_PROMETHEUS_PORT": str(prometheus_port),
+        "PDMFED_RABBITMQ_UI_PORT": str(_free_port()),
+    }
+    st = Stack(project=f"pdmfedstack{secrets.token_hex(3)}", env=env, root=root,
+               prometheus_port=prometheus_port)
+    st.campaign = campaign
+    try:
+        st.compose("up", "-d", *STACK)
+        yield st
+    finally:
+        st.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)
+
+
+def _follow(proc: subprocess.Popen, lines: list[str], round_open: dict[int, threading.Event]) -> None:
+    for line in proc.stdout:
+        lines.append(line.rstrip())
+        for rnd, event in round_open.items():
+            if f"round {rnd}/{ROUNDS}" in line and "opened" in line:
+                event.set()
+
+
+def test_a_campaign_in_containers_completes_every_round_exactly_through_a_security_crash(stack):
+    healthy = stack.wait_healthy((*SERVICES, *FACTORIES, "rabbitmq", "redis", "prometheus"), timeout=420)
+    print(f"healthy after (s): { {k: round(v) for k, v in sorted(healthy.items())} }")
+    round_open = {2: threading.Event()}
+    lines: list[str] = []
+    orchestrator = subprocess.Popen(  # noqa: S603 - fixed argv
+        [compose_binary(), "--project-name", stack.project, "run", "--rm", "-T", "orchestrator",
+         "pdmfed", "campaign", "--config", "/campaigns/stack.yaml", "--timeout", "900"],
+        env=stack.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    follower = threading.Thread(target=_follow, args=(orchestrator, lines, round_open), daemon=True)
+    follower.start()
+    try:
+        assert round_open[2].wait(600), "round 2 never opened:\n" + "\n".join(lines[-40:])
+        restarts_before = stack.crash("security")  # mid-round: round 2 is training/screening
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            state = stack.inspect("security")
+            if state["RestartCount"] > restarts_before and state["State"]["Running"]:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"security did not restart: {stack.inspect('security')['State']}")
+        orchestrator.wait(timeout=900)
+    finally:
+        if orchestrator.poll() is None:
+            orchestrator.kill()
+    follower.join(timeout=10)
+    logs = "\n".join(lines[-60:])
+    assert orchestrator.returncode == 0, f"campaign failed:\n{logs}\n{stack.logs('security')[-3000:]}"
+
+    summary = json.loads((stack.root / "runs" / stack.campaign["campaign_id"] / "summary.json").read_text())
+    windows = {f: int(np.load(stack.root / "data" / f / "partition.npz")["y"].shape[0]) for f in FACTORIES}
+    assert [r["round_num"] for r in summary["rounds"]] == list(range(1, ROUNDS + 1)), logs
+    for r in summary["rounds"]:
+        assert r["participants"] == sorted(FACTORIES), r
+        assert r["status"] == "aggregated" and not r["rejected"] and not r["failed"], r
+        # every factory's update counted exactly once, the round of the crash included
+        assert r["num_samples"] == sum(windows.values()), (r["round_num"], r["num_samples"], windows)
+    assert summary["final"]["reason"] == "max_rounds"
+    assert stack.inspect("security")["RestartCount"] == restarts_before + 1
+    # the restarted security screened what it had not yet acked: round 2 (in part) and round 3
+    assert metric_value(stack.service_metrics("security"), "pdmfed_messages_consumed_total",
+                        msg_type="update.raw") >= len(FACTORIES)
+
+
+def test_prometheus_scrapes_every_service_and_sees_the_campaign_finish(stack):
+    up = stack.wait_query('up{job="pdmfed-services"} == 1', timeout=60, min_series=len(SERVICES))
+    assert {s["metric"]["service"] for s in up} == set(SERVICES)
+    rounds = stack.wait_query("pdmfed_round == 3", timeout=60)
+    assert {s["metric"]["service"] for s in rounds} >= {"trainer-dispatch"}
+    connected = stack.wait_query("pdmfed_datasites_connected > 0", timeout=60)
+    assert {s["metric"]["service"] for s in connected} == {"connector"}
+    assert float(connected[0]["value"][1]) == len(FACTORIES)
+
+
+def test_down_with_volumes_leaves_no_container_volume_or_network(stack):
+    assert any(stack.leftovers().values())  # the check below can see the project
+    stack.compose("down", "-v", "--remove-orphans", "--timeout", "10")
+    assert stack.leftovers() == {"containers": [], "volumes": [], "networks": []}
