@@ -234,11 +234,25 @@ def service(
 @app.command()
 def status(
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    service: Annotated[
+        list[str] | None,
+        typer.Option(metavar="NAME=URL", show_default=False,
+                     help="a service's metrics address to ask (repeatable; default: the four "
+                     "services at http://<name>:9100, as compose and k8s name them)"),
+    ] = None,
 ) -> int:
-    """Datasites, campaigns, rounds and queue depths."""
+    """Ask each running service (its /readyz and /metrics) and the broker (queue depths)."""
     from federation.orchestrator.status import status_main
 
-    return status_main(json_out=json_out)
+    services = None
+    if service:
+        services = {}
+        for item in service:
+            name, sep, url = item.partition("=")
+            if not sep or not name or not url.startswith(("http://", "https://")):
+                fail(f"--service must be NAME=http(s)://HOST:PORT, got {item!r}")
+            services[name] = url
+    return status_main(json_out=json_out, services=services)
 
 
 # --- diagnostics ----------------------------------------------------------------------------

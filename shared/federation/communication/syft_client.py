@@ -175,6 +175,10 @@ class PySyftCommunicationManager:
         )
 
     def _connect(self, session: _Session) -> bool:
+        # The first `import syft` of a process takes from seconds to a minute on a busy machine
+        # (a container on two shared cores): it must not count against the login's timeout.
+        import syft  # noqa: F401
+
         with session.lock:
             try:
                 client = _call_with_timeout(

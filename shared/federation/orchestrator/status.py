@@ -1,14 +1,73 @@
-"""`pdmfed status`: queue depths, dead letters, and the campaigns/rounds trainer-dispatch holds."""
+"""`pdmfed status`: asks the running services themselves (their HTTP port) and the broker.
+
+Each service answers on its metrics port: `/readyz` (consuming), `/metrics` (round, datasites
+connected, messages handled and rejected). Queue depths come from the broker. Nothing is read
+from another service's files.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
 
 from federation.config import Settings
 
-__all__ = ["status_main", "collect_status"]
+__all__ = ["DEFAULT_SERVICE_URLS", "collect_status", "probe_service", "status_main"]
+
+#: Where the services answer in the compose stack and on Kubernetes (Service names, port 9100).
+DEFAULT_SERVICE_URLS = {
+    name: f"http://{name}:9100" for name in ("connector", "trainer-dispatch", "security", "aggregator")
+}
+
+
+def _get(url: str, timeout: float) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - operator-given URL
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def _summarise_metrics(text: str) -> dict:
+    """The figures an operator asks for first, from one service's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict = {"round": {}, "datasites_connected": None, "consumed": 0, "published": 0, "rejected": {}}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels, value = sample.labels, sample.value
+            if sample.name == "pdmfed_round":
+                out["round"][labels.get("campaign", "")] = int(value)
+            elif sample.name == "pdmfed_datasites_connected":
+                out["datasites_connected"] = (out["datasites_connected"] or 0) + int(value)
+            elif sample.name == "pdmfed_messages_consumed_total":
+                out["consumed"] += int(value)
+            elif sample.name == "pdmfed_messages_published_total":
+                out["published"] += int(value)
+            elif sample.name == "pdmfed_messages_rejected_total" and value > 0:
+                reason = labels.get("reason", "?")
+                out["rejected"][reason] = out["rejected"].get(reason, 0) + int(value)
+    return out
+
+
+def probe_service(url: str, timeout: float = 3.0) -> dict:
+    """One service's own answer: reachable, ready, and its metrics summary (or why not)."""
+    base = url.rstrip("/")
+    try:
+        ready_code, _ = _get(f"{base}/readyz", timeout)
+        metrics_code, text = _get(f"{base}/metrics", timeout)
+    except (OSError, ValueError) as exc:  # refused, unknown host, timeout, bad URL
+        reason = getattr(exc, "reason", exc)
+        return {"url": base, "reachable": False, "ready": False, "error": str(reason)}
+    status = {"url": base, "reachable": True, "ready": ready_code == 200}
+    if metrics_code == 200:
+        status.update(_summarise_metrics(text))
+    else:
+        status["error"] = f"/metrics answered HTTP {metrics_code}"
+    return status
 
 
 async def _queues(settings: Settings) -> dict[str, int | str]:
@@ -23,67 +82,55 @@ async def _queues(settings: Settings) -> dict[str, int | str]:
         for q in topology_of(settings).all_queues():
             try:
                 out[q.name] = await bus.queue_depth(q.name)
-            except Exception as exc:  # one missing queue should not hide the others
+            except Exception as exc:  # one missing or forbidden queue should not hide the others
                 out[q.name] = f"error: {type(exc).__name__}"
     finally:
         await bus.close()
     return out
 
 
-def _campaigns(settings: Settings) -> list[dict]:
-    from federation.runtime.store import open_store
-
-    if not settings.state_url and not (Path(settings.state_dir) / "dispatch.sqlite").exists():
-        return []
-    store = open_store(settings, "dispatch", collect_orphans=False)
+def collect_status(settings: Settings, services: Mapping[str, str] | None = None, *,
+                   timeout: float = 3.0) -> dict:
+    """Everything `pdmfed status` shows: each service's answer, and the broker's queue depths."""
+    urls = DEFAULT_SERVICE_URLS if services is None else dict(services)
     try:
-        with store.transaction() as tx:
-            out = []
-            for key in tx.keys("campaign/"):
-                camp = tx.get(key)
-                cid = key.split("/", 1)[1]
-                rnd = tx.get(f"round/{cid}/{int(camp['round']):06d}") or {}
-                out.append({"campaign_id": cid, "status": camp.get("status"), "round": camp.get("round"),
-                            "reason": camp.get("reason"), "round_status": rnd.get("status"),
-                            "cohort": rnd.get("cohort"), "trained": rnd.get("trained"),
-                            "failed": rnd.get("failed")})
-            return out
-    finally:
-        store.close()
+        queues = asyncio.run(_queues(settings))
+    except Exception as exc:  # the services' own answers are still worth showing
+        queues = {"error": f"{type(exc).__name__}: {exc}"}
+    return {"services": {name: probe_service(url, timeout) for name, url in urls.items()}, "queues": queues}
 
 
-def collect_status(settings: Settings) -> dict:
-    """Everything `pdmfed status` shows, as a dict."""
-    return {"queues": asyncio.run(_queues(settings)), "campaigns": _campaigns(settings)}
-
-
-def status_main(*, json_out: bool = False) -> int:
-    """`pdmfed status`: tables (or JSON) on stdout; exit 0."""
+def status_main(*, json_out: bool = False, services: Mapping[str, str] | None = None) -> int:
+    """`pdmfed status`: tables (or JSON) on stdout; exit 0 when every service is ready, else 1."""
     from rich.console import Console
     from rich.table import Table
 
-    status = collect_status(Settings())
+    status = collect_status(Settings(), services)
+    all_ready = all(s["ready"] for s in status["services"].values())
     if json_out:
         print(json.dumps(status, indent=2, default=str))
-        return 0
+        return 0 if all_ready else 1
     console = Console()
+    t = Table(title="services")
+    for col in ("service", "ready", "round", "datasites", "handled", "published", "rejected"):
+        t.add_column(col)
+    for name, s in status["services"].items():
+        if not s["reachable"]:
+            t.add_row(name, f"unreachable: {s['error']}", "", "", "", "", "")
+            continue
+        rounds = ", ".join(f"{c}: {r}" if c else str(r) for c, r in s.get("round", {}).items()) or "-"
+        connected = s.get("datasites_connected")
+        rejected = ", ".join(f"{k}: {v}" for k, v in s.get("rejected", {}).items()) or "-"
+        t.add_row(name, "yes" if s["ready"] else "no", rounds, "-" if connected is None else str(connected),
+                  str(s.get("consumed", "-")), str(s.get("published", "-")), rejected)
+    console.print(t)
     if status["queues"]:
-        t = Table(title="queues")
-        t.add_column("queue")
-        t.add_column("ready messages")
+        q = Table(title="queues")
+        q.add_column("queue")
+        q.add_column("ready messages")
         for name, depth in status["queues"].items():
-            t.add_row(name, str(depth))
-        console.print(t)
+            q.add_row(name, str(depth))
+        console.print(q)
     else:
-        console.print("queues: PDMFED_AMQP_URL is not set (in-memory bus has no persistent queues)")
-    if status["campaigns"]:
-        t = Table(title="campaigns")
-        for col in ("campaign", "status", "round", "round status", "trained", "failed"):
-            t.add_column(col)
-        for c in status["campaigns"]:
-            t.add_row(c["campaign_id"], str(c["status"]), str(c["round"]), str(c["round_status"]),
-                      ", ".join(c["trained"] or []), ", ".join(f"{k}: {v}" for k, v in (c["failed"] or {}).items()))
-        console.print(t)
-    else:
-        console.print("campaigns: none in this state dir")
-    return 0
+        console.print("queues: PDMFED_AMQP_URL is not set")
+    return 0 if all_ready else 1
