@@ -81,11 +81,14 @@ def write_secrets(out: Path, owner: tuple[int, int] | None = None) -> dict:
         _write_env(out / sender / "env", env)
     for factory in FACTORIES:
         identities[factory].save(out / factory / "keys")
-        _write_env(out / factory / "env", {
-            "PDMFED_DATASITE_ADMIN_PASSWORD": token(24),
-            "PDMFED_DATASITE_ORCHESTRATOR_EMAIL": ORCHESTRATOR_EMAIL,
-            "PDMFED_DATASITE_ORCHESTRATOR_PASSWORD": factory_ds[factory],
-        })
+        _write_env(
+            out / factory / "env",
+            {
+                "PDMFED_DATASITE_ADMIN_PASSWORD": token(24),
+                "PDMFED_DATASITE_ORCHESTRATOR_EMAIL": ORCHESTRATOR_EMAIL,
+                "PDMFED_DATASITE_ORCHESTRATOR_PASSWORD": factory_ds[factory],
+            },
+        )
     _write_env(out / "redis" / "env", {"REDISCLI_AUTH": redis_password})
     _write_env(out / "grafana" / "env", {"GF_SECURITY_ADMIN_PASSWORD": token(18)})
     tool = _definitions_tool()
@@ -118,7 +121,9 @@ def _own(out: Path, owner: tuple[int, int] | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--owner", default=None, help="UID:GID owning the files (the images' user, 10001)")
+    parser.add_argument(
+        "--owner", default=None, help="UID:GID owning the files (the images' user, 10001)"
+    )
     args = parser.parse_args(argv)
     owner = None
     if args.owner:

@@ -32,7 +32,11 @@ class PartitionMode(StrEnum):
 def _names(names: str | None, sites: int) -> list[str]:
     from federation.crypto.signing import check_sender_name
 
-    chosen = [n.strip() for n in names.split(",")] if names else [f"factory-{i + 1}" for i in range(sites)]
+    chosen = (
+        [n.strip() for n in names.split(",")]
+        if names
+        else [f"factory-{i + 1}" for i in range(sites)]
+    )
     if len(chosen) != sites:
         fail(f"--names lists {len(chosen)} factories but --sites is {sites}")
     if len(set(chosen)) != len(chosen):
@@ -88,8 +92,9 @@ def write_partitions(
 
     names = names or [f"factory-{i + 1}" for i in range(sites)]
     prepared = load_dataset(data, seed=seed)
-    groups = partition_engines(prepared.train.engines, sites, seed=seed, mode=mode,
-                               lifetimes=prepared.train_lifetimes)
+    groups = partition_engines(
+        prepared.train.engines, sites, seed=seed, mode=mode, lifetimes=prepared.train_lifetimes
+    )
     manifest: dict = {
         "source": str(data) if data is not None else "synthetic",
         "dataset": prepared.name,
@@ -128,36 +133,55 @@ def write_partitions(
 def partition(
     out: Annotated[
         Path,
-        typer.Option(file_okay=False, show_default=False,
-                     help="directory to write <factory>/partition.npz and manifest.json into"),
+        typer.Option(
+            file_okay=False,
+            show_default=False,
+            help="directory to write <factory>/partition.npz and manifest.json into",
+        ),
     ],
     data: Annotated[
         Path | None,
-        typer.Option(exists=True, file_okay=False,
-                     help="C-MAPSS directory, e.g. ../shared/data/cmapss/FD001 (default: a synthetic fleet)"),
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="C-MAPSS directory, e.g. ../shared/data/cmapss/FD001 (default: a synthetic fleet)",
+        ),
     ] = None,
     sites: Annotated[int, typer.Option(min=1, help="number of factories")] = 3,
     names: Annotated[
         str | None,
-        typer.Option(show_default=False,
-                     help="comma-separated factory ids (default factory-1..N, the compose and k8s names)"),
+        typer.Option(
+            show_default=False,
+            help="comma-separated factory ids (default factory-1..N, the compose and k8s names)",
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option(min=0, help="seed of the split (and of the synthetic fleet)")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="seed of the split (and of the synthetic fleet)")
+    ] = 0,
     mode: Annotated[
         PartitionMode,
-        typer.Option(help="profile: each factory a different lifetime profile; engine: random engines"),
+        typer.Option(
+            help="profile: each factory a different lifetime profile; engine: random engines"
+        ),
     ] = PartitionMode.profile,
     max_windows: Annotated[
         int | None,
-        typer.Option(min=1, show_default=False,
-                     help="keep at most this many windows per factory (evenly spaced; quick trials)"),
+        typer.Option(
+            min=1,
+            show_default=False,
+            help="keep at most this many windows per factory (evenly spaced; quick trials)",
+        ),
     ] = None,
     owner: Annotated[
         str | None,
-        typer.Option(show_default=False,
-                     help="UID[:GID] to own the files (10001 for the datasite image); needs root"),
+        typer.Option(
+            show_default=False,
+            help="UID[:GID] to own the files (10001 for the datasite image); needs root",
+        ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="replace partitions already in --out")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="replace partitions already in --out")
+    ] = False,
 ) -> int:
     """Split one dataset into one private partition per factory, for the datasites' data volumes."""
     chosen = _names(names, sites)
@@ -167,8 +191,18 @@ def partition(
     existing = [n for n in chosen if (out / n / PARTITION_FILE).exists()]
     if existing and not force:
         fail(f"{out} already holds partitions for {', '.join(existing)} (--force replaces them)")
-    manifest = write_partitions(out, data=data, sites=sites, names=chosen, seed=seed, mode=mode.value,
-                                max_windows=max_windows, owner=uid_gid)
+    manifest = write_partitions(
+        out,
+        data=data,
+        sites=sites,
+        names=chosen,
+        seed=seed,
+        mode=mode.value,
+        max_windows=max_windows,
+        owner=uid_gid,
+    )
     for name, info in manifest["factories"].items():
-        typer.echo(f"{name}: {info['windows']} windows of {len(info['engines'])} engines -> {out / info['file']}")
+        typer.echo(
+            f"{name}: {info['windows']} windows of {len(info['engines'])} engines -> {out / info['file']}"
+        )
     return 0

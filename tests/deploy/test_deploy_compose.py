@@ -40,10 +40,15 @@ def test_when_docker_compose_1_29_reads_the_file_with_its_override__it_accepts_t
     for component in (*SERVICES, "orchestrator", *FACTORIES, "redis", "grafana"):
         (tmp_path / component).mkdir()
         (tmp_path / component / "env").write_text("")
-    env = {"PATH": os.environ.get("PATH", ""), "PDMFED_SECRETS_DIR": str(tmp_path),
-           "COMPOSE_FILE": "docker-compose.yml:deploy/compose/local-images.yml"}
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PDMFED_SECRETS_DIR": str(tmp_path),
+        "COMPOSE_FILE": "docker-compose.yml:deploy/compose/local-images.yml",
+    }
     (tmp_path / "empty.env").write_text("")
-    result = run([compose, "--env-file", str(tmp_path / "empty.env"), "config", "--quiet"], cwd=ROOT, env=env)
+    result = run(
+        [compose, "--env-file", str(tmp_path / "empty.env"), "config", "--quiet"], cwd=ROOT, env=env
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -149,8 +154,14 @@ def test_the_local_images_override_replaces_only_the_upstream_images():
 
 def test_env_example_holds_compose_settings_but_no_live_secret():
     env = _env_example()
-    for key in ("PDMFED_ENCRYPTION_KEY", "PDMFED_KEY_SALT", "PDMFED_DATASITE_ADMIN_PASSWORD",
-                "PDMFED_REDIS_URL", "PDMFED_AMQP_URL", "GRAFANA_ADMIN_PASSWORD"):
+    for key in (
+        "PDMFED_ENCRYPTION_KEY",
+        "PDMFED_KEY_SALT",
+        "PDMFED_DATASITE_ADMIN_PASSWORD",
+        "PDMFED_REDIS_URL",
+        "PDMFED_AMQP_URL",
+        "GRAFANA_ADMIN_PASSWORD",
+    ):
         assert key not in env, key
     referenced = set(re.findall(r"\$\{([A-Z0-9_]+)(?::-[^}]*)?\}", COMPOSE.read_text()))
     documented = set(re.findall(r"^#? ?([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
@@ -159,9 +170,18 @@ def test_env_example_holds_compose_settings_but_no_live_secret():
 
 def test_no_secret_value_is_written_into_compose():
     text = COMPOSE.read_text()
-    for key in ("PDMFED_ENCRYPTION_KEY", "PDMFED_KEY_SALT", "PASSWORD", "PASS=", "amqp://", "redis://"):
+    for key in (
+        "PDMFED_ENCRYPTION_KEY",
+        "PDMFED_KEY_SALT",
+        "PASSWORD",
+        "PASS=",
+        "amqp://",
+        "redis://",
+    ):
         for line in text.splitlines():
-            assert key not in line or line.strip().startswith("#"), f"secret in compose: {line.strip()}"
+            assert key not in line or line.strip().startswith("#"), (
+                f"secret in compose: {line.strip()}"
+            )
 
 
 def test_no_env_file_is_tracked_by_git():
@@ -174,4 +194,10 @@ def test_dockerignore_keeps_secrets_and_vcs_out_of_the_build_context():
     assert "**" in lines  # deny by default, then allow-list
     assert "**/.env" in lines and "**/*.key" in lines
     allowed = {line[1:] for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "shared/", "services/", "deploy/docker/wheels/"}
+    assert allowed == {
+        "pyproject.toml",
+        "README.md",
+        "shared/",
+        "services/",
+        "deploy/docker/wheels/",
+    }

@@ -39,13 +39,23 @@ def images_env() -> dict[str, str]:
     return pairs
 
 
-def run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 300,
-        check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True,  # noqa: S603
-                            timeout=timeout, check=False)
+def run(
+    argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        argv,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,  # noqa: S603
+        timeout=timeout,
+        check=False,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(argv[:4])} … exited {result.returncode}:\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(argv[:4])} … exited {result.returncode}:\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -59,9 +69,15 @@ class Stack:
     prometheus_port: int
     started_at: float = field(default_factory=time.time)
 
-    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-        return run([compose_binary(), "--project-name", self.project, *args], env=self.env,
-                   timeout=timeout, check=check)
+    def compose(
+        self, *args: str, timeout: float = 600, check: bool = True
+    ) -> subprocess.CompletedProcess:
+        return run(
+            [compose_binary(), "--project-name", self.project, *args],
+            env=self.env,
+            timeout=timeout,
+            check=check,
+        )
 
     def container(self, service: str) -> str:
         """The id of the (one) container of `service`."""
@@ -88,19 +104,25 @@ class Stack:
             time.sleep(2)
         missing = [s for s in services if s not in ready]
         assert not missing, f"not healthy after {timeout:.0f}s: " + "; ".join(
-            f"{s}={self.health(s)}: {self.logs(s)[-1500:]}" for s in missing)
+            f"{s}={self.health(s)}: {self.logs(s)[-1500:]}" for s in missing
+        )
         return ready
 
     def logs(self, service: str) -> str:
         return self.compose("logs", "--no-color", "--tail", "200", service, check=False).stdout
 
     def exec_python(self, service: str, code: str) -> str:
-        return run(["docker", "exec", self.container(service), "python", "-c", code], timeout=60).stdout
+        return run(
+            ["docker", "exec", self.container(service), "python", "-c", code], timeout=60
+        ).stdout
 
     def service_metrics(self, service: str) -> str:
         """The service's own /metrics, read inside its container (the port is not published)."""
-        return self.exec_python(service, "import urllib.request; print(urllib.request.urlopen("
-                                "'http://127.0.0.1:9100/metrics', timeout=5).read().decode())")
+        return self.exec_python(
+            service,
+            "import urllib.request; print(urllib.request.urlopen("
+            "'http://127.0.0.1:9100/metrics', timeout=5).read().decode())",
+        )
 
     def crash(self, service: str) -> int:
         """SIGKILL the service's process from the host, as the OOM killer would; its restart
@@ -112,8 +134,9 @@ class Stack:
 
     def query(self, expr: str) -> list[dict]:
         """An instant query against the stack's Prometheus (published on 127.0.0.1)."""
-        url = (f"http://127.0.0.1:{self.prometheus_port}/api/v1/query?"
-               + urllib.parse.urlencode({"query": expr}))
+        url = f"http://127.0.0.1:{self.prometheus_port}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": expr}
+        )
         with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback
             body = json.loads(resp.read())
         assert body["status"] == "success", body

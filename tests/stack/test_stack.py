@@ -56,9 +56,32 @@ def stack(tmp_path_factory):
     _prerequisites()
     root = tmp_path_factory.mktemp("stack")
     owner = f"{IMAGE_UID}:{IMAGE_UID}"
-    run([sys.executable, str(ROOT / "scripts/stack_secrets.py"), str(root / "secrets"), "--owner", owner])
-    run([sys.executable, "-m", "federation.cli", "data", "partition", "--out", str(root / "data"),
-         "--max-windows", str(WINDOWS_PER_FACTORY), "--seed", "3", "--owner", owner])
+    run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/stack_secrets.py"),
+            str(root / "secrets"),
+            "--owner",
+            owner,
+        ]
+    )
+    run(
+        [
+            sys.executable,
+            "-m",
+            "federation.cli",
+            "data",
+            "partition",
+            "--out",
+            str(root / "data"),
+            "--max-windows",
+            str(WINDOWS_PER_FACTORY),
+            "--seed",
+            "3",
+            "--owner",
+            owner,
+        ]
+    )
     (root / "runs").mkdir()
     os.chown(root / "runs", IMAGE_UID, IMAGE_UID)
     campaign = yaml.safe_load((ROOT / "deploy/campaigns/synthetic.yaml").read_text())
@@ -78,8 +101,12 @@ def stack(tmp_path_factory):
         "PDMFED_PROMETHEUS_PORT": str(prometheus_port),
         "PDMFED_RABBITMQ_UI_PORT": str(_free_port()),
     }
-    st = Stack(project=f"pdmfedstack{secrets.token_hex(3)}", env=env, root=root,
-               prometheus_port=prometheus_port)
+    st = Stack(
+        project=f"pdmfedstack{secrets.token_hex(3)}",
+        env=env,
+        root=root,
+        prometheus_port=prometheus_port,
+    )
     st.campaign = campaign
     try:
         st.compose("up", "-d", *STACK)
@@ -88,7 +115,9 @@ def stack(tmp_path_factory):
         st.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)
 
 
-def _follow(proc: subprocess.Popen, lines: list[str], round_open: dict[int, threading.Event]) -> None:
+def _follow(
+    proc: subprocess.Popen, lines: list[str], round_open: dict[int, threading.Event]
+) -> None:
     for line in proc.stdout:
         lines.append(line.rstrip())
         for rnd, event in round_open.items():
@@ -98,14 +127,33 @@ def _follow(proc: subprocess.Popen, lines: list[str], round_open: dict[int, thre
 
 @pytest.mark.timeout(1200)
 def test_a_campaign_in_containers_completes_every_round_exactly_through_a_security_crash(stack):
-    healthy = stack.wait_healthy((*SERVICES, *FACTORIES, "rabbitmq", "redis", "prometheus"), timeout=420)
+    healthy = stack.wait_healthy(
+        (*SERVICES, *FACTORIES, "rabbitmq", "redis", "prometheus"), timeout=420
+    )
     print(f"healthy after (s): { {k: round(v) for k, v in sorted(healthy.items())} }")
     round_open = {2: threading.Event()}
     lines: list[str] = []
     orchestrator = subprocess.Popen(  # noqa: S603 - fixed argv
-        [compose_binary(), "--project-name", stack.project, "run", "--rm", "-T", "orchestrator",
-         "pdmfed", "campaign", "--config", "/campaigns/stack.yaml", "--timeout", "900"],
-        env=stack.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            compose_binary(),
+            "--project-name",
+            stack.project,
+            "run",
+            "--rm",
+            "-T",
+            "orchestrator",
+            "pdmfed",
+            "campaign",
+            "--config",
+            "/campaigns/stack.yaml",
+            "--timeout",
+            "900",
+        ],
+        env=stack.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     follower = threading.Thread(target=_follow, args=(orchestrator, lines, round_open), daemon=True)
     follower.start()
@@ -126,21 +174,32 @@ def test_a_campaign_in_containers_completes_every_round_exactly_through_a_securi
             orchestrator.kill()
     follower.join(timeout=10)
     logs = "\n".join(lines[-60:])
-    assert orchestrator.returncode == 0, f"campaign failed:\n{logs}\n{stack.logs('security')[-3000:]}"
+    assert orchestrator.returncode == 0, (
+        f"campaign failed:\n{logs}\n{stack.logs('security')[-3000:]}"
+    )
 
-    summary = json.loads((stack.root / "runs" / stack.campaign["campaign_id"] / "summary.json").read_text())
-    windows = {f: int(np.load(stack.root / "data" / f / "partition.npz")["y"].shape[0]) for f in FACTORIES}
+    summary = json.loads(
+        (stack.root / "runs" / stack.campaign["campaign_id"] / "summary.json").read_text()
+    )
+    windows = {
+        f: int(np.load(stack.root / "data" / f / "partition.npz")["y"].shape[0]) for f in FACTORIES
+    }
     assert [r["round_num"] for r in summary["rounds"]] == list(range(1, ROUNDS + 1)), logs
     for r in summary["rounds"]:
         assert r["participants"] == sorted(FACTORIES), r
         assert r["status"] == "aggregated" and not r["rejected"] and not r["failed"], r
         # every factory's update counted exactly once, the round of the crash included
-        assert r["num_samples"] == sum(windows.values()), (r["round_num"], r["num_samples"], windows)
+        assert r["num_samples"] == sum(windows.values()), (
+            r["round_num"],
+            r["num_samples"],
+            windows,
+        )
     assert summary["final"]["reason"] == "max_rounds"
     assert stack.inspect("security")["RestartCount"] == restarts_before + 1
     # the restarted security screened what it had not yet acked: round 2 (in part) and round 3
-    assert metric_value(stack.service_metrics("security"), "pdmfed_messages_consumed_total",
-                        msg_type="update.raw") >= len(FACTORIES)
+    assert metric_value(
+        stack.service_metrics("security"), "pdmfed_messages_consumed_total", msg_type="update.raw"
+    ) >= len(FACTORIES)
 
 
 def test_prometheus_scrapes_every_service_and_sees_the_campaign_finish(stack):
@@ -153,10 +212,14 @@ def test_prometheus_scrapes_every_service_and_sees_the_campaign_finish(stack):
 
 
 def test_pdmfed_status_asks_the_running_services_from_the_orchestrator_container(stack):
-    result = stack.compose("run", "--rm", "-T", "orchestrator", "pdmfed", "status", "--json", check=False)
+    result = stack.compose(
+        "run", "--rm", "-T", "orchestrator", "pdmfed", "status", "--json", check=False
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    status = json.loads(result.stdout[result.stdout.index("{"):])
-    assert {name: s["ready"] for name, s in status["services"].items()} == dict.fromkeys(SERVICES, True)
+    status = json.loads(result.stdout[result.stdout.index("{") :])
+    assert {name: s["ready"] for name, s in status["services"].items()} == dict.fromkeys(
+        SERVICES, True
+    )
     assert status["services"]["trainer-dispatch"]["round"] == {"": ROUNDS}
     assert status["services"]["security"]["consumed"] > 0
     assert status["queues"]["pdmfed.security"] == 0  # nothing left behind after the campaign

@@ -19,7 +19,8 @@ __all__ = ["DEFAULT_SERVICE_URLS", "collect_status", "probe_service", "status_ma
 
 #: Where the services answer in the compose stack and on Kubernetes (Service names, port 9100).
 DEFAULT_SERVICE_URLS = {
-    name: f"http://{name}:9100" for name in ("connector", "trainer-dispatch", "security", "aggregator")
+    name: f"http://{name}:9100"
+    for name in ("connector", "trainer-dispatch", "security", "aggregator")
 }
 
 
@@ -35,7 +36,13 @@ def _summarise_metrics(text: str) -> dict:
     """The figures an operator asks for first, from one service's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict = {"round": {}, "datasites_connected": None, "consumed": 0, "published": 0, "rejected": {}}
+    out: dict = {
+        "round": {},
+        "datasites_connected": None,
+        "consumed": 0,
+        "published": 0,
+        "rejected": {},
+    }
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels, value = sample.labels, sample.value
@@ -89,15 +96,19 @@ async def _queues(settings: Settings) -> dict[str, int | str]:
     return out
 
 
-def collect_status(settings: Settings, services: Mapping[str, str] | None = None, *,
-                   timeout: float = 3.0) -> dict:
+def collect_status(
+    settings: Settings, services: Mapping[str, str] | None = None, *, timeout: float = 3.0
+) -> dict:
     """Everything `pdmfed status` shows: each service's answer, and the broker's queue depths."""
     urls = DEFAULT_SERVICE_URLS if services is None else dict(services)
     try:
         queues = asyncio.run(_queues(settings))
     except Exception as exc:  # the services' own answers are still worth showing
         queues = {"error": f"{type(exc).__name__}: {exc}"}
-    return {"services": {name: probe_service(url, timeout) for name, url in urls.items()}, "queues": queues}
+    return {
+        "services": {name: probe_service(url, timeout) for name, url in urls.items()},
+        "queues": queues,
+    }
 
 
 def status_main(*, json_out: bool = False, services: Mapping[str, str] | None = None) -> int:
@@ -118,11 +129,20 @@ def status_main(*, json_out: bool = False, services: Mapping[str, str] | None = 
         if not s["reachable"]:
             t.add_row(name, f"unreachable: {s['error']}", "", "", "", "", "")
             continue
-        rounds = ", ".join(f"{c}: {r}" if c else str(r) for c, r in s.get("round", {}).items()) or "-"
+        rounds = (
+            ", ".join(f"{c}: {r}" if c else str(r) for c, r in s.get("round", {}).items()) or "-"
+        )
         connected = s.get("datasites_connected")
         rejected = ", ".join(f"{k}: {v}" for k, v in s.get("rejected", {}).items()) or "-"
-        t.add_row(name, "yes" if s["ready"] else "no", rounds, "-" if connected is None else str(connected),
-                  str(s.get("consumed", "-")), str(s.get("published", "-")), rejected)
+        t.add_row(
+            name,
+            "yes" if s["ready"] else "no",
+            rounds,
+            "-" if connected is None else str(connected),
+            str(s.get("consumed", "-")),
+            str(s.get("published", "-")),
+            rejected,
+        )
     console.print(t)
     if status["queues"]:
         q = Table(title="queues")

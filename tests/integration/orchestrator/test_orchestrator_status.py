@@ -71,16 +71,23 @@ def _free_port() -> int:
 
 
 def test_when_messages_wait_in_a_queue__status_reports_its_depth(declared_prefix, tmp_path):
-    status = collect_status(Settings(amqp_url=AMQP_URL, topology_prefix=declared_prefix, state_dir=tmp_path),
-                            services={})
+    status = collect_status(
+        Settings(amqp_url=AMQP_URL, topology_prefix=declared_prefix, state_dir=tmp_path),
+        services={},
+    )
     assert status["queues"][f"{declared_prefix}.security"] == 3
     assert status["queues"][f"{declared_prefix}.aggregator"] == 0
 
 
 def test_status_asks_each_service_over_its_http_port(dispatch_port, tmp_path):
     down = _free_port()
-    status = collect_status(Settings(state_dir=tmp_path), services={
-        "trainer-dispatch": f"http://127.0.0.1:{dispatch_port}", "security": f"http://127.0.0.1:{down}"})
+    status = collect_status(
+        Settings(state_dir=tmp_path),
+        services={
+            "trainer-dispatch": f"http://127.0.0.1:{dispatch_port}",
+            "security": f"http://127.0.0.1:{down}",
+        },
+    )
     dispatch = status["services"]["trainer-dispatch"]
     assert dispatch["reachable"] and dispatch["ready"]
     assert dispatch["round"] == {"": 4}
@@ -92,10 +99,21 @@ def test_status_asks_each_service_over_its_http_port(dispatch_port, tmp_path):
 def test_when_run_from_the_command_line__status_prints_json_and_fails_on_a_missing_service(
     declared_prefix, dispatch_port, tmp_path
 ):
-    env = {**os.environ, "PDMFED_AMQP_URL": AMQP_URL, "PDMFED_TOPOLOGY_PREFIX": declared_prefix,
-           "PDMFED_STATE_DIR": str(tmp_path)}
-    argv = [sys.executable, "-m", "federation.cli", "status", "--json",
-            "--service", f"trainer-dispatch=http://127.0.0.1:{dispatch_port}"]
+    env = {
+        **os.environ,
+        "PDMFED_AMQP_URL": AMQP_URL,
+        "PDMFED_TOPOLOGY_PREFIX": declared_prefix,
+        "PDMFED_STATE_DIR": str(tmp_path),
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "federation.cli",
+        "status",
+        "--json",
+        "--service",
+        f"trainer-dispatch=http://127.0.0.1:{dispatch_port}",
+    ]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     body = json.loads(out.stdout)
@@ -107,7 +125,14 @@ def test_when_run_from_the_command_line__status_prints_json_and_fails_on_a_missi
 
 
 def test_a_malformed_service_address_is_refused_in_one_line():
-    out = subprocess.run([sys.executable, "-m", "federation.cli", "status", "--service", "dispatch"],
-                         capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "federation.cli", "status", "--service", "dispatch"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 2
-    assert out.stderr.strip() == "pdmfed: --service must be NAME=http(s)://HOST:PORT, got 'dispatch'"
+    assert (
+        out.stderr.strip() == "pdmfed: --service must be NAME=http(s)://HOST:PORT, got 'dispatch'"
+    )

@@ -31,8 +31,21 @@ def invoke(capsys):
 def test_when_run_through_pdmfed__each_factory_gets_a_disjoint_private_partition(tmp_path):
     out = tmp_path / "data"
     result = subprocess.run(
-        [sys.executable, "-m", "federation.cli", "data", "partition", "--out", str(out), "--seed", "4"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "federation.cli",
+            "data",
+            "partition",
+            "--out",
+            str(out),
+            "--seed",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
@@ -42,7 +55,11 @@ def test_when_run_through_pdmfed__each_factory_gets_a_disjoint_private_partition
     for name, info in manifest["factories"].items():
         path = out / name / PARTITION_FILE
         with np.load(path, allow_pickle=False) as npz:
-            assert npz["X"].shape == (info["windows"], manifest["window"], len(manifest["features"]))
+            assert npz["X"].shape == (
+                info["windows"],
+                manifest["window"],
+                len(manifest["features"]),
+            )
             assert npz["y"].shape == (info["windows"],)
             assert set(np.unique(npz["engine_ids"]).tolist()) == set(info["engines"])
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
