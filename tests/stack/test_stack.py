@@ -115,14 +115,24 @@ def stack(tmp_path_factory):
         st.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)
 
 
-def _follow(
-    proc: subprocess.Popen, lines: list[str], round_open: dict[int, threading.Event]
-) -> None:
+def _follow(proc: subprocess.Popen, lines: list[str]) -> None:
     for line in proc.stdout:
         lines.append(line.rstrip())
-        for rnd, event in round_open.items():
-            if f"round {rnd}/{ROUNDS}" in line and "opened" in line:
-                event.set()
+
+
+def _wait_for_round(
+    stack: Stack, round_num: int, orchestrator: subprocess.Popen, timeout: float
+) -> float:
+    """Poll trainer-dispatch's own /metrics until it has opened `round_num`; its pdmfed_round."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and orchestrator.poll() is None:
+        value = metric_value(stack.service_metrics("trainer-dispatch"), "pdmfed_round")
+        if value >= round_num:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(
+        f"round {round_num} never opened (orchestrator exit {orchestrator.poll()})"
+    )
 
 
 @pytest.mark.timeout(1200)
@@ -131,7 +141,6 @@ def test_a_campaign_in_containers_completes_every_round_exactly_through_a_securi
         (*SERVICES, *FACTORIES, "rabbitmq", "redis", "prometheus"), timeout=420
     )
     print(f"healthy after (s): { {k: round(v) for k, v in sorted(healthy.items())} }")
-    round_open = {2: threading.Event()}
     lines: list[str] = []
     orchestrator = subprocess.Popen(  # noqa: S603 - fixed argv
         [
@@ -155,11 +164,15 @@ def test_a_campaign_in_containers_completes_every_round_exactly_through_a_securi
         stderr=subprocess.STDOUT,
         text=True,
     )
-    follower = threading.Thread(target=_follow, args=(orchestrator, lines, round_open), daemon=True)
+    follower = threading.Thread(target=_follow, args=(orchestrator, lines), daemon=True)
     follower.start()
     try:
-        assert round_open[2].wait(600), "round 2 never opened:\n" + "\n".join(lines[-40:])
+        try:
+            at_crash = _wait_for_round(stack, 2, orchestrator, timeout=600)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n" + "\n".join(lines[-40:])) from None
         restarts_before = stack.crash("security")  # mid-round: round 2 is training/screening
+        assert at_crash == 2, f"dispatch was at round {at_crash} when security was killed"
         deadline = time.time() + 180
         while time.time() < deadline:
             state = stack.inspect("security")
