@@ -6,6 +6,7 @@ import json
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,16 @@ def test_existing_partitions_are_kept_unless_forced(tmp_path, invoke):
     assert (out / "manifest.json").read_text() == before
     assert invoke("--out", str(out), "--seed", "2", "--force").exit_code == 0
     assert (out / "manifest.json").read_text() != before
+
+
+@pytest.mark.parametrize("campaign", ["synthetic.yaml"])
+def test_the_shipped_campaign_matches_the_partitions_it_names(tmp_path, invoke, campaign):
+    import yaml
+
+    root = Path(__file__).resolve().parents[3]
+    assert invoke("--out", str(tmp_path / "data"), "--max-windows", "5").exit_code == 0
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    cfg = yaml.safe_load((root / "deploy" / "campaigns" / campaign).read_text())
+    assert cfg["training"]["n_features"] == len(manifest["features"])
+    assert cfg["training"]["window"] == manifest["window"]
+    assert [d["datasite_id"] for d in cfg["datasites"]] == list(manifest["factories"])
