@@ -1,4 +1,4 @@
-"""Seal+open throughput of envelope v1 vs AES-GCM+SHA-256 (ceiling), pickle+Fernet and Flower.
+"""Seal+open throughput of the envelope vs AES-GCM+SHA-256 (ceiling), pickle+Fernet and Flower.
 
 Run: ``.venv/bin/python -m bench.bench_envelope [--smoke] [--out PATH]``.
 Flower's ``ndarrays_to_parameters``/``parameters_to_ndarrays`` round trip is timed in its own

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "memory": "bench_memory",
     "quality_fd001": "quality_fd001",
     "store": "bench_store",
+    "hostile": "bench_hostile",
 }
 
 #: Results rendered when present but not run by ``python -m bench`` (long: their commands are in
@@ -476,6 +477,87 @@ def _robustness(docs: dict[str, dict | None]) -> list[str]:
     return lines
 
 
+def _kib(n: float) -> str:
+    return f"{n / 1024:,.0f} KiB" if n < 1024**2 else f"{n / 1024**2:,.1f} MiB"
+
+
+def _hostile(doc: dict | None) -> list[str]:
+    title = "12. Hostile input at the consumer"
+    out = _missing(title, "hostile", doc)
+    if out:
+        return out
+    assert doc is not None
+    t = doc["targets"]
+    lines = [
+        f"## {title}",
+        "",
+        "Refusing a body an attacker made without any key, against opening a genuine body of the"
+        " same size (every check, typed payload). Before = the envelope v1 decoder this project"
+        " had, kept in `bench/_envelope_v1.py` for this comparison; after = `Sealer.open` on"
+        " envelope v2. Worst of: a msgpack bomb (an array of empty maps), random bytes, a forged"
+        " v2 header with a random signature, a genuine body with one ciphertext byte flipped."
+        " Time: median ms (×runs); memory: tracemalloc peak of one call. Target: refusal ≤"
+        f" {t['refusal_over_genuine_max']:g}× the genuine open in time and memory.",
+        "",
+        "| body | genuine open ms | genuine alloc | before: worst refusal ms | before: time × |"
+        " before: memory × | after: worst refusal ms | after: time × | after: memory × | target |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in doc["sizes"]:
+        g, b, a = r["genuine_open"], r["before"], r["after"]
+        bw, aw = b["refusals"][b["worst_time"]], a["refusals"][a["worst_time"]]
+        lines.append(
+            f"| {_kib(r['body_bytes'])} | {g['median_s'] * 1e3:,.2f} | {_kib(g['peak_alloc_bytes'])}"
+            f" | {bw['median_s'] * 1e3:,.1f} ({b['worst_time']}, ×{bw['runs']})"
+            f" | {b['time_ratio']:,.0f}× | {b['memory_ratio']:,.0f}×"
+            f" | {aw['median_s'] * 1e3:,.3f} ({a['worst_time']})"
+            f" | {a['time_ratio']:.2f}× | {a['memory_ratio']:.2f}× | {_met(a['target_met'])} |"
+        )
+    re = doc.get("reassembly")
+    if re:
+        lines += [
+            "",
+            f"Chunk reassembly under one sender's claims (a stolen key): then another sender's"
+            f" genuine {_kib(re['honest_update_bytes'])} update in {_kib(re['chunk_bytes'])}"
+            f" chunks. Before = the assembler this project had (`bench/_chunking_v1.py`); after"
+            f" = per-sender budgets, with and without the campaign's update cap. Timeout set to"
+            f" {re['timeout_s']:g} s; then no traffic for 3× that.",
+            "",
+            "| attack | assembler | attack bytes sent | bytes booked | other sender's update |"
+            " pending after the attack | pending after 3× timeout, no traffic |",
+            "|---|---|---:|---:|---|---:|---:|",
+        ]
+        for r in re["rows"]:
+            got = "delivered" if r["honest_delivered"] else "**refused**"
+            lines.append(
+                f"| {r['attack']} | {r['side']} | {r['attack_bytes_on_wire']:,}"
+                f" | {r['booked_bytes_after_attack']:,} | {got} | {r['pending_after_attack']}"
+                f" | {r['pending_after_3x_timeout_no_traffic']} |"
+            )
+    st = doc.get("stall")
+    if st:
+        bodies = ", ".join(f"{n} × {k}" for k, n in st["hostile_bodies"].items())
+        lines += [
+            "",
+            f"The event loop (real RabbitMQ): {bodies} queued ahead of one genuine 64 KiB"
+            " update, then a SecureEndpoint subscribes; latency = subscribe to handler; stall ="
+            f" longest gap of a 1 ms timer. Target: no stall > {t['stall_max_s'] * 1e3:.0f} ms.",
+            "",
+            "| consumer | genuine latency ms | longest stall ms | hostile refused | target |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for name in ("quiet", "before", "after"):
+            r = st[name]
+            ok = _met(r.get("target_met")) if name == "after" else "–"
+            lines.append(
+                f"| {name} | {r['genuine_latency_s'] * 1e3:,.1f} | {r['max_stall_s'] * 1e3:,.1f}"
+                f" | {r['rejected']:g} | {ok} |"
+            )
+    elif doc.get("stall_error"):
+        lines += ["", f"Event loop not measured: {doc['stall_error']}"]
+    return [*lines, ""]
+
+
 def render(results: Path, *, smoke: bool = False) -> str:
     """The whole report as Markdown from the JSON files in ``results``."""
     docs = {name: _load(results, name) for name in BENCHMARKS}
@@ -511,6 +593,7 @@ def render(results: Path, *, smoke: bool = False) -> str:
     lines += _synthetic_task(extra["synthetic_task"])
     lines += _dp_curve(extra["dpsgd_curve"], extra["dpsgd_quality"])
     lines += _robustness({k: extra[k] for k in ("robustness_5", "robustness_10")})
+    lines += _hostile(docs["hostile"])
     if _NOTES.is_file() and not smoke:
         lines += [_NOTES.read_text(encoding="utf-8").rstrip(), ""]
     return "\n".join(lines)

@@ -101,6 +101,7 @@ class ConnectorLogic:
         config = dict(request["training_config"])
         config["round_number"] = request["round_num"]
         config["campaign_id"] = request["campaign_id"]
+        config["model_version"] = int(request["model_version"])  # the factory signs it too
         result = self.comm.request_training(config, ds)
         if not isinstance(result, dict) or result.get("error"):
             err = result.get("error") if isinstance(result, dict) else "no result"

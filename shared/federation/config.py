@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     metrics_port: int = 0
     max_message_bytes: int = 8 * 1024 * 1024
     max_tensor_bytes: int = 2 * 1024 * 1024 * 1024
+    #: The largest chunked update reassembled until a campaign's model sets a tighter limit.
+    max_update_bytes: int = 2 * 1024 * 1024 * 1024
     message_ttl_s: float = 600.0
     clock_skew_s: float = 30.0
     require_signatures: bool = True

@@ -274,3 +274,28 @@ def test_when_the_store_bench_runs_in_smoke__both_backends_commit_store_big_valu
     for r in doc["rounds"]:  # every round complete, with every site
         assert r["participants"] == [r["sites"]] * r["rounds"] and _positive(r["rounds_per_min"])
     assert all(_positive(v) for v in doc["summary"].values())
+
+
+def test_when_hostile_runs_in_smoke__every_hostile_body_is_refused_typed_and_figures_exist(
+    tmp_path, rabbitmq
+):
+    doc = _run("bench_hostile", tmp_path)
+    assert len(doc["sizes"]) == 2
+    for row in doc["sizes"]:
+        assert _positive(row["genuine_open"]["median_s"]) and row["body_bytes"] > 0
+        assert set(row["before"]["refusals"]) == {"bomb_v1", "random"}
+        assert set(row["after"]["refusals"]) == {"bomb_v1", "random", "forged_v2", "tampered_v2"}
+        for side in ("before", "after"):
+            cells = row[side]["refusals"].values()
+            assert all(c["refused_as"] in ("malformed", "auth", "integrity") for c in cells)
+            assert _positive(row[side]["time_ratio"]) and _positive(row[side]["memory_ratio"])
+    rows = doc["reassembly"]["rows"]
+    assert {(r["attack"], r["side"]) for r in rows} == {
+        (a, s)
+        for a in ("one 2 GiB claim", "16 tiny claims")
+        for s in ("before", "after", "after, campaign cap")
+    }
+    for name in ("quiet", "before", "after"):
+        stall = doc["stall"][name]
+        assert _positive(stall["genuine_latency_s"]) and stall["max_stall_s"] >= 0
+    assert doc["stall"]["after"]["rejected"] == doc["stall"]["before"]["rejected"] == 3

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from federation.bus.base import Bus, Delivery, RejectMessage, RequeueMessage
-from federation.errors import BusError, MalformedMessage, PdmFedError, ReplayError
+from federation.errors import BusError, ChunkError, MalformedMessage, PdmFedError, ReplayError
 
 __all__ = ["SecureEndpoint", "SecureHandler", "RoundGuard"]
 
@@ -241,6 +241,37 @@ class SecureEndpoint:
         self._failed_chunked = _FailedChunked()
         #: Pause before requeueing a delivery that met an unreachable seen-id store or broker.
         self.store_retry_s = STORE_RETRY_S
+        assembler = getattr(sealer, "assembler", None)
+        if assembler is not None:
+            assembler.on_refused = self._reassembly_refused
+
+    # -- chunk reassembly -----------------------------------------------------------
+    def learn_campaign(self, config: Any) -> None:
+        """Cap chunked updates at the largest one this campaign's model can produce."""
+        from federation.campaign import CampaignConfig
+        from federation.ml.limits import max_update_bytes
+
+        assembler = getattr(self.sealer, "assembler", None)
+        if assembler is None:
+            return
+        try:
+            cfg = (
+                config
+                if isinstance(config, CampaignConfig)
+                else CampaignConfig.from_payload(config)
+            )
+            assembler.limit_update_bytes(cfg.campaign_id, max_update_bytes(cfg))
+        except PdmFedError as err:  # the handler refuses such a campaign; keep the default cap
+            log.warning("%s: no update limit from campaign config: %s", self.service, err)
+
+    def _reassembly_refused(self, sender: str, err: PdmFedError) -> None:
+        """Count (and log when no caller sees it) a chunk or update reassembly refused."""
+        if self.metrics is not None:
+            self.metrics.reassembly_refusals.labels(
+                service=self.service, sender=sender, reason=err.reason
+            ).inc()
+        if isinstance(err, ChunkError) and err.reason != "malformed":
+            log.warning("%s dropped a chunked update from %s: %s", self.service, sender, err)
 
     # -- publishing -----------------------------------------------------------------
     async def publish(
@@ -444,6 +475,8 @@ class SecureEndpoint:
             update_id = _update_id(envelope)
             if update_id is not None:
                 self._failed_chunked.drop(update_id)
+            if kind == "campaign.start":
+                self.learn_campaign(getattr(payload, "config", None))
             if self.metrics is not None:
                 self._child(self.metrics.messages_consumed, "msg_type", kind).inc()
         except BusError as err:

@@ -38,7 +38,6 @@ __all__ = ["SecurePySyftCommunicationManager", "DEFAULT_SALT", "DP_MODES"]
 DEFAULT_SALT = "pdm-federation/secure-syft-client/default-salt/v1"
 #: "local": each update is noised (the seed's behaviour); "central": DP-FedAvg noises the sum once.
 DP_MODES = ("local", "central")
-_SECURITY_VERSION = "1.0"
 _PAYLOAD_KEY = "model_update"
 _LOCAL_LEDGER = "_local"
 

@@ -35,7 +35,13 @@ from federation.errors import (
     MalformedMessage,
     OversizeMessage,
 )
-from federation.wire.chunking import ChunkAssembler, chunk_bounds, chunk_count, chunks_digest
+from federation.wire.chunking import (
+    DEFAULT_MAX_UPDATE_BYTES,
+    ChunkAssembler,
+    chunk_bounds,
+    chunk_count,
+    chunks_digest,
+)
 from federation.wire.codec import decode_payload, encode_payload_parts
 from federation.wire.envelope import (
     COMMUNICATION_TYPE,
@@ -47,9 +53,8 @@ from federation.wire.envelope import (
     SIGNATURE_LEN,
     TAG_LEN,
     Envelope,
-    aad_bytes,
     decode_envelope,
-    encode_envelope_parts,
+    encode_header,
     signed_bytes_for,
     validate_header,
 )
@@ -205,6 +210,7 @@ class Sealer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         window_s: float = 630.0,
         max_tensor_bytes: int | None = None,
+        max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES,
         assembler: ChunkAssembler | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -220,7 +226,9 @@ class Sealer:
         self.require_signature = require_signature
         self.max_message_bytes = max_message_bytes
         self.max_tensor_bytes = max_tensor_bytes
-        self.assembler = assembler or ChunkAssembler(max_chunk_bytes=max_message_bytes)
+        self.assembler = assembler or ChunkAssembler(
+            max_chunk_bytes=max_message_bytes, max_update_bytes=max_update_bytes
+        )
         self._clock = clock
 
     @classmethod
@@ -256,6 +264,7 @@ class Sealer:
             max_message_bytes=settings.max_message_bytes,
             window_s=window,
             max_tensor_bytes=settings.max_tensor_bytes,
+            max_update_bytes=settings.max_update_bytes,
         )
 
     # --- sealing ---------------------------------------------------------------------
@@ -341,24 +350,21 @@ class Sealer:
             "chunk": chunk,
         }
         # Validates caller-supplied fields (datasite_id, round_num) like a receiver would.
-        validate_header(header)
-        aad = aad_bytes(header)
+        header = validate_header(header)
         ct_len = nbytes + TAG_LEN
         signed = self.identity is not None
-        # The suffix ends with the signature's 64 bytes (bin8); they are filled in after the tag.
-        prefix, suffix = encode_envelope_parts(
-            header, ct_len, bytes(SIGNATURE_LEN) if signed else None
-        )
+        # The header is the body's first bytes and the AES-GCM associated data.
+        aad = encode_header(header, ct_len, signed)
         # One allocation, written once: the body is the final bytes object (see _buffers).
-        handle, out = new_bytes(len(prefix) + ct_len + len(suffix))
-        out[: len(prefix)] = prefix
-        pos = len(prefix)
+        handle, out = new_bytes(len(aad) + ct_len + (SIGNATURE_LEN if signed else 0))
+        out[: len(aad)] = aad
+        pos = len(aad)
         cipher = Cipher(algorithms.AES(self.keyring.sealing_key()), modes.GCM(header["nonce"]))
         enc = cipher.encryptor()
         enc.authenticate_additional_data(aad)
         for piece in pieces:
             if len(piece):
-                # The slack after the ciphertext (tag + suffix) covers update_into's margin.
+                # The slack after the ciphertext (the tag at least) covers update_into's margin.
                 pos += enc.update_into(piece, out[pos:])
         tail = enc.finalize()
         out[pos : pos + len(tail)] = tail
@@ -366,11 +372,9 @@ class Sealer:
         tag = enc.tag
         out[pos : pos + TAG_LEN] = tag
         pos += TAG_LEN
-        out[pos:] = suffix
         if signed:
             assert self.identity is not None
-            signature = self.identity.sign(signed_bytes_for(aad, ct_len, tag))
-            out[len(out) - SIGNATURE_LEN :] = signature
+            out[pos:] = self.identity.sign(signed_bytes_for(aad, tag))
         out.release()
         return finish(handle)
 
@@ -391,7 +395,8 @@ class Sealer:
         aead = self.keyring.aead(env.key_id)
         aad = env.aad()
         ct = env.encrypted_data
-        self._verify_signature(env, signed_bytes_for(aad, len(ct), ct[len(ct) - TAG_LEN :]))
+        # Header and tag only: refusing a forgery costs the same whatever the body's size.
+        self._verify_signature(env, signed_bytes_for(aad, ct[len(ct) - TAG_LEN :]))
         if env.chunk is not None:
             return self._open_chunk(env, aead, aad)
         plaintext = np.empty(len(ct) - TAG_LEN, dtype=np.uint8)
@@ -434,7 +439,7 @@ class Sealer:
         chunk = env.chunk
         assert chunk is not None
         origin = (env.sender, env.msg_type, env.datasite_id, env.round_num)
-        slot = self.assembler.reserve(origin, chunk, env.msg_id)
+        slot = self.assembler.reserve(origin, chunk, env.msg_id, sender=env.sender)
         try:
             if len(slot) != len(env.encrypted_data) - TAG_LEN:
                 raise ChunkError(

@@ -113,6 +113,9 @@ def _run(features: Any, labels: Any, global_model: Any, train_config: Any) -> di
     _refuse_requester_noise_seed(cfg)
     seed = int(cfg.pop("seed", 0))
     round_number = int(cfg.get("round_number", 0))
+    # Signed with the update: it cannot be moved to another campaign or base model.
+    campaign_id = str(cfg.pop("campaign_id", ""))
+    model_version = int(cfg.pop("model_version", 0))
 
     torch.set_num_threads(_JOB_THREADS)
     out = train_local(global_state, np.asarray(features), np.asarray(labels), cfg, seed)
@@ -123,8 +126,9 @@ def _run(features: Any, labels: Any, global_model: Any, train_config: Any) -> di
         delta = compromise_delta(delta, attack)
         update = {k: (global_state[k].to(torch.float32) + delta[k]).to(update[k].dtype)
                   if update[k].is_floating_point() and k in global_state else update[k] for k in update}
-    update_digest, update_sig = sign_tensors(identity, "update", update, round_number)
-    delta_digest, delta_sig = sign_tensors(identity, "delta", delta, round_number)
+    bound = {"campaign_id": campaign_id, "model_version": model_version}
+    update_digest, update_sig = sign_tensors(identity, "update", update, round_number, **bound)
+    delta_digest, delta_sig = sign_tensors(identity, "delta", delta, round_number, **bound)
     return {
         "loss": float(out["loss"]),
         "rmse": float(out["rmse"]),
@@ -140,6 +144,8 @@ def _run(features: Any, labels: Any, global_model: Any, train_config: Any) -> di
         "factory_key_id": datasite_id,
         "datasite_id": datasite_id,
         "round_number": round_number,
+        "campaign_id": campaign_id,
+        "model_version": model_version,
         "seed": seed,
         "global_model_digest": hashlib.sha256(model_bytes).hexdigest(),
         # record-level DP-SGD: what this training spent (z, sample rate, steps, delta, epsilon)

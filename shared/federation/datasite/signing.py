@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -19,13 +20,24 @@ __all__ = [
     "verify_update_signature",
 ]
 
-_DOMAIN = b"pdmfed-factory-result-v1\x00"
+_DOMAIN = b"pdmfed-factory-result-v2\x00"
 
 
-def bound_digest(kind: str, tensors_digest: str, round_num: int, datasite_id: str) -> str:
-    """SHA-256 hex binding a tensor digest to its kind ("delta"/"update"), round and datasite."""
+def bound_digest(
+    kind: str,
+    tensors_digest: str,
+    round_num: int,
+    datasite_id: str,
+    campaign_id: str,
+    model_version: int,
+) -> str:
+    """SHA-256 hex binding a tensor digest to its kind ("delta"/"update"), round, datasite,
+    campaign and the version of the global model it was trained from: a signed delta cannot be
+    moved to another round, campaign or base model."""
     h = hashlib.sha256(_DOMAIN)
-    for part in (kind, tensors_digest, str(int(round_num)), datasite_id):
+    parts = (kind, tensors_digest, str(int(round_num)), datasite_id, campaign_id,
+             str(int(model_version)))  # fmt: skip
+    for part in parts:
         raw = part.encode("utf-8")
         h.update(len(raw).to_bytes(4, "big"))
         h.update(raw)
@@ -33,11 +45,18 @@ def bound_digest(kind: str, tensors_digest: str, round_num: int, datasite_id: st
 
 
 def sign_tensors(
-    identity: SigningIdentity, kind: str, tensors: Mapping[str, Any], round_num: int
+    identity: SigningIdentity,
+    kind: str,
+    tensors: Mapping[str, Any],
+    round_num: int,
+    *,
+    campaign_id: str,
+    model_version: int,
 ) -> tuple[str, bytes]:
-    """(tensor digest, signature) of ``tensors`` for ``round_num`` by the factory ``identity``."""
+    """(tensor digest, signature) of ``tensors`` for this round, campaign and base model."""
     digest = tensor_digest(tensors)
-    return digest, sign_digest(identity, bound_digest(kind, digest, round_num, identity.sender))
+    bound = bound_digest(kind, digest, round_num, identity.sender, campaign_id, model_version)
+    return digest, sign_digest(identity, bound)
 
 
 def _trust_for(key: Any, datasite_id: str) -> TrustStore:
@@ -50,46 +69,62 @@ def _trust_for(key: Any, datasite_id: str) -> TrustStore:
     raise AuthError(f"no usable public key for {datasite_id!r}: got {type(key).__name__}")
 
 
-def _check(
-    trust: TrustStore, kind: str, tensors: Any, claimed: Any, signature: Any, rnd: int, ds: str
-) -> None:
+@dataclass(frozen=True)
+class _Binding:
+    """What a factory's signature binds besides the tensors."""
+
+    datasite_id: str
+    round_num: int
+    campaign_id: str
+    model_version: int
+
+
+def _check(trust: TrustStore, kind: str, tensors: Any, claimed: Any, signature: Any, b: _Binding) -> None:
     if not isinstance(tensors, Mapping):
         raise MalformedMessage(f"{kind} is missing or not a state dict")
     digest = tensor_digest(tensors)
     if claimed is not None and claimed != digest:
         raise IntegrityError(f"{kind} digest does not match its tensors (altered in transit)")
-    verify_digest(trust, ds, bound_digest(kind, digest, rnd, ds), signature)
+    bound = bound_digest(kind, digest, b.round_num, b.datasite_id, b.campaign_id, b.model_version)
+    verify_digest(trust, b.datasite_id, bound, signature)
 
 
-def _ids(result: Mapping[str, Any]) -> tuple[str, int]:
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _binding(result: Mapping[str, Any]) -> _Binding:
     ds = result.get("datasite_id")
     rnd = result.get("round_number", result.get("round_num"))
-    if not isinstance(ds, str) or not isinstance(rnd, int) or isinstance(rnd, bool):
+    cid = result.get("campaign_id", "")
+    version = result.get("model_version", 0)
+    if not isinstance(ds, str) or not _int(rnd):
         raise MalformedMessage("result lacks datasite_id (str) and round_number (int)")
+    if not isinstance(cid, str) or not _int(version):
+        raise MalformedMessage("result's campaign_id must be a str and model_version an int")
     signer = result.get("factory_key_id") or ds
     if signer != ds:
         raise AuthError(f"update of {ds!r} is signed by another factory ({signer!r})")
-    return ds, rnd
+    return _Binding(ds, rnd, cid, version)
 
 
 def verify_factory_result(result: Mapping[str, Any], trust_store_or_public_key: Any) -> bool:
     """True when the factory signed this training result; AuthError/IntegrityError otherwise.
 
     Checks ``factory_signature`` over the delta and ``update_signature`` over the
-    model_update, each bound to the round and datasite id.
+    model_update, each bound to the round, datasite, campaign and base model version.
     """
     if not isinstance(result, Mapping):
         raise MalformedMessage("a training result must be a mapping")
-    ds, rnd = _ids(result)
-    trust = _trust_for(trust_store_or_public_key, ds)
+    binding = _binding(result)
+    trust = _trust_for(trust_store_or_public_key, binding.datasite_id)
     _check(
         trust,
         "update",
         result.get("model_update"),
         result.get("update_digest"),
         result.get("update_signature"),
-        rnd,
-        ds,
+        binding,
     )
     if "delta" in result or "factory_signature" in result:
         _check(
@@ -98,23 +133,22 @@ def verify_factory_result(result: Mapping[str, Any], trust_store_or_public_key: 
             result.get("delta"),
             result.get("delta_digest"),
             result.get("factory_signature"),
-            rnd,
-            ds,
+            binding,
         )
     return True
 
 
 def verify_update_signature(payload: Mapping[str, Any], trust: Any) -> None:
-    """Check an update.raw payload's ``factory_signature`` over its delta (AuthError if not)."""
+    """Check an update.raw payload's ``factory_signature`` over its delta, bound to the payload's
+    campaign_id, model_version, round_num and datasite_id (AuthError if not)."""
     if not isinstance(payload, Mapping):
         raise MalformedMessage("update payload must be a mapping")
-    ds, rnd = _ids(payload)
+    binding = _binding(payload)
     _check(
-        _trust_for(trust, ds),
+        _trust_for(trust, binding.datasite_id),
         "delta",
         payload.get("delta"),
         None,
         payload.get("factory_signature"),
-        rnd,
-        ds,
+        binding,
     )

@@ -77,6 +77,7 @@ class _Families:
     dp_noise_applications: Counter
     updates_aggregated: Counter
     model_rmse: Gauge
+    reassembly_refusals: Counter
 
 
 # One set of metric objects per registry: the embedded demo runs all four services in one
@@ -146,6 +147,12 @@ def _create_families(registry: CollectorRegistry) -> _Families:
             "pdmfed_updates_aggregated_total", "Model updates that entered an aggregate."
         ),
         model_rmse=gauge("pdmfed_model_rmse", "RMSE of the global model on held-out engines."),
+        reassembly_refusals=counter(
+            "pdmfed_reassembly_refusals_total",
+            "Chunks refused and chunked updates dropped (over a limit, evicted, timed out)"
+            " during reassembly, by sender and reason.",
+            ("service", "sender", "reason"),
+        ),
     )
 
 
@@ -192,6 +199,7 @@ class Metrics:
         self.dp_noise_applications = fams.dp_noise_applications
         self.updates_aggregated = fams.updates_aggregated
         self.model_rmse = fams.model_rmse
+        self.reassembly_refusals = fams.reassembly_refusals
         for reason in REJECT_REASONS:
             self.messages_rejected.labels(service=service, reason=reason)
         for direction in DIRECTIONS:

@@ -199,6 +199,7 @@ async def start_node(
     sealer = make_sealer(settings, sender, role=name)
     endpoint = SecureEndpoint(bus, sealer, metrics, name)
     store = open_store(settings, key, path=store_path)  # PDMFED_STATE_URL: PostgreSQL, else SQLite
+    _relearn_campaigns(endpoint, store)
     queue = (topology or topology_of(settings)).queue(key).name
     service = build_service_logic(name, settings, comm_manager=comm_manager, factory_trust=factory_trust,
                                   queue=queue, store=store)
@@ -215,6 +216,15 @@ async def start_node(
         node.health = HealthServer(port, registry, ready=node.ready)
     log.info("%s started (queue %s)", name, service.queue)
     return node
+
+
+def _relearn_campaigns(endpoint: Any, store: Any) -> None:
+    """After a restart, the campaigns this service stored cap chunked updates again."""
+    with store.transaction() as tx:
+        stored = [tx.get(key) for key in tx.keys("campaign/")]
+    for value in stored:
+        if isinstance(value, dict):  # the config itself, or dispatch's record holding it
+            endpoint.learn_campaign(value.get("config", value))
 
 
 def _warm_up_kernels_in_background() -> None:

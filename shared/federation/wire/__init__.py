@@ -1,4 +1,4 @@
-"""Wire format: tensor codec, envelope v1, typed message payloads and chunking."""
+"""Wire format: tensor codec, envelope v2, typed message payloads and chunking."""
 
 from federation.wire.chunking import ChunkAssembler, chunk_bounds, chunk_count, chunks_digest, split
 from federation.wire.codec import (

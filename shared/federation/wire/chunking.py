@@ -10,17 +10,18 @@ which binds order and completeness without another pass over the data.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from federation.errors import ChunkError, OversizeMessage, ReplayError
-from federation.wire.envelope import validate_header
+from federation.errors import ChunkError, OversizeMessage, PdmFedError, ReplayError
+from federation.wire.envelope import validate_chunk
 
 __all__ = [
     "chunk_count",
@@ -28,10 +29,16 @@ __all__ = [
     "split",
     "chunks_digest",
     "ChunkAssembler",
+    "DEFAULT_MAX_UPDATE_BYTES",
+    "RefusalHook",
 ]
+
+log = logging.getLogger(__name__)
 
 _FREE, _WRITING, _DONE = 0, 1, 2
 _MEMORY = 1024
+#: The largest update accepted until a campaign sets a tighter limit (PDMFED_MAX_UPDATE_BYTES).
+DEFAULT_MAX_UPDATE_BYTES = 2 * 1024**3
 
 
 def chunk_count(size: int, max_bytes: int) -> int:
@@ -66,6 +73,7 @@ def chunks_digest(size: int, total: int, digests: list[bytes]) -> str:
 @dataclass
 class _Assembly:
     origin: Hashable
+    sender: str
     size: int
     total: int
     sha256_all: str
@@ -75,70 +83,130 @@ class _Assembly:
     msg_ids: list[bytes | None] = field(default_factory=list)
     digests: list[bytes | None] = field(default_factory=list)
     received: int = 0
+    #: Bytes of chunks accepted or being written: what this update holds in memory.
+    committed: int = 0
 
 
 def _check_chunk(chunk: Mapping[str, Any]) -> dict[str, Any]:
-    # Reuse the envelope's validation of the chunk map (same rules, same errors).
-    header = validate_header(
-        {
-            "security_version": "1.0",
-            "communication_type": "secure",
-            "msg_type": "update.raw",
-            "msg_id": bytes(16),
-            "sender": "-",
-            "key_id": "-",
-            "timestamp": 0.0,
-            "datasite_id": "",
-            "round_num": 0,
-            "nonce": bytes(12),
-            "checksum": "0" * 64,
-            "chunk": chunk,
-        }
-    )
-    return header["chunk"]
+    # The envelope's validation of the chunk map (same rules, same errors).
+    checked = validate_chunk(chunk)
+    if checked is None:
+        raise ChunkError("not a chunk")
+    return checked
+
+
+#: Called with (sender, error) whenever reassembly refuses a sender's chunk or drops one of its
+#: updates (over a limit, evicted, timed out); expiries come from the timer thread.
+RefusalHook = Callable[[str, PdmFedError], None]
 
 
 class ChunkAssembler:
-    """Reassembles chunked payloads: any order, bounded memory, timeout, typed errors.
+    """Reassembles chunked payloads: any order, fair bounded memory, timeout, typed errors.
 
     Thread-safe. ``reserve`` hands out the slot a chunk's plaintext must be written to (so a
     sealer can decrypt straight into it), ``commit`` records it once verified and returns the
     whole payload buffer when the last chunk arrives; ``release`` gives a slot back after a
     failed verification. ``add`` does all three for plaintext already in hand.
+
+    Fairness: every limit is per sender, so one sender (a stolen key) can never block another.
+    A claim (the ``size`` in a first chunk) may not exceed ``max_update_bytes`` (the largest
+    update the campaign's model can produce, see ``limit_update_bytes``) and books nothing:
+    memory counts as chunks arrive, against the sender's ``sender_budget_bytes``. A sender may
+    have ``updates_per_sender`` updates open; one more, or more bytes than its budget, evicts
+    that sender's own oldest update. Incomplete updates expire after ``timeout_s`` on a timer
+    thread that runs while any update is open. Every refusal is counted in ``refusals`` by
+    sender and reported to ``on_refused``.
     """
 
     def __init__(
         self,
         *,
-        max_inflight_bytes: int = 2 * 1024**3,
-        max_updates: int = 16,
+        max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES,
+        updates_per_sender: int = 4,
+        sender_budget_bytes: int | None = None,
+        max_senders: int = 64,
         timeout_s: float = 300.0,
         max_chunk_bytes: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.max_inflight_bytes = max_inflight_bytes
-        self.max_updates = max_updates
+        if max_update_bytes < 1 or updates_per_sender < 1 or max_senders < 1:
+            raise ValueError("reassembly limits must be positive")
+        self.default_max_update_bytes = max_update_bytes
+        self.updates_per_sender = updates_per_sender
+        self._sender_budget = sender_budget_bytes
+        self.max_senders = max_senders
         self.timeout_s = timeout_s
         self.max_chunk_bytes = max_chunk_bytes
+        self.on_refused: RefusalHook | None = None
+        self.refusals: Counter[str] = Counter()
         self._clock = clock
         self._lock = threading.Lock()
+        self._limits: OrderedDict[str, int] = OrderedDict()
         self._open: dict[bytes, _Assembly] = {}
+        self._committed: Counter[str] = Counter()
         self._done: OrderedDict[bytes, frozenset[bytes]] = OrderedDict()
         self._expired: OrderedDict[bytes, str] = OrderedDict()
-        self.inflight_bytes = 0
+        self._timer: threading.Timer | None = None
 
+    # -- limits ---------------------------------------------------------------------------
+    @property
+    def max_update_bytes(self) -> int:
+        """The largest claim accepted: the largest campaign limit set, else the default."""
+        return max(self._limits.values(), default=self.default_max_update_bytes)
+
+    @property
+    def sender_budget_bytes(self) -> int:
+        """Bytes one sender's open updates may hold (default: its update slots at the cap)."""
+        if self._sender_budget is not None:
+            return self._sender_budget
+        return self.updates_per_sender * self.max_update_bytes
+
+    @sender_budget_bytes.setter
+    def sender_budget_bytes(self, value: int | None) -> None:
+        self._sender_budget = value
+
+    def limit_update_bytes(self, key: str, nbytes: int | None) -> None:
+        """Set (None: remove) the update limit of ``key`` (a campaign); the largest one applies."""
+        with self._lock:
+            self._limits.pop(key, None)
+            if nbytes is not None:
+                if nbytes < 1:
+                    raise ValueError("an update limit must be positive")
+                self._limits[key] = int(nbytes)
+                while len(self._limits) > _MEMORY:
+                    self._limits.popitem(last=False)
+
+    # -- state ----------------------------------------------------------------------------
     @property
     def pending(self) -> int:
         """Updates waiting for more chunks."""
         return len(self._open)
 
+    @property
+    def inflight_bytes(self) -> int:
+        """Bytes of chunks held (accepted or being written) across every open update."""
+        return sum(self._committed.values())
+
+    def pending_by_sender(self) -> dict[str, int]:
+        """Open updates per sender."""
+        with self._lock:
+            return dict(Counter(a.sender for a in self._open.values()))
+
+    def committed_by_sender(self) -> dict[str, int]:
+        """Bytes held per sender."""
+        with self._lock:
+            return {k: v for k, v in self._committed.items() if v}
+
+    # -- expiry ---------------------------------------------------------------------------
     def expire(self, now: float | None = None) -> list[ChunkError]:
         """Drop updates older than the timeout; one ChunkError per dropped update."""
         with self._lock:
-            return self._expire_locked(self._clock() if now is None else now)
+            dropped = self._expire_locked(self._clock() if now is None else now)
+        self._report(dropped)
+        return [err for _, err in dropped]
 
-    def _expire_locked(self, now: float) -> list[ChunkError]:
-        errors = []
+    def _expire_locked(self, now: float) -> list[tuple[str, ChunkError]]:
+        dropped = []
         for uid, a in list(self._open.items()):
             if now - a.created <= self.timeout_s:
                 continue
@@ -148,14 +216,50 @@ class ChunkAssembler:
                 f"chunked update {uid.hex()} from {a.origin!r} timed out after {self.timeout_s}s:"
                 f" missing {len(missing)} of {a.total} chunks [{shown}]"
             )
-            self._drop(uid)
-            self._remember(self._expired, uid, text)
-            errors.append(ChunkError(text))
-        return errors
+            dropped.append((a.sender, self._refuse_locked(uid, text, "expired")))
+        return dropped
 
-    def _drop(self, uid: bytes) -> None:
+    def _timer_interval(self) -> float:
+        return max(0.05, min(self.timeout_s / 4, 5.0))
+
+    def _arm_locked(self) -> None:
+        if self._timer is None and self._open:
+            self._timer = threading.Timer(self._timer_interval(), self._on_timer)
+            self._timer.daemon = True
+            self._timer.name = "pdmfed-chunk-expiry"
+            self._timer.start()
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer = None
+            dropped = self._expire_locked(self._clock())
+            self._arm_locked()
+        self._report(dropped)
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def _drop(self, uid: bytes) -> _Assembly:
         a = self._open.pop(uid)
-        self.inflight_bytes -= a.size
+        self._committed[a.sender] -= a.committed
+        if self._committed[a.sender] <= 0:
+            del self._committed[a.sender]
+        return a
+
+    def _refuse_locked(self, uid: bytes, text: str, reason: str) -> ChunkError:
+        """Drop an open update for good: its later chunks are refused with ``text``."""
+        a = self._drop(uid)
+        self._remember(self._expired, uid, text)
+        self.refusals[a.sender] += 1
+        return ChunkError(text, reason=reason)
+
+    def _report(self, refused: list[tuple[str, PdmFedError]]) -> None:
+        hook = self.on_refused
+        if hook is None:
+            return
+        for sender, err in refused:
+            try:
+                hook(sender, err)
+            except Exception:  # a metrics hook must never break reassembly
+                log.exception("chunk refusal hook failed")
 
     @staticmethod
     def _remember(book: OrderedDict[bytes, Any], uid: bytes, value: Any) -> None:
@@ -163,74 +267,140 @@ class ChunkAssembler:
         while len(book) > _MEMORY:
             book.popitem(last=False)
 
-    def reserve(
-        self, origin: Hashable, chunk: Mapping[str, Any], msg_id: bytes = b""
-    ) -> memoryview:
-        """The writable slot for this chunk's plaintext; raises ChunkError/ReplayError/Oversize."""
-        c = _check_chunk(chunk)
-        uid, index, total, size = c["update_id"], c["index"], c["total"], c["size"]
-        with self._lock:
-            self._expire_locked(self._clock())
-            if uid in self._done:
-                if msg_id and msg_id in self._done[uid]:
-                    raise ReplayError(f"chunk {index} of update {uid.hex()} was already accepted")
-                raise ChunkError(f"duplicate chunk {index}: update {uid.hex()} is already complete")
-            if uid in self._expired:
-                raise ChunkError(self._expired[uid])
-            a = self._open.get(uid)
-            if a is None:
-                a = self._start(uid, origin, c)
-            elif (a.origin, a.total, a.size, a.sha256_all) != (
-                origin,
-                total,
-                size,
-                c["sha256_all"],
-            ):
-                raise ChunkError(
-                    f"foreign chunk for update {uid.hex()}: sender, total, size or sha256_all"
-                    " differ from its first chunk"
-                )
-            if a.state[index] == _DONE:
-                if msg_id and a.msg_ids[index] == msg_id:
-                    raise ReplayError(f"chunk {index} of update {uid.hex()} was already accepted")
-                raise ChunkError(f"duplicate chunk {index} of update {uid.hex()}")
-            if a.state[index] == _WRITING:
-                raise ChunkError(f"duplicate chunk {index} of update {uid.hex()} (in progress)")
-            a.state[index] = _WRITING
-            start, end = chunk_bounds(size, total, index)
-            return memoryview(a.buffer)[start:end]
+    def _oldest_of(self, sender: str, *, besides: bytes) -> bytes | None:
+        candidates = [(a.created, uid) for uid, a in self._open.items()
+                      if a.sender == sender and uid != besides]  # fmt: skip
+        return min(candidates)[1] if candidates else None
 
-    def _start(self, uid: bytes, origin: Hashable, c: dict[str, Any]) -> _Assembly:
+    # -- the chunk path -------------------------------------------------------------------
+    def reserve(
+        self,
+        origin: Hashable,
+        chunk: Mapping[str, Any],
+        msg_id: bytes = b"",
+        *,
+        sender: str | None = None,
+    ) -> memoryview:
+        """The writable slot for this chunk's plaintext; raises ChunkError/ReplayError/Oversize.
+
+        ``origin`` binds the chunks of one update together (every chunk must share it);
+        ``sender`` (default ``origin``) is whose budget the chunk counts against.
+        """
+        who = str(origin if sender is None else sender)
+        dropped: list[tuple[str, PdmFedError]] = []
+        try:
+            with self._lock:
+                slot = self._reserve_locked(origin, who, _check_chunk(chunk), msg_id, dropped)
+                self._arm_locked()
+        except PdmFedError as err:
+            with self._lock:
+                self.refusals[who] += 1
+            dropped.append((who, err))
+            raise
+        finally:
+            self._report(dropped)
+        return slot
+
+    def _reserve_locked(
+        self,
+        origin: Hashable,
+        sender: str,
+        c: dict[str, Any],
+        msg_id: bytes,
+        dropped: list[tuple[str, PdmFedError]],
+    ) -> memoryview:
+        uid, index, total, size = c["update_id"], c["index"], c["total"], c["size"]
+        dropped += self._expire_locked(self._clock())
+        if uid in self._done:
+            if msg_id and msg_id in self._done[uid]:
+                raise ReplayError(f"chunk {index} of update {uid.hex()} was already accepted")
+            raise ChunkError(f"duplicate chunk {index}: update {uid.hex()} is already complete")
+        if uid in self._expired:
+            raise ChunkError(self._expired[uid])
+        a = self._open.get(uid)
+        if a is None:
+            a = self._start(uid, origin, sender, c, dropped)
+        elif (a.origin, a.total, a.size, a.sha256_all) != (origin, total, size, c["sha256_all"]):
+            raise ChunkError(
+                f"foreign chunk for update {uid.hex()}: sender, total, size or sha256_all"
+                " differ from its first chunk"
+            )
+        if a.state[index] == _DONE:
+            if msg_id and a.msg_ids[index] == msg_id:
+                raise ReplayError(f"chunk {index} of update {uid.hex()} was already accepted")
+            raise ChunkError(f"duplicate chunk {index} of update {uid.hex()}")
+        if a.state[index] == _WRITING:
+            raise ChunkError(f"duplicate chunk {index} of update {uid.hex()} (in progress)")
+        start, end = chunk_bounds(size, total, index)
+        self._book(uid, a, end - start, dropped)
+        a.state[index] = _WRITING
+        return memoryview(a.buffer)[start:end]
+
+    def _book(
+        self, uid: bytes, a: _Assembly, n: int, dropped: list[tuple[str, PdmFedError]]
+    ) -> None:
+        """Count ``n`` more bytes against the sender, evicting its own oldest updates if needed."""
+        budget = self.sender_budget_bytes
+        while self._committed[a.sender] + n > budget:
+            oldest = self._oldest_of(a.sender, besides=uid)
+            if oldest is None:
+                if a.received == 0 and _WRITING not in a.state:
+                    self._drop(uid)
+                raise OversizeMessage(
+                    f"sender {a.sender!r} would hold {self._committed[a.sender] + n} bytes in"
+                    f" reassembly; its budget is {budget}"
+                )
+            text = (
+                f"chunked update {oldest.hex()} from {a.sender!r} evicted: the sender went over"
+                f" its reassembly budget of {budget} bytes"
+            )
+            dropped.append((a.sender, self._refuse_locked(oldest, text, "oversize")))
+        a.committed += n
+        self._committed[a.sender] += n
+
+    def _start(
+        self,
+        uid: bytes,
+        origin: Hashable,
+        sender: str,
+        c: dict[str, Any],
+        dropped: list[tuple[str, PdmFedError]],
+    ) -> _Assembly:
         size, total = c["size"], c["total"]
-        if size > self.max_inflight_bytes:
+        cap = self.max_update_bytes
+        if size > cap:
             raise OversizeMessage(
-                f"chunked update of {size} bytes exceeds the {self.max_inflight_bytes}-byte limit"
+                f"chunked update of {size} bytes exceeds the largest update allowed ({cap} bytes,"
+                " from the campaign's model)"
             )
         if self.max_chunk_bytes is not None and -(-size // total) > self.max_chunk_bytes:
             raise ChunkError(f"{total} chunks cannot carry {size} bytes within the chunk limit")
-        if len(self._open) >= self.max_updates:
-            raise ChunkError(
-                f"too many chunked updates in flight ({self.max_updates}); try again later"
+        mine = sum(1 for a in self._open.values() if a.sender == sender)
+        if not mine and len({a.sender for a in self._open.values()}) >= self.max_senders:
+            raise ChunkError(f"{self.max_senders} senders already have chunked updates in flight")
+        while mine >= self.updates_per_sender:
+            oldest = self._oldest_of(sender, besides=uid)
+            assert oldest is not None
+            text = (
+                f"chunked update {oldest.hex()} from {sender!r} evicted: the sender opened more"
+                f" than {self.updates_per_sender} updates at once"
             )
-        if self.inflight_bytes + size > self.max_inflight_bytes:
-            raise OversizeMessage(
-                f"chunk reassembly memory is full ({self.inflight_bytes} of"
-                f" {self.max_inflight_bytes} bytes in flight)"
-            )
+            dropped.append((sender, self._refuse_locked(oldest, text, "oversize")))
+            mine -= 1
         a = _Assembly(
             origin=origin,
+            sender=sender,
             size=size,
             total=total,
             sha256_all=c["sha256_all"],
             created=self._clock(),
-            # Uninitialised: pages are committed only as chunks are written.
+            # Uninitialised: address space only; pages are committed as chunks are written.
             buffer=np.empty(size, dtype=np.uint8),
             state=bytearray(total),
             msg_ids=[None] * total,
             digests=[None] * total,
         )
         self._open[uid] = a
-        self.inflight_bytes += size
         return a
 
     def release(self, chunk: Mapping[str, Any]) -> None:
@@ -243,10 +413,14 @@ class ChunkAssembler:
             uid = bytes(chunk["update_id"])
             a = self._open.get(uid)
             index = chunk["index"]
-            if a is not None and a.state[index] == _WRITING:
-                a.state[index] = _FREE
-                if a.received == 0 and _WRITING not in a.state:
-                    self._drop(uid)
+            if a is None or a.state[index] != _WRITING:
+                return
+            a.state[index] = _FREE
+            start, end = chunk_bounds(a.size, a.total, index)
+            a.committed -= end - start
+            self._committed[a.sender] -= end - start
+            if a.received == 0 and _WRITING not in a.state:
+                self._drop(uid)
 
     def commit(self, chunk: Mapping[str, Any], msg_id: bytes, digest: bytes) -> np.ndarray | None:
         """Record a verified chunk; the whole payload buffer once every chunk is in."""
@@ -275,9 +449,11 @@ class ChunkAssembler:
         chunk: Mapping[str, Any],
         data: bytes | bytearray | memoryview,
         msg_id: bytes = b"",
+        *,
+        sender: str | None = None,
     ) -> np.ndarray | None:
         """Copy one chunk's plaintext in; the whole payload buffer when complete."""
-        slot = self.reserve(origin, chunk, msg_id)
+        slot = self.reserve(origin, chunk, msg_id, sender=sender)
         try:
             src = memoryview(data).cast("B")
             if len(src) != len(slot):

@@ -1,19 +1,35 @@
-"""Envelope v1: the one msgpack map every message body is (DESIGN.md §3), encode and decode.
+"""Envelope v2: the fixed binary header every message body starts with; encode and decode.
 
-The body is a msgpack map. Encoders here always write the fields in this order, ending with the
-ciphertext (as bin32) and the signature, so that a sealer can encrypt straight into the body::
+A body is ``header | ciphertext | signature``. The header is a fixed layout of bounded fields
+(big-endian), so a receiver reads it with a handful of ``struct`` calls and checks the
+signature and the AES-GCM tag over raw bytes before it builds anything from the payload: no
+msgpack of attacker-chosen size is parsed before the message is authenticated, and refusing
+a forged body costs the same few microseconds whatever its size.
 
-    security_version communication_type msg_type msg_id sender key_id timestamp datasite_id
-    round_num nonce checksum [chunk] encrypted_data signature
+    offset  bytes  field
+    0       4      magic ``PDMF``
+    4       1      wire version: 2
+    5       1      flags: 0x01 signed, 0x02 chunk (other bits must be 0)
+    6       2      header_len: bytes before the ciphertext (at most MAX_HEADER_BYTES)
+    8       4      ct_len: ciphertext bytes, the 16-byte GCM tag included
+    12      16     msg_id
+    28      12     nonce
+    40      8      timestamp (IEEE-754 double, finite)
+    48      8      round_num (unsigned, < 2**63)
+    56      32     checksum: SHA-256 of the plaintext
+    88      64     chunk, when flagged: update_id (16), index (4), total (4), size (8),
+                   sha256_all (32)
+    then    1 + n  four UTF-8 strings, each after a one-byte length: msg_type, sender, key_id,
+                   datasite_id
 
-The decoder accepts any order and any valid msgpack encoding of these fields. It is a small,
-strict reader (no ext types, no unknown or duplicate keys, bounded nesting) that returns the
-ciphertext as a zero-copy ``memoryview`` of the body.
+The body is exactly ``header_len + ct_len (+ 64 when signed)`` bytes. The header is the
+AES-GCM associated data; the sender's Ed25519 signature covers the header and the GCM tag
+(``signed_bytes_for``): the header carries the SHA-256 of the plaintext, which the opener checks
+after decryption, so the signature binds the content without a pass over the ciphertext.
+The encoding is canonical: a body that decodes re-encodes to the same bytes.
 
-``aad()`` (AES-GCM associated data) is a canonical msgpack encoding of every header field,
-``checksum`` and ``chunk`` included. ``signed_bytes()`` is the AAD plus the ciphertext length and
-GCM tag: the header already carries the SHA-256 of the plaintext, which the opener checks after
-decryption, so signing it binds the content without a second pass over the ciphertext.
+``Envelope`` keeps the seed's field names (``security_version``, ``communication_type``,
+``encrypted_data``, ``checksum``, ``signature``...): ``to_dict`` is the seed's secure package.
 """
 
 from __future__ import annotations
@@ -25,46 +41,64 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
 from federation.errors import MalformedMessage, OversizeMessage
 from federation.wire.messages import MsgType
 
 __all__ = [
     "SECURITY_VERSION",
     "COMMUNICATION_TYPE",
+    "WIRE_MAGIC",
+    "WIRE_VERSION",
     "MSG_ID_LEN",
     "NONCE_LEN",
     "TAG_LEN",
     "SIGNATURE_LEN",
+    "MAX_HEADER_BYTES",
     "ENVELOPE_RESERVE",
     "MAX_CHUNKS",
     "HEADER_FIELDS",
     "Envelope",
-    "aad_bytes",
+    "validate_header",
+    "validate_chunk",
+    "encode_header",
     "signed_bytes_for",
-    "encode_envelope_parts",
     "encode_envelope",
     "decode_envelope",
-    "validate_header",
 ]
 
-SECURITY_VERSION = "1.0"
+#: The seed's ``security_version`` names the envelope version.
+SECURITY_VERSION = "2.0"
 COMMUNICATION_TYPE = "secure"
+WIRE_MAGIC = b"PDMF"
+WIRE_VERSION = 2
 MSG_ID_LEN = 16
 NONCE_LEN = 12
 TAG_LEN = 16
 SIGNATURE_LEN = 64
-#: Bytes of a body that are not ciphertext are at most this (with the field limits below).
-ENVELOPE_RESERVE = 2048
 MAX_CHUNKS = 65536
-_MAX_NAME = 256
+_MAX_NAME = 255  # bytes of UTF-8 (one length byte)
 _MAX_KEY_ID = 64
-_MAX_DEPTH = 3
+_MAX_CT = 2**32 - 1
+_MAX_ROUND = 2**63 - 1
+_MAX_SIZE = 2**48
+
+_FLAG_SIGNED = 0x01
+_FLAG_CHUNK = 0x02
+_PREFIX = struct.Struct(">4sBBHI")  # magic, version, flags, header_len, ct_len
+_FIXED = struct.Struct(">16s12sdQ32s")  # msg_id, nonce, timestamp, round_num, checksum
+_CHUNK = struct.Struct(">16sIIQ32s")  # update_id, index, total, size, sha256_all
+_STRINGS = ("msg_type", "sender", "key_id", "datasite_id")
+#: The largest header: prefix, fixed fields, chunk and four strings at their limits.
+MAX_HEADER_BYTES = (
+    _PREFIX.size + _FIXED.size + _CHUNK.size + 4 + 32 + _MAX_NAME + _MAX_KEY_ID + _MAX_NAME
+)
+#: Bytes of a body that are not ciphertext are at most this.
+ENVELOPE_RESERVE = 2048
+_SIG_DOMAIN = b"pdmfed-sig-v2\x00"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MSG_TYPES = frozenset(t.value for t in MsgType)
 
-#: Header fields, in wire order; all of them are AES-GCM associated data.
+#: Header fields (everything but ciphertext and signature); all are AES-GCM associated data.
 HEADER_FIELDS = (
     "security_version",
     "communication_type",
@@ -84,22 +118,26 @@ _ALL_FIELDS = frozenset(HEADER_FIELDS) | {"encrypted_data", "signature"}
 _OPTIONAL = {"chunk": None, "signature": None}
 
 
-def _bin(d: Mapping[str, Any], key: str, length: int | None = None) -> bytes:
+def _bin(d: Mapping[str, Any], key: str, length: int) -> bytes:
     value = d[key]
     if not isinstance(value, bytes | bytearray | memoryview):
         raise MalformedMessage(f"envelope field {key} must be bytes")
     value = bytes(value)
-    if length is not None and len(value) != length:
+    if len(value) != length:
         raise MalformedMessage(f"envelope field {key} must be {length} bytes, got {len(value)}")
     return value
 
 
-def _str(d: Mapping[str, Any], key: str, max_len: int, *, empty: bool = False) -> str:
+def _str(d: Mapping[str, Any], key: str, max_bytes: int, *, empty: bool = False) -> str:
     value = d[key]
     if not isinstance(value, str):
         raise MalformedMessage(f"envelope field {key} must be a string")
-    if len(value) > max_len or (not empty and not value):
-        raise MalformedMessage(f"envelope field {key} must be 1..{max_len} characters")
+    try:
+        n = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise MalformedMessage(f"envelope field {key} is not valid UTF-8 text") from exc
+    if n > max_bytes or (not empty and not n):
+        raise MalformedMessage(f"envelope field {key} must be 1..{max_bytes} bytes of UTF-8")
     return value
 
 
@@ -117,20 +155,20 @@ def _hex64(d: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _chunk(value: Any) -> dict[str, Any] | None:
+def validate_chunk(value: Any) -> dict[str, Any] | None:
+    """Validate and normalise an envelope's chunk map (None: not a chunk; MalformedMessage)."""
     if value is None:
         return None
     if not isinstance(value, Mapping) or set(value) != set(_CHUNK_FIELDS):
         raise MalformedMessage(f"envelope chunk must be a map with exactly {_CHUNK_FIELDS}")
     total = _int(value, "total", 1, MAX_CHUNKS)
-    chunk = {
+    return {
         "update_id": _bin(value, "update_id", MSG_ID_LEN),
         "index": _int(value, "index", 0, total - 1),
         "total": total,
-        "size": _int(value, "size", total, 2**48),
+        "size": _int(value, "size", total, _MAX_SIZE),
         "sha256_all": _hex64(value, "sha256_all"),
     }
-    return chunk
 
 
 def validate_header(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,7 +179,10 @@ def validate_header(d: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise MalformedMessage(f"envelope is missing fields {missing}")
     if d["security_version"] != SECURITY_VERSION:
-        raise MalformedMessage(f"unsupported security_version {d['security_version']!r}")
+        raise MalformedMessage(
+            f"unsupported security_version {d['security_version']!r} (this build speaks"
+            f" {SECURITY_VERSION})"
+        )
     if d["communication_type"] != COMMUNICATION_TYPE:
         raise MalformedMessage(f"unsupported communication_type {d['communication_type']!r}")
     if not isinstance(d["msg_type"], str) or d["msg_type"] not in _MSG_TYPES:
@@ -158,24 +199,50 @@ def validate_header(d: Mapping[str, Any]) -> dict[str, Any]:
         "key_id": _str(d, "key_id", _MAX_KEY_ID),
         "timestamp": float(timestamp),
         "datasite_id": _str(d, "datasite_id", _MAX_NAME, empty=True),
-        "round_num": _int(d, "round_num", 0, 2**63 - 1),
+        "round_num": _int(d, "round_num", 0, _MAX_ROUND),
         "nonce": _bin(d, "nonce", NONCE_LEN),
         "checksum": _hex64(d, "checksum"),
-        "chunk": _chunk(d.get("chunk")),
+        "chunk": validate_chunk(d.get("chunk")),
     }
 
 
-def aad_bytes(header: Mapping[str, Any]) -> bytes:
-    """Canonical associated data for AES-GCM: every header field, in a fixed order."""
+def encode_header(header: Mapping[str, Any], ct_len: int, signed: bool) -> bytes:
+    """The header bytes of a body (= its AES-GCM associated data) for validated fields."""
+    if not TAG_LEN <= ct_len <= _MAX_CT:
+        raise OversizeMessage("ciphertext must be 16 bytes to 4 GiB")
     chunk = header.get("chunk")
-    chunk_list = None if chunk is None else [chunk[k] for k in _CHUNK_FIELDS]
-    values = [header[k] for k in HEADER_FIELDS if k != "chunk"]
-    return msgpack.packb([b"pdmfed-aad-v1", *values, chunk_list], use_bin_type=True)
+    flags = (_FLAG_SIGNED if signed else 0) | (_FLAG_CHUNK if chunk is not None else 0)
+    strings = [str(header[k]).encode("utf-8") for k in _STRINGS]
+    parts = [
+        b"",  # the prefix, once the length is known
+        _FIXED.pack(
+            header["msg_id"],
+            header["nonce"],
+            header["timestamp"],
+            header["round_num"],
+            bytes.fromhex(header["checksum"]),
+        ),
+    ]
+    if chunk is not None:
+        parts.append(
+            _CHUNK.pack(
+                chunk["update_id"],
+                chunk["index"],
+                chunk["total"],
+                chunk["size"],
+                bytes.fromhex(chunk["sha256_all"]),
+            )
+        )
+    for raw in strings:
+        parts += (bytes((len(raw),)), raw)
+    header_len = _PREFIX.size + sum(len(p) for p in parts)
+    parts[0] = _PREFIX.pack(WIRE_MAGIC, WIRE_VERSION, flags, header_len, ct_len)
+    return b"".join(parts)
 
 
-def signed_bytes_for(aad: bytes, ct_len: int, tag: bytes) -> bytes:
-    """What the sender's Ed25519 key signs: the header (AAD), ciphertext length and GCM tag."""
-    return msgpack.packb([b"pdmfed-sig-v1", aad, ct_len, bytes(tag)], use_bin_type=True)
+def signed_bytes_for(aad: bytes, tag: Any) -> bytes:
+    """What the sender's Ed25519 key signs: the header (AAD) and the GCM tag."""
+    return b"".join((_SIG_DOMAIN, aad, bytes(tag)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,8 +274,8 @@ class Envelope:
         if isinstance(ct, memoryview) and (ct.ndim != 1 or ct.itemsize != 1):
             ct = ct.cast("B")
             object.__setattr__(self, "encrypted_data", ct)
-        if len(ct) < TAG_LEN:
-            raise MalformedMessage("envelope field encrypted_data is shorter than a GCM tag")
+        if not TAG_LEN <= len(ct) <= _MAX_CT:
+            raise MalformedMessage("envelope field encrypted_data must be 16 bytes to 4 GiB")
         if self.signature is not None:
             object.__setattr__(
                 self, "signature", _bin({"signature": self.signature}, "signature", SIGNATURE_LEN)
@@ -220,13 +287,13 @@ class Envelope:
         return {k: getattr(self, k) for k in HEADER_FIELDS}
 
     def aad(self) -> bytes:
-        """The associated data this envelope was sealed with."""
-        return aad_bytes(self.header)
+        """The associated data this envelope was sealed with: its header bytes."""
+        return encode_header(self.header, len(self.encrypted_data), self.signature is not None)
 
     def signed_bytes(self) -> bytes:
         """The bytes the sender's signature covers."""
         ct = self.encrypted_data
-        return signed_bytes_for(self.aad(), len(ct), ct[len(ct) - TAG_LEN :])
+        return signed_bytes_for(self.aad(), ct[len(ct) - TAG_LEN :])
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (the seed's ``secure_package``)."""
@@ -243,148 +310,94 @@ class Envelope:
         unknown = set(d) - _ALL_FIELDS
         if unknown:
             raise MalformedMessage(f"envelope has unknown fields {sorted(map(str, unknown))}")
-        if "encrypted_data" not in d:
-            raise MalformedMessage("envelope is missing fields ['encrypted_data']")
-        fields = {k: d.get(k, _OPTIONAL.get(k)) for k in _ALL_FIELDS}
         missing = [k for k in _ALL_FIELDS if k not in d and k not in _OPTIONAL]
         if missing:
             raise MalformedMessage(f"envelope is missing fields {sorted(missing)}")
-        return cls(**fields)
-
-
-def encode_envelope_parts(
-    header: Mapping[str, Any], ct_len: int, signature: bytes | None
-) -> tuple[bytes, bytes]:
-    """(prefix, suffix) such that ``prefix + ciphertext + suffix`` is the encoded body."""
-    if not 0 <= ct_len < 2**32:
-        raise OversizeMessage("ciphertext exceeds 4 GiB")
-    has_chunk = header.get("chunk") is not None
-    packer = msgpack.Packer(use_bin_type=True, autoreset=False)
-    packer.pack_map_header(len(HEADER_FIELDS) + 1 + (0 if has_chunk else -1) + 1)
-    for key in HEADER_FIELDS:
-        if key == "chunk" and not has_chunk:
-            continue
-        packer.pack(key)
-        packer.pack(header[key])
-    packer.pack("encrypted_data")
-    prefix = packer.bytes() + b"\xc6" + ct_len.to_bytes(4, "big")
-    suffix = msgpack.packb("signature") + msgpack.packb(
-        None if signature is None else bytes(signature), use_bin_type=True
-    )
-    return prefix, suffix
+        return cls(**{k: d.get(k, _OPTIONAL.get(k)) for k in _ALL_FIELDS})
 
 
 def encode_envelope(env: Envelope) -> bytes:
     """Encode an envelope as a message body."""
-    prefix, suffix = encode_envelope_parts(env.header, len(env.encrypted_data), env.signature)
-    return b"".join((prefix, env.encrypted_data, suffix))
+    return b"".join((env.aad(), env.encrypted_data, env.signature or b""))
 
 
-_SIMPLE = {0xC0: None, 0xC2: False, 0xC3: True}
-
-
-class _Reader:
-    """A strict msgpack reader for envelopes: bins come back as zero-copy memoryviews."""
-
-    __slots__ = ("mv", "pos")
-
-    def __init__(self, mv: memoryview) -> None:
-        self.mv = mv
-        self.pos = 0
-
-    def _take(self, n: int) -> memoryview:
-        end = self.pos + n
-        if end > len(self.mv):
-            raise MalformedMessage("envelope is truncated")
-        out = self.mv[self.pos : end]
-        self.pos = end
-        return out
-
-    def _uint(self, n: int) -> int:
-        return int.from_bytes(self._take(n), "big")
-
-    def _sint(self, n: int) -> int:
-        return int.from_bytes(self._take(n), "big", signed=True)
-
-    def _str(self, n: int) -> str:
+def _strings(mv: memoryview, pos: int, end: int) -> list[str]:
+    out = []
+    for name in _STRINGS:
+        if pos >= end:
+            raise MalformedMessage("envelope header is truncated")
+        n = mv[pos]
+        pos += 1
+        if pos + n > end:
+            raise MalformedMessage(f"envelope field {name} runs past the header")
         try:
-            return str(self._take(n), "utf-8")
+            out.append(str(mv[pos : pos + n], "utf-8"))
         except UnicodeDecodeError as exc:
-            raise MalformedMessage("envelope holds a string that is not UTF-8") from exc
-
-    def read(self, depth: int = 0) -> Any:
-        if depth > _MAX_DEPTH:
-            raise MalformedMessage("envelope is nested too deeply")
-        pos = self.pos
-        if pos >= len(self.mv):
-            raise MalformedMessage("envelope is truncated")
-        b = self.mv[pos]
-        self.pos = pos + 1
-        if b <= 0x7F:
-            return b
-        if b >= 0xE0:
-            return b - 0x100
-        if 0xA0 <= b <= 0xBF:
-            return self._str(b & 0x1F)
-        if 0x80 <= b <= 0x8F:
-            return self._map(b & 0x0F, depth)
-        if 0x90 <= b <= 0x9F:
-            return self._array(b & 0x0F, depth)
-        if b in _SIMPLE:
-            return _SIMPLE[b]
-        if b in (0xC4, 0xC5, 0xC6):
-            return self._take(self._uint(1 << (b - 0xC4)))
-        if b in (0xD9, 0xDA, 0xDB):
-            return self._str(self._uint(1 << (b - 0xD9)))
-        if 0xCC <= b <= 0xCF:
-            return self._uint(1 << (b - 0xCC))
-        if 0xD0 <= b <= 0xD3:
-            return self._sint(1 << (b - 0xD0))
-        if b == 0xCA:
-            return struct.unpack(">f", self._take(4))[0]
-        if b == 0xCB:
-            return struct.unpack(">d", self._take(8))[0]
-        if b in (0xDE, 0xDF):
-            return self._map(self._uint(2 if b == 0xDE else 4), depth)
-        if b in (0xDC, 0xDD):
-            return self._array(self._uint(2 if b == 0xDC else 4), depth)
-        raise MalformedMessage(f"envelope holds an unsupported msgpack type 0x{b:02x}")
-
-    def _map(self, n: int, depth: int) -> dict[Any, Any]:
-        if n > len(self.mv) - self.pos:
-            raise MalformedMessage("envelope map is longer than the body")
-        out: dict[Any, Any] = {}
-        for _ in range(n):
-            key = self.read(depth + 1)
-            if not isinstance(key, str):
-                raise MalformedMessage("envelope map keys must be strings")
-            if key in out:
-                raise MalformedMessage(f"envelope repeats field {key}")
-            out[key] = self.read(depth + 1)
-        return out
-
-    def _array(self, n: int, depth: int) -> list[Any]:
-        if n > len(self.mv) - self.pos:
-            raise MalformedMessage("envelope array is longer than the body")
-        return [self.read(depth + 1) for _ in range(n)]
+            raise MalformedMessage(f"envelope field {name} is not UTF-8") from exc
+        pos += n
+    if pos != end:
+        raise MalformedMessage("envelope header has trailing bytes")
+    return out
 
 
 def decode_envelope(data: Any, *, max_bytes: int | None = None) -> Envelope:
     """Decode and validate a message body (MalformedMessage / OversizeMessage only).
 
-    ``encrypted_data`` of the result is a read-only view of ``data`` (no copy).
+    Reads a bounded header (at most MAX_HEADER_BYTES) and checks that the lengths it states
+    add up to the body's; builds nothing whose size the sender chooses. ``encrypted_data`` of
+    the result is a read-only view of ``data`` (no copy).
     """
     try:
         mv = memoryview(data).cast("B")
     except TypeError as exc:
         raise MalformedMessage(f"body must be bytes-like, not {type(data).__name__}") from exc
-    if max_bytes is not None and len(mv) > max_bytes:
-        raise OversizeMessage(f"body of {len(mv)} bytes exceeds the {max_bytes}-byte limit")
+    size = len(mv)
+    if max_bytes is not None and size > max_bytes:
+        raise OversizeMessage(f"body of {size} bytes exceeds the {max_bytes}-byte limit")
+    if size < _PREFIX.size:
+        raise MalformedMessage("body is shorter than an envelope header")
+    magic, version, flags, header_len, ct_len = _PREFIX.unpack_from(mv, 0)
+    if magic != WIRE_MAGIC:
+        raise MalformedMessage("body is not a pdmfed envelope (bad magic)")
+    if version != WIRE_VERSION:
+        raise MalformedMessage(f"unsupported envelope version {version} (this build speaks 2)")
+    if flags & ~(_FLAG_SIGNED | _FLAG_CHUNK):
+        raise MalformedMessage(f"envelope flags 0x{flags:02x} hold unknown bits")
+    chunked = bool(flags & _FLAG_CHUNK)
+    fixed_end = _PREFIX.size + _FIXED.size + (_CHUNK.size if chunked else 0)
+    if not fixed_end + len(_STRINGS) <= header_len <= MAX_HEADER_BYTES:
+        raise MalformedMessage(f"envelope header length {header_len} is out of bounds")
+    sig_len = SIGNATURE_LEN if flags & _FLAG_SIGNED else 0
+    if ct_len < TAG_LEN or header_len + ct_len + sig_len != size:
+        raise MalformedMessage(
+            f"envelope lengths (header {header_len}, ciphertext {ct_len}, signature {sig_len})"
+            f" do not add up to the body's {size} bytes"
+        )
+    msg_id, nonce, timestamp, round_num, checksum = _FIXED.unpack_from(mv, _PREFIX.size)
+    chunk = None
+    if chunked:
+        uid, index, total, csize, digest = _CHUNK.unpack_from(mv, _PREFIX.size + _FIXED.size)
+        chunk = {
+            "update_id": uid,
+            "index": index,
+            "total": total,
+            "size": csize,
+            "sha256_all": digest.hex(),
+        }
+    msg_type, sender, key_id, datasite_id = _strings(mv, fixed_end, header_len)
     mv = mv.toreadonly()
-    reader = _Reader(mv)
-    top = reader.read()
-    if not isinstance(top, dict):
-        raise MalformedMessage("envelope must be a msgpack map")
-    if reader.pos != len(mv):
-        raise MalformedMessage("envelope has trailing bytes")
-    return Envelope.from_dict(top)
+    ct_end = header_len + ct_len
+    return Envelope(
+        msg_type=msg_type,
+        msg_id=msg_id,
+        sender=sender,
+        key_id=key_id,
+        timestamp=timestamp,
+        nonce=nonce,
+        encrypted_data=mv[header_len:ct_end],
+        checksum=checksum.hex(),
+        datasite_id=datasite_id,
+        round_num=round_num,
+        signature=bytes(mv[ct_end:]) if sig_len else None,
+        chunk=chunk,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import uuid
 
@@ -12,12 +13,15 @@ import torch
 from bus_helpers import BusFactory, wait_for
 from federation.bus.base import Delivery, dead_letter_info
 from federation.bus.middleware import SecureEndpoint
+from federation.campaign import CampaignConfig
 from federation.crypto.keys import KeyRing
 from federation.crypto.replay import InMemorySeenStore, RedisSeenStore, ReplayGuard
 from federation.crypto.sealer import Sealer
 from federation.crypto.signing import SigningIdentity, TrustStore
+from federation.ml.limits import max_update_bytes
 from federation.monitoring.metrics import Metrics
 from federation.wire import codec, messages
+from federation.wire.chunking import chunk_bounds
 from federation.wire.messages import MsgType, UpdateRaw
 from prometheus_client import CollectorRegistry
 
@@ -249,3 +253,74 @@ async def test_when_the_shared_seen_store_is_briefly_unreachable__the_message_wa
         if keys_left:
             client.delete(*keys_left)
         client.close()
+
+
+# --- chunk reassembly: one sender (a stolen key) never blocks another ----------------------
+
+
+def _claim(sealer: Sealer, size: int, total: int) -> bytes:
+    """A genuinely signed first chunk claiming an update of ``size`` bytes."""
+    start, end = chunk_bounds(size, total, 0)
+    plaintext = os.urandom(end - start)
+    chunk = {"update_id": os.urandom(16), "index": 0, "total": total, "size": size,
+             "sha256_all": "0" * 64}  # fmt: skip
+    digest = hashlib.sha256(plaintext).hexdigest()
+    return sealer._seal_body(MsgType.UPDATE_RAW, [plaintext], len(plaintext), "", 0, chunk, digest)
+
+
+def _refusals(consumer: Consumer, sender: str, reason: str) -> float:
+    value = consumer.registry.get_sample_value(
+        "pdmfed_reassembly_refusals_total",
+        {"service": "security", "sender": sender, "reason": reason},
+    )
+    return value or 0.0
+
+
+@pytest.fixture
+def two_senders():
+    keyring = KeyRing("k1", {"k1": os.urandom(32)})
+    ids = {n: SigningIdentity.generate(n) for n in (SENDER, "mallory")}
+    trust = TrustStore({n: i.public_bytes() for n, i in ids.items()})
+    limit = 64 * 1024
+    sealers = {
+        n: Sealer(keyring, sender=n, identity=i, max_message_bytes=limit) for n, i in ids.items()
+    }
+    return keyring, trust, sealers, limit
+
+
+async def test_when_a_campaign_started__a_claim_beyond_its_model_is_refused_and_others_arrive(
+    buses: BusFactory, two_senders
+):
+    keyring, trust, sealers, limit = two_senders
+    consumer = Consumer(buses, keyring, trust, InMemorySeenStore(), max_message_bytes=limit)
+    await consumer.start()
+    publisher = await buses.make(service="orchestrator")
+    config = CampaignConfig(campaign_id="c1").to_payload()
+    (start,) = sealers[SENDER].seal("campaign.start", {"campaign_id": "c1", "config": config})
+    await publisher.publish("campaign.start", start)
+    await wait_for(lambda: len(consumer.handled) == 1)
+    cap = max_update_bytes(CampaignConfig(campaign_id="c1"))
+    assert consumer.sealer.assembler.max_update_bytes == cap < 8 * 1024 * 1024
+
+    await publisher.publish("update.raw", _claim(sealers["mallory"], 2 * 1024**3, 65536))
+    for body in sealers[SENDER].seal("update.raw", _update(100_000)):
+        await publisher.publish("update.raw", body)
+    await wait_for(lambda: len(consumer.handled) == 2 and len(consumer.dead) == 1)
+    assert dead_letter_info(consumer.dead[0]).reason == "oversize"
+    assert _refusals(consumer, "mallory", "oversize") == 1
+    assert _refusals(consumer, SENDER, "oversize") == 0
+    assert consumer.sealer.assembler.pending == 0
+
+
+async def test_when_a_claim_is_never_completed__a_timer_drops_it_and_counts_its_sender(
+    buses: BusFactory, two_senders
+):
+    keyring, trust, sealers, limit = two_senders
+    consumer = Consumer(buses, keyring, trust, InMemorySeenStore(), max_message_bytes=limit)
+    consumer.sealer.assembler.timeout_s = 0.3
+    await consumer.start()
+    publisher = await buses.make(service="attacker")
+    await publisher.publish("update.raw", _claim(sealers["mallory"], 10 * 1024 * 1024, 200))
+    await wait_for(lambda: consumer.sealer.assembler.pending == 1)
+    await wait_for(lambda: _refusals(consumer, "mallory", "expired") == 1, timeout=5.0)
+    assert consumer.sealer.assembler.pending == 0 and consumer.sealer.assembler.inflight_bytes == 0

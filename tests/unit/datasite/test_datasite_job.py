@@ -107,3 +107,36 @@ def test_when_the_requester_sends_the_same_request_twice__the_dp_noise_differs(f
     da, db = decode_state_dict(a["delta"]), decode_state_dict(b["delta"])
     assert any(not torch.equal(da[k], db[k]) for k in da)
     assert a["dp"]["epsilon"] == b["dp"]["epsilon"] > 0
+
+
+def test_when_a_compromised_connector_moves_a_signed_delta__to_another_campaign_or_model__it_fails(
+    factory,
+):
+    """The factory signs campaign, base model version, round and datasite with the delta."""
+    from federation.datasite.signing import verify_update_signature
+    from federation.errors import AuthError
+
+    X, y, state = _data()
+    cfg = {"epochs": 1, "batch_size": 8, "model_type": "cnn", "round_number": 4, "seed": 5,
+           "campaign_id": "campaign-a", "model_version": 3}  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        out = run_training_job(X, y, encode_state_dict(state), encode_payload(cfg))
+    finally:
+        torch.set_num_threads(threads)
+    assert "error" not in out, out.get("error")
+    assert (out["campaign_id"], out["model_version"]) == ("campaign-a", 3)
+    payload = {"campaign_id": "campaign-a", "model_version": 3, "round_num": 4, "datasite_id": DS,
+               "delta": decode_state_dict(out["delta"]), "factory_signature": out["factory_signature"],
+               "factory_key_id": DS}  # fmt: skip
+    trust = {DS: factory.public_bytes()}
+    verify_update_signature(payload, trust)
+    with pytest.raises(AuthError):  # the same round number in another campaign
+        verify_update_signature({**payload, "campaign_id": "campaign-b"}, trust)
+    with pytest.raises(AuthError):  # trained from another global model
+        verify_update_signature({**payload, "model_version": 4}, trust)
+    result = {**out, "model_update": decode_state_dict(out["model_update"]),
+              "delta": payload["delta"]}  # fmt: skip
+    assert verify_factory_result(result, factory.public_bytes())
+    with pytest.raises(AuthError):
+        verify_factory_result({**result, "campaign_id": "campaign-b"}, factory.public_bytes())

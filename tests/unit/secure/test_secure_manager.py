@@ -41,7 +41,7 @@ def test_when_an_update_is_encrypted__the_package_has_the_seeds_fields_and_round
         update, datasite_id="automotive_detroit_main", round_num=7
     )
     assert SEED_PACKAGE_KEYS <= set(package)
-    assert package["security_version"] == "1.0" and package["communication_type"] == "secure"
+    assert package["security_version"] == "2.0" and package["communication_type"] == "secure"
     assert package["datasite_id"] == "automotive_detroit_main" and package["round_num"] == 7
     assert isinstance(package["encrypted_data"], bytes) and len(package["checksum"]) == 64
     assert update["conv.weight"].numpy().tobytes() not in package["encrypted_data"]

@@ -137,18 +137,38 @@ def test_when_chunk_has_wrong_length__chunk_error_and_slot_is_reusable():
     assert bytes(asm.add("s", *chunks[1])) == chunks[0][1] + chunks[1][1]
 
 
-def test_when_memory_or_update_limits_are_reached__new_updates_are_refused():
-    asm = ChunkAssembler(max_inflight_bytes=150, max_updates=2)
+def test_when_limits_are_reached__only_that_senders_updates_are_refused_or_evicted():
+    asm = ChunkAssembler(max_update_bytes=150, updates_per_sender=2, sender_budget_bytes=100)
+    refused: list[tuple[str, str]] = []
+    asm.on_refused = lambda sender, err: refused.append((sender, err.reason))
     a, b, c = (_chunks(os.urandom(n), 30) for n in (100, 60, 40))
     asm.add("s", *a[0])
-    with pytest.raises(OversizeMessage, match="memory is full"):
-        asm.add("s", *b[0])
-    with pytest.raises(OversizeMessage):
+    asm.add("s", *a[1])
+    assert asm.inflight_bytes == 50  # bytes that arrived, not the 100 claimed
+    with pytest.raises(OversizeMessage, match="largest update"):
         asm.add("s", *_chunks(os.urandom(151), 100)[0])
-    asm.add("s", *c[0])
-    with pytest.raises(ChunkError, match="too many"):
-        asm.add("s", *_chunks(os.urandom(5), 3)[0])
-    assert asm.inflight_bytes == 140
+    asm.add("s", *b[0])
+    asm.add("s", *c[0])  # a third update: the sender's oldest (a) is evicted
+    assert asm.pending_by_sender() == {"s": 2} and asm.committed_by_sender() == {"s": 50}
+    with pytest.raises(ChunkError, match="evicted"):
+        asm.add("s", *a[2])
+    asm.add("t", *_chunks(os.urandom(100), 30)[0])  # another sender is untouched by s's limits
+    assert asm.pending_by_sender() == {"s": 2, "t": 1}
+    assert asm.refusals == {"s": 3}
+    assert refused == [("s", "oversize"), ("s", "oversize"), ("s", "malformed")]
+
+
+def test_when_a_campaign_sets_a_limit__the_largest_limit_set_applies():
+    asm = ChunkAssembler(max_update_bytes=10_000)
+    asm.limit_update_bytes("c1", 100)
+    asm.limit_update_bytes("c2", 300)
+    assert asm.max_update_bytes == 300
+    asm.limit_update_bytes("c2", None)
+    assert asm.max_update_bytes == 100
+    with pytest.raises(OversizeMessage):
+        asm.add("s", *_chunks(os.urandom(101), 60)[0])
+    asm.limit_update_bytes("c1", None)
+    assert asm.max_update_bytes == 10_000
 
 
 def test_when_chunks_would_exceed_the_chunk_limit__chunk_error():

@@ -1,13 +1,21 @@
-"""Envelope v1: field validation, encode/decode round trips, strict decoding."""
+"""Envelope v2: field validation, encode/decode round trips, a strict bounded binary header."""
 
 from __future__ import annotations
 
 import os
+import struct
 
 import msgpack
 import pytest
 from federation.errors import MalformedMessage, OversizeMessage
-from federation.wire.envelope import Envelope, decode_envelope, encode_envelope
+from federation.wire.envelope import (
+    MAX_HEADER_BYTES,
+    Envelope,
+    decode_envelope,
+    encode_envelope,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def _env(**over) -> Envelope:
@@ -48,9 +56,21 @@ def test_when_chunk_and_no_signature__envelope_round_trips():
     assert decode_envelope(encode_envelope(env)) == env
 
 
-def test_when_body_is_plain_msgpack_of_to_dict__decoder_accepts_it():
+def test_when_a_v1_msgpack_map_arrives__it_is_refused_at_the_magic_without_being_parsed():
     env = _env()
-    assert decode_envelope(msgpack.packb(env.to_dict(), use_bin_type=True)) == env
+    v1 = msgpack.packb({**env.to_dict(), "security_version": "1.0"}, use_bin_type=True)
+    with pytest.raises(MalformedMessage, match="magic"):
+        decode_envelope(v1)
+    with pytest.raises(MalformedMessage, match="security_version"):
+        Envelope.from_dict({**env.to_dict(), "security_version": "1.0"})
+
+
+def test_when_a_body_decodes__it_re_encodes_to_the_same_bytes():
+    for env in (_env(), _env(signature=None), _env(datasite_id="", sender="é" * 100)):
+        body = encode_envelope(env)
+        out = decode_envelope(body)
+        assert encode_envelope(out) == body
+        assert out.aad() == body[: len(out.aad())]
 
 
 def test_when_seed_fields_are_present__to_dict_has_the_seed_secure_package_keys():
@@ -65,7 +85,7 @@ def test_when_seed_fields_are_present__to_dict_has_the_seed_secure_package_keys(
         "communication_type",
     ):
         assert key in d
-    assert d["security_version"] == "1.0" and d["communication_type"] == "secure"
+    assert d["security_version"] == "2.0" and d["communication_type"] == "secure"
 
 
 def test_when_any_header_field_changes__aad_changes():
@@ -89,13 +109,16 @@ def test_when_any_header_field_changes__aad_changes():
 @pytest.mark.parametrize(
     "over",
     [
-        {"security_version": "2.0"},
+        {"security_version": "1.0"},
         {"communication_type": "plain"},
         {"msg_type": "update.cooked"},
         {"msg_id": b"short"},
         {"nonce": bytes(11)},
         {"sender": ""},
         {"sender": "x" * 300},
+        {"sender": "é" * 128},
+        {"key_id": "k" * 65},
+        {"round_num": 2**63},
         {"key_id": 5},
         {"timestamp": float("nan")},
         {"timestamp": True},
@@ -131,34 +154,74 @@ def test_when_a_field_is_invalid__envelope_raises_malformed(over):
         _env(**over)
 
 
-def test_when_map_has_unknown_missing_or_repeated_fields__decode_raises_malformed():
+def test_when_a_package_dict_has_unknown_or_missing_fields__from_dict_raises_malformed():
     d = _env().to_dict()
     with pytest.raises(MalformedMessage, match="unknown"):
-        decode_envelope(msgpack.packb({**d, "extra": 1}))
+        Envelope.from_dict({**d, "extra": 1})
     with pytest.raises(MalformedMessage, match="missing"):
-        decode_envelope(msgpack.packb({k: v for k, v in d.items() if k != "nonce"}))
+        Envelope.from_dict({k: v for k, v in d.items() if k != "nonce"})
+
+
+def _patched(body: bytes, offset: int, fmt: str, value) -> bytes:
+    out = bytearray(body)
+    struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
+
+
+def test_when_the_fixed_header_lies__decode_raises_malformed_before_reading_on():
     body = encode_envelope(_env())
-    # Bump the map length and append a repeated key/value.
-    repeated = bytes([body[0] + 1]) + body[1:] + msgpack.packb("sender") + msgpack.packb("y")
-    with pytest.raises(MalformedMessage, match="repeats"):
-        decode_envelope(repeated)
+    header_len, ct_len = struct.unpack_from(">HI", body, 6)
+    cases = {
+        "magic": _patched(body, 0, ">4s", b"PDMG"),
+        "version": _patched(body, 4, ">B", 1),
+        "flags": _patched(body, 5, ">B", 0x81),
+        "header length": _patched(body, 6, ">H", MAX_HEADER_BYTES + 1),
+        "short header": _patched(body, 6, ">H", 20),
+        "ciphertext length": _patched(body, 8, ">I", ct_len + 1),
+        "huge ciphertext": _patched(body, 8, ">I", 2**32 - 1),
+        "chunk flag without chunk": _patched(body, 5, ">B", 0x03),
+        "unsigned flag with signature": _patched(body, 5, ">B", 0x00),
+        "string past header": _patched(
+            body, header_len - 1 - len("automotive_detroit_main"), ">B", 200
+        ),
+    }
+    for bad in cases.values():
+        with pytest.raises(MalformedMessage):
+            decode_envelope(bad)
 
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"\x90", b"\xc1", b"\x81\xa1a\xc7\x01\x01\x00", b"\xdf\xff\xff\xff\xff", b"\x81\x01\x02"],
+    [
+        b"",
+        b"PDMF",
+        b"\x90",
+        b"\xc1",
+        b"\x81\xa1a\xc7\x01\x01\x00",
+        b"\xdf\xff\xff\xff\xff",
+        bytes(64),
+    ],
 )
-def test_when_body_is_not_an_envelope_map__decode_raises_malformed(body):
+def test_when_body_is_not_an_envelope__decode_raises_malformed(body):
     with pytest.raises(MalformedMessage):
         decode_envelope(body)
 
 
 def test_when_body_has_trailing_bytes_or_is_truncated__decode_raises_malformed():
     body = encode_envelope(_env())
-    with pytest.raises(MalformedMessage, match="trailing"):
+    with pytest.raises(MalformedMessage, match="add up"):
         decode_envelope(body + b"\x00")
-    with pytest.raises(MalformedMessage, match="truncated"):
+    with pytest.raises(MalformedMessage, match="add up"):
         decode_envelope(body[:-1])
+
+
+def test_when_a_string_is_not_utf8__decode_raises_malformed():
+    env = _env(sender="connector-\u00e9")
+    body = bytearray(encode_envelope(env))
+    at = body.index("\u00e9".encode())
+    body[at + 1] = 0xFF  # breaks the two-byte sequence
+    with pytest.raises(MalformedMessage, match="UTF-8"):
+        decode_envelope(bytes(body))
 
 
 def test_when_body_exceeds_max_bytes__decode_raises_oversize():
@@ -166,3 +229,22 @@ def test_when_body_exceeds_max_bytes__decode_raises_oversize():
     with pytest.raises(OversizeMessage):
         decode_envelope(body, max_bytes=len(body) - 1)
     assert decode_envelope(body, max_bytes=len(body)).sender == "connector-0"
+
+
+def test_when_a_large_body_is_decoded__the_ciphertext_is_a_view_not_a_copy():
+    body = encode_envelope(_env(encrypted_data=bytes(8 * 1024 * 1024)))
+    out = decode_envelope(body)
+    assert isinstance(out.encrypted_data, memoryview) and out.encrypted_data.obj is body
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(min_size=0, max_size=400), st.integers(0, 255), st.integers(0, 600))
+def test_when_header_bytes_are_arbitrary__decode_is_typed_and_canonical(tail, flags, header_len):
+    """Random headers behind a valid prefix: refused typed, or decoded and re-encoded exactly."""
+    ct_len = 16
+    body = struct.pack(">4sBBHI", b"PDMF", 2, flags, header_len, ct_len) + tail
+    try:
+        env = decode_envelope(body)
+    except MalformedMessage:
+        return
+    assert encode_envelope(env) == body
