@@ -12,62 +12,35 @@ from federation.errors import PrivacyBudgetExceeded, StaleRoundError
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
 
-__all__ = ["build_service", "aggregate_round", "sensitivity_of"]
+__all__ = ["build_service"]
 
 log = logging.getLogger(__name__)
 
 
-def sensitivity_of(rule: str, n: int, clip_norm: float, trim_ratio: float) -> float:
-    """L2 sensitivity of one client's clipped update on the aggregate (for central DP noise)."""
-    if n <= 0:
-        return clip_norm
-    if rule == "fedavg" or (rule == "trimmed_mean" and n < 5):
-        return clip_norm / n
-    if rule == "trimmed_mean":
-        k = int(n * trim_ratio)
-        return clip_norm / max(n - 2 * k, 1)
-    # median, krum, centered clipping: one client can move the output by up to C.
-    return clip_norm
-
-
-def aggregate_round(
+def _new_global_model(
     cfg: CampaignConfig, base: dict[str, torch.Tensor], accepted: list[dict], accountant: Any,
     generator: torch.Generator | None = None,
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """New global model from the accepted deltas (pure but for the accountant's ledger)."""
-    from federation.privacy import add_gaussian_noise, clip_update
-    from federation.robust import get_aggregator
+) -> tuple[dict[str, torch.Tensor], float]:
+    """``base`` plus the pipeline's aggregate of the accepted deltas, and the noise std it added.
 
-    info: dict[str, Any] = {"aggregation": cfg.robustness.aggregation, "noise_std": 0.0}
-    if not accepted:
-        return {k: v.clone() for k, v in base.items()}, {**info, "status": "no_updates"}
-    deltas = [u["delta"] for u in accepted]
-    weights = [float(u.get("weight", 1.0)) for u in accepted]
+    The rule is ``federation.robust.aggregation_rule``'s: the campaign's robust rule, wrapped in
+    ``CentralDP`` (clip, aggregate unweighted, noise z x the rule's own sensitivity, one round
+    spent on ``accountant`` first) under central DP.
+    """
+    from federation.robust import aggregation_rule
+
     p = cfg.privacy
-    central = p.enabled and p.mode == "central"
-    if central:
-        accountant.spend_round()  # raises PrivacyBudgetExceeded before any noise or update
-        deltas = [clip_update(d, p.clip_norm)[0] for d in deltas]
-    rob = cfg.robustness
-    kwargs: dict[str, Any] = {}
-    if rob.aggregation == "trimmed_mean":
-        kwargs["trim_ratio"] = rob.trim_ratio
-    rule = get_aggregator(rob.aggregation, **kwargs) if rob.enabled else get_aggregator("fedavg")
-    if central:
-        weights = None  # DP-FedAvg: equal weights keep the sensitivity at C/n
-    agg = rule.aggregate(deltas, weights)
-    if central and p.noise_multiplier > 0:
-        std = p.noise_multiplier * sensitivity_of(rob.aggregation if rob.enabled else "fedavg",
-                                                  len(deltas), p.clip_norm, rob.trim_ratio)
-        agg = add_gaussian_noise(agg, std, generator)
-        info["noise_std"] = std
+    rule = aggregation_rule(cfg.robustness, p, accountant=accountant, generator=generator)
+    if p.enabled and p.mode == "local" and p.noise_multiplier > 0 and accountant is not None:
+        accountant.spend_round()  # security noised every released update once this round
+    agg = rule.aggregate([u["delta"] for u in accepted], [float(u.get("weight", 1.0)) for u in accepted])
     new = {}
     for k, v in base.items():
         if v.is_floating_point():
             new[k] = (v + agg[k].to(v.dtype)).contiguous()
         else:
             new[k] = v.clone()
-    return new, {**info, "status": "aggregated"}
+    return new, float(getattr(rule, "last_noise_std", 0.0))
 
 
 def _weighted(accepted: list[dict], key: str) -> float | None:
@@ -180,15 +153,16 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
         base = tx.get(f"base/{cid}/{rnd:06d}")
         status = "aggregated"
         gen = torch.Generator().manual_seed(cfg.seed * 104_729 + rnd)
+        noise_std = 0.0
         if len(accepted) < 1:
-            new, info = {k: v.clone() for k, v in base.items()}, {"status": "no_updates"}
+            new = {k: v.clone() for k, v in base.items()}
             status = "no_updates"
         else:
             try:
-                new, info = aggregate_round(cfg, base, accepted, acct, gen)
+                new, noise_std = _new_global_model(cfg, base, accepted, acct, gen)
             except PrivacyBudgetExceeded as exc:
                 log.warning("round %d refused: %s", rnd, exc)
-                new, info = {k: v.clone() for k, v in base.items()}, {"status": "budget_exhausted"}
+                new = {k: v.clone() for k, v in base.items()}
                 status = "budget_exhausted"
         if acct is not None:
             tx.put(f"ledger/{cid}", acct.to_dict())
@@ -200,7 +174,7 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
             "loss": _weighted(accepted, "loss"),
             "num_samples": int(sum(int(u.get("num_samples", 0)) for u in accepted)),
             "duration_s": time.time() - float(r["opened_at"]),
-            "noise_std": float(info.get("noise_std", 0.0)),
+            "noise_std": noise_std,
             "reputation": {k: float(v) for k, v in reputation.items() if v is not None},
         }
         epsilon = acct.epsilon if acct is not None else None

@@ -12,7 +12,7 @@ from federation.errors import AuthError, StaleRoundError
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
 
-__all__ = ["build_service", "screen_round"]
+__all__ = ["build_service"]
 
 log = logging.getLogger(__name__)
 
@@ -26,43 +26,32 @@ def _cfg(tx: Transaction, cid: str) -> CampaignConfig:
     return CampaignConfig.from_payload(raw)
 
 
-def screen_round(
-    cfg: CampaignConfig, updates: list[dict], reputation: Any, generator: torch.Generator | None = None
+def _screen_round(
+    cfg: CampaignConfig, updates: list[dict], book: Any, generator: torch.Generator | None = None
 ) -> tuple[list[dict], list[dict]]:
-    """Split a round's updates into (accepted with weights, rejected with reasons). Pure."""
+    """A round's updates through the pipeline's ``screen_cohort`` (detectors, reputation in
+    ``book``, verdicts), then local DP on the accepted ones: (accepted with weights, rejected
+    with reasons)."""
     from federation.privacy import privatize_update
-    from federation.robust import screen
+    from federation.robust import screen_cohort
+    from federation.robust.pipeline import screening_policy
 
-    ids = [u["datasite_id"] for u in updates]
-    flagged: dict[str, dict] = {}
-    rob = cfg.robustness
-    if rob.enabled and len(updates) >= rob.min_clients:
-        verdicts = screen([u["delta"] for u in updates], ids, threshold=rob.threshold, min_clients=rob.min_clients)
-        for ds in ids:
-            v = verdicts[ds]
-            if v.flagged:
-                flagged[ds] = {"reason": "byzantine", "why": list(v.reasons), "scores": dict(v.scores)}
-    if rob.enabled:
-        for ds in ids:
-            reputation.record(ds, ds in flagged)
-    accepted, rejected = [], []
-    for u in updates:
-        ds = u["datasite_id"]
-        rep = float(reputation.score(ds)) if rob.enabled else 1.0
-        if ds in flagged:
-            rejected.append({**flagged[ds], "datasite_id": ds, "reputation": rep,
-                             "metrics": dict(u.get("metrics") or {})})
-            continue
-        if rob.enabled and rep < rob.reputation_threshold:
-            rejected.append({"datasite_id": ds, "reason": "reputation", "why": [f"reputation {rep:.2f}"],
-                             "reputation": rep, "metrics": dict(u.get("metrics") or {})})
-            continue
-        delta = u["delta"]
-        p = cfg.privacy
-        if p.enabled and p.mode == "local":
-            delta, _ = privatize_update(delta, p.clip_norm, p.noise_multiplier, generator)
-        accepted.append({**u, "delta": delta, "reputation": rep,
-                         "weight": float(max(u.get("num_samples", 1), 1)) * (rep if rob.enabled else 1.0)})
+    s = screen_cohort(
+        [u["delta"] for u in updates], [u["datasite_id"] for u in updates],
+        screening_policy(cfg.robustness), book,
+        num_samples=[float(u.get("num_samples", 1)) for u in updates],
+    )
+    p = cfg.privacy
+    local = p.enabled and p.mode == "local"
+    accepted = []
+    for i, w in zip(s.accepted, s.weights, strict=True):
+        u = updates[i]
+        delta = privatize_update(u["delta"], p.clip_norm, p.noise_multiplier, generator) if local else u["delta"]
+        accepted.append({**u, "delta": delta, "weight": w, "reputation": s.reputation[u["datasite_id"]],
+                         "local_noise": local and p.noise_multiplier > 0})
+    rejected = [{**why, "datasite_id": u["datasite_id"], "reputation": s.reputation[u["datasite_id"]],
+                 "metrics": dict(u.get("metrics") or {})}
+                for u in updates if (why := s.rejected.get(u["datasite_id"])) is not None]
     return accepted, rejected
 
 
@@ -117,7 +106,7 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
         raw_book = tx.get(f"reputation/{cid}")
         book = ReputationBook.from_dict(raw_book) if raw_book else ReputationBook()
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + rnd)
-        accepted, rejected = screen_round(cfg, valid, book, gen)
+        accepted, rejected = _screen_round(cfg, valid, book, gen)
         rejected += [{"datasite_id": ds, "reason": "auth", "why": [v["invalid"]]} for ds, v in invalid.items()]
         tx.put(f"reputation/{cid}", book.to_dict())
         for u in accepted:
@@ -126,7 +115,8 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
                 "model_version": int(u.get("model_version", 0)), "delta": u["delta"],
                 "num_samples": int(u.get("num_samples", 0)), "weight": u["weight"],
                 "metrics": dict(u.get("metrics") or {}),
-                "verdict": {"accepted": True, "reputation": u["reputation"]}, "expected": expected,
+                "verdict": {"accepted": True, "reputation": u["reputation"], "local_noise": u["local_noise"]},
+                "expected": expected,
             }, datasite_id=u["datasite_id"], round_num=rnd)
         for r in rejected:
             tx.emit("update.rejected", {

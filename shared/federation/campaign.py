@@ -165,6 +165,21 @@ class CampaignConfig(_Strict):
             raise ValueError(f"datasite ids must be unique, got {ids}")
         return self
 
+    @model_validator(mode="after")
+    def _rule_bounded_under_central_dp(self) -> CampaignConfig:
+        """Central DP calibrates its noise to the rule's sensitivity: a rule without a sound
+        bound is refused here, not mid-campaign."""
+        p, rob = self.privacy, self.robustness
+        if p.enabled and p.mode == "central" and rob.enabled:
+            from federation.errors import PrivacyError
+            from federation.robust.aggregators import build_rule
+
+            try:
+                build_rule(rob.rule_spec()).sensitivity(max(rob.min_clients, 1), p.clip_norm)
+            except PrivacyError as exc:
+                raise ValueError(f"central DP: {exc}") from exc
+        return self
+
     @property
     def cohort(self) -> list[str]:
         """Datasite ids taking part in every round."""

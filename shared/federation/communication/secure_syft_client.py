@@ -23,9 +23,8 @@ from federation.errors import (
     SecurityError,
     WireError,
 )
-from federation.privacy import CentralDP, PrivacyAccountant, add_gaussian_noise, clip_update
-from federation.robust import ReputationBook, ScreeningPolicy, Verdicts, build_rule
-from federation.robust.aggregators import trim_count, trimmed_mean_rows
+from federation.privacy import CentralDP, PrivacyAccountant, privatize_update
+from federation.robust import ReputationBook, ScreeningPolicy, TrimmedMean, Verdicts, build_rule
 from federation.robust.pipeline import judge, trusted
 from federation.wire.envelope import Envelope
 from federation.wire.messages import MsgType
@@ -298,11 +297,9 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         ref = self._reference_for(model_update)
         delta = self._minus(model_update, ref)
         with self._sec_lock:
-            clipped, _ = clip_update(delta, sensitivity)
+            noisy = privatize_update(delta, sensitivity, self.noise_multiplier, self._generator)
+            # spent only once the update could be privatised; a refusal releases nothing
             self._ledger(datasite_id or _LOCAL_LEDGER).spend_round()
-            noisy = add_gaussian_noise(
-                clipped, self.noise_multiplier * float(sensitivity), self._generator
-            )
             self._counters["dp_noise_applications"] += 1
         self._observe_dp()
         return self._plus(noisy, ref)
@@ -421,11 +418,12 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         model_updates = [u["model_update"] for u in items]
         ref = self._reference_for(model_updates[0])
         deltas = [self._minus(m, ref) for m in model_updates]
-        weights = [
-            max(0.0, float(u.get("num_samples") or 1))
-            * self.reputation.score(str(u["datasite_id"]))
-            for u in items
-        ]
+        ids = [str(u["datasite_id"]) for u in items]
+        everyone = ScreeningPolicy(True, self.bft_threshold, self.min_clients, 0.0)
+        with self._sec_lock:
+            weights = trusted(
+                ids, None, everyone, self.reputation, [float(u.get("num_samples") or 1) for u in items]
+            ).weights
         if sum(weights) <= 0:
             weights = None
         if self.differential_privacy_enabled and self.dp_mode == "central":
@@ -460,8 +458,8 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
             raise RobustnessError(f"parameter tensors do not stack: {exc}") from exc
         dtype = stacked.dtype
         work = stacked if stacked.is_floating_point() else stacked.double()
-        k = trim_count(stacked.shape[0], trim_ratio)
-        out = trimmed_mean_rows(work.reshape(stacked.shape[0], -1), k).reshape(stacked.shape[1:])
+        rule = TrimmedMean(trim_ratio, min_clients=1)
+        out = rule.aggregate([{"p": row} for row in work])["p"]
         return out if stacked.is_floating_point() else out.round().to(dtype)
 
     def secure_aggregation_with_bft(

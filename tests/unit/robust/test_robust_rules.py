@@ -63,34 +63,6 @@ def _round(n: int = 6, seed: int = 0):
     return ups, [f"f{i}" for i in range(n)], [100 + i for i in range(n)]
 
 
-def test_when_the_services_and_the_evaluation_defend_one_round__they_run_the_same_pipeline():
-    from services.aggregator.handlers import aggregate_round
-    from services.security.handlers import screen_round
-
-    cfg = CampaignConfig.model_validate(
-        {
-            "privacy": {"enabled": False},
-            "robustness": {"rule": {"name": "trimmed_mean", "trim_ratio": 0.2}},
-        }
-    )
-    ups, ids, samples = _round()
-    raw = [
-        {"datasite_id": c, "delta": u, "num_samples": s}
-        for c, u, s in zip(ids, ups, samples, strict=True)
-    ]
-    accepted, rejected = screen_round(cfg, raw, ReputationBook())
-    base = {"w": torch.zeros(50)}
-    service_model, _ = aggregate_round(cfg, base, accepted, None)
-
-    defence = Defence(
-        screening_policy(cfg.robustness), aggregation_rule(cfg.robustness, cfg.privacy)
-    )
-    out = defence.run(ups, ids, ReputationBook(), num_samples=samples)
-    assert [r["datasite_id"] for r in rejected] == out.flagged_ids == ["f0"]
-    assert [u["datasite_id"] for u in accepted] == out.kept_ids
-    torch.testing.assert_close(service_model["w"], out.aggregate["w"])
-
-
 def test_when_the_secure_manager_screens_and_aggregates__it_matches_the_pipeline(monkeypatch):
     from federation.communication.secure_syft_client import SecurePySyftCommunicationManager
 
