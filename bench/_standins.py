@@ -49,13 +49,39 @@ def cnn_features_for(params: int, window: int = 30) -> int:
 
 
 class _Base:
-    """What the connector calls: connect, send the model, train, report status."""
+    """What the connector calls: connect, send the model, train, report status; each stand-in
+    signs its delta with its own factory key, as a datasite does, so security checks it."""
 
     def __init__(self) -> None:
         self.connected: set[str] = set()
         self.models: dict[str, dict] = {}
         self.train_times: dict[tuple[int, str], float] = {}
         self._lock = threading.Lock()
+        self._identities: dict[str, Any] = {}
+
+    def _identity(self, datasite_id: str) -> Any:
+        from federation.crypto.signing import SigningIdentity
+
+        with self._lock:
+            if datasite_id not in self._identities:
+                self._identities[datasite_id] = SigningIdentity.generate(datasite_id)
+            return self._identities[datasite_id]
+
+    def write_factory_keys(self, factories_dir: Path, ids: list[str]) -> None:
+        """Write ``<datasite_id>.pub`` for each stand-in: the security service's factory trust."""
+        factories_dir.mkdir(parents=True, exist_ok=True)
+        for ds in ids:
+            (factories_dir / f"{ds}.pub").write_bytes(self._identity(ds).public_pem())
+
+    def _signed(self, result: dict, training_config: dict, datasite_id: str) -> dict:
+        """``result`` with the factory signature over its delta, bound like a datasite's."""
+        from federation.datasite.signing import sign_tensors
+
+        bound = {"campaign_id": str(training_config.get("campaign_id", "")),
+                 "model_version": int(training_config.get("model_version", 0))}
+        _, signature = sign_tensors(self._identity(datasite_id), "delta", result["delta"],
+                                    int(training_config["round_number"]), **bound)
+        return {**result, "factory_signature": signature, "factory_key_id": datasite_id}
 
     def is_connected(self, datasite_id: str) -> bool:
         return datasite_id in self.connected
@@ -88,11 +114,14 @@ class TrainingDatasites(_Base):
 
         X, y = self.partitions[datasite_id]
         start = time.perf_counter()
-        result = train_local(
-            self.models[datasite_id], X, y, training_config, seed=training_config.get("seed", 0)
-        )
+        config = {k: v for k, v in training_config.items() if k not in ("campaign_id", "model_version")}
+        result = train_local(self.models[datasite_id], X, y, config, seed=config.get("seed", 0))
         self._record(training_config["round_number"], datasite_id, time.perf_counter() - start)
-        return result
+        global_state = self.models[datasite_id]
+        update = result["model_update"]
+        result["delta"] = {k: (update[k].to(torch.float32) - global_state[k].to(torch.float32))
+                           if update[k].is_floating_point() else update[k] for k in global_state}
+        return self._signed(result, training_config, datasite_id)
 
 
 class SleepingDatasites(_Base):
@@ -120,7 +149,7 @@ class SleepingDatasites(_Base):
             time.sleep(self.train_s)
         seconds = time.perf_counter() - start
         self._record(training_config["round_number"], datasite_id, seconds)
-        return {
+        result = {
             "delta": self.deltas[datasite_id],
             "num_samples": 100,
             "loss": 1.0,
@@ -128,6 +157,7 @@ class SleepingDatasites(_Base):
             "accuracy": 0.0,
             "training_time": seconds,
         }
+        return self._signed(result, training_config, datasite_id)
 
 
 #: The services that run as their own `pdmfed service` processes in the deployment shape; the
@@ -239,6 +269,9 @@ async def _run(
         if not amqp_url:
             raise ValueError("service processes need RabbitMQ")
         settings, env = _process_settings(state_dir, amqp_url, prefix, state_url)
+        from federation.runtime.trust import FACTORIES_DIR
+
+        comm.write_factory_keys(Path(env["PDMFED_KEYS_DIR"]) / FACTORIES_DIR, cfg.cohort)
         separate = _ServiceProcesses(state_dir.parent, env)
         fed = EmbeddedFederation(settings, comm_manager=comm, topology=topology, services=("connector",))
     else:

@@ -72,7 +72,9 @@ def test_when_the_privacy_budget_stops_a_campaign_early__campaign_exits_1_with_t
         "would exceed the privacy budget"
     )
     assert f"run folder runs/{cfg.campaign_id}" in lines
-    assert any(line.startswith(f"{cfg.campaign_id}: stopped after 1 of 5 rounds") for line in lines)
+    assert any(
+        line.startswith(f"{cfg.campaign_id}: stopped after 1 of 5 rounds") for line in lines
+    ), run.stderr[-3000:]
     assert (tmp_path / "runs" / cfg.campaign_id / "summary.json").exists()
     assert "\x1b" not in run.stderr and run.leftover_processes == []
 

@@ -222,6 +222,7 @@ def rounds_table(rows: list[dict], title: str, rmse_label: str = "RMSE") -> Tabl
     table = Table(
         title=title,
         title_justify="left",
+        min_width=len(title),  # a title wider than the columns is not wrapped (piped output too)
         highlight=False,
         box=box.SIMPLE_HEAD,
         show_edge=False,

@@ -357,10 +357,11 @@ def test_when_pdmfed_diagnose_checks_a_live_and_a_dead_datasite__json_tells_them
     assert factories.password not in proc.stdout + proc.stderr
 
 
-def test_when_pdmfed_validate_security_runs__json_says_every_part_works():
+def test_when_pdmfed_validate_security_self_tests__json_says_every_part_works():
     key = secrets.token_urlsafe(24)
     proc = _pdmfed(
         "validate-security",
+        "--self-test",
         "--json",
         env={"PDMFED_ENCRYPTION_KEY": key, "PDMFED_KEY_SALT": secrets.token_hex(8)},
     )
