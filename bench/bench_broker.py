@@ -99,6 +99,7 @@ async def _consume() -> None:
         Sealer(KeyRing("k1", {"k1": key}), sender="security", trust=trust),
         Metrics("security", registry),
         "security",
+        roles={"connector": "connector"},
     )
 
     def report(line: str) -> None:

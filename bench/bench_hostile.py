@@ -239,7 +239,11 @@ async def _scenario(parties: Parties, hostile: list[bytes], sealer_cls: type[Sea
         await bus.publish("update.raw", parties.genuine(64 * KiB))
         registry = CollectorRegistry()
         endpoint = SecureEndpoint(
-            bus, parties.receiver(sealer_cls), Metrics("security", registry), "security"
+            bus,
+            parties.receiver(sealer_cls),
+            Metrics("security", registry),
+            "security",
+            roles={SENDER: "connector"},
         )
         got = asyncio.Event()
         probe = LoopProbe()

@@ -50,7 +50,11 @@ async def _consume_one() -> dict[str, Any]:
     bus = RabbitBus(AMQP_URL, service="security", topology=topo, declare=False)
     await bus.start()
     endpoint = SecureEndpoint(
-        bus, Sealer(KeyRing("k1", {"k1": key}), sender="security", trust=trust), None, "security"
+        bus,
+        Sealer(KeyRing("k1", {"k1": key}), sender="security", trust=trust),
+        None,
+        "security",
+        roles={"connector": "connector"},
     )
     done = asyncio.Event()
     seen: dict[str, Any] = {}

@@ -184,10 +184,6 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
         tx.delete(f"base/{cid}/{rnd:06d}")
         for ds in r["expected"]:
             tx.delete(f"verdict/{cid}/{rnd:06d}/{ds}")
-        # the version announcement only: round.completed below carries the weights to dispatch,
-        # which is model.global's sole consumer, so the model crosses the broker once, not twice
-        tx.emit("model.global", {"campaign_id": cid, "model_version": version, "round_num": rnd},
-                round_num=rnd)
         tx.emit("round.completed", {
             "campaign_id": cid, "round_num": rnd, "model_version": version, "status": status,
             "participants": sorted(v["datasite_id"] for v in accepted), "rejected": rejected,

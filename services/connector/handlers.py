@@ -68,9 +68,7 @@ class ConnectorLogic:
             raise RuntimeError(f"cannot connect to datasite {datasite_id} at {ref.url}")
 
     def global_model(self, request: dict) -> dict[str, torch.Tensor]:
-        """The round's model: in the request, or the version kept from round.open (waits for it)."""
-        if request.get("global_model"):
-            return dict(request["global_model"])
+        """The round's model: the version kept from round.open (waits for it)."""
         if self.store is None:
             raise RuntimeError("train.request without a model and no store to find it in")
         key = model_key(request["campaign_id"], int(request["model_version"]))
@@ -95,7 +93,6 @@ class ConnectorLogic:
         ds = request["datasite_id"]
         self._ensure_connected(ds)
         global_model = self.global_model(request)
-        request["global_model"] = global_model
         if not self.comm.send_model(global_model, ds):
             raise RuntimeError(f"sending the global model to {ds} failed")
         config = dict(request["training_config"])
@@ -126,10 +123,11 @@ def model_key(campaign_id: str, version: int) -> str:
     return f"model/{campaign_id}/{version:08d}"
 
 
-def _delta(result: dict, global_model: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _delta(result: dict, logic: ConnectorLogic, request: dict) -> dict[str, torch.Tensor]:
     delta = result.get("delta")
     if delta is not None:
         return dict(delta)
+    global_model = logic.global_model(request)  # kept in memory since training sent it
     update = result["model_update"]
     return {k: (update[k].to(torch.float32) - global_model[k].to(torch.float32)) if update[k].is_floating_point()
             else update[k] for k in global_model}
@@ -149,6 +147,10 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
         for key in tx.keys(f"model/{cid}/"):
             if key < model_key(cid, version - 1):  # keep this version and the one before (retries)
                 tx.delete(key)
+
+    def on_campaign_completed(tx: Transaction, payload: dict, envelope: Any) -> None:
+        for key in tx.keys(f"model/{payload['campaign_id']}/"):
+            tx.delete(key)
 
     def on_train_request(tx: Transaction, payload: dict, envelope: Any) -> None:
         cid, rnd, ds = payload["campaign_id"], int(payload["round_num"]), payload["datasite_id"]
@@ -175,7 +177,7 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
                 "round_num": rnd,
                 "datasite_id": ds,
                 "model_version": int(payload["model_version"]),
-                "delta": _delta(result, payload["global_model"]),
+                "delta": _delta(result, logic, payload),
                 "num_samples": int(result.get("num_samples", 0)),
                 "metrics": metrics,
                 "factory_signature": result.get("factory_signature"),
@@ -192,6 +194,6 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
         name="connector",
         queue=queue,
         handlers={"campaign.start": on_campaign_start, "round.open": on_round_open,
-                  "train.request": on_train_request},
+                  "train.request": on_train_request, "campaign.completed": on_campaign_completed},
         prepare={"train.request": logic.prepare_train},
     )

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     #: Directory of Ed25519 keys (<sender>.key private, <sender>.pub public).
     keys_dir: Path | None = None
     service_id: str | None = None
+    #: Sender id -> role, as "connector-1=connector,connector-2=connector", in addition to
+    #: PDMFED_KEYS_DIR/senders.json (written by `pdmfed keys init`).
+    sender_roles: str | None = None
     log_level: str = "INFO"
     demo: bool = False
     datasite_admin_email: str = "admin@pdm-factory.com"

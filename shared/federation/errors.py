@@ -1,4 +1,4 @@
-"""One exception tree for pdm-federation; each rejection carries a reason from DESIGN.md §8."""
+"""One exception tree for pdm-federation; each rejection carries a reason (a metric label value)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ __all__ = [
     "SecurityError",
     "IntegrityError",
     "AuthError",
+    "ForbiddenError",
     "ReplayError",
     "ExpiredError",
     "UnknownKeyError",
@@ -34,6 +35,7 @@ REJECT_REASONS = (
     "expired",
     "integrity",
     "auth",
+    "forbidden",
     "malformed",
     "oversize",
     "unknown_key",
@@ -100,6 +102,12 @@ class AuthError(SecurityError):
     """Missing, unknown or invalid sender signature."""
 
     reason = "auth"
+
+
+class ForbiddenError(SecurityError):
+    """A verified sender whose role may not send this message type (see wire.contracts)."""
+
+    reason = "forbidden"
 
 
 class ReplayError(SecurityError):

@@ -6,7 +6,8 @@ like the variable in lower case, read through PDMFED_SECRETS_DIR). ``manifest.js
 holds what and who trusts whom; it holds no secret.
 
     OUT/manifest.json
-    OUT/<service or orchestrator>/keys/     PDMFED_KEYS_DIR: <sender>.key (0600), trusted *.pub
+    OUT/<service or orchestrator>/keys/     PDMFED_KEYS_DIR: <sender>.key (0600), trusted *.pub,
+                                             senders.json (each sender id's role)
                                              (security also keys/factories/<datasite>.pub)
     OUT/<service or orchestrator>/secrets/  PDMFED_SECRETS_DIR: pdmfed_encryption_key, ...
     OUT/connector/datasites.json            the connector's datasite registry (id -> url,
@@ -31,6 +32,8 @@ from federation.crypto.redis_acl import acl_user, render_acl_file
 from federation.crypto.signing import SigningIdentity, check_sender_name
 from federation.errors import ConfigError
 from federation.runtime.private_files import open_private, private_dir
+from federation.runtime.roles import write_roles_file
+from federation.wire.contracts import ENVELOPE_ROLES, SERVICE_ROLES, Role, sender_roles_of
 
 __all__ = [
     "SERVICES",
@@ -41,25 +44,11 @@ __all__ = [
     "CONNECTOR_ACCOUNT_EMAIL",
 ]
 
-ORCHESTRATOR = "orchestrator"
+ORCHESTRATOR = Role.ORCHESTRATOR.value
 #: The four services; each is also the sender id and role of its envelopes.
-SERVICES = ("connector", "trainer-dispatch", "security", "aggregator")
+SERVICES = tuple(r.value for r in SERVICE_ROLES)
 #: Everyone who seals envelopes.
-ENVELOPE_SENDERS = (ORCHESTRATOR, *SERVICES)
-#: Message type -> the role that sends it, and the roles that consume it.
-_FLOWS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "campaign.start": (ORCHESTRATOR, ("trainer-dispatch", "connector", "security", "aggregator")),
-    "round.open": ("trainer-dispatch", ("connector", "aggregator", ORCHESTRATOR)),
-    "train.request": ("trainer-dispatch", ("connector",)),
-    "round.close": ("trainer-dispatch", ("security", "aggregator", ORCHESTRATOR)),
-    "campaign.completed": ("trainer-dispatch", ("connector", ORCHESTRATOR)),
-    "update.raw": ("connector", ("security",)),
-    "datasite.status": ("connector", ("trainer-dispatch", ORCHESTRATOR)),
-    "update.screened": ("security", ("aggregator",)),
-    "update.rejected": ("security", ("aggregator", ORCHESTRATOR)),
-    "model.global": ("aggregator", ("trainer-dispatch",)),
-    "round.completed": ("aggregator", ("trainer-dispatch", ORCHESTRATOR)),
-}
+ENVELOPE_SENDERS = tuple(r.value for r in ENVELOPE_ROLES)
 CONNECTOR_ACCOUNT_EMAIL = "connector@pdm-factory.com"
 ADMIN_EMAIL = "admin@pdm-factory.com"
 _SECRET_BYTES = 32
@@ -67,7 +56,7 @@ _SECRET_BYTES = 32
 
 def trusted_senders(role: str) -> list[str]:
     """The senders whose envelopes ``role`` must verify: those of the types it consumes."""
-    return sorted({sender for sender, consumers in _FLOWS.values() if role in consumers})
+    return sorted(r.value for r in sender_roles_of(role))
 
 
 @dataclass(frozen=True)
@@ -170,6 +159,8 @@ def provision(out: str | Path, factories: Iterable[FactorySpec], options: Provis
             if trusted != sender:
                 _public(identities[trusted], keys)
             entry["trusts"].append(trusted)
+        # each sender id (here: its component's name) -> its one role, for the consumers' checks
+        write_roles_file(keys, {s: s for s in {sender, *entry["trusts"]}})
         writer.secret(entry, secret_dir, "pdmfed_encryption_key", passphrase)
         writer.secret(entry, secret_dir, "pdmfed_key_salt", salt)
         writer.secret(entry, secret_dir, "pdmfed_amqp_url",

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 VENV_BIN = Path(sys.executable).parent
 
-#: DESIGN.md §8, mirrored: metric name -> Prometheus type.
+#: The metrics every service exports (docs/architecture.md): metric name -> Prometheus type.
 DESIGN_METRICS = {
     "pdmfed_messages_consumed_total": "counter",
     "pdmfed_messages_published_total": "counter",
@@ -96,7 +96,7 @@ def registered_metric_names() -> set[str] | None:
 
 
 def known_metric_names() -> set[str]:
-    """Series names a query may use: the registered pdmfed metrics (or §8's list if the
+    """Series names a query may use: the registered pdmfed metrics (or the documented list if the
     metrics module does not exist yet), with histogram series expanded."""
     registered = registered_metric_names()
     if registered is not None:

@@ -95,7 +95,7 @@ def test_every_design_metric_appears_on_the_dashboard():
 
 def test_the_design_list_matches_the_registered_metrics():
     registered = registered_metric_names()
-    assert registered is not None, "federation.monitoring.metrics must register the §8 metrics"
+    assert registered is not None, "federation.monitoring.metrics must register the pdmfed_* metrics"
     expected = set()
     for name, kind in DESIGN_METRICS.items():
         expected |= (

@@ -1,4 +1,4 @@
-"""deploy/rabbitmq: definitions.json topology (DESIGN.md §4), least-privilege users, hashes."""
+"""deploy/rabbitmq: definitions.json topology (derived from the message contracts), least-privilege users, hashes."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ _spec = importlib.util.spec_from_file_location("definitions_tool", RABBIT / "def
 definitions_tool = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(definitions_tool)
 
-#: Every routing key: the message types of the wire module (DESIGN.md §4 plus round.close).
+#: Every routing key: the message types of the wire module.
 MESSAGE_TYPES = {t.value for t in MsgType}
 
 

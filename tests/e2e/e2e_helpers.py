@@ -105,8 +105,10 @@ def service_env(amqp_url: str, prefix: str, keys: Path, trust_dir: Path, *, redi
     import secrets as _secrets
 
     from federation.runtime.launch import SERVICE_KEYS, ensure_identities
+    from federation.runtime.roles import write_roles_file
 
     ensure_identities(keys, [*SERVICE_KEYS, "orchestrator"])
+    write_roles_file(keys, {s: s for s in [*SERVICE_KEYS, "orchestrator"]})  # as `keys init` does
     (keys / "factories").mkdir(exist_ok=True)
     for pub in trust_dir.iterdir():
         (keys / "factories" / pub.name).write_bytes(pub.read_bytes())
@@ -134,7 +136,7 @@ async def orchestrate(env: dict[str, str], cfg: CampaignConfig, state_dir: Path,
     from federation.config import Settings
     from federation.monitoring import Metrics
     from federation.orchestrator.client import CampaignClient
-    from federation.runtime.launch import make_bus, make_sealer
+    from federation.runtime.launch import make_bus, make_sealer, sender_roles
     from prometheus_client import CollectorRegistry
 
     settings = Settings(amqp_url=env["PDMFED_AMQP_URL"], encryption_key=env["PDMFED_ENCRYPTION_KEY"],
@@ -149,7 +151,7 @@ async def orchestrate(env: dict[str, str], cfg: CampaignConfig, state_dir: Path,
             await asyncio.sleep(0.5)
     sealer = make_sealer(settings, "orchestrator")
     client = CampaignClient(bus, sealer, SecureEndpoint(bus, sealer, Metrics("orchestrator", CollectorRegistry()),
-                                                        "orchestrator"))
+                                                        "orchestrator", roles=sender_roles(settings)))
     client.on_event = on_event
     await client.listen()
     await asyncio.sleep(settle_s)  # let every service finish starting (the connector imports PySyft)

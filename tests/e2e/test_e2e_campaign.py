@@ -254,7 +254,7 @@ def test_when_outsiders_replay_tamper_forge_and_flood__each_is_rejected_counted_
 def test_when_a_message_is_rejected__it_lands_in_the_dead_letter_queue_with_its_reason(amqp_url, tmp_path):
     from federation.bus.middleware import SecureEndpoint
     from federation.monitoring import Metrics
-    from federation.runtime.launch import make_bus, make_sealer
+    from federation.runtime.launch import make_bus, make_sealer, sender_roles
 
     prefix = unique_prefix("dlq")
     settings = _settings(tmp_path, amqp_url=amqp_url, prefix=prefix)
@@ -265,9 +265,9 @@ def test_when_a_message_is_rejected__it_lands_in_the_dead_letter_queue_with_its_
         try:
             from federation.runtime.launch import ensure_identities
 
-            ensure_identities(settings.keys_dir, ["security", "connector"])
+            ensure_identities(settings.keys_dir, ["security", "trainer-dispatch"])
             endpoint = SecureEndpoint(bus, make_sealer(settings, "security"), Metrics("security", CollectorRegistry()),
-                                      "security")
+                                      "security", roles=sender_roles(settings))
             seen = []
 
             async def handler(kind, payload, env):
@@ -275,7 +275,7 @@ def test_when_a_message_is_rejected__it_lands_in_the_dead_letter_queue_with_its_
 
             await endpoint.subscribe(f"{prefix}.security", handler)
             _publish_raw(amqp_url, prefix, "update.raw", b"not an envelope")
-            good = make_sealer(settings, "connector")
+            good = make_sealer(settings, "trainer-dispatch")
             body = good.seal("round.close", {"campaign_id": "c", "round_num": 1, "expected": []})[0]
             _publish_raw(amqp_url, prefix, "round.close", body)
             _publish_raw(amqp_url, prefix, "round.close", body)  # replay

@@ -12,7 +12,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from federation.bus.base import Bus, Delivery, RejectMessage, RequeueMessage
-from federation.errors import BusError, ChunkError, MalformedMessage, PdmFedError, ReplayError
+from federation.errors import (
+    BusError,
+    ChunkError,
+    ConfigError,
+    MalformedMessage,
+    PdmFedError,
+    ReplayError,
+)
 
 __all__ = ["SecureEndpoint", "SecureHandler", "RoundGuard"]
 
@@ -203,7 +210,8 @@ def _update_id(envelope: Any) -> bytes | None:
 class SecureEndpoint:
     """Publishes sealed envelopes and consumes them through every check before the handler.
 
-    Consumption per delivery: open (decode, version, key, signature, AEAD, checksum,
+    Consumption per delivery: open (decode, version, key, signature, sender's role may send
+    this type (``forbidden`` otherwise; before anything is decrypted or reassembled), AEAD, checksum,
     freshness/replay; on the loop up to ``inline_open_bytes`` when the seen-id store is in
     memory, else in a worker thread), msg_type == routing key, typed payload, round guard,
     handler.
@@ -221,6 +229,7 @@ class SecureEndpoint:
         service: str,
         *,
         round_guard: RoundGuard | None = None,
+        roles: Mapping[str, str] | None = None,
         inline_seal_bytes: int = INLINE_SEAL_BYTES,
         inline_open_bytes: int = INLINE_OPEN_BYTES,
         open_ahead: int = OPEN_AHEAD,
@@ -231,6 +240,13 @@ class SecureEndpoint:
         self.metrics = metrics
         self.service = service
         self.round_guard = round_guard
+        #: Sender id -> role; consuming refuses to start without it (see :meth:`authorize`).
+        self.roles: Any = None
+        if roles is not None:
+            from federation.runtime.roles import SenderRoles
+
+            self.roles = roles if isinstance(roles, SenderRoles) else SenderRoles(roles)
+            sealer.authorize = self.roles.authorize
         self.inline_seal_bytes = inline_seal_bytes
         self.inline_open_bytes = inline_open_bytes
         self.open_ahead = open_ahead
@@ -362,6 +378,14 @@ class SecureEndpoint:
         return child
 
     # -- consuming --------------------------------------------------------------------
+    def require_roles(self) -> None:
+        """ConfigError unless this endpoint knows each sender's role: without it, any trusted
+        key could send any message type, so nothing is consumed."""
+        if self.roles is None:
+            raise ConfigError(
+                f"{self.service}: no sender roles configured; cannot authorize what it consumes"
+            )
+
     async def subscribe(
         self,
         queue: str,
@@ -376,6 +400,7 @@ class SecureEndpoint:
         over, but up to ``open_ahead`` deliveries are opened at once (verification of the next
         overlaps the current one's; it only happens when ``prefetch`` lets that many arrive).
         """
+        self.require_roles()
         if concurrency == 1 and self.open_ahead > 1:
             order = _InOrder()
 

@@ -21,6 +21,7 @@ __all__ = [
     "DEAD_QUEUE",
     "SERVICE_QUEUES",
     "SERVICES",
+    "QUEUE_KEYS",
     "topic_matches",
     "declare_topology",
     "delete_topology",
@@ -34,46 +35,31 @@ DEFAULT_MESSAGE_TTL_S = 600.0
 #: Cap on the dead-letter queue, applied as a policy so operators can change it live.
 DEAD_QUEUE_MAX_LENGTH = 100_000
 
-SERVICES = ("connector", "dispatch", "security", "aggregator")
-
-#: routing key (message type) -> services whose queue receives it, and why.
-#: Every message type is bound to at least one durable queue, so a publish is routable even
-#: when no CLI or monitor is listening (publishes are mandatory: unroutable raises).
-BINDINGS: dict[str, tuple[tuple[str, str], ...]] = {
-    "campaign.start": (
-        ("dispatch", "creates the campaign's round plan and opens round 1"),
-        ("connector", "learns the campaign's datasites (URL, login) before the first train.request"),
-        ("security", "takes the campaign's DP clipping and Byzantine screening settings"),
-        ("aggregator", "takes the aggregation rule, central DP settings and privacy budget"),
-    ),
-    "round.open": (
-        ("connector", "keeps the round's global model: train.request names its version only"),
-        ("aggregator", "keeps the round's base model (deltas are applied to it) and opens the round"),
-    ),
-    "round.close": (
-        ("security", "screens the round's updates together once every expected one is in"),
-        ("aggregator", "learns which verdicts to wait for (none: the round closes unchanged)"),
-    ),
-    "train.request": (
-        ("connector", "runs the send-model + local-training job on the named datasite"),
-    ),
-    "model.global": (
-        ("dispatch", "announces the new model version (the weights travel in round.completed)"),
-    ),
-    "update.raw": (("security", "verifies the factory signature, screens and clips every update"),),
-    "update.screened": (("aggregator", "aggregates the screened update into the round's model"),),
-    "update.rejected": (
-        ("aggregator", "accounts for it: published = aggregated + rejected, per round"),
-    ),
-    "round.completed": (
-        ("dispatch", "starts the next round, or stops on max rounds, target RMSE or budget"),
-    ),
-    "campaign.completed": (("connector", "logs out of the campaign's datasites"),),
-    "datasite.status": (
-        ("dispatch", "counts trained/failed answers; retries a failed datasite within the round"),
-    ),
-    "datasite.command": (("connector", "carries operator commands to a datasite session"),),
+#: Service role -> its queue's name after the prefix (``pdmfed.<key>``).
+QUEUE_KEYS: dict[str, str] = {
+    "connector": "connector",
+    "trainer-dispatch": "dispatch",
+    "security": "security",
+    "aggregator": "aggregator",
 }
+SERVICES = tuple(QUEUE_KEYS.values())
+
+
+def _bindings() -> dict[str, tuple[tuple[str, str], ...]]:
+    from federation.wire.contracts import CONTRACTS
+
+    return {
+        msg_type.value: tuple(
+            (QUEUE_KEYS[role], why) for role, why in c.consumers if role in QUEUE_KEYS
+        )
+        for msg_type, c in CONTRACTS.items()
+    }
+
+
+#: routing key (message type) -> services whose queue receives it, and why (from the message
+#: contracts). Every message type is bound to at least one durable queue, so a publish is
+#: routable even when no CLI or monitor is listening (publishes are mandatory: unroutable raises).
+BINDINGS: dict[str, tuple[tuple[str, str], ...]] = _bindings()
 
 
 class ExchangeType(StrEnum):

@@ -1,4 +1,4 @@
-"""The seed's §4 orchestrators: one federated round over PySyft datasites, and a secure campaign."""
+"""The orchestrators: one federated round over PySyft datasites, and a secure campaign."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Fewer connected datasites than this and a round refuses to run (seed §4).
+#: Fewer connected datasites than this and a round refuses to run.
 MIN_DATASITES = 2
-#: The seed's §4 training request; `round_number` is filled in per round.
+#: The orchestrators' training request; `round_number` is filled in per round.
 SEED_TRAINING_CONFIG: dict[str, Any] = {"epochs": 3, "learning_rate": 0.001, "batch_size": 32}
 _INSUFFICIENT = "Insufficient datasites for federated learning"
 #: security_config keys (beyond the seed's) handed to SecurePySyftCommunicationManager as is.
@@ -116,7 +116,7 @@ def _is_secure(comm_manager: Any) -> bool:
 
 
 class FederatedLearningOrchestrator:
-    """The seed's §4 round: connect, send the global model, train at each factory, aggregate.
+    """One round: connect, send the global model, train at each factory, aggregate.
 
     ``use_secure_communication`` builds a SecurePySyftCommunicationManager (DP + Byzantine
     tolerance) whose passphrase is ``encryption_key`` or PDMFED_ENCRYPTION_KEY; secrets are never
@@ -198,7 +198,7 @@ class FederatedLearningOrchestrator:
         factory_datasites: Sequence[Mapping[str, Any]],
         round_num: int,
     ) -> dict[str, Any]:
-        """Execute one complete federated learning round (seed §4).
+        """Execute one complete federated learning round.
 
         Secure manager: {'aggregated_model', 'participating_sites', 'byzantine_clients',
         'security_metrics'}; standard manager: {'aggregated_model', 'participating_sites',
@@ -294,7 +294,7 @@ class FederatedLearningOrchestrator:
     def secure_aggregation_with_bft(
         self, client_updates: Sequence[Mapping[str, Any]]
     ) -> tuple[dict[str, torch.Tensor], list[str]]:
-        """The seed's §3 flow on the secure manager: detect, filter by reputation, aggregate."""
+        """The secure manager's flow: detect, filter by reputation, aggregate."""
         if not self.secure:
             raise ConfigError("secure aggregation needs a SecurePySyftCommunicationManager")
         return self.comm_manager.secure_aggregation_with_bft(client_updates)
@@ -333,7 +333,7 @@ def _positive_int(value: Any, what: str) -> int:
 
 
 class ProductionSecureOrchestrator:
-    """The seed's §4 production campaign: secure rounds graded by a SecurityMonitor.
+    """The production campaign: secure rounds graded by a SecurityMonitor.
 
     ``security_config`` takes the seed's keys (encryption_key, enable_differential_privacy,
     noise_multiplier, enable_byzantine_tolerance, byzantine_threshold, min_clients_for_bft);
@@ -431,7 +431,7 @@ class ProductionSecureOrchestrator:
     def execute_secure_training_campaign(
         self, campaign_config: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """Run up to max_rounds secure rounds; stop at a critical security level (seed §4).
+        """Run up to max_rounds secure rounds; stop at a critical security level.
 
         Returns the seed's {'rounds', 'security_incidents', 'byzantine_attacks',
         'overall_security_level'} plus 'round_security' (each round's assessment),

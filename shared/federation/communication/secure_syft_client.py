@@ -64,7 +64,7 @@ def _as_updates(updates: Any) -> list[dict[str, Any]]:
 
 
 class SecurePySyftCommunicationManager(PySyftCommunicationManager):
-    """The seed's §3 API over our envelope (AES-256-GCM, header AAD, checksum, replay guard),
+    """The secure manager's API over our envelope (AES-256-GCM, header AAD, checksum, replay guard),
     clip-then-noise DP with a budgeted accountant, robust screening, reputation and aggregation.
 
     Updates may be full weights (as in the seed) or deltas. When the global model that was sent
@@ -465,7 +465,7 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
     def secure_aggregation_with_bft(
         self, client_updates: Sequence[Mapping[str, Any]]
     ) -> tuple[dict[str, torch.Tensor], list[str]]:
-        """The seed's §3 flow: detect Byzantine clients, filter by reputation, aggregate robustly."""
+        """The secure manager's flow: detect Byzantine clients, filter by reputation, aggregate robustly."""
         filtered_updates, byzantine_clients = self.detect_byzantine_clients(client_updates)
         trusted_updates = self.apply_reputation_filtering(
             updates=filtered_updates, reputation_threshold=self.reputation_threshold

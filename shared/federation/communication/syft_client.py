@@ -1,4 +1,4 @@
-"""Seed §2: PySyftCommunicationManager, the orchestrator's sessions with factory datasites."""
+"""PySyftCommunicationManager: the orchestrator's sessions with factory datasites."""
 
 from __future__ import annotations
 

@@ -230,6 +230,9 @@ class Sealer:
             max_chunk_bytes=max_message_bytes, max_update_bytes=max_update_bytes
         )
         self._clock = clock
+        #: Called with each envelope once its signature is verified, before anything is
+        #: decrypted or reassembled; raises to refuse it (the consumer's authorization).
+        self.authorize: Callable[[Envelope], None] | None = None
 
     @classmethod
     def from_settings(
@@ -397,6 +400,8 @@ class Sealer:
         ct = env.encrypted_data
         # Header and tag only: refusing a forgery costs the same whatever the body's size.
         self._verify_signature(env, signed_bytes_for(aad, ct[len(ct) - TAG_LEN :]))
+        if self.authorize is not None:
+            self.authorize(env)
         if env.chunk is not None:
             return self._open_chunk(env, aead, aad)
         plaintext = np.empty(len(ct) - TAG_LEN, dtype=np.uint8)

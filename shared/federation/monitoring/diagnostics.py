@@ -1,4 +1,4 @@
-"""The seed's §6 troubleshooting: datasite connection diagnosis and security self-test, plus CLIs."""
+"""Troubleshooting: datasite connection diagnosis and security self-test, plus CLIs."""
 
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ def _manager_view(diagnosis: dict[str, Any], comm_manager: Any, datasite_id: str
 def validate_security_configuration(
     secure_comm: Any, *, seed: int = 0, restore_state: bool = True
 ) -> dict[str, Any]:
-    """Self-test encryption, DP and Byzantine detection on the manager (seed §6 keys).
+    """Self-test encryption, DP and Byzantine detection on the manager (the keys of the communication layer's troubleshooting report).
 
     Beyond the seed: the decrypted update must equal the original, a tampered package must
     be refused, and a replayed package must be refused; the BFT test uses a cohort of honest

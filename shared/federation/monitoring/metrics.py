@@ -1,4 +1,4 @@
-"""Prometheus metrics of DESIGN.md §8, created once per registry and bound to one service."""
+"""The pdmfed_* Prometheus metrics (docs/architecture.md), created once per registry and bound to one service."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from federation.errors import REJECT_REASONS
+from federation.wire.messages import MsgType
 
 __all__ = [
     "Metrics",
@@ -21,21 +22,8 @@ __all__ = [
     "ROUND_BUCKETS",
 ]
 
-#: Every message type of DESIGN.md §4 (routing keys); consumed/published series start at 0.
-MESSAGE_TYPES = (
-    "campaign.start",
-    "round.open",
-    "round.close",
-    "train.request",
-    "model.global",
-    "update.raw",
-    "update.screened",
-    "update.rejected",
-    "round.completed",
-    "campaign.completed",
-    "datasite.status",
-    "datasite.command",
-)
+#: Every message type (routing key); consumed/published series start at 0.
+MESSAGE_TYPES = tuple(t.value for t in MsgType)
 
 #: Values of the `direction` label of pdmfed_message_bytes_total.
 DIRECTIONS = ("in", "out")
@@ -166,7 +154,7 @@ def _families_for(registry: CollectorRegistry) -> _Families:
 
 
 class Metrics:
-    """The §8 metrics bound to one service; attributes are the prometheus_client metrics.
+    """The pdmfed_* metrics bound to one service; attributes are the prometheus_client metrics.
 
     Series whose labels are known up front (this service's reject reasons, message types,
     byte directions) exist at 0 from construction, so dashboards and alerts see them before

@@ -1,4 +1,4 @@
-"""The seed's §5 monitors: datasite connectivity, the security dashboard and round security levels."""
+"""Monitors: datasite connectivity, the security dashboard and round security levels."""
 
 from __future__ import annotations
 

@@ -30,13 +30,14 @@ async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: floa
     from federation.orchestrator.client import CampaignClient
     from federation.orchestrator.embedded import ORCHESTRATOR_SENDER
     from federation.orchestrator.summary import build_summary, write_run
-    from federation.runtime.launch import make_bus, make_sealer
+    from federation.runtime.launch import make_bus, make_sealer, sender_roles
 
+    sealer = make_sealer(settings, ORCHESTRATOR_SENDER)
+    roles = sender_roles(settings, sealer.trust.senders if sealer.trust is not None else ())
     bus = make_bus(settings, "orchestrator")
     await bus.start()
     try:
-        sealer = make_sealer(settings, ORCHESTRATOR_SENDER)
-        endpoint = SecureEndpoint(bus, sealer, Metrics("orchestrator"), "orchestrator")
+        endpoint = SecureEndpoint(bus, sealer, Metrics("orchestrator"), "orchestrator", roles=roles)
         client = CampaignClient(bus, sealer, endpoint)
         if console is not None:
             client.on_event = console

@@ -12,15 +12,15 @@ from typing import Any
 from federation.bus.base import Delivery
 from federation.campaign import CampaignConfig
 from federation.errors import PdmFedError
+from federation.wire.contracts import Role, consumed_keys
 from federation.wire.messages import parse_payload
 
 __all__ = ["CampaignClient", "CampaignRecord", "EVENT_KEYS"]
 
 log = logging.getLogger(__name__)
 
-#: What the orchestrator follows (not the heavy update traffic).
-EVENT_KEYS = ("round.open", "round.close", "round.completed", "campaign.completed", "update.rejected",
-              "datasite.status")
+#: What the orchestrator follows (its contracts; not the heavy update traffic).
+EVENT_KEYS = consumed_keys(Role.ORCHESTRATOR)
 
 
 @dataclass
@@ -49,7 +49,8 @@ class CampaignClient:
         self.on_event: Callable[[str, dict, CampaignRecord], None] | None = None
 
     async def listen(self) -> None:
-        """Bind a private queue to the event types."""
+        """Bind a private queue to the event types (refused without sender roles)."""
+        self.endpoint.require_roles()
         await self.bus.consume_events(self._on_delivery, bindings=EVENT_KEYS)
 
     def _record(self, cid: str) -> CampaignRecord:
@@ -70,6 +71,7 @@ class CampaignClient:
             opened = await asyncio.to_thread(self._open, delivery)
         except PdmFedError as exc:
             log.warning("event %s rejected (%s): %s", delivery.routing_key, exc.reason, exc)
+            self.endpoint._count_rejection(exc.reason)
             return
         if opened is None:
             return

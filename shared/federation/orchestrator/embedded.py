@@ -20,6 +20,8 @@ from federation.runtime.launch import (
     start_node,
     widen_thread_pool,
 )
+from federation.runtime.roles import SenderRoles
+from federation.wire.contracts import ENVELOPE_ROLES
 
 __all__ = ["EmbeddedFederation", "ORCHESTRATOR_SENDER"]
 
@@ -66,6 +68,7 @@ class EmbeddedFederation:
         self.client: CampaignClient | None = None
         self._client_bus: Any = None
         self._broker: Any = None
+        self.roles: SenderRoles | None = None
 
     async def start(self) -> None:
         """Start the four services, then the orchestrator's event listener."""
@@ -78,6 +81,7 @@ class EmbeddedFederation:
         kd = keys_dir_of(self.settings)
         if kd is not None:
             ensure_identities(kd, [*SERVICE_KEYS, ORCHESTRATOR_SENDER])
+        self.roles = self._sender_roles(kd)
         if not self.settings.amqp_url:
             self._broker = InMemoryBroker(self.topology or topology_of(self.settings))
         for name in self.services:
@@ -85,9 +89,19 @@ class EmbeddedFederation:
         self._client_bus = make_bus(self.settings, "orchestrator", broker=self._broker, topology=self.topology)
         await self._client_bus.start()
         sealer = make_sealer(self.settings, ORCHESTRATOR_SENDER)
-        endpoint = SecureEndpoint(self._client_bus, sealer, Metrics("orchestrator", self.registry), "orchestrator")
+        endpoint = SecureEndpoint(self._client_bus, sealer, Metrics("orchestrator", self.registry), "orchestrator",
+                                  roles=self.roles)
         self.client = CampaignClient(self._client_bus, sealer, endpoint)
         await self.client.listen()
+
+    def _sender_roles(self, kd: Path | None) -> SenderRoles:
+        """The configured sender roles; without any, this process's own map: it created each
+        service's and the orchestrator's key under its role's name."""
+        from federation.runtime.roles import ROLES_FILE, load_sender_roles
+
+        if self.settings.sender_roles or (kd is not None and (kd / ROLES_FILE).exists()):
+            return load_sender_roles(kd, self.settings.sender_roles)
+        return SenderRoles.of_roles(ENVELOPE_ROLES)
 
     async def start_service(self, name: str) -> ServiceNode:
         """(Re)start one service with its persistent store."""
@@ -98,6 +112,7 @@ class EmbeddedFederation:
             factory_trust=self.factory_trust if name == "security" else None,
             store_path=state_dir / f"{SERVICE_KEYS[name]}.sqlite",
             health_port=0 if self.health else None,
+            roles=self.roles,
         )
         self.nodes[name] = node
         return node

@@ -14,9 +14,11 @@ from prometheus_client import CollectorRegistry
 
 from federation.config import Settings
 from federation.crypto.signing import SigningIdentity, TrustStore
+from federation.runtime.roles import SenderRoles
 from federation.runtime.service import Service, ServiceRunner
 from federation.runtime.store import ServiceStore, open_store
 from federation.runtime.trust import TrustedKeys, load_factory_trust
+from federation.wire.contracts import ENVELOPE_ROLES
 
 __all__ = [
     "SERVICE_KEYS",
@@ -27,6 +29,7 @@ __all__ = [
     "start_node",
     "service_main",
     "ensure_identities",
+    "sender_roles",
     "widen_thread_pool",
 ]
 
@@ -52,6 +55,18 @@ def keys_dir_of(settings: Settings) -> Path | None:
     if settings.demo:
         return Path(settings.state_dir) / "keys"
     return None
+
+
+def sender_roles(settings: Settings, trusted: Any = ()) -> SenderRoles:
+    """Who may send what: the configured sender roles (ConfigError when there are none); in
+    ``pdmfed demo``, which creates every key itself under its role's name, that map."""
+    from federation.runtime.roles import ROLES_FILE, load_sender_roles
+
+    kd = keys_dir_of(settings)
+    configured = settings.sender_roles or (kd is not None and (kd / ROLES_FILE).exists())
+    if settings.demo and not configured:
+        return SenderRoles.of_roles(ENVELOPE_ROLES)
+    return load_sender_roles(kd, settings.sender_roles, trusted)
 
 
 def ensure_identities(keys_dir: Path, senders: list[str]) -> None:
@@ -184,6 +199,7 @@ async def start_node(
     store_path: str | Path | None = None,
     health_port: int | None = None,
     concurrency: int | None = None,
+    roles: SenderRoles | None = None,
 ) -> ServiceNode:
     """Build and start one service: bus, sealer, secure endpoint, store, runner, health."""
     from federation.bus.middleware import SecureEndpoint
@@ -193,11 +209,13 @@ async def start_node(
     keep_freed_buffers()  # message buffers are reused warm, not faulted in afresh per message
     key = SERVICE_KEYS[name]
     sender = _sender(settings, name)
+    sealer = make_sealer(settings, sender, role=name)
+    if roles is None:  # refuse to start before anything connects
+        roles = sender_roles(settings, sealer.trust.senders if sealer.trust is not None else ())
     bus = make_bus(settings, key, broker=broker, topology=topology)
     await bus.start()
     metrics = Metrics(name, registry)
-    sealer = make_sealer(settings, sender, role=name)
-    endpoint = SecureEndpoint(bus, sealer, metrics, name)
+    endpoint = SecureEndpoint(bus, sealer, metrics, name, roles=roles)
     store = open_store(settings, key, path=store_path)  # PDMFED_STATE_URL: PostgreSQL, else SQLite
     _relearn_campaigns(endpoint, store)
     queue = (topology or topology_of(settings)).queue(key).name

@@ -8,7 +8,7 @@ __all__ = ["observe_emitted"]
 
 
 def observe_emitted(metrics: Any, msg_type: str, payload: dict) -> None:
-    """Update the DESIGN.md §8 domain gauges and counters from one published message."""
+    """Update the domain gauges and counters from one published message."""
     if metrics is None:
         return
     if msg_type == "round.open":

@@ -1,4 +1,4 @@
-"""Typed message payloads: one frozen dataclass per message type (DESIGN.md §4)."""
+"""Typed message payloads: one frozen dataclass per message type (contracts: wire.contracts)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,12 @@ __all__ = [
     "RoundOpen",
     "RoundClose",
     "TrainRequest",
-    "ModelGlobal",
     "UpdateRaw",
     "UpdateScreened",
     "UpdateRejected",
     "RoundCompleted",
     "CampaignCompleted",
     "DatasiteStatus",
-    "DatasiteCommand",
     "MESSAGE_CLASSES",
     "parse_payload",
 ]
@@ -40,14 +38,12 @@ class MsgType(StrEnum):
     ROUND_OPEN = "round.open"
     ROUND_CLOSE = "round.close"
     TRAIN_REQUEST = "train.request"
-    MODEL_GLOBAL = "model.global"
     UPDATE_RAW = "update.raw"
     UPDATE_SCREENED = "update.screened"
     UPDATE_REJECTED = "update.rejected"
     ROUND_COMPLETED = "round.completed"
     CAMPAIGN_COMPLETED = "campaign.completed"
     DATASITE_STATUS = "datasite.status"
-    DATASITE_COMMAND = "datasite.command"
 
 
 # --- field checks: each returns the normalised value or raises MalformedMessage ---------
@@ -200,28 +196,16 @@ class RoundClose(Message):
 
 @dataclass(frozen=True)
 class TrainRequest(Message):
-    """Dispatch asks the connector to train at one datasite."""
+    """Dispatch asks the connector to train at one datasite; the weights of ``model_version``
+    came once per round in round.open, so the request names the version only."""
 
     msg_type: ClassVar[MsgType] = MsgType.TRAIN_REQUEST
     campaign_id: str = _f(_str)
     round_num: int = _f(_int)
     datasite_id: str = _f(_str)
     model_version: int = _f(_int)
-    global_model: dict[str, torch.Tensor] = _f(_tensors, default_factory=dict)
     training_config: dict[str, Any] = _f(_dict, default_factory=dict)
     attempt: int = _f(_int, default=0)
-
-
-@dataclass(frozen=True)
-class ModelGlobal(Message):
-    """The aggregator announces a new global model version; ``state_dict`` is left empty by the
-    services (round.completed carries the weights) and is there for a standalone publisher."""
-
-    msg_type: ClassVar[MsgType] = MsgType.MODEL_GLOBAL
-    campaign_id: str = _f(_str)
-    model_version: int = _f(_int)
-    round_num: int = _f(_int)
-    state_dict: dict[str, torch.Tensor] = _f(_tensors, default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -311,16 +295,6 @@ class DatasiteStatus(Message):
     detail: dict[str, Any] = _f(_dict, default_factory=dict)
 
 
-@dataclass(frozen=True)
-class DatasiteCommand(Message):
-    """The orchestrator tells the connector to act on a datasite."""
-
-    msg_type: ClassVar[MsgType] = MsgType.DATASITE_COMMAND
-    datasite_id: str = _f(_str)
-    command: str = _f(_str)
-    args: dict[str, Any] = _f(_dict, default_factory=dict)
-
-
 #: Message type -> payload class.
 MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
     cls.msg_type: cls
@@ -329,14 +303,12 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         RoundOpen,
         RoundClose,
         TrainRequest,
-        ModelGlobal,
         UpdateRaw,
         UpdateScreened,
         UpdateRejected,
         RoundCompleted,
         CampaignCompleted,
         DatasiteStatus,
-        DatasiteCommand,
     )
 }
 

@@ -29,6 +29,8 @@ pytestmark = pytest.mark.timeout(90)
 
 REDIS_URL = os.environ.get("PDMFED_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SENDER = "connector-0"
+#: The consumer's sender roles: two connector replicas (one hostile) and the orchestrator.
+ROLES = {SENDER: "connector", "mallory": "connector", "orchestrator": "orchestrator"}
 #: Headers an attacker adds to a captured body so that it looks like a broker redelivery.
 FAKE_REDELIVERY = {"x-delivery-count": 3, "x-death": [], "x-redelivered": True}
 
@@ -68,7 +70,7 @@ class Consumer:
     async def start(self) -> None:
         self.bus = await self.buses.make(service="security")
         self.endpoint = SecureEndpoint(
-            self.bus, self.sealer, Metrics("security", self.registry), "security"
+            self.bus, self.sealer, Metrics("security", self.registry), "security", roles=ROLES
         )
 
         async def record(msg_type, payload, envelope) -> None:
@@ -279,7 +281,7 @@ def _refusals(consumer: Consumer, sender: str, reason: str) -> float:
 @pytest.fixture
 def two_senders():
     keyring = KeyRing("k1", {"k1": os.urandom(32)})
-    ids = {n: SigningIdentity.generate(n) for n in (SENDER, "mallory")}
+    ids = {n: SigningIdentity.generate(n) for n in (SENDER, "mallory", "orchestrator")}
     trust = TrustStore({n: i.public_bytes() for n, i in ids.items()})
     limit = 64 * 1024
     sealers = {
@@ -296,7 +298,7 @@ async def test_when_a_campaign_started__a_claim_beyond_its_model_is_refused_and_
     await consumer.start()
     publisher = await buses.make(service="orchestrator")
     config = CampaignConfig(campaign_id="c1").to_payload()
-    (start,) = sealers[SENDER].seal("campaign.start", {"campaign_id": "c1", "config": config})
+    (start,) = sealers["orchestrator"].seal("campaign.start", {"campaign_id": "c1", "config": config})
     await publisher.publish("campaign.start", start)
     await wait_for(lambda: len(consumer.handled) == 1)
     cap = max_update_bytes(CampaignConfig(campaign_id="c1"))

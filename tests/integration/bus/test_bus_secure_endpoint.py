@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry
 pytestmark = pytest.mark.timeout(60)
 
 SENDER = "connector-0"
+#: The consumer's sender roles: this connector replica may send update.raw.
+ROLES = {SENDER: "connector"}
 
 
 class Pair:
@@ -50,7 +52,7 @@ class Pair:
         self.bus = await self.buses.make()
         self.sender = SecureEndpoint(self.bus, self.out_sealer, None, "connector")
         self.receiver = SecureEndpoint(
-            self.bus, self.in_sealer, Metrics("security", self.registry), "security", **kw
+            self.bus, self.in_sealer, Metrics("security", self.registry), "security", roles=ROLES, **kw
         )
 
         async def record(msg_type, payload, envelope) -> None:

@@ -110,7 +110,7 @@ async def test_when_nothing_is_bound__publish_raises_publish_error(buses: BusFac
     # The bus is still usable afterwards.
     got, handler = _collector()
     await bus.consume(buses.topology.queue("connector").name, handler)
-    await bus.publish("datasite.command", b"ok")
+    await bus.publish("train.request", b"ok")
     await wait_for(lambda: len(got) == 1)
 
 
@@ -233,7 +233,7 @@ async def test_when_message_outlives_the_queue_ttl__it_is_dead_lettered_as_expir
     factory = BusFactory(backend, unique_topology(message_ttl_s=0.2))
     try:
         bus = await factory.make()
-        await bus.publish("datasite.command", b"late")
+        await bus.publish("train.request", b"late")
         await asyncio.sleep(0.5)
         dead, on_dead = _collector()
         got, handler = _collector()

@@ -1,4 +1,4 @@
-"""Seed §2 against two real PySyft datasites: connect, discover, send, train, broadcast, failures."""
+"""PySyftCommunicationManager against two real PySyft datasites: connect, discover, send, train, broadcast, failures."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Seed §6 diagnose_connection_failures against a real PySyft 0.9.5 datasite."""
+"""diagnose_connection_failures against a real PySyft 0.9.5 datasite."""
 
 from __future__ import annotations
 

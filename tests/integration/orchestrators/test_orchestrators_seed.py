@@ -1,4 +1,4 @@
-"""Seed §4–§6 against real PySyft datasites: orchestrated rounds, campaigns, monitors, diagnostics, CLIs."""
+"""The orchestrators, monitors and diagnostics against real PySyft datasites: orchestrated rounds, campaigns, monitors, diagnostics, CLIs."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _delta_norm(update: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) 
 
 @pytest.fixture(scope="module")
 def secure_round(factories):
-    """The seed's §4 round, as written, on the two honest factories and the scaling attacker."""
+    """The orchestrators' round, as written, on the two honest factories and the scaling attacker."""
     global_model = tiny_model(seed=1)
     factory_datasites = factories.configs(*HONEST, SCALER)
     with pytest.MonkeyPatch.context() as mp:
@@ -68,7 +68,7 @@ def secure_round(factories):
     orchestrator.comm_manager.cleanup_all_connections()
 
 
-# --- seed §4: one federated round -------------------------------------------------------------
+# --- one federated round (integration pattern) -------------------------------------------------------------
 def test_when_a_secure_round_runs__the_scaling_factory_is_flagged_and_excluded(secure_round):
     orchestrator, global_model, result = secure_round
     start = {k: v.detach().clone() for k, v in global_model.state_dict().items()}
@@ -143,7 +143,7 @@ def test_when_fewer_than_two_datasites_answer__the_round_raises_a_clear_error(fa
     orchestrator.comm_manager.cleanup_all_connections()
 
 
-# --- seed §4: production campaign -------------------------------------------------------------
+# --- production campaign (integration pattern) -------------------------------------------------------------
 def test_when_most_of_the_cohort_is_byzantine__the_campaign_stops_at_a_critical_level(factories):
     security_config = {
         "encryption_key": TEST_KEY,
@@ -236,7 +236,7 @@ def test_when_pdmfed_report_renders_the_campaign__the_page_shows_its_numbers(cam
     assert SCALER in page and all(ds in page for ds in HONEST)
 
 
-# --- seed §5: monitors on the real managers ---------------------------------------------------
+# --- monitoring and diagnostics on the real managers ---------------------------------------------------
 def test_when_a_datasite_stops__the_communication_monitor_sees_the_drop(factories):
     from federation.datasite import launch_datasite
 
@@ -282,7 +282,7 @@ def test_when_a_datasite_stops__the_communication_monitor_sees_the_drop(factorie
     assert diagnosis["connectivity_rate"] == pytest.approx(0.75)
     assert diagnosis["currently_disconnected"] == ["rail_lyon_depot"]
     assert any("Moderate connectivity" in r for r in diagnosis["recommendations"])
-    # seed §6 on the same manager: the live factory logs in, the stopped one refuses connections
+    # troubleshooting on the same manager: the live factory logs in, the stopped one refuses connections
     assert found[HONEST[0]]["issues"] == [] and found[HONEST[0]]["manager_connected"] is True
     assert "PySyft connection successful" in found[HONEST[0]]["checks"]
     assert found["rail_lyon_depot"]["issues"] == ["Connection refused"]
@@ -325,7 +325,7 @@ def test_when_security_is_validated_on_the_round_s_manager__all_parts_work_and_n
     assert after == before  # the self-test's fake clients and violations are not reported
 
 
-# --- seed §6: the command line ----------------------------------------------------------------
+# --- troubleshooting: the command line ----------------------------------------------------------------
 def _pdmfed(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PDMFED_")}
     full_env.update(env)

@@ -23,6 +23,9 @@ def service_env(keys_dir: Path, state_dir: Path, **extra: str) -> dict[str, str]
         "PDMFED_KEYS_DIR": str(keys_dir),
         "PDMFED_STATE_DIR": str(state_dir),
         "PDMFED_LOG_LEVEL": "INFO",
+        # each sender id's role, as `pdmfed keys init` writes it to senders.json
+        "PDMFED_SENDER_ROLES": "orchestrator=orchestrator,connector=connector,trainer-dispatch=trainer-dispatch,"
+        "security=security,aggregator=aggregator",
         **extra,
     }
 

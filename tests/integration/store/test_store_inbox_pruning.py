@@ -84,7 +84,9 @@ async def test_when_a_message_older_than_the_window_is_replayed__it_is_refused_t
         bus = InMemoryBus(broker)
         await bus.start()
         runner = ServiceRunner(
-            service, SecureEndpoint(bus, receiver(), None, "trainer-dispatch"), store
+            service,
+            SecureEndpoint(bus, receiver(), None, "trainer-dispatch", roles={"connector": "connector"}),
+            store,
         )
         await runner.start()
         running[:] = [bus]

@@ -104,7 +104,7 @@ def test_when_the_replica_holding_an_outbox_claim_is_killed__another_replica_tak
     b = replicas()
     with b.transaction() as tx:
         tx.emit("round.completed", {"round_num": 1})
-        tx.emit("model.global", {"round_num": 1})
+        tx.emit("campaign.completed", {"round_num": 1})
     proc = subprocess.Popen(
         [sys.executable, "-c", _CLAIM_AND_HANG, pg_url, str(tmp_path / "blobs")],
         stdout=subprocess.PIPE,

@@ -24,6 +24,8 @@ from prometheus_client import CollectorRegistry
 pytestmark = pytest.mark.timeout(30)
 
 SENDER = "connector-0"
+#: The consumer's sender roles: this connector replica may send update.raw.
+ROLES = {SENDER: "connector"}
 
 
 class _SlowBus:
@@ -103,7 +105,7 @@ async def test_when_sealing_and_opening_inline_or_in_a_thread__handlers_get_the_
     registry = CollectorRegistry()
     sender = SecureEndpoint(bus, out, None, "connector", inline_seal_bytes=inline)
     receiver = SecureEndpoint(
-        bus, inn, Metrics("security", registry), "security", inline_open_bytes=inline
+        bus, inn, Metrics("security", registry), "security", roles=ROLES, inline_open_bytes=inline
     )
     got: list[Any] = []
 
@@ -173,7 +175,7 @@ async def test_when_chunked__the_first_body_of_a_large_payload_is_sealed_off_the
 
 async def test_when_a_redelivery_is_opened_inline__its_flag_does_not_leak_into_the_handler():
     out, inn = _sealers(8 * 1024 * 1024)
-    endpoint = SecureEndpoint(InMemoryBus(), inn, None, "security")
+    endpoint = SecureEndpoint(InMemoryBus(), inn, None, "security", roles=ROLES)
     (body,) = out.seal("update.raw", _update(10).to_payload())
     assert len(body) <= endpoint.inline_open_bytes
     seen: list[bool] = []
@@ -207,7 +209,7 @@ async def test_when_the_seen_id_store_does_io__small_bodies_are_opened_off_the_l
     out, inn = _sealers(8 * 1024 * 1024)
     store = _RecordingStore(performs_io)
     inn.replay = ReplayGuard(store)
-    endpoint = SecureEndpoint(InMemoryBus(), inn, None, "security")
+    endpoint = SecureEndpoint(InMemoryBus(), inn, None, "security", roles=ROLES)
     (body,) = out.seal("update.raw", _update(10).to_payload())
     assert len(body) <= endpoint.inline_open_bytes
     got: list[Any] = []
@@ -261,7 +263,7 @@ async def test_when_deliveries_are_opened_ahead__handlers_still_run_one_at_a_tim
     bus = InMemoryBus(topology=Topology(prefix="o"))
     await bus.start()
     receiver = SecureEndpoint(
-        bus, inn, None, "security", inline_open_bytes=0, open_ahead=open_ahead
+        bus, inn, None, "security", roles=ROLES, inline_open_bytes=0, open_ahead=open_ahead
     )
     order: list[int] = []
     running = 0

@@ -16,7 +16,7 @@ from federation.bus.topology import (
 )
 from federation.wire.messages import MsgType
 
-#: Every routing key: the wire module's message types (DESIGN.md §4 plus round.close).
+#: Every routing key: the wire module's message types.
 MESSAGE_TYPES = tuple(t.value for t in MsgType)
 
 

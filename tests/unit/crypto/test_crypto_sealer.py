@@ -101,7 +101,7 @@ def test_when_any_single_byte_of_a_sealed_message_flips__open_rejects_it_with_it
 def test_when_a_chunked_message_flips_a_byte__open_never_accepts_it(make_sealer):
     sealer = make_sealer(max_message_bytes=4096)
     payload = {"w": torch.randn(700)}
-    bodies = sealer.seal("model.global", payload)
+    bodies = sealer.seal("round.open", payload)
     assert len(bodies) == 2
     body = bodies[0]
     for pos in range(0, len(body), 3):

@@ -1,4 +1,4 @@
-"""In-memory fakes of the seed's communication managers (seed §2/§3 method shapes) for unit tests."""
+"""In-memory fakes of the seed's communication managers (the PySyft and secure managers' method shapes) for unit tests."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _decode(data: bytes) -> dict[str, torch.Tensor]:
 
 
 class FakeSecureComm:
-    """The seed §3 surface with real AES-GCM, replay memory, clip+noise DP and a median detector.
+    """The secure manager's surface with real AES-GCM, replay memory, clip+noise DP and a median detector.
 
     Knobs let a test break one part: `dp_adds_noise`, `verify_integrity`, `check_replay`,
     `bft_sensitive`.

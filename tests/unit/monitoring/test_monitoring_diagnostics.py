@@ -1,4 +1,4 @@
-"""Seed §6 diagnostics: security self-test on a fake manager, connection diagnosis over local HTTP."""
+"""Diagnostics: security self-test on a fake manager, connection diagnosis over local HTTP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The §8 metrics contract, checked by scraping a HealthServer over HTTP."""
+"""The pdmfed_* metrics contract, checked by scraping a HealthServer over HTTP."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from federation.monitoring.metrics import MESSAGE_TYPES
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-# DESIGN.md §8, sample name -> label names (histograms: the _count sample).
+# The exported metrics, sample name -> label names (histograms: the _count sample).
 CONTRACT = {
     "pdmfed_messages_consumed_total": {"service", "msg_type"},
     "pdmfed_messages_published_total": {"service", "msg_type"},

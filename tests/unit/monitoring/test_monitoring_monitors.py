@@ -1,4 +1,4 @@
-"""The seed's §5 monitors, computed from given numbers (values, not just keys)."""
+"""The monitors, computed from given numbers (values, not just keys)."""
 
 from __future__ import annotations
 

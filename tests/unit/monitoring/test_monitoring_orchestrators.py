@@ -1,4 +1,4 @@
-"""Seed §4 orchestrators over an in-memory transport; the security math is the real secure manager."""
+"""The orchestrators over an in-memory transport; the security math is the real secure manager."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The seed's §6 validate_security_configuration example, verbatim, reports everything 'working'."""
+"""The validate_security_configuration example of the communication layer's guide, verbatim, reports everything 'working'."""
 
 # ruff: noqa: F841  (the seed's code assigns `decrypted` without using it)
 
@@ -6,7 +6,7 @@ import torch
 from federation.communication.secure_syft_client import SecurePySyftCommunicationManager
 
 
-# --- copied verbatim from the seed (§6 Security Configuration Issues) ----------------------
+# --- copied verbatim from the seed (its troubleshooting section, "Security Configuration Issues") ----------------------
 # fmt: off
 def validate_security_configuration(secure_comm):
     """Validate security configuration and identify issues."""

@@ -13,8 +13,7 @@ EXAMPLES = [
     messages.CampaignStart("c1", {"rounds": 3, "model": "cnn"}),
     messages.RoundOpen("c1", 1, 0, ["f1", "f2"], 1725543015.5, SD),
     messages.RoundClose("c1", 1, ["f1", "f2"], {"f3": "deadline"}, "deadline"),
-    messages.TrainRequest("c1", 1, "f1", 0, SD, {"epochs": 1}, attempt=2),
-    messages.ModelGlobal("c1", 1, 1, SD),
+    messages.TrainRequest("c1", 1, "f1", 0, {"epochs": 1}, attempt=2),
     messages.UpdateRaw("c1", 1, "f1", 0, SD, 128, {"loss": 0.5}, b"\x01" * 64, "f1"),
     messages.UpdateScreened("c1", 1, "f1", 0, SD, 128, 0.5, {"loss": 0.5}, {"cosine": 0.9}, ["f1", "f2"]),
     messages.UpdateRejected("c1", 1, "f2", "byzantine", {"score": 9.1}, ["f1", "f2"]),
@@ -22,7 +21,6 @@ EXAMPLES = [
                             "aggregated", {"f3": "deadline"}, SD),
     messages.CampaignCompleted("c1", 3, "max_rounds", {"rmse": 18.0}),
     messages.DatasiteStatus("f1", "connected", {"url": "http://x"}),
-    messages.DatasiteCommand("f1", "reconnect", {}),
 ]
 
 
@@ -65,8 +63,8 @@ def test_when_optional_fields_are_absent__defaults_apply():
         ("round.open", {"campaign_id": 1, "round_num": 1, "model_version": 0}),
         ("round.open", {"campaign_id": "c", "round_num": 1, "model_version": 0, "x": 1}),
         (
-            "model.global",
-            {"campaign_id": "c", "model_version": 0, "round_num": 0, "state_dict": {"w": [1.0]}},
+            "round.open",
+            {"campaign_id": "c", "model_version": 0, "round_num": 0, "global_model": {"w": [1.0]}},
         ),
         (
             "round.completed",

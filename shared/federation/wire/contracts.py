@@ -1,0 +1,210 @@
+"""Message contracts: per message type its payload class, who may send it and who consumes it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from federation.wire.messages import (
+    CampaignCompleted,
+    CampaignStart,
+    DatasiteStatus,
+    Message,
+    MsgType,
+    RoundClose,
+    RoundCompleted,
+    RoundOpen,
+    TrainRequest,
+    UpdateRaw,
+    UpdateRejected,
+    UpdateScreened,
+)
+
+__all__ = [
+    "Role",
+    "ENVELOPE_ROLES",
+    "SERVICE_ROLES",
+    "Contract",
+    "CONTRACTS",
+    "contract",
+    "may_send",
+    "publish_keys",
+    "consumed_keys",
+    "sender_roles_of",
+    "contracts_table",
+]
+
+
+class Role(StrEnum):
+    """Who takes part in the message plane; a sender id maps to exactly one role."""
+
+    ORCHESTRATOR = "orchestrator"
+    CONNECTOR = "connector"
+    TRAINER_DISPATCH = "trainer-dispatch"
+    SECURITY = "security"
+    AGGREGATOR = "aggregator"
+    #: A factory datasite: it seals no envelope, it signs the update it trained (update.raw).
+    FACTORY = "factory"
+
+
+#: The four services, in the order they are listed everywhere.
+SERVICE_ROLES: tuple[Role, ...] = (
+    Role.CONNECTOR,
+    Role.TRAINER_DISPATCH,
+    Role.SECURITY,
+    Role.AGGREGATOR,
+)
+#: Roles that seal envelopes (a factory signs content, not envelopes).
+ENVELOPE_ROLES: tuple[Role, ...] = (Role.ORCHESTRATOR, *SERVICE_ROLES)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """One message type: its payload class, its senders and its consumers (each with why)."""
+
+    payload: type[Message]
+    senders: frozenset[Role]
+    consumers: tuple[tuple[Role, str], ...]
+    #: The role whose signature the payload itself carries (checked by a consumer), if any.
+    content_signer: Role | None = None
+
+    @property
+    def msg_type(self) -> MsgType:
+        return self.payload.msg_type
+
+    @property
+    def consumer_roles(self) -> tuple[Role, ...]:
+        return tuple(role for role, _ in self.consumers)
+
+
+def _contract(
+    payload: type[Message],
+    senders: Iterable[Role],
+    *consumers: tuple[Role, str],
+    content_signer: Role | None = None,
+) -> Contract:
+    return Contract(payload, frozenset(senders), tuple(consumers), content_signer)
+
+
+_O, _C, _D, _S, _A = (
+    Role.ORCHESTRATOR,
+    Role.CONNECTOR,
+    Role.TRAINER_DISPATCH,
+    Role.SECURITY,
+    Role.AGGREGATOR,
+)
+
+#: Message type -> contract. The one table topology bindings, trust (who must hold whose public
+#: key), broker publish permissions and consumer authorization derive from.
+CONTRACTS: dict[MsgType, Contract] = {
+    c.msg_type: c
+    for c in (
+        _contract(
+            CampaignStart,
+            {_O},
+            (_D, "creates the campaign's round plan and opens round 1"),
+            (_C, "learns the campaign's datasites (URL, login) before the first train.request"),
+            (_S, "takes the campaign's DP clipping and Byzantine screening settings"),
+            (_A, "takes the aggregation rule, central DP settings and privacy budget"),
+        ),
+        _contract(
+            RoundOpen,
+            {_D},
+            (_C, "keeps the round's global model: train.request names its version only"),
+            (_A, "keeps the round's base model (deltas are applied to it) and opens the round"),
+            (_O, "shows the round as open"),
+        ),
+        _contract(
+            RoundClose,
+            {_D},
+            (_S, "screens the round's updates together once every expected one is in"),
+            (_A, "learns which verdicts to wait for (none: the round closes unchanged)"),
+            (_O, "shows who was expected and who missed the deadline"),
+        ),
+        _contract(
+            TrainRequest,
+            {_D},
+            (_C, "runs the send-model + local-training job on the named datasite"),
+        ),
+        _contract(
+            UpdateRaw,
+            {_C},
+            (_S, "verifies the factory signature, screens and clips every update"),
+            content_signer=Role.FACTORY,
+        ),
+        _contract(
+            UpdateScreened,
+            {_S},
+            (_A, "aggregates the screened update into the round's model"),
+        ),
+        _contract(
+            UpdateRejected,
+            {_S},
+            (_A, "accounts for it: published = aggregated + rejected, per round"),
+            (_O, "shows who was left out and why"),
+        ),
+        _contract(
+            RoundCompleted,
+            {_A},
+            (_D, "adopts the new model; starts the next round or stops (rounds, RMSE, budget)"),
+            (_O, "records the round's metrics and the latest model"),
+        ),
+        _contract(
+            CampaignCompleted,
+            {_D},
+            (_C, "drops the global model versions it kept for the campaign"),
+            (_O, "ends the campaign's wait with its outcome"),
+        ),
+        _contract(
+            DatasiteStatus,
+            {_C},
+            (_D, "counts trained/failed answers; retries a failed datasite within the round"),
+            (_O, "shows which datasites trained or failed"),
+        ),
+    )
+}
+
+
+def contract(msg_type: str | MsgType) -> Contract:
+    """The contract of ``msg_type`` (KeyError for a type that has none)."""
+    return CONTRACTS[MsgType(msg_type)]
+
+
+def may_send(role: str | Role, msg_type: str | MsgType) -> bool:
+    """Whether a sender of ``role`` may send ``msg_type`` (False for unknown roles or types)."""
+    try:
+        return Role(role) in CONTRACTS[MsgType(msg_type)].senders
+    except ValueError:
+        return False
+
+
+def publish_keys(role: str | Role) -> tuple[str, ...]:
+    """The routing keys ``role`` may publish (its broker topic write permissions)."""
+    return tuple(t.value for t, c in CONTRACTS.items() if Role(role) in c.senders)
+
+
+def consumed_keys(role: str | Role) -> tuple[str, ...]:
+    """The routing keys ``role`` consumes (its queue's bindings, the orchestrator's events)."""
+    return tuple(t.value for t, c in CONTRACTS.items() if Role(role) in c.consumer_roles)
+
+
+def sender_roles_of(role: str | Role) -> tuple[Role, ...]:
+    """The roles whose envelopes ``role`` must verify: the senders of what it consumes."""
+    found = {s for c in CONTRACTS.values() if Role(role) in c.consumer_roles for s in c.senders}
+    return tuple(r for r in ENVELOPE_ROLES if r in found)
+
+
+def contracts_table() -> str:
+    """The contracts as a Markdown table (docs/architecture.md holds it; a test compares)."""
+    rows = [
+        "| message type | payload | sent by | consumed by |",
+        "|---|---|---|---|",
+    ]
+    for msg_type, c in CONTRACTS.items():
+        senders = ", ".join(r.value for r in ENVELOPE_ROLES if r in c.senders)
+        if c.content_signer is not None:
+            senders += f" (content signed by {c.content_signer.value})"
+        consumers = "; ".join(f"{r.value}: {why}" for r, why in c.consumers)
+        rows.append(f"| `{msg_type.value}` | `{c.payload.__name__}` | {senders} | {consumers} |")
+    return "\n".join(rows) + "\n"
