@@ -112,8 +112,10 @@ def load_sender_roles(
         )
     missing = sorted(set(trusted) - set(roles))
     if missing:
-        raise ConfigError(f"trusted sender(s) {', '.join(missing)} have no role (add them to "
-                          f"{ROLES_FILE} or PDMFED_SENDER_ROLES)")
+        raise ConfigError(
+            f"trusted sender(s) {', '.join(missing)} have no role (add them to "
+            f"{ROLES_FILE} or PDMFED_SENDER_ROLES)"
+        )
     return SenderRoles(roles)
 
 

@@ -37,8 +37,10 @@ W = {"w": torch.ones(4)}
 EXAMPLES: dict[str, m.Message] = {
     c.msg_type.value: msg
     for c, msg in (
-        (CONTRACTS[m.MsgType.CAMPAIGN_START],
-         m.CampaignStart("c1", CampaignConfig(campaign_id="c1").to_payload())),
+        (
+            CONTRACTS[m.MsgType.CAMPAIGN_START],
+            m.CampaignStart("c1", CampaignConfig(campaign_id="c1").to_payload()),
+        ),
         (CONTRACTS[m.MsgType.ROUND_OPEN], m.RoundOpen("c1", 1, 0, ["f1"], 0.0, W)),
         (CONTRACTS[m.MsgType.ROUND_CLOSE], m.RoundClose("c1", 1, ["f1"])),
         (CONTRACTS[m.MsgType.TRAIN_REQUEST], m.TrainRequest("c1", 1, "f1", 0)),
@@ -47,7 +49,10 @@ EXAMPLES: dict[str, m.Message] = {
         (CONTRACTS[m.MsgType.UPDATE_REJECTED], m.UpdateRejected("c1", 1, "f1", "byzantine")),
         (CONTRACTS[m.MsgType.ROUND_COMPLETED], m.RoundCompleted("c1", 1, 777, global_model=W)),
         (CONTRACTS[m.MsgType.CAMPAIGN_COMPLETED], m.CampaignCompleted("c1", 1, "max_rounds")),
-        (CONTRACTS[m.MsgType.DATASITE_STATUS], m.DatasiteStatus("f1", "trained", {"campaign_id": "c1"})),
+        (
+            CONTRACTS[m.MsgType.DATASITE_STATUS],
+            m.DatasiteStatus("f1", "trained", {"campaign_id": "c1"}),
+        ),
     )
 }
 PAIRS = [(t.value, r) for t in CONTRACTS for r in ENVELOPE_ROLES]
@@ -84,7 +89,11 @@ class Plane:
         self.dead: list[Delivery] = []
         for role, consumer in self.consumers.items():
             endpoint = SecureEndpoint(
-                self.bus, consumer.sealer, Metrics(str(role), consumer.registry), str(role), roles=roles
+                self.bus,
+                consumer.sealer,
+                Metrics(str(role), consumer.registry),
+                str(role),
+                roles=roles,
             )
 
             async def record(kind, payload, env, consumer=consumer) -> None:

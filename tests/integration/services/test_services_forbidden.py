@@ -49,11 +49,19 @@ def _campaign() -> CampaignConfig:
         dict(
             campaign_id=CID,
             datasites=[
-                DatasiteRef(datasite_id=ds, url=f"http://127.0.0.1:9/{ds}", email="c@x.org",
-                            password_env="PDMFED_UNUSED_PASSWORD")
+                DatasiteRef(
+                    datasite_id=ds,
+                    url=f"http://127.0.0.1:9/{ds}",
+                    email="c@x.org",
+                    password_env="PDMFED_UNUSED_PASSWORD",
+                )
                 for ds in ("f1", "f2")
             ],
-            rounds=3, round_timeout_s=600, quorum=2, max_retries=0, seed=1,
+            rounds=3,
+            round_timeout_s=600,
+            quorum=2,
+            max_retries=0,
+            seed=1,
             training={"model_type": "cnn", "epochs": 1, "n_features": 4, "window": 8},
             privacy={"enabled": False},
             robustness={"enabled": False, "aggregation": "fedavg", "min_clients": 1},
@@ -73,7 +81,10 @@ class Federation:
         self.nodes = {}
         for name, registry in self.registries.items():
             self.nodes[name] = await start_node(
-                name, _settings(root, self.prefix, name), registry=registry, store_path=root / f"{name}.sqlite"
+                name,
+                _settings(root, self.prefix, name),
+                registry=registry,
+                store_path=root / f"{name}.sqlite",
             )
         self.bus = make_bus(_settings(root, self.prefix, "attacker"), "attacker")
         await self.bus.start()
@@ -83,12 +94,18 @@ class Federation:
             self.dead.append(d)
 
         await self.bus.consume(f"{self.prefix}.dead", on_dead)
-        await self.publish("orchestrator", "campaign.start", {"campaign_id": CID, "config": _campaign().to_payload()})
+        await self.publish(
+            "orchestrator",
+            "campaign.start",
+            {"campaign_id": CID, "config": _campaign().to_payload()},
+        )
         await wait_for(lambda: self.get("aggregator", f"round/{CID}/000001") is not None, 30)
         await wait_for(lambda: self.get("trainer-dispatch", f"round/{CID}/000001") is not None, 30)
 
     async def publish(self, sender: str, msg_type: str, payload: dict) -> None:
-        for body in make_sealer(_settings(self.root, self.prefix, sender), sender).seal(msg_type, payload):
+        for body in make_sealer(_settings(self.root, self.prefix, sender), sender).seal(
+            msg_type, payload
+        ):
             await self.bus.publish(msg_type, body)
 
     def get(self, service: str, key: str):
@@ -96,7 +113,9 @@ class Federation:
             return tx.get(key)
 
     def value(self, service: str, name: str, **labels) -> float:
-        return self.registries[service].get_sample_value(name, {"service": service, **labels}) or 0.0
+        return (
+            self.registries[service].get_sample_value(name, {"service": service, **labels}) or 0.0
+        )
 
     async def stop(self) -> None:
         for node in self.nodes.values():
@@ -120,16 +139,30 @@ def _forged_model(fed: Federation) -> dict[str, torch.Tensor]:
     return {k: torch.full_like(v, 66.0) if v.is_floating_point() else v for k, v in model.items()}
 
 
-async def test_when_the_connector_seals_round_completed__dispatch_refuses_it_and_keeps_its_model(federation):
+async def test_when_the_connector_seals_round_completed__dispatch_refuses_it_and_keeps_its_model(
+    federation,
+):
     fed = federation
-    forged = {"campaign_id": CID, "round_num": 1, "model_version": 777, "global_model": _forged_model(fed)}
+    forged = {
+        "campaign_id": CID,
+        "round_num": 1,
+        "model_version": 777,
+        "global_model": _forged_model(fed),
+    }
     await fed.publish("connector", "round.completed", forged)
-    await wait_for(lambda: fed.value("trainer-dispatch", "pdmfed_messages_rejected_total", reason="forbidden") == 1)
+    await wait_for(
+        lambda: (
+            fed.value("trainer-dispatch", "pdmfed_messages_rejected_total", reason="forbidden") == 1
+        )
+    )
     await wait_for(lambda: any(dead_letter_info(d).reason == "forbidden" for d in fed.dead))
     assert fed.get("trainer-dispatch", f"model/{CID}")["version"] == 0
     assert fed.get("trainer-dispatch", f"round/{CID}/000001")["status"] == "open"
     assert fed.get("trainer-dispatch", f"round/{CID}/000002") is None
-    assert fed.value("trainer-dispatch", "pdmfed_messages_consumed_total", msg_type="round.completed") == 0
+    assert (
+        fed.value("trainer-dispatch", "pdmfed_messages_consumed_total", msg_type="round.completed")
+        == 0
+    )
     (dead,) = [d for d in fed.dead if dead_letter_info(d).reason == "forbidden"]
     assert dead_letter_info(dead).routing_key == "round.completed"
 
@@ -139,16 +172,28 @@ async def test_when_the_connector_seals_round_completed__dispatch_refuses_it_and
     assert fed.get("trainer-dispatch", f"model/{CID}")["version"] == 777
 
 
-async def test_when_the_connector_seals_update_screened__the_aggregator_refuses_it_unscreened(federation):
+async def test_when_the_connector_seals_update_screened__the_aggregator_refuses_it_unscreened(
+    federation,
+):
     fed = federation
     delta = {k: torch.zeros_like(v) for k, v in _forged_model(fed).items()}
-    forged = {"campaign_id": CID, "round_num": 1, "datasite_id": "f1", "model_version": 0, "delta": delta,
-              "num_samples": 10}
+    forged = {
+        "campaign_id": CID,
+        "round_num": 1,
+        "datasite_id": "f1",
+        "model_version": 0,
+        "delta": delta,
+        "num_samples": 10,
+    }
     await fed.publish("connector", "update.screened", forged)
-    await wait_for(lambda: fed.value("aggregator", "pdmfed_messages_rejected_total", reason="forbidden") == 1)
+    await wait_for(
+        lambda: fed.value("aggregator", "pdmfed_messages_rejected_total", reason="forbidden") == 1
+    )
     await wait_for(lambda: any(dead_letter_info(d).reason == "forbidden" for d in fed.dead))
     assert fed.get("aggregator", f"verdict/{CID}/000001/f1") is None
-    assert fed.value("aggregator", "pdmfed_messages_consumed_total", msg_type="update.screened") == 0
+    assert (
+        fed.value("aggregator", "pdmfed_messages_consumed_total", msg_type="update.screened") == 0
+    )
 
     # sealed by the security service it is a verdict the aggregator keeps
     await fed.publish("security", "update.screened", forged)

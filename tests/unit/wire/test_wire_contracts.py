@@ -88,7 +88,9 @@ def test_sender_roles_are_explicit_configuration_or_the_service_refuses_to_start
     with pytest.raises(ConfigError, match="no sender roles"):
         load_sender_roles(tmp_path, None)
     assert parse_sender_roles("connector-1=connector, connector-2=connector") == {
-        "connector-1": "connector", "connector-2": "connector"}
+        "connector-1": "connector",
+        "connector-2": "connector",
+    }
     with pytest.raises(ConfigError, match="two roles"):
         parse_sender_roles("x=connector,x=security")
     with pytest.raises(ConfigError, match="roles are"):
