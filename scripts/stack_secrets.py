@@ -51,6 +51,7 @@ def _write_env(path: Path, values: dict[str, str]) -> None:
 def write_secrets(out: Path, owner: tuple[int, int] | None = None) -> dict:
     """Generate every component's secrets under `out`; returns what the operator needs."""
     from federation.crypto.signing import SigningIdentity
+    from federation.runtime.roles import write_roles_file
 
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"stack_secrets: {out} is not empty; refusing to overwrite secrets")
@@ -66,6 +67,7 @@ def write_secrets(out: Path, owner: tuple[int, int] | None = None) -> dict:
         identities[sender].save(keys)
         for other in SENDERS:
             (keys / f"{other}.pub").write_bytes(identities[other].public_pem())
+        write_roles_file(keys, {other: other for other in SENDERS})  # each sender id's role
         env = {
             **sealing,
             "PDMFED_AMQP_URL": f"amqp://pdmfed-{sender}:{broker[sender]}@rabbitmq:5672/{VHOST}",

@@ -100,6 +100,7 @@ def _keys(settings: Settings, role: str) -> list[Finding]:
                 f"trust store holds every sender the {role} consumes from ({', '.join(expected)})",
             )
         )
+    out.append(_roles(settings, kd))
     if role == "security":
         factories = sorted((kd / "factories").glob("*.pub")) if (kd / "factories").is_dir() else []
         if factories:
@@ -119,6 +120,17 @@ def _keys(settings: Settings, role: str) -> list[Finding]:
                 )
             )
     return out
+
+
+def _roles(settings: Settings, kd: Path) -> Finding:
+    from federation.crypto.signing import TrustStore
+    from federation.runtime.roles import load_sender_roles
+
+    try:
+        roles = load_sender_roles(kd, settings.sender_roles, TrustStore.from_dir(kd).senders)
+    except PdmFedError as exc:
+        return Finding("issue", str(exc), "use the senders.json `pdmfed keys init` writes")
+    return Finding("ok", f"every trusted sender has one role ({len(roles)} senders)")
 
 
 async def _broker(settings: Settings, give_up_s: float) -> list[Finding]:

@@ -65,6 +65,7 @@ def test_when_the_orchestrator_s_mounts_are_complete__every_check_is_ticked_and_
         "  ✓ own private key orchestrator.key, readable by its owner only",
         "  ✓ trust store holds every sender the orchestrator consumes from (aggregator, connector, security, "
         "trainer-dispatch)",
+        "  ✓ every trusted sender has one role (5 senders)",
         "  ✓ RabbitMQ at 127.0.0.1:5672 (vhost '/', user 'guest'): the exchange and all 5 queues exist",
         "deployment OK",
     ]
@@ -102,6 +103,18 @@ def test_when_dispatch_does_not_trust_the_orchestrator__the_dead_lettering_is_na
         "    → copy each sender's <name>.pub into it",
     ]
     assert run.stdout.splitlines()[-1] == "deployment has 2 issues"
+
+
+def test_when_the_sender_roles_are_missing__the_check_says_the_service_would_not_start(
+    tmp_path, deployment
+):
+    out, prefix, env = deployment
+    (out / "aggregator" / "keys" / "senders.json").unlink()
+    run = run_pdmfed(
+        "validate-security", "--role", "aggregator", tmp_path=tmp_path, env=env("aggregator")
+    )
+    assert run.returncode == 1
+    assert any(ln.startswith("  ✗ no sender roles: ") for ln in run.stdout.splitlines()), run.stdout
 
 
 def test_when_the_services_topology_is_missing__the_broker_check_names_what_is_missing(
