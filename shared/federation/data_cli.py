@@ -1,4 +1,4 @@
-"""`pdmfed data`: prepare factory data for datasites (`partition`: one file per factory)."""
+"""`pdmfed data`: prepare factory data for datasites (`import`: a factory's own table; `partition`: a split)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ import typer
 from federation.console import fail
 from federation.errors import PdmFedError
 
-__all__ = ["app", "write_partitions", "PARTITION_FILE"]
+__all__ = ["app", "write_import", "write_partitions", "CARD_FILE", "PARTITION_FILE"]
 
 #: The file a datasite container reads (its data volume holds exactly this file).
 PARTITION_FILE = "partition.npz"
 MANIFEST_FILE = "manifest.json"
+#: What `pdmfed data import` writes next to the partition: the data card (aggregates only).
+CARD_FILE = "datacard.json"
 
 app = typer.Typer(help="Prepare factory data for the datasites.", no_args_is_help=True)
 
@@ -205,4 +207,132 @@ def partition(
         typer.echo(
             f"{name}: {info['windows']} windows of {len(info['engines'])} engines -> {out / info['file']}"
         )
+    return 0
+
+
+def _private_file(path: Path, owner: tuple[int, int] | None) -> None:
+    os.chmod(path.parent, 0o700)
+    os.chmod(path, 0o600)
+    if owner is not None:
+        os.chown(path.parent, *owner)
+        os.chown(path, *owner)
+
+
+def write_import(
+    out: Path,
+    *,
+    data: Path,
+    schema: Path,
+    normalizer: Path | None = None,
+    owner: tuple[int, int] | None = None,
+) -> dict:
+    """Validate `data` against `schema`, write `out/partition.npz` and `out/datacard.json`.
+
+    Returns the data card. Nothing is written when the data or schema is refused (an
+    ``ImportError_`` saying file, row, unit and column).
+    """
+    from federation.ml.data import DatasetError, Normalizer
+    from federation.ml.importer import data_card, import_table
+    from federation.ml.tabular import ImportError_, load_schema
+
+    declared = load_schema(schema)
+    stats = None
+    if normalizer is not None:
+        try:
+            raw = json.loads(normalizer.read_text())
+            stats = Normalizer.from_dict(raw.get("normalizer", raw))
+        except (OSError, ValueError, AttributeError, DatasetError) as exc:
+            raise ImportError_(
+                f"not usable normalisation statistics: {exc}", file=normalizer
+            ) from exc
+    part, fitted, table = import_table(data, declared, stats)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = part.save(out / PARTITION_FILE)
+    _private_file(path, owner)
+    card = data_card(
+        table,
+        declared,
+        part,
+        fitted,
+        source=data,
+        partition_sha256=_sha256(path),
+        normalizer_source=str(normalizer) if normalizer is not None else "fitted on this file",
+    )
+    card_path = out / CARD_FILE
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    _private_file(card_path, owner)
+    return card
+
+
+@app.command("import")
+def import_(
+    data: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+            help="the factory's table: .csv (or other delimited text) or .parquet",
+        ),
+    ],
+    schema: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+            help="YAML naming the unit, cycle, setting, sensor and label columns "
+            "(examples/cmapss.schema.yaml)",
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            file_okay=False,
+            show_default=False,
+            help="directory to write partition.npz (for `pdmfed datasite launch --data`) and "
+            "datacard.json into",
+        ),
+    ],
+    normalizer: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+            help="normalisation statistics the federation agreed on (a normaliser JSON or "
+            "another factory's data card); default: fitted on this file",
+        ),
+    ] = None,
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            show_default=False,
+            help="UID[:GID] to own the files (10001 for the datasite image); needs root",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="replace a partition already in --out")
+    ] = False,
+) -> int:
+    """Check a factory's own sensor table against its schema and write the datasite's partition."""
+    uid_gid = _owner(owner)
+    if uid_gid is not None and os.geteuid() != 0:
+        fail("--owner needs root (the files are handed to the datasite image's user)")
+    if (out / PARTITION_FILE).exists() and not force:
+        fail(f"{out / PARTITION_FILE} already exists (--force replaces it)")
+    from federation.ml.data import DatasetError
+
+    try:
+        card = write_import(out, data=data, schema=schema, normalizer=normalizer, owner=uid_gid)
+    except DatasetError as exc:  # bad data or schema: bad input, located
+        fail(str(exc))
+    cyc = card["cycles"]
+    dates = f", {card['date_range'][0]} to {card['date_range'][1]}" if card["date_range"] else ""
+    typer.echo(
+        f"{data.name}: {card['rows']} rows, {card['units']} units "
+        f"({cyc['per_unit_min']}-{cyc['per_unit_max']} cycles){dates}, "
+        f"{len(card['features'])} sensors -> {card['windows']} windows of {card['window']} "
+        f"cycles in {out / PARTITION_FILE} (card: {out / CARD_FILE})"
+    )
     return 0

@@ -316,10 +316,19 @@ def piecewise_rul(fleet: Fleet, cap: float = DEFAULT_RUL_CAP, final_rul: Any = N
     return np.minimum(rul, cap).astype(np.float32)
 
 
-def regime_ids(settings: np.ndarray) -> np.ndarray:
-    """Operating-regime keys: each row's settings rounded (1 regime for FD001/FD003)."""
+def regime_ids(settings: np.ndarray, decimals: Sequence[int] | None = None) -> np.ndarray:
+    """Operating-regime keys: each row's settings rounded (1 regime for FD001/FD003).
+
+    ``decimals`` per setting column defaults to C-MAPSS's (0, 1, 0); no setting column at all
+    is one regime.
+    """
     s = np.asarray(settings, dtype=np.float64)
-    cols = [np.round(s[:, j], _REGIME_DECIMALS[j]) + 0.0 for j in range(s.shape[1])]
+    if s.ndim != 2 or s.shape[1] == 0:
+        return np.zeros((s.shape[0], 1))
+    dec = _REGIME_DECIMALS if decimals is None else tuple(decimals)
+    if len(dec) != s.shape[1]:
+        raise DatasetError(f"{s.shape[1]} setting columns but {len(dec)} regime roundings")
+    cols = [np.round(s[:, j], dec[j]) + 0.0 for j in range(s.shape[1])]
     return np.column_stack(cols)
 
 
@@ -362,15 +371,24 @@ class Normalizer:
     regimes: list[list[float]] = field(default_factory=list)
     mean: list[list[float]] = field(default_factory=list)
     std: list[list[float]] = field(default_factory=list)
+    #: Decimals each setting is rounded to when naming a regime (None: C-MAPSS's).
+    decimals: list[int] | None = None
 
-    def fit(self, values: np.ndarray, settings: np.ndarray, columns: Sequence[str]) -> Normalizer:
+    def fit(
+        self,
+        values: np.ndarray,
+        settings: np.ndarray,
+        columns: Sequence[str],
+        decimals: Sequence[int] | None = None,
+    ) -> Normalizer:
         """Learn mean/std per regime and column from training rows only."""
         x = np.asarray(values, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(columns) or x.shape[0] == 0:
             raise DatasetError(
                 f"cannot fit normaliser on shape {x.shape} for {len(columns)} columns"
             )
-        keys, inv = _regime_index(regime_ids(settings))
+        self.decimals = None if decimals is None else [int(d) for d in decimals]
+        keys, inv = _regime_index(regime_ids(settings, self.decimals))
         self.columns = tuple(columns)
         self.regimes, self.mean, self.std = [], [], []
         for r, key in enumerate(keys):
@@ -389,7 +407,7 @@ class Normalizer:
         if x.ndim != 2 or x.shape[1] != len(self.columns):
             raise DatasetError(f"expected {len(self.columns)} columns, got shape {x.shape}")
         known = np.asarray(self.regimes, dtype=np.float64)
-        keys = regime_ids(settings)
+        keys = regime_ids(settings, self.decimals)
         match = np.all(keys[:, None, :] == known[None, :, :], axis=2)
         if not np.all(match.any(axis=1)):
             bad = keys[~match.any(axis=1)][0].tolist()
@@ -400,12 +418,15 @@ class Normalizer:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and floats (msgpack/JSON friendly)."""
-        return {
+        out: dict[str, Any] = {
             "columns": list(self.columns),
             "regimes": [list(r) for r in self.regimes],
             "mean": [list(m) for m in self.mean],
             "std": [list(s) for s in self.std],
         }
+        if self.decimals is not None:
+            out["decimals"] = list(self.decimals)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Normalizer:
@@ -415,6 +436,7 @@ class Normalizer:
             regimes = [[float(v) for v in r] for r in d["regimes"]]
             mean = [[float(v) for v in m] for m in d["mean"]]
             std = [[float(v) for v in s] for s in d["std"]]
+            decimals = None if d.get("decimals") is None else [int(v) for v in d["decimals"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise DatasetError(f"malformed normaliser: {exc}") from exc
         ok = len(regimes) == len(mean) == len(std) and all(
@@ -422,7 +444,9 @@ class Normalizer:
         )
         if not ok or any(v <= 0 or not math.isfinite(v) for s in std for v in s):
             raise DatasetError("malformed normaliser: inconsistent lengths or non-positive std")
-        return cls(cols, regimes, mean, std)
+        if decimals is not None and any(len(r) != len(decimals) for r in regimes):
+            raise DatasetError("malformed normaliser: regimes and decimals differ in length")
+        return cls(cols, regimes, mean, std, decimals)
 
 
 def make_windows(

@@ -1,0 +1,104 @@
+"""A validated factory table turned into the datasite's windows, and the data card that describes them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from federation.ml.data import DatasetError, Normalizer, Partition, make_windows
+from federation.ml.tabular import DataSchema, ImportError_, SensorTable, read_table
+
+__all__ = ["CARD_VERSION", "data_card", "features_of", "import_table", "normalise"]
+
+CARD_VERSION = 1
+
+
+def features_of(schema: DataSchema) -> tuple[str, ...]:
+    """The model's input features: the schema's sensors, in its order."""
+    return tuple(schema.sensors)
+
+
+def normalise(table: SensorTable, schema: DataSchema, normalizer: Normalizer) -> np.ndarray:
+    """The table's sensors z-scored per regime with `normalizer` (its own regime rounding)."""
+    if tuple(normalizer.columns) != features_of(schema):
+        raise ImportError_(
+            f"the normalisation statistics are for {list(normalizer.columns)}, the schema's "
+            f"sensors are {list(schema.sensors)}",
+            file=schema.name,
+        )
+    try:
+        return normalizer.transform(table.sensors, table.settings)
+    except DatasetError as exc:
+        raise ImportError_(str(exc), file=schema.name) from exc
+
+
+def import_table(
+    path: str | Path, schema: DataSchema, normalizer: Normalizer | None = None
+) -> tuple[Partition, Normalizer, SensorTable]:
+    """Read, validate and window a run-to-failure table.
+
+    Sensors are z-scored per operating regime with `normalizer` when given (statistics the
+    federation agreed on), else with statistics fitted on this table; the label is the RUL
+    capped at the schema's ``rul_cap``; one window ends at every cycle from the window-th on.
+    """
+    table = read_table(path, schema, with_label=True)
+    if normalizer is None:
+        normalizer = Normalizer().fit(
+            table.sensors,
+            table.settings,
+            features_of(schema),
+            decimals=list(schema.decimals) if schema.settings else None,
+        )
+    x = normalise(table, schema, normalizer)
+    assert table.rul is not None
+    labels = np.minimum(table.rul, schema.rul_cap).astype(np.float32)
+    X, y, codes = make_windows(x, table.units, labels, schema.window)
+    return Partition(X, y, table.unit_numbers[codes]), normalizer, table
+
+
+def data_card(
+    table: SensorTable,
+    schema: DataSchema,
+    part: Partition,
+    normalizer: Normalizer,
+    *,
+    source: str | Path,
+    partition_sha256: str,
+    normalizer_source: str,
+) -> dict[str, Any]:
+    """What the partition holds, in aggregate (no row, no unit id): safe to share with the federation."""
+    lengths = np.bincount(table.units)
+    return {
+        "card_version": CARD_VERSION,
+        "source": {"file": Path(source).name, "sha256": table.sha256},
+        "schema": schema.to_dict(),
+        "rows": len(table),
+        "units": int(lengths.shape[0]),
+        "cycles": {
+            "total": int(lengths.sum()),
+            "per_unit_min": int(lengths.min()),
+            "per_unit_median": float(np.median(lengths)),
+            "per_unit_max": int(lengths.max()),
+        },
+        "columns": {
+            "unit": schema.unit,
+            "cycle": schema.cycle,
+            "timestamp": schema.timestamp,
+            "settings": list(schema.setting_names),
+            "sensors": list(schema.sensors),
+            "label": schema.rul_column if schema.label == "rul" else schema.label,
+            "ignored": list(schema.ignore),
+        },
+        "date_range": list(table.timestamps) if table.timestamps else None,
+        "label": {"kind": schema.label, "rul_cap": schema.rul_cap},
+        "window": schema.window,
+        "features": list(features_of(schema)),
+        "windows": len(part),
+        "normalizer": normalizer.to_dict(),
+        "normalizer_source": normalizer_source,
+        "partition_sha256": partition_sha256,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
