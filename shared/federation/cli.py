@@ -236,9 +236,12 @@ def status(
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
     service: Annotated[
         list[str] | None,
-        typer.Option(metavar="NAME=URL", show_default=False,
-                     help="a service's metrics address to ask (repeatable; default: the four "
-                     "services at http://<name>:9100, as compose and k8s name them)"),
+        typer.Option(
+            metavar="NAME=URL",
+            show_default=False,
+            help="a service's metrics address to ask (repeatable; default: the four "
+            "services at http://<name>:9100, as compose and k8s name them)",
+        ),
     ] = None,
 ) -> int:
     """Ask each running service (its /readyz and /metrics) and the broker (queue depths)."""
@@ -368,6 +371,103 @@ def report(
     from federation.monitoring.report import report_command
 
     return report_command(run_dir)
+
+
+class ExportFormat(StrEnum):
+    torchscript = "torchscript"
+    onnx = "onnx"
+
+
+class PredictFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def export(
+    run: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, help="a campaign's run folder (or its bundle.json)", show_default=False
+        ),
+    ],
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", help="torchscript (.pt) or onnx (.onnx)")
+    ] = ExportFormat.torchscript,
+    out: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, show_default=False, help="file to write (default: in RUN)"),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+            help="verify on every window of this table (default: 256 seeded windows)",
+        ),
+    ] = None,
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+            help="schema of --data (default: the bundle's)",
+        ),
+    ] = None,
+) -> int:
+    """Export a bundle's model; its predictions must equal PyTorch's within 1e-5 cycles."""
+    from federation.model_cli import export_command
+
+    return export_command(run, fmt=fmt.value, out=out, data=data, schema=schema)
+
+
+@app.command()
+def predict(
+    bundle: Annotated[
+        Path,
+        typer.Option(exists=True, help="a run folder or its bundle.json", show_default=False),
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+            help="the units' recent cycles: .csv or .parquet, checked like `pdmfed data import`",
+        ),
+    ],
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+            help="YAML schema of --data (default: the one the bundle records)",
+        ),
+    ] = None,
+    normalizer: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+            help="normalisation statistics (default: the bundle's)",
+        ),
+    ] = None,
+    fmt: Annotated[PredictFormat, typer.Option("--format", help="csv or json")] = PredictFormat.csv,
+    out: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, show_default=False, help="file to write (default: stdout)"),
+    ] = None,
+) -> int:
+    """Remaining useful life per unit (in cycles) from a bundle and the units' latest cycles."""
+    from federation.model_cli import predict_command
+
+    return predict_command(
+        bundle=bundle, data=data, schema=schema, normalizer=normalizer, fmt=fmt.value, out=out
+    )
 
 
 # --- datasite ---------------------------------------------------------------------------------

@@ -167,8 +167,20 @@ def load_cmapss(directory: str | Path, subset: str | None = None) -> CmapssData:
 #: follow the operating regime. A 21-sensor synthetic fleet uses this layout, so its informative
 #: sensors are FD001's 14, in the same order and with the same trends (no FD001 value is used).
 CMAPSS_TRENDS: dict[int, float] = {
-    2: 1.0, 3: 1.0, 4: 1.0, 7: -1.0, 8: 1.0, 9: 1.0, 11: 1.0,
-    12: -1.0, 13: 1.0, 14: 1.0, 15: 1.0, 17: 1.0, 20: -1.0, 21: -1.0,
+    2: 1.0,
+    3: 1.0,
+    4: 1.0,
+    7: -1.0,
+    8: 1.0,
+    9: 1.0,
+    11: 1.0,
+    12: -1.0,
+    13: 1.0,
+    14: 1.0,
+    15: 1.0,
+    17: 1.0,
+    20: -1.0,
+    21: -1.0,
 }
 
 

@@ -44,6 +44,9 @@ def import_table(
     federation agreed on), else with statistics fitted on this table; the label is the RUL
     capped at the schema's ``rul_cap``; one window ends at every cycle from the window-th on.
     """
+    if schema.label == "none":
+        raise ImportError_("label: none gives nothing to train on: say failure_at_last_cycle or "
+                           "{rul_column: NAME}", file=schema.name)  # fmt: skip
     table = read_table(path, schema, with_label=True)
     if normalizer is None:
         normalizer = Normalizer().fit(
@@ -75,6 +78,7 @@ def data_card(
         "card_version": CARD_VERSION,
         "source": {"file": Path(source).name, "sha256": table.sha256},
         "schema": schema.to_dict(),
+        "schema_file": {"name": Path(schema.name).name, "sha256": schema.sha256},
         "rows": len(table),
         "units": int(lengths.shape[0]),
         "cycles": {

@@ -12,7 +12,16 @@ import numpy as np
 
 from federation.ml.data import DEFAULT_RUL_CAP, DEFAULT_WINDOW, DatasetError
 
-__all__ = ["DataSchema", "ImportError_", "SensorTable", "load_schema", "read_table"]
+__all__ = [
+    "CMAPSS_COLUMNS",
+    "DataSchema",
+    "ImportError_",
+    "SensorTable",
+    "cmapss_schema",
+    "load_schema",
+    "read_table",
+    "schema_from_dict",
+]
 
 #: C-MAPSS rounding of its three operating settings into regimes (what the loader has always used).
 _DEFAULT_DECIMALS = 1
@@ -89,20 +98,50 @@ class DataSchema:
         return tuple(cols)
 
     def to_dict(self) -> dict[str, Any]:
-        """The schema as the data card and the model bundle record it."""
+        """The schema as YAML would give it (``schema_from_dict`` reads it back)."""
+        read: dict[str, Any] = {"separator": self.separator, "header": self.header}
+        if self.columns:
+            read["columns"] = list(self.columns)
         return {
-            "name": Path(self.name).name,
-            "sha256": self.sha256,
             "unit": self.unit,
             "cycle": self.cycle,
             "timestamp": self.timestamp,
             "settings": {n: d for n, d in self.settings},
             "sensors": list(self.sensors),
-            "label": self.label,
-            "rul_column": self.rul_column,
+            "ignore": list(self.ignore),
+            "label": {"rul_column": self.rul_column} if self.label == "rul" else self.label,
             "window": self.window,
             "rul_cap": self.rul_cap,
+            "read": read,
         }
+
+
+#: NASA C-MAPSS's 26 columns as shipped (examples/cmapss.schema.yaml names them the same way).
+CMAPSS_COLUMNS = (
+    "unit", "cycle", "setting_1", "setting_2", "setting_3", *(f"s{i}" for i in range(1, 22)),
+)  # fmt: skip
+
+
+def cmapss_schema(sensors: Sequence[str], *, window: int = DEFAULT_WINDOW,
+                  rul_cap: float = DEFAULT_RUL_CAP, header: bool = False) -> DataSchema:  # fmt: skip
+    """C-MAPSS (or the synthetic fleet, same layout) as a schema using `sensors` as features.
+
+    ``header=False`` reads the NASA text files as shipped; True a CSV with a header row.
+    """
+    raw = {
+        "unit": "unit",
+        "cycle": "cycle",
+        "settings": {"setting_1": 0, "setting_2": 1, "setting_3": 0},
+        "sensors": list(sensors),
+        "ignore": [c for c in CMAPSS_COLUMNS[5:] if c not in sensors],
+        "label": "failure_at_last_cycle",
+        "window": window,
+        "rul_cap": rul_cap,
+        "read": {"separator": "whitespace", "header": False, "columns": list(CMAPSS_COLUMNS)}
+        if not header
+        else {"separator": ",", "header": True},
+    }
+    return schema_from_dict(raw, name="cmapss")
 
 
 _KEYS = {
@@ -377,17 +416,17 @@ def read_table(path: str | Path, schema: DataSchema, *, with_label: bool = True)
         np.maximum.at(last, unit_codes, cyc)
         rul = (last[unit_codes] - cyc).astype(np.float64)
     lengths = np.bincount(unit_codes, minlength=len(codes))
-    if with_label:
-        short = np.flatnonzero(lengths < schema.window)
-        if short.size:
-            u = int(short[0])
-            names = [first_seen[k] for k in short[:5]]
-            raise ImportError_(
-                f"{lengths[u]} cycles, shorter than the window of {schema.window} "
-                f"({short.size} unit(s) too short: {names}{' ...' if short.size > 5 else ''}; "
-                f"drop them or lower window:)",
-                file=p, unit=first_seen[u], row=int(np.flatnonzero(unit_codes == u)[0]) + 1,
-            )  # fmt: skip
+    # a unit shorter than the window cannot fill one input (training or prediction)
+    short = np.flatnonzero(lengths < schema.window)
+    if short.size:
+        u = int(short[0])
+        names = [first_seen[k] for k in short[:5]]
+        raise ImportError_(
+            f"{lengths[u]} cycles, shorter than the window of {schema.window} "
+            f"({short.size} unit(s) too short: {names}{' ...' if short.size > 5 else ''}; "
+            f"drop them or lower window:)",
+            file=p, unit=first_seen[u], row=int(np.flatnonzero(unit_codes == u)[0]) + 1,
+        )  # fmt: skip
     stamps = None
     if schema.timestamp:
         import pandas as pd

@@ -89,6 +89,37 @@ def _evaluate(data: Any, model_type: str, state: dict) -> float:
     return float(evaluate(state, data.test.X, data.test.y, model_type)["rmse"])
 
 
+def _bundle_info(opts: DemoOptions, data: Any, parts: list[tuple[str, dict]]) -> dict:
+    """What the demo knows about its inputs, for the model bundle (federation.ml.bundle)."""
+    import numpy as np
+
+    from federation.ml.tabular import cmapss_schema
+
+    source = opts.data or f"synthetic fleet (seed {opts.seed})"
+    cards = [
+        {
+            "factory": ds,
+            "source": source,
+            "windows": int(len(arrays["y"])),
+            "units": int(np.unique(arrays["engine_ids"]).shape[0]),
+            "window": data.window,
+            "features": list(data.features),
+            "label": {"kind": "failure_at_last_cycle", "rul_cap": data.rul_cap},
+            "normalizer_source": "fitted centrally on every factory's training rows (demo only)",
+        }
+        for ds, arrays in parts
+    ]
+    return {
+        "features": list(data.features),
+        "normalizer": data.normalizer.to_dict(),
+        "rul_cap": data.rul_cap,
+        "data_cards": cards,
+        "schema": cmapss_schema(
+            data.features, window=data.window, rul_cap=data.rul_cap, header=True
+        ).to_dict(),  # fmt: skip
+    }
+
+
 def _campaign_config(
     opts: DemoOptions, run_id: str, data: Any, sites: list[tuple[str, str]]
 ) -> CampaignConfig:
@@ -311,7 +342,7 @@ async def run_demo(
             "attack": opts.attack,
             "compromised": compromised,
         }
-        write_run(run_dir, summary, record.final_model)
+        write_run(run_dir, summary, record.final_model, bundle=_bundle_info(opts, data, parts))
         console.print(results_table(summary, opts.rounds, "test RMSE"))
         console.print(f"report: {run_dir / 'report.html'}", highlight=False, soft_wrap=True)
         return summary

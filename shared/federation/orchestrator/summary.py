@@ -1,4 +1,4 @@
-"""A campaign's run folder: final model, summary.json (the report's schema) and report.html."""
+"""A campaign's run folder: model and bundle, summary.json (the report's schema), report.html."""
 
 from __future__ import annotations
 
@@ -79,16 +79,38 @@ def build_summary(record: CampaignRecord, config: dict, *, test_rmse: dict[int, 
     }
 
 
-def write_run(run_dir: Path, summary: dict, final_model: dict | None) -> dict[str, Path]:
-    """Write model.msgpack, summary.json and report.html into run_dir."""
+def write_run(
+    run_dir: Path, summary: dict, final_model: dict | None, *, bundle: dict | None = None
+) -> dict[str, Path]:
+    """Write model.msgpack with its bundle.json, summary.json and report.html into run_dir.
+
+    ``bundle`` adds what only the caller knows to the bundle manifest: ``features``,
+    ``normalizer``, ``rul_cap``, ``data_cards``, ``schema``, ``evaluation``
+    (``federation.ml.bundle.build_manifest``).
+    """
+    import hashlib
+
+    from federation.ml.bundle import WEIGHTS_FILE, build_manifest, write_bundle
     from federation.monitoring.report import render_report
     from federation.wire.codec import encode_state_dict
 
     run_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     if final_model:
-        out["model"] = run_dir / "model.msgpack"
-        out["model"].write_bytes(encode_state_dict(final_model))
+        out["model"] = run_dir / WEIGHTS_FILE
+        weights = encode_state_dict(final_model)
+        out["model"].write_bytes(weights)
+        extra = {"features": None, "normalizer": None, "rul_cap": None, **(bundle or {})}
+        out["bundle"] = write_bundle(
+            run_dir,
+            build_manifest(
+                campaign_id=summary["campaign_id"],
+                config=summary.get("config") or {},
+                rounds=summary.get("rounds") or [],
+                weights_sha256=hashlib.sha256(weights).hexdigest(),
+                **extra,
+            ),
+        )
     out["summary"] = run_dir / "summary.json"
     out["summary"].write_text(json.dumps(summary, indent=2, default=float))
     out["report"] = render_report(run_dir)

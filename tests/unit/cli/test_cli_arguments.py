@@ -18,6 +18,8 @@ COMMANDS = [
     "diagnose",
     "validate-security",
     "report",
+    "export",
+    "predict",
     "datasite",
     "eval",
     "keys",

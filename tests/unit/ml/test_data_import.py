@@ -117,7 +117,9 @@ def test_an_extra_column_is_refused_unless_ignored(tmp_path):
     data = _csv(tmp_path / "p.csv", rows)
     err = _refusal(tmp_path, data, _schema(tmp_path / "s.yaml"))
     assert "extra column(s) ['operator']" in str(err) and "ignore:" in str(err)
-    write_import(tmp_path / "ok", data=data, schema=_schema(tmp_path / "s2.yaml", ignore=["operator"]))
+    write_import(
+        tmp_path / "ok", data=data, schema=_schema(tmp_path / "s2.yaml", ignore=["operator"])
+    )
 
 
 def test_a_non_numeric_value_is_located_by_row_unit_and_column(tmp_path, good):
@@ -195,14 +197,25 @@ def test_agreed_statistics_are_used_instead_of_fitting(tmp_path, good):
     first = write_import(tmp_path / "a", data=data, schema=schema)
     other = _csv(tmp_path / "other.csv", _rows({"Z": 6}))
     (tmp_path / "card.json").write_text(json.dumps(first))
-    second = write_import(tmp_path / "b", data=other, schema=schema, normalizer=tmp_path / "card.json")
+    second = write_import(
+        tmp_path / "b", data=other, schema=schema, normalizer=tmp_path / "card.json"
+    )
     assert second["normalizer"] == first["normalizer"]
     assert second["normalizer_source"].endswith("card.json")
 
 
 def test_the_cli_prints_one_line_per_outcome(tmp_path, good, capsys):
     data, schema = good
-    args = ["data", "import", "--data", str(data), "--schema", str(schema), "--out", str(tmp_path / "o")]
+    args = [
+        "data",
+        "import",
+        "--data",
+        str(data),
+        "--schema",
+        str(schema),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(args) == 0
     assert "9 rows, 2 units (4-5 cycles)" in capsys.readouterr().out
     assert main(args) == 2
@@ -225,3 +238,12 @@ def test_the_shipped_cmapss_schema_gives_the_built_in_loaders_windows(tmp_path):
     assert np.array_equal(part.y, ref.y) and np.array_equal(part.engine_ids, ref.engine_ids)
     # the built-in loader rounds raw readings to float32 before z-scoring; the importer does not
     assert np.abs(part.X - ref.X).max() < 5e-3
+
+
+def test_the_shipped_cmapss_schema_is_the_one_the_demo_bundles_record():
+    from federation.ml.data import FD001_INFORMATIVE_SENSORS
+    from federation.ml.tabular import cmapss_schema
+
+    shipped = load_schema(CMAPSS_SCHEMA)
+    built = cmapss_schema([f"s{i}" for i in FD001_INFORMATIVE_SENSORS])
+    assert shipped.to_dict() == built.to_dict()

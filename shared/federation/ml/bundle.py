@@ -1,0 +1,217 @@
+"""The model bundle a campaign leaves: weights plus everything needed to use them (bundle.json)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from federation.errors import PdmFedError
+
+__all__ = [
+    "BUNDLE_FILE",
+    "BUNDLE_FORMAT",
+    "WEIGHTS_FILE",
+    "Bundle",
+    "BundleError",
+    "build_manifest",
+    "load_bundle",
+    "privacy_section",
+    "write_bundle",
+]
+
+BUNDLE_FILE = "bundle.json"
+#: The weights, in the project's tensor msgpack (federation.wire.codec): no pickle anywhere.
+WEIGHTS_FILE = "model.msgpack"
+BUNDLE_FORMAT = "pdmfed-model-bundle"
+BUNDLE_VERSION = 1
+#: Record-level DP-SGD's δ (federation.privacy.dpsgd's default; campaigns do not change it).
+RECORD_DELTA = 1e-5
+
+
+class BundleError(PdmFedError):
+    """A bundle that is missing, altered or inconsistent."""
+
+    reason = "bundle"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import numpy
+    import torch
+
+    try:
+        own = version("pdm-federation")
+    except PackageNotFoundError:
+        own = "source tree"
+    return {
+        "pdm-federation": own,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def privacy_section(config: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]]) -> dict:
+    """ε with its δ and scope for each DP layer the campaign ran (none: stated as such)."""
+    out: dict[str, Any] = {}
+    rec = config.get("record_privacy") or {}
+    last = rounds[-1] if rounds else {}
+    if rec.get("enabled"):
+        per_site = {k: float(v) for k, v in (last.get("record_epsilon") or {}).items()}
+        out["record_level"] = {
+            "epsilon": max(per_site.values()) if per_site else None,
+            "delta": RECORD_DELTA,
+            "scope": "record-level (one sensor window), worst factory",
+            "per_factory": per_site,
+            "noise_multiplier": rec.get("noise_multiplier"),
+            "max_grad_norm": rec.get("max_grad_norm"),
+        }
+    cli = config.get("privacy") or {}
+    if cli.get("enabled"):
+        out["client_level"] = {
+            "epsilon": last.get("client_epsilon"),
+            "delta": cli.get("delta"),
+            "scope": "client-level (a factory's whole contribution)",
+            "mode": cli.get("mode"),
+            "noise_multiplier": cli.get("noise_multiplier"),
+        }
+    if not out:
+        out["none"] = "no differential privacy: the weights carry no formal guarantee"
+    return out
+
+
+def build_manifest(
+    *,
+    campaign_id: str,
+    config: Mapping[str, Any],
+    rounds: Sequence[Mapping[str, Any]],
+    weights_sha256: str,
+    features: Sequence[str] | None,
+    normalizer: Mapping[str, Any] | None,
+    rul_cap: float | None,
+    data_cards: Sequence[Mapping[str, Any]] = (),
+    schema: Mapping[str, Any] | None = None,
+    evaluation: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The bundle manifest: architecture, inputs, normalisation, data, privacy, robustness, versions."""
+    training = config.get("training") or {}
+    robust = config.get("robustness") or {}
+    return {
+        "format": BUNDLE_FORMAT,
+        "bundle_version": BUNDLE_VERSION,
+        "campaign_id": campaign_id,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "architecture": {
+            "builder": "federation.ml.models:build_model",
+            "model_type": training.get("model_type"),
+            "n_features": training.get("n_features"),
+            "window": training.get("window"),
+            "input": "float32 (batch, window, n_features): z-scored sensors, oldest cycle first",
+            "output": "float32 (batch,): remaining useful life in cycles",
+        },
+        "weights": {
+            "file": WEIGHTS_FILE,
+            "sha256": weights_sha256,
+            "format": "pdmfed tensor msgpack (federation.wire.codec)",
+        },  # fmt: skip
+        "features": None if features is None else list(features),
+        "window": training.get("window"),
+        "rul_cap": rul_cap,
+        "normalizer": None if normalizer is None else dict(normalizer),
+        "schema": None if schema is None else dict(schema),
+        "data_cards": [dict(c) for c in data_cards],
+        "privacy": privacy_section(config, rounds),
+        "robustness": {
+            "enabled": bool(robust.get("enabled")),
+            "rule": robust.get("rule"),
+            "rounds": [
+                {
+                    "round": r.get("round_num"),
+                    "kept": list(r.get("participants") or []),
+                    "rejected": dict(r.get("rejected") or {}),
+                    "byzantine": list(r.get("byzantine") or []),
+                }
+                for r in rounds
+            ],  # fmt: skip
+        },
+        "training": dict(training),
+        "rounds": len(rounds),
+        "evaluation": None if evaluation is None else dict(evaluation),
+        "versions": _versions(),
+    }
+
+
+def write_bundle(run_dir: Path, manifest: Mapping[str, Any]) -> Path:
+    """Write bundle.json next to the run's weights (which must be there already)."""
+    path = Path(run_dir) / BUNDLE_FILE
+    path.write_text(json.dumps(manifest, indent=2, default=float) + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: its manifest and the model with its weights."""
+
+    manifest: dict[str, Any]
+    model: Any  # torch.nn.Module in eval mode
+    path: Path
+
+    @property
+    def window(self) -> int:
+        return int(self.manifest["architecture"]["window"])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.manifest["architecture"]["n_features"])
+
+
+def _manifest_path(path: Path) -> Path:
+    path = Path(path)
+    return path / BUNDLE_FILE if path.is_dir() else path
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read bundle.json (a run folder or the file), check the weights' SHA-256, build the model.
+
+    The weights are decoded by the project's tensor codec (no pickle, no torch.load).
+    """
+    from federation.ml.models import build_model
+    from federation.ml.train import _load_state
+    from federation.wire.codec import decode_state_dict
+
+    mpath = _manifest_path(Path(path))
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError as exc:
+        raise BundleError(f"{mpath}: no model bundle here (a campaign's run folder holds "
+                          f"{BUNDLE_FILE})") from exc  # fmt: skip
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{mpath}: not a readable bundle manifest: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{mpath}: not a {BUNDLE_FORMAT} manifest")
+    if manifest.get("bundle_version") != BUNDLE_VERSION:
+        raise BundleError(f"{mpath}: bundle version {manifest.get('bundle_version')!r}, this "
+                          f"pdmfed reads {BUNDLE_VERSION}")  # fmt: skip
+    arch, weights = manifest.get("architecture") or {}, manifest.get("weights") or {}
+    wpath = mpath.parent / Path(str(weights.get("file", WEIGHTS_FILE))).name
+    try:
+        raw = wpath.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{wpath}: cannot read the weights: {exc.strerror}") from exc
+    if hashlib.sha256(raw).hexdigest() != weights.get("sha256"):
+        raise BundleError(f"{wpath}: SHA-256 differs from {mpath.name}'s: the weights were altered")
+    try:
+        state = decode_state_dict(raw)
+        model = build_model(arch.get("model_type"), arch.get("n_features"), arch.get("window"))
+        _load_state(model, state)
+    except PdmFedError as exc:
+        raise BundleError(f"{mpath}: the weights do not fit the architecture: {exc}") from exc
+    model.eval()
+    return Bundle(manifest, model, mpath)

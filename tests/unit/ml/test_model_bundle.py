@@ -1,0 +1,212 @@
+"""The model bundle a run leaves, `pdmfed predict` on a factory table, `pdmfed export` verified."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from federation.cli import main
+from federation.data_cli import write_import
+from federation.ml.bundle import BUNDLE_FILE, BundleError, load_bundle
+from federation.ml.data import Normalizer
+from federation.ml.export import TOLERANCE, check_windows, export_bundle, verify_export
+from federation.ml.models import build_model
+from federation.ml.predict import predict_units
+from federation.ml.tabular import CMAPSS_COLUMNS, cmapss_schema, load_schema
+from federation.ml.train import predict, train_local
+from federation.orchestrator.summary import write_run
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+FD001 = PROJECT_ROOT.parent / "shared" / "data" / "cmapss" / "FD001"
+SENSORS = ["temp", "vib"]
+CONFIG = {
+    "training": {"model_type": "cnn", "n_features": 2, "window": 3},
+    "record_privacy": {"enabled": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0},
+    "privacy": {"enabled": False, "delta": 1e-5},
+    "robustness": {"enabled": True, "rule": {"name": "trimmed_mean"}},
+}
+ROUNDS = [{"round_num": 1, "record_epsilon": {"f1": 1.5, "f2": 2.5}, "participants": ["f1", "f2"],
+           "rejected": {"f3": "byzantine"}, "byzantine": ["f3"]}]  # fmt: skip
+
+
+def _plant_csv(path: Path, units: dict[str, int], bad: dict | None = None) -> Path:
+    lines = ["engine,cycle,load,temp,vib"]
+    for u, n in units.items():
+        for c in range(1, n + 1):
+            row = {"temp": 500.0 + c * 0.5 + len(u), "vib": 0.1 * c}
+            row.update((bad or {}).get((u, c), {}))
+            lines.append(f"{u},{c},1,{row['temp']},{row['vib']}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _schema(path: Path) -> Path:
+    path.write_text(
+        "unit: engine\ncycle: cycle\nsettings: {load: 0}\nsensors: [temp, vib]\nwindow: 3\n"
+    )
+    return path
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run folder whose bundle was trained on an imported plant table."""
+    schema = _schema(tmp_path / "plant.yaml")
+    card = write_import(tmp_path / "site", data=_plant_csv(tmp_path / "train.csv", {"A": 9, "B": 8}),
+                        schema=schema)  # fmt: skip
+    torch.manual_seed(0)
+    state = {k: v.detach().clone() for k, v in build_model("cnn", 2, 3).state_dict().items()}
+    summary = {"campaign_id": "plant-2026", "config": CONFIG, "rounds": ROUNDS,
+               "final": {"rmse": None, "epsilon": None, "rounds": 1, "reason": "max_rounds"}}  # fmt: skip
+    write_run(tmp_path / "run", summary, state, bundle={
+        "features": card["features"], "normalizer": card["normalizer"], "rul_cap": 125.0,
+        "data_cards": [card], "schema": load_schema(schema).to_dict(),
+    })  # fmt: skip
+    return tmp_path / "run"
+
+
+def test_a_run_leaves_a_bundle_with_everything_needed_to_use_and_judge_the_model(run):
+    manifest = json.loads((run / BUNDLE_FILE).read_text())
+    assert manifest["campaign_id"] == "plant-2026"
+    assert manifest["architecture"]["model_type"] == "cnn" and manifest["window"] == 3
+    assert manifest["features"] == SENSORS and manifest["normalizer"]["columns"] == SENSORS
+    assert manifest["data_cards"][0]["units"] == 2
+    assert manifest["privacy"]["record_level"] == {
+        "epsilon": 2.5, "delta": 1e-5, "scope": "record-level (one sensor window), worst factory",
+        "per_factory": {"f1": 1.5, "f2": 2.5}, "noise_multiplier": 1.0, "max_grad_norm": 1.0,
+    }  # fmt: skip
+    assert manifest["robustness"]["rounds"][0]["rejected"] == {"f3": "byzantine"}
+    assert set(manifest["versions"]) >= {"pdm-federation", "torch", "numpy", "python"}
+    assert not any(p.suffix in (".pkl", ".pt", ".pth") for p in run.iterdir())
+
+
+def test_a_bundle_without_dp_says_there_is_no_guarantee(tmp_path):
+    cfg = {**CONFIG, "record_privacy": {"enabled": False}}
+    state = build_model("cnn", 2, 3).state_dict()
+    write_run(tmp_path, {"campaign_id": "c", "config": cfg, "rounds": [], "final": {"rmse": None,
+              "epsilon": None, "rounds": 0, "reason": "x"}}, dict(state))  # fmt: skip
+    assert "no differential privacy" in json.loads((tmp_path / BUNDLE_FILE).read_text())[
+        "privacy"]["none"]  # fmt: skip
+
+
+def test_altered_weights_are_refused(run):
+    raw = bytearray((run / "model.msgpack").read_bytes())
+    raw[-1] ^= 1
+    (run / "model.msgpack").write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="SHA-256 differs"):
+        load_bundle(run)
+
+
+def test_a_folder_without_a_bundle_says_so(tmp_path):
+    with pytest.raises(BundleError, match="no model bundle here"):
+        load_bundle(tmp_path)
+
+
+def test_predict_gives_one_rul_per_unit_from_its_last_window(run, tmp_path):
+    data = _plant_csv(tmp_path / "engines.csv", {"E-17": 5, "E-03": 4})
+    rows = predict_units(load_bundle(run), data)
+    assert [(r["unit"], r["last_cycle"]) for r in rows] == [("E-17", 5), ("E-03", 4)]
+    bundle = load_bundle(run)
+    norm = Normalizer.from_dict(bundle.manifest["normalizer"])
+    x = norm.transform(
+        np.array([[500.0 + c * 0.5 + 4, 0.1 * c] for c in (3, 4, 5)]), np.ones((3, 1))
+    )
+    expected = predict(bundle.model, x[None].astype(np.float32))[0]
+    assert rows[0]["rul"] == pytest.approx(float(expected), abs=0.01)
+
+
+def test_predict_cli_writes_csv_or_json(run, tmp_path, capsys):
+    data = _plant_csv(tmp_path / "engines.csv", {"E-17": 5, "E-03": 4})
+    assert main(["predict", "--bundle", str(run), "--data", str(data)]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["unit"] for r in rows] == ["E-17", "E-03"] and float(rows[0]["rul"]) > -1e9
+    out = tmp_path / "rul.json"
+    assert main(["predict", "--bundle", str(run / BUNDLE_FILE), "--data", str(data),
+                 "--format", "json", "--out", str(out)]) == 0  # fmt: skip
+    doc = json.loads(out.read_text())
+    assert doc["campaign_id"] == "plant-2026" and doc["rul_unit"] == "cycles"
+    assert [u["unit"] for u in doc["units"]] == ["E-17", "E-03"]
+
+
+@pytest.mark.parametrize(
+    ("units", "bad", "reason"),
+    [
+        ({"E1": 5}, {("E1", 4): {"vib": "x"}}, "engines.csv, row 4, unit E1, column 'vib': 'x' is not a number"),
+        ({"E1": 5}, {("E1", 2): {"temp": "nan"}}, "row 2, unit E1, column 'temp': empty/NaN value"),
+        ({"E1": 5, "E2": 2}, {}, "unit E2: 2 cycles, shorter than the window of 3"),
+    ],
+)  # fmt: skip
+def test_predict_refuses_bad_data_like_import_does(run, tmp_path, capsys, units, bad, reason):
+    data = _plant_csv(tmp_path / "engines.csv", units, bad)
+    assert main(["predict", "--bundle", str(run), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pdmfed: ") and reason in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_refuses_a_schema_whose_sensors_are_not_the_models_features(run, tmp_path, capsys):
+    other = tmp_path / "other.yaml"
+    other.write_text("unit: engine\ncycle: cycle\nsettings: {load: 0}\nsensors: [vib, temp]\n")
+    data = _plant_csv(tmp_path / "engines.csv", {"E1": 5})
+    assert main(["predict", "--bundle", str(run), "--data", str(data), "--schema", str(other)]) == 2
+    assert (
+        "are not the model's features ['temp', 'vib'] (same names, same order)"
+        in capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_an_exported_file_that_is_not_the_bundles_model_is_refused(run, tmp_path, fmt):
+    bundle = load_bundle(run)
+    done = export_bundle(bundle, fmt, tmp_path / f"m.{fmt}")
+    assert done.path.is_file() and done.max_rel_diff <= TOLERANCE and done.windows == 256
+    windows = check_windows(bundle)
+    with (
+        torch.no_grad()
+    ):  # the bundle's weights move by one step of 1e-3: the file no longer matches
+        next(iter(bundle.model.parameters())).add_(1e-3)
+    with pytest.raises(BundleError, match="differs from PyTorch by"):
+        verify_export(bundle, fmt, done.path, windows)
+
+
+@pytest.fixture(scope="module")
+def fd001_run(tmp_path_factory):
+    """A hybrid model trained briefly on FD001's training engines, imported through the schema."""
+    if not (FD001 / "test_FD001.txt").is_file():
+        pytest.skip(f"real C-MAPSS FD001 data not found at {FD001}")
+    from federation.ml.data import Partition
+
+    tmp = tmp_path_factory.mktemp("fd001")
+    card = write_import(tmp / "site", data=FD001 / "train_FD001.txt",
+                        schema=PROJECT_ROOT / "examples" / "cmapss.schema.yaml")  # fmt: skip
+    part = Partition.load(tmp / "site" / "partition.npz")
+    trained = train_local(None, part.X, part.y, {"model_type": "hybrid", "epochs": 1,
+                          "batch_size": 256, "max_batches": 10, "learning_rate": 0.003}, seed=0)  # fmt: skip
+    cfg = {**CONFIG, "training": {"model_type": "hybrid", "n_features": 14, "window": 30}}
+    write_run(tmp / "run", {"campaign_id": "fd001", "config": cfg, "rounds": ROUNDS,
+              "final": {"rmse": None, "epsilon": None, "rounds": 1, "reason": "x"}},
+              trained["model_update"], bundle={"features": card["features"],
+              "normalizer": card["normalizer"], "rul_cap": 125.0,
+              "schema": cmapss_schema(card["features"]).to_dict()})  # fmt: skip
+    return tmp / "run"
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_on_fd001_test_windows_the_export_equals_pytorch_within_1e_5(fd001_run, fmt, capsys):
+    assert main(["export", str(fd001_run), "--format", fmt,
+                 "--data", str(FD001 / "test_FD001.txt")]) == 0  # fmt: skip
+    line = capsys.readouterr().out
+    assert "on 10196 windows of test_FD001.txt" in line and f"(<= {TOLERANCE:g})" in line
+    assert (fd001_run / ("model.pt" if fmt == "torchscript" else "model.onnx")).is_file()
+
+
+def test_predict_on_fd001_test_engines_gives_the_rul_of_each_of_the_100(fd001_run, capsys):
+    assert main(["predict", "--bundle", str(fd001_run), "--data", str(FD001 / "test_FD001.txt"),
+                 "--format", "json"]) == 0  # fmt: skip
+    units = json.loads(capsys.readouterr().out)["units"]
+    assert [u["unit"] for u in units] == [str(i) for i in range(1, 101)]
+    assert units[0]["last_cycle"] == 31 and all(0 <= u["rul"] <= 200 for u in units)
+    assert len(CMAPSS_COLUMNS) == 26
