@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from federation.ml.bundle import load_bundle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_helpers import run_in_pty, run_pdmfed  # noqa: E402
@@ -69,7 +70,15 @@ def test_when_the_demo_runs_in_a_terminal__one_screen_shows_setup_live_rounds_ta
     log = (run_dir / "pdmfed.log").read_text()
     # PySyft's upload bars and the services' own logs went to the run folder's log
     assert "Uploading" in log and "INFO services.trainer_dispatch.handlers: round 1 of" in log
-    assert {"report.html", "summary.json", "model.msgpack"} <= {p.name for p in run_dir.iterdir()}
+    assert {"report.html", "summary.json", "model.msgpack", "bundle.json"} <= {
+        p.name for p in run_dir.iterdir()
+    }
+    # the bundle is usable on its own: the demo's model, its features and normalisation
+    bundle = load_bundle(run_dir)
+    assert bundle.manifest["campaign_id"] == f"demo-{run_dir.name}"
+    assert len(bundle.manifest["features"]) == bundle.n_features == 14
+    assert bundle.manifest["privacy"]["record_level"]["delta"] == 1e-5
+    assert len(bundle.manifest["data_cards"]) == 3
     assert not (run_dir / "INCOMPLETE").exists()
     assert run.leftover_processes == [] and run.leftover_tmp == []
 
