@@ -51,6 +51,7 @@ def _write_env(path: Path, values: dict[str, str]) -> None:
 def write_secrets(out: Path, owner: tuple[int, int] | None = None) -> dict:
     """Generate every component's secrets under `out`; returns what the operator needs."""
     from federation.crypto.signing import SigningIdentity
+    from federation.provision import trusted_senders
     from federation.runtime.roles import write_roles_file
 
     if out.exists() and any(out.iterdir()):
@@ -65,9 +66,10 @@ def write_secrets(out: Path, owner: tuple[int, int] | None = None) -> dict:
     for sender in SENDERS:
         keys = out / sender / "keys"
         identities[sender].save(keys)
-        for other in SENDERS:
+        trusted = trusted_senders(sender)  # only the senders of the types it consumes
+        for other in trusted:
             (keys / f"{other}.pub").write_bytes(identities[other].public_pem())
-        write_roles_file(keys, {other: other for other in SENDERS})  # each sender id's role
+        write_roles_file(keys, {s: s for s in {sender, *trusted}})  # each sender id is its role
         env = {
             **sealing,
             "PDMFED_AMQP_URL": f"amqp://pdmfed-{sender}:{broker[sender]}@rabbitmq:5672/{VHOST}",
