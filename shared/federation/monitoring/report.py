@@ -48,6 +48,7 @@ __all__ = [
     "SUMMARY_FILE",
     "REPORT_FILE",
     "PLOT_TITLES",
+    "EVALUATION_PLOT_TITLES",
 ]
 
 SUMMARY_FILE = "summary.json"
@@ -60,13 +61,20 @@ PLOT_TITLES = (
     "Reputation per factory",
     "Round duration",
 )
+#: The plots of a run evaluated on held-out units (summary "evaluation"), shown first.
+EVALUATION_PLOT_TITLES = (
+    "Predicted vs true RUL (held-out units)",
+    "Prediction error (held-out units)",
+)
 
 
 class RoundSummary(TypedDict):
-    """One round of a campaign."""
+    """One round of a campaign (rmse: test when measured, else training)."""
 
     round_num: int
     rmse: float | None
+    test_rmse: float | None
+    train_rmse: float | None
     epsilon: float | None
     participants: list[str]
     rejected: dict[str, str]
@@ -92,6 +100,10 @@ class CampaignSummary(TypedDict):
     rounds: list[RoundSummary]
     rejections_by_reason: dict[str, int]
     final: FinalSummary
+    #: optional: held-out evaluation (federation.ml.heldout), ε/δ/scope, the data's source
+    evaluation: dict[str, Any] | None
+    privacy: dict[str, Any]
+    data: dict[str, Any]
 
 
 class SummaryError(PdmFedError):
@@ -151,6 +163,8 @@ def _validate(data: Any) -> CampaignSummary:
             RoundSummary(
                 round_num=num,
                 rmse=_number(r.get("rmse"), f"{w}.rmse"),
+                test_rmse=_number(r.get("test_rmse"), f"{w}.test_rmse"),
+                train_rmse=_number(r.get("train_rmse"), f"{w}.train_rmse"),
                 epsilon=_number(r.get("epsilon"), f"{w}.epsilon"),
                 participants=_str_list(r.get("participants"), f"{w}.participants"),
                 rejected={str(k): v for k, v in rejected.items()},
@@ -179,7 +193,28 @@ def _validate(data: Any) -> CampaignSummary:
             rounds=final_rounds,
             reason=str(final.get("reason", "")),
         ),
+        evaluation=_evaluation(data.get("evaluation")),
+        privacy=dict(_mapping(data.get("privacy"), "summary.privacy")),
+        data=dict(_mapping(data.get("data"), "summary.data")),
     )
+
+
+def _evaluation(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    ev = dict(_mapping(value, "summary.evaluation"))
+    for key in ("rmse", "bias", "late_share", "far_off_share", "phm08"):
+        _number(ev.get(key), f"summary.evaluation.{key}", optional=False)
+    base = _mapping(ev.get("baseline"), "summary.evaluation.baseline")
+    _number(base.get("rmse"), "summary.evaluation.baseline.rmse", optional=False)
+    pairs = ev.get("pairs") or []
+    if not isinstance(pairs, list):
+        raise SummaryError("summary.evaluation.pairs: expected a list")
+    for i, pair in enumerate(pairs):
+        pair = _mapping(pair, f"summary.evaluation.pairs[{i}]")
+        for key in ("true", "predicted"):
+            _number(pair.get(key), f"summary.evaluation.pairs[{i}].{key}", optional=False)
+    return ev
 
 
 def load_summary(run_dir: str | Path) -> CampaignSummary:
@@ -252,6 +287,8 @@ def _plot_line(
         if limit is not None:
             ax.axhline(limit, color="#c0392b", linestyle="--", label=limit_label)
             ax.legend(loc="best", fontsize=8)
+        # from zero, and high enough that the limit line is never off the chart
+        ax.set_ylim(0, max([*ys, limit or 0.0]) * 1.15 or 1.0)
         ax.set_xlabel("round")
         ax.set_ylabel(ylabel)
         ax.set_xticks(xs)
@@ -260,18 +297,98 @@ def _plot_line(
     return _png(fig)
 
 
+def _plot_rmse(rounds: Sequence[RoundSummary], baseline: float | None) -> bytes:
+    """Test and training RMSE per round kept apart, on an axis from zero, with the baseline."""
+    fig, ax = _figure()
+    drawn = False
+    for key, label, color in (
+        ("test_rmse", "held-out test", "#27ae60"),
+        ("train_rmse", "training (factories' own data)", "#7f8c8d"),
+    ):
+        xs, ys = _series(rounds, key)
+        if xs:
+            ax.plot(xs, ys, marker="o", color=color, label=label)
+            drawn = True
+    if not drawn:  # an older summary: one "rmse" series
+        xs, ys = _series(rounds, "rmse")
+        if xs:
+            ax.plot(xs, ys, marker="o", color="#27ae60", label="RMSE")
+            drawn = True
+    if not drawn:
+        _empty(ax, "no RMSE recorded")
+    else:
+        if baseline is not None:
+            ax.axhline(baseline, color="#c0392b", linestyle="--",
+                       label=f"train-mean baseline {baseline:.1f}")  # fmt: skip
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("round")
+        ax.set_ylabel("RMSE (cycles)")
+        ax.set_xticks(sorted({r["round_num"] for r in rounds}))
+        ax.legend(loc="lower left", fontsize=8)
+        ax.grid(alpha=0.3)
+    ax.set_title(PLOT_TITLES[0])
+    return _png(fig)
+
+
+def _plot_pairs(ev: Mapping[str, Any]) -> bytes:
+    fig, ax = _figure()
+    true = [p["true"] for p in ev.get("pairs") or []]
+    pred = [p["predicted"] for p in ev.get("pairs") or []]
+    if not true:
+        _empty(ax, "no held-out predictions recorded")
+    else:
+        late = [p > t for p, t in zip(pred, true, strict=True)]
+        top = max(max(true), max(pred)) * 1.05
+        ax.plot([0, top], [0, top], color="#7f8c8d", linestyle="--", label="perfect")
+        ax.scatter([t for t, x in zip(true, late, strict=True) if x],
+                   [p for p, x in zip(pred, late, strict=True) if x], s=14, color="#c0392b",
+                   label="late (RUL over-estimated)")  # fmt: skip
+        ax.scatter([t for t, x in zip(true, late, strict=True) if not x],
+                   [p for p, x in zip(pred, late, strict=True) if not x], s=14, color="#2980b9",
+                   label="early or exact")  # fmt: skip
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel("true RUL (cycles)")
+        ax.set_ylabel("predicted RUL (cycles)")
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3)
+    ax.set_title(EVALUATION_PLOT_TITLES[0])
+    return _png(fig)
+
+
+def _plot_errors(ev: Mapping[str, Any]) -> bytes:
+    fig, ax = _figure()
+    err = [p["predicted"] - p["true"] for p in ev.get("pairs") or []]
+    if not err:
+        _empty(ax, "no held-out predictions recorded")
+    else:
+        ax.hist(err, bins=20, color="#8e44ad")
+        ax.axvline(0, color="#222", linewidth=1)
+        ax.axvline(float(ev["bias"]), color="#c0392b", linestyle="--",
+                   label=f"bias {float(ev['bias']):+.1f}")  # fmt: skip
+        ax.set_xlabel("predicted - true RUL (cycles; > 0 = late)")
+        ax.set_ylabel("units")
+        ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(EVALUATION_PLOT_TITLES[1])
+    return _png(fig)
+
+
 def _plot_rejections(by_reason: Mapping[str, int]) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = _figure()
-    reasons = list(REJECT_REASONS) + sorted(set(by_reason) - set(REJECT_REASONS))
-    counts = [by_reason.get(r, 0) for r in reasons]
-    bars = ax.bar(reasons, counts, color=["#c0392b" if c else "#bdc3c7" for c in counts])
-    ax.bar_label(bars, labels=[str(c) for c in counts], fontsize=8)
-    ax.set_ylabel("messages")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-    ax.set_title(PLOT_TITLES[2] + ("" if any(counts) else " (none)"))
+    shown = {r: c for r, c in by_reason.items() if c}
+    if not shown:  # no zero-height bars: say so
+        _empty(ax, "no message was rejected")
+    else:
+        reasons = [r for r in REJECT_REASONS if r in shown] + sorted(set(shown) - set(REJECT_REASONS))
+        counts = [shown[r] for r in reasons]
+        bars = ax.bar(reasons, counts, color="#c0392b")
+        ax.bar_label(bars, labels=[str(c) for c in counts], fontsize=8)
+        ax.set_ylabel("messages")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    ax.set_title(PLOT_TITLES[2])
     return _png(fig)
 
 
@@ -322,11 +439,10 @@ def _plots(s: CampaignSummary) -> list[tuple[str, bytes]]:
     )
     thr = cfg.get("reputation_threshold")
     thr = float(thr) if isinstance(thr, int | float) and not isinstance(thr, bool) else None
+    ev = s.get("evaluation")
+    baseline = float(ev["baseline"]["rmse"]) if ev else None
     return [
-        (
-            PLOT_TITLES[0],
-            _plot_line(s["rounds"], "rmse", PLOT_TITLES[0], "RMSE (cycles)", "#27ae60"),
-        ),
+        (PLOT_TITLES[0], _plot_rmse(s["rounds"], baseline)),
         (
             PLOT_TITLES[1],
             _plot_line(
@@ -362,69 +478,152 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
 color:#222;padding:0 1rem}h1{margin-bottom:.2rem}.sub{color:#666;margin-top:0}
 .cards{display:flex;gap:1rem;flex-wrap:wrap;margin:1.5rem 0}.card{border:1px solid #ddd;
-border-radius:8px;padding:.8rem 1.2rem;min-width:150px}.card .v{font-size:1.6rem;font-weight:600}
-.card .k{color:#666;font-size:.85rem}.plots{display:grid;grid-template-columns:repeat(auto-fit,
-minmax(480px,1fr));gap:1rem}.plots figure{margin:0;border:1px solid #eee;border-radius:8px;
-padding:.5rem}.plots img{width:100%;height:auto}table{border-collapse:collapse;width:100%;
-margin:1rem 0}th,td{border-bottom:1px solid #eee;padding:.35rem .6rem;text-align:left;
-font-size:.9rem;vertical-align:top}th{background:#fafafa}td.num{text-align:right;
-font-variant-numeric:tabular-nums}.bad{color:#c0392b}
+border-radius:8px;padding:.8rem 1.2rem;min-width:150px;max-width:260px}.card .v{font-size:1.6rem;
+font-weight:600}.card .k{color:#666;font-size:.85rem}.card .n{color:#888;font-size:.75rem}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:1rem}
+.plots figure{margin:0;border:1px solid #eee;border-radius:8px;padding:.5rem}
+.plots img{width:100%;height:auto}.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;width:100%;margin:1rem 0}th,td{border-bottom:1px solid #eee;
+padding:.35rem .6rem;text-align:left;font-size:.9rem;vertical-align:top;overflow-wrap:anywhere}
+th{background:#fafafa}td.num{text-align:right;font-variant-numeric:tabular-nums;
+white-space:nowrap}.bad{color:#c0392b}.note{color:#555;font-size:.9rem}
 """
+
+
+def _card(key: str, value: str, note: str = "") -> str:
+    extra = f'<div class="n">{_e(note)}</div>' if note else ""
+    return f'<div class="card"><div class="v">{_e(value)}</div><div class="k">{_e(key)}</div>{extra}</div>'
+
+
+def _figures(plots: Sequence[tuple[str, bytes]]) -> list[str]:
+    out = ['<div class="plots">']
+    for title, png in plots:
+        b64 = base64.b64encode(png).decode("ascii")
+        out.append(f'<figure><img alt="{_e(title)}" src="data:image/png;base64,{b64}"></figure>')
+    out.append("</div>")
+    return out
+
+
+def _evaluation_cards(ev: Mapping[str, Any] | None, final: FinalSummary) -> list[str]:
+    if not ev:
+        return [_card("training RMSE (cycles)", _fmt(final["rmse"], ".1f"),
+                      "measured on the factories' own training data: no held-out test in this run")]  # fmt: skip
+    base = ev["baseline"]
+    far = float(ev.get("far_off_cycles", 30.0))
+    return [
+        _card("held-out RMSE (cycles)", f"{float(ev['rmse']):.1f}",
+              f"{base.get('name', 'baseline')}: {float(base['rmse']):.1f}"),
+        _card("bias (cycles)", f"{float(ev['bias']):+.1f}",
+              "mean predicted - true; positive = remaining life over-estimated"),
+        _card("late predictions", f"{float(ev['late_share']):.0%}",
+              "units whose remaining life is over-estimated (maintenance too late)"),
+        _card(f"off by > {far:g} cycles", f"{float(ev['far_off_share']):.0%}", "either way"),
+        _card("PHM08 score", f"{float(ev['phm08']):.0f}", "lower is better; late errors cost more"),
+    ]  # fmt: skip
+
+
+def _privacy_rows(privacy: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for layer, info in privacy.items():
+        if not isinstance(info, Mapping):
+            rows.append(f"<tr><td>{_e(layer)}</td><td colspan=3>{_e(info)}</td></tr>")
+            continue
+        eps = info.get("epsilon")
+        rows.append(
+            f"<tr><td>{_e(info.get('scope', layer))}</td>"
+            f"<td class=num>{_e(_fmt(eps, '.2f') if eps is not None else 'not measured')}</td>"
+            f"<td class=num>{_e(_fmt(info.get('delta'), 'g'))}</td>"
+            f"<td>{_e(json.dumps(info.get('per_factory') or {}, default=str))}</td></tr>"
+        )
+    return rows or ["<tr><td colspan=4>not recorded in this summary</td></tr>"]
+
+
+def _privacy_card(privacy: Mapping[str, Any], final: FinalSummary) -> str:
+    for info in privacy.values():
+        if isinstance(info, Mapping) and info.get("epsilon") is not None:
+            return _card("ε", f"{float(info['epsilon']):.2f}",
+                         f"δ = {info.get('delta'):g}, {info.get('scope', '')}")  # fmt: skip
+    if "none" in privacy:
+        return _card("ε", "none", "no differential privacy in this run")
+    return _card("final ε", _fmt(final["epsilon"]), "δ and scope not recorded")
 
 
 def render_html(summary: CampaignSummary) -> str:
     """The report page for a validated summary, plots embedded as base64 PNG."""
     s = summary
     final = s["final"]
+    ev = s.get("evaluation")
+    privacy = s.get("privacy") or {}
+    data = s.get("data") or {}
     cards = [
-        ("final RMSE", _fmt(final["rmse"])),
-        ("final ε", _fmt(final["epsilon"])),
-        ("rounds", _fmt(final["rounds"])),
-        ("stopped because", _fmt(final["reason"] or "—")),
-        ("rejected messages", _fmt(sum(s["rejections_by_reason"].values()))),
+        *_evaluation_cards(ev, final),
+        _privacy_card(privacy, final),
+        _card("rounds", _fmt(final["rounds"])),
+        _card("stopped because", _fmt(final["reason"] or "—")),
+        _card("rejected messages", _fmt(sum(s["rejections_by_reason"].values()))),
     ]
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         f"<title>pdm-federation report · {_e(s['campaign_id'])}</title><style>{_CSS}</style></head><body>",
         f"<h1>Campaign {_e(s['campaign_id'])}</h1>",
         '<p class="sub">pdm-federation · federated predictive maintenance</p>',
-        '<div class="cards">',
-        *(
-            f'<div class="card"><div class="v">{_e(v)}</div><div class="k">{_e(k)}</div></div>'
-            for k, v in cards
-        ),
-        "</div><div class=plots>",
+        '<section id="summary"><div class="cards">',
+        *cards,
+        "</div></section>",
+        '<section id="data"><h2>Data</h2><div class="scroll"><table><tr><th>what</th><th>value</th></tr>',
     ]
-    for title, png in _plots(s):
-        b64 = base64.b64encode(png).decode("ascii")
-        parts.append(f'<figure><img alt="{_e(title)}" src="data:image/png;base64,{b64}"></figure>')
+    if data:
+        for key, value in data.items():
+            shown = value if isinstance(value, str) else json.dumps(value, default=str)
+            parts.append(f"<tr><td>{_e(key)}</td><td>{_e(shown)}</td></tr>")
+    else:
+        parts.append("<tr><td colspan=2>the summary does not say which data the run used</td></tr>")
+    parts.append("</table></div></section>")
+    if ev:
+        parts.append('<section id="evaluation"><h2>Held-out evaluation</h2>')
+        parts.append(f'<p class="note">{_e(ev.get("split", ""))}: {_e(ev.get("units", ""))} units. '
+                     "RUL in cycles; a late prediction over-estimates the remaining life.</p>")  # fmt: skip
+        parts += _figures(
+            [(EVALUATION_PLOT_TITLES[0], _plot_pairs(ev)), (EVALUATION_PLOT_TITLES[1], _plot_errors(ev))]
+        )
+        parts.append("</section>")
+    parts.append('<section id="privacy"><h2>Privacy</h2><div class="scroll"><table><tr>'
+                 "<th>scope</th><th>ε</th><th>δ</th><th>per factory</th></tr>")  # fmt: skip
+    parts += _privacy_rows(privacy)
+    parts.append('</table></div></section><section id="campaign"><h2>Campaign</h2>')
+    parts += _figures(_plots(s))
     parts.append(
-        "</div><h2>Rounds</h2><table><tr><th>round</th><th>RMSE</th><th>ε</th>"
+        '</section><section id="rounds"><h2>Rounds</h2><div class="scroll"><table><tr>'
+        "<th>round</th><th>test RMSE</th><th>training RMSE</th><th>ε</th>"
         "<th>duration</th><th>participants</th><th>rejected</th><th>Byzantine</th>"
         "<th>reputation</th></tr>"
     )
     for r in s["rounds"]:
         rejected = ", ".join(f"{k}: {v}" for k, v in sorted(r["rejected"].items()))
         reputation = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["reputation"].items()))
+        test = r["test_rmse"] if r["test_rmse"] is not None or r["train_rmse"] is not None else r["rmse"]
         parts.append(
-            f"<tr><td class=num>{r['round_num']}</td><td class=num>{_fmt(r['rmse'])}</td>"
+            f"<tr><td class=num>{r['round_num']}</td><td class=num>{_fmt(test, '.2f')}</td>"
+            f"<td class=num>{_fmt(r['train_rmse'], '.2f')}</td>"
             f"<td class=num>{_fmt(r['epsilon'])}</td>"
             f"<td class=num>{_e(_fmt(r['duration_s'], '.1f'))}{' s' if r['duration_s'] is not None else ''}</td>"
             f"<td>{_e(', '.join(r['participants']))}</td><td class=bad>{_e(rejected)}</td>"
             f"<td class=bad>{_e(', '.join(r['byzantine']))}</td><td>{_e(reputation)}</td></tr>"
         )
     if not s["rounds"]:
-        parts.append("<tr><td colspan=8>No rounds completed.</td></tr>")
+        parts.append("<tr><td colspan=9>No rounds completed.</td></tr>")
     parts.append(
-        "</table><h2>Rejections by reason</h2><table><tr><th>reason</th><th>count</th></tr>"
+        '</table></div></section><section id="rejections"><h2>Rejections by reason</h2>'
+        "<table><tr><th>reason</th><th>count</th></tr>"
     )
     for reason, count in sorted(s["rejections_by_reason"].items()):
         parts.append(f"<tr><td>{_e(reason)}</td><td class=num>{count}</td></tr>")
-    parts.append("</table><h2>Configuration</h2><table><tr><th>key</th><th>value</th></tr>")
+    parts.append('</table></section><section id="configuration"><h2>Configuration</h2>'
+                 '<div class="scroll"><table><tr><th>key</th><th>value</th></tr>')  # fmt: skip
     for key, value in sorted(s["config"].items()):
         shown = value if isinstance(value, str) else json.dumps(value, default=str)
         parts.append(f"<tr><td>{_e(key)}</td><td>{_e(shown)}</td></tr>")
-    parts.append("</table></body></html>\n")
+    parts.append("</table></div></section></body></html>\n")
     return "\n".join(parts)
 
 

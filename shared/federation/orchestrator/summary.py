@@ -37,6 +37,7 @@ def round_entry(r: dict, test_rmse: dict[int, float] | None = None) -> dict:
     return {
         "round_num": rn,
         "rmse": None if rmse is None else float(rmse),
+        "test_rmse": (test_rmse or {}).get(rn),
         "train_rmse": m.get("rmse"),
         # client-level ε when central/local update DP is on, else the worst factory's record-level ε
         "epsilon": r.get("epsilon") if r.get("epsilon") is not None else m.get("record_epsilon_max"),
@@ -64,10 +65,14 @@ def build_summary(record: CampaignRecord, config: dict, *, test_rmse: dict[int, 
     reasons.update(message_rejections(registry))
     done = record.completed or {}
     last = rounds[-1] if rounds else {}
+    from federation.ml.bundle import privacy_section
+
     return {
         "campaign_id": record.campaign_id,
         "config": config,
         "rounds": rounds,
+        # ε with its δ and scope per DP layer (the rounds' "epsilon" is the headline number only)
+        "privacy": privacy_section(config, rounds),
         "rejections_by_reason": dict(reasons),
         "final": {
             "rmse": last.get("rmse"),

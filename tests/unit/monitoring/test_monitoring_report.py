@@ -9,7 +9,7 @@ import struct
 
 import pytest
 from federation.monitoring import render_report, report_main
-from federation.monitoring.report import PLOT_TITLES, SummaryError
+from federation.monitoring.report import EVALUATION_PLOT_TITLES, PLOT_TITLES, SummaryError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -72,14 +72,15 @@ def test_when_a_summary_is_rendered__the_page_shows_the_runs_numbers_and_factori
     page = render_report(tmp_path).read_text()
     assert "fd001-demo-42" in page
     for r in summary["rounds"]:
-        assert f"{r['rmse']:.3f}" in page
+        assert f"{r['rmse']:.2f}" in page
         assert f"{r['epsilon']:.3f}" in page
         assert f"{r['duration_s']:.1f} s" in page
     for site in r["participants"]:
         assert site in page
     assert "factory_seattle: replay" in page
     assert "max_rounds" in page
-    assert f"{summary['final']['rmse']:.3f}" in page
+    # no held-out test in this summary: the RMSE tile says it is training RMSE
+    assert f"{summary['final']['rmse']:.1f}" in page and "training RMSE (cycles)" in page
 
 
 def test_when_plots_differ_in_data__their_images_differ(tmp_path):
@@ -149,3 +150,53 @@ def test_when_report_cli_runs__it_prints_the_path_or_fails_cleanly(tmp_path, cap
     (tmp_path / "summary.json").write_text(json.dumps(_summary()))
     assert report_main([str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "report.html")
+
+
+def _evaluated():
+    s = _summary()
+    pairs = [{"unit": i, "true": float(t), "predicted": float(t + (12 if i % 3 else -20))}
+             for i, t in enumerate(range(10, 130, 6), start=1)]  # fmt: skip
+    s["evaluation"] = {
+        "split": "C-MAPSS test engines of FD001 (last window each, RUL capped at 125)",
+        "units": len(pairs), "rmse": 14.56, "mae": 14.0, "bias": 1.67, "late_share": 0.65,
+        "far_off_share": 0.0, "far_off_cycles": 30.0, "phm08": 432.1,
+        "baseline": {"name": "train-mean predictor", "prediction": 86.8, "rmse": 41.27},
+        "pairs": pairs,
+    }  # fmt: skip
+    s["privacy"] = {"record_level": {"epsilon": 2.84, "delta": 1e-5,
+                    "scope": "record-level (one sensor window), worst factory",
+                    "per_factory": {"factory_detroit": 2.84}}}  # fmt: skip
+    s["data"] = {"source": "../shared/data/cmapss/FD001", "train_windows": 17731}
+    return s
+
+
+def test_when_a_run_was_evaluated_on_held_out_units__the_page_leads_with_what_an_engineer_acts_on(
+    tmp_path,
+):
+    (tmp_path / "summary.json").write_text(json.dumps(_evaluated()))
+    page = render_report(tmp_path).read_text()
+    for text in ("held-out RMSE (cycles)", "14.6", "train-mean predictor: 41.3", "+1.7", "65%",
+                 "PHM08 score", "432", "δ = 1e-05, record-level (one sensor window), worst factory",
+                 "../shared/data/cmapss/FD001", "C-MAPSS test engines of FD001"):  # fmt: skip
+        assert text in page, text
+    assert list(_pngs(page)) == [*EVALUATION_PLOT_TITLES, *PLOT_TITLES]
+    assert page.index('id="evaluation"') < page.index('id="campaign"')
+
+
+def _ink(png: bytes) -> float:
+    """Share of the image's pixels that are not (near) white."""
+    import io
+
+    from matplotlib.image import imread
+
+    rgb = imread(io.BytesIO(png))[..., :3]
+    return float((rgb.mean(axis=2) < 0.9).mean())
+
+
+def test_when_nothing_was_rejected__the_chart_says_so_instead_of_drawing_empty_bars(tmp_path):
+    s = _summary()
+    s["rejections_by_reason"] = {"replay": 0, "integrity": 0}
+    (tmp_path / "summary.json").write_text(json.dumps(s))
+    png = _pngs(render_report(tmp_path).read_text())["Rejected messages by reason"]
+    # a title and one line of text (zero-height bars with their axis and labels: about 3.4 %)
+    assert _ink(png) < 0.025
