@@ -205,11 +205,23 @@ def campaign(
             "(publish no campaign.start)",
         ),
     ] = False,
+    data_card: Annotated[
+        list[Path] | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+            help="a factory's datacard.json (`pdmfed data import`), repeated per factory: the "
+            "model bundle records them with their features and normalisation",
+        ),
+    ] = None,
 ) -> int:
     """Run a campaign over RabbitMQ against running services (PDMFED_AMQP_URL)."""
     from federation.orchestrator.campaign_cli import campaign_main
 
-    return campaign_main(config=config, out=out, timeout=timeout, resume=resume)
+    return campaign_main(
+        config=config, out=out, timeout=timeout, resume=resume, data_cards=data_card or []
+    )
 
 
 class ServiceName(StrEnum):

@@ -20,6 +20,7 @@ __all__ = [
     "Bundle",
     "BundleError",
     "build_manifest",
+    "bundle_info_from_cards",
     "load_bundle",
     "privacy_section",
     "write_bundle",
@@ -145,6 +146,39 @@ def build_manifest(
         "rounds": len(rounds),
         "evaluation": None if evaluation is None else dict(evaluation),
         "versions": _versions(),
+    }
+
+
+def bundle_info_from_cards(cards: Sequence[Mapping[str, Any]], training: Mapping[str, Any]) -> dict:
+    """Features, normalisation, schema and RUL cap the factories' data cards agree on.
+
+    Cards that disagree on features or window, or that do not fit the campaign's
+    ``n_features``/``window``, are a BundleError (the campaign would train on mixed inputs);
+    different normalisation statistics leave the bundle without any (predict then needs
+    ``--normalizer``), as each factory scaled its data its own way.
+    """
+    if not cards:
+        return {}
+    first = cards[0]
+    for key in ("features", "window"):
+        values = {json.dumps(c.get(key)) for c in cards}
+        if len(values) > 1:
+            raise BundleError(f"the data cards disagree on {key}: {sorted(values)}")
+    features = list(first.get("features") or [])
+    if training.get("n_features") is not None and len(features) != training["n_features"]:
+        raise BundleError(f"the data cards have {len(features)} features, the campaign trains "
+                          f"on n_features={training['n_features']}")  # fmt: skip
+    if training.get("window") is not None and first.get("window") != training["window"]:
+        raise BundleError(f"the data cards' window is {first.get('window')}, the campaign's "
+                          f"{training['window']}")  # fmt: skip
+    norms = {json.dumps(c.get("normalizer"), sort_keys=True) for c in cards}
+    caps = {(c.get("label") or {}).get("rul_cap") for c in cards}
+    return {
+        "features": features,
+        "normalizer": first.get("normalizer") if len(norms) == 1 else None,
+        "rul_cap": caps.pop() if len(caps) == 1 else None,
+        "schema": first.get("schema"),
+        "data_cards": [dict(c) for c in cards],
     }
 
 

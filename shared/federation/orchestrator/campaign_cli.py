@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: float, out: Path,
-                       console: Any = None, resume: bool = False) -> dict:
+                       console: Any = None, resume: bool = False,
+                       bundle: dict | None = None) -> dict:
     """Publish campaign.start, follow it, write the run folder; returns the summary.
 
     ``console`` receives every event the orchestrator follows (e.g. a CampaignDisplay). With
@@ -48,11 +49,36 @@ async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: floa
     finally:
         await bus.close()
     summary = build_summary(record, cfg.to_payload())
-    write_run(out / cfg.campaign_id, summary, record.final_model)
+    if bundle and bundle.get("data_cards"):
+        summary["data"] = {"data_cards": bundle["data_cards"]}
+    write_run(out / cfg.campaign_id, summary, record.final_model, bundle=bundle)
     return summary
 
 
-def campaign_main(*, config: Path, out: Path, timeout: float, resume: bool = False) -> int:
+def _cards(paths: list[Path], cfg: CampaignConfig) -> dict:
+    """Bundle information from the factories' data cards (a bad card stops before anything runs)."""
+    import json
+
+    from federation.console import fail
+    from federation.ml.bundle import BundleError, bundle_info_from_cards
+
+    cards = []
+    for path in paths:
+        try:
+            card = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"{path}: not a readable data card: {exc}")
+        if not isinstance(card, dict) or "card_version" not in card:
+            fail(f"{path}: not a data card (pdmfed data import writes datacard.json)")
+        cards.append(card)
+    try:
+        return bundle_info_from_cards(cards, cfg.training.model_dump())
+    except BundleError as exc:
+        fail(str(exc))
+
+
+def campaign_main(*, config: Path, out: Path, timeout: float, resume: bool = False,
+                  data_cards: list[Path] | None = None) -> int:
     """CLI entry: exit 0 when the campaign reached its goal, else one line saying why and exit 1."""
     from rich.console import Console
 
@@ -67,6 +93,7 @@ def campaign_main(*, config: Path, out: Path, timeout: float, resume: bool = Fal
                           "(use `pdmfed demo` for a self-contained run)")
     settings.validate_secrets()
     cfg = load_campaign_config(config)
+    bundle = _cards(list(data_cards or []), cfg)
     if cfg.campaign_id == "campaign":
         if resume:
             fail("--resume needs the campaign_id of the running campaign in the config")
@@ -75,7 +102,7 @@ def campaign_main(*, config: Path, out: Path, timeout: float, resume: bool = Fal
     display = CampaignDisplay(console, cfg.rounds)
     try:
         summary = asyncio.run(run_campaign(settings, cfg, timeout=timeout, out=out, console=display,
-                                           resume=resume))
+                                           resume=resume, bundle=bundle))
     except TimeoutError:
         fail(f"campaign {cfg.campaign_id}: not completed within {timeout:.0f} s (--timeout)", EXIT_FAILED)
     finally:

@@ -210,3 +210,36 @@ def test_predict_on_fd001_test_engines_gives_the_rul_of_each_of_the_100(fd001_ru
     assert [u["unit"] for u in units] == [str(i) for i in range(1, 101)]
     assert units[0]["last_cycle"] == 31 and all(0 <= u["rul"] <= 200 for u in units)
     assert len(CMAPSS_COLUMNS) == 26
+
+
+def test_the_factories_data_cards_give_the_campaigns_bundle_its_inputs(tmp_path):
+    from federation.ml.bundle import bundle_info_from_cards
+
+    schema = _schema(tmp_path / "plant.yaml")
+    a = write_import(tmp_path / "a", data=_plant_csv(tmp_path / "a.csv", {"A": 9}), schema=schema)
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    shared = write_import(tmp_path / "b", data=_plant_csv(tmp_path / "b.csv", {"B": 12}),
+                          schema=schema, normalizer=tmp_path / "a.json")  # fmt: skip
+    own = write_import(tmp_path / "c", data=_plant_csv(tmp_path / "c.csv", {"C": 12}), schema=schema)
+    training = {"n_features": 2, "window": 3}
+    info = bundle_info_from_cards([a, shared], training)
+    assert info["features"] == SENSORS and info["normalizer"] == a["normalizer"]
+    assert info["rul_cap"] == 125.0 and len(info["data_cards"]) == 2
+    # each factory scaled its own way: no statistics in the bundle (predict asks for them)
+    assert bundle_info_from_cards([a, own], training)["normalizer"] is None
+    with pytest.raises(BundleError, match="n_features=14"):
+        bundle_info_from_cards([a], {"n_features": 14, "window": 3})
+    with pytest.raises(BundleError, match="disagree on features"):
+        bundle_info_from_cards([a, {**own, "features": ["vib", "temp"]}], training)
+
+
+def test_a_bundle_without_normalisation_statistics_asks_for_them(run, tmp_path, capsys):
+    manifest = json.loads((run / BUNDLE_FILE).read_text())
+    manifest["normalizer"] = None
+    (run / BUNDLE_FILE).write_text(json.dumps(manifest))
+    data = _plant_csv(tmp_path / "engines.csv", {"E1": 5})
+    assert main(["predict", "--bundle", str(run), "--data", str(data)]) == 2
+    assert "records no normalisation statistics" in capsys.readouterr().err
+    (tmp_path / "norm.json").write_text(json.dumps(load_bundle(run).manifest["data_cards"][0]))
+    assert main(["predict", "--bundle", str(run), "--data", str(data),
+                 "--normalizer", str(tmp_path / "norm.json")]) == 0  # fmt: skip
