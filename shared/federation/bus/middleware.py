@@ -93,6 +93,13 @@ class _RedeliveryAwareReplay:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
+    def precheck(self, msg_id: bytes, timestamp: float, now: float | None = None) -> None:
+        try:
+            self.inner.precheck(msg_id, timestamp, now)
+        except ReplayError:
+            if not _REDELIVERY.get():
+                raise
+
     def check(self, msg_id: bytes, timestamp: float, now: float | None = None) -> None:
         try:
             self.inner.check(msg_id, timestamp, now)

@@ -18,8 +18,9 @@ __all__ = ["REDIS_ROLES", "acl_user", "render_acl_file", "seen_namespace"]
 #: Roles that open envelopes and so keep seen message ids.
 REDIS_ROLES = ("orchestrator", "connector", "trainer-dispatch", "security", "aggregator")
 #: What a seen-id store sends: AUTH/HELLO (always allowed), SELECT for a non-zero database,
-#: PING for health checks, SET NX PX for add_if_new, GET for operators' debugging. (The
-#: client's CLIENT SETINFO handshake is refused and ignored by redis-py.)
+#: PING for health checks, SET NX PX for add_if_new, GET for seen() (the opener's read-only
+#: replay check before decryption) and for operators' debugging. (The client's CLIENT SETINFO
+#: handshake is refused and ignored by redis-py.)
 _COMMANDS = "-@all +ping +set +get +select"
 
 

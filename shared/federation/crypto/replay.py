@@ -37,6 +37,13 @@ class SeenStore(Protocol):
         ...
 
 
+def _seen(store: SeenStore, msg_id: bytes) -> bool:
+    """Whether ``store`` remembers ``msg_id`` (False for a store that cannot tell without
+    remembering it: the authoritative ``add_if_new`` still comes after decryption)."""
+    seen = getattr(store, "seen", None)
+    return bool(seen(msg_id)) if seen is not None else False
+
+
 class InMemorySeenStore:
     """A bounded, expiring seen-id set for one process (evicts the oldest when full)."""
 
@@ -74,6 +81,12 @@ class InMemorySeenStore:
                 self._items.popitem(last=False)
             return True
 
+    def seen(self, msg_id: bytes) -> bool:
+        """Whether ``msg_id`` is remembered (read-only)."""
+        with self._lock:
+            expiry = self._items.get(bytes(msg_id))
+        return expiry is not None and expiry > self._clock()
+
 
 class RedisSeenStore:
     """Seen ids shared by a service's replicas: ``SET <namespace>:<hex id> 1 NX PX ttl``.
@@ -109,6 +122,13 @@ class RedisSeenStore:
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
         try:
             return bool(self._client.set(key, b"1", nx=True, px=ttl_ms))
+        except self._errors as exc:
+            raise SeenStoreUnavailable(f"seen-id store unreachable: {type(exc).__name__}") from exc
+
+    def seen(self, msg_id: bytes) -> bool:
+        """Whether ``msg_id`` is remembered (read-only: GET, which the role's ACL allows)."""
+        try:
+            return self._client.get(f"{self.namespace}:{bytes(msg_id).hex()}") is not None
         except self._errors as exc:
             raise SeenStoreUnavailable(f"seen-id store unreachable: {type(exc).__name__}") from exc
 
@@ -154,9 +174,24 @@ class ReplayGuard:
         """Window = queue TTL + clock skew into the past, the clock skew into the future."""
         return cls(store, settings.freshness_window_s, future_s=settings.clock_skew_s)
 
+    def precheck(self, msg_id: bytes, timestamp: float, now: float | None = None) -> None:
+        """``check`` without remembering: refuses a stale or already seen message before the
+        opener decrypts it or books reassembly memory for it. Remembering waits for ``check``
+        after decryption, so a copy with a genuine header and altered ciphertext cannot burn
+        the id of the genuine message."""
+        self._fresh(timestamp, self._clock() if now is None else now)
+        if _seen(self.store, msg_id):
+            raise ReplayError(f"msg_id {bytes(msg_id).hex()} was already accepted")
+
     def check(self, msg_id: bytes, timestamp: float, now: float | None = None) -> None:
         """ExpiredError outside the window, ReplayError for a seen id; else remember it."""
         now = self._clock() if now is None else now
+        self._fresh(timestamp, now)
+        ttl = timestamp + self.window_s - now + 1.0
+        if not self.store.add_if_new(bytes(msg_id), ttl):
+            raise ReplayError(f"msg_id {bytes(msg_id).hex()} was already accepted")
+
+    def _fresh(self, timestamp: float, now: float) -> None:
         if not math.isfinite(timestamp):
             raise ExpiredError("message timestamp is not a finite number")
         age = now - timestamp
@@ -167,9 +202,6 @@ class ReplayGuard:
                 f"message is dated {-age:.1f}s in the future; the clock skew allowed is"
                 f" {self.future_s:.0f}s"
             )
-        ttl = timestamp + self.window_s - now + 1.0
-        if not self.store.add_if_new(bytes(msg_id), ttl):
-            raise ReplayError(f"msg_id {bytes(msg_id).hex()} was already accepted")
 
 
 def seen_store_from_settings(

@@ -399,9 +399,14 @@ class Sealer:
         aad = env.aad()
         ct = env.encrypted_data
         # Header and tag only: refusing a forgery costs the same whatever the body's size.
-        self._verify_signature(env, signed_bytes_for(aad, ct[len(ct) - TAG_LEN :]))
+        verified = self._verify_signature(env, signed_bytes_for(aad, ct[len(ct) - TAG_LEN :]))
         if self.authorize is not None:
             self.authorize(env)
+        if verified:
+            # The header is authentic: a stale or already accepted message is refused before it
+            # is decrypted or books reassembly memory (a replayed first chunk would otherwise
+            # open an update for its sender and could evict that sender's genuine ones).
+            self.replay.precheck(env.msg_id, env.timestamp)
         if env.chunk is not None:
             return self._open_chunk(env, aead, aad)
         plaintext = np.empty(len(ct) - TAG_LEN, dtype=np.uint8)
@@ -411,17 +416,19 @@ class Sealer:
         self.replay.check(env.msg_id, env.timestamp)
         return Opened(env, self._decode(plaintext))
 
-    def _verify_signature(self, env: Envelope, signed: bytes | None = None) -> None:
+    def _verify_signature(self, env: Envelope, signed: bytes | None = None) -> bool:
+        """True when the signature was verified; False for an unsigned message allowed in."""
         known = self.trust is not None and env.sender in self.trust
         if env.signature is None or not known:
             if self.require_signature:
                 if env.signature is None:
                     raise AuthError(f"unsigned message from {env.sender!r}")
                 raise AuthError(f"sender {env.sender!r} is not in the trust store")
-            return
+            return False
         if signed is None:
             signed = env.signed_bytes()
         self.trust.verify(env.sender, signed, env.signature)  # type: ignore[union-attr]
+        return True
 
     @staticmethod
     def _decrypt(aead: AESGCM, env: Envelope, aad: bytes, out: memoryview) -> None:

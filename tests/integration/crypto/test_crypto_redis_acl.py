@@ -36,7 +36,9 @@ def _store(server, role: str):
 def test_when_a_service_has_its_credentials__its_seen_ids_work_in_its_own_namespace(server):
     store = _store(server, "security")
     msg_id = os.urandom(16)
+    assert not store.seen(msg_id)  # the opener's read-only check before decryption (GET)
     assert store.add_if_new(msg_id, 30) and not store.add_if_new(msg_id, 30)
+    assert store.seen(msg_id)
     assert store.namespace == "pdmfed:seen:security"
     assert _as(server, "security").get(f"pdmfed:seen:security:{msg_id.hex()}") == b"1"
 

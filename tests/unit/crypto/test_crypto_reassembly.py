@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 from federation.crypto import KeyRing, Sealer, SigningIdentity, TrustStore
-from federation.errors import ChunkError, OversizeMessage, PdmFedError
+from federation.crypto.replay import InMemorySeenStore, ReplayGuard
+from federation.errors import ChunkError, ExpiredError, OversizeMessage, PdmFedError, ReplayError
 from federation.wire.chunking import chunk_bounds
 from federation.wire.messages import MsgType
 
@@ -120,3 +121,51 @@ def test_when_an_incomplete_update_times_out__a_timer_frees_it_without_waiting_f
     assert fleet.receiver.assembler.inflight_bytes == 0
     assert [s for s, _ in expired] == ["mallory"]
     assert isinstance(expired[0][1], ChunkError) and expired[0][1].reason == "expired"
+
+
+def test_when_a_captured_first_chunk_is_replayed_after_a_restart__it_books_and_evicts_nothing():
+    """The seen-id store outlives the consumer (Redis in production); the assembler does not.
+
+    A replayed chunk 0 must be refused before it reaches the assembler: booked even for the
+    moment of its decryption, it would open an update for its sender and evict that sender's
+    genuine update in flight (one open update per sender here, to show it with one replay).
+    """
+    fleet = Fleet()
+    store = InMemorySeenStore()
+    fleet.receiver.replay = ReplayGuard(store)
+    captured = fleet.honest_update()
+    for body in captured:
+        fleet.receiver.open(body)
+
+    restarted = Sealer(fleet.keyring, sender="aggregator", trust=fleet.receiver.trust,
+                       max_message_bytes=LIMIT, replay=ReplayGuard(store))  # fmt: skip
+    restarted.assembler.updates_per_sender = 1
+    reserved = []
+    reserve = restarted.assembler.reserve
+    restarted.assembler.reserve = lambda *a, **kw: reserved.append(a) or reserve(*a, **kw)
+    in_flight = fleet.honest_update()
+    for body in in_flight[:-1]:
+        assert restarted.open(body) is None
+    calls = len(reserved)
+
+    with pytest.raises(ReplayError):
+        restarted.open(captured[0])
+    assert len(reserved) == calls, "a replayed chunk reached the assembler"
+    assert restarted.assembler.refusals.get("honest", 0) == 0
+    opened = restarted.open(in_flight[-1])
+    assert opened is not None, "the genuine update in flight was lost to a replay"
+    assert torch.equal(opened.payload["delta"]["w"], torch.arange(100_000, dtype=torch.float32))
+
+
+def test_when_a_stale_or_seen_body_arrives__it_is_refused_before_decryption(monkeypatch):
+    fleet = Fleet()
+    (body,) = fleet.sealers["honest"].seal("update.raw", {"delta": {"w": torch.ones(4)}})
+    assert fleet.receiver.open(body) is not None
+    decrypted = []
+    monkeypatch.setattr(Sealer, "_decrypt", staticmethod(lambda *a: decrypted.append(a)))
+    with pytest.raises(ReplayError):
+        fleet.receiver.open(body)
+    fleet.receiver.replay = ReplayGuard(InMemorySeenStore(), 630.0, clock=lambda: time.time() + 700)
+    with pytest.raises(ExpiredError):
+        fleet.receiver.open(body)
+    assert decrypted == []

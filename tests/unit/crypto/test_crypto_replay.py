@@ -90,3 +90,31 @@ def test_when_no_skew_is_given__the_guard_defaults_to_the_settings_default_not_t
     assert guard.future_s == Settings().clock_skew_s
     with pytest.raises(ExpiredError):
         guard.check(b"f" * 16, 1000.0 + 60.0, now=1000.0)
+
+
+def test_when_a_message_is_prechecked__nothing_is_remembered_and_a_seen_id_is_a_replay():
+    clock = _Clock(1000.0)
+    store = InMemorySeenStore(clock=clock)
+    guard = ReplayGuard(store, window_s=60, clock=clock)
+    guard.precheck(b"p" * 16, 1000.0)
+    guard.precheck(b"p" * 16, 1000.0)
+    assert len(store) == 0 and not store.seen(b"p" * 16)
+    with pytest.raises(ExpiredError):
+        guard.precheck(b"p" * 16, 900.0)
+    guard.check(b"p" * 16, 1000.0)
+    assert store.seen(b"p" * 16)
+    with pytest.raises(ReplayError):
+        guard.precheck(b"p" * 16, 1000.0)
+    clock.now += 62  # forgotten with its freshness
+    assert not store.seen(b"p" * 16)
+
+
+def test_when_a_store_cannot_peek__precheck_checks_freshness_only():
+    class AddOnly:
+        def add_if_new(self, msg_id: bytes, ttl_s: float) -> bool:
+            return False
+
+    guard = ReplayGuard(AddOnly(), window_s=60)
+    guard.precheck(b"q" * 16, 1000.0, now=1000.0)
+    with pytest.raises(ReplayError):
+        guard.check(b"q" * 16, 1000.0, now=1000.0)
