@@ -229,6 +229,13 @@ class ChunkAssembler:
             self._timer.name = "pdmfed-chunk-expiry"
             self._timer.start()
 
+    def close(self) -> None:
+        """Stop the expiry timer (a later chunk arms it again)."""
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
     def _on_timer(self) -> None:
         with self._lock:
             self._timer = None
