@@ -298,4 +298,5 @@ def test_when_hostile_runs_in_smoke__every_hostile_body_is_refused_typed_and_fig
     for name in ("quiet", "before", "after"):
         stall = doc["stall"][name]
         assert _positive(stall["genuine_latency_s"]) and stall["max_stall_s"] >= 0
+        assert 0 < stall["max_callback_cpu_s"] and stall["longest_callback"]
     assert doc["stall"]["after"]["rejected"] == doc["stall"]["before"]["rejected"] == 3
