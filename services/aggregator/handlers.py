@@ -127,13 +127,24 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
     def on_verdict(accepted: bool):
         def handle(tx: Transaction, payload: dict, envelope: Any) -> None:
             cid, rnd, ds = payload["campaign_id"], int(payload["round_num"]), payload["datasite_id"]
-            _round(tx, cid, rnd)
+            r = _round(tx, cid, rnd)
             key = f"verdict/{cid}/{rnd:06d}/{ds}"
             if tx.has(key):
                 log.info("duplicate verdict for %s round %d ignored", ds, rnd)
                 return
             record = {k: v for k, v in payload.items() if not k.startswith("_")}
             record["accepted"] = accepted
+            base_version = int(r["model_version"])
+            if accepted and int(payload.get("model_version", -1)) != base_version:
+                # The factory signed the version it trained from: a delta of another base model
+                # (one the connector handed it, or an old one) would be applied to this one.
+                log.warning("update of %s for round %d was trained from model version %s, the"
+                            " round's base is %d: rejected", ds, rnd, payload.get("model_version"),
+                            base_version)  # fmt: skip
+                record.update(accepted=False, reason="stale_model",
+                              detail={"model_version": payload.get("model_version"),
+                                      "base_version": base_version})  # fmt: skip
+                record.pop("delta", None)
             tx.put(key, record)
             _maybe_aggregate(tx, cid, rnd)
         return handle
