@@ -5,9 +5,10 @@ Run: ``.venv/bin/python -m bench.bench_hostile [--smoke] [--out PATH]``.
 1. Refusal cost per body. For each size, a genuine update.raw body is opened (every check, typed
    payload) and hostile bodies of the same size are refused: by the envelope v1 decoder this
    project had before (``bench/_envelope_v1.py``, kept for this comparison only) and by the
-   current opener (``Sealer.open``, envelope v2). Time is a median of repeated calls; memory is
-   the tracemalloc peak of one call (Python objects and numpy buffers it allocated). Ratio =
-   refusal / genuine open of the same size; target ≤ 2.
+   current opener (``Sealer.open``, envelope v2; there also the genuine body replayed). Time is
+   a median of repeated calls; memory is the tracemalloc peak of one call (Python objects and
+   numpy buffers it allocated). Ratio = refusal / genuine open of the same size (the lower of
+   two medians, timed before and after the refusals); target ≤ 2.
 2. Chunk reassembly under one sender's claims (a stolen key). Before = the assembler this
    project had (``bench/_chunking_v1.py``); after = the current one, without and with the
    campaign's update cap. Figures: bytes booked by the claims, whether another sender's
@@ -41,7 +42,7 @@ from federation.crypto import KeyRing, Sealer, SigningIdentity, TrustStore
 from federation.crypto.replay import InMemorySeenStore, ReplayGuard
 from federation.errors import PdmFedError
 from federation.wire.chunking import ChunkAssembler, chunk_bounds
-from federation.wire.envelope import WIRE_MAGIC, Envelope, encode_envelope
+from federation.wire.envelope import WIRE_MAGIC, Envelope, decode_envelope, encode_envelope
 from federation.wire.messages import MsgType
 
 from bench._chunking_v1 import ChunkAssemblerV1
@@ -103,7 +104,7 @@ def random_body(size: int) -> bytes:
 
 
 def forged_v2(parties: Parties, size: int) -> bytes:
-    """A well-formed v2 header naming a trusted sender, random ciphertext and signature."""
+    """A well-formed v2 header naming a trusted sender, random ciphertext, a wrong signature."""
     probe = Envelope(msg_type="update.raw", msg_id=os.urandom(16), sender=SENDER, key_id="k1",
                      timestamp=time.time(), nonce=os.urandom(12), encrypted_data=bytes(16),
                      checksum="0" * 64, signature=bytes(64))  # fmt: skip
@@ -113,10 +114,18 @@ def forged_v2(parties: Parties, size: int) -> bytes:
             **{
                 **probe.to_dict(),
                 "encrypted_data": os.urandom(size - overhead),
-                "signature": os.urandom(64),
+                "signature": _wrong_signature(),
             }
         )  # fmt: skip
     )
+
+
+def _wrong_signature() -> bytes:
+    """64 random bytes shaped like a real Ed25519 signature (S < 2**252): verification runs in
+    full before it fails (an unreduced S, as most random bytes have, is refused early)."""
+    raw = bytearray(os.urandom(64))
+    raw[63] &= 0x0F
+    return bytes(raw)
 
 
 def tampered_v2(genuine: bytes) -> bytes:
@@ -159,9 +168,15 @@ def _per_size(parties: Parties, size: int, budget_s: float) -> dict[str, Any]:
     body = parties.genuine(size)
     receiver = parties.receiver()
 
+    def open_fresh(data: bytes) -> Any:
+        # The same bodies again and again: each call with a replay store that has seen none of
+        # them (the tampered body keeps the genuine msg_id: it must reach AES-GCM, not the
+        # replay check).
+        receiver.replay = ReplayGuard(InMemorySeenStore(), 630.0)
+        return receiver.open(data, expected_msg_type="update.raw")
+
     def open_genuine() -> None:
-        receiver.replay = ReplayGuard(InMemorySeenStore(), 630.0)  # the same body, fresh each time
-        assert receiver.open(body, expected_msg_type="update.raw") is not None
+        assert open_fresh(body) is not None
 
     genuine = _cell(open_genuine, budget_s)
     genuine.pop("refused_as")
@@ -174,7 +189,23 @@ def _per_size(parties: Parties, size: int, budget_s: float) -> dict[str, Any]:
     assert all(len(h) == len(body) for h in hostile.values())
     before = {k: _cell(_refuse(decode_envelope_v1, h), budget_s) for k, h in hostile.items()
               if not h.startswith(WIRE_MAGIC)}  # fmt: skip
-    after = {k: _cell(_refuse(receiver.open, h), budget_s) for k, h in hostile.items()}
+    after = {k: _cell(_refuse(open_fresh, h), budget_s) for k, h in hostile.items()}
+    # A captured genuine body sent again: refused by the replay precheck, before decryption.
+    seen = ReplayGuard(InMemorySeenStore(), 630.0)
+    first = decode_envelope(body)
+    seen.check(first.msg_id, first.timestamp)
+
+    def open_replayed(data: bytes) -> Any:
+        receiver.replay = seen
+        return receiver.open(data, expected_msg_type="update.raw")
+
+    after["replayed_v2"] = _cell(_refuse(open_replayed, body), budget_s)
+    # Timed again after the refusals: on shared cores the load drifts, and the lower of the
+    # two medians makes the ratio the harder one to meet.
+    again = _cell(open_genuine, budget_s)
+    genuine["median_s_before_refusals"] = genuine["median_s"]
+    genuine["median_s_after_refusals"] = again["median_s"]
+    genuine["median_s"] = min(genuine["median_s"], again["median_s"])
     row: dict[str, Any] = {"body_bytes": len(body), "genuine_open": genuine}
     for side, cells in (("before", before), ("after", after)):
         worst_t = max(cells, key=lambda k: cells[k]["median_s"])

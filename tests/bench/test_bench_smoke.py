@@ -284,10 +284,13 @@ def test_when_hostile_runs_in_smoke__every_hostile_body_is_refused_typed_and_fig
     for row in doc["sizes"]:
         assert _positive(row["genuine_open"]["median_s"]) and row["body_bytes"] > 0
         assert set(row["before"]["refusals"]) == {"bomb_v1", "random"}
-        assert set(row["after"]["refusals"]) == {"bomb_v1", "random", "forged_v2", "tampered_v2"}
+        after = row["after"]["refusals"]
+        assert set(after) == {"bomb_v1", "random", "forged_v2", "tampered_v2", "replayed_v2"}
+        assert after["tampered_v2"]["refused_as"] == "integrity"  # reached AES-GCM
+        assert after["replayed_v2"]["refused_as"] == "replay"
         for side in ("before", "after"):
             cells = row[side]["refusals"].values()
-            assert all(c["refused_as"] in ("malformed", "auth", "integrity") for c in cells)
+            assert all(c["refused_as"] in ("malformed", "auth", "integrity", "replay") for c in cells)
             assert _positive(row[side]["time_ratio"]) and _positive(row[side]["memory_ratio"])
     rows = doc["reassembly"]["rows"]
     assert {(r["attack"], r["side"]) for r in rows} == {
