@@ -219,9 +219,12 @@ def _process_settings(
 
     from federation.config import Settings
     from federation.runtime.launch import SERVICE_KEYS, ensure_identities
+    from federation.runtime.roles import write_roles_file
 
     keys = state_dir.parent / "keys"
-    ensure_identities(keys, [*SERVICE_KEYS, "orchestrator"])
+    senders = [*SERVICE_KEYS, "orchestrator"]
+    ensure_identities(keys, senders)
+    write_roles_file(keys, {sender: sender for sender in senders})  # each sender id is its role
     passphrase, salt = secrets.token_urlsafe(32), secrets.token_hex(16)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PDMFED_")},
