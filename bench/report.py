@@ -495,8 +495,12 @@ def _hostile(doc: dict | None) -> list[str]:
         " same size (every check, typed payload). Before = the envelope v1 decoder this project"
         " had, kept in `bench/_envelope_v1.py` for this comparison; after = `Sealer.open` on"
         " envelope v2. Worst of: a msgpack bomb (an array of empty maps), random bytes, a forged"
-        " v2 header with a random signature, a genuine body with one ciphertext byte flipped."
-        " Time: median ms (×runs); memory: tracemalloc peak of one call. Target: refusal ≤"
+        " v2 header naming a trusted sender with a wrong (well-shaped) signature, a genuine body"
+        " with one ciphertext byte flipped (the one refusal that must run AES-GCM) and, after"
+        " only, the genuine body replayed. Time: median ms (×runs) against the lower of two"
+        " genuine medians (timed before and after the refusals); memory: tracemalloc peak of one"
+        " call, its worst cell may differ from the time's. Reproduce: `.venv/bin/python -m bench"
+        " --only hostile`. Target: refusal ≤"
         f" {t['refusal_over_genuine_max']:g}× the genuine open in time and memory.",
         "",
         "| body | genuine open ms | genuine alloc | before: worst refusal ms | before: time × |"

@@ -4,7 +4,7 @@ A body is ``header | ciphertext | signature``. The header is a fixed layout of b
 (big-endian), so a receiver reads it with a handful of ``struct`` calls and checks the
 signature and the AES-GCM tag over raw bytes before it builds anything from the payload: no
 msgpack of attacker-chosen size is parsed before the message is authenticated, and refusing
-a forged body costs the same few microseconds whatever its size.
+a forged body costs one signature check whatever its size.
 
     offset  bytes  field
     0       4      magic ``PDMF``
