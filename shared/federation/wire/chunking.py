@@ -394,6 +394,11 @@ class ChunkAssembler:
             )
             dropped.append((sender, self._refuse_locked(oldest, text, "oversize")))
             mine -= 1
+        try:
+            # Uninitialised: address space only; pages are committed as chunks are written.
+            buffer = np.empty(size, dtype=np.uint8)
+        except MemoryError:  # strict overcommit or an address-space limit: a refusal, not a crash
+            raise OversizeMessage(f"cannot reserve {size} bytes for a chunked update") from None
         a = _Assembly(
             origin=origin,
             sender=sender,
@@ -401,8 +406,7 @@ class ChunkAssembler:
             total=total,
             sha256_all=c["sha256_all"],
             created=self._clock(),
-            # Uninitialised: address space only; pages are committed as chunks are written.
-            buffer=np.empty(size, dtype=np.uint8),
+            buffer=buffer,
             state=bytearray(total),
             msg_ids=[None] * total,
             digests=[None] * total,

@@ -175,3 +175,22 @@ def test_when_chunks_would_exceed_the_chunk_limit__chunk_error():
     asm = ChunkAssembler(max_chunk_bytes=10)
     with pytest.raises(ChunkError, match="chunk limit"):
         asm.add("s", *_chunks(os.urandom(100), 50)[0])
+
+
+def test_when_the_address_space_for_a_claim_cannot_be_had__the_chunk_is_refused_typed(monkeypatch):
+    """Under strict overcommit a large claim's buffer raises MemoryError: refuse, do not crash."""
+    import federation.wire.chunking as chunking
+
+    asm = ChunkAssembler()
+    real_empty = chunking.np.empty
+
+    def no_memory(size, *a, **kw):
+        if size > 1024:
+            raise MemoryError
+        return real_empty(size, *a, **kw)
+
+    monkeypatch.setattr(chunking.np, "empty", no_memory)
+    with pytest.raises(OversizeMessage, match="cannot reserve"):
+        asm.add("s", *_chunks(os.urandom(4096), 1024)[0])
+    assert asm.pending == 0 and asm.refusals == {"s": 1}
+    assert asm.add("s", *_chunks(os.urandom(8), 4)[0]) is None and asm.pending == 1  # small: fine
