@@ -74,6 +74,8 @@ def test_the_dead_letter_queue_is_bounded_by_a_policy_that_matches_only_it():
     for queue in SERVICE_QUEUES.values():
         assert not _matches(policy["pattern"], queue)
     assert policy["definition"]["max-length"] > 0
+    # Refused bodies are parked there at the size an attacker chose: bytes are bounded too.
+    assert 0 < policy["definition"]["max-length-bytes"] <= 4 * 1024**3
 
 
 def test_there_is_one_user_per_service_with_sha256_hashes_and_no_guest():

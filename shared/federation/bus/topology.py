@@ -34,6 +34,9 @@ DEFAULT_DELIVERY_LIMIT = 5
 DEFAULT_MESSAGE_TTL_S = 600.0
 #: Cap on the dead-letter queue, applied as a policy so operators can change it live.
 DEAD_QUEUE_MAX_LENGTH = 100_000
+#: ... and on its bytes: every refused body is parked there, and an attacker chooses their size
+#: (100,000 bodies of 8 MiB would be 800 GB on the broker).
+DEAD_QUEUE_MAX_BYTES = 1024**3
 
 #: Service role -> its queue's name after the prefix (``pdmfed.<key>``).
 QUEUE_KEYS: dict[str, str] = {
@@ -270,7 +273,11 @@ def as_definitions(topology: Topology = DEFAULT_TOPOLOGY, *, vhost: str = "/") -
             "pattern": "^" + topology.dead_queue.name.replace(".", r"\.") + "$",
             "apply-to": "queues",
             "priority": 0,
-            "definition": {"max-length": DEAD_QUEUE_MAX_LENGTH, "overflow": "drop-head"},
+            "definition": {
+                "max-length": DEAD_QUEUE_MAX_LENGTH,
+                "max-length-bytes": DEAD_QUEUE_MAX_BYTES,
+                "overflow": "drop-head",
+            },
         }
     ]
     return {"exchanges": exchanges, "queues": queues, "bindings": bindings, "policies": policies}
