@@ -76,11 +76,17 @@ def predict_units(
     schema: DataSchema | None = None,
     normalizer: Normalizer | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per unit: its id as in the file, its last cycle, and the predicted RUL in cycles."""
+    """One row per unit: its id as in the file, its last cycle, and the predicted RUL in cycles.
+
+    RUL is clipped to [0, the bundle's rul_cap]: the model never saw a label above the cap (a
+    prediction there means "healthy, at least this long") nor below zero.
+    """
     from federation.ml.train import predict
 
     X, codes, table = read_windows(bundle, data, schema=schema, normalizer=normalizer)
     rul = predict(bundle.model, X)
+    cap = bundle.manifest.get("rul_cap")
+    rul = np.clip(rul, 0.0, float(cap) if cap else None)
     last = np.zeros(len(table.unit_ids), np.int64)
     np.maximum.at(last, table.units, table.cycles)
     return [

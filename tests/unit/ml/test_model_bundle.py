@@ -115,7 +115,7 @@ def test_predict_gives_one_rul_per_unit_from_its_last_window(run, tmp_path):
     x = norm.transform(
         np.array([[500.0 + c * 0.5 + 4, 0.1 * c] for c in (3, 4, 5)]), np.ones((3, 1))
     )
-    expected = predict(bundle.model, x[None].astype(np.float32))[0]
+    expected = np.clip(predict(bundle.model, x[None].astype(np.float32))[0], 0, 125)
     assert rows[0]["rul"] == pytest.approx(float(expected), abs=0.01)
 
 
@@ -243,3 +243,18 @@ def test_a_bundle_without_normalisation_statistics_asks_for_them(run, tmp_path, 
     (tmp_path / "norm.json").write_text(json.dumps(load_bundle(run).manifest["data_cards"][0]))
     assert main(["predict", "--bundle", str(run), "--data", str(data),
                  "--normalizer", str(tmp_path / "norm.json")]) == 0  # fmt: skip
+
+
+def test_predicted_rul_stays_between_zero_and_the_training_cap(run, tmp_path):
+    from federation.ml.predict import read_windows
+
+    data = _plant_csv(tmp_path / "e.csv", {"E1": 5, "E2": 6, "E3": 7, "E4": 8})
+    bundle = load_bundle(run)
+    with torch.no_grad():  # outputs spread around zero: some below 0, some above the cap
+        bundle.model.head[-1].bias.fill_(0.0)
+    raw = predict(bundle.model, read_windows(bundle, data)[0])
+    cap = float(np.median(raw[raw > 0])) if (raw > 0).any() else 1.0
+    bundle.manifest["rul_cap"] = cap
+    got = np.array([r["rul"] for r in predict_units(bundle, data)])
+    assert np.allclose(got, np.clip(raw, 0, cap), atol=0.01)
+    assert got.min() >= 0 and got.max() <= cap
