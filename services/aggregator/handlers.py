@@ -43,6 +43,20 @@ def _new_global_model(
     return new, float(getattr(rule, "last_noise_std", 0.0))
 
 
+#: Security's rejections that mean it judged the update (it counts toward min_clients).
+_JUDGED = ("byzantine", "reputation")
+
+
+def _quorum(cfg: CampaignConfig, verdicts: dict[str, dict], accepted: list[dict]) -> tuple[bool, dict]:
+    """Whether a round may publish a model: at least ``quorum`` accepted updates, taken from a
+    cohort of at least ``robustness.min_clients`` screened ones (when screening is on)."""
+    rob = cfg.robustness
+    screened = sum(1 for v in verdicts.values() if v.get("screened"))
+    need = rob.min_clients if rob.enabled else 0
+    q = {"required": cfg.quorum, "accepted": len(accepted), "screened": screened, "min_clients": need}
+    return len(accepted) >= cfg.quorum and screened >= need, q
+
+
 def _weighted(accepted: list[dict], key: str) -> float | None:
     pairs = [(u["metrics"][key], u.get("num_samples", 1)) for u in accepted if key in (u.get("metrics") or {})]
     total = sum(n for _, n in pairs)
@@ -134,6 +148,8 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
                 return
             record = {k: v for k, v in payload.items() if not k.startswith("_")}
             record["accepted"] = accepted
+            # security judged it: passed on as screened, or refused on a verdict of its screening
+            record["screened"] = accepted or payload.get("reason") in _JUDGED
             base_version = int(r["model_version"])
             if accepted and int(payload.get("model_version", -1)) != base_version:
                 # The factory signed the version it trained from: a delta of another base model
@@ -165,9 +181,14 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
         status = "aggregated"
         gen = torch.Generator().manual_seed(cfg.seed * 104_729 + rnd)
         noise_std = 0.0
-        if len(accepted) < 1:
-            new = {k: v.clone() for k, v in base.items()}
-            status = "no_updates"
+        quorate, quorum = _quorum(cfg, verdicts, accepted)
+        if not quorate:
+            # too few screened updates: nothing is aggregated, spent or published this round
+            new = {}
+            status = "no_quorum"
+            log.warning("round %d publishes no model: %d accepted of %d screened updates, quorum %d "
+                        "from at least %d screened", rnd, quorum["accepted"], quorum["screened"],
+                        quorum["required"], quorum["min_clients"])
         else:
             try:
                 new, noise_std = _new_global_model(cfg, base, accepted, acct, gen)
@@ -187,6 +208,7 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
             "duration_s": time.time() - float(r["opened_at"]),
             "noise_std": noise_std,
             "reputation": {k: float(v) for k, v in reputation.items() if v is not None},
+            "quorum": quorum,
         }
         epsilon = acct.epsilon if acct is not None else None
         metrics.update(_record_privacy(tx, cfg, verdicts))
@@ -201,7 +223,7 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
             "failed": r.get("failed", {}), "byzantine": byzantine, "metrics": metrics, "epsilon": epsilon,
             "global_model": new,
         }, round_num=rnd)
-        log.info("round %d aggregated: %d accepted, rejected %s, eps=%s", rnd, len(accepted), rejected, epsilon)
+        log.info("round %d %s: %d accepted, rejected %s, eps=%s", rnd, status, len(accepted), rejected, epsilon)
 
     return Service(
         name="aggregator",

@@ -187,6 +187,8 @@ def on_round_completed(tx: Transaction, payload: dict, envelope: Any) -> None:
     reason = None
     if payload.get("status") == "budget_exhausted":
         reason = "privacy_budget"
+    elif payload.get("status") == "no_quorum":
+        reason = "no_quorum"  # a round without enough screened updates ends the campaign: nothing fails open
     elif round_num >= cfg.rounds:
         reason = "max_rounds"
     elif cfg.target_rmse is not None and rmse is not None and rmse <= cfg.target_rmse:

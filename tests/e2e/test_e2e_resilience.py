@@ -105,7 +105,9 @@ def test_when_a_datasite_dies_mid_campaign__its_round_closes_with_the_others_and
     sites[doomed_id] = doomed
     cfg = campaign_config(sites, campaign_id="e2e-datasite-dies", rounds=3, seed=4,
                           n_features=fleet.data.n_features, window=fleet.data.window, round_timeout_s=45,
-                          max_retries=1)
+                          max_retries=1,
+                          # the two survivors' updates are screened as a cohort of two
+                          robustness={"enabled": True, "aggregation": "trimmed_mean", "min_clients": 2})
 
     def on_event(kind, payload, rec) -> None:
         if kind == "round.completed" and payload["round_num"] == 1:

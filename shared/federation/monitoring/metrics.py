@@ -18,6 +18,7 @@ __all__ = [
     "Metrics",
     "MESSAGE_TYPES",
     "DIRECTIONS",
+    "ROUND_FAILURES",
     "HANDLER_BUCKETS",
     "ROUND_BUCKETS",
 ]
@@ -27,6 +28,10 @@ MESSAGE_TYPES = tuple(t.value for t in MsgType)
 
 #: Values of the `direction` label of pdmfed_message_bytes_total.
 DIRECTIONS = ("in", "out")
+
+#: Values of the `reason` label of pdmfed_rounds_failed_total: the round statuses that publish
+#: no new model (too few screened updates; the privacy budget would be exceeded).
+ROUND_FAILURES = ("no_quorum", "budget_exhausted")
 
 #: Handler latency: decrypt + verify of a small message is ~1 ms, aggregation of a large model seconds.
 HANDLER_BUCKETS = (
@@ -64,6 +69,7 @@ class _Families:
     dp_epsilon: Gauge
     dp_noise_applications: Counter
     updates_aggregated: Counter
+    rounds_failed: Counter
     model_rmse: Gauge
     reassembly_refusals: Counter
 
@@ -134,6 +140,11 @@ def _create_families(registry: CollectorRegistry) -> _Families:
         updates_aggregated=counter(
             "pdmfed_updates_aggregated_total", "Model updates that entered an aggregate."
         ),
+        rounds_failed=counter(
+            "pdmfed_rounds_failed_total",
+            "Rounds that published no new model, by reason (no_quorum, budget_exhausted).",
+            ("reason",),
+        ),
         model_rmse=gauge("pdmfed_model_rmse", "RMSE of the global model on held-out engines."),
         reassembly_refusals=counter(
             "pdmfed_reassembly_refusals_total",
@@ -186,10 +197,13 @@ class Metrics:
         self.dp_epsilon = fams.dp_epsilon
         self.dp_noise_applications = fams.dp_noise_applications
         self.updates_aggregated = fams.updates_aggregated
+        self.rounds_failed = fams.rounds_failed
         self.model_rmse = fams.model_rmse
         self.reassembly_refusals = fams.reassembly_refusals
         for reason in REJECT_REASONS:
             self.messages_rejected.labels(service=service, reason=reason)
+        for reason in ROUND_FAILURES:
+            self.rounds_failed.labels(reason=reason)
         for direction in DIRECTIONS:
             self.message_bytes.labels(service=service, direction=direction)
         for msg_type in msg_types:

@@ -32,6 +32,11 @@ def outcome(reason: str, rounds_done: int, rounds_planned: int) -> tuple[bool, s
             f"stopped after {rounds_done} of {rounds_planned} rounds: the next round would "
             "exceed the privacy budget"
         )
+    if reason == "no_quorum":
+        return False, (
+            f"stopped at round {rounds_done} of {rounds_planned}: too few screened updates to "
+            "publish a model (quorum)"
+        )
     if reason == "incomplete":
         return False, f"incomplete: {rounds_done} of {rounds_planned} rounds completed"
     return False, f"stopped after {rounds_done} of {rounds_planned} rounds: {reason}"

@@ -15,13 +15,20 @@ from federation.campaign import PrivacyConfig, RobustnessConfig
 from federation.errors import PdmFedError, RobustnessError
 from federation.privacy import PrivacyAccountant
 from federation.robust.attacks import craft, label_flip
-from federation.robust.pipeline import aggregation_rule, screen_cohort, screening_policy
+from federation.robust.pipeline import (
+    ScreeningPolicy,
+    aggregation_rule,
+    screen_cohort,
+    screening_policy,
+)
 from federation.robust.reputation import ReputationBook
 
 __all__ = [
     "DEFENCES",
     "EVAL_ATTACKS",
     "default_data_dir",
+    "defence_config",
+    "defence_policy",
     "format_table",
     "robustness_command",
     "robustness_main",
@@ -79,8 +86,9 @@ def _setup(data_dir: str | Path | None, n_sites: int, seed: int):
 def defence_config(defence: str, n_sites: int, n_byz: int) -> RobustnessConfig:
     """The campaign ``robustness`` section a defence of the table stands for.
 
-    ``secure_default`` is a default campaign's; a bare rule runs without screening, Krum with
-    f = the Byzantine count and the trimmed mean trimming at least that share.
+    ``secure_default`` is a default campaign's; a bare rule (see ``defence_policy``: no
+    screening) runs Krum with f = the Byzantine count and the trimmed mean trimming at least
+    that share.
     """
     if defence == "secure_default":
         return RobustnessConfig()
@@ -91,7 +99,15 @@ def defence_config(defence: str, n_sites: int, n_byz: int) -> RobustnessConfig:
         rule["f"] = max(1, n_byz)
     elif defence == "trimmed_mean":
         rule["trim_ratio"] = max(0.1, n_byz / n_sites)
-    return RobustnessConfig(rule=rule, threshold=1e9, min_clients=10**6)
+    return RobustnessConfig(rule=rule)
+
+
+def defence_policy(defence: str, robustness: RobustnessConfig) -> ScreeningPolicy:
+    """How a defence of the table screens: the services' own policy for ``secure_default``,
+    none for a bare rule."""
+    if defence == "secure_default":
+        return screening_policy(robustness)
+    return ScreeningPolicy(enabled=False)
 
 
 def _run_cell(
@@ -101,6 +117,7 @@ def _run_cell(
     *,
     attack: str,
     robustness: RobustnessConfig,
+    policy: ScreeningPolicy,
     n_byz: int,
     rounds: int,
     seed: int,
@@ -115,7 +132,6 @@ def _run_cell(
     byz = set(range(n_byz)) if attack != "none" else set()
     book = ReputationBook()
     gen = torch.Generator().manual_seed(seed + 7)
-    policy = screening_policy(robustness)
     rule = aggregation_rule(robustness, privacy, generator=gen)
     state = {k: v.clone() for k, v in init.items()}
     caught = 0
@@ -182,15 +198,18 @@ def run_robustness_eval(
     for defence in defences:
         cells[defence] = {}
         for attack in attacks:
+            robustness = defence_config(defence, n_sites, n_byz)
             cells[defence][attack] = _run_cell(
                 prepared,
                 sites,
                 init,
                 attack=attack,
-                robustness=defence_config(defence, n_sites, n_byz),
+                robustness=robustness,
+                policy=defence_policy(defence, robustness),
                 **common,
             )
     plain = defence_config("fedavg", n_sites, n_byz)
+    common["policy"] = ScreeningPolicy(enabled=False)
     clean = _run_cell(prepared, sites, init, attack="none", robustness=plain, **common)["rmse"]
     if dp_clip is None:
         from federation.ml import train_local

@@ -78,6 +78,10 @@ class Screening:
     def low_reputation_ids(self) -> list[str]:
         return [c for c in self.ids if self.rejected.get(c, {}).get("reason") == "reputation"]
 
+    @property
+    def unscreened_ids(self) -> list[str]:
+        return [c for c in self.ids if self.rejected.get(c, {}).get("reason") == "unscreened"]
+
 
 def judge(
     updates: Sequence[Update],
@@ -87,10 +91,11 @@ def judge(
     *,
     reference: Update | None = None,
 ) -> Verdicts | None:
-    """Detectors, then reputation: every verdict is folded into ``book``. None when screening is off.
+    """Detectors, then reputation: the verdicts are folded into ``book``. None when screening is off.
 
     Non-finite updates are always flagged; the statistical tests run from ``policy.min_clients``
-    finite updates on (see ``detectors.screen``).
+    finite updates on (see ``detectors.screen``). Below that nothing was judged, so only the
+    flagged verdicts reach ``book``: an unjudged update earns no reputation.
     """
     if not policy.enabled:
         return None
@@ -98,7 +103,7 @@ def judge(
         updates, [str(i) for i in ids], policy.threshold, policy.min_clients, reference=reference
     )
     if book is not None:
-        book.record_round(verdicts)
+        book.record_round(v for v in verdicts if verdicts.screened or v.flagged)
     return verdicts
 
 
@@ -111,7 +116,10 @@ def trusted(
 ) -> Screening:
     """Verdicts -> accepted (not flagged, reputation at least the floor) and rejected with reasons.
 
-    An accepted update's weight is its sample count (1 when unknown) times its reputation.
+    An accepted update's weight is its sample count (1 when unknown) times its reputation. When
+    screening is on but ``verdicts`` could not judge the cohort (fewer than
+    ``policy.min_clients`` finite updates), nothing is accepted: every update not flagged is
+    rejected as ``unscreened``, so an update that was never judged never reaches a rule.
     """
     ids = [str(i) for i in ids]
     if num_samples is not None and len(num_samples) != len(ids):
@@ -119,10 +127,20 @@ def trusted(
     on = policy.enabled
     rep = {c: (float(book.score(c)) if (on and book is not None) else 1.0) for c in ids}
     accepted, weights, rejected = [], [], {}
+    unjudged = verdicts is not None and not verdicts.screened
+    finite = sum(1 for v in verdicts or () if "non_finite" not in v.reasons)
     for i, c in enumerate(ids):
         v = verdicts[c] if verdicts is not None else None
         if v is not None and v.flagged:
             rejected[c] = {"reason": "byzantine", "why": list(v.reasons), "scores": dict(v.scores)}
+        elif unjudged:
+            rejected[c] = {
+                "reason": "unscreened",
+                "why": [
+                    f"{finite} update{'s' if finite != 1 else ''} to judge; screening needs "
+                    f"min_clients {policy.min_clients}"
+                ],
+            }
         elif on and rep[c] < policy.reputation_threshold:
             rejected[c] = {"reason": "reputation", "why": [f"reputation {rep[c]:.2f}"]}
         else:

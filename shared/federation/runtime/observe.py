@@ -19,6 +19,9 @@ def observe_emitted(metrics: Any, msg_type: str, payload: dict) -> None:
         if m.get("duration_s") is not None:
             metrics.round_duration.observe(float(m["duration_s"]))
         metrics.updates_aggregated.inc(len(payload.get("participants") or []))
+        status = payload.get("status") or "aggregated"
+        if status != "aggregated":
+            metrics.rounds_failed.labels(reason=status).inc()
         if m.get("rmse") is not None:
             metrics.model_rmse.set(float(m["rmse"]))
         eps = payload.get("epsilon")

@@ -26,6 +26,7 @@ CONTRACT = {
     "pdmfed_dp_epsilon": set(),
     "pdmfed_dp_noise_applications_total": set(),
     "pdmfed_updates_aggregated_total": set(),
+    "pdmfed_rounds_failed_total": {"reason"},
     "pdmfed_model_rmse": set(),
 }
 

@@ -87,3 +87,21 @@ def test_when_the_secure_manager_screens_and_aggregates__it_matches_the_pipeline
     )
     assert flagged == out.flagged_ids
     torch.testing.assert_close(agg["w"], out.aggregate["w"])
+
+
+def test_when_a_cohort_is_too_small_to_judge__nothing_is_accepted_and_no_reputation_is_earned():
+    from federation.robust import ScreeningPolicy, screen_cohort
+
+    book = ReputationBook()
+    book.record("f0", True)  # once flagged: 0.5
+    ups, ids, samples = _round(n=2)
+    s = screen_cohort(ups, ids, ScreeningPolicy(min_clients=3), book, num_samples=samples)
+    assert s.accepted == [] and s.unscreened_ids == ids
+    assert s.rejected["f1"]["why"] == ["2 updates to judge; screening needs min_clients 3"]
+    assert book.score("f0") == 0.5 and book.score("f1") == 1.0 and book.updates == 1
+    nan = [{"w": torch.full((50,), float("nan"))}, ups[1]]
+    s = screen_cohort(nan, ids, ScreeningPolicy(min_clients=3), book)
+    assert s.flagged_ids == ["f0"] and s.unscreened_ids == ["f1"]
+    assert book.score("f0") == 0.25  # a non-finite update is flagged at any cohort size
+    with pytest.raises(RobustnessError, match="no update survived screening"):
+        Defence(ScreeningPolicy(min_clients=3), TrimmedMean()).run(ups, ids, book)

@@ -96,7 +96,9 @@ async def test_when_a_factory_misses_the_deadline__round_closes_with_the_others_
 ):
     data, parts = tiny_partitions
     comm = _SlowDatasites(parts, slow="factory_c", delay_s=4.0)
-    cfg = _cfg(data, list(parts), rounds=1, round_timeout_s=1.5, max_retries=0)
+    # two screened updates must be enough for this campaign (the default min_clients is 3)
+    cfg = _cfg(data, list(parts), rounds=1, round_timeout_s=1.5, max_retries=0,
+               robustness={"enabled": True, "aggregation": "trimmed_mean", "min_clients": 2})
     fed = EmbeddedFederation(settings, comm_manager=comm)
     await fed.start()
     try:
