@@ -25,6 +25,8 @@ import typer
 from federation import keys_cli
 from federation.console import fail, run_app
 from federation.data_cli import app as data_app
+from federation.roles import ENVELOPE_ROLES
+from federation.runtime.registry import SERVICE_NAMES
 
 __all__ = ["app", "main"]
 
@@ -224,11 +226,8 @@ def campaign(
     )
 
 
-class ServiceName(StrEnum):
-    connector = "connector"
-    trainer_dispatch = "trainer-dispatch"
-    security = "security"
-    aggregator = "aggregator"
+#: `pdmfed service NAME`: the names of the service registry.
+ServiceName = StrEnum("ServiceName", {n: n for n in SERVICE_NAMES})
 
 
 @app.command()
@@ -304,12 +303,8 @@ def diagnose(
     )
 
 
-class ComponentRole(StrEnum):
-    orchestrator = "orchestrator"
-    connector = "connector"
-    trainer_dispatch = "trainer-dispatch"
-    security = "security"
-    aggregator = "aggregator"
+#: `validate-security --role`: every role that seals envelopes.
+ComponentRole = StrEnum("ComponentRole", {r.value: r.value for r in ENVELOPE_ROLES})
 
 
 @app.command("validate-security")

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from federation.runtime.registry import SERVICE_SPECS
+
 __all__ = [
     "ExchangeType",
     "QueueType",
@@ -38,13 +40,8 @@ DEAD_QUEUE_MAX_LENGTH = 100_000
 #: (100,000 bodies of 8 MiB would be 800 GB on the broker).
 DEAD_QUEUE_MAX_BYTES = 1024**3
 
-#: Service role -> its queue's name after the prefix (``pdmfed.<key>``).
-QUEUE_KEYS: dict[str, str] = {
-    "connector": "connector",
-    "trainer-dispatch": "dispatch",
-    "security": "security",
-    "aggregator": "aggregator",
-}
+#: Service name (its role) -> its queue's name after the prefix (``pdmfed.<key>``).
+QUEUE_KEYS: dict[str, str] = {name: spec.queue_key for name, spec in SERVICE_SPECS.items()}
 SERVICES = tuple(QUEUE_KEYS.values())
 
 

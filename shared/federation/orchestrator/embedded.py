@@ -20,6 +20,7 @@ from federation.runtime.launch import (
     start_node,
     widen_thread_pool,
 )
+from federation.runtime.registry import SERVICE_NAMES
 from federation.runtime.roles import SenderRoles
 from federation.wire.contracts import ENVELOPE_ROLES
 
@@ -50,7 +51,7 @@ class EmbeddedFederation:
         registry: CollectorRegistry | None = None,
         topology: Any = None,
         health: bool = False,
-        services: tuple[str, ...] = tuple(SERVICE_KEYS),
+        services: tuple[str, ...] = SERVICE_NAMES,
     ) -> None:
         unknown = sorted(set(services) - set(SERVICE_KEYS))
         if unknown:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from federation.config import Settings
 from federation.crypto.signing import SigningIdentity, TrustStore
+from federation.runtime.registry import SERVICE_SPECS, BuildContext, service_spec
 from federation.runtime.roles import SenderRoles
 from federation.runtime.service import Service, ServiceRunner
 from federation.runtime.store import ServiceStore, open_store
@@ -35,13 +35,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: CLI service name -> topology key (queue pdmfed.<key>) and envelope sender id.
-SERVICE_KEYS = {
-    "connector": "connector",
-    "trainer-dispatch": "dispatch",
-    "security": "security",
-    "aggregator": "aggregator",
-}
+#: Service name -> its queue key (pdmfed.<key>), from the service registry.
+SERVICE_KEYS = {name: spec.queue_key for name, spec in SERVICE_SPECS.items()}
 
 
 def _sender(settings: Settings, name: str) -> str:
@@ -114,51 +109,14 @@ def connector_session_manager(**options: Any) -> Any:
     return PySyftCommunicationManager(require_data_scientist=True, **options)
 
 
-def factory_verifier(trust: TrustStore | None) -> Callable[[dict], None] | None:
-    """Check an update.raw's factory signature against the factories' public keys."""
-    if trust is None:
-        return None
-    from federation.datasite.signing import verify_update_signature
-
-    def verify(payload: dict) -> None:
-        verify_update_signature(payload, trust)
-
-    return verify
-
-
 def build_service_logic(
     name: str, settings: Settings, *, comm_manager: Any = None, factory_trust: TrustStore | None = None,
     queue: str | None = None, store: ServiceStore | None = None,
 ) -> Service:
-    """The Service (handlers) for one service name."""
-    q = queue or topology_of(settings).queue(SERVICE_KEYS[name]).name
-    if name == "trainer-dispatch":
-        from services.trainer_dispatch.handlers import build_service
-
-        return build_service(queue=q)
-    if name == "security":
-        from services.security.handlers import build_service
-
-        return build_service(verify_factory=factory_verifier(factory_trust), queue=q)
-    if name == "aggregator":
-        from services.aggregator.handlers import build_service
-
-        return build_service(queue=q)
-    if name == "connector":
-        from services.connector.handlers import ConnectorLogic, build_service
-
-        if comm_manager is None:
-            comm_manager = connector_session_manager()
-        logic = ConnectorLogic(comm_manager)
-        logic.load_campaigns(store if store is not None else _memory_store())
-        return build_service(logic, queue=q)
-    raise KeyError(f"unknown service {name!r}; expected one of {sorted(SERVICE_KEYS)}")
-
-
-def _memory_store() -> ServiceStore:
-    from federation.runtime.store_sqlite import SqliteStore
-
-    return SqliteStore()
+    """The Service (handlers) for one service name, built as its registry entry says."""
+    spec = service_spec(name)
+    q = queue or topology_of(settings).queue(spec.queue_key).name
+    return spec.build(BuildContext(q, comm_manager=comm_manager, factory_trust=factory_trust, store=store))
 
 
 @dataclass
@@ -223,11 +181,9 @@ async def start_node(
                                   queue=queue, store=store)
     runner = ServiceRunner(service, endpoint, store, metrics)
     node = ServiceNode(name, runner, bus, endpoint, metrics, store)
-    # connector: one training per datasite at a time, all datasites in parallel
-    conc = concurrency or (16 if name == "connector" else 1)
-    runner.concurrency = conc
-    if name in ("security", "aggregator"):  # they screen and aggregate with compiled kernels
-        _warm_up_kernels_in_background()
+    runner.concurrency = concurrency or service_spec(name).concurrency
+    if service_spec(name).on_start is not None:
+        service_spec(name).on_start()
     await runner.start()
     port = settings.metrics_port if health_port is None else health_port
     if port is not None and port >= 0 and (health_port is not None or settings.metrics_port):
@@ -243,21 +199,6 @@ def _relearn_campaigns(endpoint: Any, store: Any) -> None:
     for value in stored:
         if isinstance(value, dict):  # the config itself, or dispatch's record holding it
             endpoint.learn_campaign(value.get("config", value))
-
-
-def _warm_up_kernels_in_background() -> None:
-    """Load the robust aggregators' compiled kernels on a side thread while the service starts."""
-    import threading
-
-    from federation.robust._order_stats import warm_up
-
-    def run() -> None:
-        try:
-            warm_up()
-        except Exception:  # the first real use compiles them anyway; never fail a start for this
-            log.exception("kernel warm-up failed")
-
-    threading.Thread(target=run, name="pdmfed-warm-up", daemon=True).start()
 
 
 def widen_thread_pool(loop: asyncio.AbstractEventLoop | None = None, workers: int = 32) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 
+from federation.roles import ENVELOPE_ROLES, SERVICE_ROLES, Role
 from federation.wire.messages import (
     CampaignCompleted,
     CampaignStart,
@@ -34,29 +34,6 @@ __all__ = [
     "sender_roles_of",
     "contracts_table",
 ]
-
-
-class Role(StrEnum):
-    """Who takes part in the message plane; a sender id maps to exactly one role."""
-
-    ORCHESTRATOR = "orchestrator"
-    CONNECTOR = "connector"
-    TRAINER_DISPATCH = "trainer-dispatch"
-    SECURITY = "security"
-    AGGREGATOR = "aggregator"
-    #: A factory datasite: it seals no envelope, it signs the update it trained (update.raw).
-    FACTORY = "factory"
-
-
-#: The four services, in the order they are listed everywhere.
-SERVICE_ROLES: tuple[Role, ...] = (
-    Role.CONNECTOR,
-    Role.TRAINER_DISPATCH,
-    Role.SECURITY,
-    Role.AGGREGATOR,
-)
-#: Roles that seal envelopes (a factory signs content, not envelopes).
-ENVELOPE_ROLES: tuple[Role, ...] = (Role.ORCHESTRATOR, *SERVICE_ROLES)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,130 @@
+"""The four services in one table: role (their one name), queue, concurrency, builder, start hook."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from federation.roles import Role
+
+__all__ = ["BuildContext", "ServiceSpec", "SERVICE_SPECS", "SERVICE_NAMES", "service_spec"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a service's builder may use: its queue, and the parts only some services need."""
+
+    queue: str
+    comm_manager: Any = None
+    factory_trust: Any = None
+    store: Any = None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service: the CLI, launchers, topology, metrics and sender id all use ``name``."""
+
+    role: Role
+    #: Its queue is ``<prefix>.<queue_key>``; deployed brokers and stores already use these.
+    queue_key: str
+    build: Callable[[BuildContext], Any]
+    #: Handlers running at once (the connector trains every datasite of a round in parallel).
+    concurrency: int = 1
+    #: Run once before the service consumes (e.g. warm compiled kernels on a side thread).
+    on_start: Callable[[], None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.role.value
+
+    @property
+    def consumes(self) -> tuple[str, ...]:
+        """The message types bound to its queue: exactly the ones it has a handler for."""
+        from federation.wire.contracts import consumed_keys
+
+        return consumed_keys(self.role)
+
+
+def _build_connector(ctx: BuildContext) -> Any:
+    from services.connector.handlers import ConnectorLogic, build_service
+
+    comm = ctx.comm_manager
+    if comm is None:
+        from federation.runtime.launch import connector_session_manager
+
+        comm = connector_session_manager()
+    logic = ConnectorLogic(comm)
+    store = ctx.store
+    if store is None:
+        from federation.runtime.store_sqlite import SqliteStore
+
+        store = SqliteStore()
+    logic.load_campaigns(store)
+    return build_service(logic, queue=ctx.queue)
+
+
+def _build_dispatch(ctx: BuildContext) -> Any:
+    from services.trainer_dispatch.handlers import build_service
+
+    return build_service(queue=ctx.queue)
+
+
+def _build_security(ctx: BuildContext) -> Any:
+    from services.security.handlers import build_service
+
+    verify = None
+    if ctx.factory_trust is not None:
+        from federation.datasite.signing import verify_update_signature
+
+        trust = ctx.factory_trust
+
+        def verify(payload: dict) -> None:
+            verify_update_signature(payload, trust)
+
+    return build_service(verify_factory=verify, queue=ctx.queue)
+
+
+def _build_aggregator(ctx: BuildContext) -> Any:
+    from services.aggregator.handlers import build_service
+
+    return build_service(queue=ctx.queue)
+
+
+def _warm_up_kernels() -> None:
+    """Load the robust aggregators' compiled kernels on a side thread while the service starts."""
+    import threading
+
+    from federation.robust._order_stats import warm_up
+
+    def run() -> None:
+        try:
+            warm_up()
+        except Exception:  # the first real use compiles them anyway; never fail a start for this
+            log.exception("kernel warm-up failed")
+
+    threading.Thread(target=run, name="pdmfed-warm-up", daemon=True).start()
+
+
+#: Service name (= its role) -> spec, in the order services are listed everywhere.
+SERVICE_SPECS: dict[str, ServiceSpec] = {
+    s.name: s
+    for s in (
+        ServiceSpec(Role.CONNECTOR, "connector", _build_connector, concurrency=16),
+        ServiceSpec(Role.TRAINER_DISPATCH, "dispatch", _build_dispatch),
+        ServiceSpec(Role.SECURITY, "security", _build_security, on_start=_warm_up_kernels),
+        ServiceSpec(Role.AGGREGATOR, "aggregator", _build_aggregator, on_start=_warm_up_kernels),
+    )
+}
+SERVICE_NAMES: tuple[str, ...] = tuple(SERVICE_SPECS)
+
+
+def service_spec(name: str) -> ServiceSpec:
+    """The spec of service ``name`` (KeyError naming the services for an unknown one)."""
+    try:
+        return SERVICE_SPECS[name]
+    except KeyError:
+        raise KeyError(f"unknown service {name!r}; expected one of {list(SERVICE_NAMES)}") from None
