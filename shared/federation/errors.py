@@ -6,6 +6,7 @@ __all__ = [
     "REJECT_REASONS",
     "PdmFedError",
     "ConfigError",
+    "EmitError",
     "WireError",
     "MalformedMessage",
     "OversizeMessage",
@@ -61,6 +62,13 @@ class ConfigError(PdmFedError):
 
 
 # --- wire -----------------------------------------------------------------
+class EmitError(PdmFedError):
+    """A handler emitted a message its service may not send, or one that breaks its contract:
+    its transaction fails and nothing is published (the incoming message is retried)."""
+
+    reason = "emit"
+
+
 class WireError(PdmFedError):
     """A message that cannot be decoded."""
 

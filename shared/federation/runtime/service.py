@@ -10,13 +10,48 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation.errors import ConfigError, MalformedMessage
+from federation.bus.base import RequeueMessage
+from federation.errors import ConfigError, EmitError, MalformedMessage
 from federation.runtime.observe import observe_emitted
 from federation.runtime.store import ServiceStore, Transaction
 
-__all__ = ["Service", "ServiceRunner", "as_dict"]
+__all__ = ["Service", "ServiceRunner", "CheckedTransaction", "as_dict"]
 
 log = logging.getLogger(__name__)
+
+
+class CheckedTransaction:
+    """A handler's view of its transaction: ``emit`` checks each message against its contract.
+
+    ``tx.emit(RoundOpen(...))`` or ``tx.emit("round.open", {...})``: the sending service's role
+    must be allowed to send the type and the payload must validate as that type's dataclass,
+    else :class:`EmitError` fails the transaction before anything reaches the outbox.
+    """
+
+    def __init__(self, tx: Transaction, role: str) -> None:
+        self._tx = tx
+        self._role = role
+
+    def emit(self, message: Any, payload: Any = None, **where: Any) -> None:
+        from federation.wire.contracts import may_send
+        from federation.wire.messages import Message, parse_payload
+
+        if isinstance(message, Message):
+            if payload is not None:
+                raise EmitError("emit(message) takes no separate payload")
+            msg_type, payload = message.msg_type.value, message.to_payload()
+        else:
+            msg_type = str(getattr(message, "value", message))
+        if not may_send(self._role, msg_type):
+            raise EmitError(f"{self._role} may not send {msg_type} (see wire.contracts)")
+        try:
+            parse_payload(msg_type, payload)
+        except MalformedMessage as exc:
+            raise EmitError(f"{self._role} emitted a malformed {msg_type}: {exc}") from exc
+        self._tx.emit(msg_type, payload, **where)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
 
 
 def as_dict(payload: Any) -> dict:
@@ -105,12 +140,16 @@ class ServiceRunner:
                 if tx.seen(msg_id):
                     return
                 try:
-                    handler(tx, data, envelope)
+                    handler(CheckedTransaction(tx, self.service.name), data, envelope)
                 except ConfigError as exc:  # a payload that validates as a message but not as config
                     raise MalformedMessage(str(exc)) from exc
                 tx.mark_handled(msg_id, kind)
 
-        await asyncio.to_thread(commit)
+        try:
+            await asyncio.to_thread(commit)
+        except EmitError as err:  # our fault, not the message's: retried, then dead-lettered
+            log.error("%s: handling %s failed its own contract: %s", self.service.name, kind, err)
+            raise RequeueMessage(str(err)[:200]) from err
         await self.flush_outbox()
 
     def _already_handled(self, msg_id: bytes) -> bool:
@@ -146,7 +185,7 @@ class ServiceRunner:
 
                 def run(now: float = now) -> None:
                     with self.store.transaction() as tx:
-                        tick(tx, now)
+                        tick(CheckedTransaction(tx, self.service.name), now)
 
                 await asyncio.to_thread(run)
                 await self.flush_outbox()
