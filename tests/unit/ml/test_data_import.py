@@ -247,3 +247,22 @@ def test_the_shipped_cmapss_schema_is_the_one_the_demo_bundles_record():
     shipped = load_schema(CMAPSS_SCHEMA)
     built = cmapss_schema([f"s{i}" for i in FD001_INFORMATIVE_SENSORS])
     assert shipped.to_dict() == built.to_dict()
+
+
+def test_a_table_without_operating_settings_is_one_regime(tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "load"} for r in _rows({"A": 5, "B": 4})]
+    schema = _schema(tmp_path / "s.yaml", settings={})
+    card = write_import(tmp_path / "out", data=_csv(tmp_path / "p.csv", rows), schema=schema)
+    assert len(card["normalizer"]["regimes"]) == 1 and card["columns"]["settings"] == []
+
+
+def test_each_setting_is_rounded_as_the_schema_says_when_naming_regimes(tmp_path):
+    rows = _rows({"A": 6})
+    for r, load in zip(rows, [10.04, 10.02, 20.01, 19.98, 10.01, 20.03], strict=True):
+        r["load"] = load
+    data = _csv(tmp_path / "p.csv", rows)
+    coarse = write_import(tmp_path / "a", data=data, schema=_schema(tmp_path / "a.yaml"))
+    fine = write_import(tmp_path / "b", data=data,
+                        schema=_schema(tmp_path / "b.yaml", settings={"load": 2}))  # fmt: skip
+    assert [r[0] for r in coarse["normalizer"]["regimes"]] == [10.0, 20.0]
+    assert len(fine["normalizer"]["regimes"]) == 6 and fine["normalizer"]["decimals"] == [2]
