@@ -487,7 +487,12 @@ def datasite_launch(
         str, typer.Option(help="datasite id, e.g. automotive_detroit_main", show_default=False)
     ],
     data: Annotated[
-        Path, typer.Option(dir_okay=False, help=".npz with arrays X and y", show_default=False)
+        Path,
+        typer.Option(
+            dir_okay=False,
+            help="partition.npz (arrays X and y) from `pdmfed data import` or `pdmfed data partition`",
+            show_default=False,
+        ),
     ],
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0 = any free port)")] = 0,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
