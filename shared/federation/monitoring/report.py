@@ -485,7 +485,7 @@ font-weight:600}.card .k{color:#666;font-size:.85rem}.card .n{color:#888;font-si
 .plots img{width:100%;height:auto}.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;width:100%;margin:1rem 0}th,td{border-bottom:1px solid #eee;
 padding:.35rem .6rem;text-align:left;font-size:.9rem;vertical-align:top;overflow-wrap:anywhere}
-th{background:#fafafa}td.num{text-align:right;font-variant-numeric:tabular-nums;
+th{background:#fafafa;white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums;
 white-space:nowrap}.bad{color:#c0392b}.note{color:#555;font-size:.9rem}
 """
 
@@ -533,7 +533,7 @@ def _privacy_rows(privacy: Mapping[str, Any]) -> list[str]:
             f"<tr><td>{_e(info.get('scope', layer))}</td>"
             f"<td class=num>{_e(_fmt(eps, '.2f') if eps is not None else 'not measured')}</td>"
             f"<td class=num>{_e(_fmt(info.get('delta'), 'g'))}</td>"
-            f"<td>{_e(json.dumps(info.get('per_factory') or {}, default=str))}</td></tr>"
+            f"<td>{_e(', '.join(f'{k} {float(v):.2f}' for k, v in sorted((info.get('per_factory') or {}).items())))}</td></tr>"
         )
     return rows or ["<tr><td colspan=4>not recorded in this summary</td></tr>"]
 
@@ -599,16 +599,17 @@ def render_html(summary: CampaignSummary) -> str:
         "<th>reputation</th></tr>"
     )
     for r in s["rounds"]:
-        rejected = ", ".join(f"{k}: {v}" for k, v in sorted(r["rejected"].items()))
-        reputation = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["reputation"].items()))
+        # one factory a line: long datasite ids stay readable and the table fits the page
+        rejected = "<br>".join(_e(f"{k}: {v}") for k, v in sorted(r["rejected"].items()))
+        reputation = "<br>".join(_e(f"{k} {v:.2f}") for k, v in sorted(r["reputation"].items()))
         test = r["test_rmse"] if r["test_rmse"] is not None or r["train_rmse"] is not None else r["rmse"]
         parts.append(
             f"<tr><td class=num>{r['round_num']}</td><td class=num>{_fmt(test, '.2f')}</td>"
             f"<td class=num>{_fmt(r['train_rmse'], '.2f')}</td>"
             f"<td class=num>{_fmt(r['epsilon'])}</td>"
             f"<td class=num>{_e(_fmt(r['duration_s'], '.1f'))}{' s' if r['duration_s'] is not None else ''}</td>"
-            f"<td>{_e(', '.join(r['participants']))}</td><td class=bad>{_e(rejected)}</td>"
-            f"<td class=bad>{_e(', '.join(r['byzantine']))}</td><td>{_e(reputation)}</td></tr>"
+            f"<td>{'<br>'.join(_e(p) for p in r['participants'])}</td><td class=bad>{rejected}</td>"
+            f"<td class=bad>{'<br>'.join(_e(b) for b in r['byzantine'])}</td><td>{reputation}</td></tr>"
         )
     if not s["rounds"]:
         parts.append("<tr><td colspan=9>No rounds completed.</td></tr>")
