@@ -80,6 +80,12 @@ def test_when_the_report_is_read__it_shows_the_run_s_rmse_epsilon_and_factories(
     for text in (f"{ev['rmse']:.1f}", f"{ev['baseline']['rmse']:.1f}", f"{ev['bias']:+.1f}",
                  f"{ev['late_share']:.0%}", "δ = 1e-05, record-level (one sensor window)"):  # fmt: skip
         assert text in page, text
+    # what federation gained: each factory trained alone, on the same held-out units
+    sites = [d["datasite_id"] for d in summary["config"]["datasites"]]
+    assert [a["factory"] for a in ev["alone"]] == sites
+    assert len(ev["alone"]) == 3 and "What federation gained" in page
+    for alone in ev["alone"]:
+        assert f"{alone['factory']} alone" in page and f"{alone['rmse']:.1f}" in page
 
 
 def test_when_pdmfed_report_renders_the_run_again__it_writes_the_same_page(demo_run):

@@ -207,6 +207,10 @@ def _evaluation(value: Any) -> dict[str, Any] | None:
         _number(ev.get(key), f"summary.evaluation.{key}", optional=False)
     base = _mapping(ev.get("baseline"), "summary.evaluation.baseline")
     _number(base.get("rmse"), "summary.evaluation.baseline.rmse", optional=False)
+    for i, row in enumerate(ev.get("alone") or []):
+        row = _mapping(row, f"summary.evaluation.alone[{i}]")
+        for key in ("rmse", "bias", "late_share", "phm08"):
+            _number(row.get(key), f"summary.evaluation.alone[{i}].{key}", optional=False)
     pairs = ev.get("pairs") or []
     if not isinstance(pairs, list):
         raise SummaryError("summary.evaluation.pairs: expected a list")
@@ -522,6 +526,30 @@ def _evaluation_cards(ev: Mapping[str, Any] | None, final: FinalSummary) -> list
     ]  # fmt: skip
 
 
+def _gained(ev: Mapping[str, Any]) -> list[str]:
+    """Each factory's model trained alone next to the federated one, on the same held-out units."""
+    alone = ev.get("alone") or []
+    if not alone:
+        return []
+    out = [
+        '<div id="gained"><h3>What federation gained</h3><p class="note">Each factory\'s model '
+        "trained on its own data alone, as long as the campaign trained, evaluated on the same "
+        'held-out units.</p><div class="scroll"><table><tr><th>model</th><th>windows</th>'
+        "<th>held-out RMSE (cycles)</th><th>bias</th><th>late</th><th>PHM08</th></tr>"
+    ]
+    rows = [(f"{a['factory']} alone", a.get("windows"), a) for a in alone]
+    rows.append(("federated", sum(int(a.get("windows") or 0) for a in alone), ev))
+    for name, windows, m in rows:
+        out.append(
+            f"<tr><td>{_e(name)}</td><td class=num>{_e(_fmt(windows))}</td>"
+            f"<td class=num>{float(m['rmse']):.1f}</td><td class=num>{float(m['bias']):+.1f}</td>"
+            f"<td class=num>{float(m['late_share']):.0%}</td>"
+            f"<td class=num>{float(m['phm08']):.0f}</td></tr>"
+        )
+    out.append("</table></div></div>")
+    return out
+
+
 def _privacy_rows(privacy: Mapping[str, Any]) -> list[str]:
     rows = []
     for layer, info in privacy.items():
@@ -586,6 +614,7 @@ def render_html(summary: CampaignSummary) -> str:
         parts += _figures(
             [(EVALUATION_PLOT_TITLES[0], _plot_pairs(ev)), (EVALUATION_PLOT_TITLES[1], _plot_errors(ev))]
         )
+        parts += _gained(ev)
         parts.append("</section>")
     parts.append('<section id="privacy"><h2>Privacy</h2><div class="scroll"><table><tr>'
                  "<th>scope</th><th>ε</th><th>δ</th><th>per factory</th></tr>")  # fmt: skip

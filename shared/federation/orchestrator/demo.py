@@ -115,6 +115,26 @@ def _held_out(opts: DemoOptions, data: Any, state: dict | None) -> dict | None:
     )
 
 
+def _alone(opts: DemoOptions, data: Any, parts: list[tuple[str, dict]], cfg: CampaignConfig) -> list:
+    """Each factory's model on its own data, trained as long as the campaign, same test units."""
+    import numpy as np
+
+    from federation.ml.heldout import each_factory_alone
+
+    rec = cfg.record_privacy
+    dp = {"noise_multiplier": rec.noise_multiplier, "max_grad_norm": rec.max_grad_norm}
+    return each_factory_alone(
+        parts,
+        data.test.X,
+        data.test.y,
+        float(np.mean(data.train.y)),
+        training=cfg.training.model_dump(),
+        dp=dp if rec.enabled else None,
+        rounds=opts.rounds,
+        seed=opts.seed,
+    )
+
+
 def _bundle_info(opts: DemoOptions, data: Any, parts: list[tuple[str, dict]]) -> dict:
     """What the demo knows about its inputs, for the model bundle (federation.ml.bundle)."""
     import numpy as np
@@ -369,6 +389,9 @@ async def run_demo(
             "compromised": compromised,
         }
         evaluation = _held_out(opts, data, record.final_model)
+        if evaluation is not None:
+            with display.status("training each factory alone on its own data, for comparison …"):
+                evaluation["alone"] = await asyncio.to_thread(_alone, opts, data, parts, cfg)
         summary["evaluation"] = evaluation
         info = _bundle_info(opts, data, parts)
         if evaluation is not None:

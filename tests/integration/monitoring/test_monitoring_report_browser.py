@@ -73,7 +73,8 @@ def test_the_dom_holds_each_section_with_the_runs_numbers_and_fits_1280_px(repor
     sections = {
         "summary": ["held-out RMSE (cycles)", "14.6", "train-mean predictor: 41.3", "+1.7", "65%"],
         "data": ["../shared/data/cmapss/FD001", "17731"],
-        "evaluation": ["C-MAPSS test engines of FD001", "Predicted vs true RUL"],
+        "evaluation": ["C-MAPSS test engines of FD001", "Predicted vs true RUL",
+                       "What federation gained", "automotive_detroit_main alone"],
         "privacy": ["record-level (one sensor window), worst factory", "2.84", "1e-05"],
         "campaign": ["RMSE per round", "Privacy budget"],
         "rounds": ["automotive_detroit_main", "byzantine"],

@@ -162,6 +162,8 @@ def _evaluated():
         "far_off_share": 0.0, "far_off_cycles": 30.0, "phm08": 432.1,
         "baseline": {"name": "train-mean predictor", "prediction": 86.8, "rmse": 41.27},
         "pairs": pairs,
+        "alone": [{"factory": "factory_detroit", "windows": 7547, "rmse": 31.25, "bias": 18.5,
+                   "late_share": 0.8, "phm08": 9876.0}],
     }  # fmt: skip
     s["privacy"] = {"record_level": {"epsilon": 2.84, "delta": 1e-5,
                     "scope": "record-level (one sensor window), worst factory",
@@ -177,7 +179,8 @@ def test_when_a_run_was_evaluated_on_held_out_units__the_page_leads_with_what_an
     page = render_report(tmp_path).read_text()
     for text in ("held-out RMSE (cycles)", "14.6", "train-mean predictor: 41.3", "+1.7", "65%",
                  "PHM08 score", "432", "δ = 1e-05, record-level (one sensor window), worst factory",
-                 "../shared/data/cmapss/FD001", "C-MAPSS test engines of FD001"):  # fmt: skip
+                 "../shared/data/cmapss/FD001", "C-MAPSS test engines of FD001",
+                 "What federation gained", "factory_detroit alone", "31.2", "+18.5", "9876"):  # fmt: skip
         assert text in page, text
     assert list(_pngs(page)) == [*EVALUATION_PLOT_TITLES, *PLOT_TITLES]
     assert page.index('id="evaluation"') < page.index('id="campaign"')
