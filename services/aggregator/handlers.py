@@ -11,6 +11,13 @@ from federation.campaign import CampaignConfig
 from federation.errors import PrivacyBudgetExceeded, StaleRoundError
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
+from federation.wire.messages import (
+    CampaignStart,
+    RoundClose,
+    RoundOpen,
+    UpdateRejected,
+    UpdateScreened,
+)
 
 __all__ = ["build_service"]
 
@@ -114,39 +121,40 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
             raise StaleRoundError(f"{cid} round {rnd} is closed")
         return r
 
-    def on_campaign_start(tx: Transaction, payload: dict, envelope: Any) -> None:
-        cfg = CampaignConfig.from_payload(payload["config"])
+    def on_campaign_start(tx: Transaction, msg: CampaignStart, envelope: Any) -> None:
+        cfg = CampaignConfig.from_payload(msg.config)
         if tx.get(f"campaign/{cfg.campaign_id}") is None:
             tx.put(f"campaign/{cfg.campaign_id}", cfg.to_payload())
 
-    def on_round_open(tx: Transaction, payload: dict, envelope: Any) -> None:
-        cid, rnd = payload["campaign_id"], int(payload["round_num"])
+    def on_round_open(tx: Transaction, msg: RoundOpen, envelope: Any) -> None:
+        cid, rnd = msg.campaign_id, msg.round_num
         if tx.get(f"round/{cid}/{rnd:06d}") is not None:
             return
-        tx.put(f"base/{cid}/{rnd:06d}", payload["global_model"])  # big: kept apart from the round record
+        tx.put(f"base/{cid}/{rnd:06d}", msg.global_model)  # big: kept apart from the round record
         tx.put(f"round/{cid}/{rnd:06d}", {
-            "status": "open", "model_version": int(payload["model_version"]), "opened_at": time.time(),
+            "status": "open", "model_version": msg.model_version, "opened_at": time.time(),
             "expected": None,
         })
 
-    def on_round_close(tx: Transaction, payload: dict, envelope: Any) -> None:
-        cid, rnd = payload["campaign_id"], int(payload["round_num"])
+    def on_round_close(tx: Transaction, msg: RoundClose, envelope: Any) -> None:
+        cid, rnd = msg.campaign_id, msg.round_num
         r = _round(tx, cid, rnd)
         if r["expected"] is None:
-            r["expected"] = list(payload["expected"])
-            r["failed"] = dict(payload.get("failed") or {})
+            r["expected"] = list(msg.expected)
+            r["failed"] = dict(msg.failed)
             tx.put(f"round/{cid}/{rnd:06d}", r)
         _maybe_aggregate(tx, cid, rnd)
 
     def on_verdict(accepted: bool):
-        def handle(tx: Transaction, payload: dict, envelope: Any) -> None:
-            cid, rnd, ds = payload["campaign_id"], int(payload["round_num"]), payload["datasite_id"]
+        def handle(tx: Transaction, msg: UpdateScreened | UpdateRejected, envelope: Any) -> None:
+            cid, rnd, ds = msg.campaign_id, msg.round_num, msg.datasite_id
+            payload = msg.to_payload()
             r = _round(tx, cid, rnd)
             key = f"verdict/{cid}/{rnd:06d}/{ds}"
             if tx.has(key):
                 log.info("duplicate verdict for %s round %d ignored", ds, rnd)
                 return
-            record = {k: v for k, v in payload.items() if not k.startswith("_")}
+            record = dict(payload)
             record["accepted"] = accepted
             # security judged it: passed on as screened, or refused on a verdict of its screening
             record["screened"] = accepted or payload.get("reason") in _JUDGED

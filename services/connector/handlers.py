@@ -15,6 +15,7 @@ import torch
 from federation.campaign import CampaignConfig, DatasiteRef
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
+from federation.wire.messages import CampaignCompleted, CampaignStart, RoundOpen, TrainRequest
 
 __all__ = ["ConnectorLogic", "build_service"]
 
@@ -105,13 +106,13 @@ class ConnectorLogic:
             raise RuntimeError(f"training at {ds} failed: {err}")
         return result
 
-    async def prepare_train(self, payload: dict, envelope: Any) -> dict:
+    async def prepare_train(self, msg: TrainRequest, envelope: Any) -> dict:
         """Run training outside the transaction; a failure becomes data, not an exception."""
-        ds = payload["datasite_id"]
+        ds = msg.datasite_id
         lock = self._locks.setdefault(ds, asyncio.Lock())
         async with lock:  # one training at a time per datasite
             try:
-                result = await asyncio.to_thread(self.train, payload)
+                result = await asyncio.to_thread(self.train, msg.to_payload())
                 return {"ok": True, "result": result}
             except Exception as exc:  # the datasite's failure is reported, never fatal
                 log.warning("training at %s failed: %s", ds, exc)
@@ -136,29 +137,28 @@ def _delta(result: dict, logic: ConnectorLogic, request: dict) -> dict[str, torc
 def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Service:
     """The connector service around its session logic."""
 
-    def on_campaign_start(tx: Transaction, payload: dict, envelope: Any) -> None:
-        cfg = CampaignConfig.from_payload(payload["config"])
+    def on_campaign_start(tx: Transaction, msg: CampaignStart, envelope: Any) -> None:
+        cfg = CampaignConfig.from_payload(msg.config)
         logic.remember_datasites(cfg)
         tx.put(f"campaign/{cfg.campaign_id}", cfg.to_payload())
 
-    def on_round_open(tx: Transaction, payload: dict, envelope: Any) -> None:
-        cid, version = payload["campaign_id"], int(payload["model_version"])
-        tx.put(model_key(cid, version), payload["global_model"])
+    def on_round_open(tx: Transaction, msg: RoundOpen, envelope: Any) -> None:
+        cid, version = msg.campaign_id, msg.model_version
+        tx.put(model_key(cid, version), msg.global_model)
         for key in tx.keys(f"model/{cid}/"):
             if key < model_key(cid, version - 1):  # keep this version and the one before (retries)
                 tx.delete(key)
 
-    def on_campaign_completed(tx: Transaction, payload: dict, envelope: Any) -> None:
-        for key in tx.keys(f"model/{payload['campaign_id']}/"):
+    def on_campaign_completed(tx: Transaction, msg: CampaignCompleted, envelope: Any) -> None:
+        for key in tx.keys(f"model/{msg.campaign_id}/"):
             tx.delete(key)
 
-    def on_train_request(tx: Transaction, payload: dict, envelope: Any) -> None:
-        cid, rnd, ds = payload["campaign_id"], int(payload["round_num"]), payload["datasite_id"]
-        attempt = int(payload.get("attempt", 1))
+    def on_train_request(tx: Transaction, msg: TrainRequest, envelope: Any, prepared: dict) -> None:
+        cid, rnd, ds = msg.campaign_id, msg.round_num, msg.datasite_id
+        attempt = msg.attempt
         key = f"done/{cid}/{rnd:06d}/{ds}/{attempt}"
         if tx.get(key) is not None:
             return  # this attempt was already answered
-        prepared = payload["_prepared"]
         detail = {"campaign_id": cid, "round_num": rnd, "attempt": attempt}
         if not prepared["ok"]:
             tx.emit("datasite.status", {"datasite_id": ds, "status": "failed",
@@ -176,8 +176,8 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
                 "campaign_id": cid,
                 "round_num": rnd,
                 "datasite_id": ds,
-                "model_version": int(payload["model_version"]),
-                "delta": _delta(result, logic, payload),
+                "model_version": msg.model_version,
+                "delta": _delta(result, logic, msg.to_payload()),
                 "num_samples": int(result.get("num_samples", 0)),
                 "metrics": metrics,
                 "factory_signature": result.get("factory_signature"),

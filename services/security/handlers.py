@@ -11,6 +11,7 @@ from federation.campaign import CampaignConfig
 from federation.errors import AuthError, StaleRoundError
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
+from federation.wire.messages import CampaignStart, RoundClose, UpdateRaw
 
 __all__ = ["build_service"]
 
@@ -59,13 +60,14 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
     """The security service; verify_factory checks an update.raw's factory signature."""
     from federation.robust import ReputationBook
 
-    def on_campaign_start(tx: Transaction, payload: dict, envelope: Any) -> None:
-        cfg = CampaignConfig.from_payload(payload["config"])
+    def on_campaign_start(tx: Transaction, msg: CampaignStart, envelope: Any) -> None:
+        cfg = CampaignConfig.from_payload(msg.config)
         if tx.get(f"campaign/{cfg.campaign_id}") is None:
             tx.put(f"campaign/{cfg.campaign_id}", cfg.to_payload())
 
-    def on_update_raw(tx: Transaction, payload: dict, envelope: Any) -> None:
-        cid, rnd, ds = payload["campaign_id"], int(payload["round_num"]), payload["datasite_id"]
+    def on_update_raw(tx: Transaction, msg: UpdateRaw, envelope: Any) -> None:
+        cid, rnd, ds = msg.campaign_id, msg.round_num, msg.datasite_id
+        payload = msg.to_payload()
         cfg = _cfg(tx, cid)
         if tx.has(f"screened/{cid}/{rnd:06d}"):
             raise StaleRoundError(f"update from {ds} for {cid} round {rnd}, already screened")
@@ -81,15 +83,15 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
                 tx.put(key, {"datasite_id": ds, "invalid": str(exc)})
                 _maybe_screen(tx, cfg, rnd)
                 return
-        tx.put(key, {k: v for k, v in payload.items() if not k.startswith("_")})
+        tx.put(key, payload)
         _maybe_screen(tx, cfg, rnd)
 
-    def on_round_close(tx: Transaction, payload: dict, envelope: Any) -> None:
-        cid, rnd = payload["campaign_id"], int(payload["round_num"])
+    def on_round_close(tx: Transaction, msg: RoundClose, envelope: Any) -> None:
+        cid, rnd = msg.campaign_id, msg.round_num
         cfg = _cfg(tx, cid)
         if tx.get(f"screened/{cid}/{rnd:06d}") is not None:
             return
-        tx.put(f"closing/{cid}/{rnd:06d}", {"expected": list(payload["expected"])})
+        tx.put(f"closing/{cid}/{rnd:06d}", {"expected": list(msg.expected)})
         _maybe_screen(tx, cfg, rnd)
 
     def _maybe_screen(tx: Transaction, cfg: CampaignConfig, rnd: int) -> None:

@@ -11,6 +11,7 @@ from federation.campaign import CampaignConfig
 from federation.errors import ConfigError, StaleRoundError
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
+from federation.wire.messages import CampaignStart, DatasiteStatus, RoundCompleted
 
 from services.trainer_dispatch import state
 
@@ -123,9 +124,9 @@ def _maybe_close(tx: Transaction, cfg: CampaignConfig, rnd: dict) -> None:
         state.put_round(tx, cfg.campaign_id, rnd)
 
 
-def on_campaign_start(tx: Transaction, payload: dict, envelope: Any) -> None:
+def on_campaign_start(tx: Transaction, msg: CampaignStart, envelope: Any) -> None:
     """Register the campaign, build the initial model, open round 1 (idempotent)."""
-    cfg = CampaignConfig.from_payload(payload["config"])
+    cfg = CampaignConfig.from_payload(msg.config)
     if state.get_campaign(tx, cfg.campaign_id) is not None:
         log.info("campaign %s already started; ignoring the duplicate start", cfg.campaign_id)
         return
@@ -138,9 +139,9 @@ def on_campaign_start(tx: Transaction, payload: dict, envelope: Any) -> None:
     _open_round(tx, cfg, 1, time.time())
 
 
-def on_datasite_status(tx: Transaction, payload: dict, envelope: Any) -> None:
+def on_datasite_status(tx: Transaction, msg: DatasiteStatus, envelope: Any) -> None:
     """A datasite finished (trained) or failed its training for a round; retry or close."""
-    detail = payload.get("detail") or {}
+    detail = msg.detail
     cid, round_num = detail.get("campaign_id"), detail.get("round_num")
     if cid is None or round_num is None:
         return  # a plain health change: nothing for the round machine
@@ -149,10 +150,10 @@ def on_datasite_status(tx: Transaction, payload: dict, envelope: Any) -> None:
     if camp is None or rnd is None or rnd["status"] != "open":
         raise StaleRoundError(f"status for {cid} round {round_num}, which is not open")
     cfg = CampaignConfig.from_payload(camp["config"])
-    ds = payload["datasite_id"]
+    ds = msg.datasite_id
     if ds not in rnd["cohort"]:
         return
-    status = payload["status"]
+    status = msg.status
     attempt = int(detail.get("attempt", 1))
     if attempt != rnd["attempts"].get(ds, 1):
         return  # an answer to a superseded attempt
@@ -170,9 +171,9 @@ def on_datasite_status(tx: Transaction, payload: dict, envelope: Any) -> None:
     _maybe_close(tx, cfg, rnd)
 
 
-def on_round_completed(tx: Transaction, payload: dict, envelope: Any) -> None:
+def on_round_completed(tx: Transaction, msg: RoundCompleted, envelope: Any) -> None:
     """Record the new global model; open the next round or end the campaign."""
-    cid, round_num = payload["campaign_id"], int(payload["round_num"])
+    cid, round_num = msg.campaign_id, msg.round_num
     camp = state.get_campaign(tx, cid)
     rnd = state.get_round(tx, cid, round_num)
     if camp is None or rnd is None or rnd["status"] == "closed":
@@ -180,14 +181,14 @@ def on_round_completed(tx: Transaction, payload: dict, envelope: Any) -> None:
     cfg = CampaignConfig.from_payload(camp["config"])
     rnd["status"] = "closed"
     state.put_round(tx, cid, rnd)
-    if payload.get("global_model"):
-        state.put_model(tx, cid, {"version": int(payload["model_version"]), "state_dict": payload["global_model"]})
-    metrics = payload.get("metrics") or {}
+    if msg.global_model:
+        state.put_model(tx, cid, {"version": msg.model_version, "state_dict": msg.global_model})
+    metrics = msg.metrics
     rmse = metrics.get("rmse")
     reason = None
-    if payload.get("status") == "budget_exhausted":
+    if msg.status == "budget_exhausted":
         reason = "privacy_budget"
-    elif payload.get("status") == "no_quorum":
+    elif msg.status == "no_quorum":
         reason = "no_quorum"  # a round without enough screened updates ends the campaign: nothing fails open
     elif round_num >= cfg.rounds:
         reason = "max_rounds"
@@ -206,7 +207,7 @@ def on_round_completed(tx: Transaction, payload: dict, envelope: Any) -> None:
     tx.emit(
         "campaign.completed",
         {"campaign_id": cid, "rounds": round_num, "reason": reason,
-         "final_metrics": {**metrics, "epsilon": payload.get("epsilon")}},
+         "final_metrics": {**metrics, "epsilon": msg.epsilon}},
         round_num=round_num,
     )
     log.info("campaign %s completed after %d rounds: %s", cid, round_num, reason)

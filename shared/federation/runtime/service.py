@@ -14,8 +14,9 @@ from federation.bus.base import RequeueMessage
 from federation.errors import ConfigError, EmitError, MalformedMessage
 from federation.runtime.observe import observe_emitted
 from federation.runtime.store import ServiceStore, Transaction
+from federation.wire.messages import Message, parse_payload
 
-__all__ = ["Service", "ServiceRunner", "CheckedTransaction", "as_dict"]
+__all__ = ["Service", "ServiceRunner", "CheckedTransaction"]
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +55,21 @@ class CheckedTransaction:
         return getattr(self._tx, name)
 
 
-def as_dict(payload: Any) -> dict:
-    """A typed message or a dict, as a plain dict."""
-    if isinstance(payload, dict):
-        return payload
-    to_payload = getattr(payload, "to_payload", None)
-    if to_payload is None:
-        raise TypeError(f"cannot read payload of type {type(payload).__name__}")
-    return to_payload()
-
-
 @dataclass
 class Service:
     """A service's logic: one synchronous handler per message type, run inside a transaction.
 
-    Handlers are `(tx, payload: dict, envelope) -> None`; they read and write state through
-    `tx` and queue outgoing messages with `tx.emit`. They never touch the bus.
+    Handlers are `(tx, msg, envelope) -> None` where ``msg`` is the type's payload dataclass
+    (`federation.wire.messages`); they read and write state through `tx` and queue outgoing
+    messages with `tx.emit`. They never touch the bus.
     """
 
     name: str
     queue: str
-    handlers: dict[str, Callable[[Transaction, dict, Any], None]] = field(default_factory=dict)
-    #: Optional async pre-step run OUTSIDE the transaction (slow I/O such as remote training);
-    #: returns extra data handed to the handler as payload["_prepared"].
-    prepare: dict[str, Callable[[dict, Any], Awaitable[Any]]] = field(default_factory=dict)
+    handlers: dict[str, Callable[..., None]] = field(default_factory=dict)
+    #: Optional async pre-step run OUTSIDE the transaction (slow I/O such as remote training),
+    #: `(msg, envelope) -> result`; the handler then gets it as `prepared=result`.
+    prepare: dict[str, Callable[[Any, Any], Awaitable[Any]]] = field(default_factory=dict)
     #: Optional periodic step `(tx, now) -> None` (deadlines).
     tick: Callable[[Transaction, float], None] | None = None
     tick_interval_s: float = 0.5
@@ -126,21 +118,20 @@ class ServiceRunner:
         if handler is None:
             log.debug("%s ignores %s", self.service.name, kind)
             return
-        data = dict(as_dict(payload))
+        msg = payload if isinstance(payload, Message) else parse_payload(kind, payload)
         msg_id = bytes(envelope.msg_id)
         if self._already_handled(msg_id):
             log.info("%s: %s %s already handled, acking the duplicate", self.service.name, kind, msg_id.hex())
             return
         prepare = self.service.prepare.get(kind)
-        if prepare is not None:
-            data["_prepared"] = await prepare(data, envelope)
+        extra = {"prepared": await prepare(msg, envelope)} if prepare is not None else {}
 
         def commit() -> None:
             with self.store.transaction() as tx:
                 if tx.seen(msg_id):
                     return
                 try:
-                    handler(CheckedTransaction(tx, self.service.name), data, envelope)
+                    handler(CheckedTransaction(tx, self.service.name), msg, envelope, **extra)
                 except ConfigError as exc:  # a payload that validates as a message but not as config
                     raise MalformedMessage(str(exc)) from exc
                 tx.mark_handled(msg_id, kind)

@@ -67,8 +67,8 @@ async def test_when_a_message_older_than_the_window_is_replayed__it_is_refused_t
     broker = InMemoryBroker(topology)
     handled: list[str] = []
 
-    def on_status(tx, payload, envelope) -> None:
-        handled.append(payload["status"])
+    def on_status(tx, msg, envelope) -> None:
+        handled.append(msg.status)
         tx.put("handled", len(handled))
 
     queue = topology.queue("dispatch").name

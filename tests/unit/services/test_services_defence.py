@@ -12,6 +12,7 @@ from federation.robust import Defence, ReputationBook, aggregation_rule
 from federation.robust.attacks import scaling
 from federation.robust.pipeline import screening_policy
 from federation.runtime.store_sqlite import SqliteStore
+from federation.wire.messages import parse_payload
 
 from services.aggregator.handlers import build_service as build_aggregator
 from services.security.handlers import build_service as build_security
@@ -32,7 +33,7 @@ class _Driven:
 
     def handle(self, kind: str, payload: dict) -> None:
         with self.store.transaction() as tx:
-            self.service.handlers[kind](tx, payload, None)
+            self.service.handlers[kind](tx, parse_payload(kind, payload), None)
 
     def take(self, kind: str) -> list[dict]:
         """The payloads of ``kind`` committed for publishing (and removed from the outbox)."""

@@ -30,8 +30,8 @@ class _Endpoint:
 
 
 def _runner(emit) -> tuple[ServiceRunner, SqliteStore, _Endpoint]:
-    def on_status(tx, payload, envelope) -> None:
-        tx.put("seen", payload["datasite_id"])
+    def on_status(tx, msg, envelope) -> None:
+        tx.put("seen", msg.datasite_id)
         emit(tx)
 
     store = SqliteStore()

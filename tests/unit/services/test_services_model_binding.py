@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from federation.campaign import CampaignConfig
 from federation.runtime.store_sqlite import SqliteStore
+from federation.wire.messages import parse_payload
 
 from services.aggregator.handlers import build_service as build_aggregator
 
@@ -13,7 +14,7 @@ CID = "binding"
 
 def _handle(service, store: SqliteStore, kind: str, payload: dict) -> None:
     with store.transaction() as tx:  # as the runner calls a handler
-        service.handlers[kind](tx, payload, None)
+        service.handlers[kind](tx, parse_payload(kind, payload), None)
 
 
 def _screened(ds: str, version: int, value: float) -> dict:
