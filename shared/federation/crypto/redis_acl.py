@@ -12,11 +12,12 @@ import hashlib
 from collections.abc import Mapping
 
 from federation.crypto.strength import check_secret
+from federation.roles import ENVELOPE_ROLES
 
 __all__ = ["REDIS_ROLES", "acl_user", "render_acl_file", "seen_namespace"]
 
 #: Roles that open envelopes and so keep seen message ids.
-REDIS_ROLES = ("orchestrator", "connector", "trainer-dispatch", "security", "aggregator")
+REDIS_ROLES = tuple(r.value for r in ENVELOPE_ROLES)
 #: What a seen-id store sends: AUTH/HELLO (always allowed), SELECT for a non-zero database,
 #: PING for health checks, SET NX PX for add_if_new, GET for seen() (the opener's read-only
 #: replay check before decryption) and for operators' debugging. (The client's CLIENT SETINFO

@@ -10,11 +10,12 @@ from typing import Any, Literal
 
 from federation.config import Settings
 from federation.errors import PdmFedError
+from federation.roles import ENVELOPE_ROLES
 
 __all__ = ["Finding", "ROLES", "check_deployment", "findings_json", "format_findings"]
 
 #: The components a keys directory can belong to (as `pdmfed keys init` lays them out).
-ROLES = ("orchestrator", "connector", "trainer-dispatch", "security", "aggregator")
+ROLES = tuple(r.value for r in ENVELOPE_ROLES)
 
 
 @dataclass(frozen=True)
