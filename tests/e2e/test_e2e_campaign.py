@@ -180,15 +180,21 @@ def test_when_outsiders_replay_tamper_forge_and_flood__each_is_rejected_counted_
             trust = TrustStore.from_dir(keys)
             # 1. replay a captured message verbatim
             _publish_raw(amqp_url, prefix, "campaign.start", capture.bodies["campaign.start"][0])
-            # 2. one flipped byte in a captured update
+            upd = {"campaign_id": cfg.campaign_id, "round_num": 2, "datasite_id": "automotive_detroit_main",
+                   "model_version": 1, "delta": {"w": torch.zeros(3)}, "num_samples": 10}
+            # 2a. a captured update, one byte flipped: its id was seen, refused as a replay
             body = bytearray(capture.bodies["update.raw"][0])
             body[len(body) // 2] ^= 0x01
+            _publish_raw(amqp_url, prefix, "update.raw", bytes(body))
+            # 2b. a fresh genuine update with one ciphertext byte flipped (wire v2: header |
+            # ciphertext + 16-byte GCM tag | 64-byte signature over header and tag): AES-GCM refuses it
+            fresh = Sealer(ring, sender="connector", identity=connector, trust=trust)
+            body = bytearray(fresh.seal("update.raw", upd, round_num=2)[0])
+            body[len(body) - 64 - 16 - 1] ^= 0x01
             _publish_raw(amqp_url, prefix, "update.raw", bytes(body))
             # 3. forged sender: claims to be the connector, signed with a key nobody trusts
             mallory = SigningIdentity.generate("connector")
             forged = Sealer(ring, sender="connector", identity=mallory, trust=trust)
-            upd = {"campaign_id": cfg.campaign_id, "round_num": 2, "datasite_id": "automotive_detroit_main",
-                   "model_version": 1, "delta": {"w": torch.zeros(3)}, "num_samples": 10}
             _publish_raw(amqp_url, prefix, "update.raw", forged.seal("update.raw", upd, round_num=2)[0])
             # 4. expired: a genuine connector message sealed an hour ago
             old = Sealer(ring, sender="connector", identity=connector, trust=trust, clock=lambda: time.time() - 3600)
@@ -240,7 +246,9 @@ def test_when_outsiders_replay_tamper_forge_and_flood__each_is_rejected_counted_
         return _value(registry, "pdmfed_messages_rejected_total", service=service, reason=reason)
 
     assert rejected("trainer-dispatch", "replay") >= 1
-    assert rejected("security", "integrity") + rejected("security", "auth") >= 2  # flipped byte + forged
+    assert rejected("security", "replay") >= 1  # the captured update with a flipped byte
+    assert rejected("security", "integrity") >= 1  # a fresh update with a flipped ciphertext byte
+    assert rejected("security", "auth") >= 1  # the forged sender
     assert rejected("security", "expired") >= 1
     assert rejected("security", "stale_round") >= 1
     assert rejected("security", "malformed") >= 1
