@@ -97,6 +97,16 @@ class _Base:
     def get_connection_status(self) -> dict[str, str]:
         return {d: "connected" for d in self.connected}
 
+    def check_connection(self, datasite_id: str) -> bool:
+        return datasite_id in self.connected
+
+    def datasite_answers(self, url: str) -> bool:
+        return True
+
+    def disconnect_from_datasite(self, datasite_id: str) -> bool:
+        self.connected.discard(datasite_id)
+        return True
+
     def _record(self, round_num: int, datasite_id: str, seconds: float) -> None:
         with self._lock:
             self.train_times[(round_num, datasite_id)] = seconds

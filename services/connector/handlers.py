@@ -30,6 +30,8 @@ class ConnectorLogic:
     #: Model versions kept decoded in memory: every datasite of a round trains from the same
     #: one, so it is read from the store once per round, not once per datasite.
     models_in_memory: int = 2
+    #: Seconds between session checks (probe the logged-in datasites, log in to the others).
+    session_check_s: float = 5.0
 
     def __init__(self, comm_manager: Any, password_lookup: Callable[[str], str | None] | None = None) -> None:
         self.comm = comm_manager
@@ -39,11 +41,81 @@ class ConnectorLogic:
         self._locks: dict[str, asyncio.Lock] = {}
         self._models: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._models_lock = threading.Lock()
+        #: campaign id -> the datasites it names (the campaigns not completed yet).
+        self._campaigns: dict[str, tuple[str, ...]] = {}
+        self._campaigns_lock = threading.Lock()
+        self._exported: set[str] = set()
+        self._login_errors: dict[str, str] = {}
+        self._login_locks: dict[str, threading.Lock] = {}
 
     def remember_datasites(self, cfg: CampaignConfig) -> None:
         """Learn where a campaign's datasites are."""
-        for ref in cfg.datasites:
-            self._refs[ref.datasite_id] = ref
+        with self._campaigns_lock:
+            for ref in cfg.datasites:
+                self._refs[ref.datasite_id] = ref
+            self._campaigns[cfg.campaign_id] = tuple(ref.datasite_id for ref in cfg.datasites)
+
+    def forget_campaign(self, campaign_id: str) -> None:
+        """A completed campaign: its sessions close unless another campaign names them."""
+        with self._campaigns_lock:
+            self._campaigns.pop(campaign_id, None)
+
+    def check_sessions(self) -> dict[str, tuple[int, int]]:
+        """Probe or open every running campaign's sessions (blocking); {campaign: (connected,
+        named)}. A datasite training right now is judged by its session, not disturbed."""
+        with self._campaigns_lock:  # handlers add and drop campaigns meanwhile
+            campaigns = dict(self._campaigns)
+            named = {ds for dss in campaigns.values() for ds in dss}
+            stale = set(self._refs) - named  # only completed campaigns named them
+            for ds in stale:
+                del self._refs[ds]
+        for ds in stale:
+            self.comm.disconnect_from_datasite(ds)
+        up: set[str] = set()
+        for ds in sorted(named):
+            lock = self._locks.get(ds)
+            if lock is not None and lock.locked():
+                connected = self.comm.is_connected(ds)
+            elif self.comm.is_connected(ds):
+                connected = self.comm.check_connection(ds)
+            else:
+                connected = self._try_login(ds)
+            if connected:
+                up.add(ds)
+        return {cid: (len(up.intersection(dss)), len(dss)) for cid, dss in campaigns.items()}
+
+    def _try_login(self, datasite_id: str) -> bool:
+        ref = self._refs.get(datasite_id)
+        if ref is None or not self.comm.datasite_answers(ref.url):
+            return False
+        try:
+            self._ensure_connected(datasite_id)
+        except Exception as exc:  # told once per distinct reason; trainings report it too
+            if self._login_errors.get(datasite_id) != str(exc):
+                log.warning("session check: %s", exc)
+            self._login_errors[datasite_id] = str(exc)
+            return False
+        self._login_errors.pop(datasite_id, None)
+        return True
+
+    def export_sessions(self, metrics: Any, counts: dict[str, tuple[int, int]]) -> None:
+        """Set pdmfed_datasites_connected/expected per campaign; drop completed campaigns'."""
+        for cid, (connected, named) in counts.items():
+            metrics.set_connections(cid, connected, named)
+        for cid in self._exported - set(counts):
+            metrics.forget_connections(cid)
+        self._exported = set(counts)
+
+    async def watch_sessions(self, metrics: Any) -> None:
+        """Keep the sessions of running campaigns open and their gauges true, until cancelled."""
+        while True:
+            try:
+                counts = await asyncio.to_thread(self.check_sessions)
+                if metrics is not None:
+                    self.export_sessions(metrics, counts)
+            except Exception:  # a failed check is retried; the connector keeps serving
+                log.exception("session check failed")
+            await asyncio.sleep(self.session_check_s)
 
     def load_campaigns(self, store: Any) -> None:
         """After a restart: learn the datasites of the campaigns this connector already saw."""
@@ -53,6 +125,14 @@ class ConnectorLogic:
                 self.remember_datasites(CampaignConfig.from_payload(tx.get(key)))
 
     def _ensure_connected(self, datasite_id: str) -> None:
+        with self._login_lock(datasite_id):  # the session check and a training: one login
+            self._connect(datasite_id)
+
+    def _login_lock(self, datasite_id: str) -> threading.Lock:
+        with self._campaigns_lock:
+            return self._login_locks.setdefault(datasite_id, threading.Lock())
+
+    def _connect(self, datasite_id: str) -> None:
         if self.comm.is_connected(datasite_id):
             return
         ref = self._refs.get(datasite_id)
@@ -142,16 +222,20 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
         logic.remember_datasites(cfg)
         tx.put(f"campaign/{cfg.campaign_id}", cfg.to_payload())
 
+    def on_campaign_completed(tx: Transaction, msg: CampaignCompleted, envelope: Any) -> None:
+        """Drop the campaign's model versions and datasites; its sessions close at the next check."""
+        cid = msg.campaign_id
+        tx.delete(f"campaign/{cid}")
+        for key in tx.keys(f"model/{cid}/"):
+            tx.delete(key)
+        logic.forget_campaign(cid)
+
     def on_round_open(tx: Transaction, msg: RoundOpen, envelope: Any) -> None:
         cid, version = msg.campaign_id, msg.model_version
         tx.put(model_key(cid, version), msg.global_model)
         for key in tx.keys(f"model/{cid}/"):
             if key < model_key(cid, version - 1):  # keep this version and the one before (retries)
                 tx.delete(key)
-
-    def on_campaign_completed(tx: Transaction, msg: CampaignCompleted, envelope: Any) -> None:
-        for key in tx.keys(f"model/{msg.campaign_id}/"):
-            tx.delete(key)
 
     def on_train_request(tx: Transaction, msg: TrainRequest, envelope: Any, prepared: dict) -> None:
         cid, rnd, ds = msg.campaign_id, msg.round_num, msg.datasite_id
@@ -196,4 +280,5 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
         handlers={"campaign.start": on_campaign_start, "round.open": on_round_open,
                   "train.request": on_train_request, "campaign.completed": on_campaign_completed},
         prepare={"train.request": logic.prepare_train},
+        background=logic.watch_sessions,
     )

@@ -226,6 +226,25 @@ def on_tick(tx: Transaction, now: float) -> None:
             _close_round(tx, cfg, rnd, "deadline")
 
 
+def observe(metrics: Any, store: Any, campaign_id: str | None) -> None:
+    """Export the campaigns' lifecycle gauges from dispatch's own state (all of them at start)."""
+    from federation.runtime.observe import observe_campaign
+
+    with store.transaction() as tx:
+        ids = [campaign_id] if campaign_id is not None else [
+            key.removeprefix("campaign/") for key in tx.keys("campaign/")]
+        for cid in ids:
+            camp = state.get_campaign(tx, cid)
+            if camp is None:
+                continue
+            rnd = state.get_round(tx, cid, int(camp.get("round") or 0))
+            observe_campaign(
+                metrics, CampaignConfig.from_payload(camp["config"]),
+                running=camp.get("status") == "running", round_num=int(camp.get("round") or 0),
+                round_opened_at=None if rnd is None else float(rnd["opened_at"]),
+            )
+
+
 def build_service(queue: str = "pdmfed.dispatch", tick_interval_s: float = 0.5) -> Service:
     """The trainer-dispatch service."""
     return Service(
@@ -238,4 +257,5 @@ def build_service(queue: str = "pdmfed.dispatch", tick_interval_s: float = 0.5) 
         },
         tick=on_tick,
         tick_interval_s=tick_interval_s,
+        observe=observe,
     )

@@ -30,7 +30,7 @@ DESIGN_METRICS = {
     "pdmfed_dp_epsilon": "gauge",
     "pdmfed_dp_noise_applications_total": "counter",
     "pdmfed_updates_aggregated_total": "counter",
-    "pdmfed_model_rmse": "gauge",
+    "pdmfed_train_rmse": "gauge",
 }
 
 SERVICES = ("connector", "trainer-dispatch", "security", "aggregator")

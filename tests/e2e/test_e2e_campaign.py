@@ -86,7 +86,7 @@ def test_when_campaign_runs_over_rabbitmq__rmse_improves_and_every_update_is_acc
     after = evaluate(record.final_model, test.X, test.y, "cnn")["rmse"]
     assert after < before * 0.8, (before, after)
     raw = _value(registry, "pdmfed_messages_published_total", service="connector", msg_type="update.raw")
-    aggregated = _value(registry, "pdmfed_updates_aggregated_total")
+    aggregated = _value(registry, "pdmfed_updates_aggregated_total", campaign=cfg.campaign_id)
     rejected = _value(registry, "pdmfed_messages_published_total", service="security", msg_type="update.rejected")
     assert raw == 9 and raw == aggregated + rejected
     eps = [r["epsilon"] for r in record.rounds]

@@ -223,8 +223,18 @@ def test_a_campaign_in_containers_completes_every_round_exactly_through_a_securi
 def test_prometheus_scrapes_every_service_and_sees_the_campaign_finish(stack):
     up = stack.wait_query('up{job="pdmfed-services"} == 1', timeout=60, min_series=len(SERVICES))
     assert {s["metric"]["service"] for s in up} == set(SERVICES)
-    rounds = stack.wait_query("pdmfed_round == 3", timeout=60)
+    campaign = stack.campaign["campaign_id"]
+    rounds = stack.wait_query(f'pdmfed_round{{campaign="{campaign}"}} == 3', timeout=60)
     assert {s["metric"]["service"] for s in rounds} >= {"trainer-dispatch"}
+    # the connector's sessions during the campaign (it drops the series once it completed)
+    connected = stack.wait_query(
+        f'max_over_time(pdmfed_datasites_connected{{campaign="{campaign}"}}[1h]) > 0', timeout=60
+    )
+    assert {s["metric"]["service"] for s in connected} == {"connector"}
+    finished = stack.wait_query(
+        f'pdmfed_campaign_running{{campaign="{campaign}"}} == 0', timeout=60
+    )
+    assert {s["metric"]["service"] for s in finished} == {"trainer-dispatch"}
     rabbit = stack.wait_query('rabbitmq_queue_messages{queue="pdmfed.security"}', timeout=60)
     assert rabbit, "RabbitMQ's per-queue metrics are scraped too"
 
@@ -238,7 +248,9 @@ def test_pdmfed_status_asks_the_running_services_from_the_orchestrator_container
     assert {name: s["ready"] for name, s in status["services"].items()} == dict.fromkeys(
         SERVICES, True
     )
-    assert status["services"]["trainer-dispatch"]["round"] == {"": ROUNDS}
+    assert status["services"]["trainer-dispatch"]["round"] == {
+        stack.campaign["campaign_id"]: ROUNDS
+    }
     assert status["services"]["security"]["consumed"] > 0
     assert status["queues"]["pdmfed.security"] == 0  # nothing left behind after the campaign
 

@@ -23,6 +23,7 @@ from federation.errors import (
     SecurityError,
     WireError,
 )
+from federation.monitoring.metrics import DEFAULT_CAMPAIGN
 from federation.privacy import CentralDP, PrivacyAccountant, privatize_update
 from federation.robust import ReputationBook, ScreeningPolicy, TrimmedMean, Verdicts, build_rule
 from federation.robust.pipeline import judge, trusted
@@ -101,6 +102,7 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         window_s: float = 630.0,
         transport: Callable[[str, bytes], Any] | None = None,
         metrics: Any = None,
+        campaign_id: str = DEFAULT_CAMPAIGN,
         clock: Callable[[], float] = time.time,
         **kwargs: Any,
     ) -> None:
@@ -165,6 +167,8 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         )
         self._transport = transport
         self._metrics = metrics
+        #: The `campaign` label of this manager's metric series.
+        self.campaign_id = str(campaign_id)
         self._sec_lock = threading.RLock()
         self.reputation = ReputationBook()
         self.reference_model: dict[str, torch.Tensor] | None = None
@@ -443,7 +447,7 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         with self._sec_lock:
             self._counters["aggregations"] += 1
         if self._metrics is not None:
-            self._metrics.updates_aggregated.inc(len(items))
+            self._metrics.updates_aggregated.labels(campaign=self.campaign_id).inc(len(items))
         return self._plus(agg, ref)
 
     def _trimmed_mean_aggregation(
@@ -571,15 +575,14 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
     def _observe_dp(self) -> None:
         if self._metrics is None:
             return
-        self._metrics.dp_noise_applications.inc()
+        self._metrics.dp_noise_applications.labels(campaign=self.campaign_id).inc()
         eps = self._epsilon_spent()
         if math.isfinite(eps):
-            self._metrics.dp_epsilon.set(eps)
+            self._metrics.dp_epsilon.labels(campaign=self.campaign_id, level="client").set(eps)
 
     def _observe_reputation(self, flagged: Sequence[str]) -> None:
         if self._metrics is None:
             return
         for cid in flagged:
-            self._metrics.byzantine_detected.labels(datasite_id=cid).inc()
-        for cid, score in self.reputation.scores().items():
-            self._metrics.client_reputation.labels(datasite_id=cid).set(score)
+            self._metrics.byzantine_detected.labels(campaign=self.campaign_id, datasite_id=cid).inc()
+        self._metrics.set_reputations(self.reputation.scores(), self.campaign_id)

@@ -240,13 +240,33 @@ class PySyftCommunicationManager:
             caps["num_samples"] = int(shape[0]) if shape else 0
         return caps, assets
 
-    def _probe(self, session: _Session) -> bool:
-        """Whether the datasite answers its metadata endpoint right now."""
+    @staticmethod
+    def datasite_answers(url: str, timeout_s: float = 2.0) -> bool:
+        """Whether the datasite at ``url`` answers its metadata endpoint right now."""
         try:
-            r = requests.get(f"{session.url}/api/v2/metadata", timeout=2)
+            r = requests.get(f"{_split_url(url)}/api/v2/metadata", timeout=timeout_s)
             return r.status_code == 200
-        except requests.RequestException:
+        except (requests.RequestException, DatasiteConnectionError):
             return False
+
+    def _probe(self, session: _Session) -> bool:
+        return self.datasite_answers(session.url)
+
+    def check_connection(self, datasite_id: str) -> bool:
+        """Whether the datasite's session is logged in and the datasite answers right now; a
+        logged-in session whose datasite no longer answers is marked disconnected (the next
+        use logs in again)."""
+        session = self._sessions.get(datasite_id)
+        if session is None or session.status != CONNECTED:
+            return False
+        if self._probe(session) or self._probe(session):  # one lost answer is not a disconnect
+            return True
+        with session.lock:
+            if session.status == CONNECTED:
+                session.status, session.client = DISCONNECTED, None
+                session.last_error = "the datasite stopped answering"
+                log.warning("%s: the datasite stopped answering (status disconnected)", datasite_id)
+        return False
 
     def _fail(self, session: _Session, message: str, *, timed_out: bool = False) -> None:
         reachable = self._probe(session)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
@@ -21,6 +22,8 @@ __all__ = [
     "ROUND_FAILURES",
     "HANDLER_BUCKETS",
     "ROUND_BUCKETS",
+    "DP_LEVELS",
+    "DEFAULT_CAMPAIGN",
 ]
 
 #: Every message type (routing key); consumed/published series start at 0.
@@ -32,6 +35,13 @@ DIRECTIONS = ("in", "out")
 #: Values of the `reason` label of pdmfed_rounds_failed_total: the round statuses that publish
 #: no new model (too few screened updates; the privacy budget would be exceeded).
 ROUND_FAILURES = ("no_quorum", "budget_exhausted")
+
+#: Values of the `level` label of the DP gauges: client-level (central/local DP on whole updates)
+#: and record-level (DP-SGD inside each factory's training; the largest factory's epsilon).
+DP_LEVELS = ("client", "record")
+
+#: `campaign` label of series recorded outside any campaign (the seed's managers and monitors).
+DEFAULT_CAMPAIGN = "default"
 
 #: Handler latency: decrypt + verify of a small message is ~1 ms, aggregation of a large model seconds.
 HANDLER_BUCKETS = (
@@ -62,15 +72,20 @@ class _Families:
     message_bytes: Counter
     handler_seconds: Histogram
     round: Gauge
+    round_opened: Gauge
     round_duration: Histogram
+    round_deadline: Gauge
+    campaign_running: Gauge
     datasites_connected: Gauge
+    datasites_expected: Gauge
     byzantine_detected: Counter
     client_reputation: Gauge
     dp_epsilon: Gauge
+    dp_max_epsilon: Gauge
     dp_noise_applications: Counter
     updates_aggregated: Counter
     rounds_failed: Counter
-    model_rmse: Gauge
+    train_rmse: Gauge
     reassembly_refusals: Counter
 
 
@@ -115,37 +130,81 @@ def _create_families(registry: CollectorRegistry) -> _Families:
             buckets=HANDLER_BUCKETS,
             registry=registry,
         ),
-        round=gauge("pdmfed_round", "The current federated round number."),
+        round=gauge("pdmfed_round", "The campaign's current round number.", ("campaign",)),
+        round_opened=gauge(
+            "pdmfed_round_opened_timestamp_seconds",
+            "When the campaign's current round opened (Unix time).",
+            ("campaign",),
+        ),
         round_duration=Histogram(
             "pdmfed_round_duration_seconds",
             "Wall time from round.open to round.completed.",
+            ("campaign",),
             buckets=ROUND_BUCKETS,
             registry=registry,
         ),
+        round_deadline=gauge(
+            "pdmfed_round_deadline_seconds",
+            "The campaign's round deadline (round_timeout_s): training answers after it are"
+            " not waited for.",
+            ("campaign",),
+        ),
+        campaign_running=gauge(
+            "pdmfed_campaign_running",
+            "1 while the campaign runs, 0 once it completed (its other series are then final"
+            " values, not current ones).",
+            ("campaign",),
+        ),
         datasites_connected=gauge(
-            "pdmfed_datasites_connected", "Factory datasites currently connected."
+            "pdmfed_datasites_connected",
+            "The campaign's datasites with a logged-in session that answers right now.",
+            ("campaign",),
+        ),
+        datasites_expected=gauge(
+            "pdmfed_datasites_expected", "Datasites the campaign names.", ("campaign",)
         ),
         byzantine_detected=counter(
             "pdmfed_byzantine_detected_total",
             "Updates flagged as Byzantine, by datasite.",
-            ("datasite_id",),
+            ("campaign", "datasite_id"),
         ),
         client_reputation=gauge(
-            "pdmfed_client_reputation", "Reputation of each datasite in [0, 1].", ("datasite_id",)
+            "pdmfed_client_reputation",
+            "Reputation of each datasite in [0, 1].",
+            ("campaign", "datasite_id"),
         ),
-        dp_epsilon=gauge("pdmfed_dp_epsilon", "Privacy budget spent so far (epsilon at delta)."),
+        dp_epsilon=gauge(
+            "pdmfed_dp_epsilon",
+            "Privacy spent so far (epsilon at the campaign's delta); level=client: the"
+            " campaign's ledger, level=record: the largest factory's DP-SGD ledger.",
+            ("campaign", "level"),
+        ),
+        dp_max_epsilon=gauge(
+            "pdmfed_dp_max_epsilon",
+            "The campaign's privacy budget (max_epsilon) at that level; absent: no budget.",
+            ("campaign", "level"),
+        ),
         dp_noise_applications=counter(
-            "pdmfed_dp_noise_applications_total", "Times Gaussian DP noise was added."
+            "pdmfed_dp_noise_applications_total",
+            "Times Gaussian DP noise was added.",
+            ("campaign",),
         ),
         updates_aggregated=counter(
-            "pdmfed_updates_aggregated_total", "Model updates that entered an aggregate."
+            "pdmfed_updates_aggregated_total",
+            "Model updates that entered an aggregate.",
+            ("campaign",),
+        ),
+        train_rmse=gauge(
+            "pdmfed_train_rmse",
+            "The round's training RMSE: the factories' own RMSE on their training data,"
+            " weighted by samples, over the accepted updates (not a held-out test RMSE).",
+            ("campaign",),
         ),
         rounds_failed=counter(
             "pdmfed_rounds_failed_total",
             "Rounds that published no new model, by reason (no_quorum, budget_exhausted).",
             ("reason",),
         ),
-        model_rmse=gauge("pdmfed_model_rmse", "RMSE of the global model on held-out engines."),
         reassembly_refusals=counter(
             "pdmfed_reassembly_refusals_total",
             "Chunks refused and chunked updates dropped (over a limit, evicted, timed out)"
@@ -190,15 +249,20 @@ class Metrics:
         self.message_bytes = fams.message_bytes
         self.handler_seconds = fams.handler_seconds
         self.round = fams.round
+        self.round_opened = fams.round_opened
         self.round_duration = fams.round_duration
+        self.round_deadline = fams.round_deadline
+        self.campaign_running = fams.campaign_running
         self.datasites_connected = fams.datasites_connected
+        self.datasites_expected = fams.datasites_expected
         self.byzantine_detected = fams.byzantine_detected
         self.client_reputation = fams.client_reputation
         self.dp_epsilon = fams.dp_epsilon
+        self.dp_max_epsilon = fams.dp_max_epsilon
         self.dp_noise_applications = fams.dp_noise_applications
         self.updates_aggregated = fams.updates_aggregated
         self.rounds_failed = fams.rounds_failed
-        self.model_rmse = fams.model_rmse
+        self.train_rmse = fams.train_rmse
         self.reassembly_refusals = fams.reassembly_refusals
         for reason in REJECT_REASONS:
             self.messages_rejected.labels(service=service, reason=reason)
@@ -239,12 +303,29 @@ class Metrics:
                 time.perf_counter() - start
             )
 
-    def register_datasites(self, datasite_ids: Iterable[str]) -> None:
+    def register_datasites(
+        self, datasite_ids: Iterable[str], campaign: str = DEFAULT_CAMPAIGN
+    ) -> None:
         """Create the per-datasite series (Byzantine count at 0) for a known cohort."""
         for datasite_id in datasite_ids:
-            self.byzantine_detected.labels(datasite_id=datasite_id)
+            self.byzantine_detected.labels(campaign=campaign, datasite_id=datasite_id)
 
-    def set_reputations(self, reputations: dict[str, float]) -> None:
+    def set_reputations(
+        self, reputations: dict[str, float], campaign: str = DEFAULT_CAMPAIGN
+    ) -> None:
         """Publish the current reputation of every datasite."""
         for datasite_id, value in reputations.items():
-            self.client_reputation.labels(datasite_id=datasite_id).set(float(value))
+            self.client_reputation.labels(campaign=campaign, datasite_id=datasite_id).set(
+                float(value)
+            )
+
+    def set_connections(self, campaign: str, connected: int, expected: int) -> None:
+        """How many of the campaign's datasites are connected, out of how many it names."""
+        self.datasites_connected.labels(campaign=campaign).set(int(connected))
+        self.datasites_expected.labels(campaign=campaign).set(int(expected))
+
+    def forget_connections(self, campaign: str) -> None:
+        """Drop the campaign's connection series (its sessions are closed)."""
+        for gauge in (self.datasites_connected, self.datasites_expected):
+            with contextlib.suppress(KeyError):
+                gauge.remove(campaign)

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from federation.errors import PdmFedError
+from federation.monitoring.metrics import DEFAULT_CAMPAIGN
 
 __all__ = [
     "SecurityMetricsShapeError",
@@ -35,9 +36,13 @@ def _status_of(value: Any) -> str:
 class CommunicationMonitor:
     """Tracks datasite connectivity over time from a comm manager's `get_connection_status()`."""
 
-    def __init__(self, comm_manager: Any, metrics: Any = None) -> None:
+    def __init__(
+        self, comm_manager: Any, metrics: Any = None, campaign_id: str = DEFAULT_CAMPAIGN
+    ) -> None:
         self.comm_manager = comm_manager
         self.metrics = metrics
+        #: The `campaign` label of pdmfed_datasites_connected/expected.
+        self.campaign_id = str(campaign_id)
         self.connection_history: list[dict[str, Any]] = []
 
     def monitor_datasite_connectivity(self) -> dict[str, Any]:
@@ -56,7 +61,9 @@ class CommunicationMonitor:
         if len(self.connection_history) > HISTORY_LIMIT:
             del self.connection_history[: len(self.connection_history) - HISTORY_LIMIT]
         if self.metrics is not None:
-            self.metrics.datasites_connected.set(report["connected_datasites"])
+            self.metrics.set_connections(
+                self.campaign_id, report["connected_datasites"], report["total_datasites"]
+            )
         return report
 
     def diagnose_connectivity_issues(self) -> dict[str, Any]:

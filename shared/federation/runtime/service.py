@@ -73,6 +73,19 @@ class Service:
     #: Optional periodic step `(tx, now) -> None` (deadlines).
     tick: Callable[[Transaction, float], None] | None = None
     tick_interval_s: float = 0.5
+    #: Optional `(metrics, store, campaign_id | None) -> None`: set the gauges this service
+    #: derives from its state, for one campaign after a handled message, for all at start.
+    observe: Callable[[Any, ServiceStore, str | None], None] | None = None
+    #: Optional coroutine `(metrics) -> None` run from start to stop (the connector's session
+    #: checks); it must catch its own errors.
+    background: Callable[[Any], Awaitable[None]] | None = None
+
+
+def _campaign_of(data: dict) -> str | None:
+    cid = data.get("campaign_id") or (data.get("config") or {}).get("campaign_id")
+    if cid is None:
+        cid = (data.get("detail") or {}).get("campaign_id")
+    return None if cid is None else str(cid)
 
 
 class ServiceRunner:
@@ -85,6 +98,7 @@ class ServiceRunner:
         self.metrics = metrics
         self._flush_lock = asyncio.Lock()
         self._tick_task: asyncio.Task | None = None
+        self._background_task: asyncio.Task | None = None
         self._stopping = False
         self.subscribed = False
         #: Handlers run at once (the connector trains several datasites in parallel).
@@ -93,6 +107,7 @@ class ServiceRunner:
     async def start(self) -> None:
         """Flush what a previous run left in the outbox, then consume."""
         await self.flush_outbox()
+        self._observe(None)
         # One handler at a time still lets the bus's byte-sized prefetch stream the next chunks
         # in (and open them ahead) while this one is handled; with prefetch 1 every 8 MiB chunk
         # waited for the previous one's ack: a broker round trip per chunk, nothing overlapped.
@@ -103,14 +118,19 @@ class ServiceRunner:
         self.subscribed = True
         if self.service.tick is not None:
             self._tick_task = asyncio.create_task(self._tick_loop(), name=f"{self.service.name}-tick")
+        if self.service.background is not None:
+            self._background_task = asyncio.create_task(
+                self.service.background(self.metrics), name=f"{self.service.name}-background"
+            )
 
     async def stop(self) -> None:
         """Stop ticking; the bus owner closes consumers (in-flight messages finish or requeue)."""
         self._stopping = True
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
+        for task in (self._tick_task, self._background_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _on_message(self, msg_type: Any, payload: Any, envelope: Any) -> None:
         kind = str(getattr(msg_type, "value", msg_type))
@@ -141,7 +161,19 @@ class ServiceRunner:
         except EmitError as err:  # our fault, not the message's: retried, then dead-lettered
             log.error("%s: handling %s failed its own contract: %s", self.service.name, kind, err)
             raise RequeueMessage(str(err)[:200]) from err
+        cid = _campaign_of(data)
+        if cid is not None:
+            self._observe(cid)
         await self.flush_outbox()
+
+    def _observe(self, campaign_id: str | None) -> None:
+        observe = self.service.observe
+        if observe is None or self.metrics is None:
+            return
+        try:
+            observe(self.metrics, self.store, campaign_id)
+        except Exception:  # a gauge is never worth a lost message or a dead service
+            log.exception("%s: updating metrics failed", self.service.name)
 
     def _already_handled(self, msg_id: bytes) -> bool:
         with self.store.transaction() as tx:

@@ -8,6 +8,7 @@ import pytest
 from federation.errors import REJECT_REASONS
 from federation.monitoring import HealthServer, Metrics
 from federation.monitoring.metrics import MESSAGE_TYPES
+from federation.runtime.observe import observe_campaign, observe_emitted
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,17 +19,47 @@ CONTRACT = {
     "pdmfed_messages_rejected_total": {"service", "reason"},
     "pdmfed_message_bytes_total": {"service", "direction"},
     "pdmfed_handler_seconds_count": {"service", "msg_type"},
-    "pdmfed_round": set(),
-    "pdmfed_round_duration_seconds_count": set(),
-    "pdmfed_datasites_connected": set(),
-    "pdmfed_byzantine_detected_total": {"datasite_id"},
-    "pdmfed_client_reputation": {"datasite_id"},
-    "pdmfed_dp_epsilon": set(),
-    "pdmfed_dp_noise_applications_total": set(),
-    "pdmfed_updates_aggregated_total": set(),
+    "pdmfed_round": {"campaign"},
+    "pdmfed_round_opened_timestamp_seconds": {"campaign"},
+    "pdmfed_round_duration_seconds_count": {"campaign"},
+    "pdmfed_round_deadline_seconds": {"campaign"},
+    "pdmfed_campaign_running": {"campaign"},
+    "pdmfed_datasites_connected": {"campaign"},
+    "pdmfed_datasites_expected": {"campaign"},
+    "pdmfed_byzantine_detected_total": {"campaign", "datasite_id"},
+    "pdmfed_client_reputation": {"campaign", "datasite_id"},
+    "pdmfed_dp_epsilon": {"campaign", "level"},
+    "pdmfed_dp_max_epsilon": {"campaign", "level"},
+    "pdmfed_dp_noise_applications_total": {"campaign"},
+    "pdmfed_updates_aggregated_total": {"campaign"},
+    "pdmfed_train_rmse": {"campaign"},
+    "pdmfed_reassembly_refusals_total": {"service", "sender", "reason"},
     "pdmfed_rounds_failed_total": {"reason"},
-    "pdmfed_model_rmse": set(),
 }
+
+
+def _campaign(**overrides):
+    from federation.campaign import CampaignConfig
+
+    base = {
+        "campaign_id": "c1",
+        "datasites": [
+            {
+                "datasite_id": f"factory_{x}",
+                "url": f"http://127.0.0.1:{8080 + i}",
+                "email": "ds@example.org",
+                "password_env": "PW",
+            }
+            for i, x in enumerate("abc")
+        ],
+        "rounds": 5,
+        "round_timeout_s": 90,
+        "privacy": {"enabled": True, "mode": "central", "max_epsilon": 8.0},
+        "record_privacy": {"enabled": True, "max_epsilon": 3.0},
+        "robustness": {"enabled": False},
+    }
+    base.update(overrides)
+    return CampaignConfig.model_validate(base)
 
 
 def _scrape(registry: CollectorRegistry) -> list:
@@ -47,8 +78,22 @@ def _value(samples, name: str, **labels: str) -> float:
 
 def test_when_a_service_has_seen_traffic__every_contract_metric_has_exactly_its_labels(registry):
     m = Metrics("security", registry)
-    m.register_datasites(["factory_a"])
-    m.set_reputations({"factory_a": 0.9})
+    m.register_datasites(["factory_a"], "c1")
+    m.set_reputations({"factory_a": 0.9}, "c1")
+    m.set_connections("c1", 2, 3)
+    m.reassembly_refusals.labels(service="security", sender="connector", reason="budget").inc()
+    observe_campaign(m, _campaign(), running=True, round_num=1, round_opened_at=1.0)
+    observe_emitted(
+        m,
+        "round.completed",
+        {
+            "campaign_id": "c1",
+            "round_num": 1,
+            "participants": ["factory_a"],
+            "epsilon": 0.5,
+            "metrics": {"duration_s": 3.0, "rmse": 20.0, "noise_std": 0.1},
+        },
+    )
     samples = _scrape(registry)
     seen = {}
     for s in samples:
@@ -86,9 +131,9 @@ def test_when_events_are_counted__the_scrape_shows_their_values(registry):
     m.rejected("integrity")
     with m.time_handler("train.request"):
         pass
-    m.round.set(7)
-    m.dp_epsilon.set(1.25)
-    m.byzantine_detected.labels(datasite_id="factory_b").inc(3)
+    m.round.labels(campaign="c1").set(7)
+    m.dp_epsilon.labels(campaign="c1", level="client").set(1.25)
+    m.byzantine_detected.labels(campaign="c1", datasite_id="factory_b").inc(3)
     samples = _scrape(registry)
     assert (
         _value(
@@ -113,9 +158,12 @@ def test_when_events_are_counted__the_scrape_shows_their_values(registry):
         )
         == 1
     )
-    assert _value(samples, "pdmfed_round") == 7
-    assert _value(samples, "pdmfed_dp_epsilon") == 1.25
-    assert _value(samples, "pdmfed_byzantine_detected_total", datasite_id="factory_b") == 3
+    assert _value(samples, "pdmfed_round", campaign="c1") == 7
+    assert _value(samples, "pdmfed_dp_epsilon", campaign="c1", level="client") == 1.25
+    assert (
+        _value(samples, "pdmfed_byzantine_detected_total", campaign="c1", datasite_id="factory_b")
+        == 3
+    )
 
 
 def test_when_two_services_share_one_registry__each_keeps_its_own_series(registry):

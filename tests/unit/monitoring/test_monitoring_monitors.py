@@ -20,7 +20,8 @@ def test_when_two_of_three_datasites_are_connected__the_report_counts_them(fake_
     assert report["connected_datasites"] == 2
     assert report["disconnected_datasites"] == 1
     assert report["connection_details"] == {"a": "connected", "b": "connected", "c": "disconnected"}
-    assert registry.get_sample_value("pdmfed_datasites_connected") == 2
+    assert registry.get_sample_value("pdmfed_datasites_connected", {"campaign": "default"}) == 2
+    assert registry.get_sample_value("pdmfed_datasites_expected", {"campaign": "default"}) == 3
 
 
 def test_when_more_than_100_reports_are_taken__only_the_last_100_are_kept(fake_comm):

@@ -18,6 +18,8 @@ class LocalDatasites:
         self.attack = attack or {}
         self.fail_next: dict[str, int] = {}
         self.calls: list[tuple[str, int]] = []
+        #: Datasites that stopped answering (their sessions drop at the next check).
+        self.down: set[str] = set()
 
     def is_connected(self, datasite_id):
         return datasite_id in self.connected
@@ -48,3 +50,15 @@ class LocalDatasites:
 
     def get_connection_status(self):
         return {d: "connected" for d in self.connected}
+
+    def check_connection(self, datasite_id):
+        if datasite_id in self.down:
+            self.connected.discard(datasite_id)
+        return datasite_id in self.connected
+
+    def datasite_answers(self, url):
+        return url.rsplit("/", 1)[-1] not in self.down
+
+    def disconnect_from_datasite(self, datasite_id):
+        self.connected.discard(datasite_id)
+        return True
