@@ -102,3 +102,30 @@ def test_the_design_list_matches_the_registered_metrics():
             {f"{name}_bucket", f"{name}_sum", f"{name}_count"} if kind == "histogram" else {name}
         )
     assert expected <= registered
+
+
+#: Metrics scoped to one campaign (label `campaign`) / to one service (label `service`).
+_CAMPAIGN_SCOPED = {
+    "pdmfed_round", "pdmfed_round_opened_timestamp_seconds", "pdmfed_round_duration_seconds",
+    "pdmfed_round_deadline_seconds", "pdmfed_campaign_running", "pdmfed_datasites_connected",
+    "pdmfed_datasites_expected", "pdmfed_byzantine_detected_total", "pdmfed_client_reputation",
+    "pdmfed_dp_epsilon", "pdmfed_dp_max_epsilon", "pdmfed_dp_noise_applications_total",
+    "pdmfed_updates_aggregated_total", "pdmfed_train_rmse",
+}
+_SELECTOR = re.compile(r"\b(pdmfed_[a-z_]+?)(?:_bucket|_sum|_count)?(\{[^}]*\})?(?=[\s\[)]|$)")
+
+
+def test_the_dashboard_has_campaign_and_service_variables_and_every_query_uses_its_own():
+    variables = {v["name"]: v for v in json.loads(DASHBOARD.read_text())["templating"]["list"]}
+    assert set(variables) == {"campaign", "service"}
+    assert "pdmfed_campaign_running" in variables["campaign"]["query"]["query"]
+    for title, expr in _expressions():
+        for name, selector in _SELECTOR.findall(expr):
+            wanted = 'campaign=~"$campaign"' if name in _CAMPAIGN_SCOPED else 'service=~"$service"'
+            assert wanted in (selector or ""), f"{title}: {name} ignores {wanted}"
+
+
+def test_the_rmse_panel_says_it_plots_training_rmse():
+    (panel,) = [p for p in _panels() if "rmse" in p["title"].lower()]
+    assert "training" in panel["title"].lower()
+    assert [_METRIC.findall(t["expr"]) for t in panel["targets"]] == [["pdmfed_train_rmse"]]

@@ -21,6 +21,8 @@ REQUIRED_ALERTS = {
     "round exceeding its deadline": "PdmfedRoundOverDeadline",
     "dead-letter queue growing": "PdmfedDeadLetterQueueGrowing",
     "datasites disconnected": "PdmfedDatasitesDisconnected",
+    "no datasite connected": "PdmfedNoDatasiteConnected",
+    "privacy budget exceeded": "PdmfedPrivacyBudgetExceeded",
 }
 
 
@@ -92,3 +94,13 @@ def test_every_metric_an_alert_queries_is_exported_by_pdmfed_or_rabbitmq():
             assert name in known or name in recorded or name.startswith("rabbitmq_"), (
                 f"{rule['alert']} queries unknown metric {name}"
             )
+
+
+def test_thresholds_come_from_the_campaign_not_from_constants():
+    text = (PROM / "alerts.yml").read_text()
+    assert "vector(" not in text, "a threshold is a constant, not the campaign's own value"
+    exprs = {rule["alert"]: rule["expr"] for rule in _alert_rules()}
+    for alert in ("PdmfedPrivacyBudgetHigh", "PdmfedPrivacyBudgetExceeded"):
+        assert "pdmfed_dp_max_epsilon" in exprs[alert], alert
+    assert "pdmfed_round_deadline_seconds" in exprs["PdmfedRoundOverDeadline"]
+    assert "pdmfed_datasites_expected" in exprs["PdmfedDatasitesDisconnected"]
