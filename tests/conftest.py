@@ -24,17 +24,21 @@ from prometheus_helpers import (  # noqa: E402
 def prometheus_server(tmp_path: Path) -> Iterator[Callable[..., PrometheusServer]]:
     """Factory: ``prometheus_server({"connector": 9101, ...})`` (or a list of ports) starts a
     Prometheus on a free port scraping each ``127.0.0.1:<port>/metrics`` every second, with a
-    ``service`` label per target; data lives in tmp_path; it is stopped at teardown."""
+    ``service`` label per target, evaluating ``rule_files`` every second; data lives in
+    tmp_path; it is stopped at teardown."""
     binary = prometheus_binary()
     started: list[subprocess.Popen] = []
 
-    def _start(targets: dict[str, int] | Sequence[int]) -> PrometheusServer:
+    def _start(
+        targets: dict[str, int] | Sequence[int], rule_files: Sequence[Path] = ()
+    ) -> PrometheusServer:
         if not isinstance(targets, dict):
             targets = {f"target-{i}": port for i, port in enumerate(targets)}
         workdir = tmp_path / f"prometheus-{len(started)}"
         workdir.mkdir()
         config = {
             "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+            "rule_files": [str(path) for path in rule_files],
             "scrape_configs": [
                 {
                     "job_name": "pdmfed-services",

@@ -1,23 +1,33 @@
-"""The four services as processes, scraped by a real Prometheus during a campaign over RabbitMQ."""
+"""The four services as processes, scraped by a real Prometheus with the shipped alert rules while
+real PySyft datasites train over RabbitMQ: every dashboard panel answers for the campaign, a
+healthy campaign raises no alert, and a faulty one raises the alerts its faults call for."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from e2e_helpers import (
+    ORCH_EMAIL,
+    ORCH_PASSWORD_ENV,
     ServiceProcesses,
     campaign_config,
     delete_topology,
     service_env,
     unique_prefix,
 )
+from federation.campaign import CampaignConfig, DatasiteRef
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration" / "prometheus"))
 from prometheus_helpers import free_port  # noqa: E402
@@ -26,6 +36,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 ROOT = Path(__file__).parents[2]
 SERVICES = ("connector", "trainer-dispatch", "security", "aggregator")
+#: Grafana's $__rate_interval for a 1 s scrape, and the panels' other variables.
+RATE_INTERVAL = "30s"
+#: Alerts a healthy campaign may raise for a moment with `for` off: the connector is logging in.
+SETTLING = {"PdmfedDatasitesDisconnected", "PdmfedNoDatasiteConnected"}
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -36,17 +50,109 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, ""
 
 
-def _panel_metric_names() -> set[str]:
+def _panel_queries(campaign: str) -> list[tuple[str, str]]:
+    """(panel title, query) of every pdmfed panel, variables as Grafana would fill them in. The
+    queue-depth panel reads RabbitMQ's own exporter (plugin rabbitmq_prometheus), which the
+    test broker does not run; the stack test (tests/stack) scrapes it."""
     dash = json.loads((ROOT / "deploy/grafana/dashboards/overview.json").read_text())
-    exprs = [t.get("expr", "") for p in dash["panels"] for t in p.get("targets", [])]
-    names = set()
-    for e in exprs:
-        for m in re.findall(r"\b(pdmfed_[a-z_]+)", e):
-            names.add(re.sub(r"_(bucket|sum|count)$", "", m))
-    return names
+    out = []
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            if "pdmfed_" not in expr:
+                continue
+            expr = expr.replace("$__rate_interval", RATE_INTERVAL)
+            expr = expr.replace("$campaign", re.escape(campaign)).replace("$service", ".*")
+            out.append((f"{panel['title']} [{target['refId']}]", expr))
+    return out
 
 
-def test_when_services_run_a_campaign__prometheus_scrapes_round_and_consumption_from_every_service(
+def _rule_files(workdir: Path) -> list[Path]:
+    """The shipped alerts.yml, and a copy of each alert named <alert>Now without its `for`:
+    the same expressions, firing at once, so a test can see them fire in seconds."""
+    shipped = ROOT / "deploy/prometheus/alerts.yml"
+    doc = yaml.safe_load(shipped.read_text())
+    for group in doc["groups"]:
+        group["name"] += "-now"
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["alert"] += "Now"
+                rule.pop("for", None)
+    now = workdir / "alerts-now.yml"
+    now.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return [shipped, now]
+
+
+class _Watcher(threading.Thread):
+    """Polls every panel query and the ALERTS series while a campaign runs."""
+
+    def __init__(self, prom, queries: list[tuple[str, str]], connected_expr: str) -> None:
+        super().__init__(daemon=True)
+        self.prom, self.queries, self.connected_expr = prom, queries, connected_expr
+        self.answered: set[str] = set()
+        self.alerts: list[tuple[float, dict]] = []
+        self.all_connected_at: float | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for title, expr in self.queries:
+                if title not in self.answered and any(
+                    math.isfinite(float(r["value"][1])) for r in self.prom.query(expr)
+                ):
+                    self.answered.add(title)
+            now = time.time()
+            if self.all_connected_at is None and self.prom.query(self.connected_expr):
+                self.all_connected_at = now
+            self.alerts += [(now, a["metric"]) for a in self.prom.query("ALERTS")]
+            self.stop.wait(1.0)
+
+
+def _firing(prom, **labels: str) -> set[str]:
+    return {
+        a["metric"]["alertname"]
+        for a in prom.query('ALERTS{alertstate="firing"}')
+        if all(a["metric"].get(k) == v for k, v in labels.items())
+    }
+
+
+def _wait_firing(prom, wanted: set[str], timeout: float, **labels: str) -> set[str]:
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while time.monotonic() < deadline and not wanted <= seen:
+        seen = _firing(prom, **labels)
+        time.sleep(1.0)
+    return seen
+
+
+def _wait_metric(port: int, name: str, campaign: str, value: float, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pattern = re.compile(rf'^{name}\{{campaign="{re.escape(campaign)}"\}} (\S+)$', re.M)
+    while time.monotonic() < deadline:
+        match = pattern.search(_get(f"http://127.0.0.1:{port}/metrics")[1])
+        if match and float(match.group(1)) >= value:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{name}{{campaign={campaign!r}}} never reached {value}")
+
+
+def _privacy_for_a_budget_alert(rounds: int) -> dict:
+    """Central DP whose budget lets exactly `rounds` rounds run, with more than 80 % of it spent
+    before the last one: the budget alert fires while that round runs."""
+    from federation.privacy.accountant import PrivacyAccountant
+
+    z = 3.0
+    acct = PrivacyAccountant(
+        noise_multiplier=z, sampling_rate=1.0, delta=1e-5, max_epsilon=None, method="rdp"
+    )
+    budget = acct.epsilon_after(rounds) * 1.000001
+    assert acct.epsilon_after(rounds - 1) > 0.8 * budget * 1.02, "pick another z"
+    assert acct.epsilon_after(rounds + 1) > budget
+    return {"enabled": True, "mode": "central", "noise_multiplier": z, "clip_norm": 5.0,
+            "max_epsilon": budget}
+
+
+def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campaign_from_a_faulty_one(
     fleet, amqp_url, tmp_path, prometheus_server
 ):
     prefix = unique_prefix("prom")
@@ -55,36 +161,103 @@ def test_when_services_run_a_campaign__prometheus_scrapes_round_and_consumption_
     procs = ServiceProcesses(env, tmp_path, extra_env={n: {"PDMFED_METRICS_PORT": str(p)} for n, p in ports.items()})
     for name in SERVICES:
         procs.start(name)
-    prom = prometheus_server(ports)
+    prom = prometheus_server(ports, rule_files=_rule_files(tmp_path))
     cfg = campaign_config(fleet.sites, campaign_id="e2e-prometheus", rounds=2, seed=2,
-                          n_features=fleet.data.n_features, window=fleet.data.window)
-    config = tmp_path / "campaign.yaml"
-    config.write_text(yaml.safe_dump(cfg.to_payload()))
-    try:
-        # the documented path: `pdmfed campaign --config …` against the running services
-        cli = subprocess.run(
+                          n_features=fleet.data.n_features, window=fleet.data.window,
+                          privacy={"enabled": True, "mode": "central", "noise_multiplier": 0.01,
+                                   "clip_norm": 5.0, "max_epsilon": 1e6})
+    # the faulty campaign: a fourth datasite that never answers, a privacy budget that the last
+    # round's spend brings above 80 %, and security frozen in the last round (past its deadline)
+    faulty = campaign_config(
+        fleet.sites, campaign_id="e2e-prometheus-faulty", rounds=4, seed=4, quorum=3, max_retries=0,
+        n_features=fleet.data.n_features, window=fleet.data.window, round_timeout_s=10,
+        privacy=_privacy_for_a_budget_alert(4),
+    )
+    dead = DatasiteRef(datasite_id="factory_unreachable", url=f"http://127.0.0.1:{free_port()}",
+                       email=ORCH_EMAIL, password_env=ORCH_PASSWORD_ENV)
+    faulty = CampaignConfig.model_validate(
+        {**faulty.to_payload(), "datasites": [*faulty.to_payload()["datasites"], dead.model_dump()]}
+    )
+
+    def campaign_cli(c, **kw):
+        config = tmp_path / f"{c.campaign_id}.yaml"
+        config.write_text(yaml.safe_dump(c.to_payload()))
+        return subprocess.Popen(
             [sys.executable, "-m", "federation.cli", "campaign", "--config", str(config),
              "--out", str(tmp_path / "runs"), "--timeout", "300"],
-            env={**env, "PDMFED_STATE_DIR": str(tmp_path / "orchestrator")},
-            capture_output=True, text=True, timeout=360,
+            env={**env, "PDMFED_STATE_DIR": str(tmp_path / "orchestrator" / c.campaign_id)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw,
         )
+
+    c = cfg.campaign_id
+    watcher = _Watcher(prom, _panel_queries(c),
+                       f'pdmfed_datasites_connected{{campaign="{c}"}} == 3')
+    watcher.start()
+    security_stopped = False
+    faulty_cli = None
+    try:
+        # the documented path: `pdmfed campaign --config …` against the running services
+        cli = campaign_cli(cfg)
+        cli_out, _ = cli.communicate(timeout=360)
+        time.sleep(3)  # the last scrapes after round 2, the connector's check after completion
+        watcher.stop.set()
+        watcher.join(timeout=30)
         health = {n: (_get(f"http://127.0.0.1:{p}/healthz")[0], _get(f"http://127.0.0.1:{p}/readyz")[0])
                   for n, p in ports.items()}
-        scraped = "".join(_get(f"http://127.0.0.1:{p}/metrics")[1] for p in ports.values())
-        rounds = prom.wait_for("pdmfed_round == 2", timeout=30, min_series=2)
+        scraped = {n: _get(f"http://127.0.0.1:{p}/metrics")[1] for n, p in ports.items()}
+        rounds = prom.wait_for(f'pdmfed_round{{campaign="{c}"}} == 2', timeout=30, min_series=2)
         consumed = prom.wait_for("sum by (service) (pdmfed_messages_consumed_total) > 0", timeout=30,
                                  min_series=len(SERVICES))
+        finished = prom.wait_for(f'pdmfed_campaign_running{{campaign="{c}"}} == 0', timeout=30)
+        after_healthy = prom.query("ALERTS")
+
+        faulty_cli = campaign_cli(faulty)
+        _wait_metric(ports["trainer-dispatch"], "pdmfed_round", faulty.campaign_id, 4, timeout=300)
+        os.killpg(procs.procs["security"].pid, signal.SIGSTOP)  # round 4 can never be screened
+        security_stopped = True
+        wanted = {"PdmfedPrivacyBudgetHighNow", "PdmfedDatasitesDisconnectedNow",
+                  "PdmfedRoundOverDeadlineNow"}
+        fired = _wait_firing(prom, wanted, timeout=90, campaign=faulty.campaign_id)
+        down = _wait_firing(prom, {"PdmfedServiceDownNow"}, timeout=30, service="security")
+        faulty_firing = _firing(prom, campaign=faulty.campaign_id)
     finally:
+        watcher.stop.set()
+        if security_stopped:
+            os.killpg(procs.procs["security"].pid, signal.SIGCONT)
+        if faulty_cli is not None:
+            faulty_cli.terminate()
+            faulty_cli.communicate(timeout=30)
         codes = procs.stop_all()
         delete_topology(amqp_url, prefix)
-    assert cli.returncode == 0, (cli.stderr[-3000:], {n: procs.log(n)[-2000:] for n in SERVICES})
-    summary = json.loads((tmp_path / "runs" / cfg.campaign_id / "summary.json").read_text())
+    logs = {n: procs.log(n)[-2000:] for n in SERVICES}
+    assert cli.returncode == 0, (cli_out[-3000:], logs)
+    summary = json.loads((tmp_path / "runs" / c / "summary.json").read_text())
     assert summary["final"]["reason"] == "max_rounds" and len(summary["rounds"]) == 2
-    assert (tmp_path / "runs" / cfg.campaign_id / "report.html").stat().st_size > 10_000
-    assert (tmp_path / "runs" / cfg.campaign_id / "model.msgpack").exists()
+    assert (tmp_path / "runs" / c / "report.html").stat().st_size > 10_000
+    assert (tmp_path / "runs" / c / "model.msgpack").exists()
     assert health == {n: (200, 200) for n in SERVICES}
     assert {r["metric"]["service"] for r in rounds} >= {"trainer-dispatch", "aggregator"}
     assert {r["metric"]["service"] for r in consumed} == set(SERVICES)
-    missing = {n for n in _panel_metric_names() if n not in scraped}
-    assert not missing, f"dashboard panels query metrics no service exports: {missing}"
-    assert all(c == 0 for c in codes.values()), codes
+    assert {r["metric"]["service"] for r in finished} == {"trainer-dispatch"}
+
+    # the connector's real sessions: all three datasites, then dropped once the campaign completed
+    assert watcher.all_connected_at is not None, logs["connector"]
+    assert f'pdmfed_datasites_connected{{campaign="{c}"}}' not in scraped["connector"]
+    # every panel's query returned data for the running campaign
+    missing = [title for title, _ in _panel_queries(c) if title not in watcher.answered]
+    assert not missing, f"panels without data for the campaign: {missing}"
+    # a healthy campaign fires none of the shipped alerts; with `for` off only the connection
+    # alerts may flicker (a login under way, a probe slower than 2 s on a loaded machine); the
+    # finished campaign leaves nothing pending, not even with `for` off
+    shipped_firing = [a for _, a in watcher.alerts
+                      if a["alertstate"] == "firing" and not a["alertname"].endswith("Now")]
+    assert shipped_firing == [], shipped_firing
+    raised = {a["alertname"].removesuffix("Now") for _, a in watcher.alerts}
+    assert raised <= SETTLING, raised
+    assert after_healthy == [], after_healthy
+
+    # the faulty campaign: each fault raises its alert, and nothing else about that campaign fires
+    assert wanted <= fired, (fired, logs)
+    assert "PdmfedServiceDownNow" in down
+    assert faulty_firing == wanted, faulty_firing
+    assert all(code == 0 for code in codes.values()), codes

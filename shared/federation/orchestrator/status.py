@@ -1,7 +1,7 @@
 """`pdmfed status`: asks the running services themselves (their HTTP port) and the broker.
 
 Each service answers on its metrics port: `/readyz` (consuming), `/metrics` (round, datasites
-connected, messages handled and rejected). Queue depths come from the broker. Nothing is read
+connected per campaign, messages handled and rejected). Queue depths come from the broker. Nothing is read
 from another service's files.
 """
 
@@ -39,7 +39,7 @@ def _summarise_metrics(text: str) -> dict:
 
     out: dict = {
         "round": {},
-        "datasites_connected": None,
+        "datasites": {},
         "consumed": 0,
         "published": 0,
         "rejected": {},
@@ -49,8 +49,9 @@ def _summarise_metrics(text: str) -> dict:
             labels, value = sample.labels, sample.value
             if sample.name == "pdmfed_round":
                 out["round"][labels.get("campaign", "")] = int(value)
-            elif sample.name == "pdmfed_datasites_connected":
-                out["datasites_connected"] = (out["datasites_connected"] or 0) + int(value)
+            elif sample.name in ("pdmfed_datasites_connected", "pdmfed_datasites_expected"):
+                counts = out["datasites"].setdefault(labels.get("campaign", ""), [0, 0])
+                counts[sample.name.endswith("_expected")] = int(value)
             elif sample.name == "pdmfed_messages_consumed_total":
                 out["consumed"] += int(value)
             elif sample.name == "pdmfed_messages_published_total":
@@ -133,13 +134,15 @@ def status_main(*, json_out: bool = False, services: Mapping[str, str] | None = 
         rounds = (
             ", ".join(f"{c}: {r}" if c else str(r) for c, r in s.get("round", {}).items()) or "-"
         )
-        connected = s.get("datasites_connected")
+        datasites = (
+            ", ".join(f"{c}: {n}/{of}" for c, (n, of) in s.get("datasites", {}).items()) or "-"
+        )
         rejected = ", ".join(f"{k}: {v}" for k, v in s.get("rejected", {}).items()) or "-"
         t.add_row(
             name,
             "yes" if s["ready"] else "no",
             rounds,
-            "-" if connected is None else str(connected),
+            datasites,
             str(s.get("consumed", "-")),
             str(s.get("published", "-")),
             rejected,

@@ -57,6 +57,7 @@ def dispatch_port():
     registry = CollectorRegistry()
     metrics = Metrics("trainer-dispatch", registry)
     metrics.round.labels(campaign="c-status").set(4)
+    metrics.set_connections("c-status", 2, 3)
     metrics.consumed("round.completed")
     metrics.rejected("replay")
     server = HealthServer(0, registry)
@@ -91,6 +92,7 @@ def test_status_asks_each_service_over_its_http_port(dispatch_port, tmp_path):
     dispatch = status["services"]["trainer-dispatch"]
     assert dispatch["reachable"] and dispatch["ready"]
     assert dispatch["round"] == {"c-status": 4}
+    assert dispatch["datasites"] == {"c-status": [2, 3]}
     assert dispatch["consumed"] == 1 and dispatch["rejected"] == {"replay": 1}
     security = status["services"]["security"]
     assert not security["reachable"] and "refused" in security["error"].lower()
