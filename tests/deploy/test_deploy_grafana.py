@@ -6,7 +6,14 @@ import json
 import re
 
 import yaml
-from deploy_helpers import DEPLOY, DESIGN_METRICS, known_metric_names, registered_metric_names
+from deploy_helpers import (
+    DEPLOY,
+    DESIGN_METRICS,
+    known_metric_names,
+    registered_metric_names,
+    require_tool,
+    run,
+)
 
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "overview.json"
@@ -95,7 +102,9 @@ def test_every_design_metric_appears_on_the_dashboard():
 
 def test_the_design_list_matches_the_registered_metrics():
     registered = registered_metric_names()
-    assert registered is not None, "federation.monitoring.metrics must register the pdmfed_* metrics"
+    assert registered is not None, (
+        "federation.monitoring.metrics must register the pdmfed_* metrics"
+    )
     expected = set()
     for name, kind in DESIGN_METRICS.items():
         expected |= (
@@ -106,11 +115,20 @@ def test_the_design_list_matches_the_registered_metrics():
 
 #: Metrics scoped to one campaign (label `campaign`) / to one service (label `service`).
 _CAMPAIGN_SCOPED = {
-    "pdmfed_round", "pdmfed_round_opened_timestamp_seconds", "pdmfed_round_duration_seconds",
-    "pdmfed_round_deadline_seconds", "pdmfed_campaign_running", "pdmfed_datasites_connected",
-    "pdmfed_datasites_expected", "pdmfed_byzantine_detected_total", "pdmfed_client_reputation",
-    "pdmfed_dp_epsilon", "pdmfed_dp_max_epsilon", "pdmfed_dp_noise_applications_total",
-    "pdmfed_updates_aggregated_total", "pdmfed_train_rmse",
+    "pdmfed_round",
+    "pdmfed_round_opened_timestamp_seconds",
+    "pdmfed_round_duration_seconds",
+    "pdmfed_round_deadline_seconds",
+    "pdmfed_campaign_running",
+    "pdmfed_datasites_connected",
+    "pdmfed_datasites_expected",
+    "pdmfed_byzantine_detected_total",
+    "pdmfed_client_reputation",
+    "pdmfed_dp_epsilon",
+    "pdmfed_dp_max_epsilon",
+    "pdmfed_dp_noise_applications_total",
+    "pdmfed_updates_aggregated_total",
+    "pdmfed_train_rmse",
 }
 _SELECTOR = re.compile(r"\b(pdmfed_[a-z_]+?)(?:_bucket|_sum|_count)?(\{[^}]*\})?(?=[\s\[)]|$)")
 
@@ -129,3 +147,22 @@ def test_the_rmse_panel_says_it_plots_training_rmse():
     (panel,) = [p for p in _panels() if "rmse" in p["title"].lower()]
     assert "training" in panel["title"].lower()
     assert [_METRIC.findall(t["expr"]) for t in panel["targets"]] == [["pdmfed_train_rmse"]]
+
+
+def test_every_panel_query_is_valid_promql_with_its_variables_filled_in(tmp_path):
+    """promtool parses each query as Grafana sends it (variables and $__rate_interval filled)."""
+    promtool = require_tool("promtool")
+    rules = [
+        {
+            "record": f"panel:query_{i}",
+            "expr": expr.replace("$__rate_interval", "1m")
+            .replace("$campaign", "campaign-1|campaign-2")
+            .replace("$service", ".*"),
+        }
+        for i, (_, expr) in enumerate(_expressions())
+    ]
+    (tmp_path / "panels.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]})
+    )
+    result = run([promtool, "check", "rules", "panels.yml"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

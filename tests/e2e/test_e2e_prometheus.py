@@ -1,6 +1,8 @@
 """The four services as processes, scraped by a real Prometheus with the shipped alert rules while
 real PySyft datasites train over RabbitMQ: every dashboard panel answers for the campaign, a
-healthy campaign raises no alert, and a faulty one raises the alerts its faults call for."""
+healthy campaign raises no alert, a faulty one (an unreachable datasite, a frozen aggregator)
+raises the alerts its faults call for, and the budget alerts fire on the campaign's real series
+moved over its budget (promtool)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,7 +65,7 @@ def _panel_queries(campaign: str) -> list[tuple[str, str]]:
             if "pdmfed_" not in expr:
                 continue
             expr = expr.replace("$__rate_interval", RATE_INTERVAL)
-            expr = expr.replace("$campaign", re.escape(campaign)).replace("$service", ".*")
+            expr = expr.replace("$campaign", campaign).replace("$service", ".*")
             out.append((f"{panel['title']} [{target['refId']}]", expr))
     return out
 
@@ -92,14 +95,20 @@ class _Watcher(threading.Thread):
         self.answered: set[str] = set()
         self.alerts: list[tuple[float, dict]] = []
         self.all_connected_at: float | None = None
+        self.errors: dict[str, str] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
             for title, expr in self.queries:
-                if title not in self.answered and any(
-                    math.isfinite(float(r["value"][1])) for r in self.prom.query(expr)
-                ):
+                if title in self.answered:
+                    continue
+                try:
+                    result = self.prom.query(expr)
+                except urllib.error.HTTPError as exc:  # a query Prometheus refuses
+                    self.errors[title] = f"{exc}: {expr}"
+                    continue
+                if any(math.isfinite(float(r["value"][1])) for r in result):
                     self.answered.add(title)
             now = time.time()
             if self.all_connected_at is None and self.prom.query(self.connected_expr):
@@ -136,20 +145,77 @@ def _wait_metric(port: int, name: str, campaign: str, value: float, timeout: flo
     pytest.fail(f"{name}{{campaign={campaign!r}}} never reached {value}")
 
 
-def _privacy_for_a_budget_alert(rounds: int) -> dict:
-    """Central DP whose budget lets exactly `rounds` rounds run, with more than 80 % of it spent
-    before the last one: the budget alert fires while that round runs."""
-    from federation.privacy.accountant import PrivacyAccountant
+def _budget_alerts_on_real_series(prom, campaign: str, workdir: Path):
+    """`promtool test rules` on the series Prometheus scraped for `campaign` (every label as
+    scraped): the budget alerts stay quiet on the real values and fire once the spent epsilon
+    is moved to 90 % (PdmfedPrivacyBudgetHigh, while running) or 110 % of the real budget."""
 
-    z = 3.0
-    acct = PrivacyAccountant(
-        noise_multiplier=z, sampling_rate=1.0, delta=1e-5, max_epsilon=None, method="rdp"
+    def series(name: str) -> list[tuple[str, float, dict]]:
+        out = []
+        for r in prom.query(f'{name}{{campaign="{campaign}"}}'):
+            labels = ",".join(
+                f'{k}="{v}"' for k, v in sorted(r["metric"].items()) if k != "__name__"
+            )
+            out.append((f"{name}{{{labels}}}", float(r["value"][1]), r["metric"]))
+        assert out, f"Prometheus has no {name} for {campaign}"
+        return out
+
+    spent, budget = series("pdmfed_dp_epsilon"), series("pdmfed_dp_max_epsilon")
+    (running,) = series("pdmfed_campaign_running")
+    limit = {m["level"]: v for _, v, m in budget}
+    assert {m["level"] for _, _, m in spent} <= set(limit), (spent, budget)
+
+    def case(epsilon_share: float | None, still_running: bool, expected: dict) -> dict:
+        inputs = [{"series": s, "values": f"{v}x5"} for s, v, _ in budget]
+        inputs.append({"series": running[0], "values": f"{int(still_running)}x5"})
+        for s, v, m in spent:
+            value = v if epsilon_share is None else epsilon_share * limit[m["level"]]
+            inputs.append({"series": s, "values": f"{value}x5"})
+        checks = [
+            {
+                "eval_time": "2m",
+                "alertname": name,
+                "exp_alerts": [
+                    {"exp_labels": {"campaign": campaign, "level": m["level"], **labels}}
+                    for _, _, m in spent
+                ]
+                if name in expected
+                else [],
+            }
+            for name, labels in (
+                ("PdmfedPrivacyBudgetHigh", {"severity": "warning"}),
+                ("PdmfedPrivacyBudgetExceeded", {"severity": "critical"}),
+            )
+        ]
+        return {"interval": "1m", "input_series": inputs, "alert_rule_test": checks}
+
+    tests = [
+        case(None, True, {}),  # as scraped: far below the budget
+        case(0.9, True, {"PdmfedPrivacyBudgetHigh"}),
+        case(0.9, False, {}),  # a finished campaign's last value is not current
+        case(1.1, True, {"PdmfedPrivacyBudgetHigh", "PdmfedPrivacyBudgetExceeded"}),
+        case(1.1, False, {"PdmfedPrivacyBudgetExceeded"}),
+    ]
+    (workdir / "budget_test.yml").write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": [str(ROOT / "deploy/prometheus/alerts.yml")],
+                "evaluation_interval": "1m",
+                "tests": tests,
+            },
+            sort_keys=False,
+        )
     )
-    budget = acct.epsilon_after(rounds) * 1.000001
-    assert acct.epsilon_after(rounds - 1) > 0.8 * budget * 1.02, "pick another z"
-    assert acct.epsilon_after(rounds + 1) > budget
-    return {"enabled": True, "mode": "central", "noise_multiplier": z, "clip_norm": 5.0,
-            "max_epsilon": budget}
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found: run scripts/install-tools.sh"
+    return subprocess.run(
+        [promtool, "test", "rules", "budget_test.yml"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campaign_from_a_faulty_one(
@@ -158,23 +224,46 @@ def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campai
     prefix = unique_prefix("prom")
     env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=None)
     ports = {name: free_port() for name in SERVICES}
-    procs = ServiceProcesses(env, tmp_path, extra_env={n: {"PDMFED_METRICS_PORT": str(p)} for n, p in ports.items()})
+    procs = ServiceProcesses(
+        env, tmp_path, extra_env={n: {"PDMFED_METRICS_PORT": str(p)} for n, p in ports.items()}
+    )
     for name in SERVICES:
         procs.start(name)
     prom = prometheus_server(ports, rule_files=_rule_files(tmp_path))
-    cfg = campaign_config(fleet.sites, campaign_id="e2e-prometheus", rounds=2, seed=2,
-                          n_features=fleet.data.n_features, window=fleet.data.window,
-                          privacy={"enabled": True, "mode": "central", "noise_multiplier": 0.01,
-                                   "clip_norm": 5.0, "max_epsilon": 1e6})
-    # the faulty campaign: a fourth datasite that never answers, a privacy budget that the last
-    # round's spend brings above 80 %, and security frozen in the last round (past its deadline)
-    faulty = campaign_config(
-        fleet.sites, campaign_id="e2e-prometheus-faulty", rounds=4, seed=4, quorum=3, max_retries=0,
-        n_features=fleet.data.n_features, window=fleet.data.window, round_timeout_s=10,
-        privacy=_privacy_for_a_budget_alert(4),
+    cfg = campaign_config(
+        fleet.sites,
+        campaign_id="e2e-prometheus",
+        rounds=2,
+        seed=2,
+        n_features=fleet.data.n_features,
+        window=fleet.data.window,
+        privacy={
+            "enabled": True,
+            "mode": "central",
+            "noise_multiplier": 0.01,
+            "clip_norm": 5.0,
+            "max_epsilon": 1e6,
+        },
     )
-    dead = DatasiteRef(datasite_id="factory_unreachable", url=f"http://127.0.0.1:{free_port()}",
-                       email=ORCH_EMAIL, password_env=ORCH_PASSWORD_ENV)
+    # the faulty campaign: a fourth datasite that never answers, and the aggregator frozen as
+    # round 1 opens (the round outlives its 10 s deadline: it can never complete)
+    faulty = campaign_config(
+        fleet.sites,
+        campaign_id="e2e-prometheus-faulty",
+        rounds=1,
+        seed=4,
+        quorum=3,
+        max_retries=0,
+        n_features=fleet.data.n_features,
+        window=fleet.data.window,
+        round_timeout_s=10,
+    )
+    dead = DatasiteRef(
+        datasite_id="factory_unreachable",
+        url=f"http://127.0.0.1:{free_port()}",
+        email=ORCH_EMAIL,
+        password_env=ORCH_PASSWORD_ENV,
+    )
     faulty = CampaignConfig.model_validate(
         {**faulty.to_payload(), "datasites": [*faulty.to_payload()["datasites"], dead.model_dump()]}
     )
@@ -183,17 +272,31 @@ def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campai
         config = tmp_path / f"{c.campaign_id}.yaml"
         config.write_text(yaml.safe_dump(c.to_payload()))
         return subprocess.Popen(
-            [sys.executable, "-m", "federation.cli", "campaign", "--config", str(config),
-             "--out", str(tmp_path / "runs"), "--timeout", "300"],
+            [
+                sys.executable,
+                "-m",
+                "federation.cli",
+                "campaign",
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / "runs"),
+                "--timeout",
+                "300",
+            ],
             env={**env, "PDMFED_STATE_DIR": str(tmp_path / "orchestrator" / c.campaign_id)},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            **kw,
         )
 
     c = cfg.campaign_id
-    watcher = _Watcher(prom, _panel_queries(c),
-                       f'pdmfed_datasites_connected{{campaign="{c}"}} == 3')
+    watcher = _Watcher(
+        prom, _panel_queries(c), f'pdmfed_datasites_connected{{campaign="{c}"}} == 3'
+    )
     watcher.start()
-    security_stopped = False
+    frozen = None
     faulty_cli = None
     try:
         # the documented path: `pdmfed campaign --config …` against the running services
@@ -202,28 +305,34 @@ def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campai
         time.sleep(3)  # the last scrapes after round 2, the connector's check after completion
         watcher.stop.set()
         watcher.join(timeout=30)
-        health = {n: (_get(f"http://127.0.0.1:{p}/healthz")[0], _get(f"http://127.0.0.1:{p}/readyz")[0])
-                  for n, p in ports.items()}
+        health = {
+            n: (_get(f"http://127.0.0.1:{p}/healthz")[0], _get(f"http://127.0.0.1:{p}/readyz")[0])
+            for n, p in ports.items()
+        }
         scraped = {n: _get(f"http://127.0.0.1:{p}/metrics")[1] for n, p in ports.items()}
         rounds = prom.wait_for(f'pdmfed_round{{campaign="{c}"}} == 2', timeout=30, min_series=2)
-        consumed = prom.wait_for("sum by (service) (pdmfed_messages_consumed_total) > 0", timeout=30,
-                                 min_series=len(SERVICES))
+        consumed = prom.wait_for(
+            "sum by (service) (pdmfed_messages_consumed_total) > 0",
+            timeout=30,
+            min_series=len(SERVICES),
+        )
         finished = prom.wait_for(f'pdmfed_campaign_running{{campaign="{c}"}} == 0', timeout=30)
         after_healthy = prom.query("ALERTS")
 
+        budget_cases = _budget_alerts_on_real_series(prom, c, tmp_path)
+
         faulty_cli = campaign_cli(faulty)
-        _wait_metric(ports["trainer-dispatch"], "pdmfed_round", faulty.campaign_id, 4, timeout=300)
-        os.killpg(procs.procs["security"].pid, signal.SIGSTOP)  # round 4 can never be screened
-        security_stopped = True
-        wanted = {"PdmfedPrivacyBudgetHighNow", "PdmfedDatasitesDisconnectedNow",
-                  "PdmfedRoundOverDeadlineNow"}
-        fired = _wait_firing(prom, wanted, timeout=90, campaign=faulty.campaign_id)
-        down = _wait_firing(prom, {"PdmfedServiceDownNow"}, timeout=30, service="security")
+        _wait_metric(ports["trainer-dispatch"], "pdmfed_round", faulty.campaign_id, 1, timeout=120)
+        os.killpg(procs.procs["aggregator"].pid, signal.SIGSTOP)  # round 1 can never complete
+        frozen = "aggregator"
+        wanted = {"PdmfedDatasitesDisconnectedNow", "PdmfedRoundOverDeadlineNow"}
+        fired = _wait_firing(prom, wanted, timeout=120, campaign=faulty.campaign_id)
+        down = _wait_firing(prom, {"PdmfedServiceDownNow"}, timeout=30, service="aggregator")
         faulty_firing = _firing(prom, campaign=faulty.campaign_id)
     finally:
         watcher.stop.set()
-        if security_stopped:
-            os.killpg(procs.procs["security"].pid, signal.SIGCONT)
+        if frozen is not None:
+            os.killpg(procs.procs[frozen].pid, signal.SIGCONT)
         if faulty_cli is not None:
             faulty_cli.terminate()
             faulty_cli.communicate(timeout=30)
@@ -240,6 +349,7 @@ def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campai
     assert {r["metric"]["service"] for r in consumed} == set(SERVICES)
     assert {r["metric"]["service"] for r in finished} == {"trainer-dispatch"}
 
+    assert watcher.errors == {}, watcher.errors
     # the connector's real sessions: all three datasites, then dropped once the campaign completed
     assert watcher.all_connected_at is not None, logs["connector"]
     assert f'pdmfed_datasites_connected{{campaign="{c}"}}' not in scraped["connector"]
@@ -249,13 +359,18 @@ def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campai
     # a healthy campaign fires none of the shipped alerts; with `for` off only the connection
     # alerts may flicker (a login under way, a probe slower than 2 s on a loaded machine); the
     # finished campaign leaves nothing pending, not even with `for` off
-    shipped_firing = [a for _, a in watcher.alerts
-                      if a["alertstate"] == "firing" and not a["alertname"].endswith("Now")]
+    shipped_firing = [
+        a
+        for _, a in watcher.alerts
+        if a["alertstate"] == "firing" and not a["alertname"].endswith("Now")
+    ]
     assert shipped_firing == [], shipped_firing
     raised = {a["alertname"].removesuffix("Now") for _, a in watcher.alerts}
     assert raised <= SETTLING, raised
     assert after_healthy == [], after_healthy
 
+    # the budget alerts on the campaign's real series: quiet as scraped, firing at 90 % and 110 %
+    assert budget_cases.returncode == 0, budget_cases.stdout + budget_cases.stderr
     # the faulty campaign: each fault raises its alert, and nothing else about that campaign fires
     assert wanted <= fired, (fired, logs)
     assert "PdmfedServiceDownNow" in down
