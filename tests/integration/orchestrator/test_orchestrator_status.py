@@ -120,7 +120,7 @@ def test_when_run_from_the_command_line__status_prints_json_and_fails_on_a_missi
     assert out.returncode == 0, out.stderr
     body = json.loads(out.stdout)
     assert body["queues"][f"{declared_prefix}.security"] == 3
-    assert body["services"]["trainer-dispatch"]["round"] == {"": 4}
+    assert body["services"]["trainer-dispatch"]["round"] == {"c-status": 4}
     argv += ["--service", f"security=http://127.0.0.1:{_free_port()}"]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 1 and not json.loads(out.stdout)["services"]["security"]["ready"]
