@@ -81,10 +81,12 @@ class Service:
     background: Callable[[Any], Awaitable[None]] | None = None
 
 
-def _campaign_of(data: dict) -> str | None:
-    cid = data.get("campaign_id") or (data.get("config") or {}).get("campaign_id")
-    if cid is None:
-        cid = (data.get("detail") or {}).get("campaign_id")
+def _campaign_of(msg: Any) -> str | None:
+    """The campaign a message is about: its own field, a campaign.start's config, a status detail."""
+    cid = getattr(msg, "campaign_id", None)
+    for part in ("config", "detail"):
+        if cid is None:
+            cid = (getattr(msg, part, None) or {}).get("campaign_id")
     return None if cid is None else str(cid)
 
 
@@ -161,7 +163,7 @@ class ServiceRunner:
         except EmitError as err:  # our fault, not the message's: retried, then dead-lettered
             log.error("%s: handling %s failed its own contract: %s", self.service.name, kind, err)
             raise RequeueMessage(str(err)[:200]) from err
-        cid = _campaign_of(data)
+        cid = _campaign_of(msg)
         if cid is not None:
             self._observe(cid)
         await self.flush_outbox()
