@@ -30,7 +30,6 @@ __all__ = [
     "run_campaign",
 ]
 
-_PASSWORD_ENV = "PDMFED_DATASITE_ADMIN_PASSWORD"
 
 
 def model_template(kind: str, n_features: int, window: int) -> dict[str, torch.Tensor]:
@@ -274,9 +273,13 @@ async def _run(
 ) -> dict[str, Any]:
     from federation.bus.topology import Topology
     from federation.config import Settings
+    from federation.datasite_registry import DatasiteRegistry, write_registry
     from federation.orchestrator.embedded import EmbeddedFederation
 
     topology = Topology().with_prefix(prefix)
+    # the connector's own registry: stand-in URLs it never dials (the stand-ins train in-process)
+    registry = DatasiteRegistry.load(write_registry(state_dir.parent / "registry", {
+        ds: (f"http://stand-in/{ds}", "connector@pdm-factory.com", "bench-stand-in") for ds in cfg.cohort}))
     separate = None
     if processes:
         if not amqp_url:
@@ -286,11 +289,12 @@ async def _run(
 
         comm.write_factory_keys(Path(env["PDMFED_KEYS_DIR"]) / FACTORIES_DIR, cfg.cohort)
         separate = _ServiceProcesses(state_dir.parent, env)
-        fed = EmbeddedFederation(settings, comm_manager=comm, topology=topology, services=("connector",))
+        fed = EmbeddedFederation(settings, comm_manager=comm, datasite_registry=registry, topology=topology,
+                                 services=("connector",))
     else:
         settings = Settings(demo=True, state_dir=state_dir, amqp_url=amqp_url, redis_url=None,
                             state_url=state_url)
-        fed = EmbeddedFederation(settings, comm_manager=comm, topology=topology)
+        fed = EmbeddedFederation(settings, comm_manager=comm, datasite_registry=registry, topology=topology)
     marks: dict[str, dict[int, float]] = {"round.open": {}, "round.completed": {}}
     consumed: dict[int, float] = {}  # round -> wire bytes the four services had consumed by its end
     await fed.start()  # declares the topology before the other processes attach to it
@@ -365,15 +369,12 @@ def run_campaign(
     whole cycle of dispatch opening the round, train.request, training, update.raw, security
     screening, aggregation and round.completed, as the orchestrator's listener sees it.
     """
-    from federation.campaign import CampaignConfig, DatasiteRef
+    from federation.campaign import CampaignConfig
 
-    os.environ.setdefault(
-        _PASSWORD_ENV, "bench-stand-in"
-    )  # stand-ins ignore it; the connector asks
     cfg = CampaignConfig.model_validate(
         {
             "campaign_id": f"{prefix}-campaign",
-            "datasites": [DatasiteRef(datasite_id=d, url=f"http://stand-in/{d}") for d in ids],
+            "datasites": list(ids),
             "rounds": rounds,
             "round_timeout_s": timeout,
             "quorum": min(2, len(ids)),

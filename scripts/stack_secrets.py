@@ -3,8 +3,8 @@
 Stands in for `pdmfed keys init` until that command exists: same layout (one directory per
 component, private keys 0600 in 0700 directories), so docker-compose.yml does not change when
 it lands. Each component gets only what it needs: its own Ed25519 key, the public keys of the
-senders it trusts, its own broker user, and (connector) the factories' data-scientist
-passwords; a factory gets only its own admin and data-scientist passwords and its own key.
+senders it trusts, its own broker user, and (connector) its datasite registry with the
+factories' data-scientist passwords (`connector/datasites/`); a factory gets only its own admin and data-scientist passwords and its own key.
 
     .venv/bin/python scripts/stack_secrets.py <dir> [--owner 10001:10001]
 """
@@ -36,11 +36,6 @@ def _definitions_tool():
     return module
 
 
-def factory_password_env(factory: str) -> str:
-    """The connector's variable holding `factory`'s data-scientist password."""
-    return f"PDMFED_{factory.upper().replace('-', '_')}_PASSWORD"
-
-
 def _write_env(path: Path, values: dict[str, str]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -51,6 +46,7 @@ def _write_env(path: Path, values: dict[str, str]) -> None:
 def write_secrets(out: Path, owner: tuple[int, int] | None = None) -> dict:
     """Generate every component's secrets under `out`; returns what the operator needs."""
     from federation.crypto.signing import SigningIdentity
+    from federation.datasite_registry import write_registry
     from federation.provision import trusted_senders
     from federation.runtime.roles import write_roles_file
 
@@ -76,8 +72,9 @@ def write_secrets(out: Path, owner: tuple[int, int] | None = None) -> dict:
         }
         if sender != "orchestrator":
             env["PDMFED_REDIS_URL"] = f"redis://:{redis_password}@redis:6379/0"
-        if sender == "connector":
-            env.update({factory_password_env(f): factory_ds[f] for f in FACTORIES})
+        if sender == "connector":  # its datasite registry: id -> URL, account, password file
+            write_registry(out / sender / "datasites", {
+                f: (f"http://{f}:8080", ORCHESTRATOR_EMAIL, factory_ds[f]) for f in FACTORIES})
         if sender == "security":
             (keys / "factories").mkdir(mode=0o700)
             for f in FACTORIES:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -12,7 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from federation.campaign import CampaignConfig, DatasiteRef
+from federation.campaign import CampaignConfig
+from federation.datasite_registry import DatasiteRegistry, UnknownDatasite
+from federation.errors import DatasiteConnectionError
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
 from federation.wire.messages import CampaignCompleted, CampaignStart, RoundOpen, TrainRequest
@@ -23,7 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class ConnectorLogic:
-    """Sessions to the datasites named by running campaigns, and the training round trip."""
+    """Sessions to the datasites named by running campaigns, and the training round trip.
+
+    A message names a datasite by id only; the URL, the account and its password come from
+    ``registry`` (the connector's configuration), so no campaign can point the connector, or
+    the credentials it holds, anywhere else.
+    """
 
     #: How long a train.request waits for its round.open's model to be committed here.
     model_wait_s: float = 60.0
@@ -33,11 +39,15 @@ class ConnectorLogic:
     #: Seconds between session checks (probe the logged-in datasites, log in to the others).
     session_check_s: float = 5.0
 
-    def __init__(self, comm_manager: Any, password_lookup: Callable[[str], str | None] | None = None) -> None:
+    def __init__(self, comm_manager: Any, registry: DatasiteRegistry,
+                 on_refusal: Callable[[str], None] | None = None) -> None:
         self.comm = comm_manager
+        self.registry = registry
         self.store: Any = None
-        self._refs: dict[str, DatasiteRef] = {}
-        self._password_lookup = password_lookup or os.environ.get
+        #: datasite id -> (url, email) of the session logged in now: a registry change means a
+        #: new login, never a session to the old address.
+        self._logins: dict[str, tuple[str, str]] = {}
+        self._on_refusal = on_refusal or (lambda reason: None)
         self._locks: dict[str, asyncio.Lock] = {}
         self._models: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._models_lock = threading.Lock()
@@ -48,12 +58,23 @@ class ConnectorLogic:
         self._login_errors: dict[str, str] = {}
         self._login_locks: dict[str, threading.Lock] = {}
 
-    def remember_datasites(self, cfg: CampaignConfig) -> None:
-        """Learn where a campaign's datasites are."""
+    def remember_datasites(self, cfg: CampaignConfig) -> list[str]:
+        """Keep a campaign's datasites open; the ids the registry does not hold are refused
+        (logged, counted, never contacted) and returned."""
+        known, unknown = [], []
+        for ds in cfg.cohort:
+            try:
+                self.registry.get(ds)
+                known.append(ds)
+            except UnknownDatasite:
+                unknown.append(ds)
+        if unknown:
+            self._on_refusal(UnknownDatasite.reason)
+            log.warning("campaign %s names datasites the connector's registry does not hold: %s;"
+                        " they will not be contacted", cfg.campaign_id, ", ".join(unknown))
         with self._campaigns_lock:
-            for ref in cfg.datasites:
-                self._refs[ref.datasite_id] = ref
-            self._campaigns[cfg.campaign_id] = tuple(ref.datasite_id for ref in cfg.datasites)
+            self._campaigns[cfg.campaign_id] = tuple(known)
+        return unknown
 
     def forget_campaign(self, campaign_id: str) -> None:
         """A completed campaign: its sessions close unless another campaign names them."""
@@ -66,9 +87,9 @@ class ConnectorLogic:
         with self._campaigns_lock:  # handlers add and drop campaigns meanwhile
             campaigns = dict(self._campaigns)
             named = {ds for dss in campaigns.values() for ds in dss}
-            stale = set(self._refs) - named  # only completed campaigns named them
+            stale = set(self._logins) - named  # only completed campaigns named them
             for ds in stale:
-                del self._refs[ds]
+                del self._logins[ds]
         for ds in stale:
             self.comm.disconnect_from_datasite(ds)
         up: set[str] = set()
@@ -76,17 +97,28 @@ class ConnectorLogic:
             lock = self._locks.get(ds)
             if lock is not None and lock.locked():
                 connected = self.comm.is_connected(ds)
-            elif self.comm.is_connected(ds):
+            elif self.comm.is_connected(ds) and not self._moved(ds):
                 connected = self.comm.check_connection(ds)
-            else:
+            else:  # not logged in, or its registry entry changed: log in where it says now
                 connected = self._try_login(ds)
             if connected:
                 up.add(ds)
         return {cid: (len(up.intersection(dss)), len(dss)) for cid, dss in campaigns.items()}
 
+    def _moved(self, datasite_id: str) -> bool:
+        """Whether the registry now gives another URL or account than the session's."""
+        try:
+            entry = self.registry.get(datasite_id)
+        except UnknownDatasite:
+            return True
+        return self._logins.get(datasite_id) != (entry.url, entry.email)
+
     def _try_login(self, datasite_id: str) -> bool:
-        ref = self._refs.get(datasite_id)
-        if ref is None or not self.comm.datasite_answers(ref.url):
+        try:
+            url = self.registry.get(datasite_id).url
+        except UnknownDatasite:  # left the registry since the campaign started
+            return False
+        if not self.comm.datasite_answers(url):
             return False
         try:
             self._ensure_connected(datasite_id)
@@ -118,7 +150,7 @@ class ConnectorLogic:
             await asyncio.sleep(self.session_check_s)
 
     def load_campaigns(self, store: Any) -> None:
-        """After a restart: learn the datasites of the campaigns this connector already saw."""
+        """After a restart: keep the datasites of the campaigns this connector already saw."""
         self.store = store
         with store.transaction() as tx:
             for key in tx.keys("campaign/"):
@@ -133,20 +165,26 @@ class ConnectorLogic:
             return self._login_locks.setdefault(datasite_id, threading.Lock())
 
     def _connect(self, datasite_id: str) -> None:
-        if self.comm.is_connected(datasite_id):
+        try:
+            entry = self.registry.get(datasite_id)
+        except UnknownDatasite:
+            self._on_refusal(UnknownDatasite.reason)
+            raise
+        target = (entry.url, entry.email)
+        current = self._logins.get(datasite_id)
+        if current == target and self.comm.is_connected(datasite_id):
             return
-        ref = self._refs.get(datasite_id)
-        if ref is None:
-            raise RuntimeError(f"no campaign names datasite {datasite_id!r}")
-        password = self._password_lookup(ref.password_env)
-        if not password:
-            raise RuntimeError(f"{ref.password_env} is not set: no password for datasite {datasite_id}")
+        if current is not None and current != target:
+            log.info("datasite %s moved in the registry: logging in at %s", datasite_id, entry.url)
+            self.comm.disconnect_from_datasite(datasite_id)
+            self._logins.pop(datasite_id, None)
         ok = self.comm.connect_to_datasite(
-            datasite_url=ref.url,
-            credentials={"email": ref.email, "password": password, "datasite_id": datasite_id},
+            datasite_url=entry.url,
+            credentials={"email": entry.email, "password": entry.password(), "datasite_id": datasite_id},
         )
         if not ok:
-            raise RuntimeError(f"cannot connect to datasite {datasite_id} at {ref.url}")
+            raise DatasiteConnectionError(f"cannot connect to datasite {datasite_id} at {entry.url}")
+        self._logins[datasite_id] = target
 
     def global_model(self, request: dict) -> dict[str, torch.Tensor]:
         """The round's model: the version kept from round.open (waits for it)."""

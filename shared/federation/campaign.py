@@ -8,10 +8,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from federation.crypto.signing import check_sender_name
 from federation.errors import ConfigError
 
 __all__ = [
-    "DatasiteRef",
     "TrainingConfig",
     "PrivacyConfig",
     "RecordPrivacyConfig",
@@ -28,16 +28,6 @@ DEFAULT_RULE: dict[str, Any] = {"name": "trimmed_mean", "trim_ratio": 0.1, "min_
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class DatasiteRef(_Strict):
-    """Where a factory datasite lives and how to log in (the password comes from the env)."""
-
-    datasite_id: str
-    url: str
-    email: str = "admin@pdm-factory.com"
-    #: Name of the environment variable holding this datasite's admin password.
-    password_env: str = "PDMFED_DATASITE_ADMIN_PASSWORD"
 
 
 class TrainingConfig(_Strict):
@@ -146,7 +136,9 @@ class CampaignConfig(_Strict):
     """One federated training campaign."""
 
     campaign_id: str = "campaign"
-    datasites: list[DatasiteRef] = Field(default_factory=list)
+    #: Datasite ids only: where each lives and how it is logged into is the connector's own
+    #: registry (``federation.datasite_registry``), never something a message can say.
+    datasites: list[str] = Field(default_factory=list)
     rounds: int = Field(5, ge=1, le=10_000)
     round_timeout_s: float = Field(120.0, gt=0)
     quorum: int = Field(2, ge=1)
@@ -158,9 +150,23 @@ class CampaignConfig(_Strict):
     record_privacy: RecordPrivacyConfig = Field(default_factory=RecordPrivacyConfig)
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
 
+    @field_validator("datasites", mode="before")
+    @classmethod
+    def _ids_only(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for item in value:
+                if not isinstance(item, str):
+                    raise ValueError("name datasites by id only (e.g. [factory-1, factory-2]); their URLs"
+                                     " and credentials are in the connector's datasite registry")
+                try:
+                    check_sender_name(item)
+                except ConfigError as exc:
+                    raise ValueError(str(exc).replace("sender", "datasite")) from None
+        return value
+
     @model_validator(mode="after")
     def _ids_unique(self) -> CampaignConfig:
-        ids = [d.datasite_id for d in self.datasites]
+        ids = list(self.datasites)
         if len(ids) != len(set(ids)):
             raise ValueError(f"datasite ids must be unique, got {ids}")
         return self
@@ -183,7 +189,7 @@ class CampaignConfig(_Strict):
     @property
     def cohort(self) -> list[str]:
         """Datasite ids taking part in every round."""
-        return [d.datasite_id for d in self.datasites]
+        return list(self.datasites)
 
     def to_payload(self) -> dict:
         """Plain dict for the wire."""

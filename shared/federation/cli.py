@@ -283,7 +283,7 @@ def diagnose(
             exists=True,
             dir_okay=False,
             help="JSON/YAML file: [{datasite_id, url, "
-            "credentials: {email, password_env}}] or a campaign YAML",
+            "credentials: {email, password_env}}], or the connector's datasite registry",
         ),
     ] = None,
     email: Annotated[

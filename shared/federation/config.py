@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     demo: bool = False
     datasite_admin_email: str = "admin@pdm-factory.com"
     datasite_admin_password: SecretStr | None = None
+    #: The connector's datasite registry (id -> URL, account, password file); required by the
+    #: connector outside the demo (federation.datasite_registry).
+    datasite_registry: Path | None = None
     #: The data-scientist account a factory creates for the connector (its own password).
     datasite_orchestrator_email: str | None = None
     datasite_orchestrator_password: SecretStr | None = None

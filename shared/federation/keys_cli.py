@@ -17,7 +17,8 @@ def init(
     out: Annotated[Path, typer.Option(file_okay=False, help="new (or empty) directory to write", show_default=False)],
     factory: Annotated[
         list[str],
-        typer.Option(help="a factory's datasite id, optionally =URL the connector reaches it at (repeat)",
+        typer.Option(help="a factory's datasite id, =URL the connector reaches it at (default"
+                          " http://ID:8080); repeat for each factory",
                      show_default=False),
     ],
     broker: Annotated[str, typer.Option(help="RabbitMQ URL without credentials, as the components reach it")] = (

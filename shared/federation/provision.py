@@ -10,8 +10,9 @@ holds what and who trusts whom; it holds no secret.
                                              senders.json (each sender id's role)
                                              (security also keys/factories/<datasite>.pub)
     OUT/<service or orchestrator>/secrets/  PDMFED_SECRETS_DIR: pdmfed_encryption_key, ...
-    OUT/connector/datasites.json            the connector's datasite registry (id -> url,
-                                             account, secret file of its password)
+    OUT/connector/datasites/                 PDMFED_DATASITE_REGISTRY=.../datasites.json: the
+                                             connector's datasite registry (id -> url, account,
+                                             password file <id>.password next to it)
     OUT/factories/<datasite>/keys/          the factory's signing key (for `datasite launch`)
     OUT/factories/<datasite>/secrets/       its admin password (never leaves the factory) and
                                              the connector account it creates
@@ -30,6 +31,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from federation.crypto.redis_acl import acl_user, render_acl_file
 from federation.crypto.signing import SigningIdentity, check_sender_name
+from federation.datasite_registry import write_registry
 from federation.errors import ConfigError
 from federation.runtime.private_files import open_private, private_dir
 from federation.runtime.roles import write_roles_file
@@ -61,21 +63,21 @@ def trusted_senders(role: str) -> list[str]:
 
 @dataclass(frozen=True)
 class FactorySpec:
-    """One factory: its datasite id and, when known, the URL the connector reaches it at."""
+    """One factory: its datasite id and the URL the connector reaches it at."""
 
     datasite_id: str
-    url: str | None = None
+    url: str
 
     @classmethod
     def parse(cls, text: str) -> FactorySpec:
-        """``ID`` or ``ID=URL``."""
+        """``ID=URL``, or ``ID`` for ``http://ID:8080`` (how compose and k8s name datasites)."""
         datasite_id, _, url = text.partition("=")
         check_sender_name(datasite_id)
-        if url:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(f"factory {datasite_id}: URL {url!r} is not http(s)://host[:port]")
-        return cls(datasite_id, url or None)
+        url = url or f"http://{datasite_id}:8080"
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"factory {datasite_id}: URL {url!r} is not http(s)://host[:port]")
+        return cls(datasite_id, url)
 
 
 @dataclass(frozen=True)
@@ -173,13 +175,10 @@ def provision(out: str | Path, factories: Iterable[FactorySpec], options: Provis
                 _public(identity, keys / "factories")
                 entry["trusts_factories"].append(ds)
         if sender == "connector":
-            registry = {}
-            for spec in factories:
-                name = f"pdmfed_datasite_password_{spec.datasite_id}"
-                writer.secret(entry, secret_dir, name, connector_passwords[spec.datasite_id])
-                registry[spec.datasite_id] = {"url": spec.url, "email": CONNECTOR_ACCOUNT_EMAIL,
-                                              "password_secret": name}
-            (out / sender / "datasites.json").write_text(json.dumps({"datasites": registry}, indent=2) + "\n")
+            registry = write_registry(out / sender / "datasites", {
+                spec.datasite_id: (spec.url, CONNECTOR_ACCOUNT_EMAIL, connector_passwords[spec.datasite_id])
+                for spec in factories})
+            entry["datasite_registry"] = str(registry.relative_to(out))
 
     for spec in factories:
         name = f"factories/{spec.datasite_id}"

@@ -94,6 +94,7 @@ def test_each_pod_mounts_only_its_own_keys(k8s_render):
         volumes = deployments[name]["spec"]["template"]["spec"]["volumes"]
         mounted = set().union(*(_secret_names(v) for v in volumes))
         expected = {f"pdmfed-{name}-keys"} | ({"pdmfed-factory-public-keys"} if name == "security" else set())
+        expected |= {"pdmfed-connector-datasites"} if name == "connector" else set()
         assert mounted == expected, name
     for i in (1, 2, 3):
         pod = deployments[f"factory-{i}"]["spec"]["template"]["spec"]
@@ -116,7 +117,11 @@ def test_each_datasite_serves_its_own_partition_on_every_interface_under_the_cam
         assert args["--data"] == "/data/partition.npz"
         assert [p["port"] for p in services[name]["spec"]["ports"]] == [8080]
     campaign = yaml.safe_load((DEPLOY / "campaigns" / "synthetic.yaml").read_text())
-    assert {d["url"] for d in campaign["datasites"]} == {f"http://factory-{i}:8080" for i in (1, 2, 3)}
+    assert campaign["datasites"] == ["factory-1", "factory-2", "factory-3"]  # ids; URLs: the registry
+    (connector,) = deployments["connector"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])} | {
+        e["name"]: e.get("value") for e in connector.get("env", [])}
+    assert env["PDMFED_DATASITE_REGISTRY"] == "/run/pdmfed/datasites/datasites.json"
 
 
 def test_no_secret_object_is_shipped_only_referenced(k8s_render):

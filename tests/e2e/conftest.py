@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 from e2e_helpers import AMQP_URL, FACTORIES, ORCH_EMAIL, ORCH_PASSWORD_ENV, broker_reachable
 from federation.crypto.signing import SigningIdentity
+from federation.datasite_registry import write_registry
 
 
 @dataclass
@@ -18,6 +19,8 @@ class Fleet:
     partitions: dict
     factory_keys: object
     trust_dir: object
+    #: The connector's datasite registry (PDMFED_DATASITE_REGISTRY): each site's URL and account.
+    registry_file: object
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +56,9 @@ def fleet(tmp_path_factory):
         for ds in FACTORIES:
             pub = SigningIdentity.load(root / "factory-keys" / ds, ds).public_pem()
             (trust_dir / f"{ds}.pub").write_bytes(pub)
-        yield Fleet(data, sites, partitions, root / "factory-keys", trust_dir)
+        registry_file = write_registry(root / "registry", {
+            ds: (h.url, ORCH_EMAIL, os.environ[ORCH_PASSWORD_ENV]) for ds, h in sites.items()})
+        yield Fleet(data, sites, partitions, root / "factory-keys", trust_dir, registry_file)
     finally:
         for h in sites.values():
             h.stop()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from federation.campaign import CampaignConfig, DatasiteRef
+from federation.campaign import CampaignConfig
 
 AMQP_URL = os.environ.get("PDMFED_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 ORCH_EMAIL = "orchestrator@pdm-federation.org"
@@ -42,8 +42,7 @@ def campaign_config(sites: dict, *, campaign_id: str, rounds: int, n_features: i
     """A small, fast campaign over the given datasite handles."""
     base = dict(
         campaign_id=campaign_id,
-        datasites=[DatasiteRef(datasite_id=ds, url=h.url, email=ORCH_EMAIL, password_env=ORCH_PASSWORD_ENV)
-                   for ds, h in sites.items()],
+        datasites=list(sites),
         rounds=rounds, round_timeout_s=90, quorum=2, max_retries=1, seed=seed,
         training={"model_type": "cnn", "epochs": 1, "learning_rate": 0.005, "batch_size": 64,
                   "n_features": n_features, "window": window},
@@ -100,7 +99,8 @@ class ServiceProcesses:
         return (self.root / f"{name}.log").read_text(errors="replace")
 
 
-def service_env(amqp_url: str, prefix: str, keys: Path, trust_dir: Path, *, redis_url: str | None) -> dict[str, str]:
+def service_env(amqp_url: str, prefix: str, keys: Path, trust_dir: Path, *, redis_url: str | None,
+                registry: Path) -> dict[str, str]:
     """Environment of a deployed service: secrets and wiring come from here, never argv."""
     import secrets as _secrets
 
@@ -119,7 +119,7 @@ def service_env(amqp_url: str, prefix: str, keys: Path, trust_dir: Path, *, redi
         "PDMFED_KEY_SALT": _secrets.token_hex(16),
         "PDMFED_KEYS_DIR": str(keys),
         "PDMFED_TOPOLOGY_PREFIX": prefix,
-        ORCH_PASSWORD_ENV: os.environ[ORCH_PASSWORD_ENV],
+        "PDMFED_DATASITE_REGISTRY": str(registry),
         "PDMFED_LOG_LEVEL": "INFO",
     }
     if redis_url:

@@ -29,11 +29,13 @@ def _settings(tmp_path, *, amqp_url=None, prefix="pdmfed") -> Settings:
 
 async def _run_campaign(settings, fleet, cfg, *, registry=None, on_event=None, timeout=240):
     from federation.communication import PySyftCommunicationManager
+    from federation.datasite_registry import DatasiteRegistry
     from federation.orchestrator.embedded import EmbeddedFederation
 
     comm = PySyftCommunicationManager()
     registry = registry if registry is not None else CollectorRegistry()
-    fed = EmbeddedFederation(settings, comm_manager=comm, factory_trust=TrustStore.from_dir(fleet.trust_dir),
+    fed = EmbeddedFederation(settings, comm_manager=comm, datasite_registry=DatasiteRegistry.load(fleet.registry_file),
+                             factory_trust=TrustStore.from_dir(fleet.trust_dir),
                              registry=registry)
     await fed.start()
     try:

@@ -27,7 +27,8 @@ def test_when_the_privacy_budget_stops_a_campaign_early__campaign_exits_1_with_t
     fleet, amqp_url, tmp_path
 ):
     prefix = unique_prefix("short")
-    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=None)
+    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=None,
+                      registry=fleet.registry_file)
     procs = ServiceProcesses(env, tmp_path)
     for name in SERVICES:
         procs.start(name)
@@ -87,7 +88,8 @@ def test_when_resume_attaches_to_a_running_campaign__it_follows_it_to_its_end(
     from cli_helpers import PDMFED, kill_session
 
     prefix = unique_prefix("resume")
-    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=None)
+    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=None,
+                      registry=fleet.registry_file)
     procs = ServiceProcesses(env, tmp_path)
     for name in SERVICES:
         procs.start(name)

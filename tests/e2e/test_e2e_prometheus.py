@@ -30,7 +30,8 @@ from e2e_helpers import (
     service_env,
     unique_prefix,
 )
-from federation.campaign import CampaignConfig, DatasiteRef
+from federation.campaign import CampaignConfig
+from federation.datasite_registry import write_registry
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration" / "prometheus"))
 from prometheus_helpers import free_port  # noqa: E402
@@ -226,7 +227,11 @@ def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campai
     fleet, amqp_url, tmp_path, prometheus_server
 ):
     prefix = unique_prefix("prom")
-    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=None)
+    # the connector's registry: the fleet, and a fourth datasite that never answers
+    registry = write_registry(tmp_path / "registry", {
+        **{ds: (h.url, ORCH_EMAIL, os.environ[ORCH_PASSWORD_ENV]) for ds, h in fleet.sites.items()},
+        "factory_unreachable": (f"http://127.0.0.1:{free_port()}", ORCH_EMAIL, os.environ[ORCH_PASSWORD_ENV])})
+    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=None, registry=registry)
     ports = {name: free_port() for name in SERVICES}
     procs = ServiceProcesses(
         env, tmp_path, extra_env={n: {"PDMFED_METRICS_PORT": str(p)} for n, p in ports.items()}
@@ -262,14 +267,8 @@ def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campai
         window=fleet.data.window,
         round_timeout_s=10,
     )
-    dead = DatasiteRef(
-        datasite_id="factory_unreachable",
-        url=f"http://127.0.0.1:{free_port()}",
-        email=ORCH_EMAIL,
-        password_env=ORCH_PASSWORD_ENV,
-    )
     faulty = CampaignConfig.model_validate(
-        {**faulty.to_payload(), "datasites": [*faulty.to_payload()["datasites"], dead.model_dump()]}
+        {**faulty.to_payload(), "datasites": [*faulty.to_payload()["datasites"], "factory_unreachable"]}
     )
 
     def campaign_cli(c, **kw):

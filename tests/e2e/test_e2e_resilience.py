@@ -43,7 +43,8 @@ def test_when_each_service_is_killed_mid_round_and_restarted__campaign_completes
     from services.trainer_dispatch.handlers import initial_model_state  # noqa: F401 - import check
 
     prefix = unique_prefix("kill")
-    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=replay_store.url)
+    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=replay_store.url,
+                      registry=fleet.registry_file)
     order = ["connector", "trainer-dispatch", "security", "aggregator"]
     procs = ServiceProcesses(env, tmp_path, extra_env={
         name: {"PDMFED_REDIS_PASSWORD": replay_store.passwords[name]} for name in order})
@@ -92,6 +93,7 @@ def test_when_a_datasite_dies_mid_campaign__its_round_closes_with_the_others_and
     from federation.communication import PySyftCommunicationManager
     from federation.crypto.signing import SigningIdentity
     from federation.datasite import launch_datasite
+    from federation.datasite_registry import DatasiteRegistry, write_registry
     from federation.orchestrator.embedded import EmbeddedFederation
 
     doomed_id = "rail_lyon_depot"
@@ -116,7 +118,9 @@ def test_when_a_datasite_dies_mid_campaign__its_round_closes_with_the_others_and
     async def scenario():
         comm = PySyftCommunicationManager(request_timeout_s=10, training_timeout_s=20)
         settings = Settings(demo=True, state_dir=tmp_path / "state", keys_dir=tmp_path / "keys", redis_url=None)
-        fed = EmbeddedFederation(settings, comm_manager=comm, factory_trust=trust)
+        registry = DatasiteRegistry.load(write_registry(tmp_path / "registry", {
+            ds: (h.url, ORCH_EMAIL, os.environ[ORCH_PASSWORD_ENV]) for ds, h in sites.items()}))
+        fed = EmbeddedFederation(settings, comm_manager=comm, datasite_registry=registry, factory_trust=trust)
         await fed.start()
         fed.client.on_event = on_event
         try:

@@ -185,11 +185,30 @@ async def _broker(settings: Settings, give_up_s: float) -> list[Finding]:
     return [Finding("ok", f"{where}: the exchange and all {len(names) - 1} queues exist")]
 
 
+def _datasite_registry(settings: Settings) -> list[Finding]:
+    """The connector's datasite registry loads, and each password file is its owner's only."""
+    from federation.runtime.launch import load_datasite_registry
+
+    try:
+        registry = load_datasite_registry(settings)
+    except PdmFedError as exc:
+        return [Finding("issue", str(exc), "point PDMFED_DATASITE_REGISTRY at connector/datasites/datasites.json")]
+    out = [Finding("ok", f"datasite registry {registry.source}: {', '.join(registry.ids)}")]
+    for ds in registry.ids:
+        path = registry.get(ds).password_file
+        if stat.S_IMODE(path.stat().st_mode) & 0o007:  # k8s with fsGroup adds group read
+            out.append(Finding("issue", f"the password file of datasite {ds} ({path}) is readable by every user",
+                               f"chmod 600 {path}"))
+    return out
+
+
 def check_deployment(
     settings: Settings, role: str = "orchestrator", *, broker_give_up_s: float = 10.0
 ) -> list[Finding]:
     """Everything `pdmfed validate-security` checks for one component (``role``), in order."""
     findings = _secrets(settings) + _keys(settings, role)
+    if role == "connector":
+        findings += _datasite_registry(settings)
     if not settings.amqp_url:
         findings.append(Finding("skipped", "broker: PDMFED_AMQP_URL is not set"))
     else:

@@ -438,6 +438,15 @@ def _load_datasite_configs(
                 f"{path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}"
             ) from exc
         items = data.get("datasites") if isinstance(data, Mapping) else data
+        if isinstance(items, Mapping):  # the connector's datasite registry
+            from federation.datasite_registry import DatasiteRegistry
+
+            registry = DatasiteRegistry.load(path)
+            for ds in registry.ids:
+                entry = registry.get(ds)
+                configs.append({"datasite_id": ds, "url": entry.url,
+                                "credentials": {"email": entry.email, "password": entry.password()}})
+            items = []
         if not isinstance(items, list):
             raise ConfigError(f"{path}: expected a list of datasites (or a 'datasites' key)")
         for item in items:

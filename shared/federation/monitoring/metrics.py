@@ -87,6 +87,7 @@ class _Families:
     rounds_failed: Counter
     train_rmse: Gauge
     reassembly_refusals: Counter
+    datasite_refusals: Counter
 
 
 # One set of metric objects per registry: the embedded demo runs all four services in one
@@ -211,6 +212,12 @@ def _create_families(registry: CollectorRegistry) -> _Families:
             " during reassembly, by sender and reason.",
             ("service", "sender", "reason"),
         ),
+        datasite_refusals=counter(
+            "pdmfed_datasite_refusals_total",
+            "Datasites a message named that the connector refused to contact (not in its"
+            " registry), by reason.",
+            ("service", "reason"),
+        ),
     )
 
 
@@ -264,8 +271,10 @@ class Metrics:
         self.rounds_failed = fams.rounds_failed
         self.train_rmse = fams.train_rmse
         self.reassembly_refusals = fams.reassembly_refusals
+        self.datasite_refusals = fams.datasite_refusals
         for reason in REJECT_REASONS:
             self.messages_rejected.labels(service=service, reason=reason)
+        self.datasite_refusals.labels(service=service, reason="unknown_datasite")
         for reason in ROUND_FAILURES:
             self.rounds_failed.labels(reason=reason)
         for direction in DIRECTIONS:
@@ -291,6 +300,10 @@ class Metrics:
     def rejected(self, reason: str) -> None:
         """Count one rejected message; `reason` is an `err.reason` of federation.errors."""
         self.messages_rejected.labels(service=self.service, reason=reason).inc()
+
+    def refused_datasite(self, reason: str) -> None:
+        """Count one datasite a message named that this service refused to contact."""
+        self.datasite_refusals.labels(service=self.service, reason=reason).inc()
 
     @contextmanager
     def time_handler(self, msg_type: str) -> Iterator[None]:

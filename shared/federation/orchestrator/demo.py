@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from federation.campaign import CampaignConfig, DatasiteRef
+from federation.campaign import CampaignConfig
 from federation.config import Settings
 from federation.errors import ConfigError
 
@@ -33,14 +33,10 @@ FACTORY_NAMES = (
     "energy_rotterdam_turbines",
     "rail_lyon_depot",
 )
-#: The connector's data-scientist account at each demo factory (its own password per factory;
-#: each factory's admin password is random and stays in its launcher).
+#: The connector's data-scientist account at each demo factory (its own password per factory,
+#: in the connector's datasite registry; each factory's admin password is random and stays in
+#: its launcher).
 DEMO_CONNECTOR_EMAIL = "connector@pdm-factory.com"
-
-
-def _connector_password_env(datasite_id: str) -> str:
-    """Where this process keeps the connector's password for one demo factory."""
-    return "PDMFED_DEMO_CONNECTOR_PASSWORD_" + datasite_id.upper().replace("-", "_").replace(".", "_")
 
 
 @dataclass
@@ -167,21 +163,13 @@ def _bundle_info(opts: DemoOptions, data: Any, parts: list[tuple[str, dict]]) ->
 
 
 def _campaign_config(
-    opts: DemoOptions, run_id: str, data: Any, sites: list[tuple[str, str]]
+    opts: DemoOptions, run_id: str, data: Any, sites: list[str]
 ) -> CampaignConfig:
-    """The demo's campaign over these (datasite id, url) pairs (a ConfigError if opts are invalid)."""
+    """The demo's campaign over these datasite ids (a ConfigError if opts are invalid)."""
     return CampaignConfig.from_payload(
         dict(
             campaign_id=f"demo-{run_id}",
-            datasites=[
-                DatasiteRef(
-                    datasite_id=ds,
-                    url=url,
-                    email=DEMO_CONNECTOR_EMAIL,
-                    password_env=_connector_password_env(ds),
-                ).model_dump()
-                for ds, url in sites
-            ],
+            datasites=list(sites),
             rounds=opts.rounds,
             round_timeout_s=300,
             quorum=2,
@@ -239,9 +227,7 @@ def check_options(opts: DemoOptions) -> None:
     class _Shape:  # the real n_features/window are known once the data is loaded
         n_features, window = 14, 30
 
-    _campaign_config(
-        opts, "check", _Shape(), [(ds, "http://127.0.0.1:1") for ds in FACTORY_NAMES[: opts.sites]]
-    )
+    _campaign_config(opts, "check", _Shape(), list(FACTORY_NAMES[: opts.sites]))
 
 
 def new_run_id() -> str:
@@ -280,6 +266,7 @@ async def run_demo(
 
     from federation.crypto.signing import SigningIdentity, TrustStore
     from federation.datasite import launch_datasite
+    from federation.datasite_registry import DatasiteRegistry, write_registry
     from federation.orchestrator.display import CampaignDisplay, results_table
     from federation.orchestrator.embedded import EmbeddedFederation
     from federation.orchestrator.summary import build_summary, write_run
@@ -334,10 +321,12 @@ async def run_demo(
     trust_dir = state_dir / "keys" / "factories"
     comm = connector_session_manager()
     fed = None
+    sites: dict[str, tuple[str, str, str]] = {}  # the connector's registry: id -> url, account
     try:
         width = max(len(ds) for ds, _ in parts)
         for ds, arrays in parts:
             attack = opts.attack if ds == compromised else None
+            password = secrets.token_urlsafe(24)
             with display.status(f"starting PySyft datasite {ds} …"):
                 handle = await asyncio.to_thread(
                     launch_datasite,
@@ -349,11 +338,10 @@ async def run_demo(
                     datasite_id=ds,
                     attack=attack,
                     orchestrator_email=DEMO_CONNECTOR_EMAIL,
-                    orchestrator_password=os.environ.setdefault(
-                        _connector_password_env(ds), secrets.token_urlsafe(24)
-                    ),
+                    orchestrator_password=password,
                 )
             handles.append(handle)
+            sites[ds] = (handle.url, DEMO_CONNECTOR_EMAIL, password)
             pub = SigningIdentity.load(factory_keys / ds, ds)
             trust_dir.mkdir(parents=True, exist_ok=True)
             (trust_dir / f"{ds}.pub").write_bytes(pub.public_pem())
@@ -361,13 +349,14 @@ async def run_demo(
                 "datasite",
                 f"{ds:<{width}} {_short_url(handle.url)}  {len(arrays['y'])} windows",
             )
-        cfg = _campaign_config(
-            opts, run_id, data, [(ds, h.url) for (ds, _), h in zip(parts, handles, strict=True)]
-        )
+        cfg = _campaign_config(opts, run_id, data, [ds for ds, _ in parts])
         registry = CollectorRegistry()
         fed = EmbeddedFederation(
             settings,
             comm_manager=comm,
+            datasite_registry=DatasiteRegistry.load(
+                write_registry(state_dir / "connector" / "datasites", sites)
+            ),
             factory_trust=TrustStore.from_dir(trust_dir),
             registry=registry,
         )

@@ -37,7 +37,8 @@ class EmbeddedFederation:
     ``services`` names the ones to run here (all by default); the others must then be running
     elsewhere on the same RabbitMQ topology (e.g. as `pdmfed service` processes).
 
-    Over the in-memory bus by default; over RabbitMQ when settings.amqp_url is set. Each
+    ``datasite_registry`` is the connector's (``federation.datasite_registry``; default: the
+    file PDMFED_DATASITE_REGISTRY names). Over the in-memory bus by default; over RabbitMQ when settings.amqp_url is set. Each
     service keeps its own sealer, identity, replay store, SQLite store and metrics labels:
     the same handlers and the same checks as when each runs in its own container.
     """
@@ -47,6 +48,7 @@ class EmbeddedFederation:
         settings: Settings,
         *,
         comm_manager: Any = None,
+        datasite_registry: Any = None,
         factory_trust: TrustStore | None = None,
         registry: CollectorRegistry | None = None,
         topology: Any = None,
@@ -61,6 +63,7 @@ class EmbeddedFederation:
         self.settings = settings
         self.services = tuple(services)
         self.comm_manager = comm_manager
+        self.datasite_registry = datasite_registry
         self.factory_trust = factory_trust
         self.registry = registry if registry is not None else CollectorRegistry()
         self.topology = topology
@@ -110,6 +113,7 @@ class EmbeddedFederation:
         node = await start_node(
             name, self.settings, broker=self._broker, topology=self.topology, registry=self.registry,
             comm_manager=self.comm_manager if name == "connector" else None,
+            datasite_registry=self.datasite_registry if name == "connector" else None,
             factory_trust=self.factory_trust if name == "security" else None,
             store_path=state_dir / f"{SERVICE_KEYS[name]}.sqlite",
             health_port=0 if self.health else None,

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from federation.config import Settings
 from federation.crypto.signing import SigningIdentity, TrustStore
+from federation.errors import ConfigError
 from federation.runtime.registry import SERVICE_SPECS, BuildContext, service_spec
 from federation.runtime.roles import SenderRoles
 from federation.runtime.service import Service, ServiceRunner
@@ -30,6 +31,7 @@ __all__ = [
     "service_main",
     "ensure_identities",
     "sender_roles",
+    "load_datasite_registry",
     "widen_thread_pool",
 ]
 
@@ -109,14 +111,26 @@ def connector_session_manager(**options: Any) -> Any:
     return PySyftCommunicationManager(require_data_scientist=True, **options)
 
 
+def load_datasite_registry(settings: Settings) -> Any:
+    """The connector's datasite registry from PDMFED_DATASITE_REGISTRY (ConfigError if unset)."""
+    from federation.datasite_registry import DatasiteRegistry
+
+    if settings.datasite_registry is None:
+        raise ConfigError("PDMFED_DATASITE_REGISTRY is not set: the connector reaches only the datasites"
+                          " its own registry names (`pdmfed keys init` writes connector/datasites/datasites.json)")
+    return DatasiteRegistry.load(settings.datasite_registry)
+
+
 def build_service_logic(
     name: str, settings: Settings, *, comm_manager: Any = None, factory_trust: TrustStore | None = None,
-    queue: str | None = None, store: ServiceStore | None = None,
+    queue: str | None = None, store: ServiceStore | None = None, datasite_registry: Any = None,
+    metrics: Any = None,
 ) -> Service:
     """The Service (handlers) for one service name, built as its registry entry says."""
     spec = service_spec(name)
     q = queue or topology_of(settings).queue(spec.queue_key).name
-    return spec.build(BuildContext(q, comm_manager=comm_manager, factory_trust=factory_trust, store=store))
+    return spec.build(BuildContext(q, comm_manager=comm_manager, factory_trust=factory_trust, store=store,
+                                   settings=settings, datasite_registry=datasite_registry, metrics=metrics))
 
 
 @dataclass
@@ -158,6 +172,7 @@ async def start_node(
     health_port: int | None = None,
     concurrency: int | None = None,
     roles: SenderRoles | None = None,
+    datasite_registry: Any = None,
 ) -> ServiceNode:
     """Build and start one service: bus, sealer, secure endpoint, store, runner, health."""
     from federation.bus.middleware import SecureEndpoint
@@ -178,7 +193,8 @@ async def start_node(
     _relearn_campaigns(endpoint, store)
     queue = (topology or topology_of(settings)).queue(key).name
     service = build_service_logic(name, settings, comm_manager=comm_manager, factory_trust=factory_trust,
-                                  queue=queue, store=store)
+                                  queue=queue, store=store, datasite_registry=datasite_registry,
+                                  metrics=metrics)
     runner = ServiceRunner(service, endpoint, store, metrics)
     node = ServiceNode(name, runner, bus, endpoint, metrics, store)
     runner.concurrency = concurrency or service_spec(name).concurrency
@@ -217,23 +233,33 @@ def service_main(name: str) -> int:
     settings = Settings()
     setup_logging(settings.log_level)
     settings.validate_secrets()
-    factory_trust = None
+    factory_trust = registry = None
     kd = keys_dir_of(settings)
     if name == "security":
         factory_trust = load_factory_trust(kd, demo=settings.demo)
         if factory_trust is not None:
             log.info("security trusts factories: %s", ", ".join(factory_trust.senders))
+    if name == "connector":
+        registry = load_datasite_registry(settings)
+        log.info("connector reaches the datasites of its registry %s: %s", registry.source, ", ".join(registry.ids))
 
     async def run() -> None:
         widen_thread_pool()
-        node = await start_node(name, settings, factory_trust=factory_trust)
+        node = await start_node(name, settings, factory_trust=factory_trust, datasite_registry=registry)
         trusted = TrustedKeys(kd, node.endpoint.sealer.trust, factory_trust)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, trusted.reload)
-        log.info("%s: SIGHUP reloads its trusted public keys (%s)", name, trusted.describe())
+
+        def on_sighup() -> None:
+            trusted.reload()
+            if registry is not None:
+                registry.reload()
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        log.info("%s: SIGHUP reloads its trusted public keys (%s)%s", name, trusted.describe(),
+                 " and its datasite registry" if registry is not None else "")
         await stop.wait()
         log.info("%s: shutting down", name)
         await node.stop()

@@ -22,6 +22,10 @@ class BuildContext:
     comm_manager: Any = None
     factory_trust: Any = None
     store: Any = None
+    settings: Any = None
+    #: The connector's datasite registry (default: the file its settings name).
+    datasite_registry: Any = None
+    metrics: Any = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,13 @@ def _build_connector(ctx: BuildContext) -> Any:
         from federation.runtime.launch import connector_session_manager
 
         comm = connector_session_manager()
-    logic = ConnectorLogic(comm)
+    registry = ctx.datasite_registry
+    if registry is None:
+        from federation.runtime.launch import load_datasite_registry
+
+        registry = load_datasite_registry(ctx.settings)
+    logic = ConnectorLogic(comm, registry,
+                           on_refusal=ctx.metrics.refused_datasite if ctx.metrics is not None else None)
     store = ctx.store
     if store is None:
         from federation.runtime.store_sqlite import SqliteStore

@@ -81,7 +81,7 @@ CONTRACTS: dict[MsgType, Contract] = {
             CampaignStart,
             {_O},
             (_D, "creates the campaign's round plan and opens round 1"),
-            (_C, "learns the campaign's datasites (URL, login) before the first train.request"),
+            (_C, "checks the campaign's datasite ids against its own datasite registry"),
             (_S, "takes the campaign's DP clipping and Byzantine screening settings"),
             (_A, "takes the aggregation rule, central DP settings and privacy budget"),
         ),

@@ -19,8 +19,7 @@ SECRETS = {"PDMFED_ENCRYPTION_KEY": "Zq8vL2mXp4Rt7Wn9Kc3Bd6Hy", "PDMFED_KEY_SALT
 def _campaign(tmp_path: Path, url: str, **extra: str):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        "rounds: 2\ndatasites:\n  - {datasite_id: a, url: 'http://127.0.0.1:1'}\n"
-        "  - {datasite_id: b, url: 'http://127.0.0.1:2'}\n"
+        "rounds: 2\ndatasites: [a, b]\n"
     )
     env = clean_env(
         PDMFED_AMQP_URL=url, PDMFED_STATE_DIR=str(tmp_path / "state"), **SECRETS, **extra

@@ -82,14 +82,22 @@ def test_a_factorys_admin_password_exists_only_in_that_factorys_directory(deploy
 
 
 def test_the_connector_holds_each_factorys_data_scientist_password_and_nothing_of_the_factories(deployment):
-    registry = json.loads((deployment / "connector" / "datasites.json").read_text())["datasites"]
-    assert registry[FACTORIES[0]]["url"] == "http://factory-1:8081" and registry[FACTORIES[1]]["url"] is None
+    from federation.datasite_registry import DatasiteRegistry
+
+    manifest = json.loads((deployment / "manifest.json").read_text())
+    path = deployment / manifest["components"]["connector"]["datasite_registry"]
+    registry = DatasiteRegistry.load(path)  # what the connector reads (PDMFED_DATASITE_REGISTRY)
+    assert registry.ids == sorted(FACTORIES)
+    assert registry.get(FACTORIES[0]).url == "http://factory-1:8081"
+    assert registry.get(FACTORIES[1]).url == f"http://{FACTORIES[1]}:8080"  # the compose/k8s default
     passwords = set()
     for ds in FACTORIES:
         factory_secrets = deployment / "factories" / ds / "secrets"
-        held = (deployment / "connector" / "secrets" / registry[ds]["password_secret"]).read_text()
+        entry = registry.get(ds)
+        assert entry.password_file.parent == path.parent and _mode(entry.password_file) == 0o600
+        held = entry.password()
         assert held == (factory_secrets / "pdmfed_datasite_orchestrator_password").read_text()
-        assert registry[ds]["email"] == (factory_secrets / "pdmfed_datasite_orchestrator_email").read_text()
+        assert entry.email == (factory_secrets / "pdmfed_datasite_orchestrator_email").read_text()
         passwords.add(held)
     assert len(passwords) == len(FACTORIES), "factories share a connector password"
 
@@ -143,3 +151,33 @@ def test_a_service_starts_from_its_own_directory_alone(deployment, tmp_path):
         assert service.wait_for_line("security started") is not None, service.lines[-10:]
     finally:
         service.stop()
+
+
+def _connector_env(deployment: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PDMFED_")}
+    env.update(PDMFED_KEYS_DIR=str(deployment / "connector" / "keys"),
+               PDMFED_SECRETS_DIR=str(deployment / "connector" / "secrets"),
+               PDMFED_STATE_DIR=str(tmp_path / "state"), PDMFED_AMQP_URL="", PDMFED_REDIS_URL="", **extra)
+    return env
+
+
+def test_the_connector_starts_from_its_own_directory_and_names_the_datasites_of_its_registry(deployment, tmp_path):
+    registry = deployment / "connector" / "datasites" / "datasites.json"
+    service = ServiceProcess("connector", _connector_env(deployment, tmp_path, PDMFED_DATASITE_REGISTRY=str(registry)))
+    try:
+        line = service.wait_for_line("datasites of its registry")
+        assert line is not None, service.lines[-10:]
+        assert ", ".join(sorted(FACTORIES)) in line
+        assert service.wait_for_line("connector started") is not None, service.lines[-10:]
+    finally:
+        service.stop()
+
+
+def test_without_its_datasite_registry__the_connector_refuses_to_start_with_one_line(deployment, tmp_path):
+    service = ServiceProcess("connector", _connector_env(deployment, tmp_path))
+    try:
+        code = service.wait_exit()
+    finally:
+        service.stop()
+    errors = [ln for ln in service.lines if ln.startswith("pdmfed:")]
+    assert code == 2 and len(errors) == 1 and "PDMFED_DATASITE_REGISTRY" in errors[0], service.lines[-5:]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from federation.bus.base import Delivery, dead_letter_info
-from federation.campaign import CampaignConfig, DatasiteRef
+from federation.campaign import CampaignConfig
 from federation.config import Settings
 from federation.runtime.launch import ensure_identities, make_bus, make_sealer, start_node
 from federation.wire.contracts import ENVELOPE_ROLES
@@ -48,15 +48,7 @@ def _campaign() -> CampaignConfig:
     return CampaignConfig.model_validate(
         dict(
             campaign_id=CID,
-            datasites=[
-                DatasiteRef(
-                    datasite_id=ds,
-                    url=f"http://127.0.0.1:9/{ds}",
-                    email="c@x.org",
-                    password_env="PDMFED_UNUSED_PASSWORD",
-                )
-                for ds in ("f1", "f2")
-            ],
+            datasites=["f1", "f2"],
             rounds=3,
             round_timeout_s=600,
             quorum=2,

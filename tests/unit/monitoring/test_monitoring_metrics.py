@@ -34,6 +34,7 @@ CONTRACT = {
     "pdmfed_updates_aggregated_total": {"campaign"},
     "pdmfed_train_rmse": {"campaign"},
     "pdmfed_reassembly_refusals_total": {"service", "sender", "reason"},
+    "pdmfed_datasite_refusals_total": {"service", "reason"},
     "pdmfed_rounds_failed_total": {"reason"},
 }
 
@@ -43,15 +44,7 @@ def _campaign(**overrides):
 
     base = {
         "campaign_id": "c1",
-        "datasites": [
-            {
-                "datasite_id": f"factory_{x}",
-                "url": f"http://127.0.0.1:{8080 + i}",
-                "email": "ds@example.org",
-                "password_env": "PW",
-            }
-            for i, x in enumerate("abc")
-        ],
+        "datasites": [f"factory_{x}" for x in "abc"],
         "rounds": 5,
         "round_timeout_s": 90,
         "privacy": {"enabled": True, "mode": "central", "max_epsilon": 8.0},

@@ -62,3 +62,12 @@ class LocalDatasites:
     def disconnect_from_datasite(self, datasite_id):
         self.connected.discard(datasite_id)
         return True
+
+
+def local_registry(directory, ids):
+    """The connector's datasite registry for in-process stand-ins (``datasite_answers`` reads the
+    id back from the URL)."""
+    from federation.datasite_registry import DatasiteRegistry, write_registry
+
+    return DatasiteRegistry.load(write_registry(
+        directory, {ds: (f"http://local/{ds}", "connector@pdm-factory.com", "unit-test-password") for ds in ids}))

@@ -15,7 +15,9 @@ def test_when_many_datasites_train_from_one_model_version__the_connector_reads_i
             self.reads += 1
             return self.values.get(key)
 
-    logic = ConnectorLogic(comm_manager=None)
+    from federation.datasite_registry import DatasiteRegistry
+
+    logic = ConnectorLogic(comm_manager=None, registry=DatasiteRegistry({}))
     logic.store = CountingStore()
     for _ in range(10):
         got = logic.global_model({"campaign_id": "c1", "model_version": 3})

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from federation.campaign import CampaignConfig, DatasiteRef
+from federation.campaign import CampaignConfig
 from federation.config import Settings
 from federation.orchestrator.embedded import EmbeddedFederation
-from services_helpers import LocalDatasites
+from services_helpers import LocalDatasites, local_registry
 
 
 def _cfg(data, ids, **kw) -> CampaignConfig:
     base = dict(
         campaign_id="unit-flow",
-        datasites=[DatasiteRef(datasite_id=d, url=f"http://local/{d}") for d in ids],
+        datasites=list(ids),
         rounds=2,
         round_timeout_s=60,
         quorum=2,
@@ -26,13 +26,17 @@ def _cfg(data, ids, **kw) -> CampaignConfig:
 
 
 @pytest.fixture
-def settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("PDMFED_DATASITE_ADMIN_PASSWORD", "unit-test-password")
+def settings(tmp_path):
     return Settings(demo=True, state_dir=tmp_path / "state", amqp_url=None, redis_url=None)
 
 
+def _fed(settings, comm) -> EmbeddedFederation:
+    return EmbeddedFederation(settings, comm_manager=comm,
+                              datasite_registry=local_registry(settings.state_dir / "registry", comm.partitions))
+
+
 async def _run(settings, comm, cfg, timeout=60):
-    fed = EmbeddedFederation(settings, comm_manager=comm)
+    fed = _fed(settings, comm)
     await fed.start()
     try:
         return fed, await fed.run_campaign(cfg, timeout=timeout)
@@ -99,7 +103,7 @@ async def test_when_a_factory_misses_the_deadline__round_closes_with_the_others_
     # two screened updates must be enough for this campaign (the default min_clients is 3)
     cfg = _cfg(data, list(parts), rounds=1, round_timeout_s=1.5, max_retries=0,
                robustness={"enabled": True, "aggregation": "trimmed_mean", "min_clients": 2})
-    fed = EmbeddedFederation(settings, comm_manager=comm)
+    fed = _fed(settings, comm)
     await fed.start()
     try:
         rec = await fed.run_campaign(cfg, timeout=60)
@@ -123,7 +127,7 @@ async def test_when_a_round_completes__the_model_crosses_the_broker_once_in_roun
     settings, tiny_partitions
 ):
     data, parts = tiny_partitions
-    fed = EmbeddedFederation(settings, comm_manager=LocalDatasites(parts))
+    fed = _fed(settings, LocalDatasites(parts))
     await fed.start()
     sizes: dict[str, list[int]] = {}
     route = fed._broker.route

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from federation.campaign import CampaignConfig, DatasiteRef
+from federation.campaign import CampaignConfig
 from federation.config import Settings
 from federation.monitoring import Metrics
 from federation.orchestrator.embedded import EmbeddedFederation
 from prometheus_client import CollectorRegistry
-from services_helpers import LocalDatasites
+from services_helpers import LocalDatasites, local_registry
 
 from services.connector.handlers import ConnectorLogic
 
@@ -18,7 +18,7 @@ from services.connector.handlers import ConnectorLogic
 def _cfg(data, ids, campaign_id="unit-observe", **kw) -> CampaignConfig:
     base = dict(
         campaign_id=campaign_id,
-        datasites=[DatasiteRef(datasite_id=d, url=f"http://local/{d}") for d in ids],
+        datasites=list(ids),
         rounds=2,
         round_timeout_s=45,
         quorum=2,
@@ -43,10 +43,10 @@ def settings(tmp_path, monkeypatch):
     return Settings(demo=True, state_dir=tmp_path / "state", amqp_url=None, redis_url=None)
 
 
-def test_the_connector_counts_a_campaigns_live_sessions_and_drops_a_silent_datasite(tiny_partitions):
+def test_the_connector_counts_a_campaigns_live_sessions_and_drops_a_silent_datasite(tiny_partitions, tmp_path):
     data, parts = tiny_partitions
     comm = LocalDatasites(parts)
-    logic = ConnectorLogic(comm, password_lookup=lambda env: "pw")
+    logic = ConnectorLogic(comm, local_registry(tmp_path, parts))
     registry = CollectorRegistry()
     metrics = Metrics("connector", registry)
     logic.remember_datasites(_cfg(data, list(parts)))
@@ -68,10 +68,13 @@ def test_the_connector_counts_a_campaigns_live_sessions_and_drops_a_silent_datas
     assert comm.connected == set()  # no running campaign names them: logged out
 
 
-def test_a_datasite_without_its_password_is_not_counted_connected(tiny_partitions):
+def test_a_datasite_without_its_password_is_not_counted_connected(tiny_partitions, tmp_path):
     data, parts = tiny_partitions
     comm = LocalDatasites(parts)
-    logic = ConnectorLogic(comm, password_lookup=lambda env: None)
+    registry = local_registry(tmp_path, parts)
+    for ds in parts:
+        registry.get(ds).password_file.write_text("")  # emptied after the connector started
+    logic = ConnectorLogic(comm, registry)
     logic.remember_datasites(_cfg(data, list(parts)))
     assert logic.check_sessions() == {"unit-observe": (0, 3)}
 
@@ -81,7 +84,8 @@ async def test_a_campaign_is_exported_running_with_its_budget_and_deadline_then_
 ):
     data, parts = tiny_partitions
     registry = CollectorRegistry()
-    fed = EmbeddedFederation(settings, comm_manager=LocalDatasites(parts), registry=registry)
+    fed = EmbeddedFederation(settings, comm_manager=LocalDatasites(parts), registry=registry,
+                             datasite_registry=local_registry(settings.state_dir / "registry", parts))
     await fed.start()
     cfg = _cfg(data, list(parts), record_privacy={"enabled": True, "max_epsilon": 40.0})
     try:

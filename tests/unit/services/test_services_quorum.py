@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 import torch
-from federation.campaign import CampaignConfig, DatasiteRef
+from federation.campaign import CampaignConfig
 from federation.config import Settings
 from federation.orchestrator.embedded import EmbeddedFederation
 from federation.robust.attacks import scaling
-from services_helpers import LocalDatasites
+from services_helpers import LocalDatasites, local_registry
 from test_services_defence import CID, _cfg, _Driven, _open
 
 from services.aggregator.handlers import build_service as build_aggregator
@@ -72,14 +72,15 @@ async def test_when_only_the_compromised_factory_answers__the_campaign_stops_wit
     comm.fail_next.update({"factory_a": 10, "factory_b": 10})
     cfg = CampaignConfig.model_validate(dict(
         campaign_id="unit-quorum",
-        datasites=[DatasiteRef(datasite_id=d, url=f"http://local/{d}") for d in parts],
+        datasites=list(parts),
         rounds=3, round_timeout_s=60, quorum=2, max_retries=0,
         training={"model_type": "cnn", "epochs": 1, "batch_size": 64, "n_features": data.n_features,
                   "window": data.window, "max_batches": 2},
         privacy={"enabled": False},
         robustness={"min_clients": 3},
     ))
-    fed = EmbeddedFederation(settings, comm_manager=comm)
+    fed = EmbeddedFederation(settings, comm_manager=comm,
+                             datasite_registry=local_registry(settings.state_dir / "registry", parts))
     await fed.start()
     try:
         rec = await fed.run_campaign(cfg, timeout=120)
