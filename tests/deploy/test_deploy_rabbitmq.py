@@ -89,17 +89,33 @@ def test_there_is_one_user_per_service_with_sha256_hashes_and_no_guest():
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_a_service_user_may_use_only_its_own_queue(service):
+def test_a_service_user_may_read_only_its_own_queue_and_configure_nothing(service):
     perms = _permissions()[f"pdmfed-{service}"]
     own = SERVICE_QUEUES[service]
-    assert _matches(perms["read"], own) and _matches(perms["configure"], own)
-    assert _matches(perms["write"], "pdmfed")  # publish to the topic exchange
+    assert _matches(perms["read"], own)
+    assert _matches(perms["write"], "pdmfed") and _matches(perms["write"], "pdmfed.dlx")  # publish only
+    for name in ("pdmfed", "pdmfed.dlx", "pdmfed.dead", *SERVICE_QUEUES.values(), "amq_" + "0" * 32):
+        assert not _matches(perms["configure"], name), f"{service} can configure {name}"
+        if name not in ("pdmfed", "pdmfed.dlx"):  # a queue: writing one is binding it
+            assert not _matches(perms["write"], name), f"{service} can bind {name}"
     for other_service, other in SERVICE_QUEUES.items():
         if other_service != service:
-            for op in ("configure", "write", "read"):
-                assert not _matches(perms[op], other), f"{service} can {op} {other}"
+            assert not _matches(perms["read"], other), f"{service} can read {other}"
     assert not _matches(perms["read"], "pdmfed.dead")  # dead letters are for operators
-    assert not _matches(perms["configure"], "amq.gen-1234")
+
+
+def test_every_user_has_topic_permissions_on_both_exchanges_so_no_routing_key_is_open_by_default():
+    # RabbitMQ lets a user publish any routing key on an exchange it has no topic permission for
+    topics = {(t["user"], t["exchange"]) for t in DEFINITIONS["topic_permissions"]}
+    assert topics == {(u["name"], ex) for u in DEFINITIONS["users"] for ex in ("pdmfed", "pdmfed.dlx")}
+
+
+def test_the_shipped_permissions_are_the_ones_derived_from_who_sends_what():
+    from federation.bus.permissions import permission_definitions
+
+    derived = permission_definitions(VHOST)
+    assert DEFINITIONS["permissions"] == derived["permissions"]
+    assert DEFINITIONS["topic_permissions"] == derived["topic_permissions"]
 
 
 def test_no_administrator_ships_and_no_user_has_full_permissions():
@@ -144,6 +160,7 @@ def test_when_rendering_with_real_passwords__every_hash_is_replaced_and_verifies
         assert definitions_tool.verify_password(env[definitions_tool.password_env_var(user["name"])],
                                                 user["password_hash"])
     assert rendered["queues"] == DEFINITIONS["queues"]
+    assert rendered["topic_permissions"] == DEFINITIONS["topic_permissions"]  # least privilege survives
     assert DEFINITIONS["users"][0]["password_hash"] != rendered["users"][0]["password_hash"]
     assert definitions_tool.ADMIN_USER not in {u["name"] for u in rendered["users"]}
 

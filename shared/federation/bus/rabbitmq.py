@@ -26,7 +26,7 @@ from federation.bus.base import (
 )
 from federation.bus.topology import DEFAULT_TOPOLOGY, Topology, declare_topology
 from federation.bus.url import connect_with_retry, parse_amqp_url
-from federation.errors import BusError, PublishError
+from federation.errors import BusError, ConfigError, PublishError
 
 __all__ = ["RabbitBus", "prefetch_count_for"]
 
@@ -143,7 +143,15 @@ class RabbitBus(Bus):
             publisher_confirms=True, on_return_raises=True
         )
         if self._declare:
-            await declare_topology(self._pub_channel, self.topology)
+            try:
+                await declare_topology(self._pub_channel, self.topology)
+            except aiormq.exceptions.ChannelAccessRefused as exc:
+                await self.close()
+                raise ConfigError(
+                    f"broker user {self.target.user!r} may not declare the topology on vhost"
+                    f" {self.target.vhost!r} (least privilege):"
+                    " set PDMFED_DECLARE_TOPOLOGY=false, the broker loads it from its definitions"
+                ) from exc
         self._exchange = await self._pub_channel.get_exchange(self.topology.exchange.name)
         self._dlx = await self._pub_channel.get_exchange(self.topology.dlx.name)
 
