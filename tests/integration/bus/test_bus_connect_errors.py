@@ -14,6 +14,8 @@ from cli_helpers import clean_env, run_pdmfed  # noqa: E402
 pytestmark = pytest.mark.integration
 
 SECRETS = {"PDMFED_ENCRYPTION_KEY": "Zq8vL2mXp4Rt7Wn9Kc3Bd6Hy", "PDMFED_KEY_SALT": "8fK2pQ9xLm3v"}
+#: Everything but the broker is configured: the orchestrator knows which role each sender has.
+ROLES = {"PDMFED_SENDER_ROLES": "orchestrator=orchestrator,trainer-dispatch=trainer-dispatch"}
 
 
 def _campaign(tmp_path: Path, url: str, **extra: str):
@@ -22,7 +24,8 @@ def _campaign(tmp_path: Path, url: str, **extra: str):
         "rounds: 2\ndatasites: [a, b]\n"
     )
     env = clean_env(
-        PDMFED_AMQP_URL=url, PDMFED_STATE_DIR=str(tmp_path / "state"), **SECRETS, **extra
+        PDMFED_AMQP_URL=url, PDMFED_STATE_DIR=str(tmp_path / "state"), **SECRETS, **ROLES,
+        **extra
     )
     return run_pdmfed("campaign", "--config", str(cfg), "--out", "runs", tmp_path=tmp_path, env=env)
 
