@@ -81,7 +81,7 @@ def test_when_the_report_is_read__it_shows_the_run_s_rmse_epsilon_and_factories(
                  f"{ev['late_share']:.0%}", "δ = 1e-05, record-level (one sensor window)"):  # fmt: skip
         assert text in page, text
     # what federation gained: each factory trained alone, on the same held-out units
-    sites = [d["datasite_id"] for d in summary["config"]["datasites"]]
+    sites = summary["config"]["datasites"]  # the campaign names datasite ids only
     assert [a["factory"] for a in ev["alone"]] == sites
     assert len(ev["alone"]) == 3 and "What federation gained" in page
     for alone in ev["alone"]:
