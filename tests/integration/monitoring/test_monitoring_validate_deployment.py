@@ -36,7 +36,7 @@ async def _topology(prefix: str, *, create: bool) -> None:
 def deployment(tmp_path):
     """A `keys init` tree for two factories, and the services' topology declared on the broker."""
     out = tmp_path / "deploy"
-    provision(out, [FactorySpec("plant_a"), FactorySpec("plant_b")])
+    provision(out, [FactorySpec.parse("plant_a"), FactorySpec.parse("plant_b")])
     prefix = f"vs-{uuid.uuid4().hex[:8]}"
     asyncio.run(_topology(prefix, create=True))
 
