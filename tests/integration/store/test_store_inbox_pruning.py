@@ -95,7 +95,7 @@ async def test_when_a_message_older_than_the_window_is_replayed__it_is_refused_t
     async def deliver(bus, body: bytes) -> None:
         before = (len(handled), await bus.queue_depth(dead))
         await bus.publish("datasite.status", body)
-        for _ in range(200):
+        for _ in range(1000):  # up to 10 s on a loaded machine; returns at the first change
             await asyncio.sleep(0.01)
             if (len(handled), await bus.queue_depth(dead)) != before:
                 return
