@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from federation.campaign import CampaignConfig
 from federation.errors import ConfigError, StaleRoundError
-from federation.runtime.service import Service
+from federation.runtime.service import Service, campaign_lock, campaign_scope
 from federation.runtime.store import Transaction
 from federation.wire.messages import CampaignStart, DatasiteStatus, RoundCompleted
 
@@ -216,7 +216,10 @@ def on_round_completed(tx: Transaction, msg: RoundCompleted, envelope: Any) -> N
 def on_tick(tx: Transaction, now: float) -> None:
     """Close every open round whose deadline passed, with whoever answered."""
     for cid in state.running_campaigns(tx):
+        tx.lock(campaign_lock(cid))  # replicas tick too: the campaign's latest state, one at a time
         camp = state.get_campaign(tx, cid)
+        if camp is None or camp.get("status") != "running":
+            continue
         rnd = state.get_round(tx, cid, int(camp["round"]))
         if rnd is not None and rnd["status"] == "open" and now >= rnd["deadline_ts"]:
             cfg = CampaignConfig.from_payload(camp["config"])
@@ -258,4 +261,5 @@ def build_service(queue: str = "pdmfed.dispatch", tick_interval_s: float = 0.5) 
         tick=on_tick,
         tick_interval_s=tick_interval_s,
         observe=observe,
+        lock_scope=campaign_scope,  # a round's answers and the next round share the campaign record
     )

@@ -19,19 +19,22 @@ def get_campaign(tx: Transaction, cid: str) -> dict | None:
 
 
 def put_campaign(tx: Transaction, cid: str, record: dict) -> None:
-    """Save the campaign record."""
+    """Save the campaign record (and its own running marker: campaigns share no record, so
+    replicas may handle two campaigns at once under their own campaign locks)."""
     tx.put(f"campaign/{cid}", record)
-    running = set(tx.get("running", []))
     if record.get("status") == "running":
-        running.add(cid)
+        tx.put(f"running/{cid}", True)
     else:
-        running.discard(cid)
-    tx.put("running", sorted(running))
+        tx.delete(f"running/{cid}")
+        legacy = tx.get("running")  # stores written before the per-campaign marker
+        if legacy is not None and cid in legacy:
+            tx.put("running", [c for c in legacy if c != cid])
 
 
 def running_campaigns(tx: Transaction) -> list[str]:
     """Ids of campaigns still running."""
-    return list(tx.get("running", []))
+    marked = {key.removeprefix("running/") for key in tx.keys("running/")}
+    return sorted(marked | set(tx.get("running", [])))
 
 
 def new_round(cfg: CampaignConfig, round_num: int, now: float, model_version: int) -> dict:

@@ -188,8 +188,14 @@ async def start_node(
     bus = make_bus(settings, key, broker=broker, topology=topology)
     await bus.start()
     metrics = Metrics(name, registry)
-    endpoint = SecureEndpoint(bus, sealer, metrics, name, roles=roles)
     store = open_store(settings, key, path=store_path)  # PDMFED_STATE_URL: PostgreSQL, else SQLite
+    if store.backend == "postgresql":  # replicas: chunks meet in the shared store, not one process
+        from federation.runtime.shared_chunks import SharedChunkAssembler
+
+        sealer.assembler = SharedChunkAssembler(
+            store, max_update_bytes=settings.max_update_bytes, max_chunk_bytes=settings.max_message_bytes
+        )
+    endpoint = SecureEndpoint(bus, sealer, metrics, name, roles=roles)
     _relearn_campaigns(endpoint, store)
     queue = (topology or topology_of(settings)).queue(key).name
     service = build_service_logic(name, settings, comm_manager=comm_manager, factory_trust=factory_trust,

@@ -13,10 +13,20 @@ from typing import Any
 from federation.bus.base import RequeueMessage
 from federation.errors import ConfigError, EmitError, MalformedMessage
 from federation.runtime.observe import observe_emitted
-from federation.runtime.store import ServiceStore, Transaction
+from federation.runtime.shared_chunks import drop_assembly
+from federation.runtime.store import AlreadyHandled, ServiceStore, Transaction
 from federation.wire.messages import Message, parse_payload
 
-__all__ = ["Service", "ServiceRunner", "CheckedTransaction"]
+__all__ = [
+    "Service",
+    "ServiceRunner",
+    "CheckedTransaction",
+    "campaign_lock",
+    "round_lock",
+    "round_scope",
+    "campaign_scope",
+    "handled_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +89,9 @@ class Service:
     #: Optional coroutine `(metrics) -> None` run from start to stop (the connector's session
     #: checks); it must catch its own errors.
     background: Callable[[Any], Awaitable[None]] | None = None
+    #: `(msg) -> lock name | None`: the work a message belongs to; its transaction holds that
+    #: lock first, so replicas sharing the store handle one round (or campaign) one at a time.
+    lock_scope: Callable[[Any], str | None] = field(default=lambda msg: round_scope(msg))
 
 
 def _campaign_of(msg: Any) -> str | None:
@@ -90,10 +103,51 @@ def _campaign_of(msg: Any) -> str | None:
     return None if cid is None else str(cid)
 
 
+def campaign_lock(campaign_id: str) -> str:
+    """The lock of all of one campaign's work (trainer-dispatch's round machine)."""
+    return f"campaign/{campaign_id}"
+
+
+def round_lock(campaign_id: str, round_num: int) -> str:
+    """The lock of one campaign round's work (security's screening, the aggregator's round)."""
+    return f"round/{campaign_id}/{int(round_num):06d}"
+
+
+def _round_of(msg: Any) -> int | None:
+    rnd = getattr(msg, "round_num", None)
+    if rnd is None:
+        rnd = (getattr(msg, "detail", None) or {}).get("round_num")
+    return None if rnd is None else int(rnd)
+
+
+def round_scope(msg: Any) -> str | None:
+    """A message's (campaign, round) lock; its campaign's lock when it names no round."""
+    cid = _campaign_of(msg)
+    if cid is None:
+        return None
+    rnd = _round_of(msg)
+    return campaign_lock(cid) if rnd is None else round_lock(cid, rnd)
+
+
+def campaign_scope(msg: Any) -> str | None:
+    """A message's campaign lock (work whose rounds touch one shared record)."""
+    cid = _campaign_of(msg)
+    return None if cid is None else campaign_lock(cid)
+
+
+def handled_id(envelope: Any) -> bytes:
+    """The id that makes handling a message happen once: a chunked message's update id (any of
+    its chunks may be the one that completes it, on any replica), else the message id."""
+    chunk = getattr(envelope, "chunk", None)
+    return bytes(chunk["update_id"]) if chunk else bytes(envelope.msg_id)
+
+
 class ServiceRunner:
     """Runs a Service on a SecureEndpoint with a ServiceStore."""
 
-    def __init__(self, service: Service, endpoint: Any, store: ServiceStore, metrics: Any = None) -> None:
+    def __init__(
+        self, service: Service, endpoint: Any, store: ServiceStore, metrics: Any = None
+    ) -> None:
         self.service = service
         self.endpoint = endpoint
         self.store = store
@@ -119,7 +173,9 @@ class ServiceRunner:
         )
         self.subscribed = True
         if self.service.tick is not None:
-            self._tick_task = asyncio.create_task(self._tick_loop(), name=f"{self.service.name}-tick")
+            self._tick_task = asyncio.create_task(
+                self._tick_loop(), name=f"{self.service.name}-tick"
+            )
         if self.service.background is not None:
             self._background_task = asyncio.create_task(
                 self.service.background(self.metrics), name=f"{self.service.name}-background"
@@ -141,25 +197,46 @@ class ServiceRunner:
             log.debug("%s ignores %s", self.service.name, kind)
             return
         msg = payload if isinstance(payload, Message) else parse_payload(kind, payload)
-        msg_id = bytes(envelope.msg_id)
+        msg_id = handled_id(envelope)
         if self._already_handled(msg_id):
-            log.info("%s: %s %s already handled, acking the duplicate", self.service.name, kind, msg_id.hex())
+            log.info(
+                "%s: %s %s already handled, acking the duplicate",
+                self.service.name,
+                kind,
+                msg_id.hex(),
+            )
             return
         prepare = self.service.prepare.get(kind)
         extra = {"prepared": await prepare(msg, envelope)} if prepare is not None else {}
+        scope = self.service.lock_scope(msg)
+        chunk = getattr(envelope, "chunk", None)
 
-        def commit() -> None:
-            with self.store.transaction() as tx:
-                if tx.seen(msg_id):
-                    return
-                try:
-                    handler(CheckedTransaction(tx, self.service.name), msg, envelope, **extra)
-                except ConfigError as exc:  # a payload that validates as a message but not as config
-                    raise MalformedMessage(str(exc)) from exc
-                tx.mark_handled(msg_id, kind)
+        def commit() -> bool:
+            try:
+                with self.store.transaction() as tx:
+                    if scope is not None:  # replicas: one round's work at a time, latest state
+                        tx.lock(scope)
+                    # First: a replica handling a redelivered copy waits here for our commit,
+                    # then rolls back; the effect is never counted twice.
+                    tx.mark_handled(msg_id, kind)
+                    try:
+                        handler(CheckedTransaction(tx, self.service.name), msg, envelope, **extra)
+                    except (
+                        ConfigError
+                    ) as exc:  # a payload that validates as a message but not as config
+                        raise MalformedMessage(str(exc)) from exc
+                    if chunk:
+                        drop_assembly(tx, bytes(chunk["update_id"]))
+            except AlreadyHandled:
+                return False
+            return True
 
         try:
-            await asyncio.to_thread(commit)
+            if not await asyncio.to_thread(commit):
+                log.info(
+                    "%s: %s %s handled by another replica", self.service.name, kind, msg_id.hex()
+                )
+                return
         except EmitError as err:  # our fault, not the message's: retried, then dead-lettered
             log.error("%s: handling %s failed its own contract: %s", self.service.name, kind, err)
             raise RequeueMessage(str(err)[:200]) from err
@@ -182,23 +259,35 @@ class ServiceRunner:
             return tx.seen(msg_id)
 
     async def flush_outbox(self) -> int:
-        """Publish committed messages; each is removed only after the broker confirmed it."""
+        """Publish committed messages; each is removed only after the broker confirmed it.
+
+        Each message is claimed first (PostgreSQL: ``FOR UPDATE SKIP LOCKED``), so replicas
+        flushing one outbox never publish the same row at once; the claim of a replica that
+        dies ends with its database session and another replica publishes the row.
+        """
         published = 0
         async with self._flush_lock:
             while True:
-                heads = await asyncio.to_thread(self.store.pending_outbox_heads, 50)
-                if not heads:
+                claim = await asyncio.to_thread(self.store.claim_outbox)
+                if claim is None:
                     return published
-                for head in heads:  # one payload in memory at a time; just-committed ones cost no I/O
+                head = claim.head
+                try:  # one payload in memory at a time; just-committed ones cost no I/O
                     payload = self.store.cached_outbox_payload(head.id)
                     if payload is None:
                         payload = await asyncio.to_thread(self.store.outbox_payload, head.id)
                     await self.endpoint.publish(
-                        head.msg_type, payload, datasite_id=head.datasite_id, round_num=head.round_num
+                        head.msg_type,
+                        payload,
+                        datasite_id=head.datasite_id,
+                        round_num=head.round_num,
                     )
-                    await asyncio.to_thread(self.store.outbox_done, head.id)
-                    observe_emitted(self.metrics, head.msg_type, payload)
-                    published += 1
+                except BaseException:
+                    await asyncio.shield(asyncio.to_thread(claim.release))
+                    raise
+                await asyncio.to_thread(claim.done)
+                observe_emitted(self.metrics, head.msg_type, payload)
+                published += 1
 
     async def _tick_loop(self) -> None:
         tick = self.service.tick
@@ -218,5 +307,3 @@ class ServiceRunner:
                 raise
             except Exception:  # a failed tick is retried next interval; never kill the service
                 log.exception("%s: tick failed", self.service.name)
-
-

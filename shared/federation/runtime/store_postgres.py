@@ -101,7 +101,12 @@ class PostgresTransaction(Transaction):
     placeholder = "%s"
 
     def lock(self, name: str) -> None:
-        self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
+        # Named within the service's schema: security's and the aggregator's locks of one round
+        # are different locks in the shared database.
+        self._conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':' || %s, 0))",
+            (name,),
+        )
 
 
 class PostgresStore(ServiceStore):

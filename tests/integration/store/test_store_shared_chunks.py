@@ -1,0 +1,160 @@
+"""Replicas on one PostgreSQL schema: chunks of one update meet in the store, outbox rows go out once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+import torch
+from federation.crypto import KeyRing, Sealer, SigningIdentity, TrustStore
+from federation.errors import ChunkError
+from federation.runtime.service import Service, ServiceRunner, handled_id
+from federation.runtime.shared_chunks import SharedChunkAssembler, drop_assembly
+from federation.wire.envelope import decode_envelope
+
+pytestmark = pytest.mark.integration
+
+LIMIT = 64 * 1024  # small messages: a 1 MB update is ~16 chunks
+
+
+@pytest.fixture
+def replicas(pg_url, tmp_path):
+    """Factory of (store, receiving sealer) pairs sharing one schema and blob directory."""
+    from federation.runtime.store_postgres import PostgresStore
+
+    ring = KeyRing("k1", {"k1": os.urandom(32)})
+    ident = SigningIdentity.generate("connector")
+    trust = TrustStore({"connector": ident.public_bytes()})
+    sender = Sealer(ring, sender="connector", identity=ident, max_message_bytes=LIMIT)
+    opened = []
+
+    def _open():
+        store = PostgresStore(pg_url, schema="pdmfed_security", blob_dir=tmp_path / "blobs")
+        opened.append(store)
+        receiver = Sealer(ring, sender="security", trust=trust, max_message_bytes=LIMIT)
+        receiver.assembler = SharedChunkAssembler(store, max_chunk_bytes=LIMIT)
+        return store, receiver
+
+    yield sender, _open
+    for store in opened:
+        store.close()
+
+
+def _update(seed: int = 0) -> dict:
+    delta = torch.randn(256 * 1024, generator=torch.Generator().manual_seed(seed))
+    return {
+        "campaign_id": "c1",
+        "round_num": 1,
+        "datasite_id": "f1",
+        "model_version": 0,
+        "delta": {"w": delta},
+        "num_samples": 7,
+        "metrics": {},
+    }
+
+
+def test_when_the_chunks_of_one_update_reach_two_replicas__exactly_one_completes_it(replicas):
+    sender, open_replica = replicas
+    (store_a, a), (_, b) = open_replica(), open_replica()
+    update = _update()
+    bodies = sender.seal("update.raw", update, datasite_id="f1", round_num=1)
+    assert len(bodies) > 8
+    opened = [(a if i % 2 else b).open(body) for i, body in enumerate(bodies)]
+    complete = [o for o in opened if o is not None]
+    assert len(complete) == 1  # only the chunk that completed it, on whichever replica
+    assert torch.equal(complete[0].payload["delta"]["w"], update["delta"]["w"])
+    assert complete[0].payload["num_samples"] == 7
+    assert b.assembler.pending == 1  # kept until the handler's transaction drops it
+    with store_a.transaction() as tx:
+        drop_assembly(tx, handled_id(complete[0].envelope))
+    assert a.assembler.pending == 0
+    assert store_a.read("chunk/" + handled_id(complete[0].envelope).hex() + "/00000") is None
+
+
+def test_when_two_replicas_commit_the_last_chunks_at_once__one_sees_the_update_complete(replicas):
+    sender, open_replica = replicas
+    (_, a), (_, b) = open_replica(), open_replica()
+    bodies = sender.seal("update.raw", _update(1), datasite_id="f1", round_num=1)
+    for body in bodies[:-2]:
+        assert a.open(body) is None
+    results: list = [None, None]
+    start = threading.Barrier(2)
+
+    def run(i: int, sealer: Sealer) -> None:
+        start.wait()
+        results[i] = sealer.open(bodies[-2 + i])
+
+    threads = [threading.Thread(target=run, args=(i, s)) for i, s in enumerate((a, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(r is not None for r in results) == 1
+
+
+def test_when_a_replica_dies_after_the_last_chunk__its_redelivery_completes_the_update_once(
+    replicas,
+):
+    sender, open_replica = replicas
+    (store_a, a), (_, b) = open_replica(), open_replica()
+    bodies = sender.seal("update.raw", _update(2), datasite_id="f1", round_num=1)
+    for body in bodies[:-1]:
+        a.open(body)
+    assert a.open(bodies[-1]) is not None  # ... and replica a is killed before handling it
+    again = b.open(bodies[-1])  # the broker redelivers the unacked last chunk to b
+    assert again is not None
+    uid = handled_id(again.envelope)
+    with store_a.transaction() as tx:  # b handles it: effect, inbox and chunk drop together
+        tx.mark_handled(uid, "update.raw")
+        drop_assembly(tx, uid)
+    _, c = open_replica()  # a replica that never saw it (its own replay memory)
+    assert c.open(bodies[-1]) is None  # a later copy adds nothing: the update was handled
+    assert c.assembler.pending == 0
+
+
+def test_when_a_chunk_claims_another_size_for_a_started_update__it_is_refused_as_foreign(replicas):
+    sender, open_replica = replicas
+    (_, a), (_, b) = open_replica(), open_replica()
+    bodies = sender.seal("update.raw", _update(3), datasite_id="f1", round_num=1)
+    a.open(bodies[0])
+    other = sender.seal("update.raw", _update(4), datasite_id="f1", round_num=1)
+    env = decode_envelope(other[1])
+    foreign_uid = env.chunk["update_id"]
+    # a second update from the same sender is its own assembly, not foreign
+    assert b.open(other[1]) is None
+    assert foreign_uid != decode_envelope(bodies[0]).chunk["update_id"]
+    with pytest.raises(ChunkError):
+        b.assembler.commit(dict(decode_envelope(bodies[1]).chunk), b"x", b"y")  # never reserved
+
+
+class _Recorder:
+    """The publishing side of an endpoint: what was published, in order."""
+
+    def __init__(self) -> None:
+        self.published: list[int] = []
+
+    async def publish(self, msg_type, payload, *, datasite_id="", round_num=0) -> int:
+        await asyncio.sleep(0.002)  # the broker's confirm: the other replica flushes meanwhile
+        self.published.append(int(payload["n"]))
+        return 1
+
+
+def test_when_two_replicas_flush_one_outbox_at_once__every_row_is_published_exactly_once(replicas):
+    _, open_replica = replicas
+    (store_a, _), (store_b, _) = open_replica(), open_replica()
+    with store_a.transaction() as tx:
+        for n in range(60):
+            tx.emit("round.close", {"n": n})
+    a, b = _Recorder(), _Recorder()
+    service = Service(name="security", queue="q")
+    runners = [ServiceRunner(service, a, store_a), ServiceRunner(service, b, store_b)]
+
+    async def both() -> list[int]:
+        return list(await asyncio.gather(*(r.flush_outbox() for r in runners)))
+
+    counts = asyncio.run(both())
+    assert sorted(a.published + b.published) == list(range(60))
+    assert all(c > 0 for c in counts), counts  # both replicas took part
+    assert store_a.pending_outbox_heads() == []
