@@ -227,11 +227,12 @@ def _process_settings(
     import secrets
 
     from federation.config import Settings
-    from federation.runtime.launch import SERVICE_KEYS, ensure_identities
+    from federation.runtime.launch import ensure_identities
+    from federation.runtime.registry import SERVICE_NAMES
     from federation.runtime.roles import write_roles_file
 
     keys = state_dir.parent / "keys"
-    senders = [*SERVICE_KEYS, "orchestrator"]
+    senders = [*SERVICE_NAMES, "orchestrator"]
     ensure_identities(keys, senders)
     write_roles_file(keys, {sender: sender for sender in senders})  # each sender id is its role
     passphrase, salt = secrets.token_urlsafe(32), secrets.token_hex(16)

@@ -1,4 +1,12 @@
-"""Render deploy/rabbitmq/definitions.json with real password hashes read from the environment.
+"""Generate deploy/rabbitmq/definitions.json from the code; render a copy with real password hashes.
+
+The topology (exchanges, queues, bindings, policies) and the users' permissions and topic
+permissions derive from the service registry and the message contracts. After changing either:
+
+    python deploy/rabbitmq/definitions_tool.py generate deploy/rabbitmq/definitions.json
+
+rewrites those sections in place (users, vhosts and versions are kept); a deploy test fails
+while the committed file and the code disagree.
 
 The committed definitions.json carries hashes of public placeholder passwords (see
 .env.example) and no administrator. A real deployment renders its own copy, with each
@@ -26,7 +34,12 @@ import secrets
 import sys
 from typing import Any
 
-__all__ = ["HASHING_ALGORITHM", "hash_password", "verify_password", "password_env_var", "render"]
+__all__ = ["HASHING_ALGORITHM", "hash_password", "verify_password", "password_env_var", "render", "generate"]
+
+#: The vhost the committed definitions declare.
+VHOST = "pdmfed"
+#: The sections :func:`generate` derives from the code.
+DERIVED = ("permissions", "topic_permissions", "policies", "queues", "exchanges", "bindings")
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 _SALT_BYTES = 4
@@ -93,12 +106,27 @@ def render(definitions: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def generate(definitions: dict[str, Any], vhost: str = VHOST) -> dict[str, Any]:
+    """Copy of ``definitions`` whose topology and permissions are the code's (bus.topology,
+    bus.permissions); every other section is kept as it is."""
+    from federation.bus.permissions import permission_definitions
+    from federation.bus.topology import as_definitions
+
+    derived = {**permission_definitions(vhost), **as_definitions(vhost=vhost)}
+    return {key: derived[key] if key in DERIVED else value for key, value in definitions.items()}
+
+
 def _main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "render":
+    if len(argv) != 2 or argv[0] not in ("render", "generate"):
         print(__doc__, file=sys.stderr)
         return 2
     with open(argv[1], encoding="utf-8") as fh:
         definitions = json.load(fh)
+    if argv[0] == "generate":
+        with open(argv[1], "w", encoding="utf-8") as fh:
+            json.dump(generate(definitions), fh, indent=2)
+            fh.write("\n")
+        return 0
     from federation.errors import ConfigError
 
     try:

@@ -248,7 +248,7 @@ def observe(metrics: Any, store: Any, campaign_id: str | None) -> None:
             )
 
 
-def build_service(queue: str = "pdmfed.dispatch", tick_interval_s: float = 0.5) -> Service:
+def build_service(queue: str = "pdmfed.trainer-dispatch", tick_interval_s: float = 0.5) -> Service:
     """The trainer-dispatch service."""
     return Service(
         name="trainer-dispatch",

@@ -36,7 +36,7 @@ DESIGN_METRICS = {
 SERVICES = ("connector", "trainer-dispatch", "security", "aggregator")
 SERVICE_QUEUES = {
     "connector": "pdmfed.connector",
-    "trainer-dispatch": "pdmfed.dispatch",
+    "trainer-dispatch": "pdmfed.trainer-dispatch",
     "security": "pdmfed.security",
     "aggregator": "pdmfed.aggregator",
 }

@@ -104,11 +104,12 @@ def service_env(amqp_url: str, prefix: str, keys: Path, trust_dir: Path, *, redi
     """Environment of a deployed service: secrets and wiring come from here, never argv."""
     import secrets as _secrets
 
-    from federation.runtime.launch import SERVICE_KEYS, ensure_identities
+    from federation.runtime.launch import ensure_identities
+    from federation.runtime.registry import SERVICE_NAMES
     from federation.runtime.roles import write_roles_file
 
-    ensure_identities(keys, [*SERVICE_KEYS, "orchestrator"])
-    write_roles_file(keys, {s: s for s in [*SERVICE_KEYS, "orchestrator"]})  # as `keys init` does
+    ensure_identities(keys, [*SERVICE_NAMES, "orchestrator"])
+    write_roles_file(keys, {s: s for s in [*SERVICE_NAMES, "orchestrator"]})  # as `keys init` does
     (keys / "factories").mkdir(exist_ok=True)
     for pub in trust_dir.iterdir():
         (keys / "factories" / pub.name).write_bytes(pub.read_bytes())

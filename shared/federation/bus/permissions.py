@@ -11,7 +11,7 @@ Per role (user ``pdmfed-<role>``), on the deployment's vhost:
   source of its bindings).
 - topic permissions, on both exchanges (RabbitMQ allows every routing key on an exchange a
   user has no topic permission for, so both are always set): write only the message types
-  the role sends on the main exchange and only ``dead.<its queue key>`` on the DLX; read
+  the role sends on the main exchange and only ``dead.<its role>`` on the DLX; read
   (the binding keys it may bind) nothing, except the orchestrator's event types.
 
 Which message types a role sends and the orchestrator follows come from the message contracts
@@ -24,7 +24,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from federation.bus.topology import DEFAULT_TOPOLOGY, QUEUE_KEYS, Topology
+from federation.bus.topology import DEFAULT_TOPOLOGY, Topology
+from federation.roles import ENVELOPE_ROLES, Role
 
 __all__ = [
     "ROLES",
@@ -32,32 +33,24 @@ __all__ = [
     "event_keys",
     "broker_user",
     "publish_keys",
-    "queue_key",
     "permissions",
     "topic_permissions",
     "permission_definitions",
 ]
 
-ORCHESTRATOR = "orchestrator"
+ORCHESTRATOR = Role.ORCHESTRATOR.value
 #: Everyone with a broker user: the orchestrator and the four services.
-ROLES = (ORCHESTRATOR, "connector", "trainer-dispatch", "security", "aggregator")
+ROLES: tuple[str, ...] = tuple(r.value for r in ENVELOPE_ROLES)
 #: The orchestrator's event queue: aio-pika's robust channel names an unnamed queue
 #: ``amq_<uuid4 hex>`` itself (to redeclare it after a reconnect); exclusive to its connection.
 _EVENT_QUEUE = r"amq_[0-9a-f]{32}"
 _NOTHING = "^$"
-_QUEUE_KEYS = {**QUEUE_KEYS, ORCHESTRATOR: ORCHESTRATOR}
 
 
 def broker_user(role: str, prefix: str = "pdmfed") -> str:
     """The RabbitMQ user of ``role`` (``pdmfed-connector``; tests use their own prefix)."""
     _check(role)
     return f"{prefix}-{role}"
-
-
-def queue_key(role: str) -> str:
-    """The topology key of ``role``'s queue (``pdmfed.<key>``) and dead-letter routing key."""
-    _check(role)
-    return _QUEUE_KEYS[role]
 
 
 def publish_keys(role: str) -> tuple[str, ...]:
@@ -94,7 +87,7 @@ def permissions(role: str, topology: Topology = DEFAULT_TOPOLOGY) -> dict[str, s
                 "write": f"^({'|'.join(map(re.escape, exchanges))}|{_EVENT_QUEUE})$",
                 "read": f"^({re.escape(topology.exchange.name)}|{_EVENT_QUEUE})$"}
     return {"configure": _NOTHING, "write": _exactly(exchanges),
-            "read": _exactly([topology.queue(queue_key(role)).name])}
+            "read": _exactly([topology.queue(role).name])}
 
 
 def topic_permissions(role: str, topology: Topology = DEFAULT_TOPOLOGY) -> list[dict[str, str]]:
@@ -102,7 +95,7 @@ def topic_permissions(role: str, topology: Topology = DEFAULT_TOPOLOGY) -> list[
     binds = event_keys() if role == ORCHESTRATOR else ()
     return [
         {"exchange": topology.exchange.name, "write": _exactly(publish_keys(role)), "read": _exactly(binds)},
-        {"exchange": topology.dlx.name, "write": _exactly([f"dead.{queue_key(role)}"]), "read": _NOTHING},
+        {"exchange": topology.dlx.name, "write": _exactly([f"dead.{role}"]), "read": _NOTHING},
     ]
 
 

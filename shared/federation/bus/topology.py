@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from federation.runtime.registry import SERVICE_SPECS
+from federation.runtime.registry import SERVICE_NAMES
 
 __all__ = [
     "ExchangeType",
@@ -23,7 +23,6 @@ __all__ = [
     "DEAD_QUEUE",
     "SERVICE_QUEUES",
     "SERVICES",
-    "QUEUE_KEYS",
     "topic_matches",
     "declare_topology",
     "delete_topology",
@@ -40,9 +39,8 @@ DEAD_QUEUE_MAX_LENGTH = 100_000
 #: (100,000 bodies of 8 MiB would be 800 GB on the broker).
 DEAD_QUEUE_MAX_BYTES = 1024**3
 
-#: Service name (its role) -> its queue's name after the prefix (``pdmfed.<key>``).
-QUEUE_KEYS: dict[str, str] = {name: spec.queue_key for name, spec in SERVICE_SPECS.items()}
-SERVICES = tuple(QUEUE_KEYS.values())
+#: The services (their roles): each has the queue ``<prefix>.<role>``.
+SERVICES: tuple[str, ...] = SERVICE_NAMES
 
 
 def _bindings() -> dict[str, tuple[tuple[str, str], ...]]:
@@ -50,7 +48,7 @@ def _bindings() -> dict[str, tuple[tuple[str, str], ...]]:
 
     return {
         msg_type.value: tuple(
-            (QUEUE_KEYS[role], why) for role, why in c.consumers if role in QUEUE_KEYS
+            (role.value, why) for role, why in c.consumers if role.value in SERVICES
         )
         for msg_type, c in CONTRACTS.items()
     }

@@ -13,7 +13,6 @@ from federation.config import Settings
 from federation.crypto.signing import TrustStore
 from federation.orchestrator.client import CampaignClient, CampaignRecord
 from federation.runtime.launch import (
-    SERVICE_KEYS,
     ServiceNode,
     ensure_identities,
     keys_dir_of,
@@ -55,10 +54,10 @@ class EmbeddedFederation:
         health: bool = False,
         services: tuple[str, ...] = SERVICE_NAMES,
     ) -> None:
-        unknown = sorted(set(services) - set(SERVICE_KEYS))
+        unknown = sorted(set(services) - set(SERVICE_NAMES))
         if unknown:
-            raise ValueError(f"unknown service(s) {unknown}; choose from {sorted(SERVICE_KEYS)}")
-        if not settings.amqp_url and set(services) != set(SERVICE_KEYS):
+            raise ValueError(f"unknown service(s) {unknown}; choose from {sorted(SERVICE_NAMES)}")
+        if not settings.amqp_url and set(services) != set(SERVICE_NAMES):
             raise ValueError("running only some services in-process needs a broker (PDMFED_AMQP_URL)")
         self.settings = settings
         self.services = tuple(services)
@@ -84,7 +83,7 @@ class EmbeddedFederation:
         widen_thread_pool()
         kd = keys_dir_of(self.settings)
         if kd is not None:
-            ensure_identities(kd, [*SERVICE_KEYS, ORCHESTRATOR_SENDER])
+            ensure_identities(kd, [*SERVICE_NAMES, ORCHESTRATOR_SENDER])
         self.roles = self._sender_roles(kd)
         if not self.settings.amqp_url:
             self._broker = InMemoryBroker(self.topology or topology_of(self.settings))
@@ -115,7 +114,7 @@ class EmbeddedFederation:
             comm_manager=self.comm_manager if name == "connector" else None,
             datasite_registry=self.datasite_registry if name == "connector" else None,
             factory_trust=self.factory_trust if name == "security" else None,
-            store_path=state_dir / f"{SERVICE_KEYS[name]}.sqlite",
+            store_path=state_dir / f"{name}.sqlite",
             health_port=0 if self.health else None,
             roles=self.roles,
         )

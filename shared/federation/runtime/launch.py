@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from federation.config import Settings
 from federation.crypto.signing import SigningIdentity, TrustStore
 from federation.errors import ConfigError
-from federation.runtime.registry import SERVICE_SPECS, BuildContext, service_spec
+from federation.runtime.registry import BuildContext, service_spec
 from federation.runtime.roles import SenderRoles
 from federation.runtime.service import Service, ServiceRunner
 from federation.runtime.store import ServiceStore, open_store
@@ -22,7 +22,6 @@ from federation.runtime.trust import TrustedKeys, load_factory_trust
 from federation.wire.contracts import ENVELOPE_ROLES
 
 __all__ = [
-    "SERVICE_KEYS",
     "ServiceNode",
     "make_bus",
     "make_sealer",
@@ -36,10 +35,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Service name -> its queue key (pdmfed.<key>), from the service registry.
-SERVICE_KEYS = {name: spec.queue_key for name, spec in SERVICE_SPECS.items()}
-
 
 def _sender(settings: Settings, name: str) -> str:
     return settings.service_id or name
@@ -128,7 +123,7 @@ def build_service_logic(
 ) -> Service:
     """The Service (handlers) for one service name, built as its registry entry says."""
     spec = service_spec(name)
-    q = queue or topology_of(settings).queue(spec.queue_key).name
+    q = queue or topology_of(settings).queue(spec.name).name
     return spec.build(BuildContext(q, comm_manager=comm_manager, factory_trust=factory_trust, store=store,
                                    settings=settings, datasite_registry=datasite_registry, metrics=metrics))
 
@@ -180,15 +175,15 @@ async def start_node(
     from federation.runtime.allocator import keep_freed_buffers
 
     keep_freed_buffers()  # message buffers are reused warm, not faulted in afresh per message
-    key = SERVICE_KEYS[name]
+    service_spec(name)  # KeyError naming the services for an unknown one
     sender = _sender(settings, name)
     sealer = make_sealer(settings, sender, role=name)
     if roles is None:  # refuse to start before anything connects
         roles = sender_roles(settings, sealer.trust.senders if sealer.trust is not None else ())
-    bus = make_bus(settings, key, broker=broker, topology=topology)
+    bus = make_bus(settings, name, broker=broker, topology=topology)
     await bus.start()
     metrics = Metrics(name, registry)
-    store = open_store(settings, key, path=store_path)  # PDMFED_STATE_URL: PostgreSQL, else SQLite
+    store = open_store(settings, name, path=store_path)  # PDMFED_STATE_URL: PostgreSQL, else SQLite
     if store.backend == "postgresql":  # replicas: chunks meet in the shared store, not one process
         from federation.runtime.shared_chunks import SharedChunkAssembler
 
@@ -197,7 +192,7 @@ async def start_node(
         )
     endpoint = SecureEndpoint(bus, sealer, metrics, name, roles=roles)
     _relearn_campaigns(endpoint, store)
-    queue = (topology or topology_of(settings)).queue(key).name
+    queue = (topology or topology_of(settings)).queue(name).name
     service = build_service_logic(name, settings, comm_manager=comm_manager, factory_trust=factory_trust,
                                   queue=queue, store=store, datasite_registry=datasite_registry,
                                   metrics=metrics)

@@ -30,11 +30,10 @@ class BuildContext:
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """One service: the CLI, launchers, topology, metrics and sender id all use ``name``."""
+    """One service: the CLI, launchers, queue (``<prefix>.<name>``), store, topology, metrics
+    and sender id all use ``name``, its role."""
 
     role: Role
-    #: Its queue is ``<prefix>.<queue_key>``; deployed brokers and stores already use these.
-    queue_key: str
     build: Callable[[BuildContext], Any]
     #: Handlers running at once (the connector trains every datasite of a round in parallel).
     concurrency: int = 1
@@ -123,10 +122,10 @@ def _warm_up_kernels() -> None:
 SERVICE_SPECS: dict[str, ServiceSpec] = {
     s.name: s
     for s in (
-        ServiceSpec(Role.CONNECTOR, "connector", _build_connector, concurrency=16),
-        ServiceSpec(Role.TRAINER_DISPATCH, "dispatch", _build_dispatch),
-        ServiceSpec(Role.SECURITY, "security", _build_security, on_start=_warm_up_kernels),
-        ServiceSpec(Role.AGGREGATOR, "aggregator", _build_aggregator, on_start=_warm_up_kernels),
+        ServiceSpec(Role.CONNECTOR, _build_connector, concurrency=16),
+        ServiceSpec(Role.TRAINER_DISPATCH, _build_dispatch),
+        ServiceSpec(Role.SECURITY, _build_security, on_start=_warm_up_kernels),
+        ServiceSpec(Role.AGGREGATOR, _build_aggregator, on_start=_warm_up_kernels),
     )
 }
 SERVICE_NAMES: tuple[str, ...] = tuple(SERVICE_SPECS)

@@ -412,9 +412,10 @@ def open_store(
     path: str | Path | None = None,
     collect_orphans: bool = True,
 ) -> ServiceStore:
-    """The store ``settings`` select for one service (``service_key``: dispatch, security, ...).
+    """The store ``settings`` select for one service (``service_key``: its name, e.g. security).
 
-    ``PDMFED_STATE_URL=postgresql://...``: schema ``pdmfed_<service_key>`` in that database and
+    ``PDMFED_STATE_URL=postgresql://...``: schema ``pdmfed_<service_key>`` (``-`` as ``_``, the
+    identifier PostgreSQL takes unquoted: ``pdmfed_trainer_dispatch``) in that database and
     blob files in ``PDMFED_BLOB_DIR/<service_key>`` (a directory every replica of the service
     mounts; default ``PDMFED_STATE_DIR/blobs``). Unset: SQLite at ``path`` (default
     ``PDMFED_STATE_DIR/<service_key>.sqlite``). ``collect_orphans``: the owning service removes
@@ -432,7 +433,7 @@ def open_store(
         blob_root = settings.blob_dir or Path(settings.state_dir) / "blobs"
         return PostgresStore(
             url,
-            schema=f"pdmfed_{service_key}",
+            schema="pdmfed_" + service_key.replace("-", "_"),
             blob_dir=Path(blob_root) / service_key,
             collect_orphans=collect_orphans,
             inbox_retention_s=retention,

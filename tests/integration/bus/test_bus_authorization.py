@@ -12,7 +12,6 @@ import torch
 from bus_helpers import RABBIT_UP, BusFactory, unique_topology, wait_for
 from federation.bus.base import Delivery, dead_letter_info
 from federation.bus.middleware import SecureEndpoint
-from federation.bus.topology import QUEUE_KEYS
 from federation.campaign import CampaignConfig
 from federation.crypto.keys import KeyRing
 from federation.crypto.sealer import Sealer
@@ -104,7 +103,7 @@ class Plane:
                 client.on_event = lambda kind, p, rec, c=consumer: c.handled.append(kind.encode())
                 await client.listen()
             else:
-                queue = self.buses.topology.queue(QUEUE_KEYS[str(role)]).name
+                queue = self.buses.topology.queue(str(role)).name
                 await endpoint.subscribe(queue, record)
 
         async def on_dead(d: Delivery) -> None:

@@ -16,7 +16,7 @@ import uuid
 import aio_pika
 import aiormq
 import pytest
-from federation.bus.permissions import ROLES, event_keys, publish_keys, queue_key
+from federation.bus.permissions import ROLES, event_keys, publish_keys
 from federation.bus.topology import DEFAULT_TOPOLOGY
 from federation.wire.messages import MsgType
 from scratch_broker import ScratchBroker, rabbitmqctl
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 TOPO = DEFAULT_TOPOLOGY
 EXCHANGE, DLX, DEAD = TOPO.exchange.name, TOPO.dlx.name, TOPO.dead_queue.name
-SERVICE_QUEUES = {role: TOPO.queue(queue_key(role)).name for role in ROLES if role != "orchestrator"}
+SERVICE_QUEUES = {role: TOPO.queue(role).name for role in ROLES if role != "orchestrator"}
 ALL_TYPES = tuple(t.value for t in MsgType)
 
 
@@ -108,12 +108,12 @@ def passive(queue: str):
 
 def _expectations(role: str) -> dict[str, tuple[str, object]]:
     """label -> (expected outcome, operation) for one role's user."""
-    own_dead = f"dead.{queue_key(role)}"
+    own_dead = f"dead.{role}"
     cases: dict[str, tuple[str, object]] = {}
     for key in ALL_TYPES:
         cases[f"publish {key}"] = ("ok" if key in publish_keys(role) else "refused", publish(EXCHANGE, key))
     for other in ROLES:
-        dead = f"dead.{queue_key(other)}"
+        dead = f"dead.{other}"
         cases[f"dead-letter as {other}"] = ("ok" if dead == own_dead else "refused", publish(DLX, dead))
     cases["publish '#' pattern key"] = ("refused", publish(EXCHANGE, "#"))
     cases["publish via amq.topic"] = ("refused", publish("amq.topic", "update.screened"))
@@ -189,17 +189,17 @@ async def test_services_run_a_campaign_with_only_their_own_permissions_and_decla
     from federation.monitoring import Metrics
     from federation.orchestrator.client import CampaignClient
     from federation.runtime.launch import (
-        SERVICE_KEYS,
         ensure_identities,
         make_bus,
         make_sealer,
         sender_roles,
         start_node,
     )
+    from federation.runtime.registry import SERVICE_NAMES
     from prometheus_client import CollectorRegistry
 
     keys = tmp_path / "keys"
-    ensure_identities(keys, [*SERVICE_KEYS, "orchestrator"])
+    ensure_identities(keys, [*SERVICE_NAMES, "orchestrator"])
 
     async def dead_letters() -> int:
         admin = await aio_pika.connect(broker.url())
@@ -220,7 +220,7 @@ async def test_services_run_a_campaign_with_only_their_own_permissions_and_decla
     nodes = []
     client_bus = None
     try:
-        for name in SERVICE_KEYS:
+        for name in SERVICE_NAMES:
             nodes.append(await start_node(name, settings(name), registry=metrics, datasite_registry=registry,
                                           store_path=tmp_path / f"{name}.sqlite"))
         assert all(node.ready() for node in nodes)
@@ -265,7 +265,7 @@ async def test_a_service_told_to_declare_the_topology_stops_with_one_line_saying
     from federation.bus.rabbitmq import RabbitBus
     from federation.errors import ConfigError
 
-    bus = RabbitBus(broker.url(role), service=queue_key(role), topology=TOPO, declare=True, connect_give_up_s=5)
+    bus = RabbitBus(broker.url(role), service=role, topology=TOPO, declare=True, connect_give_up_s=5)
     with pytest.raises(ConfigError, match="PDMFED_DECLARE_TOPOLOGY=false") as info:
         await bus.start()
     assert "\n" not in str(info.value) and broker.passwords[role] not in str(info.value)

@@ -42,7 +42,7 @@ async def test_when_routing_key_matches_several_bindings__each_queue_gets_a_copy
 ):
     bus = await buses.make()
     topo = buses.topology
-    seen: dict[str, list[str]] = {s: [] for s in ("aggregator", "dispatch", "security")}
+    seen: dict[str, list[str]] = {s: [] for s in ("aggregator", "trainer-dispatch", "security")}
     for service, keys in seen.items():
 
         async def handler(d: Delivery, keys: list[str] = keys) -> None:
@@ -57,7 +57,7 @@ async def test_when_routing_key_matches_several_bindings__each_queue_gets_a_copy
     await wait_for(lambda: len(events) == 1)
     await asyncio.sleep(0.2)
     assert seen["aggregator"] == ["round.close"]
-    assert seen["dispatch"] == []
+    assert seen["trainer-dispatch"] == []
     assert seen["security"] == ["round.close", "update.raw"]
     assert [e.routing_key for e in events] == ["update.raw"]
 
@@ -127,7 +127,7 @@ async def test_when_handler_raises_a_bug__consumer_survives_and_message_is_retri
             raise ValueError("handler bug")
         handled.append(d.body)
 
-    await bus.consume(buses.topology.queue("dispatch").name, buggy)
+    await bus.consume(buses.topology.queue("trainer-dispatch").name, buggy)
     await bus.publish("datasite.status", b"first")
     await bus.publish("datasite.status", b"second")
     await wait_for(lambda: sorted(handled) == [b"first", b"second"])

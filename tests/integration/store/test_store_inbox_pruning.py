@@ -61,7 +61,7 @@ async def test_when_a_message_older_than_the_window_is_replayed__it_is_refused_t
 
     def receiver() -> Sealer:  # a fresh seen-id memory: a restarted or other replica
         guard = ReplayGuard(InMemorySeenStore(clock=clock), window, clock=clock)
-        return Sealer(ring, sender="dispatch", trust=trust, replay=guard, window_s=window)
+        return Sealer(ring, sender="trainer-dispatch", trust=trust, replay=guard, window_s=window)
 
     topology = Topology().with_prefix("prune-test")
     broker = InMemoryBroker(topology)
@@ -71,7 +71,7 @@ async def test_when_a_message_older_than_the_window_is_replayed__it_is_refused_t
         handled.append(msg.status)
         tx.put("handled", len(handled))
 
-    queue = topology.queue("dispatch").name
+    queue = topology.queue("trainer-dispatch").name
     service = Service(name="trainer-dispatch", queue=queue, handlers={"datasite.status": on_status})
     dead = topology.dead_queue.name
     running: list = []

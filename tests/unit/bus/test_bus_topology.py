@@ -67,7 +67,7 @@ def test_when_declaring_a_service_queue__it_is_quorum_with_limit_ttl_and_dlx():
         "x-dead-letter-routing-key": "dead.security",
     }
     assert (EXCHANGE, DLX, DEAD_QUEUE) == ("pdmfed", "pdmfed.dlx", "pdmfed.dead")
-    assert SERVICE_QUEUES["dispatch"].name == "pdmfed.dispatch"
+    assert SERVICE_QUEUES["trainer-dispatch"].name == "pdmfed.trainer-dispatch"
 
 
 def test_when_prefixed__every_name_moves_with_the_prefix():
@@ -89,7 +89,7 @@ def test_when_exported_as_definitions__exchanges_queues_bindings_and_policies_ma
     queues = {q["name"]: q for q in defs["queues"]}
     assert set(queues) == {
         "pdmfed.connector",
-        "pdmfed.dispatch",
+        "pdmfed.trainer-dispatch",
         "pdmfed.security",
         "pdmfed.aggregator",
         "pdmfed.dead",

@@ -26,7 +26,7 @@ def test_when_a_models_largest_update_is_encoded__it_fits_the_limit_and_the_limi
 async def test_when_a_service_restarts__the_stored_campaigns_cap_updates_again(tmp_path):
     settings = Settings(demo=True, state_dir=tmp_path)
     cfg = CampaignConfig(campaign_id="c1", training=TrainingConfig(model_type="cnn"))
-    store = open_store(settings, "dispatch")
+    store = open_store(settings, "trainer-dispatch")
     with store.transaction() as tx:  # dispatch keeps the config inside its campaign record
         tx.put("campaign/c1", {"config": cfg.to_payload(), "status": "running", "round": 1})
     store.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from federation.bus.topology import BINDINGS, QUEUE_KEYS
+from federation.bus.topology import BINDINGS
 from federation.errors import ConfigError, ForbiddenError
 from federation.provision import trusted_senders
 from federation.runtime.roles import SenderRoles, load_sender_roles, parse_sender_roles
@@ -50,7 +50,7 @@ def test_a_role_publishes_exactly_what_it_may_send():
 
 def test_bindings_are_the_service_consumers_of_the_contracts():
     for msg_type, c in CONTRACTS.items():
-        want = {QUEUE_KEYS[r] for r in c.consumer_roles if r in SERVICE_ROLES}
+        want = {r.value for r in c.consumer_roles if r in SERVICE_ROLES}
         assert {q for q, _ in BINDINGS[msg_type.value]} == want
 
 
