@@ -237,10 +237,10 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
         name="aggregator",
         queue=queue,
         handlers={
-            "campaign.start": on_campaign_start,
-            "round.open": on_round_open,
-            "round.close": on_round_close,
-            "update.screened": on_verdict(True),
-            "update.rejected": on_verdict(False),
+            CampaignStart: on_campaign_start,
+            RoundOpen: on_round_open,
+            RoundClose: on_round_close,
+            UpdateScreened: on_verdict(True),
+            UpdateRejected: on_verdict(False),
         },
     )

@@ -315,8 +315,8 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
     return Service(
         name="connector",
         queue=queue,
-        handlers={"campaign.start": on_campaign_start, "round.open": on_round_open,
-                  "train.request": on_train_request, "campaign.completed": on_campaign_completed},
-        prepare={"train.request": logic.prepare_train},
+        handlers={CampaignStart: on_campaign_start, RoundOpen: on_round_open,
+                  TrainRequest: on_train_request, CampaignCompleted: on_campaign_completed},
+        prepare={TrainRequest: logic.prepare_train},
         background=logic.watch_sessions,
     )

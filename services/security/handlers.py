@@ -134,5 +134,5 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
     return Service(
         name="security",
         queue=queue,
-        handlers={"campaign.start": on_campaign_start, "update.raw": on_update_raw, "round.close": on_round_close},
+        handlers={CampaignStart: on_campaign_start, UpdateRaw: on_update_raw, RoundClose: on_round_close},
     )

@@ -254,9 +254,9 @@ def build_service(queue: str = "pdmfed.trainer-dispatch", tick_interval_s: float
         name="trainer-dispatch",
         queue=queue,
         handlers={
-            "campaign.start": on_campaign_start,
-            "datasite.status": on_datasite_status,
-            "round.completed": on_round_completed,
+            CampaignStart: on_campaign_start,
+            DatasiteStatus: on_datasite_status,
+            RoundCompleted: on_round_completed,
         },
         tick=on_tick,
         tick_interval_s=tick_interval_s,

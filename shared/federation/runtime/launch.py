@@ -124,7 +124,7 @@ def build_service_logic(
     """The Service (handlers) for one service name, built as its registry entry says."""
     spec = service_spec(name)
     q = queue or topology_of(settings).queue(spec.name).name
-    return spec.build(BuildContext(q, comm_manager=comm_manager, factory_trust=factory_trust, store=store,
+    return spec.build_service(BuildContext(q, comm_manager=comm_manager, factory_trust=factory_trust, store=store,
                                    settings=settings, datasite_registry=datasite_registry, metrics=metrics))
 
 

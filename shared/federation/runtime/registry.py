@@ -45,11 +45,25 @@ class ServiceSpec:
         return self.role.value
 
     @property
-    def consumes(self) -> tuple[str, ...]:
-        """The message types bound to its queue: exactly the ones it has a handler for."""
-        from federation.wire.contracts import consumed_keys
+    def consumes(self) -> tuple[type, ...]:
+        """The message classes the contracts say it consumes: its queue is bound to their routing
+        keys and its service's handler table has exactly these keys (checked when it is built)."""
+        from federation.wire.contracts import CONTRACTS
 
-        return consumed_keys(self.role)
+        return tuple(c.payload for c in CONTRACTS.values() if self.role in c.consumer_roles)
+
+    def build_service(self, ctx: BuildContext) -> Any:
+        """Its Service; ConfigError when its handlers are not exactly the classes it consumes."""
+        from federation.errors import ConfigError
+
+        service = self.build(ctx)
+        handled, bound = set(service.handlers), set(self.consumes)
+        if handled != bound:
+            missing = sorted(c.msg_type.value for c in bound - handled)
+            extra = sorted(c.msg_type.value for c in handled - bound)
+            raise ConfigError(f"{self.name}: no handler for {missing or 'nothing'}; handlers"
+                              f" without a binding: {extra or 'none'}")
+        return service
 
 
 def _build_connector(ctx: BuildContext) -> Any:

@@ -15,7 +15,7 @@ from federation.errors import ConfigError, EmitError, MalformedMessage
 from federation.runtime.observe import observe_emitted
 from federation.runtime.shared_chunks import drop_assembly
 from federation.runtime.store import AlreadyHandled, ServiceStore, Transaction
-from federation.wire.messages import Message, parse_payload
+from federation.wire.messages import MESSAGE_CLASSES, Message, MsgType, parse_payload
 
 __all__ = [
     "Service",
@@ -67,19 +67,19 @@ class CheckedTransaction:
 
 @dataclass
 class Service:
-    """A service's logic: one synchronous handler per message type, run inside a transaction.
+    """A service's logic: one synchronous handler per message class, run inside a transaction.
 
-    Handlers are `(tx, msg, envelope) -> None` where ``msg`` is the type's payload dataclass
-    (`federation.wire.messages`); they read and write state through `tx` and queue outgoing
-    messages with `tx.emit`. They never touch the bus.
+    ``handlers`` maps a payload class (`federation.wire.messages`) to `(tx, msg, envelope) ->
+    None`, ``msg`` an instance of that class; handlers read and write state through `tx` and
+    queue outgoing messages with `tx.emit`. They never touch the bus.
     """
 
     name: str
     queue: str
-    handlers: dict[str, Callable[..., None]] = field(default_factory=dict)
+    handlers: dict[type[Message], Callable[..., None]] = field(default_factory=dict)
     #: Optional async pre-step run OUTSIDE the transaction (slow I/O such as remote training),
-    #: `(msg, envelope) -> result`; the handler then gets it as `prepared=result`.
-    prepare: dict[str, Callable[[Any, Any], Awaitable[Any]]] = field(default_factory=dict)
+    #: `(msg, envelope) -> result`, by message class; the handler then gets `prepared=result`.
+    prepare: dict[type[Message], Callable[[Any, Any], Awaitable[Any]]] = field(default_factory=dict)
     #: Optional periodic step `(tx, now) -> None` (deadlines).
     tick: Callable[[Transaction, float], None] | None = None
     tick_interval_s: float = 0.5
@@ -92,6 +92,26 @@ class Service:
     #: `(msg) -> lock name | None`: the work a message belongs to; its transaction holds that
     #: lock first, so replicas sharing the store handle one round (or campaign) one at a time.
     lock_scope: Callable[[Any], str | None] = field(default=lambda msg: round_scope(msg))
+
+    def __post_init__(self) -> None:
+        for table in (self.handlers, self.prepare):
+            wrong = [k for k in table if not (isinstance(k, type) and issubclass(k, Message))]
+            if wrong:
+                raise TypeError(f"{self.name}: handlers are keyed by message class, not {wrong!r}")
+
+    def handler_of(self, msg_type: str) -> tuple[type[Message], Callable[..., None]] | None:
+        """The payload class and handler for a routing key, or None (not handled here)."""
+        try:
+            cls = MESSAGE_CLASSES[MsgType(msg_type)]
+        except ValueError:
+            return None
+        handler = self.handlers.get(cls)
+        return None if handler is None else (cls, handler)
+
+    @property
+    def handled_types(self) -> frozenset[str]:
+        """The routing keys it handles (its queue's bindings must be exactly these)."""
+        return frozenset(cls.msg_type.value for cls in self.handlers)
 
 
 def _campaign_of(msg: Any) -> str | None:
@@ -192,11 +212,12 @@ class ServiceRunner:
 
     async def _on_message(self, msg_type: Any, payload: Any, envelope: Any) -> None:
         kind = str(getattr(msg_type, "value", msg_type))
-        handler = self.service.handlers.get(kind)
-        if handler is None:
+        found = self.service.handler_of(kind)
+        if found is None:
             log.debug("%s ignores %s", self.service.name, kind)
             return
-        msg = payload if isinstance(payload, Message) else parse_payload(kind, payload)
+        cls, handler = found
+        msg = payload if isinstance(payload, cls) else parse_payload(kind, payload)
         msg_id = handled_id(envelope)
         if self._already_handled(msg_id):
             log.info(
@@ -206,7 +227,7 @@ class ServiceRunner:
                 msg_id.hex(),
             )
             return
-        prepare = self.service.prepare.get(kind)
+        prepare = self.service.prepare.get(cls)
         extra = {"prepared": await prepare(msg, envelope)} if prepare is not None else {}
         scope = self.service.lock_scope(msg)
         chunk = getattr(envelope, "chunk", None)

@@ -7,6 +7,7 @@ import os
 
 import pytest
 from federation.runtime.store import PRUNE_INTERVAL_S
+from federation.wire.messages import DatasiteStatus
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +73,7 @@ async def test_when_a_message_older_than_the_window_is_replayed__it_is_refused_t
         tx.put("handled", len(handled))
 
     queue = topology.queue("trainer-dispatch").name
-    service = Service(name="trainer-dispatch", queue=queue, handlers={"datasite.status": on_status})
+    service = Service(name="trainer-dispatch", queue=queue, handlers={DatasiteStatus: on_status})
     dead = topology.dead_queue.name
     running: list = []
 

@@ -33,7 +33,8 @@ class _Driven:
 
     def handle(self, kind: str, payload: dict) -> None:
         with self.store.transaction() as tx:
-            self.service.handlers[kind](tx, parse_payload(kind, payload), None)
+            _, handler = self.service.handler_of(kind)
+            handler(tx, parse_payload(kind, payload), None)
 
     def take(self, kind: str) -> list[dict]:
         """The payloads of ``kind`` committed for publishing (and removed from the outbox)."""

@@ -11,7 +11,7 @@ from federation.bus.base import RequeueMessage
 from federation.errors import EmitError
 from federation.runtime.service import Service, ServiceRunner
 from federation.runtime.store_sqlite import SqliteStore
-from federation.wire.messages import RoundClose
+from federation.wire.messages import DatasiteStatus, RoundClose
 
 
 @dataclass
@@ -36,7 +36,7 @@ def _runner(emit) -> tuple[ServiceRunner, SqliteStore, _Endpoint]:
 
     store = SqliteStore()
     endpoint = _Endpoint()
-    service = Service(name="trainer-dispatch", queue="q", handlers={"datasite.status": on_status})
+    service = Service(name="trainer-dispatch", queue="q", handlers={DatasiteStatus: on_status})
     return ServiceRunner(service, endpoint, store), store, endpoint
 
 

@@ -14,7 +14,8 @@ CID = "binding"
 
 def _handle(service, store: SqliteStore, kind: str, payload: dict) -> None:
     with store.transaction() as tx:  # as the runner calls a handler
-        service.handlers[kind](tx, parse_payload(kind, payload), None)
+        _, handler = service.handler_of(kind)
+        handler(tx, parse_payload(kind, payload), None)
 
 
 def _screened(ds: str, version: int, value: float) -> dict:
