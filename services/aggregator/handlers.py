@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from federation.campaign import CampaignConfig
 from federation.errors import PrivacyBudgetExceeded, StaleRoundError
+from federation.robust.pipeline import JUDGED_REASONS, quorum, screening_policy
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
 from federation.wire.messages import (
@@ -50,18 +51,13 @@ def _new_global_model(
     return new, float(getattr(rule, "last_noise_std", 0.0))
 
 
-#: Security's rejections that mean it judged the update (it counts toward min_clients).
-_JUDGED = ("byzantine", "reputation")
-
-
 def _quorum(cfg: CampaignConfig, verdicts: dict[str, dict], accepted: list[dict]) -> tuple[bool, dict]:
-    """Whether a round may publish a model: at least ``quorum`` accepted updates, taken from a
-    cohort of at least ``robustness.min_clients`` screened ones (when screening is on)."""
-    rob = cfg.robustness
+    """Whether a round may publish a model (``federation.robust.pipeline.quorum``): at least
+    ``quorum`` accepted updates, taken from a cohort of at least ``robustness.min_clients``
+    screened ones (when screening is on)."""
     screened = sum(1 for v in verdicts.values() if v.get("screened"))
-    need = rob.min_clients if rob.enabled else 0
-    q = {"required": cfg.quorum, "accepted": len(accepted), "screened": screened, "min_clients": need}
-    return len(accepted) >= cfg.quorum and screened >= need, q
+    q = quorum(len(accepted), screened, cfg.quorum, screening_policy(cfg.robustness))
+    return q.met, q.to_dict()
 
 
 def _weighted(accepted: list[dict], key: str) -> float | None:
@@ -157,7 +153,7 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
             record = dict(payload)
             record["accepted"] = accepted
             # security judged it: passed on as screened, or refused on a verdict of its screening
-            record["screened"] = accepted or payload.get("reason") in _JUDGED
+            record["screened"] = accepted or payload.get("reason") in JUDGED_REASONS
             base_version = int(r["model_version"])
             if accepted and int(payload.get("model_version", -1)) != base_version:
                 # The factory signed the version it trained from: a delta of another base model

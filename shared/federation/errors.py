@@ -28,6 +28,7 @@ __all__ = [
     "PrivacyError",
     "PrivacyBudgetExceeded",
     "RobustnessError",
+    "NoQuorumError",
 ]
 
 #: Every reason a consumer may give for rejecting a message (metric label values).
@@ -189,3 +190,14 @@ class RobustnessError(PdmFedError):
     """Robust aggregation cannot run (e.g. too few clients for the rule)."""
 
     reason = "robustness"
+
+
+class NoQuorumError(RobustnessError):
+    """Too few screened or accepted updates to aggregate: nothing is published (status no_quorum)."""
+
+    reason = "no_quorum"
+
+    def __init__(self, message: str = "", *, quorum: dict | None = None) -> None:
+        super().__init__(message)
+        #: ``{"required", "accepted", "screened", "min_clients"}``, as a round's metrics report it.
+        self.quorum = dict(quorum or {})

@@ -26,7 +26,7 @@ from federation.errors import (
 from federation.monitoring.metrics import DEFAULT_CAMPAIGN
 from federation.privacy import CentralDP, PrivacyAccountant, privatize_update
 from federation.robust import ReputationBook, ScreeningPolicy, TrimmedMean, Verdicts, build_rule
-from federation.robust.pipeline import judge, trusted
+from federation.robust.pipeline import judge, quorum, trusted
 from federation.wire.envelope import Envelope
 from federation.wire.messages import MsgType
 
@@ -82,6 +82,7 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         bft_threshold: float = 2.0,
         min_clients: int = 3,
         *,
+        quorum: int = 1,
         salt: str | bytes | None = None,
         clip_norm: float = 1.0,
         delta: float = 1e-5,
@@ -115,6 +116,8 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
             raise ConfigError(f"bft_threshold must be a positive number, got {bft_threshold!r}")
         if not isinstance(min_clients, int) or min_clients < 1:
             raise ConfigError(f"min_clients must be a positive int, got {min_clients!r}")
+        if not isinstance(quorum, int) or quorum < 1:
+            raise ConfigError(f"quorum must be a positive int, got {quorum!r}")
         for name, value in (("noise_multiplier", noise_multiplier), ("clip_norm", clip_norm)):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -125,6 +128,8 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         self.noise_multiplier = float(noise_multiplier)
         self.bft_threshold = float(bft_threshold)
         self.min_clients = int(min_clients)
+        #: Accepted updates ``secure_aggregation_with_bft`` needs (with ``min_clients`` screened).
+        self.quorum = int(quorum)
         self.clip_norm = float(clip_norm)
         self.delta = float(delta)
         self.max_epsilon = max_epsilon
@@ -183,6 +188,7 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
             "byzantine_attacks_detected": 0,
             "clients_filtered": 0,
             "aggregations": 0,
+            "no_quorum_refusals": 0,
         }
         self._violations_by_reason: dict[str, int] = {}
 
@@ -374,9 +380,15 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         test), and cosine to the coordinate-wise median; every verdict also updates reputation.
         Below ``min_clients`` only non-finite updates are flagged.
         """
-        items = _as_updates(updates)
+        kept, flagged, _ = self._detect(_as_updates(updates))
+        return kept, flagged
+
+    def _detect(
+        self, items: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[str], Verdicts | None]:
+        """``detect_byzantine_clients`` on checked items, with the verdicts (None: BFT is off)."""
         if not self.byzantine_fault_tolerance_enabled or not items:
-            return items, []
+            return items, [], None
         ids = [str(u["datasite_id"]) for u in items]
         model_updates = [u["model_update"] for u in items]
         ref = self._reference_for(model_updates[0])
@@ -390,7 +402,8 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
             flagged = verdicts.flagged_ids
             self._counters["byzantine_attacks_detected"] += len(flagged)
         self._observe_reputation(flagged)
-        return [u for u, cid in zip(items, ids, strict=True) if cid not in flagged], flagged
+        kept = [u for u, cid in zip(items, ids, strict=True) if cid not in flagged]
+        return kept, flagged, verdicts
 
     def apply_reputation_filtering(
         self, updates: Sequence[Mapping[str, Any]], reputation_threshold: float = 0.3
@@ -426,7 +439,11 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         everyone = ScreeningPolicy(True, self.bft_threshold, self.min_clients, 0.0)
         with self._sec_lock:
             weights = trusted(
-                ids, None, everyone, self.reputation, [float(u.get("num_samples") or 1) for u in items]
+                ids,
+                None,
+                everyone,
+                self.reputation,
+                [float(u.get("num_samples") or 1) for u in items],
             ).weights
         if sum(weights) <= 0:
             weights = None
@@ -469,15 +486,32 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
     def secure_aggregation_with_bft(
         self, client_updates: Sequence[Mapping[str, Any]]
     ) -> tuple[dict[str, torch.Tensor], list[str]]:
-        """The secure manager's flow: detect Byzantine clients, filter by reputation, aggregate robustly."""
-        filtered_updates, byzantine_clients = self.detect_byzantine_clients(client_updates)
-        trusted_updates = self.apply_reputation_filtering(
-            updates=filtered_updates, reputation_threshold=self.reputation_threshold
-        )
-        if not trusted_updates:
-            raise RobustnessError(
-                f"no trusted update left ({len(client_updates)} received, {len(byzantine_clients)} flagged)"
+        """The secure manager's flow: detect Byzantine clients, filter by reputation, aggregate robustly.
+
+        The services' quorum (``federation.robust.pipeline.quorum``): with BFT on, at least
+        ``min_clients`` updates must be screened (a smaller cohort cannot be judged, so none of
+        it is accepted) and at least ``quorum`` accepted. Otherwise nothing is aggregated and
+        ``NoQuorumError`` (a ``RobustnessError``, reason ``no_quorum``) is raised, counted in
+        ``no_quorum_refusals`` and ``pdmfed_rounds_failed_total{reason="no_quorum"}``.
+        """
+        items = _as_updates(client_updates)
+        filtered_updates, byzantine_clients, verdicts = self._detect(items)
+        judged = verdicts is None or verdicts.screened
+        trusted_updates = (
+            self.apply_reputation_filtering(
+                updates=filtered_updates, reputation_threshold=self.reputation_threshold
             )
+            if judged
+            else []
+        )
+        screened = len(items) if judged else len(byzantine_clients)
+        q = quorum(len(trusted_updates), screened, self.quorum, self._policy())
+        if not q.met:
+            with self._sec_lock:
+                self._counters["no_quorum_refusals"] += 1
+            if self._metrics is not None:
+                self._metrics.rounds_failed.labels(reason="no_quorum").inc()
+            q.check()
         return self.aggregate_secure_updates(trusted_updates), byzantine_clients
 
     # --- reporting ------------------------------------------------------------------------
@@ -584,5 +618,7 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         if self._metrics is None:
             return
         for cid in flagged:
-            self._metrics.byzantine_detected.labels(campaign=self.campaign_id, datasite_id=cid).inc()
+            self._metrics.byzantine_detected.labels(
+                campaign=self.campaign_id, datasite_id=cid
+            ).inc()
         self._metrics.set_reputations(self.reputation.scores(), self.campaign_id)

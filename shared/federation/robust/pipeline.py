@@ -2,8 +2,9 @@
 
 The security and aggregator services, ``SecurePySyftCommunicationManager`` and
 ``pdmfed eval robustness`` all run these functions: ``judge`` and ``trusted`` (or both at once,
-``screen_cohort``) screen a round's updates, ``aggregation_rule`` builds the configured rule
-(wrapped in ``CentralDP`` when client-level DP is on), and ``Defence.run`` chains them.
+``screen_cohort``) screen a round's updates, ``quorum`` says whether enough were screened and
+accepted to aggregate, ``aggregation_rule`` builds the configured rule (wrapped in ``CentralDP``
+when client-level DP is on), and ``Defence.run`` chains them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from federation.errors import RobustnessError
+from federation.errors import NoQuorumError, RobustnessError
 from federation.robust.aggregators import Aggregator, FedAvg, build_rule
 from federation.robust.detectors import Verdicts, screen
 from federation.robust.reputation import ReputationBook
@@ -22,17 +23,23 @@ from federation.robust.reputation import ReputationBook
 __all__ = [
     "Defence",
     "DefenceResult",
+    "JUDGED_REASONS",
+    "Quorum",
     "Screening",
     "ScreeningPolicy",
     "aggregation_rule",
     "defended_aggregate",
     "judge",
+    "quorum",
     "screen_cohort",
     "screening_policy",
     "trusted",
 ]
 
 Update = Mapping[str, torch.Tensor]
+
+#: Rejections that mean screening judged the update: it counts toward ``min_clients``.
+JUDGED_REASONS = ("byzantine", "reputation")
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,51 @@ class Screening:
     @property
     def unscreened_ids(self) -> list[str]:
         return [c for c in self.ids if self.rejected.get(c, {}).get("reason") == "unscreened"]
+
+    @property
+    def judged_count(self) -> int:
+        """Updates screening judged: the accepted ones and those refused on a verdict."""
+        refused = sum(1 for r in self.rejected.values() if r.get("reason") in JUDGED_REASONS)
+        return len(self.accepted) + refused
+
+
+@dataclass(frozen=True)
+class Quorum:
+    """Whether a round may aggregate: at least ``required`` accepted updates, taken from a cohort
+    of at least ``min_clients`` screened ones (``min_clients`` is 0 when screening is off)."""
+
+    required: int
+    accepted: int
+    screened: int
+    min_clients: int
+
+    @property
+    def met(self) -> bool:
+        return self.accepted >= self.required and self.screened >= self.min_clients
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "required": self.required,
+            "accepted": self.accepted,
+            "screened": self.screened,
+            "min_clients": self.min_clients,
+        }
+
+    def check(self) -> None:
+        """Raise ``NoQuorumError`` (reason ``no_quorum``, carrying ``to_dict()``) unless met."""
+        if not self.met:
+            raise NoQuorumError(
+                f"no quorum: {self.accepted} accepted of {self.screened} screened updates; "
+                f"aggregation needs {self.required} accepted from at least {self.min_clients} "
+                "screened",
+                quorum=self.to_dict(),
+            )
+
+
+def quorum(accepted: int, screened: int, required: int, policy: ScreeningPolicy) -> Quorum:
+    """The quorum of a round with ``accepted`` of ``screened`` updates under ``policy``."""
+    need = int(policy.min_clients) if policy.enabled else 0
+    return Quorum(int(required), int(accepted), int(screened), need)
 
 
 def judge(
@@ -181,7 +233,11 @@ def aggregation_rule(
         from federation.privacy.central import CentralDP
 
         return CentralDP(
-            rule, privacy.clip_norm, privacy.noise_multiplier, accountant=accountant, generator=generator
+            rule,
+            privacy.clip_norm,
+            privacy.noise_multiplier,
+            accountant=accountant,
+            generator=generator,
         )
     return rule
 
@@ -215,7 +271,9 @@ class Defence:
         reference: Update | None = None,
     ) -> DefenceResult:
         """Screen, then aggregate the accepted updates with their weights. RobustnessError when none is left."""
-        s = screen_cohort(updates, ids, self.policy, book, num_samples=num_samples, reference=reference)
+        s = screen_cohort(
+            updates, ids, self.policy, book, num_samples=num_samples, reference=reference
+        )
         if not s.accepted:
             raise RobustnessError(f"no update survived screening ({len(s.ids)} received)")
         agg = self.rule.aggregate([updates[i] for i in s.accepted], s.weights)

@@ -9,6 +9,7 @@ from federation.errors import (
     ExpiredError,
     IntegrityError,
     MalformedMessage,
+    NoQuorumError,
     PrivacyBudgetExceeded,
     ReplayError,
     RobustnessError,
@@ -189,6 +190,51 @@ def test_when_aggregating_with_bft__the_attacker_does_not_move_the_result(secure
     torch.testing.assert_close(aggregated["w"], sorted_honest[1:4].mean(0))  # trimmed mean of 5
 
 
+def test_when_fewer_clients_than_min_clients_send__bft_aggregation_refuses_with_no_quorum(
+    make_manager,
+):
+    from federation.monitoring.metrics import Metrics
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    comm = make_manager(enable_dp=False, min_clients=3, metrics=Metrics("security", registry))
+    ups = _round(2)
+    ups[1]["model_update"] = {"w": ups[1]["model_update"]["w"] * 100}  # too few to be judged
+    with pytest.raises(NoQuorumError) as err:
+        comm.secure_aggregation_with_bft(ups)
+    assert err.value.reason == "no_quorum" and isinstance(err.value, RobustnessError)
+    assert err.value.quorum == {"required": 1, "accepted": 0, "screened": 0, "min_clients": 3}
+    assert "at least 3 screened" in str(err.value)
+    counters = comm.get_security_metrics()["security_metrics"]
+    assert counters["aggregations"] == 0 and counters["no_quorum_refusals"] == 1
+    assert comm.reputation.scores() == {}  # nothing judged, no reputation earned
+    failed = registry.get_sample_value("pdmfed_rounds_failed_total", {"reason": "no_quorum"})
+    assert failed == 1
+
+
+def test_when_min_clients_send__bft_aggregation_runs_and_a_quorum_counts_accepted_updates(
+    make_manager,
+):
+    comm = make_manager(enable_dp=False, min_clients=3)
+    ups = _round(3)
+    aggregated, byzantine = comm.secure_aggregation_with_bft(ups)
+    assert byzantine == []
+    mean = torch.stack([u["model_update"]["w"] for u in ups]).mean(0)  # plain mean below 5
+    torch.testing.assert_close(aggregated["w"], mean)
+    strict = make_manager(enable_dp=False, min_clients=3, quorum=4)
+    with pytest.raises(NoQuorumError) as err:
+        strict.secure_aggregation_with_bft(_round(3))
+    assert err.value.quorum == {"required": 4, "accepted": 3, "screened": 3, "min_clients": 3}
+
+
+def test_when_bft_is_off__min_clients_does_not_apply_but_the_quorum_does(make_manager):
+    comm = make_manager(enable_dp=False, enable_bft=False, min_clients=3)
+    aggregated, _ = comm.secure_aggregation_with_bft(_round(1))
+    torch.testing.assert_close(aggregated["w"], _round(1)[0]["model_update"]["w"])
+    with pytest.raises(NoQuorumError):
+        comm.secure_aggregation_with_bft([])
+
+
 def test_when_the_reference_model_is_known__full_weights_are_screened_as_deltas(secure_comm):
     g = torch.Generator().manual_seed(1)
     global_w = 5.0 + torch.randn(32, generator=g)
@@ -235,6 +281,7 @@ def test_when_updates_are_malformed__bft_methods_raise_robustness_error(secure_c
         {"dp_mode": "hybrid"},
         {"bft_threshold": 0},
         {"min_clients": 0},
+        {"quorum": 0},
         {"noise_multiplier": -1.0},
         {"aggregation": "bulyan"},
         {"key": ""},
