@@ -13,12 +13,15 @@ from federation.robust.pipeline import JUDGED_REASONS, quorum, screening_policy
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
 from federation.wire.messages import (
+    CampaignRejected,
     CampaignStart,
     RoundClose,
     RoundOpen,
     UpdateRejected,
     UpdateScreened,
 )
+
+from services.campaign_refusal import forget_refused_campaign
 
 __all__ = ["build_service"]
 
@@ -234,6 +237,7 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
         queue=queue,
         handlers={
             CampaignStart: on_campaign_start,
+            CampaignRejected: forget_refused_campaign,
             RoundOpen: on_round_open,
             RoundClose: on_round_close,
             UpdateScreened: on_verdict(True),

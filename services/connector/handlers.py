@@ -16,7 +16,16 @@ from federation.datasite_registry import DatasiteRegistry, UnknownDatasite
 from federation.errors import DatasiteConnectionError
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
-from federation.wire.messages import CampaignCompleted, CampaignStart, RoundOpen, TrainRequest
+from federation.wire.messages import (
+    CampaignAccepted,
+    CampaignCompleted,
+    CampaignRejected,
+    CampaignStart,
+    RoundOpen,
+    TrainRequest,
+)
+
+from services.campaign_refusal import forget_refused_campaign
 
 __all__ = ["ConnectorLogic", "build_service"]
 
@@ -256,9 +265,25 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
     """The connector service around its session logic."""
 
     def on_campaign_start(tx: Transaction, msg: CampaignStart, envelope: Any) -> None:
+        """Keep the campaign's config (the first one: a duplicate start changes nothing); its
+        datasites are contacted only once trainer-dispatch accepted it."""
         cfg = CampaignConfig.from_payload(msg.config)
-        logic.remember_datasites(cfg)
-        tx.put(f"campaign/{cfg.campaign_id}", cfg.to_payload())
+        if tx.get(f"campaign/{cfg.campaign_id}") is None:
+            tx.put(f"campaign/{cfg.campaign_id}", cfg.to_payload())
+
+    def on_campaign_accepted(tx: Transaction, msg: CampaignAccepted, envelope: Any) -> None:
+        """Keep the accepted campaign's datasites open (those its registry holds)."""
+        stored = tx.get(f"campaign/{msg.campaign_id}")
+        if stored is None:
+            log.warning("campaign %s accepted, but its campaign.start never reached the connector",
+                        msg.campaign_id)
+            return
+        logic.remember_datasites(CampaignConfig.from_payload(stored))
+
+    def on_campaign_rejected(tx: Transaction, msg: CampaignRejected, envelope: Any) -> None:
+        """A refused campaign is forgotten (a duplicate's refusal leaves the running one alone)."""
+        if forget_refused_campaign(tx, msg):
+            logic.forget_campaign(msg.campaign_id)
 
     def on_campaign_completed(tx: Transaction, msg: CampaignCompleted, envelope: Any) -> None:
         """Drop the campaign's model versions and datasites; its sessions close at the next check."""
@@ -315,7 +340,8 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
     return Service(
         name="connector",
         queue=queue,
-        handlers={CampaignStart: on_campaign_start, RoundOpen: on_round_open,
+        handlers={CampaignStart: on_campaign_start, CampaignAccepted: on_campaign_accepted,
+                  CampaignRejected: on_campaign_rejected, RoundOpen: on_round_open,
                   TrainRequest: on_train_request, CampaignCompleted: on_campaign_completed},
         prepare={TrainRequest: logic.prepare_train},
         background=logic.watch_sessions,

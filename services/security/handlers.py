@@ -11,7 +11,9 @@ from federation.campaign import CampaignConfig
 from federation.errors import AuthError, StaleRoundError
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
-from federation.wire.messages import CampaignStart, RoundClose, UpdateRaw
+from federation.wire.messages import CampaignRejected, CampaignStart, RoundClose, UpdateRaw
+
+from services.campaign_refusal import forget_refused_campaign
 
 __all__ = ["build_service"]
 
@@ -134,5 +136,6 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
     return Service(
         name="security",
         queue=queue,
-        handlers={CampaignStart: on_campaign_start, UpdateRaw: on_update_raw, RoundClose: on_round_close},
+        handlers={CampaignStart: on_campaign_start, CampaignRejected: forget_refused_campaign,
+                  UpdateRaw: on_update_raw, RoundClose: on_round_close},
     )

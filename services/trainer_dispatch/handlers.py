@@ -11,7 +11,13 @@ from federation.campaign import CampaignConfig
 from federation.errors import ConfigError, StaleRoundError
 from federation.runtime.service import Service, campaign_lock, campaign_scope
 from federation.runtime.store import Transaction
-from federation.wire.messages import CampaignStart, DatasiteStatus, RoundCompleted
+from federation.wire.messages import (
+    CampaignAccepted,
+    CampaignRejected,
+    CampaignStart,
+    DatasiteStatus,
+    RoundCompleted,
+)
 
 from services.trainer_dispatch import state
 
@@ -124,18 +130,51 @@ def _maybe_close(tx: Transaction, cfg: CampaignConfig, rnd: dict) -> None:
         state.put_round(tx, cfg.campaign_id, rnd)
 
 
-def on_campaign_start(tx: Transaction, msg: CampaignStart, envelope: Any) -> None:
-    """Register the campaign, build the initial model, open round 1 (idempotent)."""
+def _startable(msg: CampaignStart) -> CampaignConfig:
+    """The campaign's config, or ConfigError saying why trainer-dispatch cannot run it."""
     cfg = CampaignConfig.from_payload(msg.config)
-    if state.get_campaign(tx, cfg.campaign_id) is not None:
-        log.info("campaign %s already started; ignoring the duplicate start", cfg.campaign_id)
-        return
+    if cfg.campaign_id != msg.campaign_id:
+        raise ConfigError(
+            f"campaign.start names campaign {msg.campaign_id} but its config {cfg.campaign_id}"
+        )
     if len(cfg.datasites) < cfg.quorum:
-        raise ConfigError(f"campaign {cfg.campaign_id}: {len(cfg.datasites)} datasites < quorum {cfg.quorum}")
-    state.put_campaign(tx, cfg.campaign_id, {
+        raise ConfigError(f"{len(cfg.datasites)} datasites < quorum {cfg.quorum}")
+    return cfg
+
+
+def _duplicate_reason(camp: dict) -> str:
+    """One line for the person who started the same campaign_id twice."""
+    if camp.get("status") == "running":
+        return (f"a campaign with this campaign_id is already running (round {camp.get('round', 0)}): "
+                "pass --resume to follow it, or choose a new campaign_id")
+    return (f"a campaign with this campaign_id already ran ({camp.get('status')}: "
+            f"{camp.get('reason')}): choose a new campaign_id")
+
+
+def _reject(tx: Transaction, msg: CampaignStart, code: str, reason: str) -> None:
+    cid = msg.campaign_id
+    tx.emit(CampaignRejected(cid, code, reason, msg.start_id))
+    log.warning("campaign.start for %s refused (%s): %s", cid, code, reason)
+
+
+def on_campaign_start(tx: Transaction, msg: CampaignStart, envelope: Any) -> None:
+    """Register the campaign, build the initial model, open round 1; answer campaign.accepted,
+    or campaign.rejected for a campaign_id already taken or a config it cannot run."""
+    cid = msg.campaign_id
+    camp = state.get_campaign(tx, cid)
+    if camp is not None:
+        _reject(tx, msg, CampaignRejected.DUPLICATE, _duplicate_reason(camp))
+        return
+    try:
+        cfg = _startable(msg)
+    except ConfigError as exc:
+        _reject(tx, msg, CampaignRejected.INVALID_CONFIG, str(exc))
+        return
+    state.put_campaign(tx, cid, {
         "config": cfg.to_payload(), "status": "running", "round": 0, "started_at": time.time(),
     })
-    state.put_model(tx, cfg.campaign_id, {"version": 0, "state_dict": initial_model_state(cfg)})
+    state.put_model(tx, cid, {"version": 0, "state_dict": initial_model_state(cfg)})
+    tx.emit(CampaignAccepted(cid, cfg.rounds, list(cfg.cohort), msg.start_id))
     _open_round(tx, cfg, 1, time.time())
 
 

@@ -199,6 +199,14 @@ def campaign(
     timeout: Annotated[
         float, typer.Option(click_type=POSITIVE, help="give up after this many seconds")
     ] = 3600.0,
+    accept_timeout: Annotated[
+        float,
+        typer.Option(
+            click_type=POSITIVE,
+            help="give up when trainer-dispatch has not answered campaign.start (accepted or "
+            "rejected) within this many seconds",
+        ),
+    ] = 30.0,
     resume: Annotated[
         bool,
         typer.Option(
@@ -222,7 +230,12 @@ def campaign(
     from federation.orchestrator.campaign_cli import campaign_main
 
     return campaign_main(
-        config=config, out=out, timeout=timeout, resume=resume, data_cards=data_card or []
+        config=config,
+        out=out,
+        timeout=timeout,
+        resume=resume,
+        data_cards=data_card or [],
+        accept_timeout=accept_timeout,
     )
 
 

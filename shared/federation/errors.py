@@ -6,6 +6,7 @@ __all__ = [
     "REJECT_REASONS",
     "PdmFedError",
     "ConfigError",
+    "CampaignRefused",
     "EmitError",
     "WireError",
     "MalformedMessage",
@@ -144,6 +145,12 @@ class StaleRoundError(SecurityError):
 
 
 # --- bus ------------------------------------------------------------------
+class CampaignRefused(PdmFedError):
+    """trainer-dispatch answered a campaign.start with campaign.rejected (the message says why)."""
+
+    reason = "campaign_refused"
+
+
 class BusError(PdmFedError):
     """The message bus failed (connection, channel, topology)."""
 

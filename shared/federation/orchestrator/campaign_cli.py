@@ -10,21 +10,47 @@ from typing import Any
 
 from federation.campaign import CampaignConfig, load_campaign_config
 from federation.config import Settings
-from federation.errors import ConfigError
+from federation.errors import ConfigError, PdmFedError
 
-__all__ = ["campaign_main", "run_campaign"]
+__all__ = ["campaign_main", "run_campaign", "CampaignUnanswered", "DEFAULT_ACCEPT_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
+
+#: How long `pdmfed campaign` waits for trainer-dispatch's answer to its campaign.start.
+DEFAULT_ACCEPT_TIMEOUT_S = 30.0
+
+
+class CampaignUnanswered(PdmFedError):
+    """Neither campaign.accepted nor campaign.rejected came back within the accept timeout."""
+
+    reason = "unanswered"
+
+
+def _unanswered(settings: Settings, cid: str, accept_timeout: float, sender: str) -> CampaignUnanswered:
+    from federation.bus.base import REASON_HEADER
+    from federation.runtime.launch import topology_of
+
+    dead = topology_of(settings).dead_queue.name
+    return CampaignUnanswered(
+        f"campaign {cid}: no answer to campaign.start within {accept_timeout:g} s "
+        f"(--accept-timeout): trainer-dispatch is not running, or it does not trust or allow "
+        f"this orchestrator's key ({sender}); the dead-letter queue {dead} holds the reason "
+        f"({REASON_HEADER} header)"
+    )
 
 
 async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: float, out: Path,
                        console: Any = None, resume: bool = False,
-                       bundle: dict | None = None) -> dict:
-    """Publish campaign.start, follow it, write the run folder; returns the summary.
+                       bundle: dict | None = None,
+                       accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT_S) -> dict:
+    """Publish campaign.start, await trainer-dispatch's answer, follow the campaign, write the
+    run folder; returns the summary.
 
-    ``console`` receives every event the orchestrator follows (e.g. a CampaignDisplay). With
-    ``resume`` nothing is published: the campaign already running under ``cfg.campaign_id`` is
-    followed to its end (the summary holds the rounds completed from then on).
+    ``console`` receives every event the orchestrator follows (e.g. a CampaignDisplay). A
+    campaign.rejected raises CampaignRefused with its reason; no answer within
+    ``accept_timeout`` seconds raises CampaignUnanswered. With ``resume`` nothing is published:
+    the campaign already running under ``cfg.campaign_id`` is followed to its end (the summary
+    holds the rounds completed from then on).
     """
     from federation.bus.middleware import SecureEndpoint
     from federation.monitoring import Metrics
@@ -45,6 +71,10 @@ async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: floa
         await client.listen()
         if not resume:
             await client.start_campaign(cfg)
+            try:
+                await client.wait_accepted(cfg.campaign_id, accept_timeout)
+            except TimeoutError:
+                raise _unanswered(settings, cfg.campaign_id, accept_timeout, ORCHESTRATOR_SENDER) from None
         record = await client.wait(cfg.campaign_id, timeout)
     finally:
         await bus.close()
@@ -78,11 +108,13 @@ def _cards(paths: list[Path], cfg: CampaignConfig) -> dict:
 
 
 def campaign_main(*, config: Path, out: Path, timeout: float, resume: bool = False,
-                  data_cards: list[Path] | None = None) -> int:
+                  data_cards: list[Path] | None = None,
+                  accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT_S) -> int:
     """CLI entry: exit 0 when the campaign reached its goal, else one line saying why and exit 1."""
     from rich.console import Console
 
     from federation.console import EXIT_FAILED, fail
+    from federation.errors import CampaignRefused
     from federation.logs import setup_logging
     from federation.orchestrator.display import CampaignDisplay, outcome, results_table
 
@@ -100,11 +132,22 @@ def campaign_main(*, config: Path, out: Path, timeout: float, resume: bool = Fal
         cfg = cfg.model_copy(update={"campaign_id": f"campaign-{time.strftime('%Y%m%d-%H%M%S')}"})
     console = Console(stderr=True)
     display = CampaignDisplay(console, cfg.rounds)
+
+    def on_event(kind: str, p: dict, rec: Any = None) -> None:
+        if kind == "campaign.accepted" and rec is not None and rec.accepted is p:  # ours
+            console.print(f"campaign {cfg.campaign_id} accepted by trainer-dispatch: {p['rounds']} "
+                          f"rounds over {len(p['datasites'])} datasites", highlight=False, soft_wrap=True)
+        display(kind, p, rec)
+
     try:
-        summary = asyncio.run(run_campaign(settings, cfg, timeout=timeout, out=out, console=display,
-                                           resume=resume, bundle=bundle))
+        summary = asyncio.run(run_campaign(settings, cfg, timeout=timeout, out=out, console=on_event,
+                                           resume=resume, bundle=bundle, accept_timeout=accept_timeout))
     except TimeoutError:
         fail(f"campaign {cfg.campaign_id}: not completed within {timeout:.0f} s (--timeout)", EXIT_FAILED)
+    except CampaignRefused as exc:
+        fail(f"campaign {cfg.campaign_id} refused by trainer-dispatch: {exc}", EXIT_FAILED)
+    except CampaignUnanswered as exc:
+        fail(str(exc), EXIT_FAILED)
     finally:
         display.stop()
     console.print(results_table(summary, cfg.rounds))

@@ -1,9 +1,10 @@
-"""Campaign client: publish campaign.start, follow round events until campaign.completed."""
+"""Campaign client: publish campaign.start, await its answer, follow events until campaign.completed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Any
 
 from federation.bus.base import Delivery
 from federation.campaign import CampaignConfig
-from federation.errors import PdmFedError
+from federation.errors import CampaignRefused, PdmFedError
 from federation.wire.contracts import Role, consumed_keys
 from federation.wire.messages import parse_payload
 
@@ -35,6 +36,11 @@ class CampaignRecord:
     completed: dict | None = None
     final_model: dict | None = None
     event_errors: int = 0
+    #: The id of the campaign.start this orchestrator published (None: it follows, --resume).
+    start_id: str | None = None
+    #: trainer-dispatch's answer to that start: campaign.accepted or campaign.rejected.
+    accepted: dict | None = None
+    refused: dict | None = None
 
 
 class CampaignClient:
@@ -46,6 +52,7 @@ class CampaignClient:
         self.endpoint = endpoint
         self.records: dict[str, CampaignRecord] = {}
         self._done: dict[str, asyncio.Event] = {}
+        self._answered: dict[str, asyncio.Event] = {}
         self.on_event: Callable[[str, dict, CampaignRecord], None] | None = None
 
     async def listen(self) -> None:
@@ -57,6 +64,7 @@ class CampaignClient:
         if cid not in self.records:
             self.records[cid] = CampaignRecord(cid)
             self._done.setdefault(cid, asyncio.Event())
+            self._answered.setdefault(cid, asyncio.Event())
         return self.records[cid]
 
     def _open(self, delivery: Delivery) -> tuple[str, dict] | None:
@@ -80,7 +88,11 @@ class CampaignClient:
         if not cid:
             return
         rec = self._record(cid)
-        if kind == "round.open":
+        if kind in ("campaign.accepted", "campaign.rejected"):
+            # only the answer to our own start counts (not e.g. a duplicate start's refusal)
+            if rec.start_id is not None and p.get("start_id") == rec.start_id:
+                self._answer(cid, kind, p)
+        elif kind == "round.open":
             rec.opened[int(p["round_num"])] = time.time()
         elif kind == "round.completed":
             if not any(r["round_num"] == p["round_num"] for r in rec.rounds):
@@ -96,13 +108,42 @@ class CampaignClient:
         if self.on_event is not None:
             self.on_event(kind, p, rec)
 
+    def _answer(self, cid: str, kind: str, p: dict) -> None:
+        rec = self.records[cid]
+        if kind == "campaign.accepted":
+            rec.accepted = p
+        else:
+            rec.refused = p
+            self._done[cid].set()
+        self._answered[cid].set()
+
     async def start_campaign(self, cfg: CampaignConfig) -> None:
-        """Publish campaign.start."""
-        self._record(cfg.campaign_id)
-        await self.endpoint.publish("campaign.start", {"campaign_id": cfg.campaign_id, "config": cfg.to_payload()})
+        """Publish campaign.start under a fresh start id (its answer echoes it)."""
+        rec = self._record(cfg.campaign_id)
+        rec.start_id = secrets.token_hex(8)
+        await self.endpoint.publish("campaign.start", {"campaign_id": cfg.campaign_id, "config": cfg.to_payload(),
+                                                       "start_id": rec.start_id})
+
+    async def wait_accepted(self, campaign_id: str, timeout: float) -> dict:
+        """trainer-dispatch's campaign.accepted for our start; CampaignRefused when it rejected it,
+        TimeoutError when no answer came within timeout seconds."""
+        self._record(campaign_id)
+        await asyncio.wait_for(self._answered[campaign_id].wait(), timeout)
+        return self._accepted_or_raise(campaign_id)
+
+    def _accepted_or_raise(self, campaign_id: str) -> dict:
+        rec = self.records[campaign_id]
+        if rec.refused is not None:
+            raise CampaignRefused(str(rec.refused["reason"]), reason=str(rec.refused["code"]))
+        assert rec.accepted is not None
+        return rec.accepted
 
     async def wait(self, campaign_id: str, timeout: float) -> CampaignRecord:
-        """Wait for campaign.completed (TimeoutError after timeout seconds)."""
+        """Wait for campaign.completed (TimeoutError after timeout seconds; CampaignRefused as
+        soon as trainer-dispatch rejected our start)."""
         self._record(campaign_id)
         await asyncio.wait_for(self._done[campaign_id].wait(), timeout)
-        return self.records[campaign_id]
+        rec = self.records[campaign_id]
+        if rec.completed is None:
+            self._accepted_or_raise(campaign_id)
+        return rec

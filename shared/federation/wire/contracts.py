@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from federation.roles import ENVELOPE_ROLES, SERVICE_ROLES, Role
 from federation.wire.messages import (
+    CampaignAccepted,
     CampaignCompleted,
+    CampaignRejected,
     CampaignStart,
     DatasiteStatus,
     Message,
@@ -81,9 +83,23 @@ CONTRACTS: dict[MsgType, Contract] = {
             CampaignStart,
             {_O},
             (_D, "creates the campaign's round plan and opens round 1"),
-            (_C, "checks the campaign's datasite ids against its own datasite registry"),
+            (_C, "keeps the campaign's config (an id's first start: a duplicate changes nothing)"),
             (_S, "takes the campaign's DP clipping and Byzantine screening settings"),
             (_A, "takes the aggregation rule, central DP settings and privacy budget"),
+        ),
+        _contract(
+            CampaignAccepted,
+            {_D},
+            (_C, "checks the datasite ids against its own registry and opens their sessions"),
+            (_O, "stops waiting for an answer to campaign.start; follows the rounds"),
+        ),
+        _contract(
+            CampaignRejected,
+            {_D},
+            (_C, "forgets a refused campaign (a duplicate's refusal leaves the running one alone)"),
+            (_S, "forgets a refused campaign's settings: a corrected start may reuse its id"),
+            (_A, "forgets a refused campaign's settings: a corrected start may reuse its id"),
+            (_O, "exits at once with the reason"),
         ),
         _contract(
             RoundOpen,

@@ -17,6 +17,8 @@ __all__ = [
     "MsgType",
     "Message",
     "CampaignStart",
+    "CampaignAccepted",
+    "CampaignRejected",
     "RoundOpen",
     "RoundClose",
     "TrainRequest",
@@ -35,6 +37,8 @@ class MsgType(StrEnum):
     """Every message type; the value is also the AMQP routing key."""
 
     CAMPAIGN_START = "campaign.start"
+    CAMPAIGN_ACCEPTED = "campaign.accepted"
+    CAMPAIGN_REJECTED = "campaign.rejected"
     ROUND_OPEN = "round.open"
     ROUND_CLOSE = "round.close"
     TRAIN_REQUEST = "train.request"
@@ -167,6 +171,36 @@ class CampaignStart(Message):
     msg_type: ClassVar[MsgType] = MsgType.CAMPAIGN_START
     campaign_id: str = _f(_str)
     config: dict[str, Any] = _f(_dict, default_factory=dict)
+    #: The orchestrator's id of this start; campaign.accepted / campaign.rejected echo it, so an
+    #: orchestrator acts only on the answer to its own start.
+    start_id: str = _f(_str, default="")
+
+
+@dataclass(frozen=True)
+class CampaignAccepted(Message):
+    """trainer-dispatch started the campaign: the rounds it plans and the datasites it names."""
+
+    msg_type: ClassVar[MsgType] = MsgType.CAMPAIGN_ACCEPTED
+    campaign_id: str = _f(_str)
+    rounds: int = _f(_int)
+    datasites: list[str] = _f(_str_list, default_factory=list)
+    start_id: str = _f(_str, default="")
+
+
+@dataclass(frozen=True)
+class CampaignRejected(Message):
+    """trainer-dispatch refused a campaign.start: a reason code and one line for a person."""
+
+    msg_type: ClassVar[MsgType] = MsgType.CAMPAIGN_REJECTED
+    #: ``code``: a campaign under this id is already running or ran (nothing was changed).
+    DUPLICATE: ClassVar[str] = "duplicate_campaign"
+    #: ``code``: the campaign's configuration was refused (nothing was started).
+    INVALID_CONFIG: ClassVar[str] = "invalid_config"
+
+    campaign_id: str = _f(_str)
+    code: str = _f(_str)
+    reason: str = _f(_str)
+    start_id: str = _f(_str, default="")
 
 
 @dataclass(frozen=True)
@@ -300,6 +334,8 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
     cls.msg_type: cls
     for cls in (
         CampaignStart,
+        CampaignAccepted,
+        CampaignRejected,
         RoundOpen,
         RoundClose,
         TrainRequest,

@@ -48,6 +48,11 @@ EXAMPLES: dict[str, m.Message] = {
         (CONTRACTS[m.MsgType.UPDATE_REJECTED], m.UpdateRejected("c1", 1, "f1", "byzantine")),
         (CONTRACTS[m.MsgType.ROUND_COMPLETED], m.RoundCompleted("c1", 1, 777, global_model=W)),
         (CONTRACTS[m.MsgType.CAMPAIGN_COMPLETED], m.CampaignCompleted("c1", 1, "max_rounds")),
+        (CONTRACTS[m.MsgType.CAMPAIGN_ACCEPTED], m.CampaignAccepted("c1", 3, ["f1"])),
+        (
+            CONTRACTS[m.MsgType.CAMPAIGN_REJECTED],
+            m.CampaignRejected("c1", m.CampaignRejected.DUPLICATE, "already running"),
+        ),
         (
             CONTRACTS[m.MsgType.DATASITE_STATUS],
             m.DatasiteStatus("f1", "trained", {"campaign_id": "c1"}),

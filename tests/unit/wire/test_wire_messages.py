@@ -20,6 +20,8 @@ EXAMPLES = [
     messages.RoundCompleted("c1", 1, 1, ["f1"], {"f2": "byzantine"}, ["f2"], {"rmse": 20.1}, 1.25,
                             "aggregated", {"f3": "deadline"}, SD),
     messages.CampaignCompleted("c1", 3, "max_rounds", {"rmse": 18.0}),
+    messages.CampaignAccepted("c1", 3, ["f1", "f2"], "a1b2"),
+    messages.CampaignRejected("c1", messages.CampaignRejected.DUPLICATE, "already running", "a1b2"),
     messages.DatasiteStatus("f1", "connected", {"url": "http://x"}),
 ]
 
