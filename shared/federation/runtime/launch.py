@@ -52,13 +52,19 @@ def keys_dir_of(settings: Settings) -> Path | None:
 def sender_roles(settings: Settings, trusted: Any = ()) -> SenderRoles:
     """Who may send what: the configured sender roles (ConfigError when there are none); in
     ``pdmfed demo``, which creates every key itself under its role's name, that map."""
-    from federation.runtime.roles import ROLES_FILE, load_sender_roles
+    from federation.runtime.roles import load_sender_roles
+
+    if settings.demo and not roles_configured(settings):
+        return SenderRoles.of_roles(ENVELOPE_ROLES)
+    return load_sender_roles(keys_dir_of(settings), settings.sender_roles, trusted)
+
+
+def roles_configured(settings: Settings) -> bool:
+    """Whether sender roles are configured (PDMFED_SENDER_ROLES or senders.json), not the demo's."""
+    from federation.runtime.roles import ROLES_FILE
 
     kd = keys_dir_of(settings)
-    configured = settings.sender_roles or (kd is not None and (kd / ROLES_FILE).exists())
-    if settings.demo and not configured:
-        return SenderRoles.of_roles(ENVELOPE_ROLES)
-    return load_sender_roles(kd, settings.sender_roles, trusted)
+    return bool(settings.sender_roles) or (kd is not None and (kd / ROLES_FILE).exists())
 
 
 def ensure_identities(keys_dir: Path, senders: list[str]) -> None:
@@ -247,7 +253,9 @@ def service_main(name: str) -> int:
     async def run() -> None:
         widen_thread_pool()
         node = await start_node(name, settings, factory_trust=factory_trust, datasite_registry=registry)
-        trusted = TrustedKeys(kd, node.endpoint.sealer.trust, factory_trust)
+        trusted = TrustedKeys(kd, node.endpoint.sealer.trust, factory_trust,
+                              roles=node.endpoint.roles if roles_configured(settings) else None,
+                              roles_setting=settings.sender_roles)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -259,7 +267,7 @@ def service_main(name: str) -> int:
                 registry.reload()
 
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        log.info("%s: SIGHUP reloads its trusted public keys (%s)%s", name, trusted.describe(),
+        log.info("%s: SIGHUP reloads its trusted public keys (%s), sender roles%s", name, trusted.describe(),
                  " and its datasite registry" if registry is not None else "")
         await stop.wait()
         log.info("%s: shutting down", name)

@@ -14,6 +14,7 @@ __all__ = [
     "ROLES_FILE",
     "SenderRoles",
     "parse_sender_roles",
+    "read_sender_roles",
     "load_sender_roles",
     "write_roles_file",
 ]
@@ -41,6 +42,18 @@ class SenderRoles(Mapping[str, Role]):
 
     def __len__(self) -> int:
         return len(self._roles)
+
+    def replace_with(self, other: SenderRoles) -> None:
+        """Take ``other``'s map in place: endpoints holding this object see it at once."""
+        self._roles = dict(other._roles)
+
+    def changes(self, other: SenderRoles) -> list[str]:
+        """What taking ``other`` changes: ``+connector-2=connector``, ``-old``, ``x: a -> b``."""
+        out = [f"+{s}={r}" for s, r in sorted(other.items()) if s not in self._roles]
+        out += [f"-{s}" for s in sorted(self._roles) if s not in other]
+        out += [f"{s}: {self._roles[s]} -> {r}" for s, r in sorted(other.items())
+                if s in self._roles and self._roles[s] != r]
+        return out
 
     def authorize(self, envelope: Any) -> None:
         """ForbiddenError unless the envelope's (verified) sender's role may send its type."""
@@ -98,6 +111,24 @@ def load_sender_roles(
     ConfigError (the service does not start) when neither names any sender, when one sender
     gets two roles, or when a sender whose public key is trusted has no role.
     """
+    roles = read_sender_roles(keys_dir, setting)
+    missing = without_role(roles, trusted)
+    if missing:
+        raise ConfigError(
+            f"trusted sender(s) {', '.join(missing)} have no role (add them to "
+            f"{ROLES_FILE} or PDMFED_SENDER_ROLES)"
+        )
+    return roles
+
+
+def without_role(roles: Mapping[str, Any], trusted: Iterable[str]) -> list[str]:
+    """The trusted senders ``roles`` gives no role (their messages are refused as forbidden)."""
+    return sorted(set(trusted) - set(roles))
+
+
+def read_sender_roles(keys_dir: Path | None, setting: str | None) -> SenderRoles:
+    """``keys_dir/senders.json`` and ``PDMFED_SENDER_ROLES`` together (ConfigError when neither
+    names any sender, a sender gets two roles or a role is unknown)."""
     roles: dict[str, str] = {}
     path = Path(keys_dir) / ROLES_FILE if keys_dir is not None else None
     if path is not None and path.exists():
@@ -109,12 +140,6 @@ def load_sender_roles(
         raise ConfigError(
             f"no sender roles: {shown} (from `pdmfed keys init`) or PDMFED_SENDER_ROLES must say"
             " which role each trusted sender has"
-        )
-    missing = sorted(set(trusted) - set(roles))
-    if missing:
-        raise ConfigError(
-            f"trusted sender(s) {', '.join(missing)} have no role (add them to "
-            f"{ROLES_FILE} or PDMFED_SENDER_ROLES)"
         )
     return SenderRoles(roles)
 
