@@ -36,6 +36,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Open chunked updates per sender in the shared store: every replica of the sender publishes
+#: at once, and a publisher killed mid-message leaves a partial update until it expires.
+SHARED_UPDATES_PER_SENDER = 16
+
+
 def _sender(settings: Settings, name: str) -> str:
     return settings.service_id or name
 
@@ -194,7 +199,8 @@ async def start_node(
         from federation.runtime.shared_chunks import SharedChunkAssembler
 
         sealer.assembler = SharedChunkAssembler(
-            store, max_update_bytes=settings.max_update_bytes, max_chunk_bytes=settings.max_message_bytes
+            store, max_update_bytes=settings.max_update_bytes, max_chunk_bytes=settings.max_message_bytes,
+            updates_per_sender=SHARED_UPDATES_PER_SENDER,
         )
     endpoint = SecureEndpoint(bus, sealer, metrics, name, roles=roles)
     _relearn_campaigns(endpoint, store)

@@ -31,6 +31,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+#: Seconds between two sweeps of the outbox (see ``ServiceRunner.outbox_sweep_s``).
+OUTBOX_SWEEP_S = 2.0
+
+
 class CheckedTransaction:
     """A handler's view of its transaction: ``emit`` checks each message against its contract.
 
@@ -175,6 +179,10 @@ class ServiceRunner:
         self._flush_lock = asyncio.Lock()
         self._tick_task: asyncio.Task | None = None
         self._background_task: asyncio.Task | None = None
+        self._sweep_task: asyncio.Task | None = None
+        #: Seconds between outbox sweeps: rows a killed replica committed but never published
+        #: go out without waiting for the next message or a restart.
+        self.outbox_sweep_s = OUTBOX_SWEEP_S
         self._stopping = False
         self.subscribed = False
         #: Handlers run at once (the connector trains several datasites in parallel).
@@ -196,6 +204,7 @@ class ServiceRunner:
             self._tick_task = asyncio.create_task(
                 self._tick_loop(), name=f"{self.service.name}-tick"
             )
+        self._sweep_task = asyncio.create_task(self._sweep_loop(), name=f"{self.service.name}-outbox")
         if self.service.background is not None:
             self._background_task = asyncio.create_task(
                 self.service.background(self.metrics), name=f"{self.service.name}-background"
@@ -204,7 +213,7 @@ class ServiceRunner:
     async def stop(self) -> None:
         """Stop ticking; the bus owner closes consumers (in-flight messages finish or requeue)."""
         self._stopping = True
-        for task in (self._tick_task, self._background_task):
+        for task in (self._tick_task, self._background_task, self._sweep_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -309,6 +318,16 @@ class ServiceRunner:
                 await asyncio.to_thread(claim.done)
                 observe_emitted(self.metrics, head.msg_type, payload)
                 published += 1
+
+    async def _sweep_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.outbox_sweep_s)
+            try:
+                await self.flush_outbox()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the broker or the database is away: the next sweep retries
+                log.exception("%s: outbox sweep failed", self.service.name)
 
     async def _tick_loop(self) -> None:
         tick = self.service.tick
