@@ -55,6 +55,7 @@ def write_secrets(out: Path, owner: tuple[int, int] | None = None) -> dict:
     token = secrets.token_urlsafe
     sealing = {"PDMFED_ENCRYPTION_KEY": token(32), "PDMFED_KEY_SALT": secrets.token_hex(16)}
     redis_password = token(24)
+    postgres_password = token(24)
     broker = {user: token(24) for user in (*SENDERS, "admin")}
     factory_ds = {f: token(24) for f in FACTORIES}
 
@@ -80,6 +81,9 @@ def write_secrets(out: Path, owner: tuple[int, int] | None = None) -> dict:
             for f in FACTORIES:
                 (keys / "factories" / f"{f}.pub").write_bytes(identities[f].public_pem())
         _write_env(out / sender / "env", env)
+        if sender != "orchestrator":  # used only by the replicas deployment (docs/replicas.md)
+            _write_env(out / sender / "state.env", {
+                "PDMFED_STATE_URL": f"postgresql://pdmfed:{postgres_password}@postgres:5432/pdmfed"})
     for factory in FACTORIES:
         identities[factory].save(out / factory / "keys")
         _write_env(
@@ -91,6 +95,8 @@ def write_secrets(out: Path, owner: tuple[int, int] | None = None) -> dict:
             },
         )
     _write_env(out / "redis" / "env", {"REDISCLI_AUTH": redis_password})
+    _write_env(out / "postgres" / "env", {
+        "POSTGRES_USER": "pdmfed", "POSTGRES_DB": "pdmfed", "POSTGRES_PASSWORD": postgres_password})
     _write_env(out / "grafana" / "env", {"GF_SECURITY_ADMIN_PASSWORD": token(18)})
     tool = _definitions_tool()
     definitions = json.loads((ROOT / "deploy/rabbitmq/definitions.json").read_text())

@@ -201,3 +201,40 @@ def test_dockerignore_keeps_secrets_and_vcs_out_of_the_build_context():
         "services/",
         "deploy/docker/wheels/",
     }
+
+
+def test_the_replicas_override_runs_two_of_each_service_on_postgresql_without_sqlite_volumes(
+    tmp_path,
+):
+    tool = require_tool("check-jsonschema")
+    override = ROOT / "deploy/compose/replicas.yml"
+    result = run([tool, "--builtin-schema", "vendor.compose-spec", str(override)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    compose = require_tool("docker-compose")
+    for component in (*SERVICES, "orchestrator", *FACTORIES, "redis", "grafana", "postgres"):
+        (tmp_path / component).mkdir()
+        (tmp_path / component / "env").write_text("")
+        (tmp_path / component / "state.env").write_text(
+            f"PDMFED_STATE_URL=postgresql://db/{component}\n"
+        )
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PDMFED_SECRETS_DIR": str(tmp_path),
+        "COMPOSE_FILE": "docker-compose.yml:deploy/compose/replicas.yml",
+    }
+    (tmp_path / "empty.env").write_text("")
+    result = run([compose, "--env-file", str(tmp_path / "empty.env"), "config"], cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    merged = yaml.safe_load(result.stdout)
+    assert "postgres" in merged["services"]
+    for name in SERVICES:
+        svc = merged["services"][name]
+        assert svc["deploy"]["replicas"] == 2, name
+        assert "postgres" in svc["depends_on"], name
+        named = {
+            v.split(":")[0] for v in svc["volumes"] if isinstance(v, str) and not v.startswith("/")
+        }
+        assert named == {f"{name}-blobs"}, (name, svc["volumes"])  # no SQLite state volume
+        tmpfs = [v for v in svc["volumes"] if isinstance(v, dict)]
+        assert tmpfs == [{"target": "/var/lib/pdmfed", "type": "tmpfs"}], name
+        assert svc["environment"]["PDMFED_STATE_URL"] == f"postgresql://db/{name}", name

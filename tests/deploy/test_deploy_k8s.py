@@ -9,7 +9,7 @@ import pytest
 import yaml
 from deploy_helpers import DEPLOY, SERVICES, load_yaml_docs, require_tool, run
 
-OVERLAYS = ["base", "overlays/rabbitmq-operator", "overlays/prometheus-operator"]
+OVERLAYS = ["base", "overlays/rabbitmq-operator", "overlays/prometheus-operator", "overlays/replicas"]
 #: Custom resources kubernetes-validate has no schema for -> our schema in deploy/k8s/schemas.
 CRD_SCHEMAS = {
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"): "rabbitmqcluster-rabbitmq-v1beta1.json",
@@ -139,6 +139,36 @@ def test_stateful_workloads_run_one_replica_replaced_by_recreate_and_nothing_sca
         assert dep["spec"]["strategy"] == {"type": "Recreate"}, name
     for name, pvc in _kinds(docs, "PersistentVolumeClaim").items():
         assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"], name
+
+
+def test_the_replicas_overlay_scales_only_services_whose_state_is_in_postgresql(k8s_render):
+    docs = load_yaml_docs(k8s_render("overlays/replicas"))
+    deployments = _kinds(docs, "Deployment")
+    pvcs = _kinds(docs, "PersistentVolumeClaim")
+    replicated = {name for name, dep in deployments.items() if dep["spec"]["replicas"] > 1}
+    assert replicated == set(SERVICES)
+    for name in SERVICES:
+        dep = deployments[name]
+        assert dep["spec"]["strategy"]["type"] == "RollingUpdate", name
+        pod = dep["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["PDMFED_STATE_URL"]["valueFrom"]["secretKeyRef"]["name"] == f"pdmfed-{name}-state"
+        claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+                  if "persistentVolumeClaim" in v}  # fmt: skip
+        # no SQLite volume: the only claim is the blob directory every replica mounts
+        assert claims == {f"{name}-blobs"}, name
+        assert pvcs[f"{name}-blobs"]["spec"]["accessModes"] == ["ReadWriteMany"], name
+        assert f"{name}-state" not in pvcs, name
+    assert "postgres" in _kinds(docs, "StatefulSet")
+    pdbs = {p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+            for p in _kinds(docs, "PodDisruptionBudget").values()}  # fmt: skip
+    assert pdbs == replicated  # disruption budgets and autoscalers only for what can scale
+    hpas = {h["spec"]["scaleTargetRef"]["name"] for h in _kinds(docs, "HorizontalPodAutoscaler").values()}
+    assert hpas and hpas <= replicated
+    for name in SERVICES:
+        labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "service"}
+        assert ("postgres", 5432) in _egress_targets(docs, labels), name
 
 
 def _egress_targets(docs: list[dict], labels: dict[str, str]) -> set[tuple[str, int]]:
