@@ -25,8 +25,6 @@ from federation.wire.messages import (
     TrainRequest,
 )
 
-from services.campaign_refusal import forget_refused_campaign
-
 __all__ = ["ConnectorLogic", "build_service"]
 
 log = logging.getLogger(__name__)
@@ -278,17 +276,22 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
             log.warning("campaign %s accepted, but its campaign.start never reached the connector",
                         msg.campaign_id)
             return
+        tx.put(f"accepted/{msg.campaign_id}", True)
         logic.remember_datasites(CampaignConfig.from_payload(stored))
 
     def on_campaign_rejected(tx: Transaction, msg: CampaignRejected, envelope: Any) -> None:
-        """A refused campaign is forgotten (a duplicate's refusal leaves the running one alone)."""
-        if forget_refused_campaign(tx, msg):
-            logic.forget_campaign(msg.campaign_id)
+        """A refused campaign is forgotten; a duplicate's refusal leaves a running (accepted)
+        campaign alone, and drops the config a duplicate start of a finished one left behind."""
+        if tx.get(f"accepted/{msg.campaign_id}") is not None:
+            return
+        tx.delete(f"campaign/{msg.campaign_id}")
+        logic.forget_campaign(msg.campaign_id)
 
     def on_campaign_completed(tx: Transaction, msg: CampaignCompleted, envelope: Any) -> None:
         """Drop the campaign's model versions and datasites; its sessions close at the next check."""
         cid = msg.campaign_id
         tx.delete(f"campaign/{cid}")
+        tx.delete(f"accepted/{cid}")
         for key in tx.keys(f"model/{cid}/"):
             tx.delete(key)
         logic.forget_campaign(cid)

@@ -120,6 +120,8 @@ def test_when_resume_attaches_to_a_running_campaign__it_follows_it_to_its_end(
             if line.startswith("round 1/3"):
                 break
         assert seen and seen[-1].startswith("round 1/3"), "".join(seen)
+        accepted = f"campaign {cfg.campaign_id} accepted by trainer-dispatch: 3 rounds over 3 datasites"
+        assert accepted in [line.rstrip() for line in seen], "".join(seen)
         run = run_pdmfed(
             "campaign",
             "--config",
@@ -145,3 +147,4 @@ def test_when_resume_attaches_to_a_running_campaign__it_follows_it_to_its_end(
     assert f"{cfg.campaign_id}: all 3 rounds completed" in [line.rstrip() for line in lines]
     assert any(line.startswith("round 3/3") for line in lines)
     assert not any(line.startswith("round 1/3") for line in lines)  # it attached after round 1
+    assert not any("accepted by trainer-dispatch" in line for line in lines)  # it published no start

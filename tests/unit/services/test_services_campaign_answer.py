@@ -137,3 +137,71 @@ def test_a_service_forgets_a_refused_campaign_but_not_the_running_one_a_duplicat
             tx, CampaignRejected("running", CampaignRejected.DUPLICATE, "already running")
         )
     assert store.read("campaign/bad") is None and store.read("campaign/running") == {"rounds": 4}
+
+
+class _Sessions:
+    """Fake session manager (unit tier): records every login."""
+
+    def __init__(self) -> None:
+        self.logins: list[str] = []
+
+    def is_connected(self, datasite_id):
+        return datasite_id in self.logins
+
+    def connect_to_datasite(self, datasite_url, credentials):
+        self.logins.append(credentials["datasite_id"])
+        return True
+
+    def datasite_answers(self, url):
+        return True
+
+    def check_connection(self, datasite_id):
+        return True
+
+    def disconnect_from_datasite(self, datasite_id):
+        self.logins.remove(datasite_id)
+        return True
+
+
+async def test_the_connector_contacts_datasites_only_for_an_accepted_campaign_and_forgets_refused_ones(
+    tmp_path,
+):
+    from federation.datasite_registry import DatasiteRegistry, write_registry
+    from federation.wire.messages import CampaignAccepted, CampaignCompleted
+
+    from services.connector.handlers import ConnectorLogic
+    from services.connector.handlers import build_service as connector_service
+
+    sites = {ds: (f"http://{ds}", "c@x.org", "pw") for ds in ("f1", "f2", "f3")}
+    sessions = _Sessions()
+    logic = ConnectorLogic(sessions, DatasiteRegistry.load(write_registry(tmp_path / "ds", sites)))
+    store = SqliteStore()
+    runner = ServiceRunner(connector_service(logic), _Endpoint(), store)
+
+    async def deliver(msg) -> None:
+        kind = msg.msg_type.value
+        await runner._on_message(kind, msg.to_payload(), _Envelope(os.urandom(16)))
+
+    await deliver(CampaignStart("c1", _config("c1"), "s-1"))
+    assert logic.check_sessions() == {} and sessions.logins == []  # not before dispatch accepted
+    await deliver(CampaignAccepted("c1", 4, ["f1", "f2", "f3"], "s-1"))
+    assert logic.check_sessions() == {"c1": (3, 3)}
+
+    # a duplicate start changes nothing and its refusal leaves the running campaign alone
+    await deliver(CampaignStart("c1", _config("c1", datasites=["f1", "f2"]), "s-2"))
+    await deliver(CampaignRejected("c1", CampaignRejected.DUPLICATE, "already running", "s-2"))
+    assert store.read("campaign/c1")["datasites"] == ["f1", "f2", "f3"]
+    assert logic.check_sessions() == {"c1": (3, 3)}
+
+    # a refused campaign is forgotten: never contacted, its config gone
+    await deliver(CampaignStart("c2", _config("c2"), "s-3"))
+    await deliver(
+        CampaignRejected("c2", CampaignRejected.INVALID_CONFIG, "1 datasites < quorum 2", "s-3")
+    )
+    assert store.read("campaign/c2") is None and set(logic.check_sessions()) == {"c1"}
+
+    # a duplicate start of a finished campaign leaves no config behind (a restart would reopen it)
+    await deliver(CampaignCompleted("c1", 4, "max_rounds"))
+    await deliver(CampaignStart("c1", _config("c1"), "s-4"))
+    await deliver(CampaignRejected("c1", CampaignRejected.DUPLICATE, "already ran", "s-4"))
+    assert store.read("campaign/c1") is None and logic.check_sessions() == {}
