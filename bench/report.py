@@ -23,7 +23,7 @@ BENCHMARKS = {
 
 #: Results rendered when present but not run by ``python -m bench`` (long: their commands are in
 #: their sections).
-EXTRA = ("synthetic_task", "dpsgd_quality", "dpsgd_curve", "robustness_5", "robustness_10")
+EXTRA = ("synthetic_task", "dpsgd_quality", "dpsgd_curve", "robustness_5", "robustness_10", "replicas")
 
 _NOTES = Path(__file__).resolve().parent / "NOTES.md"
 
@@ -407,6 +407,31 @@ def _store(doc: dict | None) -> list[str]:
     return [*lines, ""]
 
 
+def _replicas(doc: dict | None) -> list[str]:
+    title = "13. Replicas: 1 against 2 processes of every service (bench/bench_replicas.py)"
+    if doc is None:
+        return [f"## {title}", "", "Not measured yet: `.venv/bin/python -m bench.bench_replicas`.", ""]
+    lines = [
+        f"## {title}",
+        "",
+        "`.venv/bin/python -m bench.bench_replicas`: trainer-dispatch, security, aggregator and the"
+        " connector (stand-in datasites that sleep, then sign a fixed delta) as 1 or 2 processes"
+        " each, state in PostgreSQL, the same campaign alternately; 8 MiB messages (updates"
+        " chunked). Wall = one round as the orchestrator sees it, overhead = wall − training"
+        " sleep, median (min–max) over the rounds after the first.",
+        "",
+        "| model | sites | replicas | rounds | wall s | overhead s | rounds/min |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        o = r["overhead_s"]
+        lines.append(
+            f"| {r['model']} | {r['sites']} | {r['replicas']} | {r['rounds']} | {r['wall_s']:.2f}"
+            f" | {o['median']:.2f} ({o['min']:.2f}–{o['max']:.2f}) | {r['rounds_per_min']:.1f} |"
+        )
+    return [*lines, ""]
+
+
 def _synthetic_task(doc: dict | None) -> list[str]:
     if doc is None or not doc.get("datasets"):
         return []
@@ -605,6 +630,7 @@ def render(results: Path, *, smoke: bool = False) -> str:
     lines += _dp_curve(extra["dpsgd_curve"], extra["dpsgd_quality"])
     lines += _robustness({k: extra[k] for k in ("robustness_5", "robustness_10")})
     lines += _hostile(docs["hostile"])
+    lines += _replicas(extra["replicas"])
     if _NOTES.is_file() and not smoke:
         lines += [_NOTES.read_text(encoding="utf-8").rstrip(), ""]
     return "\n".join(lines)

@@ -303,3 +303,19 @@ def test_when_hostile_runs_in_smoke__every_hostile_body_is_refused_typed_and_fig
         assert _positive(stall["genuine_latency_s"]) and stall["max_stall_s"] >= 0
         assert 0 < stall["max_callback_cpu_s"] and stall["longest_callback"]
     assert doc["stall"]["after"]["rejected"] == doc["stall"]["before"]["rejected"] == 3
+
+
+def test_when_replicas_runs_in_smoke__one_and_two_replicas_complete_every_round(tmp_path, rabbitmq):
+    import psycopg
+
+    from bench.bench_replicas import POSTGRES_URL
+
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
+    doc = _run("bench_replicas", tmp_path)
+    assert [r["replicas"] for r in doc["rows"]] == [1, 2]
+    for r in doc["rows"]:
+        o = r["overhead_s"]
+        assert r["rounds"] == 2 and _positive(r["rounds_per_min"]) and o["min"] <= o["median"] <= o["max"]

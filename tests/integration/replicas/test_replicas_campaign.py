@@ -6,14 +6,14 @@ import asyncio
 import os
 
 import pytest
-from replica_helpers import (
+from replica_helpers import rabbit_unavailable, rounds_by_number
+
+from bench._replicas import (
     MAX_MESSAGE_BYTES,
     MODEL_PARAMS,
     Cluster,
     campaign_config,
     prepare,
-    rabbit_unavailable,
-    rounds_by_number,
     run_campaigns,
 )
 

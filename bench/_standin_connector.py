@@ -1,6 +1,6 @@
 """A connector replica process whose datasites are in-process stand-ins signing with shared keys.
 
-Run by the replica tests like `pdmfed service connector`, with the same settings from the
+Run by bench/_replicas.py (replica tests and benchmark) like `pdmfed service connector`, with the same settings from the
 environment plus ``REPLICA_FACTORY_KEYS`` (the factories' private keys, shared by both
 connector replicas so either may train any datasite), ``REPLICA_MODEL`` (``kind:n_features:window``),
 ``REPLICA_SAMPLES`` (``f1=101,f2=102``: each datasite's sample count) and ``REPLICA_TRAIN_S``.
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
