@@ -139,6 +139,7 @@ def _startable(msg: CampaignStart) -> CampaignConfig:
         )
     if len(cfg.datasites) < cfg.quorum:
         raise ConfigError(f"{len(cfg.datasites)} datasites < quorum {cfg.quorum}")
+    cfg.check_model()  # a model that cannot train (privately) is refused before round 1
     return cfg
 
 

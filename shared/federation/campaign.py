@@ -33,7 +33,10 @@ class _Strict(BaseModel):
 class TrainingConfig(_Strict):
     """Local training at each datasite."""
 
-    model_type: Literal["cnn", "lstm", "hybrid"] = "hybrid"
+    #: A built-in ("cnn", "lstm", "hybrid") or an own model, ``package.module:function``
+    #: returning an nn.Module for (n_features, window), installed where the campaign runs and
+    #: approved by each factory (``federation.ml.own_model``).
+    model_type: str = "hybrid"
     epochs: int = Field(1, ge=1, le=100)
     learning_rate: float = Field(0.003, gt=0, le=1)
     batch_size: int = Field(64, ge=1, le=4096)
@@ -45,6 +48,18 @@ class TrainingConfig(_Strict):
     init: Literal["random", "public"] = "random"
     #: Each factory returns the mean of its last half of iterates (averages DP-SGD noise away).
     average_iterates: bool = False
+
+    @field_validator("model_type")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from federation.ml.models import SUPPORTED_MODELS, is_known_model
+
+        if not is_known_model(value):
+            raise ValueError(
+                f"{value!r} is neither a built-in model {SUPPORTED_MODELS} nor an own model's "
+                "'package.module:function' entry point"
+            )
+        return value
 
 
 class PrivacyConfig(_Strict):
@@ -185,6 +200,16 @@ class CampaignConfig(_Strict):
             except PrivacyError as exc:
                 raise ValueError(f"central DP: {exc}") from exc
         return self
+
+    def check_model(self) -> None:
+        """ConfigError unless the model builds here and, under record-level DP-SGD, its
+        per-sample gradients are correct: a campaign is refused before anything trains."""
+        from federation.ml.own_model import check_campaign_model
+
+        t = self.training
+        check_campaign_model(
+            t.model_type, t.n_features, t.window, record_dp=self.record_privacy.enabled
+        )
 
     @property
     def cohort(self) -> list[str]:

@@ -73,12 +73,6 @@ class Attack(StrEnum):
     none = "none"
 
 
-class ModelType(StrEnum):
-    cnn = "cnn"
-    lstm = "lstm"
-    hybrid = "hybrid"
-
-
 #: How many factories the demo can run (one per named factory datasite).
 DEMO_MAX_SITES = 5
 
@@ -106,7 +100,13 @@ def demo(
             help="factory datasites to launch (3 are needed for Byzantine screening)",
         ),
     ] = 3,
-    model: Annotated[ModelType, typer.Option(help="model architecture")] = ModelType.cnn,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="model: cnn, lstm, hybrid, or an own model's package.module:function "
+            "(installed here; the demo's factories approve it)"
+        ),
+    ] = "cnn",
     out: Annotated[
         Path, typer.Option(file_okay=False, help="parent folder of the run folder")
     ] = Path("runs"),
@@ -166,7 +166,7 @@ def demo(
         attack=attack.value,
         rounds=rounds,
         sites=sites,
-        model=model.value,
+        model=model,
         out=str(out),
         seed=seed,
         dp=not no_dp,
@@ -532,6 +532,14 @@ def datasite_launch(
         ),
     ] = None,
     demo: Annotated[bool, typer.Option("--demo", help="allow a generated admin password")] = False,
+    approve_model: Annotated[
+        list[str] | None,
+        typer.Option(
+            show_default=False,
+            help="approve this own model (package.module:function) at the source installed "
+            "here; repeatable. A changed source is a new request, left pending",
+        ),
+    ] = None,
 ) -> int:
     """Start a PySyft datasite holding a factory's partition; serve until SIGINT/SIGTERM.
 
@@ -551,7 +559,25 @@ def datasite_launch(
         admin_email=admin_email,
         orchestrator_email=orchestrator_email,
         demo=demo,
+        approve_models=approve_model,
     )
+
+
+@datasite_app.command("job-hash")
+def datasite_job_hash(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            show_default=False,
+            help="an own model (package.module:function): the hash of its job at the source "
+            "installed here (default: the built-in models' job)",
+        ),
+    ] = None,
+) -> int:
+    """Print the request hash a datasite's allow-list file approves (one line)."""
+    from federation.datasite.cli import job_hash_command
+
+    return job_hash_command(model)
 
 
 # --- eval -------------------------------------------------------------------------------------

@@ -134,10 +134,8 @@ class PySyftCommunicationManager:
         #: Refuse a login whose account is more than a data scientist (the connector's rule:
         #: a factory's admin credentials never leave the factory).
         self.require_data_scientist = bool(require_data_scientist)
-        if training_job is None:
-            from federation.datasite.job import pdmfed_train_job
-
-            training_job = pdmfed_train_job
+        #: A fixed job for every request (tests); None: the shipped job for the built-in
+        #: models, or the job naming the config's own model (``_job_for``).
         self.training_job = training_job
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.RLock()
@@ -402,8 +400,18 @@ class PySyftCommunicationManager:
             **extra,
         }
 
+    def _job_for(self, model_type: Any) -> Callable:
+        """The job to submit: the fixed one, the shipped job, or the own model's job (its
+        entry point and the digest of its source installed here are in the job's code)."""
+        from federation.datasite.job import model_training_job, pdmfed_train_job
+        from federation.ml.own_model import is_entry_point
+
+        if self.training_job is not None:
+            return self.training_job
+        return model_training_job(model_type) if is_entry_point(model_type) else pdmfed_train_job
+
     def _submit_job(
-        self, session: _Session, config_bytes: bytes, round_number: int
+        self, session: _Session, config_bytes: bytes, round_number: int, model_type: Any = None
     ) -> tuple[Any, str, dict]:
         import syft as sy
         from syft.service.policy.policy import ExactMatch, SingleExecutionExactOutput
@@ -420,13 +428,14 @@ class PySyftCommunicationManager:
             "train_config": cfg_ptr,
         }
         name = f"pdmfed_train_r{max(0, round_number)}_{uuid.uuid4().hex[:12]}"
+        job = self._job_for(model_type)
 
         def run() -> Any:
             submit = sy.syft_function(
                 input_policy=ExactMatch(**inputs),
                 output_policy=SingleExecutionExactOutput(),
                 name=name,
-            )(self.training_job)
+            )(job)
             return _syft_ok(session.client.code.request_code_execution(submit), "code request")
 
         request = _call_with_timeout(run, self.request_timeout_s, "code request")
@@ -504,7 +513,9 @@ class PySyftCommunicationManager:
         with session.lock:
             request_id = None
             try:
-                request, name, inputs = self._submit_job(session, config_bytes, round_number)
+                request, name, inputs = self._submit_job(
+                    session, config_bytes, round_number, config.get("model_type")
+                )
                 request_id = str(request.id)
                 self._await_approval(request, datasite_id)
                 raw = self._run_job(session, name, inputs)

@@ -13,7 +13,7 @@ import numpy as np
 from federation.console import EXIT_FAILED, fail
 from federation.errors import ConfigError
 
-__all__ = ["datasite_main", "launch_command"]
+__all__ = ["datasite_main", "job_hash_command", "launch_command"]
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -45,6 +45,7 @@ def launch_command(
     admin_email: str | None,
     orchestrator_email: str | None,
     demo: bool,
+    approve_models: list[str] | None = None,
 ) -> int:
     """Launch, print one JSON line (id, url, public key), serve until SIGINT/SIGTERM; exit code."""
     partition = _load_npz(data)
@@ -61,6 +62,7 @@ def launch_command(
         host=host,
         orchestrator_email=orchestrator_email,
         demo=demo,
+        approved_models=approve_models or (),
     )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -79,6 +81,14 @@ def launch_command(
         return 0
     finally:
         handle.stop()
+
+
+def job_hash_command(model: str | None) -> int:
+    """Print the request hash of the training job (for ``model``: at its source installed here)."""
+    from federation.datasite.policy import training_request
+
+    print(training_request(model=model).digest())
+    return 0
 
 
 def datasite_main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import linecache
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -15,6 +16,7 @@ __all__ = [
     "ENV_KEYS_DIR",
     "ENV_ATTACK",
     "compromise_delta",
+    "model_training_job",
     "pdmfed_train_job",
     "run_training_job",
     "training_delta",
@@ -35,6 +37,39 @@ def pdmfed_train_job(features, labels, global_model, train_config):
     from federation.datasite.job import run_training_job
 
     return run_training_job(features, labels, global_model, train_config)
+
+
+_OWN_MODEL_JOB = """\
+def pdmfed_train_job(features, labels, global_model, train_config):
+    # The source of this function is what the orchestrator submits to PySyft and what the
+    # datasite's allow-list pins by hash. The model is the factory's own installed package,
+    # named here with the SHA-256 of its source: another model, or another version of it,
+    # is another request that stays pending until the factory approves it.
+    from federation.datasite.job import run_training_job
+
+    model = ({entry_point!r}, {digest!r})
+    return run_training_job(features, labels, global_model, train_config, model=model)
+"""
+
+
+def model_training_job(entry_point: str, digest: str | None = None):  # noqa: ANN201
+    """The training job for an own model: its entry point and source digest are in its code.
+
+    ``digest`` defaults to the source digest of the package installed here. The function is
+    compiled from a template (and its source registered with linecache, so PySyft can read
+    it back with ``inspect.getsource`` as it does for any submitted function).
+    """
+    from federation.ml.own_model import is_entry_point, source_digest
+
+    if not is_entry_point(entry_point):
+        raise ValueError(f"{entry_point!r} is not a 'package.module:function' entry point")
+    digest = source_digest(entry_point) if digest is None else str(digest)
+    source = _OWN_MODEL_JOB.format(entry_point=entry_point, digest=digest)
+    filename = f"<pdmfed-job {entry_point} {digest[:16]}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own fixed template
+    return namespace["pdmfed_train_job"]
 
 
 def training_delta(
@@ -86,15 +121,54 @@ def _refuse_requester_noise_seed(cfg: Mapping[str, Any]) -> None:
                            "its DP noise from its own CSPRNG-seeded generator")
 
 
-def run_training_job(features: Any, labels: Any, global_model: Any, train_config: Any) -> dict:
-    """Train on the private partition, sign the result with the factory key; errors as data."""
+def run_training_job(
+    features: Any,
+    labels: Any,
+    global_model: Any,
+    train_config: Any,
+    model: tuple[str, str] | None = None,
+) -> dict:
+    """Train on the private partition, sign the result with the factory key; errors as data.
+
+    ``model`` is (entry point, source digest) when the approved job names an own model;
+    without it only the built-in models train.
+    """
     try:
-        return _run(features, labels, global_model, train_config)
+        return _run(features, labels, global_model, train_config, model)
     except Exception as exc:  # the orchestrator gets a clear error, never a datasite traceback
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def _run(features: Any, labels: Any, global_model: Any, train_config: Any) -> dict:
+def _pin_model(cfg: dict[str, Any], model: tuple[str, str] | None) -> None:
+    """The model trained is the one the approved code names, at the approved source digest.
+
+    The training config is an upload the allow-list does not cover: it may name a built-in
+    model or exactly the approved job's own model, nothing else, and that model's installed
+    source must still be what was approved.
+    """
+    from federation.errors import ConfigError
+    from federation.ml.models import SUPPORTED_MODELS
+    from federation.ml.own_model import source_digest
+
+    if model is None:
+        kind = cfg.get("model_type", "cnn")
+        if kind not in SUPPORTED_MODELS:
+            raise ConfigError(f"model {kind!r} is not a built-in, and the approved job names no "
+                              "own model (an own model is named by the job's code)")
+        return
+    entry_point, approved = model
+    if cfg.setdefault("model_type", entry_point) != entry_point:
+        raise ConfigError(f"the training config names model {cfg['model_type']!r} but the "
+                          f"approved job is for {entry_point!r}")
+    installed = source_digest(entry_point)
+    if installed != approved:
+        raise ConfigError(f"the installed source of {entry_point} (sha256 {installed[:12]}) is "
+                          f"not the approved one ({str(approved)[:12]}): approve it again")
+
+
+def _run(
+    features: Any, labels: Any, global_model: Any, train_config: Any, model: tuple[str, str] | None
+) -> dict:
     from federation.crypto.signing import SigningIdentity
     from federation.datasite.signing import sign_tensors
     from federation.errors import ConfigError
@@ -111,6 +185,7 @@ def _run(features: Any, labels: Any, global_model: Any, train_config: Any) -> di
     global_state = decode_state_dict(model_bytes)
     cfg = _config(train_config)
     _refuse_requester_noise_seed(cfg)
+    _pin_model(cfg, model)
     seed = int(cfg.pop("seed", 0))
     round_number = int(cfg.get("round_number", 0))
     # Signed with the update: it cannot be moved to another campaign or base model.

@@ -40,6 +40,7 @@ from federation.datasite.policy import (
     RequestPieces,
     approved_job_hashes,
     asset_binding,
+    training_request,
 )
 from federation.datasite.server import start_server, wait_until_serving
 from federation.errors import ConfigError, DatasiteError
@@ -378,6 +379,18 @@ def _resolve_connector_account(
     return email, password
 
 
+def _approved_models(entry_points: Iterable[str]) -> dict[str, Any]:
+    """Capabilities naming each approved own model and the digest of its installed source."""
+    from federation.ml.own_model import source_digest
+
+    digests = {ep: source_digest(ep) for ep in entry_points}
+    if not digests:
+        return {}
+    from federation.ml.models import SUPPORTED_MODELS
+
+    return {"supported_models": [*SUPPORTED_MODELS, *digests], "approved_models": digests}
+
+
 def _capabilities(
     datasite_id: str, X: Any, public_key: bytes, allow: Iterable[str], extra: Mapping | None
 ) -> dict[str, Any]:
@@ -457,6 +470,7 @@ def launch_datasite(
     poll_interval_s: float = 0.2,
     mock_seed: int = 0,
     attack: str | None = None,
+    approved_models: Iterable[str] = (),
 ) -> DatasiteHandle:
     """Start a PySyft datasite holding ``partition_arrays`` ({'X','y'}) and its approval watcher.
 
@@ -465,12 +479,17 @@ def launch_datasite(
     orchestrator (password from the argument or PDMFED_DATASITE_ORCHESTRATOR_PASSWORD). The
     factory's Ed25519 key is loaded or created in ``signing_key_dir`` (default: inside the
     datasite's temp dir) and is read only by the training job at the datasite.
+    ``approved_models`` are own models' entry points the factory approves at the source it has
+    installed now (their jobs' request hashes join the allow-list; see ``approved_job_hashes``).
     """
     datasite_id = check_sender_name(datasite_id or name)
     X, y = check_partition(partition_arrays)
     email, password, demo = _resolve_admin(admin_email, admin_password, demo)
     orchestrator = _resolve_connector_account(orchestrator_email, orchestrator_password, demo, password)
-    policy = ApprovalPolicy(approved_job_hashes() if allow_list is None else allow_list)
+    model_caps = _approved_models(approved_models)
+    allowed = set(approved_job_hashes() if allow_list is None else allow_list)
+    allowed |= {training_request(model=m).digest() for m in model_caps.get("approved_models", {})}
+    policy = ApprovalPolicy(allowed)
     port = free_port(host) if not port else int(port)
     if not _port_is_free(host, port):
         raise DatasiteError(f"port {port} on {host} is already in use")
@@ -508,7 +527,8 @@ def launch_datasite(
         _LIVE.add(handle)
         try:
             wait_until_serving(server, handle.url, temp_root / "server.log")
-            caps = _capabilities(datasite_id, X, handle.public_key, policy.allow_list, capabilities)
+            caps = _capabilities(datasite_id, X, handle.public_key, policy.allow_list,
+                                 {**model_caps, **dict(capabilities or {})})
             _configure(handle, X, y, caps, orchestrator, mock_seed)
         except Exception as exc:
             handle.stop()

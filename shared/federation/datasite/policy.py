@@ -5,7 +5,9 @@ and what may come out: the normalised code, the input policy's kind and what eac
 is bound to (a named asset of this datasite, or data the requester uploaded), the output
 policy's kind and settings (how many executions), whether the code may use the datasite
 object, and any nested code. The same code asking for more executions, or bound to other
-assets, hashes differently and stays pending for a human.
+assets, hashes differently and stays pending for a human. A campaign's own model is named in
+the job's code with the SHA-256 of its source, so the model's code is covered too: a factory
+approves a model by its installed source, and a changed model is a new request.
 """
 
 from __future__ import annotations
@@ -129,10 +131,15 @@ class RequestPieces:
         )
 
 
-def training_request(job: Callable | None = None) -> RequestPieces:
-    """The request the connector submits for ``job`` (default: the shipped training job)."""
+def training_request(job: Callable | None = None, *, model: str | None = None) -> RequestPieces:
+    """The request the connector submits for ``job`` (default: the shipped training job, or
+    with ``model`` the job for that own model at the source digest installed here)."""
     from federation.datasite.partition import DATASET_NAME, FEATURES, LABELS
 
+    if job is None and model is not None:
+        from federation.datasite.job import model_training_job
+
+        job = model_training_job(model)
     if job is None:
         from federation.datasite.job import pdmfed_train_job as job
     return RequestPieces(
@@ -148,9 +155,11 @@ def training_request(job: Callable | None = None) -> RequestPieces:
     )
 
 
-def approved_job_hashes() -> frozenset[str]:
-    """Request hashes of the jobs this package ships (the training job, as the connector asks)."""
-    return frozenset({training_request().digest()})
+def approved_job_hashes(models: Iterable[str] = ()) -> frozenset[str]:
+    """Request hashes of the jobs this package ships (the training job, as the connector asks)
+    and of the job for each own model in ``models`` at its source installed here: approving a
+    model pins its code, so a changed model is another request, pending until approved again."""
+    return frozenset({training_request().digest()} | {training_request(model=m).digest() for m in models})
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Small RUL regressors (CNN, LSTM, CNN+LSTM) over sensor windows shaped (batch, window, features)."""
+"""Small RUL regressors (CNN, LSTM, CNN+LSTM) over sensor windows shaped (batch, window, features).
+
+A campaign may instead name its own model as ``package.module:function`` (``federation.ml.own_model``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,14 @@ from torch import nn
 
 from federation.errors import TrainingError
 
-__all__ = ["SUPPORTED_MODELS", "RUL_SCALE", "ModelConfigError", "build_model", "count_parameters"]
+__all__ = [
+    "SUPPORTED_MODELS",
+    "RUL_SCALE",
+    "ModelConfigError",
+    "build_model",
+    "count_parameters",
+    "is_known_model",
+]
 
 #: The seed's capability names for model architectures.
 SUPPORTED_MODELS = ("cnn", "lstm", "hybrid")
@@ -77,10 +87,22 @@ class ModelConfigError(TrainingError):
 _BUILDERS = {"cnn": _CNN, "lstm": _LSTM, "hybrid": _Hybrid}
 
 
+def is_known_model(kind: object) -> bool:
+    """A built-in name, or spelled as an own model's ``package.module:function`` entry point."""
+    from federation.ml.own_model import is_entry_point
+
+    return (isinstance(kind, str) and kind in _BUILDERS) or is_entry_point(kind)
+
+
 def build_model(kind: str, n_features: int, window: int = 30) -> nn.Module:
-    """A fresh model of `kind` for inputs (batch, window, n_features); outputs RUL in cycles."""
-    if not isinstance(kind, str) or kind not in _BUILDERS:
-        raise ModelConfigError(f"unknown model kind {kind!r}; supported: {SUPPORTED_MODELS}")
+    """A fresh model of `kind` for inputs (batch, window, n_features); outputs RUL in cycles.
+
+    ``kind`` is a built-in (SUPPORTED_MODELS) or an own model's ``package.module:function``.
+    """
+    if not is_known_model(kind):
+        raise ModelConfigError(
+            f"unknown model kind {kind!r}; supported: {SUPPORTED_MODELS} or 'package.module:function'"
+        )
     try:
         n_features, window = int(n_features), int(window)
     except (TypeError, ValueError) as exc:
@@ -89,6 +111,10 @@ def build_model(kind: str, n_features: int, window: int = 30) -> nn.Module:
         raise ModelConfigError(
             f"n_features and window must be positive, got {n_features}, {window}"
         )
+    if kind not in _BUILDERS:
+        from federation.ml.own_model import build_own_model
+
+        return build_own_model(kind, n_features, window)
     return _BUILDERS[kind](n_features, window)
 
 

@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from federation.errors import PrivacyError, TrainingError
-from federation.ml.models import RUL_SCALE, SUPPORTED_MODELS, ModelConfigError, build_model
+from federation.ml.models import (
+    RUL_SCALE,
+    SUPPORTED_MODELS,
+    ModelConfigError,
+    build_model,
+    is_known_model,
+)
 from federation.privacy.dpsgd import (
     DPSGDConfig,
     clip_per_sample,
@@ -100,9 +106,10 @@ def _resolve_config(config: Mapping[str, Any] | None, X: np.ndarray) -> dict[str
             f"X windows are {X.shape[1]}x{X.shape[2]} but config says "
             f"window={cfg['window']}, n_features={cfg['n_features']}"
         )
-    if cfg["model_type"] not in SUPPORTED_MODELS:
+    if not is_known_model(cfg["model_type"]):
         raise ModelConfigError(
-            f"unknown model_type {cfg['model_type']!r}; supported: {SUPPORTED_MODELS}"
+            f"unknown model_type {cfg['model_type']!r}; supported: {SUPPORTED_MODELS} "
+            "or 'package.module:function'"
         )
     if cfg["epochs"] < 1 or cfg["batch_size"] < 1:
         raise TrainingError("epochs and batch_size must be >= 1")
@@ -295,6 +302,15 @@ def _fit_dp(
     return last_loss, steps, q
 
 
+def _check_dp_support(model: nn.Module, cfg: Mapping[str, Any]) -> None:
+    from federation.privacy.dp_support import check_dpsgd_support
+
+    try:
+        check_dpsgd_support(model, cfg["n_features"], cfg["window"])
+    except PrivacyError as exc:
+        raise TrainingError(f"model {cfg['model_type']!r} cannot train under DP-SGD: {exc}") from exc
+
+
 def train_local(
     state_dict: Mapping[str, Any] | None,
     X: Any,
@@ -342,6 +358,7 @@ def train_local(
         if dp is None:
             loss, steps = _fit(model, Xa, ya, cfg, seed)
         else:
+            _check_dp_support(model, cfg)
             loss, steps, q = _fit_dp(model, Xa, ya, cfg, dp)
             dp_report = {
                 "noise_multiplier": dp.noise_multiplier,

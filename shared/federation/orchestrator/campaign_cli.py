@@ -125,6 +125,7 @@ def campaign_main(*, config: Path, out: Path, timeout: float, resume: bool = Fal
                           "(use `pdmfed demo` for a self-contained run)")
     settings.validate_secrets()
     cfg = load_campaign_config(config)
+    cfg.check_model()
     bundle = _cards(list(data_cards or []), cfg)
     if cfg.campaign_id == "campaign":
         if resume:

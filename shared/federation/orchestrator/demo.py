@@ -227,7 +227,7 @@ def check_options(opts: DemoOptions) -> None:
     class _Shape:  # the real n_features/window are known once the data is loaded
         n_features, window = 14, 30
 
-    _campaign_config(opts, "check", _Shape(), list(FACTORY_NAMES[: opts.sites]))
+    _campaign_config(opts, "check", _Shape(), list(FACTORY_NAMES[: opts.sites])).check_model()
 
 
 def new_run_id() -> str:
@@ -267,6 +267,7 @@ async def run_demo(
     from federation.crypto.signing import SigningIdentity, TrustStore
     from federation.datasite import launch_datasite
     from federation.datasite_registry import DatasiteRegistry, write_registry
+    from federation.ml.own_model import is_entry_point
     from federation.orchestrator.display import CampaignDisplay, results_table
     from federation.orchestrator.embedded import EmbeddedFederation
     from federation.orchestrator.summary import build_summary, write_run
@@ -339,6 +340,8 @@ async def run_demo(
                     attack=attack,
                     orchestrator_email=DEMO_CONNECTOR_EMAIL,
                     orchestrator_password=password,
+                    # the demo plays every factory: each approves the demo's own model, if any
+                    approved_models=[opts.model] if is_entry_point(opts.model) else (),
                 )
             handles.append(handle)
             sites[ds] = (handle.url, DEMO_CONNECTOR_EMAIL, password)

@@ -47,7 +47,7 @@ def test_when_help_is_asked__it_lists_exactly_the_commands_that_exist(tmp_path):
     root = typer.main.get_command(app)
     assert list(root.commands) == COMMANDS
     assert list(root.commands["eval"].commands) == ["robustness"]
-    assert list(root.commands["datasite"].commands) == ["launch"]
+    assert list(root.commands["datasite"].commands) == ["launch", "job-hash"]
     assert list(root.commands["keys"].commands) == ["init"]
     assert list(root.commands["data"].commands) == ["partition", "import"]
     run = run_pdmfed("--help", tmp_path=tmp_path)
