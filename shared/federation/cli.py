@@ -490,6 +490,43 @@ def predict(
     )
 
 
+@app.command()
+def serve(
+    bundle: Annotated[
+        Path,
+        typer.Option(exists=True, help="a run folder or its bundle.json", show_default=False),
+    ],
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+            help="YAML schema of posted data (default: the one the bundle records)",
+        ),
+    ] = None,
+    normalizer: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            show_default=False,
+            help="normalisation statistics (default: the bundle's)",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
+) -> int:
+    """HTTP RUL endpoint: POST /predict (CSV, JSON rows or Parquet) → RUL per unit; /healthz, /metrics.
+
+    The posted table is checked exactly as `pdmfed predict` checks --data; a bad one is a 422
+    with the located error. Serves until SIGINT/SIGTERM.
+    """
+    from federation.model_cli import serve_command
+
+    return serve_command(bundle=bundle, schema=schema, normalizer=normalizer, host=host, port=port)
+
+
 # --- datasite ---------------------------------------------------------------------------------
 datasite_app = typer.Typer(help="Factory datasite commands.", no_args_is_help=True)
 

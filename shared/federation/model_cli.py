@@ -1,4 +1,4 @@
-"""`pdmfed export` and `pdmfed predict`: use a campaign's model bundle outside the federation."""
+"""`pdmfed export`, `predict` and `serve`: use a campaign's model bundle outside the federation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from federation.console import EXIT_FAILED, fail
 
-__all__ = ["export_command", "predict_command"]
+__all__ = ["export_command", "predict_command", "serve_command"]
 
 
 def _load(bundle: Path):
@@ -81,7 +81,7 @@ def predict_command(
     """RUL per unit as CSV (unit,last_cycle,rul) or JSON, to --out or stdout."""
     from federation.ml.bundle import BundleError
     from federation.ml.data import DatasetError
-    from federation.ml.predict import predict_units
+    from federation.ml.predict import predict_units, prediction_document
 
     loaded = _load(bundle)
     try:
@@ -91,18 +91,7 @@ def predict_command(
     except (DatasetError, BundleError) as exc:
         fail(str(exc))
     if fmt == "json":
-        text = (
-            json.dumps(
-                {
-                    "campaign_id": loaded.manifest.get("campaign_id"),
-                    "rul_unit": "cycles",
-                    "rul_cap": loaded.manifest.get("rul_cap"),
-                    "units": rows,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        text = json.dumps(prediction_document(loaded, rows), indent=2) + "\n"
     else:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=["unit", "last_cycle", "rul"], lineterminator="\n")
@@ -114,4 +103,24 @@ def predict_command(
     else:
         out.write_text(text)
         print(f"{out}: RUL of {len(rows)} units", file=sys.stderr)
+    return 0
+
+
+def serve_command(
+    *, bundle: Path, schema: Path | None, normalizer: Path | None, host: str, port: int
+) -> int:
+    """Serve the bundle's RUL endpoint until interrupted (uvicorn); one line when it listens."""
+    import uvicorn
+
+    from federation.ml.bundle import BundleError
+    from federation.ml.serve import make_app
+
+    loaded = _load(bundle)
+    try:
+        app = make_app(loaded, schema=_schema(schema), normalizer=_normalizer(normalizer))
+    except BundleError as exc:
+        fail(str(exc))
+    print(f"pdmfed serve: RUL of {loaded.path} at http://{host}:{port}/predict "
+          "(/healthz, /metrics)", file=sys.stderr, flush=True)  # fmt: skip
+    uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

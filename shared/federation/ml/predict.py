@@ -13,7 +13,7 @@ from federation.ml.data import DatasetError, Normalizer, make_windows
 from federation.ml.importer import normalise
 from federation.ml.tabular import DataSchema, SensorTable, read_table, schema_from_dict
 
-__all__ = ["bundle_schema", "predict_units", "read_windows"]
+__all__ = ["bundle_schema", "prediction_document", "predict_units", "read_windows"]
 
 
 def bundle_schema(bundle: Bundle, schema: DataSchema | None) -> DataSchema:
@@ -93,3 +93,13 @@ def predict_units(
         {"unit": table.unit_ids[c], "last_cycle": int(last[c]), "rul": round(float(r), 2)}
         for c, r in zip(codes.tolist(), rul.tolist(), strict=True)
     ]
+
+
+def prediction_document(bundle: Bundle, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON answer for ``rows`` of predict_units: campaign, unit of RUL, cap, units."""
+    return {
+        "campaign_id": bundle.manifest.get("campaign_id"),
+        "rul_unit": "cycles",
+        "rul_cap": bundle.manifest.get("rul_cap"),
+        "units": rows,
+    }

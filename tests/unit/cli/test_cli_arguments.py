@@ -20,6 +20,7 @@ COMMANDS = [
     "report",
     "export",
     "predict",
+    "serve",
     "datasite",
     "eval",
     "keys",
