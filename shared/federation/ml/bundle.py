@@ -116,6 +116,7 @@ def build_manifest(
             "window": training.get("window"),
             "input": "float32 (batch, window, n_features): z-scored sensors, oldest cycle first",
             "output": "float32 (batch,): remaining useful life in cycles",
+            **_own_model_source(training.get("model_type")),
         },
         "weights": {
             "file": WEIGHTS_FILE,
@@ -211,6 +212,31 @@ def _manifest_path(path: Path) -> Path:
     return path / BUNDLE_FILE if path.is_dir() else path
 
 
+def _own_model_source(model_type: Any) -> dict[str, str]:
+    """For an own model: the SHA-256 of the source it was trained with (its package installed here)."""
+    from federation.ml.own_model import is_entry_point, source_digest
+
+    return {"source_sha256": source_digest(model_type)} if is_entry_point(model_type) else {}
+
+
+def _check_own_model_source(arch: Mapping[str, Any], mpath: Path) -> None:
+    """An own model loads only from the source it was trained with (another version could fit
+    the same weights and predict differently)."""
+    from federation.ml.own_model import source_digest
+
+    recorded = arch.get("source_sha256")
+    if recorded is None:
+        return
+    try:
+        installed = source_digest(str(arch.get("model_type")))
+    except PdmFedError as exc:
+        raise BundleError(f"{mpath}: {exc}") from exc
+    if installed != recorded:
+        raise BundleError(f"{mpath}: the installed source of {arch.get('model_type')} (sha256 "
+                          f"{installed[:12]}) is not the one the bundle was trained with "
+                          f"({str(recorded)[:12]})")  # fmt: skip
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Read bundle.json (a run folder or the file), check the weights' SHA-256, build the model.
 
@@ -241,6 +267,7 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{wpath}: cannot read the weights: {exc.strerror}") from exc
     if hashlib.sha256(raw).hexdigest() != weights.get("sha256"):
         raise BundleError(f"{wpath}: SHA-256 differs from {mpath.name}'s: the weights were altered")
+    _check_own_model_source(arch, mpath)
     try:
         state = decode_state_dict(raw)
         model = build_model(arch.get("model_type"), arch.get("n_features"), arch.get("window"))

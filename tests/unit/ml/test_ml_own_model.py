@@ -233,3 +233,30 @@ def test_the_job_for_an_own_model_names_it_and_its_digest_in_its_code():
     code = inspect.getsource(job)
     assert repr(TCN) in code and source_digest(TCN) in code
     assert code.startswith("def pdmfed_train_job(features, labels, global_model, train_config):")
+
+
+def test_a_bundle_of_an_own_model_loads_only_with_the_source_it_was_trained_with(
+    tmp_path, monkeypatch
+):
+    from federation.ml.bundle import BundleError, load_bundle
+    from federation.orchestrator.summary import write_run
+
+    torch.manual_seed(0)
+    state = build_model(TCN, 4, 8).state_dict()
+    config = {"training": {"model_type": TCN, "n_features": 4, "window": 8}}
+    summary = {"campaign_id": "own", "config": config, "rounds": [],
+               "final": {"rmse": None, "epsilon": None, "rounds": 1, "reason": "max_rounds"}}  # fmt: skip
+    write_run(tmp_path / "run", summary, state)
+    bundle = load_bundle(tmp_path / "run")
+    assert bundle.manifest["architecture"]["source_sha256"] == source_digest(TCN)
+    assert type(bundle.model).__name__ == "TemporalConvNet"
+    changed = tmp_path / "newer"
+    shutil.copytree(EXAMPLE / "tcn_rul", changed / "tcn_rul")
+    (changed / "tcn_rul" / "model.py").write_text(
+        (changed / "tcn_rul" / "model.py").read_text() + "\n# same shapes, other code\n"
+    )
+    monkeypatch.syspath_prepend(str(changed))
+    for name in ("tcn_rul", "tcn_rul.model"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(BundleError, match="is not the one the bundle was trained with"):
+        load_bundle(tmp_path / "run")
