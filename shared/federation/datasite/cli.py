@@ -86,8 +86,12 @@ def launch_command(
 def job_hash_command(model: str | None) -> int:
     """Print the request hash of the training job (for ``model``: at its source installed here)."""
     from federation.datasite.policy import training_request
+    from federation.ml.models import ModelConfigError
 
-    print(training_request(model=model).digest())
+    try:
+        print(training_request(model=model).digest())
+    except ModelConfigError as exc:
+        fail(str(exc))
     return 0
 
 

@@ -381,9 +381,13 @@ def _resolve_connector_account(
 
 def _approved_models(entry_points: Iterable[str]) -> dict[str, Any]:
     """Capabilities naming each approved own model and the digest of its installed source."""
+    from federation.ml.models import ModelConfigError
     from federation.ml.own_model import source_digest
 
-    digests = {ep: source_digest(ep) for ep in entry_points}
+    try:
+        digests = {ep: source_digest(ep) for ep in entry_points}
+    except ModelConfigError as exc:
+        raise ConfigError(f"cannot approve {exc}") from exc
     if not digests:
         return {}
     from federation.ml.models import SUPPORTED_MODELS
