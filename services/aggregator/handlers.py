@@ -15,8 +15,12 @@ from federation.runtime.store import Transaction
 from federation.wire.messages import (
     CampaignRejected,
     CampaignStart,
+    Quorum,
     RoundClose,
+    RoundCompleted,
+    RoundMetrics,
     RoundOpen,
+    TrainingMetrics,
     UpdateRejected,
     UpdateScreened,
 )
@@ -64,7 +68,9 @@ def _quorum(cfg: CampaignConfig, verdicts: dict[str, dict], accepted: list[dict]
 
 
 def _weighted(accepted: list[dict], key: str) -> float | None:
-    pairs = [(u["metrics"][key], u.get("num_samples", 1)) for u in accepted if key in (u.get("metrics") or {})]
+    """A training figure (rmse, loss) of the accepted updates, weighted by their samples."""
+    figures = [(getattr(TrainingMetrics.from_payload(u["metrics"]), key), u.get("num_samples", 1)) for u in accepted]
+    pairs = [(m, n) for m, n in figures if m is not None]
     total = sum(n for _, n in pairs)
     return None if not pairs or total <= 0 else float(sum(m * n for m, n in pairs) / total)
 
@@ -80,11 +86,10 @@ def _record_privacy(tx: Transaction, cfg: CampaignConfig, verdicts: dict[str, di
     ledger = RecordLevelLedger.from_dict(raw) if raw else RecordLevelLedger(delta=cfg.privacy.delta)
     last: dict[str, dict] = {}
     for ds, v in sorted(verdicts.items()):
-        m = v.get("metrics") or (v.get("detail") or {}).get("metrics") or {}
-        dp = m.get("dp")
-        if not dp:
+        dp = TrainingMetrics.from_payload(v["metrics"]).dp
+        if dp is None:
             continue
-        z, q, steps = float(dp["noise_multiplier"]), float(dp["sample_rate"]), int(dp["steps"])
+        z, q, steps = dp.noise_multiplier, dp.sample_rate, dp.steps
         ledger.spend(ds, z, q, steps)
         last[ds] = {"z": z, "q": q, "steps": steps}
     tx.put(f"record-ledger/{cfg.campaign_id}", ledger.to_dict())
@@ -147,26 +152,28 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
     def on_verdict(accepted: bool):
         def handle(tx: Transaction, msg: UpdateScreened | UpdateRejected, envelope: Any) -> None:
             cid, rnd, ds = msg.campaign_id, msg.round_num, msg.datasite_id
-            payload = msg.to_payload()
             r = _round(tx, cid, rnd)
             key = f"verdict/{cid}/{rnd:06d}/{ds}"
             if tx.has(key):
                 log.info("duplicate verdict for %s round %d ignored", ds, rnd)
                 return
-            record = dict(payload)
-            record["accepted"] = accepted
-            # security judged it: passed on as screened, or refused on a verdict of its screening
-            record["screened"] = accepted or payload.get("reason") in JUDGED_REASONS
+            if isinstance(msg, UpdateScreened):
+                record = {"datasite_id": ds, "accepted": True, "screened": True, "delta": msg.delta,
+                          "model_version": msg.model_version, "num_samples": msg.num_samples,
+                          "weight": msg.weight, "metrics": msg.metrics.to_payload(),
+                          "reputation": msg.verdict.reputation}  # fmt: skip
+            else:  # judged by security's screening (counts toward min_clients), or refused before
+                record = {"datasite_id": ds, "accepted": False, "reason": msg.reason,
+                          "screened": msg.reason in JUDGED_REASONS,
+                          "metrics": msg.detail.metrics.to_payload(), "reputation": msg.detail.reputation}
             base_version = int(r["model_version"])
-            if accepted and int(payload.get("model_version", -1)) != base_version:
+            if accepted and msg.model_version != base_version:
                 # The factory signed the version it trained from: a delta of another base model
                 # (one the connector handed it, or an old one) would be applied to this one.
                 log.warning("update of %s for round %d was trained from model version %s, the"
-                            " round's base is %d: rejected", ds, rnd, payload.get("model_version"),
+                            " round's base is %d: rejected", ds, rnd, msg.model_version,
                             base_version)  # fmt: skip
-                record.update(accepted=False, reason="stale_model",
-                              detail={"model_version": payload.get("model_version"),
-                                      "base_version": base_version})  # fmt: skip
+                record.update(accepted=False, reason="stale_model")
                 record.pop("delta", None)
             tx.put(key, record)
             _maybe_aggregate(tx, cid, rnd)
@@ -206,30 +213,28 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
         if acct is not None:
             tx.put(f"ledger/{cid}", acct.to_dict())
         version = int(r["model_version"]) + (1 if status == "aggregated" else 0)
-        reputation = {ds: v.get("verdict", {}).get("reputation", v.get("detail", {}).get("reputation"))
-                      for ds, v in verdicts.items()}
-        metrics = {
-            "rmse": _weighted(accepted, "rmse"),
-            "loss": _weighted(accepted, "loss"),
-            "num_samples": int(sum(int(u.get("num_samples", 0)) for u in accepted)),
-            "duration_s": time.time() - float(r["opened_at"]),
-            "noise_std": noise_std,
-            "reputation": {k: float(v) for k, v in reputation.items() if v is not None},
-            "quorum": quorum,
-        }
+        metrics = RoundMetrics(
+            rmse=_weighted(accepted, "rmse"),
+            loss=_weighted(accepted, "loss"),
+            num_samples=int(sum(int(u.get("num_samples", 0)) for u in accepted)),
+            duration_s=time.time() - float(r["opened_at"]),
+            noise_std=float(noise_std),
+            reputation={ds: float(v["reputation"]) for ds, v in verdicts.items() if v.get("reputation") is not None},
+            quorum=Quorum(**quorum),
+            **_record_privacy(tx, cfg, verdicts),
+        )
         epsilon = acct.epsilon if acct is not None else None
-        metrics.update(_record_privacy(tx, cfg, verdicts))
         r["status"] = "closed"
         tx.put(f"round/{cid}/{rnd:06d}", r)
         tx.delete(f"base/{cid}/{rnd:06d}")
         for ds in r["expected"]:
             tx.delete(f"verdict/{cid}/{rnd:06d}/{ds}")
-        tx.emit("round.completed", {
-            "campaign_id": cid, "round_num": rnd, "model_version": version, "status": status,
-            "participants": sorted(v["datasite_id"] for v in accepted), "rejected": rejected,
-            "failed": r.get("failed", {}), "byzantine": byzantine, "metrics": metrics, "epsilon": epsilon,
-            "global_model": new,
-        }, round_num=rnd)
+        tx.emit(RoundCompleted(
+            campaign_id=cid, round_num=rnd, model_version=version, status=status,
+            participants=sorted(v["datasite_id"] for v in accepted), rejected=rejected,
+            failed=dict(r.get("failed", {})), byzantine=byzantine, metrics=metrics, epsilon=epsilon,
+            global_model=new,
+        ), round_num=rnd)
         log.info("round %d %s: %d accepted, rejected %s, eps=%s", rnd, status, len(accepted), rejected, epsilon)
 
     return Service(

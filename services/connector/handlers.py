@@ -8,12 +8,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import fields, replace
 from typing import Any
 
 import torch
 from federation.campaign import CampaignConfig
 from federation.datasite_registry import DatasiteRegistry, UnknownDatasite
-from federation.errors import DatasiteConnectionError
+from federation.errors import DatasiteConnectionError, MalformedMessage
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
 from federation.wire.messages import (
@@ -21,11 +22,16 @@ from federation.wire.messages import (
     CampaignCompleted,
     CampaignRejected,
     CampaignStart,
+    DatasiteStatus,
+    DpSpend,
     RoundOpen,
+    StatusDetail,
+    TrainingMetrics,
     TrainRequest,
+    UpdateRaw,
 )
 
-__all__ = ["ConnectorLogic", "build_service"]
+__all__ = ["ConnectorLogic", "build_service", "training_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +265,18 @@ def _delta(result: dict, logic: ConnectorLogic, request: dict) -> dict[str, torc
             else update[k] for k in global_model}
 
 
+def training_metrics(result: dict) -> TrainingMetrics:
+    """The figures of a datasite's training result that update.raw carries (MalformedMessage
+    when one is not a finite number)."""
+    figures = {k: result[k] for k in ("loss", "rmse", "accuracy", "training_time") if result.get(k) is not None}
+    dp = result.get("dp")
+    if dp:
+        if not isinstance(dp, dict):
+            raise MalformedMessage("field dp must be a map")
+        figures["dp"] = {f.name: dp[f.name] for f in fields(DpSpend) if dp.get(f.name) is not None}
+    return TrainingMetrics.from_payload(figures)
+
+
 def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Service:
     """The connector service around its session logic."""
 
@@ -309,35 +327,35 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
         key = f"done/{cid}/{rnd:06d}/{ds}/{attempt}"
         if tx.get(key) is not None:
             return  # this attempt was already answered
-        detail = {"campaign_id": cid, "round_num": rnd, "attempt": attempt}
-        if not prepared["ok"]:
-            tx.emit("datasite.status", {"datasite_id": ds, "status": "failed",
-                                        "detail": {**detail, "error": prepared["error"]}},
+        detail = StatusDetail(campaign_id=cid, round_num=rnd, attempt=attempt)
+        error = None if prepared["ok"] else prepared["error"]
+        if error is None:
+            try:
+                metrics = training_metrics(prepared["result"])
+            except MalformedMessage as exc:  # the datasite's answer, not ours: a failed training
+                error = f"training at {ds} returned unusable metrics: {exc}"
+        if error is not None:
+            tx.emit(DatasiteStatus(datasite_id=ds, status="failed", detail=replace(detail, error=error)),
                     datasite_id=ds, round_num=rnd)
             tx.put(key, "failed")
             return
         result = prepared["result"]
-        metrics = {k: float(result[k]) for k in ("loss", "rmse", "accuracy", "training_time") if k in result}
-        if result.get("dp"):
-            metrics["dp"] = {k: float(v) for k, v in result["dp"].items() if isinstance(v, int | float)}
         tx.emit(
-            "update.raw",
-            {
-                "campaign_id": cid,
-                "round_num": rnd,
-                "datasite_id": ds,
-                "model_version": msg.model_version,
-                "delta": _delta(result, logic, msg.to_payload()),
-                "num_samples": int(result.get("num_samples", 0)),
-                "metrics": metrics,
-                "factory_signature": result.get("factory_signature"),
-                "factory_key_id": result.get("factory_key_id"),
-            },
+            UpdateRaw(
+                campaign_id=cid,
+                round_num=rnd,
+                datasite_id=ds,
+                model_version=msg.model_version,
+                delta=_delta(result, logic, msg.to_payload()),
+                num_samples=int(result.get("num_samples", 0)),
+                metrics=metrics,
+                factory_signature=result.get("factory_signature"),
+                factory_key_id=result.get("factory_key_id"),
+            ),
             datasite_id=ds,
             round_num=rnd,
         )
-        tx.emit("datasite.status", {"datasite_id": ds, "status": "trained", "detail": detail},
-                datasite_id=ds, round_num=rnd)
+        tx.emit(DatasiteStatus(datasite_id=ds, status="trained", detail=detail), datasite_id=ds, round_num=rnd)
         tx.put(key, "trained")
 
     return Service(

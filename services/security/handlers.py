@@ -11,7 +11,17 @@ from federation.campaign import CampaignConfig
 from federation.errors import AuthError, StaleRoundError
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
-from federation.wire.messages import CampaignRejected, CampaignStart, RoundClose, UpdateRaw
+from federation.wire.messages import (
+    CampaignRejected,
+    CampaignStart,
+    RejectionDetail,
+    RoundClose,
+    TrainingMetrics,
+    UpdateRaw,
+    UpdateRejected,
+    UpdateScreened,
+    Verdict,
+)
 
 from services.campaign_refusal import forget_refused_campaign
 
@@ -114,19 +124,24 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
         rejected += [{"datasite_id": ds, "reason": "auth", "why": [v["invalid"]]} for ds, v in invalid.items()]
         tx.put(f"reputation/{cid}", book.to_dict())
         for u in accepted:
-            tx.emit("update.screened", {
-                "campaign_id": cid, "round_num": rnd, "datasite_id": u["datasite_id"],
-                "model_version": int(u.get("model_version", 0)), "delta": u["delta"],
-                "num_samples": int(u.get("num_samples", 0)), "weight": u["weight"],
-                "metrics": dict(u.get("metrics") or {}),
-                "verdict": {"accepted": True, "reputation": u["reputation"], "local_noise": u["local_noise"]},
-                "expected": expected,
-            }, datasite_id=u["datasite_id"], round_num=rnd)
+            tx.emit(UpdateScreened(
+                campaign_id=cid, round_num=rnd, datasite_id=u["datasite_id"],
+                model_version=int(u.get("model_version", 0)), delta=u["delta"],
+                num_samples=int(u.get("num_samples", 0)), weight=float(u["weight"]),
+                metrics=TrainingMetrics.from_payload(u.get("metrics") or {}),
+                verdict=Verdict(accepted=True, reputation=u["reputation"], local_noise=u["local_noise"]),
+                expected=expected,
+            ), datasite_id=u["datasite_id"], round_num=rnd)
         for r in rejected:
-            tx.emit("update.rejected", {
-                "campaign_id": cid, "round_num": rnd, "datasite_id": r["datasite_id"], "reason": r["reason"],
-                "detail": {k: v for k, v in r.items() if k not in ("datasite_id", "reason")}, "expected": expected,
-            }, datasite_id=r["datasite_id"], round_num=rnd)
+            tx.emit(UpdateRejected(
+                campaign_id=cid, round_num=rnd, datasite_id=r["datasite_id"], reason=r["reason"],
+                detail=RejectionDetail(
+                    why=[str(w) for w in r.get("why", [])], scores=dict(r.get("scores") or {}),
+                    reputation=r.get("reputation"),
+                    metrics=TrainingMetrics.from_payload(r.get("metrics") or {}),
+                ),
+                expected=expected,
+            ), datasite_id=r["datasite_id"], round_num=rnd)
         if rejected:
             log.warning("round %d: rejected %s", rnd, {r["datasite_id"]: r["reason"] for r in rejected})
         for ds in expected:

@@ -13,9 +13,12 @@ from federation.runtime.service import Service, campaign_lock, campaign_scope
 from federation.runtime.store import Transaction
 from federation.wire.messages import (
     CampaignAccepted,
+    CampaignCompleted,
+    CampaignMetrics,
     CampaignRejected,
     CampaignStart,
     DatasiteStatus,
+    RoundClose,
     RoundCompleted,
 )
 
@@ -108,14 +111,13 @@ def _close_round(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str) -> N
     rnd["close_reason"] = why
     state.put_round(tx, cfg.campaign_id, rnd)
     tx.emit(
-        "round.close",
-        {
-            "campaign_id": cfg.campaign_id,
-            "round_num": rnd["round_num"],
-            "expected": sorted(rnd["trained"]),
-            "failed": dict(rnd["failed"]),
-            "reason": why,
-        },
+        RoundClose(
+            campaign_id=cfg.campaign_id,
+            round_num=rnd["round_num"],
+            expected=sorted(rnd["trained"]),
+            failed=dict(rnd["failed"]),
+            reason=why,
+        ),
         round_num=rnd["round_num"],
     )
     log.info("round %d closing (%s): %d trained, %d failed", rnd["round_num"], why,
@@ -182,7 +184,7 @@ def on_campaign_start(tx: Transaction, msg: CampaignStart, envelope: Any) -> Non
 def on_datasite_status(tx: Transaction, msg: DatasiteStatus, envelope: Any) -> None:
     """A datasite finished (trained) or failed its training for a round; retry or close."""
     detail = msg.detail
-    cid, round_num = detail.get("campaign_id"), detail.get("round_num")
+    cid, round_num = detail.campaign_id, detail.round_num
     if cid is None or round_num is None:
         return  # a plain health change: nothing for the round machine
     camp = state.get_campaign(tx, cid)
@@ -194,7 +196,7 @@ def on_datasite_status(tx: Transaction, msg: DatasiteStatus, envelope: Any) -> N
     if ds not in rnd["cohort"]:
         return
     status = msg.status
-    attempt = int(detail.get("attempt", 1))
+    attempt = 1 if detail.attempt is None else detail.attempt
     if attempt != rnd["attempts"].get(ds, 1):
         return  # an answer to a superseded attempt
     if status == "trained":
@@ -202,7 +204,7 @@ def on_datasite_status(tx: Transaction, msg: DatasiteStatus, envelope: Any) -> N
             rnd["trained"].append(ds)
         rnd["failed"].pop(ds, None)
     elif status == "failed":
-        error = str(detail.get("error", "unknown error"))
+        error = detail.error or "unknown error"
         if attempt <= cfg.max_retries and time.time() < rnd["deadline_ts"]:
             log.warning("round %d: %s failed (%s); retry %d", rnd["round_num"], ds, error, attempt + 1)
             _send_train_request(tx, cfg, rnd, ds, state.get_model(tx, cid), attempt + 1)
@@ -224,7 +226,7 @@ def on_round_completed(tx: Transaction, msg: RoundCompleted, envelope: Any) -> N
     if msg.global_model:
         state.put_model(tx, cid, {"version": msg.model_version, "state_dict": msg.global_model})
     metrics = msg.metrics
-    rmse = metrics.get("rmse")
+    rmse = metrics.rmse
     reason = None
     if msg.status == "budget_exhausted":
         reason = "privacy_budget"
@@ -236,7 +238,7 @@ def on_round_completed(tx: Transaction, msg: RoundCompleted, envelope: Any) -> N
         reason = "target_rmse"
     elif not privacy_allows_round(cfg, round_num):
         reason = "privacy_budget"
-    elif metrics.get("record_budget_allows_next") is False:
+    elif metrics.record_budget_allows_next is False:
         reason = "privacy_budget"
     if reason is None:
         _open_round(tx, cfg, round_num + 1, time.time())
@@ -245,9 +247,8 @@ def on_round_completed(tx: Transaction, msg: RoundCompleted, envelope: Any) -> N
     camp["reason"] = reason
     state.put_campaign(tx, cid, camp)
     tx.emit(
-        "campaign.completed",
-        {"campaign_id": cid, "rounds": round_num, "reason": reason,
-         "final_metrics": {**metrics, "epsilon": msg.epsilon}},
+        CampaignCompleted(campaign_id=cid, rounds=round_num, reason=reason,
+                          final_metrics=CampaignMetrics.of_round(metrics, msg.epsilon)),
         round_num=round_num,
     )
     log.info("campaign %s completed after %d rounds: %s", cid, round_num, reason)

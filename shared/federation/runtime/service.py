@@ -121,9 +121,10 @@ class Service:
 def _campaign_of(msg: Any) -> str | None:
     """The campaign a message is about: its own field, a campaign.start's config, a status detail."""
     cid = getattr(msg, "campaign_id", None)
-    for part in ("config", "detail"):
-        if cid is None:
-            cid = (getattr(msg, part, None) or {}).get("campaign_id")
+    if cid is None:
+        cid = (getattr(msg, "config", None) or {}).get("campaign_id")
+    if cid is None:
+        cid = getattr(getattr(msg, "detail", None), "campaign_id", None)
     return None if cid is None else str(cid)
 
 
@@ -140,7 +141,7 @@ def round_lock(campaign_id: str, round_num: int) -> str:
 def _round_of(msg: Any) -> int | None:
     rnd = getattr(msg, "round_num", None)
     if rnd is None:
-        rnd = (getattr(msg, "detail", None) or {}).get("round_num")
+        rnd = getattr(getattr(msg, "detail", None), "round_num", None)
     return None if rnd is None else int(rnd)
 
 

@@ -15,6 +15,15 @@ from federation.errors import MalformedMessage
 
 __all__ = [
     "MsgType",
+    "Part",
+    "DpSpend",
+    "TrainingMetrics",
+    "Verdict",
+    "RejectionDetail",
+    "StatusDetail",
+    "Quorum",
+    "RoundMetrics",
+    "CampaignMetrics",
     "Message",
     "CampaignStart",
     "CampaignAccepted",
@@ -77,6 +86,55 @@ def _opt_float(name: str, v: Any) -> float | None:
     return None if v is None else _float(name, v)
 
 
+def _real(name: str, v: Any) -> float:
+    """A finite number computed locally (numpy scalars included), as a float."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise _fail(name, "a finite number")
+    return float(v)
+
+
+def _opt_real(name: str, v: Any) -> float | None:
+    return None if v is None else _real(name, v)
+
+
+def _count(name: str, v: Any) -> int:
+    """A non-negative integer; an integral float (as older connectors sent) is taken as one."""
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return _int(name, v)
+
+
+def _opt_int(name: str, v: Any) -> int | None:
+    return None if v is None else _count(name, v)
+
+
+def _bool(name: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _fail(name, "true or false")
+    return v
+
+
+def _opt_bool(name: str, v: Any) -> bool | None:
+    return None if v is None else _bool(name, v)
+
+
+def _str_map(name: str, v: Any) -> dict[str, str]:
+    """datasite id -> reason."""
+    d = _dict(name, v)
+    if not all(isinstance(x, str) for x in d.values()):
+        raise _fail(name, "a map of string -> string")
+    return d
+
+
+def _real_map(name: str, v: Any) -> dict[str, float]:
+    """name -> finite number."""
+    return {k: _real(f"{name}.{k}", x) for k, x in _dict(name, v).items()}
+
+
+def _opt_real_map(name: str, v: Any) -> dict[str, float] | None:
+    return None if v is None else _real_map(name, v)
+
+
 def _opt_str(name: str, v: Any) -> str | None:
     return None if v is None else _str(name, v)
 
@@ -130,20 +188,33 @@ def _f(check: _Check, **kw: Any) -> Any:
     return field(metadata={"check": check}, **kw)
 
 
-class Message:
-    """Base of the typed payloads: ``to_payload()`` / ``from_payload()`` round-trip."""
+def _plain(v: Any) -> Any:
+    """A value as it goes on the wire: typed parts become maps (tensors stay tensors)."""
+    if isinstance(v, Part):
+        return v.to_payload()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    return v
 
-    msg_type: ClassVar[MsgType]
+
+class _Typed:
+    """Shared by messages and their parts: a map validated field by field, strictly."""
+
+    @classmethod
+    def _label(cls) -> str:
+        return cls.__name__
 
     def to_payload(self) -> dict[str, Any]:
         """The payload map (tensors stay tensors; the codec encodes them)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
 
     @classmethod
     def from_payload(cls, d: Any) -> Any:
-        """Validate a decoded payload map and build the message (MalformedMessage)."""
+        """Validate a decoded payload map and build the typed value (MalformedMessage)."""
         if not isinstance(d, Mapping):
-            raise MalformedMessage(f"{cls.msg_type.value} payload must be a map")
+            raise MalformedMessage(f"{cls._label()} payload must be a map")
         kwargs: dict[str, Any] = {}
         known = set()
         for f in fields(cls):  # type: ignore[arg-type]
@@ -155,13 +226,145 @@ class Message:
             elif f.default_factory is not MISSING:
                 kwargs[f.name] = f.default_factory()
             else:
-                raise MalformedMessage(f"{cls.msg_type.value} payload is missing field {f.name}")
+                raise MalformedMessage(f"{cls._label()} payload is missing field {f.name}")
         unknown = set(d) - known
         if unknown:
             raise MalformedMessage(
-                f"{cls.msg_type.value} payload has unknown fields {sorted(map(str, unknown))}"
+                f"{cls._label()} payload has unknown fields {sorted(map(str, unknown))}"
             )
         return cls(**kwargs)
+
+
+class Part(_Typed):
+    """A typed nested part of a payload (``verdict``, ``detail``, ``metrics``): on the wire a map
+    whose unset optional fields are left out, as before they had a type."""
+
+    def to_payload(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)  # type: ignore[arg-type]
+                if not (getattr(self, f.name) is None and f.default is None)}
+
+
+def _part(cls: type[Part]) -> _Check:
+    """Field check of a nested part: an instance as is, a map validated as ``cls``."""
+
+    def check(name: str, v: Any) -> Part:
+        if isinstance(v, cls):
+            return v
+        try:
+            return cls.from_payload(v)
+        except MalformedMessage as exc:
+            raise MalformedMessage(f"field {name}: {exc}") from exc
+
+    return check
+
+
+def _opt_part(cls: type[Part]) -> _Check:
+    check = _part(cls)
+    return lambda name, v: None if v is None else check(name, v)
+
+
+@dataclass(frozen=True)
+class DpSpend(Part):
+    """What one DP-SGD training at a factory released (the record-level privacy ledger)."""
+
+    noise_multiplier: float = _f(_real)
+    sample_rate: float = _f(_real)
+    steps: int = _f(_count)
+    max_grad_norm: float | None = _f(_opt_real, default=None)
+    delta: float | None = _f(_opt_real, default=None)
+    epsilon: float | None = _f(_opt_real, default=None)
+
+
+@dataclass(frozen=True)
+class TrainingMetrics(Part):
+    """A datasite's training figures for one update, as the connector reports them."""
+
+    loss: float | None = _f(_opt_real, default=None)
+    rmse: float | None = _f(_opt_real, default=None)
+    accuracy: float | None = _f(_opt_real, default=None)
+    training_time: float | None = _f(_opt_real, default=None)
+    dp: DpSpend | None = _f(_opt_part(DpSpend), default=None)
+
+
+@dataclass(frozen=True)
+class Verdict(Part):
+    """Security's verdict on an update it passed on."""
+
+    accepted: bool = _f(_bool, default=True)
+    reputation: float | None = _f(_opt_real, default=None)
+    #: Security added local DP noise to the delta.
+    local_noise: bool = _f(_bool, default=False)
+
+
+@dataclass(frozen=True)
+class RejectionDetail(Part):
+    """Why security rejected an update: the findings, the scores and the sender's reputation."""
+
+    why: list[str] = _f(_str_list, default_factory=list)
+    #: Detector name -> score (Byzantine rejections).
+    scores: dict[str, float] = _f(_real_map, default_factory=dict)
+    reputation: float | None = _f(_opt_real, default=None)
+    metrics: TrainingMetrics = _f(_part(TrainingMetrics), default_factory=TrainingMetrics)
+
+
+@dataclass(frozen=True)
+class StatusDetail(Part):
+    """The campaign round a datasite status answers (none: a plain health change)."""
+
+    campaign_id: str | None = _f(_opt_str, default=None)
+    round_num: int | None = _f(_opt_int, default=None)
+    attempt: int | None = _f(_opt_int, default=None)
+    error: str | None = _f(_opt_str, default=None)
+
+
+@dataclass(frozen=True)
+class Quorum(Part):
+    """Whether a round could publish a model: accepted of screened updates against the bounds."""
+
+    required: int = _f(_count)
+    accepted: int = _f(_count)
+    screened: int = _f(_count)
+    min_clients: int = _f(_count)
+
+
+@dataclass(frozen=True)
+class RoundMetrics(Part):
+    """What the aggregator measured in a round (training figures weighted by samples)."""
+
+    rmse: float | None = _f(_opt_real, default=None)
+    loss: float | None = _f(_opt_real, default=None)
+    num_samples: int = _f(_count, default=0)
+    duration_s: float | None = _f(_opt_real, default=None)
+    #: Std of the central DP noise added to the aggregate (0: none).
+    noise_std: float = _f(_real, default=0.0)
+    #: datasite id -> reputation after this round's screening.
+    reputation: dict[str, float] = _f(_real_map, default_factory=dict)
+    quorum: Quorum | None = _f(_opt_part(Quorum), default=None)
+    #: Record-level DP (DP-SGD at the factories): datasite id -> epsilon spent so far.
+    record_epsilon: dict[str, float] | None = _f(_opt_real_map, default=None)
+    record_epsilon_max: float | None = _f(_opt_real, default=None)
+    record_budget_allows_next: bool | None = _f(_opt_bool, default=None)
+
+
+@dataclass(frozen=True)
+class CampaignMetrics(RoundMetrics):
+    """The last round's metrics and the campaign's client-level epsilon."""
+
+    epsilon: float | None = _f(_opt_real, default=None)
+
+    @classmethod
+    def of_round(cls, metrics: RoundMetrics, epsilon: float | None) -> CampaignMetrics:
+        return cls(**{f.name: getattr(metrics, f.name) for f in fields(RoundMetrics)}, epsilon=epsilon)
+
+
+class Message(_Typed):
+    """Base of the typed payloads: ``to_payload()`` / ``from_payload()`` round-trip."""
+
+    msg_type: ClassVar[MsgType]
+
+    @classmethod
+    def _label(cls) -> str:
+        return cls.msg_type.value
 
 
 @dataclass(frozen=True)
@@ -224,7 +427,8 @@ class RoundClose(Message):
     campaign_id: str = _f(_str)
     round_num: int = _f(_int)
     expected: list[str] = _f(_str_list, default_factory=list)
-    failed: dict[str, Any] = _f(_dict, default_factory=dict)
+    #: datasite id -> why it did not deliver (deadline, its error)
+    failed: dict[str, str] = _f(_str_map, default_factory=dict)
     reason: str = _f(_str, default="")
 
 
@@ -253,7 +457,7 @@ class UpdateRaw(Message):
     model_version: int = _f(_int)
     delta: dict[str, torch.Tensor] = _f(_tensors, default_factory=dict)
     num_samples: int = _f(_int, default=0)
-    metrics: dict[str, Any] = _f(_dict, default_factory=dict)
+    metrics: TrainingMetrics = _f(_part(TrainingMetrics), default_factory=TrainingMetrics)
     factory_signature: bytes | None = _f(_opt_bytes, default=None)
     factory_key_id: str | None = _f(_opt_str, default=None)
 
@@ -269,9 +473,9 @@ class UpdateScreened(Message):
     model_version: int = _f(_int, default=0)
     delta: dict[str, torch.Tensor] = _f(_tensors, default_factory=dict)
     num_samples: int = _f(_int, default=0)
-    weight: float = _f(_float, default=1.0)
-    metrics: dict[str, Any] = _f(_dict, default_factory=dict)
-    verdict: dict[str, Any] = _f(_dict, default_factory=dict)
+    weight: float = _f(_real, default=1.0)
+    metrics: TrainingMetrics = _f(_part(TrainingMetrics), default_factory=TrainingMetrics)
+    verdict: Verdict = _f(_part(Verdict), default_factory=Verdict)
     expected: list[str] = _f(_str_list, default_factory=list)
 
 
@@ -284,7 +488,7 @@ class UpdateRejected(Message):
     round_num: int = _f(_int)
     datasite_id: str = _f(_str)
     reason: str = _f(_str)
-    detail: dict[str, Any] = _f(_dict, default_factory=dict)
+    detail: RejectionDetail = _f(_part(RejectionDetail), default_factory=RejectionDetail)
     expected: list[str] = _f(_str_list, default_factory=list)
 
 
@@ -298,13 +502,13 @@ class RoundCompleted(Message):
     model_version: int = _f(_int)
     participants: list[Any] = _f(_list, default_factory=list)
     #: datasite id -> why its update was not aggregated (byzantine, reputation, auth, ...)
-    rejected: dict[str, Any] = _f(_dict, default_factory=dict)
+    rejected: dict[str, str] = _f(_str_map, default_factory=dict)
     byzantine: list[Any] = _f(_list, default_factory=list)
-    metrics: dict[str, Any] = _f(_dict, default_factory=dict)
+    metrics: RoundMetrics = _f(_part(RoundMetrics), default_factory=RoundMetrics)
     epsilon: float | None = _f(_opt_float, default=None)
     status: str = _f(_str, default="aggregated")
     #: datasite id -> why it did not deliver an update this round (deadline, error)
-    failed: dict[str, Any] = _f(_dict, default_factory=dict)
+    failed: dict[str, str] = _f(_str_map, default_factory=dict)
     global_model: dict[str, torch.Tensor] = _f(_tensors, default_factory=dict)
 
 
@@ -316,7 +520,7 @@ class CampaignCompleted(Message):
     campaign_id: str = _f(_str)
     rounds: int = _f(_int)
     reason: str = _f(_str)
-    final_metrics: dict[str, Any] = _f(_dict, default_factory=dict)
+    final_metrics: CampaignMetrics = _f(_part(CampaignMetrics), default_factory=CampaignMetrics)
 
 
 @dataclass(frozen=True)
@@ -326,7 +530,7 @@ class DatasiteStatus(Message):
     msg_type: ClassVar[MsgType] = MsgType.DATASITE_STATUS
     datasite_id: str = _f(_str)
     status: str = _f(_str)
-    detail: dict[str, Any] = _f(_dict, default_factory=dict)
+    detail: StatusDetail = _f(_part(StatusDetail), default_factory=StatusDetail)
 
 
 #: Message type -> payload class.

@@ -11,6 +11,7 @@ from federation.privacy import PrivacyAccountant
 from federation.robust import Defence, ReputationBook, aggregation_rule
 from federation.robust.attacks import scaling
 from federation.robust.pipeline import screening_policy
+from federation.runtime.service import CheckedTransaction
 from federation.runtime.store_sqlite import SqliteStore
 from federation.wire.messages import parse_payload
 
@@ -34,7 +35,7 @@ class _Driven:
     def handle(self, kind: str, payload: dict) -> None:
         with self.store.transaction() as tx:
             _, handler = self.service.handler_of(kind)
-            handler(tx, parse_payload(kind, payload), None)
+            handler(CheckedTransaction(tx, self.service.name), parse_payload(kind, payload), None)
 
     def take(self, kind: str) -> list[dict]:
         """The payloads of ``kind`` committed for publishing (and removed from the outbox)."""
@@ -58,7 +59,7 @@ def _screened(ds: str, delta: dict, rnd: int = 1, samples: int = 100) -> dict:
     return {
         "campaign_id": CID, "round_num": rnd, "datasite_id": ds, "model_version": rnd - 1,
         "delta": delta, "num_samples": samples, "weight": float(samples), "metrics": {},
-        "verdict": {"accepted": True, "reputation": 1.0, "screened": True},
+        "verdict": {"accepted": True, "reputation": 1.0},
     }
 
 

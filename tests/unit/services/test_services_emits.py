@@ -11,7 +11,7 @@ from federation.bus.base import RequeueMessage
 from federation.errors import EmitError
 from federation.runtime.service import Service, ServiceRunner
 from federation.runtime.store_sqlite import SqliteStore
-from federation.wire.messages import DatasiteStatus, RoundClose
+from federation.wire.messages import CampaignCompleted, CampaignMetrics, DatasiteStatus, RoundClose
 
 
 @dataclass
@@ -54,8 +54,15 @@ async def _deliver(runner: ServiceRunner) -> bytes:
         (lambda tx: tx.emit("round.completed", {"campaign_id": "c", "round_num": 1, "model_version": 2}),
          "may not send round.completed"),
         (lambda tx: tx.emit("no.such.type", {}), "may not send no.such.type"),
+        (lambda tx: tx.emit(CampaignCompleted("c", 1, "max_rounds", CampaignMetrics(rmse=float("nan")))),
+         "field final_metrics: field rmse must be a finite number"),
+        (lambda tx: tx.emit(RoundClose("c", 1, ["f1"], {"f2": 3})), "field failed"),
+        (lambda tx: tx.emit("campaign.completed", {"campaign_id": "c", "rounds": 1, "reason": "x",
+                                                   "final_metrics": {"rmse": 1.0, "rmse_typo": 2.0}}),
+         "CampaignMetrics payload has unknown fields ['rmse_typo']"),
     ],
-    ids=["wrong-type", "misspelt-key", "not-its-role", "unknown-type"],
+    ids=["wrong-type", "misspelt-key", "not-its-role", "unknown-type", "bad-nested-number", "bad-typed-map",
+         "misspelt-nested-key"],
 )
 async def test_when_a_handler_emits_what_breaks_a_contract__its_transaction_fails_and_nothing_is_published(
     emit, why

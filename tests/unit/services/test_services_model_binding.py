@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from federation.campaign import CampaignConfig
+from federation.runtime.service import CheckedTransaction
 from federation.runtime.store_sqlite import SqliteStore
 from federation.wire.messages import parse_payload
 
@@ -15,7 +16,7 @@ CID = "binding"
 def _handle(service, store: SqliteStore, kind: str, payload: dict) -> None:
     with store.transaction() as tx:  # as the runner calls a handler
         _, handler = service.handler_of(kind)
-        handler(tx, parse_payload(kind, payload), None)
+        handler(CheckedTransaction(tx, service.name), parse_payload(kind, payload), None)
 
 
 def _screened(ds: str, version: int, value: float) -> dict:

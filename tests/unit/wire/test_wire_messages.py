@@ -9,20 +9,25 @@ from federation.wire import codec, messages
 from federation.wire.messages import MESSAGE_CLASSES, MsgType, parse_payload
 
 SD = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(2)}
+TM = messages.TrainingMetrics(loss=0.5, rmse=20.0, dp=messages.DpSpend(1.1, 0.05, 40, 1.0, 1e-5, 2.5))
+RM = messages.RoundMetrics(rmse=20.1, num_samples=128, duration_s=3.5, reputation={"f1": 1.0},
+                           quorum=messages.Quorum(1, 1, 2, 2), record_epsilon={"f1": 2.5}, record_epsilon_max=2.5,
+                           record_budget_allows_next=True)  # fmt: skip
 EXAMPLES = [
     messages.CampaignStart("c1", {"rounds": 3, "model": "cnn"}),
     messages.RoundOpen("c1", 1, 0, ["f1", "f2"], 1725543015.5, SD),
     messages.RoundClose("c1", 1, ["f1", "f2"], {"f3": "deadline"}, "deadline"),
     messages.TrainRequest("c1", 1, "f1", 0, {"epochs": 1}, attempt=2),
-    messages.UpdateRaw("c1", 1, "f1", 0, SD, 128, {"loss": 0.5}, b"\x01" * 64, "f1"),
-    messages.UpdateScreened("c1", 1, "f1", 0, SD, 128, 0.5, {"loss": 0.5}, {"cosine": 0.9}, ["f1", "f2"]),
-    messages.UpdateRejected("c1", 1, "f2", "byzantine", {"score": 9.1}, ["f1", "f2"]),
-    messages.RoundCompleted("c1", 1, 1, ["f1"], {"f2": "byzantine"}, ["f2"], {"rmse": 20.1}, 1.25,
-                            "aggregated", {"f3": "deadline"}, SD),
-    messages.CampaignCompleted("c1", 3, "max_rounds", {"rmse": 18.0}),
+    messages.UpdateRaw("c1", 1, "f1", 0, SD, 128, TM, b"\x01" * 64, "f1"),
+    messages.UpdateScreened("c1", 1, "f1", 0, SD, 128, 0.5, TM, messages.Verdict(True, 0.9, True), ["f1", "f2"]),
+    messages.UpdateRejected("c1", 1, "f2", "byzantine", messages.RejectionDetail(["norm 9.1"], {"norm": 9.1}, 0.2, TM),
+                            ["f1", "f2"]),
+    messages.RoundCompleted("c1", 1, 1, ["f1"], {"f2": "byzantine"}, ["f2"], RM, 1.25, "aggregated",
+                            {"f3": "deadline"}, SD),
+    messages.CampaignCompleted("c1", 3, "max_rounds", messages.CampaignMetrics.of_round(RM, 1.25)),
     messages.CampaignAccepted("c1", 3, ["f1", "f2"], "a1b2"),
     messages.CampaignRejected("c1", messages.CampaignRejected.DUPLICATE, "already running", "a1b2"),
-    messages.DatasiteStatus("f1", "connected", {"url": "http://x"}),
+    messages.DatasiteStatus("f1", "failed", messages.StatusDetail("c1", 1, 2, "timeout")),
 ]
 
 
@@ -89,4 +94,66 @@ def test_when_optional_fields_are_absent__defaults_apply():
 )
 def test_when_payload_is_invalid__parse_payload_raises_malformed(msg_type, payload):
     with pytest.raises(MalformedMessage):
+        parse_payload(msg_type, payload)
+
+
+#: Payload parts exactly as the services sent them before the parts had types (msgpack maps).
+UNTYPED_ERA = {
+    "update.raw": {"campaign_id": "c", "round_num": 1, "datasite_id": "f1", "model_version": 0,
+                   "metrics": {"loss": 0.5, "rmse": 20.0, "training_time": 1.5,
+                               "dp": {"noise_multiplier": 1.1, "max_grad_norm": 1.0, "sample_rate": 0.05,
+                                      "steps": 40.0, "delta": 1e-5, "epsilon": 2.5}}},
+    "update.screened": {"campaign_id": "c", "round_num": 1, "datasite_id": "f1", "weight": 128.0,
+                        "metrics": {"loss": 0.5}, "verdict": {"accepted": True, "reputation": 1.0, "local_noise": False}},
+    "update.rejected": {"campaign_id": "c", "round_num": 1, "datasite_id": "f2", "reason": "byzantine",
+                        "detail": {"why": ["norm"], "scores": {"norm": 9.1}, "reputation": 0.2, "metrics": {}}},
+    "round.completed": {"campaign_id": "c", "round_num": 1, "model_version": 1, "rejected": {"f2": "byzantine"},
+                        "metrics": {"rmse": None, "loss": None, "num_samples": 0, "duration_s": 2.0, "noise_std": 0.0,
+                                    "reputation": {}, "quorum": {"required": 2, "accepted": 0, "screened": 0,
+                                                                 "min_clients": 2}}},
+    "campaign.completed": {"campaign_id": "c", "rounds": 1, "reason": "no_quorum",
+                           "final_metrics": {"rmse": None, "num_samples": 0, "epsilon": None}},
+    "datasite.status": {"datasite_id": "f1", "status": "trained",
+                        "detail": {"campaign_id": "c", "round_num": 1, "attempt": 1}},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("msg_type", sorted(UNTYPED_ERA))
+def test_payloads_sent_before_parts_had_types_decode_into_typed_parts(msg_type):
+    payload = UNTYPED_ERA[msg_type]
+    msg = parse_payload(msg_type, codec.decode_payload(codec.encode_payload(payload)))
+    parts = [getattr(msg, n) for n in ("metrics", "verdict", "detail", "final_metrics") if hasattr(msg, n)]
+    assert parts and all(isinstance(p, messages.Part) for p in parts)
+    again = msg.to_payload()  # the wire map again: a part's unset optional fields stay absent
+    for name in ("verdict", "detail"):
+        if name in payload:
+            assert again[name].keys() <= {**payload[name], **again[name]}.keys()
+    if msg_type == "update.raw":
+        assert msg.metrics.dp.steps == 40 and isinstance(msg.metrics.dp.steps, int)
+        assert "accuracy" not in again["metrics"]
+    if msg_type == "datasite.status":
+        assert (msg.detail.campaign_id, msg.detail.round_num, msg.detail.error) == ("c", 1, None)
+        assert again["detail"] == payload["detail"]
+
+
+@pytest.mark.parametrize(
+    "msg_type,payload,where",
+    [
+        ("update.screened", {"campaign_id": "c", "round_num": 1, "datasite_id": "f", "verdict": {"accepted": "yes"}},
+         "field verdict: field accepted"),
+        ("update.screened", {"campaign_id": "c", "round_num": 1, "datasite_id": "f", "verdict": {"cosine": 0.9}},
+         "field verdict: Verdict payload has unknown fields"),
+        ("update.raw", {"campaign_id": "c", "round_num": 1, "datasite_id": "f", "model_version": 0,
+                        "metrics": {"dp": {"noise_multiplier": 1.0, "sample_rate": 0.1}}},
+         "field dp: DpSpend payload is missing field steps"),
+        ("update.rejected", {"campaign_id": "c", "round_num": 1, "datasite_id": "f", "reason": "x",
+                             "detail": {"scores": {"norm": float("nan")}}}, "scores.norm"),
+        ("round.completed", {"campaign_id": "c", "round_num": 1, "model_version": 1,
+                             "metrics": {"quorum": {"required": 1}}}, "Quorum payload is missing field accepted"),
+        ("datasite.status", {"datasite_id": "f", "status": "failed", "detail": "boom"}, "field detail"),
+        ("round.close", {"campaign_id": "c", "round_num": 1, "failed": {"f1": 3}}, "field failed"),
+    ],
+)  # fmt: skip
+def test_a_malformed_nested_part_is_a_typed_error_naming_its_field(msg_type, payload, where):
+    with pytest.raises(MalformedMessage, match=where.replace("(", r"\(")):
         parse_payload(msg_type, payload)
