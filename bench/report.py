@@ -429,6 +429,18 @@ def _replicas(doc: dict | None) -> list[str]:
             f"| {r['model']} | {r['sites']} | {r['replicas']} | {r['rounds']} | {r['wall_s']:.2f}"
             f" | {o['median']:.2f} ({o['min']:.2f}–{o['max']:.2f}) | {r['rounds_per_min']:.1f} |"
         )
+    by_model: dict[str, dict[int, float]] = {}
+    for r in doc["rows"]:
+        by_model.setdefault(r["model"], {})[r["replicas"]] = r["rounds_per_min"]
+    ratios = [f"{m} {v[2] / v[1]:.2f}×" for m, v in by_model.items() if 1 in v and 2 in v]
+    if ratios:
+        lines += [
+            "",
+            "Rounds/min with 2 replicas against 1, same run: " + ", ".join(ratios) + f"; measured on"
+            f" {doc['machine'].get('cpu_count', '?')} cores shared with other jobs, where a second"
+            " process of each service adds no CPU: replicas give failover (any one may be killed,"
+            " docs/replicas.md), more throughput needs more cores per replica set.",
+        ]
     return [*lines, ""]
 
 

@@ -83,3 +83,15 @@ def test_when_a_random_replica_is_killed_in_every_round__the_campaign_completes_
     print(f"seed {seed}: killed {[(rnd, key) for rnd, key, _ in cluster.kills]}")
     assert len({rnd for rnd, _, _ in cluster.kills}) == ROUNDS, (seed, cluster.kills)
     _check_rounds(record, ROUNDS)
+
+
+def test_when_four_campaigns_run_at_once_on_the_replicas__each_completes_with_its_own_exact_rounds(
+    cluster_env,
+):
+    settings, cluster, prefix = cluster_env
+    configs = [campaign_config(f"{prefix}-c{i}", IDS, 2, timeout_s=600) for i in range(1, 5)]
+    records = asyncio.run(run_campaigns(settings, prefix, configs, cluster, kill_each_round=False,
+                                        timeout=900, seed=0))
+    assert [r.campaign_id for r in records] == [c.campaign_id for c in configs]
+    for record in records:
+        _check_rounds(record, 2)
