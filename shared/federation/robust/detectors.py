@@ -20,10 +20,16 @@ __all__ = [
     "cosine_to_center",
     "screen",
     "MAD_TO_SIGMA",
+    "NORM_RATIO",
 ]
 
 #: 1.4826 * MAD estimates the standard deviation of normal data.
 MAD_TO_SIGMA = 1.4826
+#: The norm tests' gate: an update is off scale at more than 1.5x (or under 1/1.5 of) the
+#: cohort's median norm. On FD001 honest factories' update norms stay within 0.74-1.25x the
+#: median (5 and 10 factories, 8 rounds), while a factory training on flipped RUL labels sends
+#: 1.3-2.4x (robust z 3-14): a gate of 2 let most of those rounds through.
+NORM_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,7 @@ def screen(
     min_clients: int = 3,
     *,
     reference: Mapping[str, torch.Tensor] | None = None,
-    norm_ratio: float = 2.0,
+    norm_ratio: float = NORM_RATIO,
     iqr_k: float = 1.5,
     min_cosine: float = 0.0,
 ) -> Verdicts:
@@ -132,7 +138,8 @@ def screen(
     - ``norm_zscore``: |robust z| of the update's L2 norm > ``threshold`` (median/MAD, two-sided),
     - ``norm_iqr``: norm outside the Tukey fences (n >= 4),
     both gated by a ratio-to-median test (norm > ``norm_ratio`` x median or < median /
-    ``norm_ratio``) so that tightly clustered honest norms are not flagged for tiny spreads;
+    ``norm_ratio``, see ``NORM_RATIO``) so that tightly clustered honest norms are not flagged
+    for tiny spreads;
     - ``direction``: cosine to the coordinate-wise median below ``min_cosine`` and, by robust
       z-score, far below the other clients' cosines (sign flips, IPM); the second condition
       keeps clients without any shared direction (pure noise) from being flagged at random.

@@ -67,6 +67,36 @@ def test_when_a_client_sends_a_near_zero_update__the_two_sided_norm_test_flags_i
     assert v.flagged_ids == ["c2"] and v["c2"].scores["norm_z"] < -2
 
 
+def _norm_cohort(honest_norms, other_norms, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    direction = torch.randn(64, generator=g)
+    ups = []
+    for norm in list(other_norms) + list(honest_norms):
+        w = direction + 0.3 * torch.randn(64, generator=g)
+        ups.append({"w": w * (norm / torch.linalg.vector_norm(w))})
+    return ups, [f"c{i}" for i in range(len(ups))]
+
+
+def test_when_label_flippers_send_updates_1_6x_the_honest_norm__the_norm_test_flags_them():
+    # FD001, 10 factories, 3 training on flipped RUL: their updates were 1.3-2.4x the median
+    # norm (robust z 3-14) while honest ones stayed within 0.74-1.25x. The old gate (2x)
+    # let them through in most rounds.
+    honest = [1.27, 1.35, 1.40, 1.42, 1.45, 1.46, 1.51]
+    ups, ids = _norm_cohort(honest, [2.35, 2.25, 2.20])
+    v = screen(ups, ids, 2.0, 3)
+    assert v.flagged_ids == ["c0", "c1", "c2"]
+    assert all("norm_zscore" in v[c].reasons for c in ("c0", "c1", "c2"))
+    assert screen(ups, ids, 2.0, 3, norm_ratio=2.0).flagged_ids == []  # the old gate
+
+
+def test_when_honest_norms_spread_to_1_25x_the_median__the_norm_gate_spares_them():
+    # Tightly clustered honest norms give a tiny MAD, so |z| > 2 alone would flag 1.25x.
+    ups, ids = _norm_cohort([1.00, 1.01, 1.02, 1.02, 1.03, 1.03, 1.04, 1.05, 1.25], [0.80])
+    v = screen(ups, ids, 2.0, 3)
+    assert abs(v["c9"].scores["norm_z"]) > 2 and abs(v["c0"].scores["norm_z"]) > 2
+    assert v.flagged_ids == []
+
+
 def test_when_an_update_has_nan__it_is_flagged_even_below_min_clients():
     ups = [{"w": torch.ones(3)}, {"w": torch.tensor([1.0, float("inf"), 0.0])}]
     v = screen(ups, ["a", "b"], 2.0, min_clients=3)
