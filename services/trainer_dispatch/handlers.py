@@ -20,6 +20,8 @@ from federation.wire.messages import (
     DatasiteStatus,
     RoundClose,
     RoundCompleted,
+    RoundOpen,
+    TrainRequest,
 )
 
 from services.trainer_dispatch import state
@@ -60,15 +62,14 @@ def _open_round(tx: Transaction, cfg: CampaignConfig, round_num: int, now: float
     camp["round"] = round_num
     state.put_campaign(tx, cfg.campaign_id, camp)
     tx.emit(
-        "round.open",
-        {
-            "campaign_id": cfg.campaign_id,
-            "round_num": round_num,
-            "model_version": model["version"],
-            "cohort": list(rnd["cohort"]),
-            "deadline_ts": rnd["deadline_ts"],
-            "global_model": model["state_dict"],
-        },
+        RoundOpen(
+            campaign_id=cfg.campaign_id,
+            round_num=round_num,
+            model_version=model["version"],
+            cohort=list(rnd["cohort"]),
+            deadline_ts=float(rnd["deadline_ts"]),
+            global_model=model["state_dict"],
+        ),
         round_num=round_num,
     )
     for datasite_id in rnd["cohort"]:
@@ -81,17 +82,16 @@ def _send_train_request(
 ) -> None:
     rnd["attempts"][datasite_id] = attempt
     tx.emit(
-        "train.request",
-        {
-            "campaign_id": cfg.campaign_id,
-            "round_num": rnd["round_num"],
-            "datasite_id": datasite_id,
-            "model_version": model["version"],
+        TrainRequest(
+            campaign_id=cfg.campaign_id,
+            round_num=rnd["round_num"],
+            datasite_id=datasite_id,
+            model_version=model["version"],
             # no weights here: the connector keeps each version from round.open (one copy per
             # round on the wire instead of one per datasite)
-            "training_config": _training_config(cfg, rnd["round_num"]),
-            "attempt": attempt,
-        },
+            training_config=_training_config(cfg, rnd["round_num"]),
+            attempt=attempt,
+        ),
         datasite_id=datasite_id,
         round_num=rnd["round_num"],
     )
