@@ -14,7 +14,7 @@ The reported RMSE is the global model after the last round on the held-out test 
 window, true RUL capped at 125); no model selection. Noise seeds are fixed for reproducibility
 (production leaves them unset so the noise comes from the OS's secure RNG).
 
-The private recipe (``RECIPE``, the demo's default): the global model starts from public
+The private recipe (``federation.privacy.recipe.RECIPE``): the global model starts from public
 pre-training on the synthetic fleet (``federation.ml.pretrain``, no factory data, no privacy
 cost); each factory then runs DP-SGD with the recipe's batch, learning rate and clip, returns
 the mean of its last half of iterates (post-processing), and the noise multiplier is calibrated
@@ -37,13 +37,15 @@ from federation.ml import evaluate, fedavg, load_dataset, partition_engines, spl
 from federation.ml.models import RUL_SCALE, build_model
 from federation.ml.pretrain import public_pretrained_state
 from federation.ml.train import train_local
-from federation.privacy import RecordLevelLedger, noise_for_target
+from federation.privacy import RecordLevelLedger
 from federation.privacy.dpsgd import per_sample_gradients
+from federation.privacy.recipe import RECIPE, RECIPE_DELTA
+from federation.privacy.recipe import recipe_noise as _recipe_noise
 
 from bench._common import RESULTS_DIR, write_result
 
 FD001_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cmapss" / "FD001"
-DELTA = 1e-5
+DELTA = RECIPE_DELTA
 FULL = {"rounds": 5, "batch_size": 64, "learning_rate": 2e-3, "max_batches": None}
 SMOKE = {"rounds": 2, "batch_size": 64, "learning_rate": 2e-3, "max_batches": 5}
 SETTINGS: dict[str, dict[str, float] | None] = {
@@ -51,15 +53,7 @@ SETTINGS: dict[str, dict[str, float] | None] = {
     "dpsgd_z0.8": {"noise_multiplier": 0.8, "max_grad_norm": 1.0},
     "dpsgd_z1.2": {"noise_multiplier": 1.2, "max_grad_norm": 1.0},
 }
-#: The private recipe (see the module docstring); RECIPE_TARGETS are its rows in the default run.
-RECIPE: dict[str, Any] = {
-    "init": "public",
-    "batch_size": 64,
-    "learning_rate": 5e-3,
-    "max_grad_norm": 1.0,
-    "average_iterates": True,
-    "accountant": "pld",
-}
+#: The recipe's rows in the default run.
 RECIPE_TARGETS = (3.0, 1.0)
 EPSILONS = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0)
 
@@ -80,18 +74,15 @@ def _grad_norm_quantiles(prepared: Any, seed: int) -> dict[str, float]:
 def recipe_noise(
     sites: list[Any], plan: dict[str, Any], recipe: dict[str, Any], target: float
 ) -> float:
-    """The smallest noise multiplier that keeps every factory at or below ``target`` after the
-    plan's rounds (each round one epoch: ceil(n / batch) steps at q = 1 / that)."""
-    zs = []
-    for site in sites:
-        per_epoch = int(np.ceil(len(site) / recipe["batch_size"]))
-        steps = per_epoch if plan["max_batches"] is None else min(per_epoch, plan["max_batches"])
-        zs.append(
-            noise_for_target(
-                target, 1.0 / per_epoch, plan["rounds"] * steps, DELTA, recipe["accountant"]
-            )
-        )
-    return max(zs)
+    """``federation.privacy.recipe.recipe_noise`` for these sites and this plan."""
+    return _recipe_noise(
+        [len(site) for site in sites],
+        plan["rounds"],
+        target,
+        max_batches=plan["max_batches"],
+        recipe=recipe,
+        delta=DELTA,
+    )
 
 
 def _campaign(sites, prepared, plan, dp, seed, recipe=None) -> dict[str, Any]:

@@ -83,7 +83,11 @@ def _record_privacy(tx: Transaction, cfg: CampaignConfig, verdicts: dict[str, di
     from federation.privacy import RecordLevelLedger
 
     raw = tx.get(f"record-ledger/{cfg.campaign_id}")
-    ledger = RecordLevelLedger.from_dict(raw) if raw else RecordLevelLedger(delta=cfg.privacy.delta)
+    ledger = (
+        RecordLevelLedger.from_dict(raw)
+        if raw
+        else RecordLevelLedger(delta=cfg.privacy.delta, method=rp.accountant)
+    )
     last: dict[str, dict] = {}
     for ds, v in sorted(verdicts.items()):
         dp = TrainingMetrics.from_payload(v["metrics"]).dp
