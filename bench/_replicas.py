@@ -6,6 +6,7 @@ Used by tests/integration/replicas and bench/bench_replicas.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -208,9 +209,12 @@ async def run_campaigns(
     timeout: float,
     seed: int,
     on_event: Any = None,
+    kill_window_s: float = 4.0,
 ) -> list[Any]:
     """Run the campaigns through the cluster from an orchestrator in this process; with
-    ``kill_each_round``, SIGKILL a random replica at a random point of every round."""
+    ``kill_each_round``, SIGKILL a random replica at a random point of every round: up to
+    ``kill_window_s`` after it opened (keep it below the shortest round), or at its completion
+    if that comes first."""
     from federation.bus.topology import Topology
     from federation.orchestrator.embedded import EmbeddedFederation
 
@@ -218,6 +222,7 @@ async def run_campaigns(
     fed = EmbeddedFederation(settings, topology=topology, services=())
     rng = random.Random(seed)
     opened: asyncio.Queue[int] = asyncio.Queue()
+    completed: dict[int, asyncio.Event] = {}
     killers: list[asyncio.Task] = []
     await fed.start()
     try:
@@ -227,6 +232,8 @@ async def run_campaigns(
         def events(kind: str, payload: dict, record: Any) -> None:
             if kind == "round.open":
                 opened.put_nowait(int(payload["round_num"]))
+            if kind == "round.completed":
+                completed.setdefault(int(payload["round_num"]), asyncio.Event()).set()
             if on_event is not None:
                 on_event(kind, payload, record)
 
@@ -239,7 +246,9 @@ async def run_campaigns(
                 if rnd in seen:
                     continue
                 seen.add(rnd)
-                await asyncio.sleep(rng.uniform(0.0, 4.0))  # anywhere in the round
+                done = completed.setdefault(rnd, asyncio.Event())
+                with contextlib.suppress(TimeoutError):  # anywhere in the round
+                    await asyncio.wait_for(done.wait(), rng.uniform(0.0, kill_window_s))
                 key = rng.choice(sorted(cluster.replicas))
                 await asyncio.to_thread(cluster.kill_and_restart, key, rnd)
 

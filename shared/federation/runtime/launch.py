@@ -204,6 +204,8 @@ async def start_node(
         )
     endpoint = SecureEndpoint(bus, sealer, metrics, name, roles=roles)
     _relearn_campaigns(endpoint, store)
+    if hasattr(sealer.assembler, "refresh_limits"):  # a campaign.start another replica handled
+        sealer.assembler.refresh_limits = lambda: _relearn_campaigns(endpoint, store)
     queue = (topology or topology_of(settings)).queue(name).name
     service = build_service_logic(name, settings, comm_manager=comm_manager, factory_trust=factory_trust,
                                   queue=queue, store=store, datasite_registry=datasite_registry,

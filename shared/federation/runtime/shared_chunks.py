@@ -98,6 +98,11 @@ class SharedChunkAssembler:
         self._lock = threading.Lock()
         self._limits: OrderedDict[str, int] = OrderedDict()
         self._slots: dict[tuple[bytes, int], tuple[np.ndarray, str, Hashable, dict]] = {}
+        #: Called at most every ``refresh_s`` before a chunk is reserved: learns the limits of
+        #: campaigns another replica received the start of (``start_node`` sets it).
+        self.refresh_limits: Callable[[], None] | None = None
+        self.refresh_s = 5.0
+        self._refreshed = float("-inf")
 
     # -- limits (as ChunkAssembler) ---------------------------------------------------------
     @property
@@ -149,6 +154,7 @@ class SharedChunkAssembler:
     ) -> memoryview:
         """A writable slot for this chunk's plaintext; ChunkError/OversizeMessage on a bad claim."""
         who = str(origin if sender is None else sender)
+        self._maybe_refresh()
         try:
             c = _check_chunk(chunk)
             uid, index, total, size = bytes(c["update_id"]), c["index"], c["total"], c["size"]
@@ -169,6 +175,16 @@ class SharedChunkAssembler:
             self._report(who, err)
             raise
         return memoryview(slot)
+
+    def _maybe_refresh(self) -> None:
+        now = time.monotonic()
+        if self.refresh_limits is None or now - self._refreshed < self.refresh_s:
+            return
+        self._refreshed = now
+        try:
+            self.refresh_limits()
+        except Exception:  # the limits learned so far stay; the next chunk tries again
+            log.exception("learning campaign update limits from the store failed")
 
     def release(self, chunk: Mapping[str, Any]) -> None:
         """Forget the slot of a chunk that failed verification."""

@@ -23,6 +23,9 @@ IDS = ["f1", "f2", "f3", "f4"]
 #: Different per datasite: a round's sample count says which updates were counted, how often.
 SAMPLES = {"f1": 101, "f2": 202, "f3": 303, "f4": 404}
 ROUNDS = 3
+#: A kill lands up to this long after its round opened (or at the round's completion): below
+#: the shortest round (0.5 s training + about 2 s of messaging here), so every round has one.
+KILL_WINDOW_S = 2.0
 
 
 @pytest.fixture
@@ -75,7 +78,14 @@ def test_when_a_random_replica_is_killed_in_every_round__the_campaign_completes_
     try:
         (record,) = asyncio.run(
             run_campaigns(
-                settings, prefix, [cfg], cluster, kill_each_round=True, timeout=900, seed=seed
+                settings,
+                prefix,
+                [cfg],
+                cluster,
+                kill_each_round=True,
+                timeout=900,
+                seed=seed,
+                kill_window_s=KILL_WINDOW_S,
             )
         )
     except Exception as exc:
@@ -90,8 +100,11 @@ def test_when_four_campaigns_run_at_once_on_the_replicas__each_completes_with_it
 ):
     settings, cluster, prefix = cluster_env
     configs = [campaign_config(f"{prefix}-c{i}", IDS, 2, timeout_s=600) for i in range(1, 5)]
-    records = asyncio.run(run_campaigns(settings, prefix, configs, cluster, kill_each_round=False,
-                                        timeout=900, seed=0))
+    records = asyncio.run(
+        run_campaigns(
+            settings, prefix, configs, cluster, kill_each_round=False, timeout=900, seed=0
+        )
+    )
     assert [r.campaign_id for r in records] == [c.campaign_id for c in configs]
     for record in records:
         _check_rounds(record, 2)

@@ -42,8 +42,8 @@ def replicas(pg_url, tmp_path):
         store.close()
 
 
-def _update(seed: int = 0) -> dict:
-    delta = torch.randn(256 * 1024, generator=torch.Generator().manual_seed(seed))
+def _update(seed: int = 0, floats: int = 256 * 1024) -> dict:
+    delta = torch.randn(floats, generator=torch.Generator().manual_seed(seed))
     return {
         "campaign_id": "c1",
         "round_num": 1,
@@ -158,3 +158,26 @@ def test_when_two_replicas_flush_one_outbox_at_once__every_row_is_published_exac
     assert sorted(a.published + b.published) == list(range(60))
     assert all(c > 0 for c in counts), counts  # both replicas took part
     assert store_a.pending_outbox_heads() == []
+
+
+def test_when_another_replica_received_the_campaign_start__its_update_limit_still_applies(replicas):
+    from federation.bus.middleware import SecureEndpoint
+    from federation.campaign import CampaignConfig
+    from federation.errors import OversizeMessage
+    from federation.runtime.launch import _relearn_campaigns
+
+    sender, open_replica = replicas
+    (store_a, _), (store_b, b) = open_replica(), open_replica()
+    endpoint = SecureEndpoint(None, b, None, "security")
+    b.assembler.refresh_limits = lambda: _relearn_campaigns(endpoint, store_b)
+    b.assembler.refresh_s = 0.0
+    first = sender.seal("update.raw", _update(5, floats=1024 * 1024), datasite_id="f1", round_num=1)
+    assert b.open(first[0]) is None  # no campaign known yet: the default limit
+    small = CampaignConfig.model_validate({
+        "campaign_id": "c1", "datasites": ["f1", "f2"],
+        "training": {"model_type": "cnn", "n_features": 2, "window": 5}})
+    with store_a.transaction() as tx:  # replica a handled campaign.start
+        tx.put("campaign/c1", small.to_payload())
+    big = _update(6, floats=1024 * 1024)  # 4 MB: over the tiny model's 1.1 MB limit
+    with pytest.raises(OversizeMessage):  # b learns the tiny model's limit from the store
+        b.open(sender.seal("update.raw", big, datasite_id="f1", round_num=1)[0])
