@@ -23,7 +23,10 @@ BENCHMARKS = {
 
 #: Results rendered when present but not run by ``python -m bench`` (long: their commands are in
 #: their sections).
-EXTRA = ("synthetic_task", "dpsgd_quality", "dpsgd_curve", "robustness_5", "robustness_10", "replicas")
+EXTRA = (
+    "synthetic_task", "dpsgd_quality", "dpsgd_curve", "robustness_5", "robustness_10", "replicas",
+    "fednorm_fd001",
+)
 
 _NOTES = Path(__file__).resolve().parent / "NOTES.md"
 
@@ -514,6 +517,40 @@ def _robustness(docs: dict[str, dict | None]) -> list[str]:
     return lines
 
 
+def _fednorm(doc: dict | None) -> list[str]:
+    if doc is None or not doc.get("per_seed"):
+        return []
+    s, plan = doc["summary"], doc["plan"]
+    lines = [
+        "## 14. Federated against central feature normalisation (bench/fednorm_fd001.py)",
+        "",
+        f"{doc['dataset']}, {plan['sites']} non-IID factories (profile split), FedAvg of the"
+        f" {doc['model'].upper()}, {plan['rounds']} rounds, best validation round evaluated on"
+        " the test engines; both arms share seeds, partitions and schedule and differ only in"
+        " the z-scoring statistics: central = fitted on every training row before partitioning,"
+        " federated = the factories' merged exact sums over their own raw windows (a campaign's"
+        f" round 0). Bar: mean federated test RMSE within {100 * (s['bar'] - 1):.0f} % of"
+        f" central: {_met(s['bar_met'])}. `.venv/bin/python -m bench.fednorm_fd001`",
+        "",
+        "| seed | central test RMSE | federated test RMSE | ratio | round 0 (initial model) |"
+        " max mean shift (central σ) | max σ ratio − 1 |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["per_seed"]:
+        c, f, g = r["central"], r["federated"], r["stats_gap"]
+        lines.append(
+            f"| {r['seed']} | {c['test_rmse']:.2f} | {f['test_rmse']:.2f} |"
+            f" {f['test_rmse'] / c['test_rmse']:.3f} | {c['round0_test_rmse']:.1f} /"
+            f" {f['round0_test_rmse']:.1f} | {g['max_mean_shift_in_central_std']:.3f} |"
+            f" {g['max_std_ratio_minus_1']:.3f} |"
+        )
+    lines.append(
+        f"| mean | {s['central_test_rmse_mean']:.2f} | {s['federated_test_rmse_mean']:.2f} |"
+        f" **{s['federated_over_central']:.3f}** | | | |"
+    )
+    return [*lines, ""]
+
+
 def _kib(n: float) -> str:
     return f"{n / 1024:,.0f} KiB" if n < 1024**2 else f"{n / 1024**2:,.1f} MiB"
 
@@ -643,6 +680,7 @@ def render(results: Path, *, smoke: bool = False) -> str:
     lines += _robustness({k: extra[k] for k in ("robustness_5", "robustness_10")})
     lines += _hostile(docs["hostile"])
     lines += _replicas(extra["replicas"])
+    lines += _fednorm(extra["fednorm_fd001"])
     if _NOTES.is_file() and not smoke:
         lines += [_NOTES.read_text(encoding="utf-8").rstrip(), ""]
     return "\n".join(lines)

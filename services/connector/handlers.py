@@ -25,6 +25,7 @@ from federation.wire.messages import (
     DatasiteStatus,
     DpSpend,
     RoundOpen,
+    StatsRequest,
     StatusDetail,
     TrainingMetrics,
     TrainRequest,
@@ -237,6 +238,28 @@ class ConnectorLogic:
             raise RuntimeError(f"training at {ds} failed: {err}")
         return result
 
+    def stats(self, request: dict) -> dict:
+        """Round 0: the statistics job on the datasite's raw partition (blocking; in a thread)."""
+        ds = request["datasite_id"]
+        self._ensure_connected(ds)
+        result = self.comm.request_stats({"campaign_id": request["campaign_id"]}, ds)
+        if not isinstance(result, dict) or result.get("error"):
+            err = result.get("error") if isinstance(result, dict) else "no result"
+            raise RuntimeError(f"statistics at {ds} failed: {err}")
+        return result
+
+    async def prepare_stats(self, msg: StatsRequest, envelope: Any) -> dict:
+        """Run the statistics job outside the transaction; a failure becomes data."""
+        ds = msg.datasite_id
+        lock = self._locks.setdefault(ds, asyncio.Lock())
+        async with lock:  # one job at a time per datasite
+            try:
+                result = await asyncio.to_thread(self.stats, msg.to_payload())
+                return {"ok": True, "result": result}
+            except Exception as exc:  # the datasite's failure is reported, never fatal
+                log.warning("statistics at %s failed: %s", ds, exc)
+                return {"ok": False, "error": str(exc)}
+
     async def prepare_train(self, msg: TrainRequest, envelope: Any) -> dict:
         """Run training outside the transaction; a failure becomes data, not an exception."""
         ds = msg.datasite_id
@@ -358,12 +381,31 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
         tx.emit(DatasiteStatus(datasite_id=ds, status="trained", detail=detail), datasite_id=ds, round_num=rnd)
         tx.put(key, "trained")
 
+    def on_stats_request(tx: Transaction, msg: StatsRequest, envelope: Any, prepared: dict) -> None:
+        cid, ds, attempt = msg.campaign_id, msg.datasite_id, msg.attempt
+        key = f"done/{cid}/{0:06d}/{ds}/{attempt}"
+        if tx.get(key) is not None:
+            return  # this attempt was already answered
+        if not prepared["ok"]:
+            detail = StatusDetail(campaign_id=cid, round_num=0, attempt=attempt, error=prepared["error"])
+            tx.emit(DatasiteStatus(datasite_id=ds, status="failed", detail=detail), datasite_id=ds, round_num=0)
+            tx.put(key, "failed")
+            return
+        result = prepared["result"]
+        tx.emit("stats.raw", {
+            "campaign_id": cid, "round_num": 0, "datasite_id": ds, "attempt": attempt,
+            "stats": result.get("stats") or {}, "stats_signature": result.get("stats_signature"),
+            "factory_key_id": result.get("factory_key_id"),
+        }, datasite_id=ds, round_num=0)
+        tx.put(key, "stats")
+
     return Service(
         name="connector",
         queue=queue,
         handlers={CampaignStart: on_campaign_start, CampaignAccepted: on_campaign_accepted,
                   CampaignRejected: on_campaign_rejected, RoundOpen: on_round_open,
-                  TrainRequest: on_train_request, CampaignCompleted: on_campaign_completed},
-        prepare={TrainRequest: logic.prepare_train},
+                  TrainRequest: on_train_request, CampaignCompleted: on_campaign_completed,
+                  StatsRequest: on_stats_request},
+        prepare={TrainRequest: logic.prepare_train, StatsRequest: logic.prepare_stats},
         background=logic.watch_sessions,
     )

@@ -16,6 +16,7 @@ from federation.wire.messages import (
     CampaignStart,
     RejectionDetail,
     RoundClose,
+    StatsRaw,
     TrainingMetrics,
     UpdateRaw,
     UpdateRejected,
@@ -68,14 +69,32 @@ def _screen_round(
     return accepted, rejected
 
 
-def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "pdmfed.security") -> Service:
-    """The security service; verify_factory checks an update.raw's factory signature."""
+def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "pdmfed.security",
+                  verify_stats: FactoryVerifier | None = None) -> Service:  # fmt: skip
+    """The security service; verify_factory checks an update.raw's factory signature,
+    verify_stats a stats.raw's."""
     from federation.robust import ReputationBook
 
     def on_campaign_start(tx: Transaction, msg: CampaignStart, envelope: Any) -> None:
         cfg = CampaignConfig.from_payload(msg.config)
         if tx.get(f"campaign/{cfg.campaign_id}") is None:
             tx.put(f"campaign/{cfg.campaign_id}", cfg.to_payload())
+
+    def on_stats_raw(tx: Transaction, msg: StatsRaw, envelope: Any) -> None:
+        """Round 0: pass on a factory's statistics once its signature and their form check out."""
+        from federation.ml.fedstats import SensorStats
+
+        cid, ds = msg.campaign_id, msg.datasite_id
+        _cfg(tx, cid)  # an unknown campaign is stale
+        payload = msg.to_payload()
+        if verify_stats is not None:
+            verify_stats(payload)
+        elif verify_factory is not None:  # updates are verified: statistics must be too
+            raise AuthError("no verifier for factory-signed statistics is configured")
+        SensorStats.from_dict(msg.stats)  # DatasetError (rejected, counted) if malformed
+        tx.emit("stats.screened", {"campaign_id": cid, "round_num": 0, "datasite_id": ds,
+                                   "stats": dict(msg.stats), "attempt": msg.attempt},
+                datasite_id=ds, round_num=0)  # fmt: skip
 
     def on_update_raw(tx: Transaction, msg: UpdateRaw, envelope: Any) -> None:
         cid, rnd, ds = msg.campaign_id, msg.round_num, msg.datasite_id
@@ -152,5 +171,5 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
         name="security",
         queue=queue,
         handlers={CampaignStart: on_campaign_start, CampaignRejected: forget_refused_campaign,
-                  UpdateRaw: on_update_raw, RoundClose: on_round_close},
+                  UpdateRaw: on_update_raw, RoundClose: on_round_close, StatsRaw: on_stats_raw},
     )

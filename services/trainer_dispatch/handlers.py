@@ -1,4 +1,4 @@
-"""trainer-dispatch: the round state machine (cohort, deadlines, stragglers, retries, stop rules)."""
+"""trainer-dispatch: the round state machine (round-0 statistics, cohort, deadlines, retries, stop rules)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from federation.wire.messages import (
     RoundClose,
     RoundCompleted,
     RoundOpen,
+    StatsScreened,
     TrainRequest,
 )
 
@@ -54,6 +55,52 @@ def privacy_allows_round(cfg: CampaignConfig, rounds_done: int) -> bool:
     return acct.epsilon_after(rounds_done + 1) <= p.max_epsilon
 
 
+def _open_stats_round(tx: Transaction, cfg: CampaignConfig, now: float) -> None:
+    """Round 0: every datasite of the cohort computes its raw partition's statistics."""
+    rnd = state.new_round(cfg, 0, now, 0)
+    state.put_round(tx, cfg.campaign_id, rnd)
+    for datasite_id in rnd["cohort"]:
+        _send_stats_request(tx, cfg, rnd, datasite_id, attempt=1)
+    log.info("round 0 (statistics) of %s opened: cohort %s", cfg.campaign_id, rnd["cohort"])
+
+
+def _send_stats_request(tx: Transaction, cfg: CampaignConfig, rnd: dict, datasite_id: str,
+                        attempt: int) -> None:  # fmt: skip
+    rnd["attempts"][datasite_id] = attempt
+    tx.emit("stats.request", {"campaign_id": cfg.campaign_id, "round_num": 0,
+                              "datasite_id": datasite_id, "attempt": attempt},
+            datasite_id=datasite_id, round_num=0)  # fmt: skip
+
+
+def _finish_stats(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str, now: float) -> None:
+    """Sum the statistics that came in into the campaign's normaliser and open round 1; fewer
+    than ``quorum`` factories ends the campaign (nothing is trained on partial statistics)."""
+    from federation.ml.fedstats import SensorStats, merge_stats
+
+    cid = cfg.campaign_id
+    rnd["status"], rnd["close_reason"] = "closed", why
+    state.put_round(tx, cid, rnd)
+    parts = [tx.get(f"stats/{cid}/{ds}") for ds in sorted(rnd["trained"])]
+    for ds in rnd["cohort"]:
+        tx.delete(f"stats/{cid}/{ds}")
+    camp = state.get_campaign(tx, cid)
+    if len(parts) < cfg.quorum:
+        log.warning("round 0 of %s: statistics from %d datasites < quorum %d (%s); failed: %s",
+                    cid, len(parts), cfg.quorum, why, rnd["failed"])  # fmt: skip
+        camp.update(status="completed", reason="no_quorum")
+        state.put_campaign(tx, cid, camp)
+        tx.emit("campaign.completed", {"campaign_id": cid, "rounds": 0, "reason": "no_quorum"},
+                round_num=0)
+        return
+    merged = merge_stats(SensorStats.from_dict(p) for p in parts)
+    camp["normalizer"] = merged.normalizer().to_dict()
+    camp["normalizer_from"] = sorted(rnd["trained"])
+    state.put_campaign(tx, cid, camp)
+    log.info("round 0 of %s: statistics of %d rows/values from %s", cid, merged.count,
+             ", ".join(sorted(rnd["trained"])))  # fmt: skip
+    _open_round(tx, cfg, 1, now)
+
+
 def _open_round(tx: Transaction, cfg: CampaignConfig, round_num: int, now: float) -> None:
     model = state.get_model(tx, cfg.campaign_id)
     rnd = state.new_round(cfg, round_num, now, model["version"])
@@ -69,6 +116,7 @@ def _open_round(tx: Transaction, cfg: CampaignConfig, round_num: int, now: float
             cohort=list(rnd["cohort"]),
             deadline_ts=float(rnd["deadline_ts"]),
             global_model=model["state_dict"],
+            normalizer=camp.get("normalizer") or {},
         ),
         round_num=round_num,
     )
@@ -89,7 +137,9 @@ def _send_train_request(
             model_version=model["version"],
             # no weights here: the connector keeps each version from round.open (one copy per
             # round on the wire instead of one per datasite)
-            training_config=_training_config(cfg, rnd["round_num"]),
+            training_config=_training_config(
+                cfg, rnd["round_num"], (state.get_campaign(tx, cfg.campaign_id) or {}).get("normalizer")
+            ),
             attempt=attempt,
         ),
         datasite_id=datasite_id,
@@ -97,8 +147,10 @@ def _send_train_request(
     )
 
 
-def _training_config(cfg: CampaignConfig, round_num: int) -> dict:
+def _training_config(cfg: CampaignConfig, round_num: int, normalizer: dict | None = None) -> dict:
     out = {**cfg.training.model_dump(), "seed": cfg.seed * 100_003 + round_num}
+    if normalizer:  # the datasite z-scores its raw partition with the campaign's statistics
+        out["normalizer"] = dict(normalizer)
     rp = cfg.record_privacy
     if rp.enabled:
         out["dp"] = {"noise_multiplier": rp.noise_multiplier, "max_grad_norm": rp.max_grad_norm,
@@ -127,7 +179,10 @@ def _close_round(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str) -> N
 def _maybe_close(tx: Transaction, cfg: CampaignConfig, rnd: dict) -> None:
     answered = set(rnd["trained"]) | set(rnd["failed"])
     if rnd["status"] == "open" and answered >= set(rnd["cohort"]):
-        _close_round(tx, cfg, rnd, "all_answered")
+        if rnd["round_num"] == 0:
+            _finish_stats(tx, cfg, rnd, "all_answered", time.time())
+        else:
+            _close_round(tx, cfg, rnd, "all_answered")
     else:
         state.put_round(tx, cfg.campaign_id, rnd)
 
@@ -161,7 +216,8 @@ def _reject(tx: Transaction, msg: CampaignStart, code: str, reason: str) -> None
 
 
 def on_campaign_start(tx: Transaction, msg: CampaignStart, envelope: Any) -> None:
-    """Register the campaign, build the initial model, open round 1; answer campaign.accepted,
+    """Register the campaign, build the initial model, open round 0 (the factories' statistics;
+    round 1 follows once they are summed); answer campaign.accepted,
     or campaign.rejected for a campaign_id already taken or a config it cannot run."""
     cid = msg.campaign_id
     camp = state.get_campaign(tx, cid)
@@ -178,7 +234,24 @@ def on_campaign_start(tx: Transaction, msg: CampaignStart, envelope: Any) -> Non
     })
     state.put_model(tx, cid, {"version": 0, "state_dict": initial_model_state(cfg)})
     tx.emit(CampaignAccepted(cid, cfg.rounds, list(cfg.cohort), msg.start_id))
-    _open_round(tx, cfg, 1, time.time())
+    _open_stats_round(tx, cfg, time.time())
+
+
+def on_stats_screened(tx: Transaction, msg: StatsScreened, envelope: Any) -> None:
+    """A datasite's verified round-0 statistics: keep them; all in, sum them and open round 1."""
+    cid, ds = msg.campaign_id, msg.datasite_id
+    camp = state.get_campaign(tx, cid)
+    rnd = state.get_round(tx, cid, 0)
+    if camp is None or rnd is None or rnd["status"] != "open":
+        raise StaleRoundError(f"statistics for {cid} round 0, which is not open")
+    if ds not in rnd["cohort"] or msg.attempt != rnd["attempts"].get(ds, 1):
+        return  # not asked, or an answer to a superseded attempt
+    cfg = CampaignConfig.from_payload(camp["config"])
+    tx.put(f"stats/{cid}/{ds}", dict(msg.stats))
+    if ds not in rnd["trained"]:
+        rnd["trained"].append(ds)
+    rnd["failed"].pop(ds, None)
+    _maybe_close(tx, cfg, rnd)
 
 
 def on_datasite_status(tx: Transaction, msg: DatasiteStatus, envelope: Any) -> None:
@@ -199,6 +272,8 @@ def on_datasite_status(tx: Transaction, msg: DatasiteStatus, envelope: Any) -> N
     attempt = 1 if detail.attempt is None else detail.attempt
     if attempt != rnd["attempts"].get(ds, 1):
         return  # an answer to a superseded attempt
+    if status == "trained" and rnd["round_num"] == 0:
+        return  # round 0 counts a datasite once security verified its statistics
     if status == "trained":
         if ds not in rnd["trained"]:
             rnd["trained"].append(ds)
@@ -207,7 +282,10 @@ def on_datasite_status(tx: Transaction, msg: DatasiteStatus, envelope: Any) -> N
         error = detail.error or "unknown error"
         if attempt <= cfg.max_retries and time.time() < rnd["deadline_ts"]:
             log.warning("round %d: %s failed (%s); retry %d", rnd["round_num"], ds, error, attempt + 1)
-            _send_train_request(tx, cfg, rnd, ds, state.get_model(tx, cid), attempt + 1)
+            if rnd["round_num"] == 0:
+                _send_stats_request(tx, cfg, rnd, ds, attempt + 1)
+            else:
+                _send_train_request(tx, cfg, rnd, ds, state.get_model(tx, cid), attempt + 1)
         else:
             rnd["failed"][ds] = error
     _maybe_close(tx, cfg, rnd)
@@ -267,7 +345,10 @@ def on_tick(tx: Transaction, now: float) -> None:
             for ds in rnd["cohort"]:
                 if ds not in rnd["trained"] and ds not in rnd["failed"]:
                     rnd["failed"][ds] = "deadline"
-            _close_round(tx, cfg, rnd, "deadline")
+            if rnd["round_num"] == 0:
+                _finish_stats(tx, cfg, rnd, "deadline", now)
+            else:
+                _close_round(tx, cfg, rnd, "deadline")
 
 
 def observe(metrics: Any, store: Any, campaign_id: str | None) -> None:
@@ -298,6 +379,7 @@ def build_service(queue: str = "pdmfed.trainer-dispatch", tick_interval_s: float
             CampaignStart: on_campaign_start,
             DatasiteStatus: on_datasite_status,
             RoundCompleted: on_round_completed,
+            StatsScreened: on_stats_screened,
         },
         tick=on_tick,
         tick_interval_s=tick_interval_s,

@@ -93,7 +93,7 @@ def write_partitions(
     from federation.ml.partition import partition_engines, split_partition
 
     names = names or [f"factory-{i + 1}" for i in range(sites)]
-    prepared = load_dataset(data, seed=seed)
+    prepared = load_dataset(data, seed=seed, normalise=False)  # factories store raw windows
     groups = partition_engines(
         prepared.train.engines, sites, seed=seed, mode=mode, lifetimes=prepared.train_lifetimes
     )

@@ -413,9 +413,6 @@ class PySyftCommunicationManager:
     def _submit_job(
         self, session: _Session, config_bytes: bytes, round_number: int, model_type: Any = None
     ) -> tuple[Any, str, dict]:
-        import syft as sy
-        from syft.service.policy.policy import ExactMatch, SingleExecutionExactOutput
-
         from federation.datasite.partition import FEATURES, LABELS
 
         if FEATURES not in session.assets or LABELS not in session.assets:
@@ -429,6 +426,11 @@ class PySyftCommunicationManager:
         }
         name = f"pdmfed_train_r{max(0, round_number)}_{uuid.uuid4().hex[:12]}"
         job = self._job_for(model_type)
+        return self._request_code(session, job, inputs, name), name, inputs
+
+    def _request_code(self, session: _Session, job: Callable, inputs: dict, name: str) -> Any:
+        import syft as sy
+        from syft.service.policy.policy import ExactMatch, SingleExecutionExactOutput
 
         def run() -> Any:
             submit = sy.syft_function(
@@ -438,8 +440,7 @@ class PySyftCommunicationManager:
             )(job)
             return _syft_ok(session.client.code.request_code_execution(submit), "code request")
 
-        request = _call_with_timeout(run, self.request_timeout_s, "code request")
-        return request, name, inputs
+        return _call_with_timeout(run, self.request_timeout_s, "code request")
 
     def _await_approval(self, request: Any, datasite_id: str) -> None:
         from syft.service.request.request import RequestStatus
@@ -486,6 +487,59 @@ class PySyftCommunicationManager:
             from federation.datasite.signing import verify_factory_result
 
             verify_factory_result(result, self.factory_trust)
+        return result
+
+    def request_stats(self, stats_config: Mapping[str, Any], datasite_id: str) -> dict[str, Any]:
+        """Round 0: the approved statistics job on the datasite's raw partition; a result dict
+        (stats, stats_signature, factory_key_id, datasite_id, campaign_id) or one with 'error'.
+        """
+        from federation.datasite.job import pdmfed_stats_job
+        from federation.datasite.partition import FEATURES
+
+        if not isinstance(stats_config, Mapping):
+            raise MalformedMessage("stats_config must be a mapping")
+        session = self._connected(datasite_id)
+        if session is None:
+            return self._error(
+                datasite_id, DatasiteConnectionError(f"{datasite_id} is not connected")
+            )
+        with session.lock:
+            request_id = None
+            try:
+                if FEATURES not in session.assets:
+                    raise DatasiteError("datasite has no pdm_partition features asset")
+                cfg_ptr, _ = self._upload(session, encode_payload(dict(stats_config)))
+                inputs = {"features": session.assets[FEATURES], "stats_config": cfg_ptr}
+                name = f"pdmfed_stats_{uuid.uuid4().hex[:12]}"
+                request = self._request_code(session, pdmfed_stats_job, inputs, name)
+                request_id = str(request.id)
+                self._await_approval(request, datasite_id)
+                raw = self._run_job(session, name, inputs)
+                result = self._decode_stats(raw)
+            except (ApprovalPendingError, TrainingError, MalformedMessage) as exc:
+                if not self._probe(session):
+                    self._fail(session, str(exc))
+                return self._error(datasite_id, exc, request_id=request_id)
+            except PdmFedError as exc:  # e.g. a factory signature that does not verify
+                return self._error(datasite_id, exc, request_id=request_id)
+            except Exception as exc:  # transport: the datasite died or timed out
+                self._fail(session, f"statistics failed: {exc}", timed_out=isinstance(exc, TimeoutError))
+                return self._error(datasite_id, exc, request_id=request_id)
+        result["request_id"] = request_id
+        return result
+
+    def _decode_stats(self, raw: Any) -> dict[str, Any]:
+        if not isinstance(raw, Mapping):
+            raise TrainingError(f"statistics job returned {type(raw).__name__}, not a result map")
+        if raw.get("error"):
+            raise TrainingError(f"statistics job failed at the datasite: {raw['error']}")
+        result = dict(raw)
+        if isinstance(result.get("stats_signature"), bytearray):
+            result["stats_signature"] = bytes(result["stats_signature"])
+        if self.factory_trust is not None:
+            from federation.datasite.signing import verify_stats_signature
+
+            verify_stats_signature(result, self.factory_trust)
         return result
 
     def request_training(

@@ -17,7 +17,9 @@ __all__ = [
     "ENV_ATTACK",
     "compromise_delta",
     "model_training_job",
+    "pdmfed_stats_job",
     "pdmfed_train_job",
+    "run_stats_job",
     "run_training_job",
     "training_delta",
 ]
@@ -70,6 +72,14 @@ def model_training_job(entry_point: str, digest: str | None = None):  # noqa: AN
     namespace: dict[str, Any] = {}
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own fixed template
     return namespace["pdmfed_train_job"]
+
+
+def pdmfed_stats_job(features, stats_config):
+    # Round 0 of a campaign: this factory's exact sensor statistics for federated normalisation
+    # (pinned by hash like the training job; the computation is installed at the factory).
+    from federation.datasite.job import run_stats_job
+
+    return run_stats_job(features, stats_config)
 
 
 def training_delta(
@@ -139,6 +149,60 @@ def run_training_job(
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def run_stats_job(features: Any, stats_config: Any) -> dict:
+    """Count, sum and sum of squares of the raw partition's sensor values, signed; errors as data."""
+    try:
+        return _stats(features, stats_config)
+    except Exception as exc:  # the orchestrator gets a clear error, never a datasite traceback
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _identity() -> Any:
+    from federation.crypto.signing import SigningIdentity
+    from federation.errors import ConfigError
+
+    datasite_id = os.environ.get(ENV_DATASITE_ID)
+    keys_dir = os.environ.get(ENV_KEYS_DIR)
+    if not datasite_id or not keys_dir:
+        raise ConfigError("this process is not a pdmfed datasite (no identity or key dir)")
+    return SigningIdentity.load(keys_dir, datasite_id)
+
+
+def _stats(features: Any, stats_config: Any) -> dict:
+    from federation.datasite.signing import sign_stats
+    from federation.ml.fedstats import window_stats
+
+    identity = _identity()
+    cfg = _config(stats_config)
+    campaign_id = str(cfg.get("campaign_id", ""))
+    X = np.asarray(features)
+    if X.ndim != 3:
+        raise ValueError(f"the partition's features are not windows (n, window, F): {X.shape}")
+    stats = window_stats(X, feature_columns(X.shape[2])).to_dict()
+    return {
+        "stats": stats,
+        "stats_signature": sign_stats(identity, stats, campaign_id=campaign_id),
+        "factory_key_id": identity.sender,
+        "datasite_id": identity.sender,
+        "campaign_id": campaign_id,
+        "round_number": 0,
+    }
+
+
+def feature_columns(n_features: int) -> tuple[str, ...]:
+    """Positional names of a partition's features (its windows carry no sensor names)."""
+    return tuple(f"x{i + 1}" for i in range(int(n_features)))
+
+
+def normalised_features(features: Any, normalizer: Any) -> np.ndarray:
+    """The raw partition's windows z-scored with the campaign's federated statistics."""
+    from federation.ml.data import Normalizer
+
+    if not isinstance(normalizer, dict):
+        raise ValueError("the training config's normalizer is not a map")
+    return Normalizer.from_dict(normalizer).transform_windows(np.asarray(features))
+
+
 def _pin_model(cfg: dict[str, Any], model: tuple[str, str] | None) -> None:
     """The model trained is the one the approved code names, at the approved source digest.
 
@@ -169,17 +233,12 @@ def _pin_model(cfg: dict[str, Any], model: tuple[str, str] | None) -> None:
 def _run(
     features: Any, labels: Any, global_model: Any, train_config: Any, model: tuple[str, str] | None
 ) -> dict:
-    from federation.crypto.signing import SigningIdentity
     from federation.datasite.signing import sign_tensors
-    from federation.errors import ConfigError
     from federation.ml.train import train_local
     from federation.wire.codec import decode_state_dict, encode_state_dict
 
-    datasite_id = os.environ.get(ENV_DATASITE_ID)
-    keys_dir = os.environ.get(ENV_KEYS_DIR)
-    if not datasite_id or not keys_dir:
-        raise ConfigError("this process is not a pdmfed datasite (no identity or key dir)")
-    identity = SigningIdentity.load(keys_dir, datasite_id)
+    identity = _identity()
+    datasite_id = identity.sender
 
     model_bytes = bytes(global_model)
     global_state = decode_state_dict(model_bytes)
@@ -192,8 +251,11 @@ def _run(
     campaign_id = str(cfg.pop("campaign_id", ""))
     model_version = int(cfg.pop("model_version", 0))
 
+    # The partition is stored raw; the campaign's round 0 agreed on the statistics to z-score with.
+    normalizer = cfg.pop("normalizer", None)
+    X = np.asarray(features) if normalizer is None else normalised_features(features, normalizer)
     torch.set_num_threads(_JOB_THREADS)
-    out = train_local(global_state, np.asarray(features), np.asarray(labels), cfg, seed)
+    out = train_local(global_state, X, np.asarray(labels), cfg, seed)
     update = out["model_update"]
     delta = training_delta(update, global_state)
     attack = os.environ.get(ENV_ATTACK)

@@ -33,6 +33,7 @@ __all__ = [
     "code_hash",
     "normalise_code",
     "request_hash",
+    "stats_request",
     "training_request",
 ]
 
@@ -155,11 +156,27 @@ def training_request(job: Callable | None = None, *, model: str | None = None) -
     )
 
 
+def stats_request(job: Callable | None = None) -> RequestPieces:
+    """The round-0 statistics request the connector submits (default: the shipped stats job)."""
+    from federation.datasite.partition import DATASET_NAME, FEATURES
+
+    if job is None:
+        from federation.datasite.job import pdmfed_stats_job as job
+    return RequestPieces(
+        code=dedent(inspect.getsource(job)),
+        input_policy=EXACT_MATCH,
+        bindings={"features": asset_binding(DATASET_NAME, FEATURES), "stats_config": UPLOAD},
+        output_policy=EXECUTE_ONCE,
+    )
+
+
 def approved_job_hashes(models: Iterable[str] = ()) -> frozenset[str]:
-    """Request hashes of the jobs this package ships (the training job, as the connector asks)
-    and of the job for each own model in ``models`` at its source installed here: approving a
-    model pins its code, so a changed model is another request, pending until approved again."""
-    return frozenset({training_request().digest()} | {training_request(model=m).digest() for m in models})
+    """Request hashes of the jobs this package ships (the training job and round 0's statistics
+    job, as the connector asks) and of the job for each own model in ``models`` at its source
+    installed here: approving a model pins its code, so a changed model is another request,
+    pending until approved again."""
+    shipped = {training_request().digest(), stats_request().digest()}
+    return frozenset(shipped | {training_request(model=m).digest() for m in models})
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,11 @@ from federation.wire.codec import tensor_digest
 
 __all__ = [
     "bound_digest",
+    "sign_stats",
     "sign_tensors",
+    "stats_digest",
     "verify_factory_result",
+    "verify_stats_signature",
     "verify_update_signature",
 ]
 
@@ -152,3 +156,38 @@ def verify_update_signature(payload: Mapping[str, Any], trust: Any) -> None:
         payload.get("factory_signature"),
         binding,
     )
+
+
+#: Round 0 of a campaign: statistics are signed for round 0 and base model version 0.
+_STATS_KIND, _STATS_ROUND, _STATS_VERSION = "stats", 0, 0
+
+
+def stats_digest(stats: Any) -> str:
+    """SHA-256 hex of a statistics map in canonical JSON (sorted keys, no spaces)."""
+    try:
+        text = json.dumps(stats, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise MalformedMessage(f"statistics are not a plain JSON map: {exc}") from exc
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sign_stats(identity: SigningIdentity, stats: Mapping[str, Any], *, campaign_id: str) -> bytes:
+    """The factory's signature over its round-0 statistics, bound to itself and the campaign."""
+    bound = bound_digest(_STATS_KIND, stats_digest(stats), _STATS_ROUND, identity.sender,
+                         campaign_id, _STATS_VERSION)  # fmt: skip
+    return sign_digest(identity, bound)
+
+
+def verify_stats_signature(payload: Mapping[str, Any], trust: Any) -> None:
+    """Check a stats payload's ``stats_signature`` by its datasite for its campaign (AuthError)."""
+    if not isinstance(payload, Mapping):
+        raise MalformedMessage("statistics payload must be a mapping")
+    ds, cid = payload.get("datasite_id"), payload.get("campaign_id")
+    if not isinstance(ds, str) or not isinstance(cid, str):
+        raise MalformedMessage("statistics lack datasite_id and campaign_id (str)")
+    signer = payload.get("factory_key_id") or ds
+    if signer != ds:
+        raise AuthError(f"statistics of {ds!r} are signed by another factory ({signer!r})")
+    bound = bound_digest(_STATS_KIND, stats_digest(payload.get("stats")), _STATS_ROUND, ds, cid,
+                         _STATS_VERSION)  # fmt: skip
+    verify_digest(_trust_for(trust, ds), ds, bound, payload.get("stats_signature"))

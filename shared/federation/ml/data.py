@@ -331,11 +331,11 @@ def piecewise_rul(fleet: Fleet, cap: float = DEFAULT_RUL_CAP, final_rul: Any = N
 def regime_ids(settings: np.ndarray, decimals: Sequence[int] | None = None) -> np.ndarray:
     """Operating-regime keys: each row's settings rounded (1 regime for FD001/FD003).
 
-    ``decimals`` per setting column defaults to C-MAPSS's (0, 1, 0); no setting column at all
-    is one regime.
+    ``decimals`` per setting column defaults to C-MAPSS's (0, 1, 0); no setting column at all,
+    or empty ``decimals`` (statistics pooled over every regime), is one regime keyed (0.0,).
     """
     s = np.asarray(settings, dtype=np.float64)
-    if s.ndim != 2 or s.shape[1] == 0:
+    if s.ndim != 2 or s.shape[1] == 0 or (decimals is not None and len(decimals) == 0):
         return np.zeros((s.shape[0], 1))
     dec = _REGIME_DECIMALS if decimals is None else tuple(decimals)
     if len(dec) != s.shape[1]:
@@ -383,7 +383,8 @@ class Normalizer:
     regimes: list[list[float]] = field(default_factory=list)
     mean: list[list[float]] = field(default_factory=list)
     std: list[list[float]] = field(default_factory=list)
-    #: Decimals each setting is rounded to when naming a regime (None: C-MAPSS's).
+    #: Decimals each setting is rounded to when naming a regime (None: C-MAPSS's; []: one
+    #: regime pooling them all, the settings are not looked at).
     decimals: list[int] | None = None
 
     def fit(
@@ -428,6 +429,17 @@ class Normalizer:
         mean, std = np.asarray(self.mean)[idx], np.asarray(self.std)[idx]
         return ((x - mean) / std).astype(np.float32)
 
+    def transform_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Z-score raw windows (n, window, F) that carry no settings: one regime only (float32)."""
+        if len(self.regimes) != 1:
+            raise DatasetError(f"windows carry no operating settings: normalising them needs "
+                               f"one regime's statistics, these have {len(self.regimes)}")  # fmt: skip
+        x = np.asarray(windows, dtype=np.float64)
+        if x.ndim != 3 or x.shape[2] != len(self.columns):
+            raise DatasetError(f"expected windows (n, window, {len(self.columns)}), got {x.shape}")
+        mean, std = np.asarray(self.mean[0]), np.asarray(self.std[0])
+        return ((x - mean) / std).astype(np.float32)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and floats (msgpack/JSON friendly)."""
         out: dict[str, Any] = {
@@ -456,7 +468,10 @@ class Normalizer:
         )
         if not ok or any(v <= 0 or not math.isfinite(v) for s in std for v in s):
             raise DatasetError("malformed normaliser: inconsistent lengths or non-positive std")
-        if decimals is not None and any(len(r) != len(decimals) for r in regimes):
+        if decimals == [] and regimes != [[0.0]]:
+            raise DatasetError("malformed normaliser: pooled statistics (decimals []) have the "
+                               "one regime [0.0]")  # fmt: skip
+        if decimals and any(len(r) != len(decimals) for r in regimes):
             raise DatasetError("malformed normaliser: regimes and decimals differ in length")
         return cls(cols, regimes, mean, std, decimals)
 
@@ -592,11 +607,15 @@ def prepare(
     window: int = DEFAULT_WINDOW,
     rul_cap: float = DEFAULT_RUL_CAP,
     sensors: Sequence[str] | None = None,
+    normalise: bool = True,
 ) -> Prepared:
     """Select sensors and fit the normaliser on training rows, then window train and test.
 
     Train: one window per row from each engine's window-th cycle, label = capped RUL. Test:
-    each engine's last window, label = capped true RUL from the RUL file.
+    each engine's last window, label = capped true RUL from the RUL file. ``normalise=False``
+    keeps both windows' raw sensor values (what a factory stores: a federation normalises at
+    training time with statistics its factories computed together, federation.ml.fedstats);
+    ``normalizer`` is then the central fit, for comparison only.
     """
     chosen = (
         tuple(sensors)
@@ -608,8 +627,10 @@ def prepare(
         raise DatasetError(f"unknown or empty sensor selection: {unknown or chosen}")
     cols = [data.sensor_names.index(s) for s in chosen]
     norm = Normalizer().fit(data.train.sensors[:, cols], data.train.settings, chosen)
-    train_x = norm.transform(data.train.sensors[:, cols], data.train.settings)
-    test_x = norm.transform(data.test.sensors[:, cols], data.test.settings)
+    train_x, test_x = data.train.sensors[:, cols], data.test.sensors[:, cols]
+    if normalise:
+        train_x = norm.transform(train_x, data.train.settings)
+        test_x = norm.transform(test_x, data.test.settings)
     Xtr, ytr, etr = make_windows(
         train_x, data.train.units, piecewise_rul(data.train, rul_cap), window
     )

@@ -38,11 +38,13 @@ def normalise(table: SensorTable, schema: DataSchema, normalizer: Normalizer) ->
 def import_table(
     path: str | Path, schema: DataSchema, normalizer: Normalizer | None = None
 ) -> tuple[Partition, Normalizer, SensorTable]:
-    """Read, validate and window a run-to-failure table.
+    """Read, validate and window a run-to-failure table: raw sensor values, never z-scored.
 
-    Sensors are z-scored per operating regime with `normalizer` when given (statistics the
-    federation agreed on), else with statistics fitted on this table; the label is the RUL
-    capped at the schema's ``rul_cap``; one window ends at every cycle from the window-th on.
+    A campaign z-scores at training time with the statistics its round 0 summed over every
+    factory (federation.ml.fedstats). `normalizer` (statistics given), else one fitted on this
+    table, is checked against the table (same sensors, every operating regime known) and
+    recorded in the data card for information only. The label is the RUL capped at the
+    schema's ``rul_cap``; one window ends at every cycle from the window-th on.
     """
     if schema.label == "none":
         raise ImportError_("label: none gives nothing to train on: say failure_at_last_cycle or "
@@ -55,10 +57,10 @@ def import_table(
             features_of(schema),
             decimals=list(schema.decimals) if schema.settings else None,
         )
-    x = normalise(table, schema, normalizer)
+    normalise(table, schema, normalizer)  # the statistics fit this table (ImportError_ if not)
     assert table.rul is not None
     labels = np.minimum(table.rul, schema.rul_cap).astype(np.float32)
-    X, y, codes = make_windows(x, table.units, labels, schema.window)
+    X, y, codes = make_windows(table.sensors, table.units, labels, schema.window)
     return Partition(X, y, table.unit_numbers[codes]), normalizer, table
 
 

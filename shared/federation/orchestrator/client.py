@@ -35,6 +35,10 @@ class CampaignRecord:
     opened: dict[int, float] = field(default_factory=dict)
     completed: dict | None = None
     final_model: dict | None = None
+    #: The campaign's federated normalisation statistics (round 0's result, from round.open).
+    normalizer: dict | None = None
+    #: The model round 1 starts from (round 0's model: the initial one).
+    initial_model: dict | None = None
     event_errors: int = 0
     #: The id of the campaign.start this orchestrator published (None: it follows, --resume).
     start_id: str | None = None
@@ -94,6 +98,10 @@ class CampaignClient:
                 self._answer(cid, kind, p)
         elif kind == "round.open":
             rec.opened[int(p["round_num"])] = time.time()
+            if p.get("normalizer") and rec.normalizer is None:
+                rec.normalizer = dict(p["normalizer"])
+            if int(p["round_num"]) == 1 and p.get("global_model") and rec.initial_model is None:
+                rec.initial_model = p["global_model"]
         elif kind == "round.completed":
             if not any(r["round_num"] == p["round_num"] for r in rec.rounds):
                 rec.rounds.append({k: v for k, v in p.items() if k != "global_model"})

@@ -66,7 +66,8 @@ def _partitions(opts: DemoOptions) -> tuple[Any, list[tuple[str, dict]]]:
     from federation.ml.data import load_dataset
     from federation.ml.partition import partition_engines, split_partition
 
-    data = load_dataset(opts.data, seed=opts.seed)
+    # Factories hold raw sensor windows: the campaign's round 0 agrees on how to z-score them.
+    data = load_dataset(opts.data, seed=opts.seed, normalise=False)
     groups = partition_engines(
         data.train.engines,
         opts.sites,
@@ -79,13 +80,32 @@ def _partitions(opts: DemoOptions) -> tuple[Any, list[tuple[str, dict]]]:
     return data, [(ds, p.to_arrays()) for ds, p in zip(ids, parts, strict=True)]
 
 
-def _evaluate(data: Any, model_type: str, state: dict) -> float:
+def federated_normalizer(raw: dict | None, features: Any) -> Any:
+    """The campaign's round-0 statistics as a Normalizer named after the model's features."""
+    from federation.ml.data import Normalizer
+
+    if not raw:
+        raise ConfigError("the campaign shipped no normalisation statistics (round 0 did not run)")
+    norm = Normalizer.from_dict(raw)
+    if len(norm.columns) != len(features):
+        raise ConfigError(f"round 0's statistics cover {len(norm.columns)} features, the data "
+                          f"has {len(features)}")  # fmt: skip
+    norm.columns = tuple(features)
+    return norm
+
+
+def _test_windows(data: Any, normalizer: Any) -> Any:
+    """The held-out test engines' last windows z-scored with the campaign's statistics."""
+    return normalizer.transform_windows(data.test.X)
+
+
+def _evaluate(data: Any, model_type: str, state: dict, normalizer: Any) -> float:
     from federation.ml.train import evaluate
 
-    return float(evaluate(state, data.test.X, data.test.y, model_type)["rmse"])
+    return float(evaluate(state, _test_windows(data, normalizer), data.test.y, model_type)["rmse"])
 
 
-def _held_out(opts: DemoOptions, data: Any, state: dict | None) -> dict | None:
+def _held_out(opts: DemoOptions, data: Any, state: dict | None, normalizer: Any) -> dict | None:
     """The final model on the held-out test engines' last windows, next to a train-mean baseline."""
     import numpy as np
 
@@ -103,7 +123,7 @@ def _held_out(opts: DemoOptions, data: Any, state: dict | None) -> dict | None:
         else f"synthetic test engines (last window each, RUL capped at {data.rul_cap:g})"
     )
     return held_out_report(
-        predict(model, data.test.X),
+        predict(model, _test_windows(data, normalizer)),
         data.test.y,
         float(np.mean(data.train.y)),
         split=split,
@@ -111,17 +131,21 @@ def _held_out(opts: DemoOptions, data: Any, state: dict | None) -> dict | None:
     )
 
 
-def _alone(opts: DemoOptions, data: Any, parts: list[tuple[str, dict]], cfg: CampaignConfig) -> list:
-    """Each factory's model on its own data, trained as long as the campaign, same test units."""
+def _alone(
+    opts: DemoOptions, data: Any, parts: list[tuple[str, dict]], cfg: CampaignConfig, normalizer: Any
+) -> list:
+    """Each factory's model on its own data, trained as long as the campaign, same test units
+    (z-scored with the campaign's statistics, as the federation trained)."""
     import numpy as np
 
     from federation.ml.heldout import each_factory_alone
 
     rec = cfg.record_privacy
     dp = {"noise_multiplier": rec.noise_multiplier, "max_grad_norm": rec.max_grad_norm}
+    scaled = [(ds, {**a, "X": normalizer.transform_windows(a["X"])}) for ds, a in parts]
     return each_factory_alone(
-        parts,
-        data.test.X,
+        scaled,
+        _test_windows(data, normalizer),
         data.test.y,
         float(np.mean(data.train.y)),
         training=cfg.training.model_dump(),
@@ -131,7 +155,9 @@ def _alone(opts: DemoOptions, data: Any, parts: list[tuple[str, dict]], cfg: Cam
     )
 
 
-def _bundle_info(opts: DemoOptions, data: Any, parts: list[tuple[str, dict]]) -> dict:
+def _bundle_info(
+    opts: DemoOptions, data: Any, parts: list[tuple[str, dict]], normalizer: Any
+) -> dict:
     """What the demo knows about its inputs, for the model bundle (federation.ml.bundle)."""
     import numpy as np
 
@@ -147,13 +173,14 @@ def _bundle_info(opts: DemoOptions, data: Any, parts: list[tuple[str, dict]]) ->
             "window": data.window,
             "features": list(data.features),
             "label": {"kind": "failure_at_last_cycle", "rul_cap": data.rul_cap},
-            "normalizer_source": "fitted centrally on every factory's training rows (demo only)",
+            "normalizer_source": "federated: the campaign's round 0 summed every factory's sensor "
+            "statistics",
         }
         for ds, arrays in parts
     ]
     return {
         "features": list(data.features),
-        "normalizer": data.normalizer.to_dict(),
+        "normalizer": None if normalizer is None else normalizer.to_dict(),
         "rul_cap": data.rul_cap,
         "data_cards": cards,
         "schema": cmapss_schema(
@@ -288,7 +315,14 @@ async def run_demo(
         display = CampaignDisplay(console, opts.rounds, rmse_label="test RMSE")
     with display.status("preparing the factories' data …"):
         data, parts = _partitions(opts)
-    display.evaluate = lambda state: _evaluate(data, opts.model, state)
+    fed = None
+
+    def campaign_normalizer() -> Any:
+        assert fed is not None and fed.client is not None
+        rec = fed.client.records.get(cfg.campaign_id)
+        return federated_normalizer(rec.normalizer if rec else None, data.features)
+
+    display.evaluate = lambda state: _evaluate(data, opts.model, state, campaign_normalizer())
     compromised = parts[-1][0] if opts.attack != "none" else None
     privacy = (
         f"record-level DP-SGD z={opts.record_noise:g}, ε budget {opts.max_epsilon:g} per factory"
@@ -321,7 +355,6 @@ async def run_demo(
     factory_keys = run_dir / "factory-keys"
     trust_dir = state_dir / "keys" / "factories"
     comm = connector_session_manager()
-    fed = None
     sites: dict[str, tuple[str, str, str]] = {}  # the connector's registry: id -> url, account
     try:
         width = max(len(ds) for ds, _ in parts)
@@ -380,12 +413,17 @@ async def run_demo(
             "attack": opts.attack,
             "compromised": compromised,
         }
-        evaluation = _held_out(opts, data, record.final_model)
+        normalizer = (  # None: round 0 ended the campaign (too few factories answered)
+            federated_normalizer(record.normalizer, data.features) if record.normalizer else None
+        )
+        evaluation = _held_out(opts, data, record.final_model, normalizer) if normalizer else None
         if evaluation is not None:
             with display.status("training each factory alone on its own data, for comparison …"):
-                evaluation["alone"] = await asyncio.to_thread(_alone, opts, data, parts, cfg)
+                evaluation["alone"] = await asyncio.to_thread(
+                    _alone, opts, data, parts, cfg, normalizer
+                )
         summary["evaluation"] = evaluation
-        info = _bundle_info(opts, data, parts)
+        info = _bundle_info(opts, data, parts, normalizer)
         if evaluation is not None:
             info["evaluation"] = {k: v for k, v in evaluation.items() if k != "pairs"}
         write_run(run_dir, summary, record.final_model, bundle=info)

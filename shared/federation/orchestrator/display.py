@@ -163,6 +163,8 @@ class CampaignDisplay:
     # --- events ------------------------------------------------------------------------------
     def __call__(self, kind: str, p: dict, rec: Any = None) -> None:
         if kind == "round.open":
+            if int(p["round_num"]) == 1 and p.get("global_model") and self.evaluate is not None:
+                self.test_rmse[0] = self.evaluate(p["global_model"])  # round 0: the initial model
             self.round = RoundProgress(int(p["round_num"]), list(p.get("cohort") or []))
             self.start()
             return

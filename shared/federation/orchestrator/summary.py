@@ -10,7 +10,7 @@ from typing import Any
 
 from federation.orchestrator.client import CampaignRecord
 
-__all__ = ["build_summary", "round_entry", "write_run", "message_rejections"]
+__all__ = ["build_summary", "round_entry", "round_zero", "write_run", "message_rejections"]
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,33 @@ def round_entry(r: dict, test_rmse: dict[int, float] | None = None) -> dict:
     }
 
 
+def round_zero(record: CampaignRecord, test_rmse: dict[int, float] | None) -> dict | None:
+    """Round 0: the initial model's held-out RMSE, once the factories' statistics were summed
+    (None when it was not measured)."""
+    rmse = (test_rmse or {}).get(0)
+    if rmse is None:
+        return None
+    entry = round_entry({"round_num": 0, "status": "statistics", "metrics": {}}, test_rmse)
+    entry["normalizer"] = "federated" if record.normalizer else "none"
+    return entry
+
+
 def build_summary(record: CampaignRecord, config: dict, *, test_rmse: dict[int, float] | None = None,
                   registry: Any = None) -> dict:
-    """The CampaignSummary dict of federation.monitoring.report."""
-    rounds = [round_entry(r, test_rmse) for r in sorted(record.rounds, key=lambda r: r["round_num"])]
+    """The CampaignSummary dict of federation.monitoring.report (round 0, the initial model's
+    held-out RMSE, first when measured)."""
+    rounds = [round_entry(r, test_rmse) for r in sorted(record.rounds, key=lambda r: r["round_num"])
+              if int(r["round_num"]) > 0]
+    zero = round_zero(record, test_rmse)
+    if zero is not None:
+        rounds.insert(0, zero)
     reasons: Counter[str] = Counter()
     for r in rounds:
         reasons.update(r["rejected"].values())
     reasons.update(message_rejections(registry))
     done = record.completed or {}
     last = rounds[-1] if rounds else {}
+    trained = [r for r in rounds if r["round_num"] > 0]
     from federation.ml.bundle import privacy_section
 
     return {
@@ -78,7 +95,7 @@ def build_summary(record: CampaignRecord, config: dict, *, test_rmse: dict[int, 
             "rmse": last.get("rmse"),
             "epsilon": last.get("epsilon"),
             # rounds the campaign ran (a follower that attached late saw fewer of them)
-            "rounds": int(done.get("rounds") or len(rounds)),
+            "rounds": int(done.get("rounds") or len(trained)),
             "reason": str(done.get("reason", "incomplete")),
         },
     }
@@ -111,7 +128,7 @@ def write_run(
             build_manifest(
                 campaign_id=summary["campaign_id"],
                 config=summary.get("config") or {},
-                rounds=summary.get("rounds") or [],
+                rounds=[r for r in summary.get("rounds") or [] if r.get("round_num", 1) > 0],
                 weights_sha256=hashlib.sha256(weights).hexdigest(),
                 **extra,
             ),

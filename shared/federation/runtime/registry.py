@@ -99,16 +99,19 @@ def _build_dispatch(ctx: BuildContext) -> Any:
 def _build_security(ctx: BuildContext) -> Any:
     from services.security.handlers import build_service
 
-    verify = None
+    verify = verify_stats = None
     if ctx.factory_trust is not None:
-        from federation.datasite.signing import verify_update_signature
+        from federation.datasite.signing import verify_stats_signature, verify_update_signature
 
         trust = ctx.factory_trust
 
         def verify(payload: dict) -> None:
             verify_update_signature(payload, trust)
 
-    return build_service(verify_factory=verify, queue=ctx.queue)
+        def verify_stats(payload: dict) -> None:
+            verify_stats_signature(payload, trust)
+
+    return build_service(verify_factory=verify, queue=ctx.queue, verify_stats=verify_stats)
 
 
 def _build_aggregator(ctx: BuildContext) -> Any:

@@ -17,6 +17,9 @@ from federation.wire.messages import (
     RoundClose,
     RoundCompleted,
     RoundOpen,
+    StatsRaw,
+    StatsRequest,
+    StatsScreened,
     TrainRequest,
     UpdateRaw,
     UpdateRejected,
@@ -82,7 +85,7 @@ CONTRACTS: dict[MsgType, Contract] = {
         _contract(
             CampaignStart,
             {_O},
-            (_D, "creates the campaign's round plan and opens round 1"),
+            (_D, "creates the campaign's round plan and opens round 0 (statistics)"),
             (_C, "keeps the campaign's config (an id's first start: a duplicate changes nothing)"),
             (_S, "takes the campaign's DP clipping and Byzantine screening settings"),
             (_A, "takes the aggregation rule, central DP settings and privacy budget"),
@@ -102,11 +105,27 @@ CONTRACTS: dict[MsgType, Contract] = {
             (_O, "exits at once with the reason"),
         ),
         _contract(
+            StatsRequest,
+            {_D},
+            (_C, "runs the round-0 statistics job on the named datasite's raw partition"),
+        ),
+        _contract(
+            StatsRaw,
+            {_C},
+            (_S, "verifies the factory signature over the statistics and their form"),
+            content_signer=Role.FACTORY,
+        ),
+        _contract(
+            StatsScreened,
+            {_S},
+            (_D, "sums the cohort's statistics into the campaign's mean/std; opens round 1"),
+        ),
+        _contract(
             RoundOpen,
             {_D},
             (_C, "keeps the round's global model: train.request names its version only"),
             (_A, "keeps the round's base model (deltas are applied to it) and opens the round"),
-            (_O, "shows the round as open"),
+            (_O, "shows the round as open; keeps the campaign's normalisation statistics"),
         ),
         _contract(
             RoundClose,

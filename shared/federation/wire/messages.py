@@ -37,6 +37,9 @@ __all__ = [
     "RoundCompleted",
     "CampaignCompleted",
     "DatasiteStatus",
+    "StatsRequest",
+    "StatsRaw",
+    "StatsScreened",
     "MESSAGE_CLASSES",
     "parse_payload",
 ]
@@ -57,6 +60,9 @@ class MsgType(StrEnum):
     ROUND_COMPLETED = "round.completed"
     CAMPAIGN_COMPLETED = "campaign.completed"
     DATASITE_STATUS = "datasite.status"
+    STATS_REQUEST = "stats.request"
+    STATS_RAW = "stats.raw"
+    STATS_SCREENED = "stats.screened"
 
 
 # --- field checks: each returns the normalised value or raises MalformedMessage ---------
@@ -417,6 +423,8 @@ class RoundOpen(Message):
     cohort: list[str] = _f(_str_list, default_factory=list)
     deadline_ts: float = _f(_float, default=0.0)
     global_model: dict[str, torch.Tensor] = _f(_tensors, default_factory=dict)
+    #: The campaign's federated normalisation statistics (round 0's result; Normalizer.to_dict).
+    normalizer: dict[str, Any] = _f(_dict, default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -533,6 +541,43 @@ class DatasiteStatus(Message):
     detail: StatusDetail = _f(_part(StatusDetail), default_factory=StatusDetail)
 
 
+@dataclass(frozen=True)
+class StatsRequest(Message):
+    """Round 0: dispatch asks the connector for one datasite's normalisation statistics."""
+
+    msg_type: ClassVar[MsgType] = MsgType.STATS_REQUEST
+    campaign_id: str = _f(_str)
+    round_num: int = _f(_int)
+    datasite_id: str = _f(_str)
+    attempt: int = _f(_int, default=0)
+
+
+@dataclass(frozen=True)
+class StatsRaw(Message):
+    """A datasite's exact sensor statistics (federation.ml.fedstats), signed by its factory."""
+
+    msg_type: ClassVar[MsgType] = MsgType.STATS_RAW
+    campaign_id: str = _f(_str)
+    round_num: int = _f(_int)
+    datasite_id: str = _f(_str)
+    stats: dict[str, Any] = _f(_dict, default_factory=dict)
+    stats_signature: bytes | None = _f(_opt_bytes, default=None)
+    factory_key_id: str | None = _f(_opt_str, default=None)
+    attempt: int = _f(_int, default=0)
+
+
+@dataclass(frozen=True)
+class StatsScreened(Message):
+    """Security verified a datasite's statistics (factory signature, well-formed)."""
+
+    msg_type: ClassVar[MsgType] = MsgType.STATS_SCREENED
+    campaign_id: str = _f(_str)
+    round_num: int = _f(_int)
+    datasite_id: str = _f(_str)
+    stats: dict[str, Any] = _f(_dict, default_factory=dict)
+    attempt: int = _f(_int, default=0)
+
+
 #: Message type -> payload class.
 MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
     cls.msg_type: cls
@@ -549,6 +594,9 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         RoundCompleted,
         CampaignCompleted,
         DatasiteStatus,
+        StatsRequest,
+        StatsRaw,
+        StatsScreened,
     )
 }
 

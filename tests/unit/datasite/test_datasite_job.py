@@ -140,3 +140,40 @@ def test_when_a_compromised_connector_moves_a_signed_delta__to_another_campaign_
     assert verify_factory_result(result, factory.public_bytes())
     with pytest.raises(AuthError):
         verify_factory_result({**result, "campaign_id": "campaign-b"}, factory.public_bytes())
+
+
+def test_the_statistics_job_returns_the_partitions_exact_statistics_signed_for_its_campaign(factory):
+    from federation.datasite.job import run_stats_job
+    from federation.datasite.signing import verify_stats_signature
+    from federation.errors import AuthError
+    from federation.ml.fedstats import SensorStats, window_stats
+
+    X, _, _ = _data()
+    out = run_stats_job(X, encode_payload({"campaign_id": "camp-1"}))
+    assert "error" not in out, out.get("error")
+    assert SensorStats.from_dict(out["stats"]) == window_stats(X, ("x1", "x2", "x3"))
+    verify_stats_signature(out, factory.public_bytes())
+    for forged in ({**out, "campaign_id": "camp-2"},
+                   {**out, "stats": {**out["stats"], "columns": ["a", "b", "c"]}}):  # fmt: skip
+        with pytest.raises(AuthError):
+            verify_stats_signature(forged, factory.public_bytes())
+
+
+def test_when_the_training_config_ships_statistics__the_job_trains_on_the_z_scored_partition(factory):
+    from federation.ml.fedstats import window_stats
+
+    X, y, state = _data()
+    raw = X * 40.0 + 600.0  # as a factory stores it: raw sensor values
+    norm = window_stats(raw, ("x1", "x2", "x3")).normalizer()
+    cfg = {"epochs": 1, "batch_size": 8, "model_type": "cnn", "round_number": 1, "seed": 5}
+    threads = torch.get_num_threads()
+    try:
+        out = run_training_job(raw, y, encode_state_dict(state),
+                               encode_payload({**cfg, "normalizer": norm.to_dict()}))  # fmt: skip
+        local = train_local(state, norm.transform_windows(raw), y,
+                            {k: v for k, v in cfg.items() if k != "seed"}, 5)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert "error" not in out, out.get("error")
+    update = decode_state_dict(out["model_update"])
+    assert all(torch.equal(update[k], v) for k, v in local["model_update"].items())

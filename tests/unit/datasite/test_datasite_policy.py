@@ -89,7 +89,11 @@ def test_when_an_allow_list_entry_is_not_a_sha256__construction_fails(entry):
         ApprovalPolicy([entry])
 
 
-def test_when_shipped__the_training_request_hash_is_the_default_allow_list():
+def test_when_shipped__the_training_and_statistics_request_hashes_are_the_default_allow_list():
+    from federation.datasite.policy import stats_request
+
     pieces = training_request()
-    assert approved_job_hashes() == {pieces.digest()}
+    assert approved_job_hashes() == {pieces.digest(), stats_request().digest()}
+    assert stats_request().bindings == {"features": "asset:pdm_partition/features",
+                                        "stats_config": "upload"}
     assert pieces.bindings["global_model"] == UPLOAD and pieces.output_policy == EXECUTE_ONCE

@@ -18,6 +18,8 @@ class LocalDatasites:
         self.attack = attack or {}
         self.fail_next: dict[str, int] = {}
         self.calls: list[tuple[str, int]] = []
+        self.stats_calls: list[str] = []
+        self.fail_next_stats: dict[str, int] = {}
         #: Datasites that stopped answering (their sessions drop at the next check).
         self.down: set[str] = set()
 
@@ -32,7 +34,21 @@ class LocalDatasites:
         self.models[datasite_id] = {k: v.clone() for k, v in model_parameters.items()}
         return True
 
+    def request_stats(self, stats_config, datasite_id):
+        """Round 0 as the datasite's statistics job computes it (unsigned: no factory key here)."""
+        from federation.datasite.job import feature_columns
+        from federation.ml.fedstats import window_stats
+
+        self.stats_calls.append(datasite_id)
+        if self.fail_next_stats.get(datasite_id, 0) > 0:
+            self.fail_next_stats[datasite_id] -= 1
+            return {"error": "simulated datasite failure"}
+        X, _ = self.partitions[datasite_id]
+        stats = window_stats(X, feature_columns(X.shape[2])).to_dict()
+        return {"stats": stats, "datasite_id": datasite_id, "campaign_id": stats_config["campaign_id"]}
+
     def request_training(self, training_config, datasite_id):
+        from federation.datasite.job import normalised_features
         from federation.ml.train import train_local
 
         self.calls.append((datasite_id, training_config["round_number"]))
@@ -40,7 +56,10 @@ class LocalDatasites:
             self.fail_next[datasite_id] -= 1
             return {"error": "simulated datasite failure"}
         X, y = self.partitions[datasite_id]
-        result = train_local(self.models[datasite_id], X, y, training_config, seed=training_config.get("seed", 0))
+        cfg = dict(training_config)
+        normalizer = cfg.pop("normalizer", None)
+        X = X if normalizer is None else normalised_features(X, normalizer)
+        result = train_local(self.models[datasite_id], X, y, cfg, seed=cfg.get("seed", 0))
         factor = self.attack.get(datasite_id)
         if factor is not None:
             g = self.models[datasite_id]

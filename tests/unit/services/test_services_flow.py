@@ -157,3 +157,39 @@ def test_when_only_some_services_run_in_process__a_broker_is_required_and_names_
         EmbeddedFederation(settings, services=("connector",))
     rabbit = settings.model_copy(update={"amqp_url": "amqp://guest:guest@127.0.0.1:5672/"})
     assert EmbeddedFederation(rabbit, services=("connector",)).services == ("connector",)
+
+
+async def test_round_0_sums_the_factories_statistics_and_every_training_uses_them(settings, tiny_partitions):
+    import numpy as np
+    from federation.datasite.job import feature_columns
+    from federation.ml.fedstats import window_stats
+
+    data, parts = tiny_partitions
+    comm = LocalDatasites(parts)
+    trained_with = []
+    train = comm.request_training
+
+    def spy(training_config, datasite_id):
+        trained_with.append(training_config.get("normalizer"))
+        return train(training_config, datasite_id)
+
+    comm.request_training = spy
+    comm.fail_next_stats["factory_b"] = 1  # its first statistics job fails: retried in round 0
+    fed, rec = await _run(settings, comm, _cfg(data, list(parts), rounds=1))
+    union = np.concatenate([X for X, _ in parts.values()])
+    central = window_stats(union, feature_columns(union.shape[2])).normalizer().to_dict()
+    assert rec.completed["reason"] == "max_rounds"
+    assert rec.normalizer == central  # exactly the statistics of the union of the partitions
+    assert sorted(comm.stats_calls) == sorted([*parts, "factory_b"])
+    assert trained_with == [central] * len(parts)
+    assert rec.initial_model is not None
+
+
+async def test_when_too_few_factories_send_statistics__the_campaign_ends_in_round_0(settings, tiny_partitions):
+    data, parts = tiny_partitions
+    comm = LocalDatasites(parts)
+    for ds in ("factory_a", "factory_b"):
+        comm.fail_next_stats[ds] = 10
+    fed, rec = await _run(settings, comm, _cfg(data, list(parts), rounds=1, max_retries=1))
+    assert rec.completed["reason"] == "no_quorum" and rec.completed["rounds"] == 0
+    assert rec.rounds == [] and comm.calls == [] and rec.normalizer is None

@@ -39,7 +39,7 @@ def test_every_message_type_has_one_contract_with_a_sender_and_a_service_consume
 
 
 def test_a_role_publishes_exactly_what_it_may_send():
-    assert publish_keys(Role.CONNECTOR) == ("update.raw", "datasite.status")
+    assert publish_keys(Role.CONNECTOR) == ("stats.raw", "update.raw", "datasite.status")
     assert publish_keys(Role.ORCHESTRATOR) == ("campaign.start",)
     assert publish_keys(Role.AGGREGATOR) == ("round.completed",)
     for role in ENVELOPE_ROLES:
@@ -57,6 +57,9 @@ def test_bindings_are_the_service_consumers_of_the_contracts():
 def test_the_trust_each_component_gets_is_the_senders_of_what_it_consumes():
     assert trusted_senders("aggregator") == sorted(["orchestrator", "trainer-dispatch", "security"])
     assert trusted_senders("security") == sorted(["orchestrator", "trainer-dispatch", "connector"])
+    # round 0: dispatch sums the statistics security verified
+    assert trusted_senders("trainer-dispatch") == sorted(["orchestrator", "aggregator", "connector",
+                                                          "security"])
 
 
 def test_the_architecture_document_holds_the_generated_contract_table():

@@ -28,6 +28,10 @@ EXAMPLES = [
     messages.CampaignAccepted("c1", 3, ["f1", "f2"], "a1b2"),
     messages.CampaignRejected("c1", messages.CampaignRejected.DUPLICATE, "already running", "a1b2"),
     messages.DatasiteStatus("f1", "failed", messages.StatusDetail("c1", 1, 2, "timeout")),
+    messages.StatsRequest("c1", 0, "f1", attempt=1),
+    messages.StatsRaw("c1", 0, "f1", {"version": 1, "columns": ["x1"], "regimes": []}, b"\x02" * 64,
+                      "f1", 1),
+    messages.StatsScreened("c1", 0, "f1", {"version": 1, "columns": ["x1"], "regimes": []}, 1),
 ]
 
 
