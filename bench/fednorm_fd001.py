@@ -13,9 +13,9 @@ differ only in the z-scoring statistics:
 
 * central: fitted on every training row of the file before partitioning (what a real
   federation cannot do; the baseline);
-* federated: each factory's exact count / sum / sum of squares over the sensor values of its
-  own raw windows (``federation.ml.fedstats.window_stats``), merged, as a campaign's round 0
-  computes them (no validation or test engine contributes).
+* federated: each factory's exact count / sum / sum of squares over the sensor rows of its
+  own raw windows (``federation.ml.fedstats.window_stats``, each row once), merged, as a
+  campaign's round 0 computes them (no validation or test engine contributes).
 
 Bar: mean federated test RMSE over the seeds within 2 % of the central one.
 """

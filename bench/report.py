@@ -528,7 +528,7 @@ def _fednorm(doc: dict | None) -> list[str]:
         f" {doc['model'].upper()}, {plan['rounds']} rounds, best validation round evaluated on"
         " the test engines; both arms share seeds, partitions and schedule and differ only in"
         " the z-scoring statistics: central = fitted on every training row before partitioning,"
-        " federated = the factories' merged exact sums over their own raw windows (a campaign's"
+        " federated = the factories' merged exact sums over the rows of their own raw windows (a campaign's"
         f" round 0). Bar: mean federated test RMSE within {100 * (s['bar'] - 1):.0f} % of"
         f" central: {_met(s['bar_met'])}. `.venv/bin/python -m bench.fednorm_fd001`",
         "",

@@ -17,6 +17,7 @@ __all__ = [
     "SINGLE_REGIME",
     "SensorStats",
     "merge_stats",
+    "window_rows",
     "window_stats",
 ]
 
@@ -210,12 +211,32 @@ def _sqrt(var: Fraction) -> float:
     return math.sqrt(float(var))
 
 
+def window_rows(X: np.ndarray) -> np.ndarray:
+    """The sensor rows windows (n, window, F) hold, each once.
+
+    make_windows slides one cycle at a time, so a window that continues the one before it
+    (its first window-1 rows are that one's last window-1 rows) adds only its last row; any
+    other window (a new engine, or one kept apart by subsampling) adds all of its rows.
+    """
+    x = np.asarray(X, dtype=np.float32)
+    if x.ndim != 3:
+        raise DatasetError(f"windows must be (n, window, F), got shape {x.shape}")
+    if x.shape[0] == 0:
+        return x.reshape(0, x.shape[2])
+    continues = np.zeros(x.shape[0], dtype=bool)  # one-cycle windows are rows already
+    if x.shape[1] > 1:
+        continues[1:] = np.all(x[1:, :-1] == x[:-1, 1:], axis=(1, 2))
+    fresh = x[~continues].reshape(-1, x.shape[2])
+    return np.concatenate([fresh, x[continues, -1]])
+
+
 def window_stats(X: np.ndarray, columns: Sequence[str]) -> SensorStats:
-    """Pooled statistics of every sensor value in windows (n, window, F), as the datasite has them."""
+    """Pooled statistics of the sensor rows in windows (n, window, F), as the datasite has
+    them (each row once: see window_rows)."""
     x = np.asarray(X, dtype=np.float32)
     if x.ndim != 3 or x.shape[2] != len(columns):
         raise DatasetError(f"windows must be (n, window, {len(columns)}), got shape {x.shape}")
-    return SensorStats.of_rows(x.reshape(-1, x.shape[2]), columns)
+    return SensorStats.of_rows(window_rows(x), columns)
 
 
 def merge_stats(parts: Iterable[SensorStats]) -> SensorStats:

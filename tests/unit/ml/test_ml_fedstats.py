@@ -122,3 +122,16 @@ def test_windows_of_a_multi_regime_normaliser_are_refused():
     norm = Normalizer().fit(data.train.sensors[:, :2], data.train.settings, ("s1", "s2"))
     with pytest.raises(DatasetError, match="no operating settings"):
         norm.transform_windows(np.zeros((1, 30, 2), np.float32))
+
+
+def test_window_statistics_count_each_row_of_sliding_windows_once():
+    from federation.ml.data import make_windows
+    from federation.ml.fedstats import window_rows
+
+    data = synthetic_fleet(n_engines=5, seed=2)
+    rows = data.train.sensors[:, :3]
+    X, _, _ = make_windows(rows, data.train.units, window=30)
+    assert sorted(map(tuple, window_rows(X))) == sorted(map(tuple, rows))
+    assert window_stats(X, COLUMNS) == SensorStats.of_rows(rows, COLUMNS)
+    # windows kept apart (subsampled) contribute every row they hold
+    assert window_rows(X[::40]).shape[0] == X[::40].shape[0] * 30

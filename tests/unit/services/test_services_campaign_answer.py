@@ -58,11 +58,11 @@ async def _start(runner: ServiceRunner, cid: str, config: dict, start_id: str) -
     await runner._on_message("campaign.start", msg.to_payload(), _Envelope(os.urandom(16)))
 
 
-async def test_a_started_campaign_is_accepted_before_its_first_round_opens():
+async def test_a_started_campaign_is_accepted_before_its_round_0_asks_for_statistics():
     runner, store, endpoint = _dispatch()
     await _start(runner, "c1", _config(), "s-1")
     kinds = [t for t, _ in endpoint.published]
-    assert kinds[:2] == ["campaign.accepted", "round.open"]
+    assert kinds == ["campaign.accepted"] + ["stats.request"] * 3
     (accepted,) = endpoint.of("campaign.accepted")
     assert accepted == {
         "campaign_id": "c1",
@@ -84,7 +84,7 @@ async def test_a_second_start_under_a_running_campaign_id_is_rejected_and_change
     (rejected,) = [p for t, p in endpoint.published]  # the refusal, and nothing else
     assert rejected["code"] == CampaignRejected.DUPLICATE and rejected["start_id"] == "s-2"
     assert rejected["reason"] == (
-        "a campaign with this campaign_id is already running (round 1): pass --resume to follow it, "
+        "a campaign with this campaign_id is already running (round 0): pass --resume to follow it, "
         "or choose a new campaign_id"
     )
     with store.transaction() as tx:
@@ -117,7 +117,8 @@ async def test_a_config_dispatch_cannot_run_is_rejected_with_the_reason_and_noth
     assert refusals["c2"]["reason"].startswith("invalid campaign config: rounds:")
     assert refusals["c3"]["reason"] == "campaign.start names campaign c3 but its config other"
     assert [p["start_id"] for p in refusals.values()] == ["s-1", "s-2", "s-3"]
-    assert endpoint.of("campaign.accepted") == [] and endpoint.of("round.open") == []
+    assert endpoint.of("campaign.accepted") == [] and endpoint.of("stats.request") == []
+    assert endpoint.of("round.open") == []
     with store.transaction() as tx:
         assert tx.keys("campaign/") == [] and tx.keys("round/") == []
     # the refused id is free again: a corrected start is accepted

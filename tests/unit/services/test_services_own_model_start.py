@@ -56,10 +56,10 @@ async def _start(config: dict) -> tuple[_Endpoint, SqliteStore]:
     return endpoint, store
 
 
-async def test_an_own_models_campaign_opens_round_1_with_that_model(monkeypatch):
+async def test_an_own_models_campaign_is_accepted_and_its_round_0_asks_for_statistics(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
     endpoint, _ = await _start(_config("tcn_rul.model:build"))
-    assert [t for t, _ in endpoint.published][:2] == ["campaign.accepted", "round.open"]
+    assert [t for t, _ in endpoint.published][:2] == ["campaign.accepted", "stats.request"]
 
 
 async def test_a_model_dp_sgd_cannot_train_is_rejected_before_any_round(tmp_path, monkeypatch):
