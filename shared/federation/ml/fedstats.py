@@ -17,6 +17,7 @@ __all__ = [
     "SINGLE_REGIME",
     "SensorStats",
     "merge_stats",
+    "named_normalizer",
     "window_rows",
     "window_stats",
 ]
@@ -247,3 +248,14 @@ def merge_stats(parts: Iterable[SensorStats]) -> SensorStats:
     if out is None:
         raise DatasetError("no partition statistics to merge")
     return out
+
+
+def named_normalizer(raw: Mapping[str, Any], features: Sequence[str]) -> Normalizer:
+    """A campaign's round-0 statistics (columns x1..xF: windows carry no names) named after
+    the model's features, in order (DatasetError if the counts differ)."""
+    norm = Normalizer.from_dict(raw)
+    if len(norm.columns) != len(features):
+        raise DatasetError(f"the campaign's statistics cover {len(norm.columns)} features, the "
+                           f"model has {len(features)}")  # fmt: skip
+    norm.columns = tuple(str(f) for f in features)
+    return norm

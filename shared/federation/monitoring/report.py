@@ -633,7 +633,8 @@ def render_html(summary: CampaignSummary) -> str:
         reputation = "<br>".join(_e(f"{k} {v:.2f}") for k, v in sorted(r["reputation"].items()))
         test = r["test_rmse"] if r["test_rmse"] is not None or r["train_rmse"] is not None else r["rmse"]
         parts.append(
-            f"<tr><td class=num>{r['round_num']}</td><td class=num>{_fmt(test, '.2f')}</td>"
+            f"<tr><td class=num>{r['round_num'] or '0 (initial model)'}</td>"
+            f"<td class=num>{_fmt(test, '.2f')}</td>"
             f"<td class=num>{_fmt(r['train_rmse'], '.2f')}</td>"
             f"<td class=num>{_fmt(r['epsilon'])}</td>"
             f"<td class=num>{_e(_fmt(r['duration_s'], '.1f'))}{' s' if r['duration_s'] is not None else ''}</td>"

@@ -79,6 +79,13 @@ async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: floa
     finally:
         await bus.close()
     summary = build_summary(record, cfg.to_payload())
+    if record.normalizer:  # round 0's federated statistics, never a factory's own
+        from federation.ml.fedstats import named_normalizer
+
+        bundle = dict(bundle or {})
+        features = bundle.get("features")
+        bundle["normalizer"] = (named_normalizer(record.normalizer, features).to_dict()
+                                if features else dict(record.normalizer))  # fmt: skip
     if bundle and bundle.get("data_cards"):
         summary["data"] = {"data_cards": bundle["data_cards"]}
     write_run(out / cfg.campaign_id, summary, record.final_model, bundle=bundle)

@@ -82,16 +82,11 @@ def _partitions(opts: DemoOptions) -> tuple[Any, list[tuple[str, dict]]]:
 
 def federated_normalizer(raw: dict | None, features: Any) -> Any:
     """The campaign's round-0 statistics as a Normalizer named after the model's features."""
-    from federation.ml.data import Normalizer
+    from federation.ml.fedstats import named_normalizer
 
     if not raw:
         raise ConfigError("the campaign shipped no normalisation statistics (round 0 did not run)")
-    norm = Normalizer.from_dict(raw)
-    if len(norm.columns) != len(features):
-        raise ConfigError(f"round 0's statistics cover {len(norm.columns)} features, the data "
-                          f"has {len(features)}")  # fmt: skip
-    norm.columns = tuple(features)
-    return norm
+    return named_normalizer(raw, features)
 
 
 def _test_windows(data: Any, normalizer: Any) -> Any:

@@ -203,3 +203,21 @@ def test_when_nothing_was_rejected__the_chart_says_so_instead_of_drawing_empty_b
     png = _pngs(render_report(tmp_path).read_text())["Rejected messages by reason"]
     # a title and one line of text (zero-height bars with their axis and labels: about 3.4 %)
     assert _ink(png) < 0.025
+
+
+def test_round_0_the_initial_models_held_out_rmse_leads_the_rounds_table_and_plot(tmp_path):
+    from federation.orchestrator.client import CampaignRecord
+    from federation.orchestrator.summary import build_summary
+
+    rec = CampaignRecord("c0", normalizer={"columns": ["x1"]}, completed={"rounds": 1, "reason": "max_rounds"})
+    rec.rounds.append({"round_num": 1, "status": "aggregated", "participants": ["a", "b"],
+                       "metrics": {"rmse": 30.0}})  # fmt: skip
+    summary = build_summary(rec, {"rounds": 1}, test_rmse={0: 80.5, 1: 25.25})
+    assert [r["round_num"] for r in summary["rounds"]] == [0, 1]
+    assert summary["rounds"][0]["test_rmse"] == 80.5 and summary["rounds"][0]["status"] == "statistics"
+    assert summary["final"] == {"rmse": 25.25, "epsilon": None, "rounds": 1, "reason": "max_rounds"}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    page = render_report(tmp_path).read_text()
+    assert "<td class=num>0 (initial model)</td><td class=num>80.50</td>" in page
+    without = build_summary(rec, {"rounds": 1}, test_rmse={1: 25.25})
+    assert [r["round_num"] for r in without["rounds"]] == [1]  # not measured: no round 0 row
