@@ -45,7 +45,9 @@ def test_when_the_demo_finishes__its_run_folder_holds_the_report_and_the_summary
     assert (run_dir / "report.html").stat().st_size > 0
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["campaign_id"] == summary["campaign_id"]
-    assert [r["round_num"] for r in on_disk["rounds"]] == [1, 2]
+    # round 0: the initial model's held-out RMSE, once the factories' statistics were summed
+    assert [r["round_num"] for r in on_disk["rounds"]] == [0, 1, 2]
+    assert on_disk["rounds"][0]["test_rmse"] > on_disk["rounds"][-1]["test_rmse"]
 
 
 def test_when_the_report_is_opened__every_plot_is_an_embedded_png_image(demo_run):
@@ -67,6 +69,9 @@ def test_when_the_report_is_read__it_shows_the_run_s_rmse_epsilon_and_factories(
     assert html.escape(summary["campaign_id"]) in page
     for r in summary["rounds"]:
         assert r["test_rmse"] is not None and f"{r['test_rmse']:.2f}" in page
+        if r["round_num"] == 0:  # the initial model: nothing trained, nothing spent yet
+            assert r["train_rmse"] is None and r["epsilon"] is None
+            continue
         assert r["train_rmse"] is not None and f"{r['train_rmse']:.2f}" in page
         assert r["epsilon"] is not None and f"{r['epsilon']:.3f}" in page
         assert all(html.escape(ds) in page for ds in r["participants"])
