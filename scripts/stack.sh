@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make stack` / `make stack-down`: the whole stack on this machine with docker compose.
-#   up:   secrets (once), factory partitions (once), then `docker-compose up -d`
-#   down: stop it and remove its containers, networks and volumes (secrets and data stay)
+#   up:      secrets (once), factory partitions (once), then `docker-compose up -d`
+#   down:    stop it and remove its containers, networks and volumes (secrets and data stay)
+#   secrets DIR: only write the stack's secrets to DIR (`pdmfed keys init`; the stack test)
 # Settings (environment): PDMFED_SECRETS_DIR (.pdmfed/secrets), PDMFED_DATA_DIR
 # (.pdmfed/data), STACK_DATA (a C-MAPSS directory; synthetic fleet when unset).
 set -euo pipefail
@@ -16,6 +17,21 @@ export PDMFED_RUNS_DIR=${PDMFED_RUNS_DIR:-$ROOT/runs}
 
 log() { printf 'stack: %s\n' "$*" >&2; }
 
+# Every component's keys and secrets, one directory each, handed to the images' user:
+# per-component env files, per-service Redis ACL users, the broker's rendered definitions.
+write_secrets() {
+  "$PY" -m federation.cli keys init --out "$1" \
+    --factory factory-1 --factory factory-2 --factory factory-3 \
+    --broker amqp://rabbitmq:5672/pdmfed --redis redis://redis:6379/0 \
+    --env-files --rabbitmq-definitions deploy/rabbitmq/definitions.json --owner "$IMAGE_USER" >/dev/null
+  log "secrets written to $1 (pdmfed keys init)"
+}
+
+if [ "${1:-}" = secrets ]; then
+  write_secrets "${2:?usage: stack.sh secrets DIR}"
+  exit 0
+fi
+
 [ -f build/images.env ] || { log "build/images.env is missing: run make images"; exit 1; }
 set -a
 # shellcheck disable=SC1091
@@ -27,7 +43,7 @@ compose() { docker-compose "$@"; }
 case "${1:-up}" in
   up)
     if [ ! -d "$PDMFED_SECRETS_DIR" ]; then
-      "$PY" scripts/stack_secrets.py "$PDMFED_SECRETS_DIR" --owner "$IMAGE_USER"
+      write_secrets "$PDMFED_SECRETS_DIR"
     fi
     if [ ! -f "$PDMFED_DATA_DIR/manifest.json" ]; then
       "$PY" -m federation.cli data partition --out "$PDMFED_DATA_DIR" --owner "$IMAGE_USER" \
@@ -58,7 +74,7 @@ case "${1:-up}" in
     compose down -v --remove-orphans
     ;;
   *)
-    log "usage: stack.sh up|down"
+    log "usage: stack.sh up|down|secrets DIR"
     exit 2
     ;;
 esac

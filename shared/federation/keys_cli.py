@@ -27,6 +27,18 @@ def init(
     redis: Annotated[
         str, typer.Option(help="Redis URL without credentials (redis:// or rediss://), or 'none'")
     ] = "redis://redis:6379/0",
+    env_files: Annotated[
+        bool, typer.Option("--env-files", help="also write <component>/env (NAME=value) for docker compose"
+                           " env_file and kubectl --from-env-file, and Grafana's admin password")
+    ] = False,
+    rabbitmq_definitions: Annotated[
+        Path | None, typer.Option(help="RabbitMQ definitions template (deploy/rabbitmq/definitions.json) to"
+                                       " render into rabbitmq/definitions.json with the broker users' hashes",
+                                  exists=True, dir_okay=False)
+    ] = None,
+    owner: Annotated[
+        str | None, typer.Option(help="UID:GID owning every file (the container images' user, 10001:10001)")
+    ] = None,
 ) -> int:
     """Write service, orchestrator and factory keys, per-component secrets, per-factory datasite
     accounts, the connector's datasite registry, the Redis ACL file and manifest.json."""
@@ -41,9 +53,21 @@ def init(
     redis_url = None if redis == "none" else redis
     if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss"):
         fail(f"--redis {redis!r} is not a redis:// or rediss:// URL (or 'none')")
-    manifest = provision(out, specs, ProvisionOptions(broker_url=broker, redis_url=redis_url))
+    owner_ids = _owner(owner) if owner else None
+    if owner and owner_ids is None:
+        fail(f"--owner {owner!r} is not UID:GID (numbers)")
+    options = ProvisionOptions(broker_url=broker, redis_url=redis_url, env_files=env_files,
+                               broker_definitions=rabbitmq_definitions, owner=owner_ids)
+    manifest = provision(out, specs, options)
     for name, entry in sorted(manifest["components"].items()):
         trusts = ", ".join(entry["trusts"] + [f"factory {f}" for f in entry["trusts_factories"]]) or "-"
         typer.echo(f"{name:<32} keys {out / entry['keys_dir']}  trusts {trusts}")
     typer.echo(f"manifest: {out / 'manifest.json'}")
     return 0
+
+
+def _owner(text: str) -> tuple[int, int] | None:
+    uid, _, gid = text.partition(":")
+    if not uid.isdigit() or not (gid or uid).isdigit():
+        return None
+    return int(uid), int(gid or uid)

@@ -16,12 +16,25 @@ holds what and who trusts whom; it holds no secret.
     OUT/factories/<datasite>/keys/          the factory's signing key (for `datasite launch`)
     OUT/factories/<datasite>/secrets/       its admin password (never leaves the factory) and
                                              the connector account it creates
-    OUT/redis/users.acl                     Redis ACL file (password hashes only)
+    OUT/redis/users.acl                     Redis ACL file (password hashes only): one user per
+                                             role, and the PING-only health-check user
+    OUT/redis/secrets/rediscli_auth         the health-check user's password (probes only)
+
+For a container stack (``--env-files``, ``--rabbitmq-definitions``, ``--owner``):
+
+    OUT/<component>/env                     its secrets as NAME=value lines, for docker compose
+                                             ``env_file`` and ``kubectl create secret
+                                             --from-env-file`` (also redis/env, grafana/env)
+    OUT/grafana/secrets/                    Grafana's admin password
+    OUT/rabbitmq/definitions.json           the broker definitions rendered with each broker
+                                             user's password hash (no password)
+    OUT/rabbitmq/secrets/                   the broker administrator's password (operators only)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -29,7 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from federation.crypto.redis_acl import acl_user, render_acl_file
+from federation.bus.definitions import ADMIN_USER as BROKER_ADMIN
+from federation.bus.definitions import password_env_var, render
+from federation.crypto.redis_acl import HEALTH_USER, acl_user, render_acl_file
 from federation.crypto.signing import SigningIdentity, check_sender_name
 from federation.datasite_registry import write_registry
 from federation.errors import ConfigError
@@ -86,6 +101,12 @@ class ProvisionOptions:
 
     broker_url: str = "amqp://rabbitmq:5672/pdmfed"
     redis_url: str | None = "redis://redis:6379/0"
+    #: Also write each component's secrets as ``<component>/env`` (compose, kubectl), and Grafana's.
+    env_files: bool = False
+    #: RabbitMQ definitions template to render with the broker users' password hashes.
+    broker_definitions: Path | None = None
+    #: UID, GID that own every file (the container images' user).
+    owner: tuple[int, int] | None = None
 
 
 def _token() -> str:
@@ -117,6 +138,8 @@ class _Writer:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.components: dict[str, dict] = {}
+        #: component directory -> {setting file name: value}, for the env files
+        self.values: dict[str, dict[str, str]] = {}
 
     def component(self, name: str, role: str, sender: str | None) -> tuple[Path, Path, dict]:
         base = private_dir(self.out / name)
@@ -127,6 +150,20 @@ class _Writer:
 
     def secret(self, entry: dict, directory: Path, name: str, value: str) -> None:
         entry["secrets"].append(_write_secret(directory, name, value))
+        self.values.setdefault(str(directory.parent.relative_to(self.out)), {})[name] = value
+
+    def infrastructure(self, name: str, secrets_: Mapping[str, str]) -> None:
+        """A server's own secrets (no key, no manifest component): ``<name>/secrets/``."""
+        directory = private_dir(self.out / name / "secrets")
+        for key, value in secrets_.items():
+            _write_secret(directory, key, value)
+            self.values.setdefault(name, {})[key] = value
+
+    def env_files(self) -> None:
+        """``<component>/env``: each component's secrets as NAME=value (upper-cased names)."""
+        for name, values in self.values.items():
+            with open_private(self.out / name / "env") as fh:
+                fh.write("".join(f"{k.upper()}={v}\n" for k, v in sorted(values.items())).encode("utf-8"))
 
 
 def provision(out: str | Path, factories: Iterable[FactorySpec], options: ProvisionOptions | None = None) -> dict:
@@ -191,9 +228,16 @@ def provision(out: str | Path, factories: Iterable[FactorySpec], options: Provis
                       connector_passwords[spec.datasite_id])
 
     if options.redis_url:
+        health = _token()
         redis_dir = private_dir(out / "redis")
         with open_private(redis_dir / "users.acl") as fh:
-            fh.write(render_acl_file(redis).encode("utf-8"))
+            fh.write(render_acl_file(redis, health).encode("utf-8"))
+        writer.infrastructure("redis", {"rediscli_auth": health})
+    if options.broker_definitions is not None:
+        _render_broker_definitions(writer, options.broker_definitions, broker)
+    if options.env_files:
+        writer.infrastructure("grafana", {"gf_security_admin_password": _token()})
+        writer.env_files()
 
     manifest = {
         "version": 1,
@@ -202,10 +246,46 @@ def provision(out: str | Path, factories: Iterable[FactorySpec], options: Provis
         "factories": {ds: {"url": spec.url} for ds, spec in zip(ids, factories, strict=True)},
         "broker_users": {s: f"pdmfed-{s}" for s in ENVELOPE_SENDERS},
         "redis_users": {s: acl_user(s) for s in redis},
+        "redis_health_user": HEALTH_USER if redis else None,
         "components": writer.components,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if options.owner is not None:
+        _hand_over(out, options.owner)
     return manifest
+
+
+def _render_broker_definitions(writer: _Writer, template: Path, broker: Mapping[str, str]) -> None:
+    """``rabbitmq/definitions.json``: ``template`` with each user's hash; the admin's password."""
+    admin = _token()
+    env = {password_env_var(f"pdmfed-{s}"): pw for s, pw in broker.items()}
+    env[password_env_var(BROKER_ADMIN)] = admin
+    try:
+        rendered = render(json.loads(Path(template).read_text()), env)
+    except KeyError as exc:  # a template user keys init has no password for
+        raise ConfigError(f"broker definitions {template}: {exc.args[0]}") from exc
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"broker definitions {template}: {exc}") from exc
+    with open_private(private_dir(writer.out / "rabbitmq") / "definitions.json") as fh:
+        fh.write(json.dumps(rendered, indent=2).encode("utf-8"))
+    writer.infrastructure("rabbitmq", {"pdmfed_rabbitmq_admin_password": admin})
+
+
+#: Files their servers read under their images' own users (uids differ between images): they
+#: hold password hashes only, so they are readable by all, in traversable, unlistable directories.
+_SERVER_READABLE = ("rabbitmq/definitions.json", "redis/users.acl")
+
+
+def _hand_over(out: Path, owner: tuple[int, int]) -> None:
+    """Every file and directory to ``owner`` (the images' user), modes kept private."""
+    for path in [out, *sorted(out.rglob("*"))]:
+        os.chown(path, *owner)
+    for name in _SERVER_READABLE:
+        path = out / name
+        if path.exists():
+            path.chmod(0o644)
+            for directory in (path.parent, out):
+                directory.chmod(0o711)
 
 
 def public_key_files(keys_dir: Path) -> Mapping[str, Path]:

@@ -37,8 +37,8 @@ def test_when_check_jsonschema_validates_compose__it_matches_the_compose_spec():
 def test_when_docker_compose_1_29_reads_the_file_with_its_override__it_accepts_them(tmp_path):
     assert "name" not in _compose()  # a top-level name: is refused by docker-compose 1.29
     compose = require_tool("docker-compose")
-    for component in (*SERVICES, "orchestrator", *FACTORIES, "redis", "grafana"):
-        (tmp_path / component).mkdir()
+    for component in (*SERVICES, "orchestrator", *(f"factories/{f}" for f in FACTORIES), "redis", "grafana"):
+        (tmp_path / component).mkdir(parents=True)
         (tmp_path / component / "env").write_text("")
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -77,13 +77,14 @@ def _component_dirs(svc: dict) -> set[str]:
     """The PDMFED_SECRETS_DIR components a container reads (env files and mounts)."""
     volumes = [v.replace(SECRETS, "SECRETS").split(":")[0] for v in svc.get("volumes", [])]
     sources = [s.replace(SECRETS, "SECRETS") for s in svc.get("env_file", [])] + volumes
-    return {s.split("/")[1] for s in sources if s.startswith("SECRETS/")}
+    parts = [s.split("/") for s in sources if s.startswith("SECRETS/")]
+    return {"/".join(p[1:3]) if p[1] == "factories" else p[1] for p in parts}
 
 
 def test_each_container_reads_only_its_own_component_secrets():
     services = _compose()["services"]
     for name, svc in services.items():
-        expected = set() if name == "prometheus" else {name}
+        expected = set() if name == "prometheus" else {f"factories/{name}" if name in FACTORIES else name}
         assert _component_dirs(svc) == expected, name
     for name in (*SERVICES, "orchestrator"):
         assert f"{SECRETS}/{name}/keys:/run/pdmfed/keys:ro" in services[name]["volumes"]
@@ -138,11 +139,19 @@ def test_rabbitmq_loads_config_plugins_and_rendered_definitions():
     assert "rabbitmq_management" in plugins and "rabbitmq_prometheus" in plugins
 
 
-def test_redis_requires_a_password_that_never_appears_on_a_command_line():
+def test_redis_requires_per_service_acl_users_and_checks_health_with_a_ping_only_user():
     redis = _compose()["services"]["redis"]
-    command = " ".join(redis["command"])
-    assert '--requirepass "$$REDISCLI_AUTH"' in command
+    command = redis["command"]
+    assert command[0] == "redis-server" and "--requirepass" not in command
+    assert command[command.index("--aclfile") + 1] == "/etc/redis/users.acl"
+    assert redis["volumes"] == [f"{SECRETS}/redis/users.acl:/etc/redis/users.acl:ro"]
+    # its environment holds only the health-check user's password (REDISCLI_AUTH)
     assert redis["env_file"] == [f"{SECRETS}/redis/env"]
+    assert "--user pdmfed-health ping" in redis["healthcheck"]["test"][1]
+    assert redis["user"] == "redis" and redis["read_only"] is True and redis["cap_drop"] == ["ALL"]
+    services = _compose()["services"]
+    for name in (*SERVICES, "orchestrator"):
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
 
 
 def test_the_local_images_override_replaces_only_the_upstream_images():

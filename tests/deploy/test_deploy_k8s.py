@@ -200,6 +200,25 @@ def test_network_policies_let_services_reach_only_the_broker_and_cache(k8s_rende
     assert sources == [{"app.kubernetes.io/name": "connector"}]
 
 
+def test_redis_requires_per_service_acl_users_from_a_secret_and_probes_with_a_ping_only_user(k8s_render):
+    docs = load_yaml_docs(k8s_render("base"))
+    pod = _kinds(docs, "Deployment")["redis"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:3] == ["redis-server", "--aclfile", "/etc/redis/users.acl"]
+    assert "--requirepass" not in " ".join(container["command"])
+    acl = next(v for v in pod["volumes"] if v["name"] == "acl")
+    assert acl["secret"]["secretName"] == "pdmfed-redis-acl"
+    assert {"name": "acl", "mountPath": "/etc/redis", "readOnly": True} in container["volumeMounts"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert "redis-cli --user pdmfed-health ping" in container[probe]["exec"]["command"][-1]
+    # the campaign Job opens result envelopes: it reaches Redis (as its own ACL user) too
+    orchestrator = {"app.kubernetes.io/name": "orchestrator", "app.kubernetes.io/component": "orchestrator"}
+    assert ("redis", 6379) in _egress_targets(docs, orchestrator)
+    sources = [p["podSelector"]["matchLabels"] for rule in
+               _kinds(docs, "NetworkPolicy")["redis-ingress"]["spec"]["ingress"] for p in rule["from"]]
+    assert {"app.kubernetes.io/name": "orchestrator"} in sources
+
+
 def test_the_operator_overlay_replaces_the_broker_and_keeps_its_service_name(k8s_render):
     docs = load_yaml_docs(k8s_render("overlays/rabbitmq-operator"))
     assert "rabbitmq" not in _kinds(docs, "StatefulSet")

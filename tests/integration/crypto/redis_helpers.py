@@ -33,7 +33,7 @@ class AclRedis:
         return f"rediss://{self.host}:{self.port}/0?ssl_ca_certs={self.ca_file}"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -73,30 +73,21 @@ def _tls_files(workdir: Path) -> tuple[Path, Path, Path]:
     return ca_file, cert_file, key_file
 
 
-@contextmanager
-def acl_redis(workdir: Path, *, tls: bool = False) -> Iterator[AclRedis]:
-    """Start redis-server with one ACL user per role (random passwords); stop it afterwards."""
+def _redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         import pytest
 
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    return binary
+
+
+@contextmanager
+def redis_server(workdir: Path, args: list[str], port: int) -> Iterator[subprocess.Popen]:
+    """Run ``redis-server <args>`` (which must listen on 127.0.0.1:``port``) until the block ends."""
     workdir.mkdir(parents=True, exist_ok=True)
-    passwords = {role: secrets.token_urlsafe(24) for role in REDIS_ROLES}
-    acl = workdir / "users.acl"
-    acl.write_text(render_acl_file(passwords))
-    port = _free_port()
-    args = [binary, "--bind", "127.0.0.1", "--aclfile", str(acl), "--save", "", "--appendonly", "no",
-            "--dir", str(workdir)]
-    ca_file = None
-    if tls:
-        ca_file, cert_file, key_file = _tls_files(workdir)
-        args += ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert_file),
-                 "--tls-key-file", str(key_file), "--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no"]
-    else:
-        args += ["--port", str(port)]
     log = (workdir / "redis.log").open("w")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603 - fixed binary
+    proc = subprocess.Popen([_redis_binary(), *args], stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -107,7 +98,7 @@ def acl_redis(workdir: Path, *, tls: bool = False) -> Iterator[AclRedis]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start: {(workdir / 'redis.log').read_text()}") from None
                 time.sleep(0.05)
-        yield AclRedis("127.0.0.1", port, passwords, ca_file)
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -116,3 +107,25 @@ def acl_redis(workdir: Path, *, tls: bool = False) -> Iterator[AclRedis]:
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+@contextmanager
+def acl_redis(workdir: Path, *, tls: bool = False) -> Iterator[AclRedis]:
+    """Start redis-server with one ACL user per role (random passwords); stop it afterwards."""
+    _redis_binary()
+    workdir.mkdir(parents=True, exist_ok=True)
+    passwords = {role: secrets.token_urlsafe(24) for role in REDIS_ROLES}
+    acl = workdir / "users.acl"
+    acl.write_text(render_acl_file(passwords))
+    port = free_port()
+    args = ["--bind", "127.0.0.1", "--aclfile", str(acl), "--save", "", "--appendonly", "no",
+            "--dir", str(workdir)]
+    ca_file = None
+    if tls:
+        ca_file, cert_file, key_file = _tls_files(workdir)
+        args += ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert_file),
+                 "--tls-key-file", str(key_file), "--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no"]
+    else:
+        args += ["--port", str(port)]
+    with redis_server(workdir, args, port):
+        yield AclRedis("127.0.0.1", port, passwords, ca_file)

@@ -1,0 +1,128 @@
+"""`pdmfed keys init` for a container stack: env files, broker definitions, files handed to the images' user."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from federation.bus.definitions import verify_password
+from federation.cli import main as pdmfed
+from federation.provision import ENVELOPE_SENDERS
+
+ROOT = Path(__file__).resolve().parents[3]
+OWNER = (54321, 54322)
+
+
+def _env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines())
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture(scope="module")
+def stack_secrets(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stack") / "deployment"
+    owner = [] if os.geteuid() != 0 else ["--owner", f"{OWNER[0]}:{OWNER[1]}"]
+    code = pdmfed(
+        [
+            "keys",
+            "init",
+            "--out",
+            str(out),
+            "--factory",
+            "factory-1",
+            "--factory",
+            "factory-2",
+            "--env-files",
+            "--rabbitmq-definitions",
+            str(ROOT / "deploy/rabbitmq/definitions.json"),
+            *owner,
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_each_component_env_file_repeats_exactly_its_own_secret_files(stack_secrets):
+    for sender in ENVELOPE_SENDERS:
+        env = _env(stack_secrets / sender / "env")
+        files = {
+            p.name.upper(): p.read_text() for p in (stack_secrets / sender / "secrets").iterdir()
+        }
+        assert env == files, sender
+        assert {"PDMFED_AMQP_URL", "PDMFED_REDIS_URL", "PDMFED_REDIS_PASSWORD"} <= set(env)
+    factory = _env(stack_secrets / "factories" / "factory-1" / "env")
+    assert "PDMFED_ENCRYPTION_KEY" not in factory and factory["PDMFED_DATASITE_ADMIN_PASSWORD"]
+    assert set(_env(stack_secrets / "grafana" / "env")) == {"GF_SECURITY_ADMIN_PASSWORD"}
+
+
+def test_the_broker_definitions_hold_each_senders_own_password_hash_and_no_password(stack_secrets):
+    rendered = (stack_secrets / "rabbitmq" / "definitions.json").read_text()
+    users = {u["name"]: u["password_hash"] for u in json.loads(rendered)["users"]}
+    for sender in ENVELOPE_SENDERS:
+        password = unquote(
+            urlsplit(_env(stack_secrets / sender / "env")["PDMFED_AMQP_URL"]).password
+        )
+        assert verify_password(password, users[f"pdmfed-{sender}"]) and password not in rendered
+    admin = (stack_secrets / "rabbitmq" / "secrets" / "pdmfed_rabbitmq_admin_password").read_text()
+    assert verify_password(admin, users["pdmfed-admin"])
+
+
+def test_a_template_user_without_a_password_stops_keys_init_with_its_name(tmp_path, capsys):
+    template = json.loads((ROOT / "deploy/rabbitmq/definitions.json").read_text())
+    template["users"].append({**template["users"][0], "name": "pdmfed-intruder"})
+    (tmp_path / "defs.json").write_text(json.dumps(template))
+    code = pdmfed(
+        [
+            "keys",
+            "init",
+            "--out",
+            str(tmp_path / "out"),
+            "--factory",
+            "factory-1",
+            "--rabbitmq-definitions",
+            str(tmp_path / "defs.json"),
+        ]
+    )
+    assert code != 0
+    assert "PDMFED_RABBITMQ_PASSWORD_INTRUDER" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_with_an_owner_every_file_is_the_images_users_and_only_hashes_are_readable_by_others(
+    stack_secrets,
+):
+    readable = {
+        stack_secrets / "rabbitmq" / "definitions.json",
+        stack_secrets / "redis" / "users.acl",
+    }
+    for path in [stack_secrets, *stack_secrets.rglob("*")]:
+        assert (path.stat().st_uid, path.stat().st_gid) == OWNER, path
+        if path in readable:  # hashes only, for the servers' own users
+            assert _mode(path) == 0o644, path
+        elif path in {stack_secrets, stack_secrets / "rabbitmq", stack_secrets / "redis"}:
+            assert _mode(path) == 0o711, path  # traversable, not listable
+        elif path.is_dir():
+            assert _mode(path) == 0o700, path
+        elif (
+            path.parent.name == "secrets"
+            or path.name == "env"
+            or path.suffix in (".key", ".password")
+        ):
+            assert _mode(path) == 0o600, path
+        else:  # public keys, sender roles, the manifest: no secret, in private directories
+            assert _mode(path) & 0o022 == 0, path
+
+
+def test_an_owner_that_is_not_uid_gid_is_refused(tmp_path, capsys):
+    code = pdmfed(
+        ["keys", "init", "--out", str(tmp_path / "out"), "--factory", "factory-1", "--owner", "app"]
+    )
+    assert code != 0 and "--owner 'app' is not UID:GID" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
