@@ -50,7 +50,9 @@ def _rule(role: str, password: str) -> str:
 def render_acl_file(passwords: Mapping[str, str], health_password: str | None = None) -> str:
     """An ``aclfile`` for redis-server: the default user off, one confined user per role, and
     with ``health_password`` the PING-only user ``pdmfed-health``."""
-    lines = ["user default off nopass resetkeys resetchannels -@all"]
+    # off and without `nopass`: with nopass, redis-server's protected mode (default bind) refuses
+    # every non-loopback client, however it authenticates
+    lines = ["user default off resetpass resetkeys resetchannels -@all"]
     for role, password in sorted(passwords.items()):
         if role not in REDIS_ROLES:
             raise ValueError(f"unknown role {role!r}; expected one of {REDIS_ROLES}")

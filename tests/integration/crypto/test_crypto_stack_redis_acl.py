@@ -9,6 +9,7 @@ service's seen ids; the default user, no password and the health-check user get 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,20 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
 ACL_IN_CONTAINER = "/etc/redis/users.acl"
+
+
+def _host_address() -> str:
+    """A non-loopback address of this host: containers reach Redis over the network, where
+    redis-server's protected mode refuses everyone unless the default user has no nopass."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("198.51.100.1", 9))  # sends nothing: only picks the outgoing interface
+            address = s.getsockname()[0]
+    except OSError:
+        address = socket.gethostbyname(socket.gethostname())
+    if address.startswith("127."):
+        pytest.skip("this host has no non-loopback IPv4 address to reach Redis over")
+    return address
 
 
 def _env(path: Path) -> dict[str, str]:
@@ -56,15 +71,15 @@ def stack_redis(tmp_path_factory):
     assert str(out / "redis/users.acl") in args, "compose must start redis-server with --aclfile"
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
-    with redis_server(
-        workdir, [*args, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir)], port
-    ):
+    # no --bind, as in the container: redis-server's default bind, where protected mode applies
+    with redis_server(workdir, [*args, "--port", str(port), "--dir", str(workdir)], port):
         yield out, port
 
 
 def _client(port: int, username: str | None = None, password: str | None = None) -> redis.Redis:
+    """A client from elsewhere on the network, as the services in their containers are."""
     return redis.Redis(
-        host="127.0.0.1", port=port, username=username, password=password, socket_timeout=5
+        host=_host_address(), port=port, username=username, password=password, socket_timeout=5
     )
 
 
@@ -72,7 +87,7 @@ def _store(out: Path, port: int, role: str):
     env = _env(out / role / "env")
     assert env["PDMFED_REDIS_URL"] == "redis://redis:6379/0"  # as the containers reach it
     settings = Settings(
-        redis_url=f"redis://127.0.0.1:{port}/0", redis_password=env["PDMFED_REDIS_PASSWORD"]
+        redis_url=f"redis://{_host_address()}:{port}/0", redis_password=env["PDMFED_REDIS_PASSWORD"]
     )
     return seen_store_from_settings(settings, role=role)
 
