@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 from federation.bus.definitions import (  # noqa: F401 - the tool's API, one implementation
     ADMIN_USER,

@@ -9,35 +9,58 @@ import typer
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Keys and secrets of a deployment, one directory per component.", no_args_is_help=True)
+app = typer.Typer(
+    help="Keys and secrets of a deployment, one directory per component.", no_args_is_help=True
+)
 
 
 @app.command("init")
 def init(
-    out: Annotated[Path, typer.Option(file_okay=False, help="new (or empty) directory to write", show_default=False)],
+    out: Annotated[
+        Path,
+        typer.Option(file_okay=False, help="new (or empty) directory to write", show_default=False),
+    ],
     factory: Annotated[
         list[str],
-        typer.Option(help="a factory's datasite id, =URL the connector reaches it at (default"
-                          " http://ID:8080); repeat for each factory",
-                     show_default=False),
+        typer.Option(
+            help="a factory's datasite id, =URL the connector reaches it at (default"
+            " http://ID:8080); repeat for each factory",
+            show_default=False,
+        ),
     ],
-    broker: Annotated[str, typer.Option(help="RabbitMQ URL without credentials, as the components reach it")] = (
-        "amqp://rabbitmq:5672/pdmfed"
-    ),
+    broker: Annotated[
+        str, typer.Option(help="RabbitMQ URL without credentials, as the components reach it")
+    ] = ("amqp://rabbitmq:5672/pdmfed"),
     redis: Annotated[
         str, typer.Option(help="Redis URL without credentials (redis:// or rediss://), or 'none'")
     ] = "redis://redis:6379/0",
     env_files: Annotated[
-        bool, typer.Option("--env-files", help="also write <component>/env (NAME=value) for docker compose"
-                           " env_file and kubectl --from-env-file, and Grafana's admin password")
+        bool,
+        typer.Option(
+            "--env-files",
+            help="also write <component>/env (NAME=value) for docker compose"
+            " env_file and kubectl --from-env-file, and Grafana's admin password",
+        ),
     ] = False,
     rabbitmq_definitions: Annotated[
-        Path | None, typer.Option(help="RabbitMQ definitions template (deploy/rabbitmq/definitions.json) to"
-                                       " render into rabbitmq/definitions.json with the broker users' hashes",
-                                  exists=True, dir_okay=False)
+        Path | None,
+        typer.Option(
+            help="RabbitMQ definitions template (deploy/rabbitmq/definitions.json) to"
+            " render into rabbitmq/definitions.json with the broker users' hashes",
+            exists=True,
+            dir_okay=False,
+        ),
     ] = None,
     owner: Annotated[
-        str | None, typer.Option(help="UID:GID owning every file (the container images' user, 10001:10001)")
+        str | None,
+        typer.Option(help="UID:GID owning every file (the container images' user, 10001:10001)"),
+    ] = None,
+    state_url: Annotated[
+        str | None,
+        typer.Option(
+            help="PostgreSQL URL without credentials of the services' shared state"
+            " (replicas): writes <service>/state.env and postgres/env"
+        ),
     ] = None,
 ) -> int:
     """Write service, orchestrator and factory keys, per-component secrets, per-factory datasite
@@ -56,11 +79,19 @@ def init(
     owner_ids = _owner(owner) if owner else None
     if owner and owner_ids is None:
         fail(f"--owner {owner!r} is not UID:GID (numbers)")
-    options = ProvisionOptions(broker_url=broker, redis_url=redis_url, env_files=env_files,
-                               broker_definitions=rabbitmq_definitions, owner=owner_ids)
+    options = ProvisionOptions(
+        broker_url=broker,
+        redis_url=redis_url,
+        env_files=env_files,
+        broker_definitions=rabbitmq_definitions,
+        owner=owner_ids,
+        state_url=state_url,
+    )
     manifest = provision(out, specs, options)
     for name, entry in sorted(manifest["components"].items()):
-        trusts = ", ".join(entry["trusts"] + [f"factory {f}" for f in entry["trusts_factories"]]) or "-"
+        trusts = (
+            ", ".join(entry["trusts"] + [f"factory {f}" for f in entry["trusts_factories"]]) or "-"
+        )
         typer.echo(f"{name:<32} keys {out / entry['keys_dir']}  trusts {trusts}")
     typer.echo(f"manifest: {out / 'manifest.json'}")
     return 0

@@ -29,6 +29,11 @@ For a container stack (``--env-files``, ``--rabbitmq-definitions``, ``--owner``)
     OUT/rabbitmq/definitions.json           the broker definitions rendered with each broker
                                              user's password hash (no password)
     OUT/rabbitmq/secrets/                   the broker administrator's password (operators only)
+
+For services on replicas sharing PostgreSQL (``--state-url``; docs/replicas.md):
+
+    OUT/<service>/state.env                 PDMFED_STATE_URL with the database user's password
+    OUT/postgres/env                        POSTGRES_USER / POSTGRES_DB / POSTGRES_PASSWORD
 """
 
 from __future__ import annotations
@@ -107,6 +112,8 @@ class ProvisionOptions:
     broker_definitions: Path | None = None
     #: UID, GID that own every file (the container images' user).
     owner: tuple[int, int] | None = None
+    #: PostgreSQL URL (no credentials) of the services' shared state, for replicas deployments.
+    state_url: str | None = None
 
 
 def _token() -> str:
@@ -143,8 +150,15 @@ class _Writer:
 
     def component(self, name: str, role: str, sender: str | None) -> tuple[Path, Path, dict]:
         base = private_dir(self.out / name)
-        entry = {"role": role, "sender": sender, "keys_dir": f"{name}/keys", "secrets_dir": f"{name}/secrets",
-                 "secrets": [], "trusts": [], "trusts_factories": []}
+        entry = {
+            "role": role,
+            "sender": sender,
+            "keys_dir": f"{name}/keys",
+            "secrets_dir": f"{name}/secrets",
+            "secrets": [],
+            "trusts": [],
+            "trusts_factories": [],
+        }
         self.components[name] = entry
         return private_dir(base / "keys"), private_dir(base / "secrets"), entry
 
@@ -163,10 +177,14 @@ class _Writer:
         """``<component>/env``: each component's secrets as NAME=value (upper-cased names)."""
         for name, values in self.values.items():
             with open_private(self.out / name / "env") as fh:
-                fh.write("".join(f"{k.upper()}={v}\n" for k, v in sorted(values.items())).encode("utf-8"))
+                fh.write(
+                    "".join(f"{k.upper()}={v}\n" for k, v in sorted(values.items())).encode("utf-8")
+                )
 
 
-def provision(out: str | Path, factories: Iterable[FactorySpec], options: ProvisionOptions | None = None) -> dict:
+def provision(
+    out: str | Path, factories: Iterable[FactorySpec], options: ProvisionOptions | None = None
+) -> dict:
     """Create every key and secret under ``out`` (which must not exist or be empty); the manifest."""
     options = options or ProvisionOptions()
     factories = list(factories)
@@ -202,8 +220,12 @@ def provision(out: str | Path, factories: Iterable[FactorySpec], options: Provis
         write_roles_file(keys, {s: s for s in {sender, *entry["trusts"]}})
         writer.secret(entry, secret_dir, "pdmfed_encryption_key", passphrase)
         writer.secret(entry, secret_dir, "pdmfed_key_salt", salt)
-        writer.secret(entry, secret_dir, "pdmfed_amqp_url",
-                      _with_credentials(options.broker_url, f"pdmfed-{sender}", broker[sender]))
+        writer.secret(
+            entry,
+            secret_dir,
+            "pdmfed_amqp_url",
+            _with_credentials(options.broker_url, f"pdmfed-{sender}", broker[sender]),
+        )
         if options.redis_url:
             writer.secret(entry, secret_dir, "pdmfed_redis_url", options.redis_url)
             writer.secret(entry, secret_dir, "pdmfed_redis_password", redis[sender])
@@ -212,9 +234,17 @@ def provision(out: str | Path, factories: Iterable[FactorySpec], options: Provis
                 _public(identity, keys / "factories")
                 entry["trusts_factories"].append(ds)
         if sender == "connector":
-            registry = write_registry(out / sender / "datasites", {
-                spec.datasite_id: (spec.url, CONNECTOR_ACCOUNT_EMAIL, connector_passwords[spec.datasite_id])
-                for spec in factories})
+            registry = write_registry(
+                out / sender / "datasites",
+                {
+                    spec.datasite_id: (
+                        spec.url,
+                        CONNECTOR_ACCOUNT_EMAIL,
+                        connector_passwords[spec.datasite_id],
+                    )
+                    for spec in factories
+                },
+            )
             entry["datasite_registry"] = str(registry.relative_to(out))
 
     for spec in factories:
@@ -223,9 +253,15 @@ def provision(out: str | Path, factories: Iterable[FactorySpec], options: Provis
         factory_ids[spec.datasite_id].save(keys)
         writer.secret(entry, secret_dir, "pdmfed_datasite_admin_email", ADMIN_EMAIL)
         writer.secret(entry, secret_dir, "pdmfed_datasite_admin_password", _token())
-        writer.secret(entry, secret_dir, "pdmfed_datasite_orchestrator_email", CONNECTOR_ACCOUNT_EMAIL)
-        writer.secret(entry, secret_dir, "pdmfed_datasite_orchestrator_password",
-                      connector_passwords[spec.datasite_id])
+        writer.secret(
+            entry, secret_dir, "pdmfed_datasite_orchestrator_email", CONNECTOR_ACCOUNT_EMAIL
+        )
+        writer.secret(
+            entry,
+            secret_dir,
+            "pdmfed_datasite_orchestrator_password",
+            connector_passwords[spec.datasite_id],
+        )
 
     if options.redis_url:
         health = _token()
@@ -235,6 +271,8 @@ def provision(out: str | Path, factories: Iterable[FactorySpec], options: Provis
         writer.infrastructure("redis", {"rediscli_auth": health})
     if options.broker_definitions is not None:
         _render_broker_definitions(writer, options.broker_definitions, broker)
+    if options.state_url is not None:
+        _state_env_files(out, options.state_url)
     if options.env_files:
         writer.infrastructure("grafana", {"gf_security_admin_password": _token()})
         writer.env_files()
@@ -269,6 +307,23 @@ def _render_broker_definitions(writer: _Writer, template: Path, broker: Mapping[
     with open_private(private_dir(writer.out / "rabbitmq") / "definitions.json") as fh:
         fh.write(json.dumps(rendered, indent=2).encode("utf-8"))
     writer.infrastructure("rabbitmq", {"pdmfed_rabbitmq_admin_password": admin})
+
+
+def _state_env_files(out: Path, state_url: str) -> None:
+    """``<service>/state.env`` and ``postgres/env``: one database user shared by the services."""
+    parts = urlsplit(state_url)
+    database = parts.path.strip("/")
+    if parts.scheme not in ("postgresql", "postgres") or not database:
+        raise ConfigError(f"--state-url {state_url!r} is not postgresql://host[:port]/database")
+    password = _token()
+    url = _with_credentials(state_url, "pdmfed", password)
+    for service in SERVICES:
+        with open_private(out / service / "state.env") as fh:
+            fh.write(f"PDMFED_STATE_URL={url}\n".encode())
+    with open_private(private_dir(out / "postgres") / "env") as fh:
+        fh.write(
+            f"POSTGRES_USER=pdmfed\nPOSTGRES_DB={database}\nPOSTGRES_PASSWORD={password}\n".encode()
+        )
 
 
 #: Files their servers read under their images' own users (uids differ between images): they

@@ -220,11 +220,12 @@ def test_the_replicas_override_runs_two_of_each_service_on_postgresql_without_sq
     result = run([tool, "--builtin-schema", "vendor.compose-spec", str(override)])
     assert result.returncode == 0, result.stdout + result.stderr
     compose = require_tool("docker-compose")
-    for component in (*SERVICES, "orchestrator", *FACTORIES, "redis", "grafana", "postgres"):
-        (tmp_path / component).mkdir()
+    for component in (*SERVICES, "orchestrator", *(f"factories/{f}" for f in FACTORIES), "redis", "grafana",
+                      "postgres"):
+        (tmp_path / component).mkdir(parents=True)
         (tmp_path / component / "env").write_text("")
         (tmp_path / component / "state.env").write_text(
-            f"PDMFED_STATE_URL=postgresql://db/{component}\n"
+            f"PDMFED_STATE_URL=postgresql://db/{component.split('/')[-1]}\n"
         )
     env = {
         "PATH": os.environ.get("PATH", ""),

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from federation.bus.definitions import verify_password
 from federation.cli import main as pdmfed
-from federation.provision import ENVELOPE_SENDERS
+from federation.provision import ENVELOPE_SENDERS, SERVICES
 
 ROOT = Path(__file__).resolve().parents[3]
 OWNER = (54321, 54322)
@@ -42,6 +42,8 @@ def stack_secrets(tmp_path_factory) -> Path:
             "--env-files",
             "--rabbitmq-definitions",
             str(ROOT / "deploy/rabbitmq/definitions.json"),
+            "--state-url",
+            "postgresql://postgres:5432/pdmfed",
             *owner,
         ]
     )
@@ -112,7 +114,7 @@ def test_with_an_owner_every_file_is_the_images_users_and_only_hashes_are_readab
             assert _mode(path) == 0o700, path
         elif (
             path.parent.name == "secrets"
-            or path.name == "env"
+            or path.name in ("env", "state.env")
             or path.suffix in (".key", ".password")
         ):
             assert _mode(path) == 0o600, path
@@ -126,3 +128,18 @@ def test_an_owner_that_is_not_uid_gid_is_refused(tmp_path, capsys):
     )
     assert code != 0 and "--owner 'app' is not UID:GID" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_with_a_state_url_each_service_gets_the_shared_databases_url_and_postgres_its_password(
+    stack_secrets,
+):
+    postgres = _env(stack_secrets / "postgres" / "env")
+    assert (postgres["POSTGRES_USER"], postgres["POSTGRES_DB"]) == ("pdmfed", "pdmfed")
+    for service in SERVICES:
+        url = urlsplit(_env(stack_secrets / service / "state.env")["PDMFED_STATE_URL"])
+        assert (url.username, url.hostname, url.path) == ("pdmfed", "postgres", "/pdmfed")
+        assert unquote(url.password) == postgres["POSTGRES_PASSWORD"]
+        assert "PDMFED_STATE_URL" not in _env(
+            stack_secrets / service / "env"
+        )  # the base stays on SQLite
+    assert not (stack_secrets / "orchestrator" / "state.env").exists()
