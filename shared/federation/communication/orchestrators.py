@@ -162,6 +162,7 @@ class FederatedLearningOrchestrator:
         if not isinstance(min_datasites, int) or min_datasites < 1:
             raise ConfigError(f"min_datasites must be a positive int, got {min_datasites!r}")
         self.min_datasites = min_datasites
+        self.normalizer: dict[str, Any] | None = self.training_overrides.get("normalizer")
 
     @property
     def secure(self) -> bool:
@@ -191,6 +192,36 @@ class FederatedLearningOrchestrator:
                 info = self.comm_manager.get_connected_datasites().get(datasite_id, {})
                 failed[datasite_id] = str(info.get("last_error") or "connection failed")
         return connected, failed
+
+    def federated_normalizer(self, connected_sites: Sequence[str]) -> dict[str, Any] | None:
+        """Round 0, once per orchestrator: the connected factories' exact sensor statistics
+        summed into one normaliser that every training request then carries (the datasites
+        keep raw partitions, as in the services' campaigns). A ``normalizer`` given in
+        ``training_config`` is used as is; a manager without ``request_stats`` (a unit-test
+        fake) trains on the partitions as they are."""
+        if self.normalizer is not None:
+            return self.normalizer
+        request_stats = getattr(self.comm_manager, "request_stats", None)
+        if request_stats is None:
+            return None
+        from federation.ml.fedstats import SensorStats, merge_stats
+
+        parts, failed = [], {}
+        for datasite_id in connected_sites:
+            result = request_stats({"campaign_id": "orchestrator-round-0"}, datasite_id)
+            if not isinstance(result, Mapping) or result.get("error") or "stats" not in result:
+                reason = result.get("error") if isinstance(result, Mapping) else repr(result)
+                failed[datasite_id] = str(reason)
+                log.warning("round 0: %s sent no statistics: %s", datasite_id, reason)
+                continue
+            parts.append(SensorStats.from_dict(result["stats"]))
+        if len(parts) < self.min_datasites:
+            raise TrainingError(
+                f"round 0: statistics from {len(parts)} datasites, need {self.min_datasites} "
+                f"({'; '.join(f'{k}: {v}' for k, v in failed.items()) or 'none failed'})"
+            )
+        self.normalizer = merge_stats(parts).normalizer().to_dict()
+        return self.normalizer
 
     def execute_federated_round(
         self,
@@ -231,12 +262,15 @@ class FederatedLearningOrchestrator:
             if not distribution_success[datasite_id]:
                 failed[datasite_id] = "send_model failed"
 
-        # Step 3: request local training
+        # Step 3: request local training (normalised with round 0's federated statistics)
         training_config = {
             **SEED_TRAINING_CONFIG,
             **self.training_overrides,
             "round_number": round_num,
         }
+        normalizer = self.federated_normalizer(connected_sites)
+        if normalizer is not None:
+            training_config["normalizer"] = normalizer
         training_results: dict[str, dict[str, Any]] = {}
         for datasite_id in connected_sites:
             if not distribution_success[datasite_id]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from federation.communication import (
@@ -18,6 +19,8 @@ from federation.communication.orchestrators import (
     campaign_summary,
 )
 from federation.errors import ConfigError, DatasiteConnectionError, TrainingError
+from federation.ml.data import Normalizer
+from federation.ml.fedstats import SensorStats, window_rows, window_stats
 from federation.monitoring import validate_security_configuration
 from federation.monitoring.report import load_summary, render_report
 
@@ -44,12 +47,21 @@ class _InMemorySites:
         self.status: dict[str, str] = {}
         self.models: dict[str, dict[str, torch.Tensor]] = {}
         self.configs: list[dict[str, Any]] = []
+        self.stats_requests: list[str] = []
+        self.raw: dict[str, np.ndarray] = {}
 
     def connect(self, credentials: dict[str, Any]) -> bool:
         ds = credentials["datasite_id"]
         ok = self.behaviour[ds] != "down"
         self.status[ds] = "connected" if ok else "disconnected"
         return ok
+
+    def stats(self, ds: str) -> dict[str, Any]:
+        """Round 0: this site's exact statistics of its own raw windows (sites differ in scale)."""
+        self.stats_requests.append(ds)
+        g = np.random.default_rng(sum(map(ord, ds)))
+        self.raw[ds] = g.normal(5.0 * len(self.raw), 2.0 + len(self.raw), (4, 3, 2))
+        return {"datasite_id": ds, "stats": window_stats(self.raw[ds], ("x1", "x2")).to_dict()}
 
     def train(self, ds: str, config: dict[str, Any]) -> dict[str, Any]:
         self.configs.append(dict(config))
@@ -83,6 +95,9 @@ class _Transport:
 
     def request_training(self, training_config: dict[str, Any], datasite_id: str) -> dict:
         return self.sites.train(datasite_id, dict(training_config))
+
+    def request_stats(self, stats_config: dict[str, Any], datasite_id: str) -> dict:
+        return self.sites.stats(datasite_id)
 
 
 class FakeStandardComm(_Transport, PySyftCommunicationManager):
@@ -142,13 +157,52 @@ def test_when_the_standard_path_runs__the_aggregate_is_the_plain_mean_of_the_upd
         torch.testing.assert_close(result["aggregated_model"][k], expected)
     assert result["participating_sites"] == ["a", "b", "c"]
     assert "byzantine_clients" not in result
-    # the seed's training request, round number filled in
-    assert sites.configs[0] == {
+    # the seed's training request, round number filled in, normalised by round 0's statistics
+    assert {k: v for k, v in sites.configs[0].items() if k != "normalizer"} == {
         "epochs": 3,
         "learning_rate": 0.001,
         "batch_size": 32,
         "round_number": 4,
     }
+
+
+def test_when_rounds_run__round_0_sums_the_sites_statistics_once_and_every_request_carries_them():
+    sites = _InMemorySites({"a": "honest", "b": "honest", "c": "honest"})
+    orch = FederatedLearningOrchestrator(comm_manager=FakeStandardComm(sites))
+    g = _global()
+    orch.execute_federated_round(g, _configs("a", "b", "c"), 1)
+    orch.execute_federated_round(g, _configs("a", "b", "c"), 2)
+    assert sites.stats_requests == ["a", "b", "c"]  # once, not per round
+    union = np.concatenate([window_rows(sites.raw[ds]) for ds in ("a", "b", "c")])
+    want = Normalizer.from_dict(SensorStats.of_rows(union, ("x1", "x2")).normalizer().to_dict())
+    got = [Normalizer.from_dict(c["normalizer"]) for c in sites.configs]
+    assert len(got) == 6
+    for n in got:
+        np.testing.assert_allclose(n.transform_windows(sites.raw["a"]),
+                                   want.transform_windows(sites.raw["a"]), rtol=1e-6)  # fmt: skip
+    # central statistics of the union: the pooled rows come out with mean 0 and std 1
+    z = want.transform_windows(union[None])[0]
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-6)
+
+
+def test_when_a_normalizer_is_given__round_0_is_skipped_and_it_is_used_as_given():
+    sites = _InMemorySites({"a": "honest", "b": "honest"})
+    given = SensorStats.of_rows(np.ones((3, 2)) * [[1.0], [2.0], [3.0]], ("x1", "x2"))
+    cfg = {"normalizer": given.normalizer().to_dict()}
+    orch = FederatedLearningOrchestrator(comm_manager=FakeStandardComm(sites), training_config=cfg)
+    orch.execute_federated_round(_global(), _configs("a", "b"), 1)
+    assert sites.stats_requests == [] and all(
+        c["normalizer"] == cfg["normalizer"] for c in sites.configs
+    )
+
+
+def test_when_too_few_sites_send_statistics__round_0_refuses_to_train():
+    sites = _InMemorySites({"a": "honest", "b": "honest"})
+    sites.stats = lambda ds: {"datasite_id": ds, "error": "stats job not approved"}
+    orch = FederatedLearningOrchestrator(comm_manager=FakeStandardComm(sites))
+    with pytest.raises(TrainingError, match="round 0: statistics from 0 datasites, need 2"):
+        orch.execute_federated_round(_global(), _configs("a", "b"), 1)
+    assert sites.configs == []
 
 
 def test_when_a_module_is_given__its_state_dict_is_sent():
