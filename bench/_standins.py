@@ -82,6 +82,23 @@ class _Base:
                                     int(training_config["round_number"]), **bound)
         return {**result, "factory_signature": signature, "factory_key_id": datasite_id}
 
+    def _raw_windows(self, datasite_id: str) -> np.ndarray:
+        """The site's raw windows (n, window, F) whose statistics round 0 sums."""
+        raise NotImplementedError
+
+    def request_stats(self, stats_config: dict, datasite_id: str) -> dict:
+        """Round 0 as a datasite answers it: exact statistics of its windows, signed."""
+        from federation.datasite.job import feature_columns
+        from federation.datasite.signing import sign_stats
+        from federation.ml.fedstats import window_stats
+
+        X = self._raw_windows(datasite_id)
+        stats = window_stats(X, feature_columns(X.shape[2])).to_dict()
+        campaign_id = str(stats_config.get("campaign_id", ""))
+        signature = sign_stats(self._identity(datasite_id), stats, campaign_id=campaign_id)
+        return {"stats": stats, "stats_signature": signature, "factory_key_id": datasite_id,
+                "datasite_id": datasite_id, "campaign_id": campaign_id, "round_number": 0}
+
     def is_connected(self, datasite_id: str) -> bool:
         return datasite_id in self.connected
 
@@ -118,12 +135,19 @@ class TrainingDatasites(_Base):
         super().__init__()
         self.partitions = partitions
 
+    def _raw_windows(self, datasite_id: str) -> np.ndarray:
+        return np.asarray(self.partitions[datasite_id][0])
+
     def request_training(self, training_config: dict, datasite_id: str) -> dict:
+        from federation.datasite.job import normalised_features
         from federation.ml.train import train_local
 
         X, y = self.partitions[datasite_id]
         start = time.perf_counter()
-        config = {k: v for k, v in training_config.items() if k not in ("campaign_id", "model_version")}
+        config = {k: v for k, v in training_config.items()
+                  if k not in ("campaign_id", "model_version", "normalizer")}  # fmt: skip
+        if training_config.get("normalizer"):  # as the datasite job: z-score with round 0's stats
+            X = normalised_features(X, training_config["normalizer"])
         result = train_local(self.models[datasite_id], X, y, config, seed=config.get("seed", 0))
         self._record(training_config["round_number"], datasite_id, time.perf_counter() - start)
         global_state = self.models[datasite_id]
@@ -151,6 +175,10 @@ class SleepingDatasites(_Base):
             }
             for ds in ids
         }
+
+    def _raw_windows(self, datasite_id: str) -> np.ndarray:
+        # no data: a fixed small window set per site (its normaliser is not used)
+        return np.arange(12, dtype=np.float32).reshape(2, 3, 2) + len(datasite_id)
 
     def request_training(self, training_config: dict, datasite_id: str) -> dict:
         start = time.perf_counter()
