@@ -33,12 +33,11 @@ log = logging.getLogger(__name__)
 
 
 def initial_model_state(cfg: CampaignConfig) -> dict[str, torch.Tensor]:
-    """The campaign's starting model, reproducible from its seed."""
-    from federation.ml.models import build_model
+    """The campaign's starting model (``federation.ml.pretrain.initial_state``): seeded
+    initialisation, or with ``training.init: public`` pre-trained on the public synthetic fleet."""
+    from federation.ml.pretrain import initial_state
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.training.model_type, cfg.training.n_features, cfg.training.window)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return initial_state(cfg.training, cfg.seed)
 
 
 def privacy_allows_round(cfg: CampaignConfig, rounds_done: int) -> bool:

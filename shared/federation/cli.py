@@ -113,19 +113,22 @@ def demo(
     seed: Annotated[int, typer.Option(min=0, help="seed of the data partition and training")] = 0,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="turn record-level DP-SGD off")] = False,
     record_noise: Annotated[
-        float,
+        float | None,
         typer.Option(
             click_type=POSITIVE,
-            help="DP-SGD noise multiplier at each factory (per-sample clip 1.0)",
+            help="DP-SGD noise multiplier at each factory (default: the private recipe's, "
+            "calibrated so each factory ends the campaign at --max-epsilon)",
         ),
-    ] = 1.0,
+    ] = None,
     max_epsilon: Annotated[
-        float,
+        float | None,
         typer.Option(
             click_type=POSITIVE,
-            help="record-level privacy budget per factory; the campaign stops before exceeding it",
+            help="record-level privacy budget per factory; the campaign stops before exceeding it "
+            "(default: the best point of the private recipe's accuracy-epsilon curve, "
+            "federation.privacy.recipe.DEFAULT_EPSILON)",
         ),
-    ] = 10.0,
+    ] = None,
     client_dp: Annotated[
         bool,
         typer.Option(
@@ -175,7 +178,7 @@ def demo(
         clip_norm=clip,
         client_dp=client_dp,
         record_noise=record_noise,
-        max_epsilon=max_epsilon,
+        **({} if max_epsilon is None else {"max_epsilon": max_epsilon}),
     )
     return demo_main(opts, verbose=verbose)
 

@@ -68,9 +68,11 @@ def each_factory_alone(
     dp: Mapping[str, Any] | None,
     rounds: int,
     seed: int = 0,
+    initial_state: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Each factory's model trained on its own windows alone, as long as the campaign trained
-    (``rounds`` x its local epochs, same model, optimiser and DP-SGD), on the same held-out units.
+    (``rounds`` x its local epochs, same model, optimiser and DP-SGD, from the campaign's
+    ``initial_state`` when given), on the same held-out units.
 
     What federation gained is the federated model's row next to these.
     """
@@ -78,12 +80,12 @@ def each_factory_alone(
     from federation.ml.train import _load_state, predict, train_local
 
     cfg = {k: training[k] for k in ("model_type", "epochs", "learning_rate", "batch_size",
-                                     "max_batches") if k in training}  # fmt: skip
+                                     "max_batches", "average_iterates") if k in training}  # fmt: skip
     if dp:
         cfg["dp"] = dict(dp)
     out = []
     for k, (name, arrays) in enumerate(parts):
-        state = None
+        state = initial_state
         for r in range(int(rounds)):
             state = train_local(state, arrays["X"], arrays["y"], cfg, seed=seed + 1000 * k + r)[
                 "model_update"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import torch
 
@@ -17,6 +18,7 @@ from federation.ml.data import DEFAULT_WINDOW, DatasetError, prepare, synthetic_
 from federation.ml.train import train_local
 
 __all__ = [
+    "initial_state",
     "PUBLIC_FLEET_SEED",
     "PUBLIC_PRETRAIN_EPOCHS",
     "public_features",
@@ -77,3 +79,15 @@ def _pretrain(model_type: str, window: int, epochs: int, seed: int) -> dict[str,
         ]
     assert state is not None
     return state
+
+
+def initial_state(training: Any, seed: int) -> dict[str, torch.Tensor]:
+    """A campaign's starting model (``training`` as ``campaign.TrainingConfig``): seeded
+    initialisation, or with ``init: public`` the model pre-trained on the public fleet."""
+    if training.init == "public":
+        return public_pretrained_state(training.model_type, training.n_features, training.window)
+    from federation.ml.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(training.model_type, training.n_features, training.window)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -11,7 +11,7 @@ import secrets
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from federation.campaign import CampaignConfig
 from federation.config import Settings
 from federation.errors import ConfigError
+from federation.privacy.recipe import DEFAULT_EPSILON, RECIPE, recipe_noise
 
 __all__ = ["demo_main", "DemoOptions", "run_demo", "FACTORY_NAMES"]
 
@@ -58,8 +59,27 @@ class DemoOptions:
     noise_multiplier: float = 0.01
     clip_norm: float = 5.0
     client_dp: bool = False
-    record_noise: float = 1.0
-    max_epsilon: float | None = 10.0
+    #: DP-SGD noise multiplier; None: calibrated so each factory ends at ``max_epsilon``.
+    record_noise: float | None = None
+    #: Record-level epsilon per factory: the private recipe's best point (its benchmark curve).
+    max_epsilon: float | None = DEFAULT_EPSILON
+
+
+def with_record_noise(opts: DemoOptions, factory_windows: list[int]) -> DemoOptions:
+    """``opts`` with the DP-SGD noise set: the given one, or the private recipe's
+    (``federation.privacy.recipe``) for these factories to end the campaign at ``max_epsilon``."""
+    if opts.record_noise is not None or not opts.dp:
+        return opts
+    if opts.max_epsilon is None:
+        raise ConfigError("record-level DP needs a noise multiplier or an epsilon budget")
+    noise = recipe_noise(
+        factory_windows,
+        opts.rounds,
+        opts.max_epsilon,
+        epochs=opts.epochs,
+        max_batches=opts.max_batches,
+    )
+    return replace(opts, record_noise=noise)
 
 
 def _partitions(opts: DemoOptions) -> tuple[Any, list[tuple[str, dict]]]:
@@ -137,6 +157,8 @@ def _alone(
 
     rec = cfg.record_privacy
     dp = {"noise_multiplier": rec.noise_multiplier, "max_grad_norm": rec.max_grad_norm}
+    from federation.ml.pretrain import initial_state
+
     scaled = [(ds, {**a, "X": normalizer.transform_windows(a["X"])}) for ds, a in parts]
     return each_factory_alone(
         scaled,
@@ -147,6 +169,7 @@ def _alone(
         dp=dp if rec.enabled else None,
         rounds=opts.rounds,
         seed=opts.seed,
+        initial_state=initial_state(cfg.training, cfg.seed),  # the federation's own start
     )
 
 
@@ -199,11 +222,13 @@ def _campaign_config(
             training={
                 "model_type": opts.model,
                 "epochs": opts.epochs,
-                "learning_rate": 0.003,
-                "batch_size": 64,
+                "learning_rate": RECIPE["learning_rate"],
+                "batch_size": RECIPE["batch_size"],
                 "n_features": data.n_features,
                 "window": data.window,
                 "max_batches": opts.max_batches,
+                "init": RECIPE["init"],
+                "average_iterates": RECIPE["average_iterates"],
             },
             # Client-level DP over 3 factories cannot give a meaningful ε (measured: ε in the
             # thousands before the model breaks), so the demo protects each factory's records with
@@ -216,11 +241,14 @@ def _campaign_config(
                 "delta": 1e-5,
             },
             record_privacy={
-                "enabled": opts.dp,
+                "enabled": True,
                 "noise_multiplier": opts.record_noise,
-                "max_grad_norm": 1.0,
+                "max_grad_norm": RECIPE["max_grad_norm"],
                 "max_epsilon": opts.max_epsilon,
-            },
+                "accountant": RECIPE["accountant"],
+            }
+            if opts.dp
+            else {"enabled": False},
             robustness={
                 "enabled": True,
                 "aggregation": "trimmed_mean",
@@ -249,7 +277,8 @@ def check_options(opts: DemoOptions) -> None:
     class _Shape:  # the real n_features/window are known once the data is loaded
         n_features, window = 14, 30
 
-    _campaign_config(opts, "check", _Shape(), list(FACTORY_NAMES[: opts.sites])).check_model()
+    nominal = with_record_noise(opts, [RECIPE["batch_size"]] * opts.sites)
+    _campaign_config(nominal, "check", _Shape(), list(FACTORY_NAMES[: opts.sites])).check_model()
 
 
 def new_run_id() -> str:
@@ -310,6 +339,14 @@ async def run_demo(
         display = CampaignDisplay(console, opts.rounds, rmse_label="test RMSE")
     with display.status("preparing the factories' data …"):
         data, parts = _partitions(opts)
+    opts = with_record_noise(opts, [len(arrays["y"]) for _, arrays in parts])
+    training = _campaign_config(opts, run_id, data, [ds for ds, _ in parts]).training
+    if training.init == "public":
+        from federation.ml.pretrain import initial_state
+
+        # Trained once per process: dispatch's campaign.start then takes it from the cache.
+        with display.status("pre-training the starting model on the public synthetic fleet …"):
+            initial_state(training, opts.seed)
     fed = None
 
     def campaign_normalizer() -> Any:
