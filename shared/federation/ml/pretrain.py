@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from federation.ml.data import DEFAULT_WINDOW, DatasetError, prepare, synthetic_fleet
+from federation.ml.pretrain_cache import cached_state
 from federation.ml.train import train_local
 
 __all__ = [
@@ -69,7 +70,14 @@ def public_pretrained_state(
 
 @lru_cache(maxsize=4)
 def _pretrain(model_type: str, window: int, epochs: int, seed: int) -> dict[str, torch.Tensor]:
-    """Trained once per process and arguments (the demo shows round 0 with the model dispatch sends)."""
+    """Trained once per machine (``pretrain_cache``) and held per process and arguments: the
+    demo's orchestrator, dispatch and comparisons all start from these same weights."""
+    return cached_state(
+        model_type, window, epochs, seed, lambda: _train_public(model_type, window, epochs, seed)
+    )
+
+
+def _train_public(model_type: str, window: int, epochs: int, seed: int) -> dict[str, torch.Tensor]:
     public = _public(window, seed)
     cfg = {"model_type": model_type, "epochs": 1, "batch_size": 256, "learning_rate": 2e-3}
     state = None

@@ -147,7 +147,11 @@ def _held_out(opts: DemoOptions, data: Any, state: dict | None, normalizer: Any)
 
 
 def _alone(
-    opts: DemoOptions, data: Any, parts: list[tuple[str, dict]], cfg: CampaignConfig, normalizer: Any
+    opts: DemoOptions,
+    data: Any,
+    parts: list[tuple[str, dict]],
+    cfg: CampaignConfig,
+    normalizer: Any,
 ) -> list:
     """Each factory's model on its own data, trained as long as the campaign, same test units
     (z-scored with the campaign's statistics, as the federation trained)."""
@@ -207,9 +211,7 @@ def _bundle_info(
     }
 
 
-def _campaign_config(
-    opts: DemoOptions, run_id: str, data: Any, sites: list[str]
-) -> CampaignConfig:
+def _campaign_config(opts: DemoOptions, run_id: str, data: Any, sites: list[str]) -> CampaignConfig:
     """The demo's campaign over these datasite ids (a ConfigError if opts are invalid)."""
     return CampaignConfig.from_payload(
         dict(

@@ -11,6 +11,12 @@ from federation.ml.models import build_model
 from federation.ml.pretrain import public_features, public_pretrained_state
 
 
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """Pre-training here writes its disk cache under the test's folder, not the user's."""
+    monkeypatch.setenv("PDMFED_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def test_when_the_model_reads_other_sensors__public_pre_training_refuses_with_the_list():
     with pytest.raises(DatasetError, match="public pre-training covers the sensors"):
         public_pretrained_state("cnn", ["s1", "s2"], epochs=1)
