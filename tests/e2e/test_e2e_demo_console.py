@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from federation.ml.bundle import load_bundle
+from federation.privacy.recipe import DEFAULT_EPSILON
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_helpers import run_in_pty, run_pdmfed  # noqa: E402
@@ -24,7 +25,8 @@ def _header(rounds: int) -> list[str]:
         rf"pdmfed demo · run folder {RUN} \(logs: pdmfed\.log\)",
         r"  data      synthetic fleet: \d+ training windows, \d+ test engines",
         rf"  campaign  {rounds} rounds, model cnn, Byzantine screening \+ trimmed mean",
-        r"  privacy   record-level DP-SGD z=1, ε budget 10 per factory",
+        # the private recipe's noise, calibrated to these factories to end at its default ε
+        rf"  privacy   record-level DP-SGD z=\d\.\d+, ε budget {DEFAULT_EPSILON:g} per factory",
         r"  services  in this process: connector, trainer-dispatch, security, aggregator",
         r"  attack    aerospace_seattle_assembly \(scaling attack on its updates\)",
         r"  bus       in-memory \(this process only\)",
@@ -39,6 +41,7 @@ def _table(rounds: int) -> list[str]:
         rf"demo-\d{{8}}-\d{{6}}-[0-9a-f]{{4}}: all {rounds} rounds completed",
         r" *round +test RMSE +ε +kept +left out: why +time",
         r"─+",
+        r" +0 +\d+\.\d\d +off +0/0 +- +-",  # round 0: statistics, the initial model
         *[ROUND_ROW.format(n=n) for n in range(1, rounds + 1)],
     ]
 
