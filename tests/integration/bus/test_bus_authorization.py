@@ -53,6 +53,9 @@ EXAMPLES: dict[str, m.Message] = {
             CONTRACTS[m.MsgType.CAMPAIGN_REJECTED],
             m.CampaignRejected("c1", m.CampaignRejected.DUPLICATE, "already running"),
         ),
+        (CONTRACTS[m.MsgType.STATS_REQUEST], m.StatsRequest("c1", 0, "f1")),
+        (CONTRACTS[m.MsgType.STATS_RAW], m.StatsRaw("c1", 0, "f1", {"n": 1}, b"sig", "f1")),
+        (CONTRACTS[m.MsgType.STATS_SCREENED], m.StatsScreened("c1", 0, "f1", {"n": 1})),
         (
             CONTRACTS[m.MsgType.DATASITE_STATUS],
             m.DatasiteStatus("f1", "trained", {"campaign_id": "c1"}),
