@@ -490,6 +490,13 @@ def _dp_curve(curve: dict | None, quality: dict | None) -> list[str]:
             f"| {r['target_epsilon']:g} | {r['max_epsilon']:.2f} | {r['noise_multiplier']:.3f} |"
             f" {r['test_rmse']:.2f} | {vs} |"
         )
+    lines += [
+        "",
+        "`pdmfed demo` trains with this recipe by default at its best point, epsilon = 2 per"
+        " factory (`federation.privacy.recipe.DEFAULT_EPSILON`), its noise calibrated to the"
+        " demo's own factories and rounds (public pre-training with `--data`; on the embedded"
+        " synthetic fleet, the public fleet's own generator, it starts from a random model).",
+    ]
     return [*lines, ""]
 
 

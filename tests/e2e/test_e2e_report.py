@@ -47,10 +47,8 @@ def test_when_the_demo_finishes__its_run_folder_holds_the_report_and_the_summary
     assert on_disk["campaign_id"] == summary["campaign_id"]
     # round 0: the initial model's held-out RMSE, once the factories' statistics were summed
     assert [r["round_num"] for r in on_disk["rounds"]] == [0, 1, 2]
-    # the demo starts from the publicly pre-trained model: better than the train mean already
-    # (2 rounds of 4 DP-SGD batches need not improve on it)
-    baseline = on_disk["evaluation"]["baseline"]["rmse"]
-    assert 0 < on_disk["rounds"][0]["test_rmse"] < baseline
+    # on the synthetic fleet the demo starts from a random model: the federation improves on it
+    assert on_disk["rounds"][0]["test_rmse"] > on_disk["rounds"][-1]["test_rmse"]
 
 
 def test_when_the_report_is_opened__every_plot_is_an_embedded_png_image(demo_run):

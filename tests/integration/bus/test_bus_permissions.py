@@ -236,9 +236,12 @@ async def test_services_run_a_campaign_with_only_their_own_permissions_and_decla
                                            "robustness": {"enabled": False, "min_clients": 1}})
         await client.start_campaign(cfg)
         record = client._record(cfg.campaign_id)
-        # round.open (trainer-dispatch's user) and datasite.status (the connector's) reach the orchestrator
-        assert await _until(lambda: record.opened and any(s["status"] == "failed" for s in record.statuses), 120), (
-            record)
+        # campaign.accepted, stats.request and campaign.completed (trainer-dispatch's user) and
+        # datasite.status (the connector's) go through: round 0 reaches the unreachable datasite,
+        # its failure reaches the orchestrator, and the campaign ends no_quorum in round 0
+        assert await _until(lambda: record.accepted and record.completed
+                            and any(s["status"] == "failed" for s in record.statuses), 120), record
+        assert record.completed["reason"] == "no_quorum"
         # a forged train.request: the connector dead-letters it through the DLX with its own key
         before = await dead_letters()
         forger = await aio_pika.connect(broker.url("trainer-dispatch"))
