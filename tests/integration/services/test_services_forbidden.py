@@ -9,11 +9,14 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from federation.bus.base import Delivery, dead_letter_info
 from federation.campaign import CampaignConfig
 from federation.config import Settings
+from federation.datasite.job import feature_columns
+from federation.ml.fedstats import window_stats
 from federation.runtime.launch import ensure_identities, make_bus, make_sealer, start_node
 from federation.wire.contracts import ENVELOPE_ROLES
 from prometheus_client import CollectorRegistry
@@ -91,6 +94,14 @@ class Federation:
             "campaign.start",
             {"campaign_id": CID, "config": _campaign().to_payload()},
         )
+        # round 0: security's verified statistics of both datasites let dispatch open round 1
+        await wait_for(lambda: self.get("trainer-dispatch", f"round/{CID}/000000") is not None, 30)
+        for i, ds in enumerate(("f1", "f2")):
+            windows = np.arange(2 * 8 * 4, dtype=np.float32).reshape(2, 8, 4) + i
+            stats = window_stats(windows, feature_columns(4)).to_dict()
+            await self.publish("security", "stats.screened",
+                               {"campaign_id": CID, "round_num": 0, "datasite_id": ds, "stats": stats,
+                                "attempt": 1})  # fmt: skip
         await wait_for(lambda: self.get("aggregator", f"round/{CID}/000001") is not None, 30)
         await wait_for(lambda: self.get("trainer-dispatch", f"round/{CID}/000001") is not None, 30)
 

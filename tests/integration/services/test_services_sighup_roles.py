@@ -114,7 +114,7 @@ async def test_sighup_reloads_sender_roles_with_keys_added_then_removed_senders_
         line = await _sighup(service, f"+role {NEWCOMER}=orchestrator")
         assert f"+sender key {NEWCOMER}" in line
         await newcomer.start_campaign("added")
-        await _line(service, "round 1 of added opened")
+        await _line(service, "round 0 (statistics) of added opened")
 
         # its role removed (its key still trusted), then SIGHUP: refused as forbidden, unhandled
         write_roles_file(keys, BASE_ROLES)

@@ -126,7 +126,7 @@ def test_when_typed_message_is_sealed_and_opened__payload_parses_back(make_seale
         "k1",
     )
     out = messages.parse_payload(env.msg_type, opened.payload)
-    assert torch.equal(out.delta["w"], msg.delta["w"]) and out.metrics == {"loss": 0.25}
+    assert torch.equal(out.delta["w"], msg.delta["w"]) and out.metrics == messages.TrainingMetrics(loss=0.25)
     out.delta["w"].add_(1)  # decoded tensors are writable
 
 
