@@ -24,7 +24,6 @@ from federation.errors import ChunkError, OversizeMessage, PdmFedError, ReplayEr
 from federation.wire.envelope import validate_chunk
 
 __all__ = [
-    "UpdateLimits",
     "chunk_count",
     "chunk_bounds",
     "split",
@@ -101,33 +100,7 @@ def _check_chunk(chunk: Mapping[str, Any]) -> dict[str, Any]:
 RefusalHook = Callable[[str, PdmFedError], None]
 
 
-class UpdateLimits:
-    """Per-campaign update size limits, the largest of which applies (else the default); the
-    in-memory and the shared chunk assemblers both keep them. Needs ``default_max_update_bytes``,
-    ``_limits`` (an OrderedDict) and ``_lock``."""
-
-    default_max_update_bytes: int
-    _limits: OrderedDict[str, int]
-    _lock: threading.Lock
-
-    @property
-    def max_update_bytes(self) -> int:
-        """The largest claim accepted: the largest campaign limit set, else the default."""
-        return max(self._limits.values(), default=self.default_max_update_bytes)
-
-    def limit_update_bytes(self, key: str, nbytes: int | None) -> None:
-        """Set (None: remove) the update limit of ``key`` (a campaign); the largest one applies."""
-        with self._lock:
-            self._limits.pop(key, None)
-            if nbytes is not None:
-                if nbytes < 1:
-                    raise ValueError("an update limit must be positive")
-                self._limits[key] = int(nbytes)
-                while len(self._limits) > _MEMORY:
-                    self._limits.popitem(last=False)
-
-
-class ChunkAssembler(UpdateLimits):
+class ChunkAssembler:
     """Reassembles chunked payloads: any order, fair bounded memory, timeout, typed errors.
 
     Thread-safe. ``reserve`` hands out the slot a chunk's plaintext must be written to (so a
@@ -175,7 +148,11 @@ class ChunkAssembler(UpdateLimits):
         self._expired: OrderedDict[bytes, str] = OrderedDict()
         self._timer: threading.Timer | None = None
 
-    # -- limits (UpdateLimits) --------------------------------------------------------------
+    # -- limits ---------------------------------------------------------------------------
+    @property
+    def max_update_bytes(self) -> int:
+        """The largest claim accepted: the largest campaign limit set, else the default."""
+        return max(self._limits.values(), default=self.default_max_update_bytes)
 
     @property
     def sender_budget_bytes(self) -> int:
@@ -187,6 +164,17 @@ class ChunkAssembler(UpdateLimits):
     @sender_budget_bytes.setter
     def sender_budget_bytes(self, value: int | None) -> None:
         self._sender_budget = value
+
+    def limit_update_bytes(self, key: str, nbytes: int | None) -> None:
+        """Set (None: remove) the update limit of ``key`` (a campaign); the largest one applies."""
+        with self._lock:
+            self._limits.pop(key, None)
+            if nbytes is not None:
+                if nbytes < 1:
+                    raise ValueError("an update limit must be positive")
+                self._limits[key] = int(nbytes)
+                while len(self._limits) > _MEMORY:
+                    self._limits.popitem(last=False)
 
     # -- state ----------------------------------------------------------------------------
     @property
