@@ -29,6 +29,8 @@ SERVICES = ("trainer-dispatch", "security", "aggregator", "connector")
 #: The services' message limit: an update of the default 2M-parameter model is 4+ chunks.
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 REPLICAS = 2
+#: Longest a teardown step (stopping the orchestrator, deleting the topology) may take.
+TEARDOWN_S = 60.0
 
 
 @dataclass
@@ -264,10 +266,18 @@ async def run_campaigns(
             task.cancel()
         await asyncio.gather(*killers, return_exceptions=True)
         await asyncio.to_thread(cluster.stop_all)
-        await fed.stop()
-        from federation.bus.rabbitmq import RabbitBus
+        # Bounded: a teardown step that hangs must not hold the test (or CI) past its timeout.
+        await asyncio.wait_for(fed.stop(), TEARDOWN_S)
+        await asyncio.wait_for(_delete_topology(topology), TEARDOWN_S)
 
-        cleanup = RabbitBus(AMQP_URL, service="replicas-cleanup", topology=topology, declare=False)
-        await cleanup.start()
+
+async def _delete_topology(topology: Any) -> None:
+    """Remove the run's queues and exchanges from the broker."""
+    from federation.bus.rabbitmq import RabbitBus
+
+    cleanup = RabbitBus(AMQP_URL, service="replicas-cleanup", topology=topology, declare=False)
+    await cleanup.start()
+    try:
         await cleanup.delete_topology()
+    finally:
         await cleanup.close()

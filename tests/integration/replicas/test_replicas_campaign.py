@@ -26,6 +26,9 @@ ROUNDS = 3
 #: A kill lands up to this long after its round opened (or at the round's completion): below
 #: the shortest round (0.5 s training + about 2 s of messaging here), so every round has one.
 KILL_WINDOW_S = 2.0
+#: A campaign here takes under a minute; fail well inside pytest's per-test timeout (600 s)
+#: so the harness's own teardown runs and the logs are printed.
+CAMPAIGN_TIMEOUT_S = 360
 
 
 @pytest.fixture
@@ -60,7 +63,15 @@ def test_when_two_replicas_of_every_service_run_a_chunked_campaign__every_round_
     settings, cluster, prefix = cluster_env
     cfg = campaign_config(f"{prefix}-c1", IDS, ROUNDS, timeout_s=600)
     (record,) = asyncio.run(
-        run_campaigns(settings, prefix, [cfg], cluster, kill_each_round=False, timeout=900, seed=0)
+        run_campaigns(
+            settings,
+            prefix,
+            [cfg],
+            cluster,
+            kill_each_round=False,
+            timeout=CAMPAIGN_TIMEOUT_S,
+            seed=0,
+        )
     )
     _check_rounds(record, ROUNDS)
     assert MODEL_PARAMS * 4 > 2 * MAX_MESSAGE_BYTES  # every update and model was chunked
@@ -83,7 +94,7 @@ def test_when_a_random_replica_is_killed_in_every_round__the_campaign_completes_
                 [cfg],
                 cluster,
                 kill_each_round=True,
-                timeout=900,
+                timeout=CAMPAIGN_TIMEOUT_S,
                 seed=seed,
                 kill_window_s=KILL_WINDOW_S,
             )
@@ -102,7 +113,13 @@ def test_when_four_campaigns_run_at_once_on_the_replicas__each_completes_with_it
     configs = [campaign_config(f"{prefix}-c{i}", IDS, 2, timeout_s=600) for i in range(1, 5)]
     records = asyncio.run(
         run_campaigns(
-            settings, prefix, configs, cluster, kill_each_round=False, timeout=900, seed=0
+            settings,
+            prefix,
+            configs,
+            cluster,
+            kill_each_round=False,
+            timeout=CAMPAIGN_TIMEOUT_S,
+            seed=0,
         )
     )
     assert [r.campaign_id for r in records] == [c.campaign_id for c in configs]
