@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from federation.errors import ChunkError, OversizeMessage, PdmFedError
+from federation.errors import BusError, ChunkError, OversizeMessage, PdmFedError
 from federation.wire.chunking import (
     DEFAULT_MAX_UPDATE_BYTES,
     RefusalHook,
@@ -54,8 +54,22 @@ def _chunk_key(uid: bytes, index: int) -> str:
     return f"{CHUNK_PREFIX}{uid.hex()}/{index:05d}"
 
 
+def _lock_name(uid: bytes) -> str:
+    return f"chunks/{uid.hex()}"
+
+
 def drop_assembly(tx: Any, update_id: bytes) -> None:
-    """Remove an update's chunks inside ``tx`` (the transaction that handles the update)."""
+    """Remove an update's chunks inside ``tx`` (the transaction that handles the update).
+
+    Holds the update's lock first: a replica assembling a redelivered copy of the update
+    waits for this commit and then finds the update handled, instead of chunks vanishing
+    under its reads.
+    """
+    tx.lock(_lock_name(update_id))
+    _drop_rows(tx, update_id)
+
+
+def _drop_rows(tx: Any, update_id: bytes) -> None:
     for key in tx.keys(f"{CHUNK_PREFIX}{update_id.hex()}/"):
         tx.delete(key)
     tx.delete(_assembly_key(update_id))
@@ -205,6 +219,8 @@ class SharedChunkAssembler:
         except PdmFedError as err:
             refused.append((sender, err))
             raise
+        except Exception as exc:  # the shared store failed, not the verified chunk: redeliver
+            raise BusError(f"chunk store: {type(exc).__name__}: {exc}") from exc
         finally:
             for who, err in refused:
                 self._report(who, err)
@@ -231,7 +247,7 @@ class SharedChunkAssembler:
         }
         dropped: ChunkError | None = None  # raised once the drop is committed
         with self.store.transaction() as tx:
-            tx.lock(f"chunks/{uid.hex()}")
+            tx.lock(_lock_name(uid))
             if tx.seen(uid):  # a copy of a chunk of an update already handled: nothing to add
                 return None
             meta = tx.get(_assembly_key(uid))
@@ -270,6 +286,10 @@ class SharedChunkAssembler:
         digests = []
         for i in range(total):
             rec = tx.get(_chunk_key(uid, i))
+            if rec is None:  # expired or evicted by another replica since the listing
+                return None, ChunkError(
+                    f"update {uid.hex()} was dropped while it was assembled", reason="expired"
+                )
             start, end = chunk_bounds(size, total, i)
             data = rec["data"]
             buffer[start:end] = data.numpy() if hasattr(data, "numpy") else np.asarray(data)
@@ -286,9 +306,13 @@ class SharedChunkAssembler:
         mine = []
         for key in tx.keys(ASSEMBLY_PREFIX):
             meta = tx.get(key)
+            if meta is None:  # handled by another replica since the listing (READ COMMITTED)
+                continue
             uid = bytes.fromhex(key.removeprefix(ASSEMBLY_PREFIX))
+            # Rows only, without the other update's lock (two replicas each holding their own
+            # update's lock must not wait for each other's); _assemble tolerates the drop.
             if now - float(meta["created"]) > self.timeout_s:
-                drop_assembly(tx, uid)
+                _drop_rows(tx, uid)
                 refused.append(
                     (
                         meta["sender"],
@@ -304,7 +328,7 @@ class SharedChunkAssembler:
         mine.sort()
         while len(mine) >= self.updates_per_sender:
             _, oldest = mine.pop(0)
-            drop_assembly(tx, oldest)
+            _drop_rows(tx, oldest)
             refused.append(
                 (
                     sender,

@@ -173,11 +173,108 @@ def test_when_another_replica_received_the_campaign_start__its_update_limit_stil
     b.assembler.refresh_s = 0.0
     first = sender.seal("update.raw", _update(5, floats=1024 * 1024), datasite_id="f1", round_num=1)
     assert b.open(first[0]) is None  # no campaign known yet: the default limit
-    small = CampaignConfig.model_validate({
-        "campaign_id": "c1", "datasites": ["f1", "f2"],
-        "training": {"model_type": "cnn", "n_features": 2, "window": 5}})
+    small = CampaignConfig.model_validate(
+        {
+            "campaign_id": "c1",
+            "datasites": ["f1", "f2"],
+            "training": {"model_type": "cnn", "n_features": 2, "window": 5},
+        }
+    )
     with store_a.transaction() as tx:  # replica a handled campaign.start
         tx.put("campaign/c1", small.to_payload())
     big = _update(6, floats=1024 * 1024)  # 4 MB: over the tiny model's 1.1 MB limit
     with pytest.raises(OversizeMessage):  # b learns the tiny model's limit from the store
         b.open(sender.seal("update.raw", big, datasite_id="f1", round_num=1)[0])
+
+
+def _racing(store, prefix: str, race) -> None:
+    """Make ``store``'s next listing of ``prefix`` run ``race`` (another replica's committed
+    transaction) right after the listing, as PostgreSQL's READ COMMITTED lets happen."""
+    base = store.transaction_class
+    armed = [True]
+
+    class Racing(base):  # type: ignore[misc, valid-type]
+        def keys(self, wanted: str) -> list[str]:
+            listed = super().keys(wanted)
+            if wanted == prefix and armed[0]:
+                armed[0] = False
+                worker = threading.Thread(target=race)
+                worker.start()
+                worker.join()
+            return listed
+
+    store.transaction_class = Racing
+
+
+def test_when_another_replica_handles_an_update_while_a_first_chunk_is_stored__the_chunk_is_kept(
+    replicas,
+):
+    """The first chunk of a new update lists every open update (expiry, per-sender limits)
+    while another replica's handler drops one of them: the listing is stale, the chunk valid."""
+    from federation.runtime.shared_chunks import ASSEMBLY_PREFIX
+
+    sender, open_replica = replicas
+    (store_a, a), (store_b, b) = open_replica(), open_replica()
+    done = sender.seal("update.raw", _update(3), datasite_id="f1", round_num=1)
+    for body in done[:-1]:
+        a.open(body)
+    complete = a.open(done[-1])
+    assert complete is not None
+    uid = handled_id(complete.envelope)
+
+    def handle_elsewhere() -> None:  # replica a's handler commits the update's effect
+        with store_a.transaction() as tx:
+            tx.mark_handled(uid, "update.raw")
+            drop_assembly(tx, uid)
+
+    _racing(store_b, ASSEMBLY_PREFIX, handle_elsewhere)
+    other = sender.seal("update.raw", _update(4), datasite_id="f2", round_num=1)
+    assert b.open(other[0]) is None  # stored, not refused
+    for body in other[1:-1]:
+        assert b.open(body) is None
+    last = b.open(other[-1])
+    assert last is not None and torch.equal(last.payload["delta"]["w"], _update(4)["delta"]["w"])
+
+
+def test_when_a_replica_handles_an_update_while_another_completes_a_redelivered_copy__it_is_handled_once(
+    replicas,
+):
+    """A redelivered last chunk assembles the update while the first replica's handler commits
+    and drops its chunks: the copy finds the update handled (not a half-read, malformed one)."""
+    from federation.runtime.shared_chunks import CHUNK_PREFIX
+
+    sender, open_replica = replicas
+    (store_a, a), (store_b, b) = open_replica(), open_replica()
+    bodies = sender.seal("update.raw", _update(5), datasite_id="f1", round_num=1)
+    for body in bodies[:-1]:
+        a.open(body)
+    complete = a.open(bodies[-1])
+    assert complete is not None
+    uid = handled_id(complete.envelope)
+    handler_started = threading.Event()
+    commit_now = threading.Event()
+
+    def handler() -> None:  # replica a's handler: holds its transaction until told to commit
+        with store_a.transaction() as tx:
+            tx.mark_handled(uid, "update.raw")
+            drop_assembly(tx, uid)
+            handler_started.set()
+            commit_now.wait(10)
+
+    worker = threading.Thread(target=handler)
+    worker.start()
+    handler_started.wait(10)
+
+    def commit_handler() -> None:
+        commit_now.set()
+        worker.join()
+
+    # b lists the chunks, then a commits; if b waits for a's commit instead, a commits anyway.
+    _racing(store_b, f"{CHUNK_PREFIX}{uid.hex()}/", commit_handler)
+    threading.Timer(1.0, commit_now.set).start()
+    try:
+        again = b.open(bodies[-1])  # the broker redelivers the last chunk to replica b
+    finally:
+        commit_now.set()
+        worker.join()
+    assert again is None  # the update was handled by a: nothing to hand to b's handler
