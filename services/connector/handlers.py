@@ -248,29 +248,23 @@ class ConnectorLogic:
             raise RuntimeError(f"statistics at {ds} failed: {err}")
         return result
 
+    async def _at_datasite(self, job: Any, ds: str, request: dict, what: str) -> dict:
+        """Run a blocking datasite job outside the transaction, one at a time per datasite; a
+        failure becomes data ({"ok": False, "error": ...}), never an exception."""
+        async with self._locks.setdefault(ds, asyncio.Lock()):
+            try:
+                return {"ok": True, "result": await asyncio.to_thread(job, request)}
+            except Exception as exc:  # the datasite's failure is reported, never fatal
+                log.warning("%s at %s failed: %s", what, ds, exc)
+                return {"ok": False, "error": str(exc)}
+
     async def prepare_stats(self, msg: StatsRequest, envelope: Any) -> dict:
         """Run the statistics job outside the transaction; a failure becomes data."""
-        ds = msg.datasite_id
-        lock = self._locks.setdefault(ds, asyncio.Lock())
-        async with lock:  # one job at a time per datasite
-            try:
-                result = await asyncio.to_thread(self.stats, msg.to_payload())
-                return {"ok": True, "result": result}
-            except Exception as exc:  # the datasite's failure is reported, never fatal
-                log.warning("statistics at %s failed: %s", ds, exc)
-                return {"ok": False, "error": str(exc)}
+        return await self._at_datasite(self.stats, msg.datasite_id, msg.to_payload(), "statistics")
 
     async def prepare_train(self, msg: TrainRequest, envelope: Any) -> dict:
         """Run training outside the transaction; a failure becomes data, not an exception."""
-        ds = msg.datasite_id
-        lock = self._locks.setdefault(ds, asyncio.Lock())
-        async with lock:  # one training at a time per datasite
-            try:
-                result = await asyncio.to_thread(self.train, msg.to_payload())
-                return {"ok": True, "result": result}
-            except Exception as exc:  # the datasite's failure is reported, never fatal
-                log.warning("training at %s failed: %s", ds, exc)
-                return {"ok": False, "error": str(exc)}
+        return await self._at_datasite(self.train, msg.datasite_id, msg.to_payload(), "training")
 
 
 def model_key(campaign_id: str, version: int) -> str:

@@ -446,12 +446,25 @@ def export(
     return export_command(run, fmt=fmt.value, out=out, data=data, schema=schema)
 
 
+#: A trained model: shared by `pdmfed predict` and `pdmfed serve`.
+BundleOption = Annotated[
+    Path, typer.Option(exists=True, help="a run folder or its bundle.json", show_default=False)
+]
+#: Normalisation statistics overriding the bundle's: shared by `predict` and `serve`.
+NormalizerOption = Annotated[
+    Path | None,
+    typer.Option(
+        exists=True,
+        dir_okay=False,
+        show_default=False,
+        help="normalisation statistics (default: the bundle's)",
+    ),
+]
+
+
 @app.command()
 def predict(
-    bundle: Annotated[
-        Path,
-        typer.Option(exists=True, help="a run folder or its bundle.json", show_default=False),
-    ],
+    bundle: BundleOption,
     data: Annotated[
         Path,
         typer.Option(
@@ -470,15 +483,7 @@ def predict(
             help="YAML schema of --data (default: the one the bundle records)",
         ),
     ] = None,
-    normalizer: Annotated[
-        Path | None,
-        typer.Option(
-            exists=True,
-            dir_okay=False,
-            show_default=False,
-            help="normalisation statistics (default: the bundle's)",
-        ),
-    ] = None,
+    normalizer: NormalizerOption = None,
     fmt: Annotated[PredictFormat, typer.Option("--format", help="csv or json")] = PredictFormat.csv,
     out: Annotated[
         Path | None,
@@ -495,10 +500,7 @@ def predict(
 
 @app.command()
 def serve(
-    bundle: Annotated[
-        Path,
-        typer.Option(exists=True, help="a run folder or its bundle.json", show_default=False),
-    ],
+    bundle: BundleOption,
     schema: Annotated[
         Path | None,
         typer.Option(
@@ -508,15 +510,7 @@ def serve(
             help="YAML schema of posted data (default: the one the bundle records)",
         ),
     ] = None,
-    normalizer: Annotated[
-        Path | None,
-        typer.Option(
-            exists=True,
-            dir_okay=False,
-            show_default=False,
-            help="normalisation statistics (default: the bundle's)",
-        ),
-    ] = None,
+    normalizer: NormalizerOption = None,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
 ) -> int:

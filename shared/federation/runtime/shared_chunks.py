@@ -30,6 +30,7 @@ from federation.errors import BusError, ChunkError, OversizeMessage, PdmFedError
 from federation.wire.chunking import (
     DEFAULT_MAX_UPDATE_BYTES,
     RefusalHook,
+    UpdateLimits,
     _check_chunk,
     chunk_bounds,
     chunks_digest,
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 CHUNK_PREFIX = "chunk/"
 #: ``assembly/<update id hex>``: what the first chunk claimed (origin, sender, size, total).
 ASSEMBLY_PREFIX = "assembly/"
-_MEMORY = 1024
 
 
 def _assembly_key(uid: bytes) -> str:
@@ -79,7 +79,7 @@ def _origin(origin: Hashable) -> list:
     return [str(part) for part in origin] if isinstance(origin, tuple) else [str(origin)]
 
 
-class SharedChunkAssembler:
+class SharedChunkAssembler(UpdateLimits):
     """Reassembles chunked payloads in a :class:`~federation.runtime.store.ServiceStore`.
 
     ``reserve`` hands out a slot for one chunk's plaintext (this process's memory, one chunk),
@@ -117,23 +117,6 @@ class SharedChunkAssembler:
         self.refresh_limits: Callable[[], None] | None = None
         self.refresh_s = 5.0
         self._refreshed = float("-inf")
-
-    # -- limits (as ChunkAssembler) ---------------------------------------------------------
-    @property
-    def max_update_bytes(self) -> int:
-        """The largest claim accepted: the largest campaign limit set, else the default."""
-        return max(self._limits.values(), default=self.default_max_update_bytes)
-
-    def limit_update_bytes(self, key: str, nbytes: int | None) -> None:
-        """Set (None: remove) the update limit of ``key`` (a campaign); the largest one applies."""
-        with self._lock:
-            self._limits.pop(key, None)
-            if nbytes is not None:
-                if nbytes < 1:
-                    raise ValueError("an update limit must be positive")
-                self._limits[key] = int(nbytes)
-                while len(self._limits) > _MEMORY:
-                    self._limits.popitem(last=False)
 
     @property
     def pending(self) -> int:

@@ -24,6 +24,7 @@ from federation.errors import ChunkError, OversizeMessage, PdmFedError, ReplayEr
 from federation.wire.envelope import validate_chunk
 
 __all__ = [
+    "UpdateLimits",
     "chunk_count",
     "chunk_bounds",
     "split",
@@ -100,7 +101,33 @@ def _check_chunk(chunk: Mapping[str, Any]) -> dict[str, Any]:
 RefusalHook = Callable[[str, PdmFedError], None]
 
 
-class ChunkAssembler:
+class UpdateLimits:
+    """Per-campaign update size limits, the largest of which applies (else the default); the
+    in-memory and the shared chunk assemblers both keep them. Needs ``default_max_update_bytes``,
+    ``_limits`` (an OrderedDict) and ``_lock``."""
+
+    default_max_update_bytes: int
+    _limits: OrderedDict[str, int]
+    _lock: threading.Lock
+
+    @property
+    def max_update_bytes(self) -> int:
+        """The largest claim accepted: the largest campaign limit set, else the default."""
+        return max(self._limits.values(), default=self.default_max_update_bytes)
+
+    def limit_update_bytes(self, key: str, nbytes: int | None) -> None:
+        """Set (None: remove) the update limit of ``key`` (a campaign); the largest one applies."""
+        with self._lock:
+            self._limits.pop(key, None)
+            if nbytes is not None:
+                if nbytes < 1:
+                    raise ValueError("an update limit must be positive")
+                self._limits[key] = int(nbytes)
+                while len(self._limits) > _MEMORY:
+                    self._limits.popitem(last=False)
+
+
+class ChunkAssembler(UpdateLimits):
     """Reassembles chunked payloads: any order, fair bounded memory, timeout, typed errors.
 
     Thread-safe. ``reserve`` hands out the slot a chunk's plaintext must be written to (so a
@@ -148,11 +175,7 @@ class ChunkAssembler:
         self._expired: OrderedDict[bytes, str] = OrderedDict()
         self._timer: threading.Timer | None = None
 
-    # -- limits ---------------------------------------------------------------------------
-    @property
-    def max_update_bytes(self) -> int:
-        """The largest claim accepted: the largest campaign limit set, else the default."""
-        return max(self._limits.values(), default=self.default_max_update_bytes)
+    # -- limits (UpdateLimits) --------------------------------------------------------------
 
     @property
     def sender_budget_bytes(self) -> int:
@@ -164,17 +187,6 @@ class ChunkAssembler:
     @sender_budget_bytes.setter
     def sender_budget_bytes(self, value: int | None) -> None:
         self._sender_budget = value
-
-    def limit_update_bytes(self, key: str, nbytes: int | None) -> None:
-        """Set (None: remove) the update limit of ``key`` (a campaign); the largest one applies."""
-        with self._lock:
-            self._limits.pop(key, None)
-            if nbytes is not None:
-                if nbytes < 1:
-                    raise ValueError("an update limit must be positive")
-                self._limits[key] = int(nbytes)
-                while len(self._limits) > _MEMORY:
-                    self._limits.popitem(last=False)
 
     # -- state ----------------------------------------------------------------------------
     @property
