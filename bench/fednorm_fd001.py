@@ -14,8 +14,9 @@ differ only in the z-scoring statistics:
 * central: fitted on every training row of the file before partitioning (what a real
   federation cannot do; the baseline);
 * federated: each factory's exact count / sum / sum of squares over the sensor rows of its
-  own raw windows (``federation.ml.fedstats.window_stats``, each row once), merged, as a
-  campaign's round 0 computes them (no validation or test engine contributes).
+  own raw windows (``federation.ml.fedstats.window_stats``, each row once), merged robustly
+  (``federation.ml.robust_stats.robust_merge``) as a campaign's round 0 merges them (no
+  validation or test engine contributes).
 
 Bar: mean federated test RMSE over the seeds within 2 % of the central one.
 """
@@ -43,8 +44,9 @@ from federation.ml import (
     synthetic_fleet,
     train_local,
 )
-from federation.ml.fedstats import merge_stats, window_stats
+from federation.ml.fedstats import window_stats
 from federation.ml.models import build_model
+from federation.ml.robust_stats import robust_merge
 
 from bench._common import RESULTS_DIR, write_result
 
@@ -115,10 +117,11 @@ def _seed_row(smoke: bool, data_dir: Path, plan: dict[str, Any], seed: int) -> d
     groups = partition_engines(fit_engines, plan["sites"], seed=seed, mode="profile",
                                lifetimes=raw.train_lifetimes)  # fmt: skip
     raw_sites = split_partition(raw.train.select(fit_engines), groups)
-    stats = merge_stats(window_stats(s.X, raw.features) for s in raw_sites)
-    fed_norm = stats.normalizer()
+    merged = robust_merge({f"f{i}": window_stats(s.X, raw.features) for i, s in enumerate(raw_sites)})
+    fed_norm = merged.normalizer
     row = {"seed": seed, "site_windows": [len(s) for s in raw_sites],
-           "stats_gap": _stats_gap(central_norm, fed_norm)}  # fmt: skip
+           "stats_gap": _stats_gap(central_norm, fed_norm),
+           "stats_left_out": merged.rejected, "stats_capped": merged.capped}  # fmt: skip
     for arm, norm in (("central", central_norm), ("federated", fed_norm)):
         sites = [_normalised(s, norm) for s in raw_sites]
         val = _normalised(raw.train.select(val_engines), norm)

@@ -91,7 +91,9 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
             verify_stats(payload)
         elif verify_factory is not None:  # updates are verified: statistics must be too
             raise AuthError("no verifier for factory-signed statistics is configured")
-        SensorStats.from_dict(msg.stats)  # DatasetError (rejected, counted) if malformed
+        # StatisticsError (reason invalid_stats: dead-lettered, counted) for a malformed shape, a
+        # count, sum or sum of squares no float32 partition has, or a negative variance
+        SensorStats.from_dict(msg.stats)
         tx.emit("stats.screened", {"campaign_id": cid, "round_num": 0, "datasite_id": ds,
                                    "stats": dict(msg.stats), "attempt": msg.attempt},
                 datasite_id=ds, round_num=0)  # fmt: skip

@@ -72,31 +72,45 @@ def _send_stats_request(tx: Transaction, cfg: CampaignConfig, rnd: dict, datasit
 
 
 def _finish_stats(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str, now: float) -> None:
-    """Sum the statistics that came in into the campaign's normaliser and open round 1; fewer
-    than ``quorum`` factories ends the campaign (nothing is trained on partial statistics)."""
-    from federation.ml.fedstats import SensorStats, merge_stats
+    """Merge the statistics that came in into the campaign's normaliser (robustly: outlying
+    factories left out, counts capped) and open round 1; fewer than ``quorum`` factories kept,
+    or no majority agreeing, ends the campaign (nothing is trained on partial statistics)."""
+    from federation.ml.data import DatasetError
+    from federation.ml.fedstats import SensorStats
+    from federation.ml.robust_stats import robust_merge
 
     cid = cfg.campaign_id
     rnd["status"], rnd["close_reason"] = "closed", why
     state.put_round(tx, cid, rnd)
-    parts = [tx.get(f"stats/{cid}/{ds}") for ds in sorted(rnd["trained"])]
+    parts = {ds: tx.get(f"stats/{cid}/{ds}") for ds in sorted(rnd["trained"])}
     for ds in rnd["cohort"]:
         tx.delete(f"stats/{cid}/{ds}")
     camp = state.get_campaign(tx, cid)
-    if len(parts) < cfg.quorum:
-        log.warning("round 0 of %s: statistics from %d datasites < quorum %d (%s); failed: %s",
-                    cid, len(parts), cfg.quorum, why, rnd["failed"])  # fmt: skip
-        camp.update(status="completed", reason="no_quorum")
+    merged, refused = None, None
+    if len(parts) >= cfg.quorum:
+        try:
+            merged = robust_merge({ds: SensorStats.from_dict(p) for ds, p in parts.items()})
+        except DatasetError as exc:  # no majority agrees: which factories lie is unknowable
+            refused = str(exc)
+    if merged is None or len(merged.kept) < cfg.quorum:
+        left_out = merged.rejected if merged else ({"*": refused} if refused else {})
+        log.warning("round 0 of %s: statistics kept from %d datasites < quorum %d (%s); failed: %s;"
+                    " left out: %s", cid, len(merged.kept) if merged else 0, cfg.quorum, why,
+                    rnd["failed"], left_out)  # fmt: skip
+        camp.update(status="completed", reason="no_quorum", normalizer_rejected=left_out)
         state.put_campaign(tx, cid, camp)
         tx.emit("campaign.completed", {"campaign_id": cid, "rounds": 0, "reason": "no_quorum"},
                 round_num=0)
         return
-    merged = merge_stats(SensorStats.from_dict(p) for p in parts)
-    camp["normalizer"] = merged.normalizer().to_dict()
-    camp["normalizer_from"] = sorted(rnd["trained"])
+    camp["normalizer"] = merged.normalizer.to_dict()
+    camp["normalizer_from"] = merged.kept
+    camp["normalizer_rejected"] = merged.rejected
+    camp["normalizer_capped"] = merged.capped
     state.put_campaign(tx, cid, camp)
+    for ds, reason in merged.rejected.items():
+        log.warning("round 0 of %s: statistics of %s left out: %s", cid, ds, reason)
     log.info("round 0 of %s: statistics of %d rows/values from %s", cid, merged.count,
-             ", ".join(sorted(rnd["trained"])))  # fmt: skip
+             ", ".join(merged.kept))  # fmt: skip
     _open_round(tx, cfg, 1, now)
 
 

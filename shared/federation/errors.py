@@ -43,6 +43,7 @@ REJECT_REASONS = (
     "oversize",
     "unknown_key",
     "stale_round",
+    "invalid_stats",
 )
 
 

@@ -195,8 +195,9 @@ class FederatedLearningOrchestrator:
 
     def federated_normalizer(self, connected_sites: Sequence[str]) -> dict[str, Any] | None:
         """Round 0, once per orchestrator: the connected factories' exact sensor statistics
-        summed into one normaliser that every training request then carries (the datasites
-        keep raw partitions, as in the services' campaigns). A ``normalizer`` given in
+        merged robustly (federation.ml.robust_stats: outliers left out, counts capped) into
+        one normaliser that every training request then carries (the datasites keep raw
+        partitions, as in the services' campaigns). A ``normalizer`` given in
         ``training_config`` is used as is; a manager without ``request_stats`` (a unit-test
         fake) trains on the partitions as they are."""
         if self.normalizer is not None:
@@ -204,9 +205,11 @@ class FederatedLearningOrchestrator:
         request_stats = getattr(self.comm_manager, "request_stats", None)
         if request_stats is None:
             return None
-        from federation.ml.fedstats import SensorStats, merge_stats
+        from federation.ml.data import DatasetError
+        from federation.ml.fedstats import SensorStats
+        from federation.ml.robust_stats import robust_merge
 
-        parts, failed = [], {}
+        parts, failed = {}, {}
         for datasite_id in connected_sites:
             result = request_stats({"campaign_id": "orchestrator-round-0"}, datasite_id)
             if not isinstance(result, Mapping) or result.get("error") or "stats" not in result:
@@ -214,13 +217,25 @@ class FederatedLearningOrchestrator:
                 failed[datasite_id] = str(reason)
                 log.warning("round 0: %s sent no statistics: %s", datasite_id, reason)
                 continue
-            parts.append(SensorStats.from_dict(result["stats"]))
-        if len(parts) < self.min_datasites:
+            try:
+                parts[datasite_id] = SensorStats.from_dict(result["stats"])
+            except DatasetError as exc:  # statistics no partition can have: that factory is out
+                failed[datasite_id] = str(exc)
+                log.warning("round 0: %s sent invalid statistics: %s", datasite_id, exc)
+        try:
+            merged = robust_merge(parts) if parts else None
+        except DatasetError as exc:  # no majority agrees
+            raise TrainingError(f"round 0: {exc}") from exc
+        for datasite_id, reason in (merged.rejected if merged else {}).items():
+            failed[datasite_id] = reason
+            log.warning("round 0: statistics of %s left out: %s", datasite_id, reason)
+        kept = merged.kept if merged else []
+        if len(kept) < self.min_datasites:
             raise TrainingError(
-                f"round 0: statistics from {len(parts)} datasites, need {self.min_datasites} "
+                f"round 0: statistics kept from {len(kept)} datasites, need {self.min_datasites} "
                 f"({'; '.join(f'{k}: {v}' for k, v in failed.items()) or 'none failed'})"
             )
-        self.normalizer = merge_stats(parts).normalizer().to_dict()
+        self.normalizer = merged.normalizer.to_dict()
         return self.normalizer
 
     def execute_federated_round(

@@ -16,6 +16,7 @@ __all__ = [
     "STATS_VERSION",
     "SINGLE_REGIME",
     "SensorStats",
+    "StatisticsError",
     "merge_stats",
     "named_normalizer",
     "window_rows",
@@ -30,6 +31,16 @@ SINGLE_REGIME: tuple[float, ...] = (0.0,)
 _SCALE = 149
 _CHUNK = 1 << 20  # int64 partial sums stay exact: mantissa pieces < 2**25, chunks < 2**21 values
 _HALF = 12  # a float32 mantissa (24 bits) split in two 12-bit halves for exact squares
+#: The largest float32, (2**24 - 1) * 2**104, in units of 2**-149: no honest value exceeds it.
+_MAX_UNITS = ((1 << 24) - 1) << (104 + _SCALE)
+#: More rows than any partition holds: a count beyond it is a lie, not a dataset.
+MAX_COUNT = 1 << 53
+
+
+class StatisticsError(DatasetError):
+    """A factory's round-0 statistics that no honest partition can produce (rejected, counted)."""
+
+    reason = "invalid_stats"
 
 
 def _exact_sums(column: np.ndarray) -> tuple[int, int]:
@@ -134,31 +145,11 @@ class SensorStats:
     # --- results ---------------------------------------------------------------------------
     def mean_std(self) -> dict[tuple[float, ...], tuple[list[float], list[float]]]:
         """Per regime: (mean, population std) per column, each exactly rounded to a float."""
-        out = {}
-        for key, (n, sums, squares) in sorted(self.regimes.items()):
-            if n <= 0:
-                raise DatasetError(f"regime {list(key)} has no rows")
-            means, stds = [], []
-            for s, q in zip(sums, squares, strict=True):
-                mean = Fraction(s, n << _SCALE)
-                var = Fraction(q, n << (2 * _SCALE)) - mean * mean
-                means.append(float(mean))
-                stds.append(_sqrt(var))
-            out[key] = (means, stds)
-        return out
+        return {key: moments(*self.regimes[key]) for key in sorted(self.regimes)}
 
     def normalizer(self) -> Normalizer:
         """The z-scoring these statistics define (a std below 1e-8 becomes 1, as Normalizer.fit)."""
-        if not self.regimes:
-            raise DatasetError("no statistics to normalise with: every partition was empty")
-        ms = self.mean_std()
-        return Normalizer(
-            columns=tuple(self.columns),
-            regimes=[list(k) for k in ms],
-            mean=[m for m, _ in ms.values()],
-            std=[[v if v > 1e-8 else 1.0 for v in s] for _, s in ms.values()],
-            decimals=None if self.decimals is None else list(self.decimals),
-        )
+        return normalizer_of(self.columns, self.decimals, self.mean_std())
 
     # --- wire form -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -201,8 +192,70 @@ class SensorStats:
                     raise ValueError("negative sum of squares or non-finite regime key")
                 regimes[key] = (n, sums, squares)
         except (KeyError, TypeError, ValueError) as exc:
-            raise DatasetError(f"malformed sensor statistics: {exc}") from exc
-        return cls(columns, regimes, decimals)
+            raise StatisticsError(f"malformed sensor statistics: {exc}") from exc
+        out = cls(columns, regimes, decimals)
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """Refuse statistics no partition of float32 rows can have (StatisticsError): columns
+        named once, counts in [1, 2**53], |sum| <= count * float32 max, sum of squares
+        <= count * float32 max**2, and sum**2 <= count * sum of squares (Cauchy-Schwarz: a
+        non-negative variance). Exact integer arithmetic: honest statistics always pass."""
+        if len(set(self.columns)) != len(self.columns) or not self.columns:
+            raise StatisticsError(
+                f"statistics need distinct, named columns, got {list(self.columns)}"
+            )
+        width = None
+        for key, (n, sums, squares) in self.regimes.items():
+            where = f"regime {list(key)}"
+            if width is not None and len(key) != width:
+                raise StatisticsError(f"{where}: regime keys of different lengths")
+            width = len(key)
+            if type(n) is not int or not 1 <= n <= MAX_COUNT:
+                raise StatisticsError(f"{where}: count {n} is not in [1, 2**53]")
+            if len(sums) != len(self.columns) or len(squares) != len(self.columns):
+                raise StatisticsError(f"{where}: sums and squares must have one entry per column")
+            for col, s, q in zip(self.columns, sums, squares, strict=True):
+                if abs(s) > n * _MAX_UNITS or not 0 <= q <= n * _MAX_UNITS * _MAX_UNITS:
+                    raise StatisticsError(f"{where}, column {col!r}: a sum beyond float32's range")
+                if s * s > n * q:
+                    raise StatisticsError(f"{where}, column {col!r}: sum**2 > count * sum of "
+                                          "squares (a negative variance)")  # fmt: skip
+
+
+def moments(
+    n: Fraction | int, sums: Sequence, squares: Sequence
+) -> tuple[list[float], list[float]]:
+    """(mean, population std) per column of exact (count, sums, sums of squares) in units of
+    2**-149 and 2**-298 (integers, or fractions for down-weighted partitions), exactly rounded."""
+    if n <= 0:
+        raise DatasetError("a regime has no rows")
+    means, stds = [], []
+    for s, q in zip(sums, squares, strict=True):
+        mean = Fraction(s) / (n * (1 << _SCALE))
+        var = Fraction(q) / (n * (1 << (2 * _SCALE))) - mean * mean
+        means.append(float(mean))
+        stds.append(_sqrt(var))
+    return means, stds
+
+
+def normalizer_of(
+    columns: Sequence[str],
+    decimals: list[int] | None,
+    by_regime: Mapping[tuple[float, ...], tuple[list[float], list[float]]],
+) -> Normalizer:
+    """The z-scoring of per-regime (mean, std) (a std below 1e-8 becomes 1, as Normalizer.fit)."""
+    if not by_regime:
+        raise DatasetError("no statistics to normalise with: every partition was empty")
+    keys = sorted(by_regime)
+    return Normalizer(
+        columns=tuple(columns),
+        regimes=[list(k) for k in keys],
+        mean=[by_regime[k][0] for k in keys],
+        std=[[v if v > 1e-8 else 1.0 for v in by_regime[k][1]] for k in keys],
+        decimals=None if decimals is None else list(decimals),
+    )
 
 
 def _sqrt(var: Fraction) -> float:

@@ -185,6 +185,24 @@ def test_when_rounds_run__round_0_sums_the_sites_statistics_once_and_every_reque
     np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-6)
 
 
+def test_when_one_site_lies_in_round_0__the_seed_path_leaves_its_statistics_out():
+    sites = _InMemorySites({"a": "honest", "b": "honest", "c": "honest"})
+    honest_stats = sites.stats
+
+    def stats(ds):
+        out = honest_stats(ds)
+        if ds == "c":  # its own rows, every value shifted by 1e6
+            out["stats"] = window_stats(sites.raw[ds] + 1e6, ("x1", "x2")).to_dict()
+        return out
+
+    sites.stats = stats
+    orch = FederatedLearningOrchestrator(comm_manager=FakeStandardComm(sites))
+    orch.execute_federated_round(_global(), _configs("a", "b", "c"), 1)
+    honest = np.concatenate([window_rows(sites.raw[ds]) for ds in ("a", "b")])
+    want = SensorStats.of_rows(honest, ("x1", "x2")).normalizer().to_dict()
+    assert all(c["normalizer"] == want for c in sites.configs) and len(sites.configs) == 3
+
+
 def test_when_a_normalizer_is_given__round_0_is_skipped_and_it_is_used_as_given():
     sites = _InMemorySites({"a": "honest", "b": "honest"})
     given = SensorStats.of_rows(np.ones((3, 2)) * [[1.0], [2.0], [3.0]], ("x1", "x2"))
@@ -200,7 +218,7 @@ def test_when_too_few_sites_send_statistics__round_0_refuses_to_train():
     sites = _InMemorySites({"a": "honest", "b": "honest"})
     sites.stats = lambda ds: {"datasite_id": ds, "error": "stats job not approved"}
     orch = FederatedLearningOrchestrator(comm_manager=FakeStandardComm(sites))
-    with pytest.raises(TrainingError, match="round 0: statistics from 0 datasites, need 2"):
+    with pytest.raises(TrainingError, match="round 0: statistics kept from 0 datasites, need 2"):
         orch.execute_federated_round(_global(), _configs("a", "b"), 1)
     assert sites.configs == []
 

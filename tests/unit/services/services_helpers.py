@@ -13,6 +13,8 @@ class LocalDatasites:
 
     def __init__(self, partitions: dict[str, tuple[np.ndarray, np.ndarray]], attack: dict | None = None):
         self.partitions = partitions
+        #: datasite -> a function of its windows (n, window, F) giving the rows it claims instead
+        self.stats_lie: dict = {}
         self.connected: set[str] = set()
         self.models: dict[str, dict] = {}
         self.attack = attack or {}
@@ -44,6 +46,7 @@ class LocalDatasites:
             self.fail_next_stats[datasite_id] -= 1
             return {"error": "simulated datasite failure"}
         X, _ = self.partitions[datasite_id]
+        X = self.stats_lie.get(datasite_id, lambda w: w)(X)
         stats = window_stats(X, feature_columns(X.shape[2])).to_dict()
         return {"stats": stats, "datasite_id": datasite_id, "campaign_id": stats_config["campaign_id"]}
 

@@ -167,3 +167,28 @@ def test_when_central_dp_is_asked_of_a_rule_without_a_sound_bound__the_campaign_
     assert CampaignConfig.from_payload({"robustness": ok}).robustness.rule["tau"] == 0.5
     local = {"privacy": {"mode": "local"}, "robustness": {"rule": {"name": "centered_clipping"}}}
     assert CampaignConfig.from_payload(local).privacy.mode == "local"
+
+
+def _stats_raw(ds: str, stats: dict) -> dict:
+    return {"campaign_id": CID, "round_num": 0, "datasite_id": ds, "stats": stats,
+            "stats_signature": None, "factory_key_id": ds}  # fmt: skip
+
+
+def test_when_a_factory_sends_statistics_no_partition_can_have__security_rejects_them_typed():
+    import numpy as np
+    from federation.ml.fedstats import SensorStats, StatisticsError
+
+    sec = _Driven(build_security())
+    sec.handle("campaign.start", {"campaign_id": CID, "config": _cfg().to_payload()})
+    honest = SensorStats.of_rows(np.arange(12, dtype=np.float32).reshape(6, 2), ("x1", "x2"))
+    sec.handle("stats.raw", _stats_raw("f1", honest.to_dict()))
+    (passed,) = sec.take("stats.screened")
+    assert passed["stats"] == honest.to_dict()
+    lie = honest.to_dict()
+    lie["regimes"][0]["sum"][0] = str(10**60)  # a mean of ~1e15 with the sum of squares of ~30
+    negative = {**honest.to_dict(), "regimes": [{**lie["regimes"][0], "count": -6}]}
+    for bad in (lie, negative):
+        with pytest.raises(StatisticsError) as err:
+            sec.handle("stats.raw", _stats_raw("f2", bad))
+        assert err.value.reason == "invalid_stats"  # the rejection metric's label
+    assert sec.take("stats.screened") == []

@@ -185,6 +185,25 @@ async def test_round_0_sums_the_factories_statistics_and_every_training_uses_the
     assert rec.initial_model is not None
 
 
+async def test_when_one_factory_lies_in_round_0__its_statistics_are_left_out_of_the_normaliser(
+    settings, tiny_partitions
+):
+    import numpy as np
+    from federation.datasite.job import feature_columns
+    from federation.ml.fedstats import window_stats
+
+    data, parts = tiny_partitions
+    comm = LocalDatasites(parts)
+    comm.stats_lie["factory_c"] = lambda X: X + np.float32(1e6)  # every mean shifted by 1e6
+    fed, rec = await _run(settings, comm, _cfg(data, list(parts), rounds=1))
+    honest = np.concatenate([parts[ds][0] for ds in ("factory_a", "factory_b")])
+    want = window_stats(honest, feature_columns(honest.shape[2])).normalizer().to_dict()
+    assert rec.completed["reason"] == "max_rounds"
+    assert rec.normalizer == want  # the two honest factories' exact statistics, nothing of c's
+    assert max(abs(m) for m in rec.normalizer["mean"][0]) < 10  # a plain sum: ~3e5
+    assert sorted(ds for ds, _ in comm.calls) == sorted(parts)  # c still trains (screened there)
+
+
 async def test_when_too_few_factories_send_statistics__the_campaign_ends_in_round_0(settings, tiny_partitions):
     data, parts = tiny_partitions
     comm = LocalDatasites(parts)
