@@ -242,7 +242,7 @@ class ConnectorLogic:
         """Round 0: the statistics job on the datasite's raw partition (blocking; in a thread)."""
         ds = request["datasite_id"]
         self._ensure_connected(ds)
-        result = self.comm.request_stats({"campaign_id": request["campaign_id"]}, ds)
+        result = self.comm.request_stats(self.stats_config(request["campaign_id"]), ds)
         if not isinstance(result, dict) or result.get("error"):
             err = result.get("error") if isinstance(result, dict) else "no result"
             raise RuntimeError(f"statistics at {ds} failed: {err}")
@@ -257,6 +257,19 @@ class ConnectorLogic:
             except Exception as exc:  # the datasite's failure is reported, never fatal
                 log.warning("%s at %s failed: %s", what, ds, exc)
                 return {"ok": False, "error": str(exc)}
+
+    def stats_config(self, campaign_id: str) -> dict:
+        """The statistics job's config: the campaign, and its DP noise when the campaign asks it."""
+        out: dict[str, Any] = {"campaign_id": campaign_id}
+        if self.store is None:
+            return out
+        raw = self.store.read(f"campaign/{campaign_id}")
+        if raw is None:  # never run without knowing whether the campaign wants noise (retried)
+            raise RuntimeError(f"campaign {campaign_id}'s config has not reached the connector yet")
+        sp = CampaignConfig.from_payload(raw).stats_privacy
+        if sp.enabled:
+            out["noise"] = sp.job_config()
+        return out
 
     async def prepare_stats(self, msg: StatsRequest, envelope: Any) -> dict:
         """Run the statistics job outside the transaction; a failure becomes data."""

@@ -106,6 +106,15 @@ def _finish_stats(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str, now
     camp["normalizer_from"] = merged.kept
     camp["normalizer_rejected"] = merged.rejected
     camp["normalizer_capped"] = merged.capped
+    sp = cfg.stats_privacy
+    if sp.enabled:  # each factory released its statistics once, noised at its datasite
+        from federation.privacy.stats_dp import stats_epsilon
+
+        camp["stats_privacy"] = {
+            "epsilon": stats_epsilon(sp.noise_multiplier(), sp.delta), "delta": sp.delta,
+            "noise_multiplier": sp.noise_multiplier(),
+            "scope": "row-level (add/remove one sensor row), per factory, one release",
+        }  # fmt: skip
     state.put_campaign(tx, cid, camp)
     for ds, reason in merged.rejected.items():
         log.warning("round 0 of %s: statistics of %s left out: %s", cid, ds, reason)

@@ -15,6 +15,7 @@ __all__ = [
     "TrainingConfig",
     "PrivacyConfig",
     "RecordPrivacyConfig",
+    "StatsPrivacyConfig",
     "RobustnessConfig",
     "CampaignConfig",
     "load_campaign_config",
@@ -91,6 +92,29 @@ class RecordPrivacyConfig(_Strict):
     accountant: Literal["rdp", "pld"] = "rdp"
 
 
+class StatsPrivacyConfig(_Strict):
+    """Round 0 under DP: each factory noises its own statistics (Gaussian mechanism) before
+    signing them (federation.privacy.stats_dp). Record = one sensor row (add/remove); one
+    release per factory, epsilon at ``delta``. Off by default: the statistics are then exact."""
+
+    enabled: bool = False
+    epsilon: float = Field(1.0, gt=0, le=100)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    #: Public per-feature value bounds [lo, hi] (datasheet ranges), in the features' order:
+    #: values outside are clipped before noising. Required when enabled.
+    bounds: list[tuple[float, float]] = Field(default_factory=list)
+
+    def noise_multiplier(self) -> float:
+        """The noise multiplier whose one release costs ``epsilon`` at ``delta``."""
+        from federation.privacy.stats_dp import stats_noise_for
+
+        return stats_noise_for(self.epsilon, self.delta)
+
+    def job_config(self) -> dict[str, Any]:
+        """What the datasite's statistics job needs: noise multiplier and bounds."""
+        return {"noise_multiplier": self.noise_multiplier(), "bounds": [list(b) for b in self.bounds]}
+
+
 class RobustnessConfig(_Strict):
     """Byzantine screening, reputation and the robust aggregation rule.
 
@@ -164,6 +188,7 @@ class CampaignConfig(_Strict):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     record_privacy: RecordPrivacyConfig = Field(default_factory=RecordPrivacyConfig)
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
+    stats_privacy: StatsPrivacyConfig = Field(default_factory=StatsPrivacyConfig)
 
     @field_validator("datasites", mode="before")
     @classmethod
@@ -199,6 +224,23 @@ class CampaignConfig(_Strict):
                 build_rule(rob.rule_spec()).sensitivity(max(rob.min_clients, 1), p.clip_norm)
             except PrivacyError as exc:
                 raise ValueError(f"central DP: {exc}") from exc
+        return self
+
+    @model_validator(mode="after")
+    def _stats_bounds_per_feature(self) -> CampaignConfig:
+        """Noisy round-0 statistics need one valid [lo, hi] per feature, known before any noise."""
+        sp = self.stats_privacy
+        if sp.enabled:
+            from federation.errors import PrivacyError
+            from federation.privacy.stats_dp import StatsNoise
+
+            if len(sp.bounds) != self.training.n_features:
+                raise ValueError(f"stats_privacy.bounds: one [lo, hi] per feature, got "
+                                 f"{len(sp.bounds)} for {self.training.n_features}")  # fmt: skip
+            try:
+                StatsNoise(1.0, tuple(tuple(b) for b in sp.bounds))
+            except PrivacyError as exc:
+                raise ValueError(f"stats_privacy: {exc}") from exc
         return self
 
     def check_model(self) -> None:

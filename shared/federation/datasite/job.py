@@ -178,7 +178,20 @@ def _stats(features: Any, stats_config: Any) -> dict:
     X = np.asarray(features)
     if X.ndim != 3:
         raise ValueError(f"the partition's features are not windows (n, window, F): {X.shape}")
-    stats = window_stats(X, feature_columns(X.shape[2])).to_dict()
+    columns = feature_columns(X.shape[2])
+    noise = cfg.get("noise")
+    if noise is None:
+        stats = window_stats(X, columns).to_dict()
+    else:  # the campaign's DP on the statistics: noise drawn here, from the OS's entropy
+        from federation.ml.fedstats import window_rows
+        from federation.privacy.stats_dp import StatsNoise, noisy_row_stats
+
+        if not isinstance(noise, dict) or "seed" in noise:
+            raise ValueError("the statistics' noise config is not a map, or names a seed")
+        mech = StatsNoise(float(noise["noise_multiplier"]),
+                          tuple((float(lo), float(hi)) for lo, hi in noise["bounds"]))  # fmt: skip
+        rows = window_rows(X)
+        stats = noisy_row_stats(rows, columns, mech, np.random.default_rng()).to_dict()
     return {
         "stats": stats,
         "stats_signature": sign_stats(identity, stats, campaign_id=campaign_id),

@@ -177,3 +177,19 @@ def test_when_the_training_config_ships_statistics__the_job_trains_on_the_z_scor
     assert "error" not in out, out.get("error")
     update = decode_state_dict(out["model_update"])
     assert all(torch.equal(update[k], v) for k, v in local["model_update"].items())
+
+
+def test_when_the_campaign_asks_for_noisy_statistics__the_job_noises_them_and_refuses_a_seed(factory):
+    from federation.datasite.job import run_stats_job
+    from federation.datasite.signing import verify_stats_signature
+    from federation.ml.fedstats import SensorStats, window_stats
+
+    X, _, _ = _data()
+    noise = {"noise_multiplier": 2.0, "bounds": [[-10.0, 10.0]] * 3}
+    out = run_stats_job(X, encode_payload({"campaign_id": "camp-1", "noise": noise}))
+    assert "error" not in out, out.get("error")
+    noisy = SensorStats.from_dict(out["stats"])  # passes security's checks
+    assert noisy != window_stats(X, ("x1", "x2", "x3"))
+    verify_stats_signature(out, factory.public_bytes())  # the factory signs what it released
+    seeded = run_stats_job(X, encode_payload({"campaign_id": "c", "noise": {**noise, "seed": 1}}))
+    assert "names a seed" in seeded["error"]
