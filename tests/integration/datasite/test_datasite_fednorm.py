@@ -33,11 +33,20 @@ def test_the_statistics_jobs_results_merge_to_exactly_the_union_statistics(two_s
             assert comm.connect_to_datasite(site.handle.url, site.credentials)
             results[ds] = comm.request_stats({"campaign_id": "fednorm-it"}, ds)
             assert "error" not in results[ds], results[ds].get("error")
+        # the campaign's DP on round 0: the same approved job noises at the datasite and signs
+        ds = next(iter(two_sites))
+        noise = {"noise_multiplier": 1.0, "bounds": [[-50.0, 50.0]] * N_FEATURES}
+        noisy = comm.request_stats({"campaign_id": "fednorm-it", "noise": noise}, ds)
+        assert "error" not in noisy, noisy.get("error")
     finally:
         comm.cleanup_all_connections()
     merged = merge_stats(SensorStats.from_dict(r["stats"]) for r in results.values())
     assert merged == _central(two_sites)
     assert merged.count == sum(s.partition["X"].size // N_FEATURES for s in two_sites.values())
+    verify_stats_signature(noisy, _trust(two_sites))
+    released = SensorStats.from_dict(noisy["stats"])  # passes security's checks
+    assert released != SensorStats.from_dict(results[ds]["stats"])
+    assert abs(released.count - SensorStats.from_dict(results[ds]["stats"]).count) < 30  # z sqrt(1+2F)
     first = next(iter(results.values()))
     verify_stats_signature(first, _trust(two_sites))
     with pytest.raises(AuthError):  # moved to another campaign, the signature no longer holds
