@@ -112,13 +112,21 @@ CONTRACTS: dict[MsgType, Contract] = {
         _contract(
             StatsRaw,
             {_C},
-            (_S, "verifies the factory signature over the statistics and their form"),
+            (
+                _S,
+                "verifies the factory signature over the statistics and their form, refuses"
+                " impossible ones (`invalid_stats`: negative variance, counts or sums out of range)",
+            ),
             content_signer=Role.FACTORY,
         ),
         _contract(
             StatsScreened,
             {_S},
-            (_D, "sums the cohort's statistics into the campaign's mean/std; opens round 1"),
+            (
+                _D,
+                "merges the cohort's statistics robustly (outlying factories left out, counts"
+                " capped) into the campaign's mean/std; opens round 1",
+            ),
         ),
         _contract(
             RoundOpen,
