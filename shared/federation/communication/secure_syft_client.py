@@ -26,7 +26,7 @@ from federation.errors import (
 from federation.monitoring.metrics import DEFAULT_CAMPAIGN
 from federation.privacy import CentralDP, PrivacyAccountant, privatize_update
 from federation.robust import ReputationBook, ScreeningPolicy, TrimmedMean, Verdicts, build_rule
-from federation.robust.pipeline import judge, quorum, trusted
+from federation.robust.pipeline import Quorum, judge, quorum, trusted
 from federation.wire.envelope import Envelope
 from federation.wire.messages import MsgType
 
@@ -424,18 +424,24 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         """Aggregate the seed's update dicts.
 
         Local DP mode (and DP off): the configured robust rule (default trimmed mean with the
-        seed's plain-mean fallback below 5 clients), weighted by num_samples x reputation where
-        the rule uses weights. Central DP mode: the same rule inside ``CentralDP`` (clip each to
+        seed's weighted-mean fallback below 5 clients), weighted by num_samples x reputation
+        where the rule uses weights. Central DP mode: the same rule inside ``CentralDP`` (clip each to
         ``clip_norm``, aggregate unweighted, noise calibrated to the rule's own sensitivity), one
         round spent on the campaign ledger first.
+
+        It refuses as the pipeline does (``NoQuorumError``, counted like
+        ``secure_aggregation_with_bft``'s) unless the quorum is met: with BFT on, the updates must
+        be ones the last ``detect_byzantine_clients`` kept from a cohort of at least
+        ``min_clients`` judged updates, and at least ``quorum`` of them.
         """
         items = _as_updates(updates)
         if not items:
             raise RobustnessError("no updates to aggregate")
+        ids = [str(u["datasite_id"]) for u in items]
+        self._refuse_without_quorum(self._quorum_of(ids))
         model_updates = [u["model_update"] for u in items]
         ref = self._reference_for(model_updates[0])
         deltas = [self._minus(m, ref) for m in model_updates]
-        ids = [str(u["datasite_id"]) for u in items]
         everyone = ScreeningPolicy(True, self.bft_threshold, self.min_clients, 0.0)
         with self._sec_lock:
             weights = trusted(
@@ -505,14 +511,40 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
             else []
         )
         screened = len(items) if judged else len(byzantine_clients)
-        q = quorum(len(trusted_updates), screened, self.quorum, self._policy())
-        if not q.met:
-            with self._sec_lock:
-                self._counters["no_quorum_refusals"] += 1
-            if self._metrics is not None:
-                self._metrics.rounds_failed.labels(reason="no_quorum").inc()
-            q.check()
+        self._refuse_without_quorum(
+            quorum(len(trusted_updates), screened, self.quorum, self._policy())
+        )
         return self.aggregate_secure_updates(trusted_updates), byzantine_clients
+
+    def _quorum_of(self, ids: Sequence[str]) -> Quorum:
+        """The quorum of updates handed to ``aggregate_secure_updates`` (the seed's step-by-step
+        flow): with BFT on only updates the last screening judged and kept count as accepted,
+        and that screening must have judged at least ``min_clients`` updates."""
+        policy = self._policy()
+        if not policy.enabled:
+            return quorum(len(ids), len(ids), self.quorum, policy)
+        v = self.last_verdicts
+        if v is None:
+            return quorum(0, 0, self.quorum, policy)
+        screened = len(v) if v.screened else len(v.flagged_ids)
+        kept = set(v.kept_ids) if v.screened else set()
+        unjudged = [c for c in ids if c not in kept]
+        if unjudged and v.screened:
+            raise RobustnessError(
+                f"updates from {', '.join(unjudged)} were not kept by the last screening; "
+                "screen them with detect_byzantine_clients first"
+            )
+        return quorum(len(ids) - len(unjudged), screened, self.quorum, policy)
+
+    def _refuse_without_quorum(self, q: Quorum) -> None:
+        """Count and raise ``NoQuorumError`` unless ``q`` is met."""
+        if q.met:
+            return
+        with self._sec_lock:
+            self._counters["no_quorum_refusals"] += 1
+        if self._metrics is not None:
+            self._metrics.rounds_failed.labels(reason="no_quorum").inc()
+        q.check()
 
     # --- reporting ------------------------------------------------------------------------
     def get_security_metrics(self) -> dict[str, Any]:

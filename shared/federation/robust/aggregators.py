@@ -333,7 +333,8 @@ class FedAvg:
 
 
 class TrimmedMean:
-    """Coordinate-wise trimmed mean; plain mean below ``min_clients`` (the seed's fallback). Weights are ignored."""
+    """Coordinate-wise trimmed mean; below ``min_clients``, where nothing is trimmed, the weighted
+    mean (FedAvg, the plain mean when unweighted). Weights are ignored when rows are trimmed."""
 
     name = "trimmed_mean"
 
@@ -360,6 +361,8 @@ class TrimmedMean:
 
     def aggregate(self, updates: Sequence[Update], weights: Sequence[float] | None = None):
         k = self.trimmed(len(updates))
+        if k == 0 and weights is not None:
+            return FedAvg().aggregate(updates, weights)
         out = _order_statistic(updates, lambda n: (k, n - k))
         if out is not None:
             return out

@@ -17,7 +17,7 @@ import torch
 
 from federation.errors import NoQuorumError, RobustnessError
 from federation.robust.aggregators import Aggregator, FedAvg, build_rule
-from federation.robust.detectors import Verdicts, screen
+from federation.robust.detectors import TRUSTED_REPUTATION, Verdicts, screen
 from federation.robust.reputation import ReputationBook
 
 __all__ = [
@@ -147,12 +147,16 @@ def judge(
 
     Non-finite updates are always flagged; the statistical tests run from ``policy.min_clients``
     finite updates on (see ``detectors.screen``). Below that nothing was judged, so only the
-    flagged verdicts reach ``book``: an unjudged update earns no reputation.
+    flagged verdicts reach ``book``: an unjudged update earns no reputation. With ``book`` the
+    direction test's centre comes from the clients whose reputation is above
+    ``TRUSTED_REPUTATION`` (see ``detectors.screen``'s ``trusted``).
     """
     if not policy.enabled:
         return None
+    ids = [str(i) for i in ids]
+    trust = None if book is None else [book.score(c) > TRUSTED_REPUTATION for c in ids]
     verdicts = screen(
-        updates, [str(i) for i in ids], policy.threshold, policy.min_clients, reference=reference
+        updates, ids, policy.threshold, policy.min_clients, reference=reference, trusted=trust
     )
     if book is not None:
         book.record_round(v for v in verdicts if verdicts.screened or v.flagged)

@@ -47,6 +47,22 @@ def test_when_fewer_than_five_clients__trimmed_mean_falls_back_to_the_plain_mean
     assert TrimmedMean(0.1).aggregate(_ups(1, 2, 3, 100))["w"].item() == pytest.approx(26.5)
 
 
+def test_when_nothing_is_trimmed_and_weights_are_given__trimmed_mean_is_the_weighted_mean():
+    ups = _ups(1, 2, 3, 100)
+    out = TrimmedMean(0.1).aggregate(ups, weights=[1, 1, 1, 7])["w"].item()
+    assert out == pytest.approx((1 + 2 + 3 + 700) / 10)
+    trimmed = TrimmedMean(0.1, min_clients=4).aggregate(ups, weights=[1, 1, 1, 7])["w"].item()
+    assert trimmed == pytest.approx(2.5)  # rows trimmed: weights are ignored
+
+
+def test_when_a_default_campaign_defends_five_factories__nothing_is_trimmed_but_ten_trim_one_each_side():
+    from federation.campaign import RobustnessConfig
+    from federation.robust import build_rule
+
+    rule = build_rule(RobustnessConfig().rule_spec())
+    assert [rule.trimmed(n) for n in (3, 5, 6, 10, 20)] == [0, 0, 1, 1, 2]
+
+
 def test_when_median_aggregates__odd_and_even_counts_give_the_hand_computed_values():
     assert CoordinateMedian().aggregate(_ups(1, 2, 3, 4, 100))["w"].item() == pytest.approx(3.0)
     assert CoordinateMedian().aggregate(_ups(1, 2, 3, 10))["w"].item() == pytest.approx(2.5)

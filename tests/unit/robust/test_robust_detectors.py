@@ -135,3 +135,38 @@ def test_when_verdicts_are_serialised__they_carry_flags_reasons_and_scores():
     d = screen(ups, ids, 2.0, 3).to_dict()
     assert d["screened"] and d["verdicts"]["c0"]["flagged"]
     assert set(d["verdicts"]["c1"]["scores"]) >= {"norm", "norm_ratio", "norm_z", "cosine"}
+
+
+def test_when_two_of_five_sign_flip_and_honest_updates_decorrelate__the_trusted_centre_catches_them():
+    # Honest pairwise cosine ~0.3 (FD001 after round 2): the whole cohort's median leans toward
+    # the flipped pair, so it misses them in most rounds; the median of the three trusted
+    # updates does not.
+    trust = [False, False, True, True, True]
+    caught_all = caught_trusted = false_alarms = 0
+    for seed in range(60):
+        ups, ids = _round(5, 2, "sign_flip", seed, noise=1.5)
+        caught_all += {"c0", "c1"} <= set(screen(ups, ids, 2.0, 3).flagged_ids)
+        v = screen(ups, ids, 2.0, 3, trusted=trust)
+        caught_trusted += {"c0", "c1"} <= set(v.flagged_ids)
+        false_alarms += len(set(v.flagged_ids) - {"c0", "c1"})
+    assert caught_trusted >= 58 and false_alarms == 0
+    assert caught_all <= 30
+
+
+def test_when_untrusted_clients_are_honest__the_trusted_centre_does_not_flag_them():
+    flagged = 0
+    for seed in range(60):
+        ups, ids = _round(5, 0, "none", seed, noise=1.5)
+        flagged += len(
+            screen(ups, ids, 2.0, 3, trusted=[False, False, True, True, True]).flagged_ids
+        )
+    assert flagged <= 2
+
+
+def test_when_the_trusted_clients_are_not_a_majority__the_whole_cohort_forms_the_centre():
+    ups, ids = _round(5, 2, "sign_flip", 3, noise=1.5)
+    plain = screen(ups, ids, 2.0, 3).to_dict()
+    for trust in ([True, True, False, False, False], [True] * 5):
+        assert screen(ups, ids, 2.0, 3, trusted=trust).to_dict() == plain
+    with pytest.raises(RobustnessError):
+        screen(ups, ids, 2.0, 3, trusted=[True, False])

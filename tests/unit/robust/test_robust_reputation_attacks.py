@@ -75,3 +75,23 @@ def test_when_labels_are_flipped__rul_is_reversed_and_binary_labels_swap():
     assert label_flip(torch.tensor([0, 1, 1])).tolist() == [1, 0, 0]
     with pytest.raises(RobustnessError):
         label_flip(torch.tensor([0, 2]))
+
+
+def test_when_judge_has_a_book__clients_flagged_last_round_do_not_form_the_direction_centre():
+    from federation.robust.detectors import TRUSTED_REPUTATION
+    from federation.robust.pipeline import ScreeningPolicy, judge
+
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(64, generator=g)
+    honest = [{"w": base + 1.5 * torch.randn(64, generator=g)} for _ in range(5)]
+    ups = [{"w": -honest[0]["w"]}, {"w": -honest[1]["w"]}, *honest[2:]]
+    ids = [f"c{i}" for i in range(5)]
+    policy = ScreeningPolicy()
+    fresh = judge(ups, ids, policy, ReputationBook())
+    book = ReputationBook()
+    book.record("c0", True)
+    book.record("c1", True)
+    assert book.score("c0") <= TRUSTED_REPUTATION < book.score("c2")
+    after = judge(ups, ids, policy, book)
+    assert after["c0"].scores["cosine"] < fresh["c0"].scores["cosine"]
+    assert after.flagged_ids == ["c0", "c1"]

@@ -235,6 +235,41 @@ def test_when_bft_is_off__min_clients_does_not_apply_but_the_quorum_does(make_ma
         comm.secure_aggregation_with_bft([])
 
 
+def test_when_the_step_by_step_flow_gets_fewer_than_min_clients__aggregation_refuses_no_quorum(
+    make_manager,
+):
+    # The seed's flow: detect -> reputation filtering -> aggregate_secure_updates.
+    comm = make_manager(enable_dp=False, min_clients=3)
+    filtered, _ = comm.detect_byzantine_clients(_round(2))
+    trusted = comm.apply_reputation_filtering(filtered, reputation_threshold=0.3)
+    assert len(trusted) == 2  # nothing judged, nothing filtered
+    with pytest.raises(NoQuorumError) as err:
+        comm.aggregate_secure_updates(trusted)
+    assert err.value.quorum == {"required": 1, "accepted": 0, "screened": 0, "min_clients": 3}
+    counters = comm.get_security_metrics()["security_metrics"]
+    assert counters["aggregations"] == 0 and counters["no_quorum_refusals"] == 1
+    fresh = make_manager(enable_dp=False, min_clients=3)
+    with pytest.raises(NoQuorumError):  # never screened at all
+        fresh.aggregate_secure_updates(_round(5))
+
+
+def test_when_the_step_by_step_flow_screens_min_clients__aggregation_runs_on_the_kept_updates(
+    make_manager,
+):
+    comm = make_manager(enable_dp=False, min_clients=3, quorum=3)
+    ups = _round(4, evil={1})
+    filtered, byzantine = comm.detect_byzantine_clients(ups)
+    assert byzantine == ["site_1"]
+    out = comm.aggregate_secure_updates(comm.apply_reputation_filtering(filtered))
+    kept = torch.stack([ups[i]["model_update"]["w"] for i in (0, 2, 3)])
+    torch.testing.assert_close(out["w"], kept.mean(0))
+    with pytest.raises(RobustnessError, match="site_1"):  # the flagged one cannot be slipped in
+        comm.aggregate_secure_updates(ups)
+    with pytest.raises(NoQuorumError) as err:  # 2 kept updates do not meet quorum 3
+        comm.aggregate_secure_updates(filtered[:2])
+    assert err.value.quorum["accepted"] == 2 and err.value.quorum["screened"] == 4
+
+
 def test_when_the_reference_model_is_known__full_weights_are_screened_as_deltas(secure_comm):
     g = torch.Generator().manual_seed(1)
     global_w = 5.0 + torch.randn(32, generator=g)
@@ -248,7 +283,7 @@ def test_when_the_reference_model_is_known__full_weights_are_screened_as_deltas(
 
 
 def test_when_central_dp_is_on__aggregation_is_dp_fedavg_and_spends_one_round(make_manager):
-    comm = make_manager(dp_mode="central", noise_multiplier=0.0, clip_norm=1.0)
+    comm = make_manager(dp_mode="central", noise_multiplier=0.0, clip_norm=1.0, enable_bft=False)
     ups = [
         {"datasite_id": "a", "model_update": {"w": torch.tensor([3.0, 4.0])}},
         {"datasite_id": "b", "model_update": {"w": torch.tensor([0.3, 0.4])}},
@@ -256,7 +291,7 @@ def test_when_central_dp_is_on__aggregation_is_dp_fedavg_and_spends_one_round(ma
     out = comm.aggregate_secure_updates(ups)["w"]
     torch.testing.assert_close(out, torch.tensor([0.45, 0.6]), rtol=1e-5, atol=0)
     assert comm.get_security_metrics()["security_metrics"]["dp_rounds"] == 1
-    noisy = make_manager(dp_mode="central", noise_multiplier=1.0, clip_norm=1.0)
+    noisy = make_manager(dp_mode="central", noise_multiplier=1.0, clip_norm=1.0, enable_bft=False)
     assert global_l2_norm(noisy.aggregate_secure_updates(ups)) > 0
 
 
