@@ -20,7 +20,12 @@ import torch
 from federation.campaign import CampaignConfig
 from federation.config import Settings
 from federation.errors import ConfigError
-from federation.privacy.recipe import DEFAULT_EPSILON, RECIPE, recipe_noise
+from federation.privacy.recipe import (
+    DEFAULT_EPSILON,
+    RANDOM_START_RECIPE,
+    RECIPE,
+    recipe_noise,
+)
 
 __all__ = ["demo_main", "DemoOptions", "run_demo", "FACTORY_NAMES"]
 
@@ -65,6 +70,13 @@ class DemoOptions:
     max_epsilon: float | None = DEFAULT_EPSILON
 
 
+def demo_recipe(opts: DemoOptions) -> dict[str, Any]:
+    """The private recipe the demo trains with: public pre-training on plant data (``--data``);
+    on the embedded synthetic fleet, the public fleet's own generator, where pre-training would
+    start at the answer and hide the federation's learning, the random-start recipe."""
+    return RECIPE if opts.data else RANDOM_START_RECIPE
+
+
 def with_record_noise(opts: DemoOptions, factory_windows: list[int]) -> DemoOptions:
     """``opts`` with the DP-SGD noise set: the given one, or the private recipe's
     (``federation.privacy.recipe``) for these factories to end the campaign at ``max_epsilon``."""
@@ -78,6 +90,7 @@ def with_record_noise(opts: DemoOptions, factory_windows: list[int]) -> DemoOpti
         opts.max_epsilon,
         epochs=opts.epochs,
         max_batches=opts.max_batches,
+        recipe=demo_recipe(opts),
     )
     return replace(opts, record_noise=noise)
 
@@ -213,6 +226,7 @@ def _bundle_info(
 
 def _campaign_config(opts: DemoOptions, run_id: str, data: Any, sites: list[str]) -> CampaignConfig:
     """The demo's campaign over these datasite ids (a ConfigError if opts are invalid)."""
+    recipe = demo_recipe(opts)
     return CampaignConfig.from_payload(
         dict(
             campaign_id=f"demo-{run_id}",
@@ -224,16 +238,13 @@ def _campaign_config(opts: DemoOptions, run_id: str, data: Any, sites: list[str]
             training={
                 "model_type": opts.model,
                 "epochs": opts.epochs,
-                "learning_rate": RECIPE["learning_rate"],
-                "batch_size": RECIPE["batch_size"],
+                "learning_rate": recipe["learning_rate"],
+                "batch_size": recipe["batch_size"],
                 "n_features": data.n_features,
                 "window": data.window,
                 "max_batches": opts.max_batches,
-                # Public pre-training helps real plant data (the curve in BENCHMARKS.md is on
-                # FD001); the public fleet is the same generator as the embedded synthetic
-                # fleet, so there it would start at the answer and hide the federation's learning.
-                "init": RECIPE["init"] if opts.data else "random",
-                "average_iterates": RECIPE["average_iterates"],
+                "init": recipe["init"],
+                "average_iterates": recipe["average_iterates"],
             },
             # Client-level DP over 3 factories cannot give a meaningful ε (measured: ε in the
             # thousands before the model breaks), so the demo protects each factory's records with
@@ -248,9 +259,9 @@ def _campaign_config(opts: DemoOptions, run_id: str, data: Any, sites: list[str]
             record_privacy={
                 "enabled": True,
                 "noise_multiplier": opts.record_noise,
-                "max_grad_norm": RECIPE["max_grad_norm"],
+                "max_grad_norm": recipe["max_grad_norm"],
                 "max_epsilon": opts.max_epsilon,
-                "accountant": RECIPE["accountant"],
+                "accountant": recipe["accountant"],
             }
             if opts.dp
             else {"enabled": False},
@@ -282,7 +293,7 @@ def check_options(opts: DemoOptions) -> None:
     class _Shape:  # the real n_features/window are known once the data is loaded
         n_features, window = 14, 30
 
-    nominal = with_record_noise(opts, [RECIPE["batch_size"]] * opts.sites)
+    nominal = with_record_noise(opts, [demo_recipe(opts)["batch_size"]] * opts.sites)
     _campaign_config(nominal, "check", _Shape(), list(FACTORY_NAMES[: opts.sites])).check_model()
 
 

@@ -8,7 +8,13 @@ import pytest
 from federation.orchestrator import demo
 from federation.orchestrator.demo import DemoOptions, with_record_noise
 from federation.privacy import RecordLevelLedger
-from federation.privacy.recipe import DEFAULT_EPSILON, RECIPE, RECIPE_DELTA, recipe_noise
+from federation.privacy.recipe import (
+    DEFAULT_EPSILON,
+    RANDOM_START_RECIPE,
+    RECIPE,
+    RECIPE_DELTA,
+    recipe_noise,
+)
 
 
 class _Shape:
@@ -49,6 +55,18 @@ def test_when_the_demo_runs_on_the_synthetic_fleet__it_starts_from_a_random_mode
     cfg = _demo_config(DemoOptions(), [4000, 6000, 8000])
     assert cfg.training.init == "random" and RECIPE["init"] == "public"
     assert cfg.training.learning_rate == RECIPE["learning_rate"]
+
+
+def test_when_the_demo_starts_from_a_random_model__it_trains_with_larger_batches_at_the_same_epsilon():
+    opts = DemoOptions()
+    cfg = _demo_config(opts, [4000, 6000, 8000])
+    t, rp = cfg.training, cfg.record_privacy
+    assert t.batch_size == RANDOM_START_RECIPE["batch_size"] > RECIPE["batch_size"]
+    assert rp.max_epsilon == DEFAULT_EPSILON  # the budget stays; only the noise is recalibrated
+    assert rp.noise_multiplier == recipe_noise(
+        [4000, 6000, 8000], opts.rounds, DEFAULT_EPSILON, recipe=RANDOM_START_RECIPE
+    )
+    assert rp.noise_multiplier > recipe_noise([4000, 6000, 8000], opts.rounds, DEFAULT_EPSILON)
 
 
 @pytest.mark.parametrize("windows", [[1500, 2500], [4549, 5635, 7547]])
