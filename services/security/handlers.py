@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from federation.campaign import CampaignConfig
-from federation.errors import AuthError, StaleRoundError
+from federation.errors import AuthError, PdmFedError, StaleRoundError
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
 from federation.wire.messages import (
@@ -17,6 +17,7 @@ from federation.wire.messages import (
     RejectionDetail,
     RoundClose,
     StatsRaw,
+    StatsRejected,
     TrainingMetrics,
     UpdateRaw,
     UpdateRejected,
@@ -81,19 +82,27 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
             tx.put(f"campaign/{cfg.campaign_id}", cfg.to_payload())
 
     def on_stats_raw(tx: Transaction, msg: StatsRaw, envelope: Any) -> None:
-        """Round 0: pass on a factory's statistics once its signature and their form check out."""
+        """Round 0: pass on a factory's statistics once its signature and their form check out;
+        refuse the rest with stats.rejected, so trainer-dispatch stops waiting for them."""
         from federation.ml.fedstats import SensorStats
 
         cid, ds = msg.campaign_id, msg.datasite_id
         _cfg(tx, cid)  # an unknown campaign is stale
         payload = msg.to_payload()
-        if verify_stats is not None:
-            verify_stats(payload)
-        elif verify_factory is not None:  # updates are verified: statistics must be too
-            raise AuthError("no verifier for factory-signed statistics is configured")
-        # StatisticsError (reason invalid_stats: dead-lettered, counted) for a malformed shape, a
-        # count, sum or sum of squares no float32 partition has, or a negative variance
-        SensorStats.from_dict(msg.stats)
+        try:
+            if verify_stats is not None:
+                verify_stats(payload)
+            elif verify_factory is not None:  # updates are verified: statistics must be too
+                raise AuthError("no verifier for factory-signed statistics is configured")
+            # a malformed shape, a count, sum or sum of squares no float32 partition has, or a
+            # negative variance
+            SensorStats.from_dict(msg.stats)
+        except PdmFedError as exc:  # invalid_stats, auth, malformed: refused, dispatch told
+            log.warning("statistics from %s for %s refused (%s): %s", ds, cid, exc.reason, exc)
+            tx.emit(StatsRejected(campaign_id=cid, round_num=0, datasite_id=ds, reason=exc.reason,
+                                  why=str(exc)[:500], attempt=msg.attempt),
+                    datasite_id=ds, round_num=0)  # fmt: skip
+            return
         tx.emit("stats.screened", {"campaign_id": cid, "round_num": 0, "datasite_id": ds,
                                    "stats": dict(msg.stats), "attempt": msg.attempt},
                 datasite_id=ds, round_num=0)  # fmt: skip

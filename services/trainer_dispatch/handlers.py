@@ -21,6 +21,8 @@ from federation.wire.messages import (
     RoundClose,
     RoundCompleted,
     RoundOpen,
+    StatsPrivacy,
+    StatsRejected,
     StatsScreened,
     TrainRequest,
 )
@@ -86,6 +88,7 @@ def _finish_stats(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str, now
     for ds in rnd["cohort"]:
         tx.delete(f"stats/{cid}/{ds}")
     camp = state.get_campaign(tx, cid)
+    refused_by_security = dict(rnd.get("refused") or {})  # stats.rejected: signature or form
     merged, refused = None, None
     if len(parts) >= cfg.quorum:
         try:
@@ -93,7 +96,10 @@ def _finish_stats(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str, now
         except DatasetError as exc:  # no majority agrees: which factories lie is unknowable
             refused = str(exc)
     if merged is None or len(merged.kept) < cfg.quorum:
-        left_out = merged.rejected if merged else ({"*": refused} if refused else {})
+        left_out = {
+            **refused_by_security,
+            **(merged.rejected if merged else ({"*": refused} if refused else {})),
+        }
         log.warning("round 0 of %s: statistics kept from %d datasites < quorum %d (%s); failed: %s;"
                     " left out: %s", cid, len(merged.kept) if merged else 0, cfg.quorum, why,
                     rnd["failed"], left_out)  # fmt: skip
@@ -104,7 +110,7 @@ def _finish_stats(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str, now
         return
     camp["normalizer"] = merged.normalizer.to_dict()
     camp["normalizer_from"] = merged.kept
-    camp["normalizer_rejected"] = merged.rejected
+    camp["normalizer_rejected"] = {**refused_by_security, **merged.rejected}
     camp["normalizer_capped"] = merged.capped
     sp = cfg.stats_privacy
     if sp.enabled:  # each factory released its statistics once, noised at its datasite
@@ -139,12 +145,24 @@ def _open_round(tx: Transaction, cfg: CampaignConfig, round_num: int, now: float
             deadline_ts=float(rnd["deadline_ts"]),
             global_model=model["state_dict"],
             normalizer=camp.get("normalizer") or {},
+            normalizer_privacy=_normalizer_privacy(camp),
         ),
         round_num=round_num,
     )
     for datasite_id in rnd["cohort"]:
         _send_train_request(tx, cfg, rnd, datasite_id, model, attempt=1)
     log.info("round %d of %s opened: cohort %s", round_num, cfg.campaign_id, rnd["cohort"])
+
+
+def _normalizer_privacy(camp: dict) -> StatsPrivacy | None:
+    """How round 0 released the campaign's statistics (None: the campaign has none)."""
+    if not camp.get("normalizer"):
+        return None
+    spent = camp.get("stats_privacy")
+    if not spent:
+        return StatsPrivacy(noised=False)
+    return StatsPrivacy(noised=True, epsilon=spent["epsilon"], delta=spent["delta"],
+                        noise_multiplier=spent["noise_multiplier"], scope=spent["scope"])  # fmt: skip
 
 
 def _send_train_request(
@@ -276,6 +294,23 @@ def on_stats_screened(tx: Transaction, msg: StatsScreened, envelope: Any) -> Non
     _maybe_close(tx, cfg, rnd)
 
 
+def on_stats_rejected(tx: Transaction, msg: StatsRejected, envelope: Any) -> None:
+    """Security refused a datasite's statistics: it answered (not retried: the same factory would
+    send the same statistics); all answered, merge the rest and open round 1, or end no_quorum."""
+    cid, ds = msg.campaign_id, msg.datasite_id
+    camp = state.get_campaign(tx, cid)
+    rnd = state.get_round(tx, cid, 0)
+    if camp is None or rnd is None or rnd["status"] != "open":
+        raise StaleRoundError(f"refused statistics for {cid} round 0, which is not open")
+    if ds not in rnd["cohort"] or ds in rnd["trained"] or msg.attempt != rnd["attempts"].get(ds, 1):
+        return  # not asked, already counted, or an answer to a superseded attempt
+    why = f"{msg.reason}: {msg.why}" if msg.why else msg.reason
+    log.warning("round 0 of %s: security refused the statistics of %s (%s)", cid, ds, why)
+    rnd["failed"][ds] = why
+    rnd.setdefault("refused", {})[ds] = why
+    _maybe_close(tx, CampaignConfig.from_payload(camp["config"]), rnd)
+
+
 def on_datasite_status(tx: Transaction, msg: DatasiteStatus, envelope: Any) -> None:
     """A datasite finished (trained) or failed its training for a round; retry or close."""
     detail = msg.detail
@@ -294,8 +329,8 @@ def on_datasite_status(tx: Transaction, msg: DatasiteStatus, envelope: Any) -> N
     attempt = 1 if detail.attempt is None else detail.attempt
     if attempt != rnd["attempts"].get(ds, 1):
         return  # an answer to a superseded attempt
-    if status == "trained" and rnd["round_num"] == 0:
-        return  # round 0 counts a datasite once security verified its statistics
+    if rnd["round_num"] == 0 and (status == "trained" or ds in (rnd.get("refused") or {})):
+        return  # round 0 counts a datasite once security verified (or refused) its statistics
     if status == "trained":
         if ds not in rnd["trained"]:
             rnd["trained"].append(ds)
@@ -402,6 +437,7 @@ def build_service(queue: str = "pdmfed.trainer-dispatch", tick_interval_s: float
             DatasiteStatus: on_datasite_status,
             RoundCompleted: on_round_completed,
             StatsScreened: on_stats_screened,
+            StatsRejected: on_stats_rejected,
         },
         tick=on_tick,
         tick_interval_s=tick_interval_s,

@@ -18,6 +18,7 @@ from federation.wire.messages import (
     RoundCompleted,
     RoundOpen,
     StatsRaw,
+    StatsRejected,
     StatsRequest,
     StatsScreened,
     TrainRequest,
@@ -114,8 +115,8 @@ CONTRACTS: dict[MsgType, Contract] = {
             {_C},
             (
                 _S,
-                "verifies the factory signature over the statistics and their form, refuses"
-                " impossible ones (`invalid_stats`: negative variance, counts or sums out of range)",
+                "verifies the factory signature over the statistics and their form, refuses "
+                "impossible ones (`invalid_stats`: negative variance, counts or sums out of range)",
             ),
             content_signer=Role.FACTORY,
         ),
@@ -124,8 +125,17 @@ CONTRACTS: dict[MsgType, Contract] = {
             {_S},
             (
                 _D,
-                "merges the cohort's statistics robustly (outlying factories left out, counts"
-                " capped) into the campaign's mean/std; opens round 1",
+                "merges the cohort's statistics robustly (outlying factories left out, counts "
+                "capped) into the campaign's mean/std; opens round 1",
+            ),
+        ),
+        _contract(
+            StatsRejected,
+            {_S},
+            (
+                _D,
+                "counts the datasite as answered (refused, not retried): round 0 closes once every "
+                "datasite answered or was refused",
             ),
         ),
         _contract(

@@ -40,6 +40,8 @@ __all__ = [
     "StatsRequest",
     "StatsRaw",
     "StatsScreened",
+    "StatsRejected",
+    "StatsPrivacy",
     "MESSAGE_CLASSES",
     "parse_payload",
 ]
@@ -63,6 +65,7 @@ class MsgType(StrEnum):
     STATS_REQUEST = "stats.request"
     STATS_RAW = "stats.raw"
     STATS_SCREENED = "stats.screened"
+    STATS_REJECTED = "stats.rejected"
 
 
 # --- field checks: each returns the normalised value or raises MalformedMessage ---------
@@ -314,6 +317,17 @@ class RejectionDetail(Part):
 
 
 @dataclass(frozen=True)
+class StatsPrivacy(Part):
+    """How round 0 released the normalisation statistics: noised (ε, δ, z, scope) or exact."""
+
+    noised: bool = _f(_bool, default=False)
+    epsilon: float | None = _f(_opt_real, default=None)
+    delta: float | None = _f(_opt_real, default=None)
+    noise_multiplier: float | None = _f(_opt_real, default=None)
+    scope: str = _f(_str, default="")
+
+
+@dataclass(frozen=True)
 class StatusDetail(Part):
     """The campaign round a datasite status answers (none: a plain health change)."""
 
@@ -425,6 +439,8 @@ class RoundOpen(Message):
     global_model: dict[str, torch.Tensor] = _f(_tensors, default_factory=dict)
     #: The campaign's federated normalisation statistics (round 0's result; Normalizer.to_dict).
     normalizer: dict[str, Any] = _f(_dict, default_factory=dict)
+    #: How those statistics were released (None: not stated, e.g. by an older trainer-dispatch).
+    normalizer_privacy: StatsPrivacy | None = _f(_opt_part(StatsPrivacy), default=None)
 
 
 @dataclass(frozen=True)
@@ -578,6 +594,20 @@ class StatsScreened(Message):
     attempt: int = _f(_int, default=0)
 
 
+@dataclass(frozen=True)
+class StatsRejected(Message):
+    """Security refused a datasite's statistics (factory signature, impossible values)."""
+
+    msg_type: ClassVar[MsgType] = MsgType.STATS_REJECTED
+    campaign_id: str = _f(_str)
+    round_num: int = _f(_int)
+    datasite_id: str = _f(_str)
+    #: An error reason of federation.errors: ``invalid_stats`` or ``auth``.
+    reason: str = _f(_str)
+    why: str = _f(_str, default="")
+    attempt: int = _f(_int, default=0)
+
+
 #: Message type -> payload class.
 MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
     cls.msg_type: cls
@@ -597,6 +627,7 @@ MESSAGE_CLASSES: dict[MsgType, type[Message]] = {
         StatsRequest,
         StatsRaw,
         StatsScreened,
+        StatsRejected,
     )
 }
 

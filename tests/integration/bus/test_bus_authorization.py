@@ -57,6 +57,10 @@ EXAMPLES: dict[str, m.Message] = {
         (CONTRACTS[m.MsgType.STATS_RAW], m.StatsRaw("c1", 0, "f1", {"n": 1}, b"sig", "f1")),
         (CONTRACTS[m.MsgType.STATS_SCREENED], m.StatsScreened("c1", 0, "f1", {"n": 1})),
         (
+            CONTRACTS[m.MsgType.STATS_REJECTED],
+            m.StatsRejected("c1", 0, "f1", "invalid_stats", "negative variance"),
+        ),
+        (
             CONTRACTS[m.MsgType.DATASITE_STATUS],
             m.DatasiteStatus("f1", "trained", {"campaign_id": "c1"}),
         ),

@@ -174,21 +174,44 @@ def _stats_raw(ds: str, stats: dict) -> dict:
             "stats_signature": None, "factory_key_id": ds}  # fmt: skip
 
 
-def test_when_a_factory_sends_statistics_no_partition_can_have__security_rejects_them_typed():
+def test_when_a_factory_sends_statistics_no_partition_can_have__security_refuses_them_to_dispatch():
     import numpy as np
-    from federation.ml.fedstats import SensorStats, StatisticsError
+    from federation.ml.fedstats import SensorStats
 
     sec = _Driven(build_security())
     sec.handle("campaign.start", {"campaign_id": CID, "config": _cfg().to_payload()})
     honest = SensorStats.of_rows(np.arange(12, dtype=np.float32).reshape(6, 2), ("x1", "x2"))
     sec.handle("stats.raw", _stats_raw("f1", honest.to_dict()))
     (passed,) = sec.take("stats.screened")
-    assert passed["stats"] == honest.to_dict()
+    assert passed["stats"] == honest.to_dict() and sec.take("stats.rejected") == []
     lie = honest.to_dict()
     lie["regimes"][0]["sum"][0] = str(10**60)  # a mean of ~1e15 with the sum of squares of ~30
     negative = {**honest.to_dict(), "regimes": [{**lie["regimes"][0], "count": -6}]}
-    for bad in (lie, negative):
-        with pytest.raises(StatisticsError) as err:
-            sec.handle("stats.raw", _stats_raw("f2", bad))
-        assert err.value.reason == "invalid_stats"  # the rejection metric's label
-    assert sec.take("stats.screened") == []
+    for ds, bad in (("f2", lie), ("f3", negative)):
+        sec.handle("stats.raw", {**_stats_raw(ds, bad), "attempt": 2})
+    refused = sec.take("stats.rejected")
+    assert [(r["datasite_id"], r["reason"], r["attempt"]) for r in refused] == [
+        ("f2", "invalid_stats", 2), ("f3", "invalid_stats", 2)]  # fmt: skip
+    assert all(r["why"] for r in refused) and sec.take("stats.screened") == []
+
+
+def test_when_statistics_fail_their_factory_signature__security_refuses_them_to_dispatch():
+    import numpy as np
+    from federation.errors import AuthError
+    from federation.ml.fedstats import SensorStats
+
+    def verify(payload: dict) -> None:
+        if payload["datasite_id"] != "f1":
+            raise AuthError("signature does not verify")
+
+    sec = _Driven(build_security(verify_factory=verify, verify_stats=verify))
+    sec.handle("campaign.start", {"campaign_id": CID, "config": _cfg().to_payload()})
+    stats = SensorStats.of_rows(
+        np.arange(12, dtype=np.float32).reshape(6, 2), ("x1", "x2")
+    ).to_dict()
+    for ds in ("f1", "f2"):
+        sec.handle("stats.raw", _stats_raw(ds, stats))
+    assert [p["datasite_id"] for p in sec.take("stats.screened")] == ["f1"]
+    (refused,) = sec.take("stats.rejected")
+    assert (refused["datasite_id"], refused["reason"]) == ("f2", "auth")
+    assert "does not verify" in refused["why"]

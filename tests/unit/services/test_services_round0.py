@@ -11,7 +11,7 @@ from federation.ml.fedstats import SensorStats
 from federation.privacy.stats_dp import StatsNoise, noisy_row_stats, stats_epsilon
 from federation.runtime.service import ServiceRunner
 from federation.runtime.store_sqlite import SqliteStore
-from federation.wire.messages import CampaignStart
+from federation.wire.messages import CampaignStart, StatsPrivacy, StatsRejected
 from test_services_campaign_answer import _Endpoint, _Envelope
 
 from services.trainer_dispatch.handlers import build_service
@@ -25,8 +25,9 @@ def _rows(seed: int, shift: float = 0.0) -> np.ndarray:
     return rng.normal(50.0 + shift, 5.0, size=(3000, 4)).astype(np.float32)
 
 
-async def _round0(stats: dict[str, SensorStats], **overrides) -> dict:
-    """Start a campaign of f1..f3, feed their screened statistics, return its stored record."""
+async def _dispatch(stats: dict[str, SensorStats], refused: tuple[str, ...] = (), **overrides):
+    """Start a campaign of f1..f3, feed their screened statistics and security's refusals of
+    ``refused``; return its store and what it published."""
     cfg = CampaignConfig.model_validate({
         "campaign_id": "r0", "datasites": ["f1", "f2", "f3"], "rounds": 2, "quorum": 2,
         "training": {"model_type": "cnn", "epochs": 1, "n_features": 4, "window": 8},
@@ -40,8 +41,21 @@ async def _round0(stats: dict[str, SensorStats], **overrides) -> dict:
         payload = {"campaign_id": "r0", "round_num": 0, "datasite_id": ds, "stats": s.to_dict(),
                    "attempt": 1}  # fmt: skip
         await runner._on_message("stats.screened", payload, _Envelope(os.urandom(16)))
-    assert [t for t, _ in endpoint.published].count("round.open") == 1
-    return store.read("campaign/r0")
+    for ds in refused:
+        payload = StatsRejected("r0", 0, ds, "invalid_stats", "negative variance", 1).to_payload()
+        await runner._on_message("stats.rejected", payload, _Envelope(os.urandom(16)))
+    return store, endpoint
+
+
+async def _round0(
+    stats: dict[str, SensorStats], refused: tuple[str, ...] = (), **overrides
+) -> dict:
+    """Round 0 of f1..f3 to its end (round 1 opened, no deadline passed): the stored record."""
+    store, endpoint = await _dispatch(stats, refused, **overrides)
+    (opened,) = endpoint.of("round.open")
+    camp = store.read("campaign/r0")
+    assert opened["normalizer"] == camp["normalizer"]
+    return {**camp, "round.open": opened}
 
 
 async def test_when_one_factory_lies__round_0_leaves_it_out_and_says_why():
@@ -51,6 +65,9 @@ async def test_when_one_factory_lies__round_0_leaves_it_out_and_says_why():
     assert camp["normalizer_from"] == ["f1", "f2"] and list(camp["normalizer_rejected"]) == ["f3"]
     assert max(camp["normalizer"]["mean"][0]) < 60
     assert "stats_privacy" not in camp  # exact statistics: nothing spent
+    assert StatsPrivacy.from_payload(camp["round.open"]["normalizer_privacy"]) == StatsPrivacy(
+        False
+    )
 
 
 async def test_when_the_campaign_noises_round_0__the_epsilon_spent_is_recorded():
@@ -67,7 +84,37 @@ async def test_when_the_campaign_noises_round_0__the_epsilon_spent_is_recorded()
     assert spent["epsilon"] == stats_epsilon(z, 1e-5) and abs(spent["epsilon"] - 2.0) < 0.01
     assert spent["delta"] == 1e-5 and "row-level" in spent["scope"]
     assert camp["normalizer_rejected"] == {}
+    released = StatsPrivacy.from_payload(camp["round.open"]["normalizer_privacy"])
+    assert released == StatsPrivacy(noised=True, **spent)  # on to the bundle and the report
     np.testing.assert_allclose(camp["normalizer"]["mean"][0], 50.0, atol=1.0)
+
+
+async def test_when_security_refuses_a_factorys_statistics__round_0_closes_without_waiting_for_it():
+    stats = {ds: SensorStats.of_rows(_rows(i), COLS) for i, ds in enumerate(("f1", "f2"))}
+    camp = await _round0(stats, refused=("f3",))  # the deadline (60 s) is far: no tick ran
+    assert camp["normalizer_from"] == ["f1", "f2"]
+    assert camp["normalizer_rejected"] == {"f3": "invalid_stats: negative variance"}
+    assert camp["round.open"]["round_num"] == 1
+
+
+async def test_when_security_refuses_too_many_statistics__round_0_ends_the_campaign_no_quorum_at_once():
+    store, endpoint = await _dispatch(
+        {"f1": SensorStats.of_rows(_rows(0), COLS)}, refused=("f2", "f3")
+    )
+    assert endpoint.of("round.open") == [] and endpoint.of("train.request") == []
+    (done,) = endpoint.of("campaign.completed")
+    assert done["reason"] == "no_quorum" and done["rounds"] == 0
+    assert set(store.read("campaign/r0")["normalizer_rejected"]) == {"f2", "f3"}
+
+
+async def test_a_refusal_of_a_superseded_attempt_or_of_a_stranger_changes_nothing():
+    store, endpoint = await _dispatch({"f1": SensorStats.of_rows(_rows(0), COLS)})
+    runner = ServiceRunner(build_service(), endpoint, store)
+    for ds, attempt in (("f2", 2), ("f9", 1)):
+        payload = StatsRejected("r0", 0, ds, "auth", "bad signature", attempt).to_payload()
+        await runner._on_message("stats.rejected", payload, _Envelope(os.urandom(16)))
+    assert store.read("round/r0/000000")["failed"] == {}
+    assert endpoint.of("round.open") == [] and endpoint.of("campaign.completed") == []
 
 
 def test_the_connector_asks_a_datasite_for_noise_only_as_its_campaign_says_and_never_blind():

@@ -32,7 +32,19 @@ EXAMPLES = [
     messages.StatsRaw("c1", 0, "f1", {"version": 1, "columns": ["x1"], "regimes": []}, b"\x02" * 64,
                       "f1", 1),
     messages.StatsScreened("c1", 0, "f1", {"version": 1, "columns": ["x1"], "regimes": []}, 1),
+    messages.StatsRejected("c1", 0, "f2", "invalid_stats", "negative variance in x1", 1),
 ]
+#: round.open with how its statistics were released (an older dispatch sends no such field).
+ROUND_OPEN_NOISED = messages.RoundOpen(
+    "c1",
+    1,
+    0,
+    ["f1"],
+    1.0,
+    SD,
+    {"mean": [[0.0]], "std": [[1.0]]},
+    messages.StatsPrivacy(True, 1.0, 1e-5, 3.9, "row-level (add/remove one sensor row)"),
+)
 
 
 def _equal(a, b) -> bool:
@@ -55,6 +67,18 @@ def test_when_message_goes_through_the_codec__parse_payload_rebuilds_it(msg):
     out = parse_payload(msg.msg_type.value, decoded)
     assert type(out) is type(msg)
     assert _equal(out.to_payload(), msg.to_payload())
+
+
+def test_round_open_carries_how_its_statistics_were_released_and_older_payloads_still_parse():
+    decoded = codec.decode_payload(codec.encode_payload(ROUND_OPEN_NOISED.to_payload()))
+    assert (
+        parse_payload("round.open", decoded).normalizer_privacy
+        == ROUND_OPEN_NOISED.normalizer_privacy
+    )
+    older = {k: v for k, v in ROUND_OPEN_NOISED.to_payload().items() if k != "normalizer_privacy"}
+    assert parse_payload("round.open", older).normalizer_privacy is None
+    with pytest.raises(MalformedMessage, match="normalizer_privacy"):
+        parse_payload("round.open", {**older, "normalizer_privacy": {"epsilon": "much"}})
 
 
 def test_when_optional_fields_are_absent__defaults_apply():
