@@ -59,8 +59,31 @@ def _versions() -> dict[str, str]:
     }
 
 
-def privacy_section(config: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]]) -> dict:
-    """ε with its δ and scope for each DP layer the campaign ran (none: stated as such)."""
+#: Round 0's statistics sent exact (``federation.wire.messages.StatsPrivacy.noised`` false).
+STATS_NOT_NOISED = ("not noised: each factory's exact per-sensor counts, sums and sums of squares, "
+                    "outside every DP guarantee")  # fmt: skip
+
+
+def _statistics_privacy(released: Mapping[str, Any]) -> dict | str:
+    """Round 0's normalisation statistics as released (a round.open's ``normalizer_privacy``)."""
+    if not released.get("noised"):
+        return f"normalisation statistics (round 0) {STATS_NOT_NOISED}"
+    return {
+        "epsilon": released.get("epsilon"),
+        "delta": released.get("delta"),
+        "scope": f"normalisation statistics (round 0): {released.get('scope') or 'scope not stated'}",
+        "noise_multiplier": released.get("noise_multiplier"),
+    }
+
+
+def privacy_section(
+    config: Mapping[str, Any],
+    rounds: Sequence[Mapping[str, Any]],
+    statistics: Mapping[str, Any] | None = None,
+) -> dict:
+    """ε with its δ and scope for each DP layer the campaign ran (none: stated as such), and how
+    round 0 released the normalisation statistics (``statistics``: a round.open's
+    ``normalizer_privacy``; None: the run has none, or its trainer-dispatch did not say)."""
     out: dict[str, Any] = {}
     rec = config.get("record_privacy") or {}
     last = rounds[-1] if rounds else {}
@@ -85,6 +108,8 @@ def privacy_section(config: Mapping[str, Any], rounds: Sequence[Mapping[str, Any
         }
     if not out:
         out["none"] = "no differential privacy: the weights carry no formal guarantee"
+    if statistics is not None:
+        out["statistics"] = _statistics_privacy(statistics)
     return out
 
 
@@ -100,8 +125,12 @@ def build_manifest(
     data_cards: Sequence[Mapping[str, Any]] = (),
     schema: Mapping[str, Any] | None = None,
     evaluation: Mapping[str, Any] | None = None,
+    privacy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The bundle manifest: architecture, inputs, normalisation, data, privacy, robustness, versions."""
+    """The bundle manifest: architecture, inputs, normalisation, data, privacy, robustness, versions.
+
+    ``privacy``: the run's ``privacy_section`` when the caller has it (with round 0's statistics);
+    else one from the config and rounds."""
     training = config.get("training") or {}
     robust = config.get("robustness") or {}
     return {
@@ -129,7 +158,7 @@ def build_manifest(
         "normalizer": None if normalizer is None else dict(normalizer),
         "schema": None if schema is None else dict(schema),
         "data_cards": [dict(c) for c in data_cards],
-        "privacy": privacy_section(config, rounds),
+        "privacy": dict(privacy) if privacy is not None else privacy_section(config, rounds),
         "robustness": {
             "enabled": bool(robust.get("enabled")),
             "rule": robust.get("rule"),

@@ -567,12 +567,12 @@ def _privacy_rows(privacy: Mapping[str, Any]) -> list[str]:
 
 
 def _privacy_card(privacy: Mapping[str, Any], final: FinalSummary) -> str:
-    for info in privacy.values():
-        if isinstance(info, Mapping) and info.get("epsilon") is not None:
+    for layer, info in privacy.items():  # the weights' guarantee (the statistics have a row)
+        if layer != "statistics" and isinstance(info, Mapping) and info.get("epsilon") is not None:
             return _card("ε", f"{float(info['epsilon']):.2f}",
                          f"δ = {info.get('delta'):g}, {info.get('scope', '')}")  # fmt: skip
     if "none" in privacy:
-        return _card("ε", "none", "no differential privacy in this run")
+        return _card("ε", "none", "no differential privacy on the weights")
     return _card("final ε", _fmt(final["epsilon"]), "δ and scope not recorded")
 
 

@@ -37,6 +37,8 @@ class CampaignRecord:
     final_model: dict | None = None
     #: The campaign's federated normalisation statistics (round 0's result, from round.open).
     normalizer: dict | None = None
+    #: How round 0 released them (round.open's ``normalizer_privacy``; None: not stated).
+    normalizer_privacy: dict | None = None
     #: The model round 1 starts from (round 0's model: the initial one).
     initial_model: dict | None = None
     event_errors: int = 0
@@ -87,7 +89,10 @@ class CampaignClient:
             return
         if opened is None:
             return
-        kind, p = opened
+        self.record_event(*opened)
+
+    def record_event(self, kind: str, p: dict) -> None:
+        """Keep what one verified event (its type, its typed payload) says about its campaign."""
         cid = p.get("campaign_id") or (p.get("detail") or {}).get("campaign_id")
         if not cid:
             return
@@ -100,6 +105,8 @@ class CampaignClient:
             rec.opened[int(p["round_num"])] = time.time()
             if p.get("normalizer") and rec.normalizer is None:
                 rec.normalizer = dict(p["normalizer"])
+                released = p.get("normalizer_privacy")
+                rec.normalizer_privacy = None if released is None else dict(released)
             if int(p["round_num"]) == 1 and p.get("global_model") and rec.initial_model is None:
                 rec.initial_model = p["global_model"]
         elif kind == "round.completed":

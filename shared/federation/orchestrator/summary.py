@@ -89,7 +89,7 @@ def build_summary(record: CampaignRecord, config: dict, *, test_rmse: dict[int, 
         "config": config,
         "rounds": rounds,
         # ε with its δ and scope per DP layer (the rounds' "epsilon" is the headline number only)
-        "privacy": privacy_section(config, rounds),
+        "privacy": privacy_section(config, rounds, record.normalizer_privacy),
         "rejections_by_reason": dict(reasons),
         "final": {
             "rmse": last.get("rmse"),
@@ -130,6 +130,7 @@ def write_run(
                 config=summary.get("config") or {},
                 rounds=[r for r in summary.get("rounds") or [] if r.get("round_num", 1) > 0],
                 weights_sha256=hashlib.sha256(weights).hexdigest(),
+                privacy=summary.get("privacy"),
                 **extra,
             ),
         )

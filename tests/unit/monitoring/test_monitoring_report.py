@@ -221,3 +221,57 @@ def test_round_0_the_initial_models_held_out_rmse_leads_the_rounds_table_and_plo
     assert "<td class=num>0 (initial model)</td><td class=num>80.50</td>" in page
     without = build_summary(rec, {"rounds": 1}, test_rmse={1: 25.25})
     assert [r["round_num"] for r in without["rounds"]] == [1]  # not measured: no round 0 row
+
+
+def _run_after_round_0(tmp_path, released):
+    """A campaign's events as the orchestrator records them (round 0 released its statistics as
+    ``released``), written as a run folder: (bundle.json, report.html)."""
+    from federation.ml.models import build_model
+    from federation.orchestrator.client import CampaignClient
+    from federation.orchestrator.summary import build_summary, write_run
+    from federation.wire import codec
+    from federation.wire.messages import RoundCompleted, RoundMetrics, RoundOpen, parse_payload
+
+    client = CampaignClient(bus=None, sealer=None, endpoint=None)
+    state = build_model("cnn", 2, 3).state_dict()
+    norm = {"columns": ["temp", "vib"], "mean": [500.0, 0.5], "std": [2.0, 0.1]}
+    for msg in (RoundOpen("c", 1, 0, ["f1"], 1.0, dict(state), norm, released),
+                RoundCompleted("c", 1, 1, ["f1"], metrics=RoundMetrics(rmse=20.0), global_model=dict(state))):  # fmt: skip
+        wire = codec.decode_payload(codec.encode_payload(msg.to_payload()))
+        client.record_event(msg.msg_type.value, parse_payload(msg.msg_type.value, wire).to_payload())
+    config = {"training": {"model_type": "cnn", "n_features": 2, "window": 3}, "privacy": {"enabled": False}}
+    record = client.records["c"]
+    write_run(tmp_path, build_summary(record, config), record.final_model)
+    return json.loads((tmp_path / "bundle.json").read_text()), (tmp_path / "report.html").read_text()
+
+
+def test_when_round_0_noised_the_statistics__bundle_and_report_carry_their_epsilon_delta_and_scope(
+    tmp_path,
+):
+    from federation.wire.messages import StatsPrivacy
+
+    scope = "row-level (add/remove one sensor row), per factory, one release"
+    bundle, page = _run_after_round_0(tmp_path, StatsPrivacy(True, 1.5, 1e-5, 3.2, scope))
+    assert bundle["privacy"]["statistics"] == {
+        "epsilon": 1.5, "delta": 1e-5, "noise_multiplier": 3.2,
+        "scope": f"normalisation statistics (round 0): {scope}",
+    }  # fmt: skip
+    assert "no differential privacy" in bundle["privacy"]["none"]  # the weights' guarantee: none
+    privacy = page[page.index('id="privacy"') : page.index('id="campaign"')]
+    assert f"normalisation statistics (round 0): {scope}" in privacy
+    assert "1.50" in privacy and "1e-05" in privacy
+    assert "no differential privacy on the weights" in page  # the headline ε is the weights'
+
+
+def test_when_round_0_sent_exact_statistics__bundle_and_report_say_they_are_not_noised(tmp_path):
+    from federation.wire.messages import StatsPrivacy
+
+    bundle, page = _run_after_round_0(tmp_path, StatsPrivacy(noised=False))
+    assert "not noised" in bundle["privacy"]["statistics"]
+    privacy = page[page.index('id="privacy"') : page.index('id="campaign"')]
+    assert "normalisation statistics (round 0) not noised" in privacy
+
+
+def test_a_run_whose_dispatch_did_not_say_how_round_0_released_its_statistics_claims_nothing(tmp_path):
+    bundle, _ = _run_after_round_0(tmp_path, None)  # an older trainer-dispatch
+    assert "statistics" not in bundle["privacy"]
