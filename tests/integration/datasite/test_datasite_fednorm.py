@@ -85,4 +85,5 @@ async def test_a_campaigns_round_0_ships_the_central_statistics_of_the_union(two
         comm.cleanup_all_connections()
     assert rec.completed["reason"] == "max_rounds", rec.completed
     assert rec.normalizer == _central(two_sites).normalizer().to_dict()
+    assert rec.normalizer_privacy["noised"] is False  # stated on the wire: exact statistics
     assert sorted(rec.rounds[0]["participants"]) == sorted(two_sites)
