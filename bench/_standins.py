@@ -246,12 +246,17 @@ class _ServiceProcesses:
 
 
 def _process_settings(
-    state_dir: Path, amqp_url: str, prefix: str, state_url: str | None = None
+    state_dir: Path,
+    amqp_url: str,
+    prefix: str,
+    state_url: str | None = None,
+    claim_check: bool = False,
 ) -> tuple[Any, dict[str, str]]:
     """Settings for the harness and the environment of the service processes: one fresh
     passphrase, salt and key directory for the run, handed over in the environment only;
     with ``state_url``, every service keeps its state in that PostgreSQL database and its
-    large values in one blob directory of the run."""
+    large values in one blob directory of the run; with ``claim_check``, updates travel by
+    reference through one claim directory of the run (PDMFED_CLAIM_DIR)."""
     import secrets
 
     from federation.config import Settings
@@ -276,7 +281,11 @@ def _process_settings(
     blobs = state_dir.parent / "blobs"
     if state_url:
         env.update({"PDMFED_STATE_URL": state_url, "PDMFED_BLOB_DIR": str(blobs)})
+    claims = state_dir.parent / "claims" if claim_check else None
+    if claims is not None:
+        env["PDMFED_CLAIM_DIR"] = str(claims)
     settings = Settings(
+        claim_dir=claims,
         state_url=state_url,
         blob_dir=blobs if state_url else None,
         amqp_url=amqp_url,
@@ -299,6 +308,7 @@ async def _run(
     state_dir: Path,
     processes: bool = False,
     state_url: str | None = None,
+    claim_check: bool = False,
 ) -> dict[str, Any]:
     from federation.bus.topology import Topology
     from federation.config import Settings
@@ -313,7 +323,7 @@ async def _run(
     if processes:
         if not amqp_url:
             raise ValueError("service processes need RabbitMQ")
-        settings, env = _process_settings(state_dir, amqp_url, prefix, state_url)
+        settings, env = _process_settings(state_dir, amqp_url, prefix, state_url, claim_check)
         from federation.runtime.trust import FACTORIES_DIR
 
         comm.write_factory_keys(Path(env["PDMFED_KEYS_DIR"]) / FACTORIES_DIR, cfg.cohort)
@@ -322,7 +332,8 @@ async def _run(
                                  services=("connector",))
     else:
         settings = Settings(demo=True, state_dir=state_dir, amqp_url=amqp_url, redis_url=None,
-                            state_url=state_url)
+                            state_url=state_url,
+                            claim_dir=state_dir.parent / "claims" if claim_check else None)
         fed = EmbeddedFederation(settings, comm_manager=comm, datasite_registry=registry, topology=topology)
     marks: dict[str, dict[int, float]] = {"round.open": {}, "round.completed": {}}
     consumed: dict[int, float] = {}  # round -> wire bytes the four services had consumed by its end
@@ -389,10 +400,12 @@ def run_campaign(
     training: dict | None = None,
     processes: bool = False,
     state_url: str | None = None,
+    claim_check: bool = False,
 ) -> dict[str, Any]:
     """Run a campaign of ``rounds`` rounds; per round: wall time, slowest site's training time.
 
     ``state_url``: the services keep their state in that PostgreSQL database (else SQLite).
+    ``claim_check``: updates travel by reference through a claim directory of the run.
 
     Round r's wall time is completed(r) - completed(r - 1) (round 1: from campaign.start): the
     whole cycle of dispatch opening the round, train.request, training, update.raw, security
@@ -418,7 +431,8 @@ def run_campaign(
     )
     with tempfile.TemporaryDirectory(prefix="pdmfed-bench-") as tmp:
         out = asyncio.run(
-            _run(comm, cfg, amqp_url, prefix, timeout, Path(tmp) / "state", processes, state_url)
+            _run(comm, cfg, amqp_url, prefix, timeout, Path(tmp) / "state", processes, state_url,
+                 claim_check)
         )
     record = out["record"]
     done = out["marks"]["round.completed"]

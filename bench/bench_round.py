@@ -1,11 +1,13 @@
 """Round overhead over RabbitMQ: a round's wall time minus the datasites' own training time.
 
-Run: ``.venv/bin/python -m bench.bench_round [--smoke] [--out PATH]``.
+Run: ``.venv/bin/python -m bench.bench_round [--smoke | --claim] [--out PATH]``.
 EmbeddedFederation (the four real services + orchestrator client) over RabbitMQ on a fresh
 bench topology; the connector talks to in-process datasite stand-ins (bench/_standins.py):
 the C-MAPSS hybrid model trains for real on FD001 partitions; the 10M-parameter model (the
 ``cnn`` architecture widened to 10M parameters) "trains" by sleeping a fixed time and returns
-a delta of its exact shape. Round 1 (start-up, initial model) is not counted.
+a delta of its exact shape. Round 1 (start-up, initial model) is not counted. ``--claim``:
+only the claim-check comparison (``CLAIM``: the deployment shape with updates in line, as
+today, and by claim check, alternately), each against the one-hop floor.
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ FULL = [
     {"model": "10M", "sites": 3, "rounds": 3, "train_s": BIG_TRAIN_S, "layout": PROCESSES},
     {"model": "10M", "sites": 10, "rounds": 3, "train_s": BIG_TRAIN_S, "layout": PROCESSES},
 ]
+#: Issue #20 item 6: updates in line (today) against claim check, alternately, same run.
+CLAIM = [
+    {"model": "10M", "sites": 10, "rounds": 3, "train_s": BIG_TRAIN_S, "layout": PROCESSES},
+    {"model": "10M", "sites": 10, "rounds": 3, "train_s": BIG_TRAIN_S, "layout": PROCESSES,
+     "claim_check": True},
+    {"model": "hybrid", "sites": 10, "rounds": 6, "layout": PROCESSES},
+    {"model": "hybrid", "sites": 10, "rounds": 6, "layout": PROCESSES, "claim_check": True},
+]  # fmt: skip
+#: The claim check's target: round overhead at most this many times the one-hop floor.
+CLAIM_TARGET_FLOOR_RATIO = 1.5
 SMOKE = [
     {"model": "hybrid-sleep", "sites": 3, "rounds": 3, "train_s": 0.05, "layout": ONE_PROCESS},
     {"model": "hybrid-sleep", "sites": 3, "rounds": 3, "train_s": 0.05, "layout": PROCESSES},
@@ -126,7 +138,7 @@ async def _raw_broker_rate(size_bytes: int, count: int = 4, runs: int = 3) -> di
 
 
 def _floor(
-    row: dict[str, Any], spec: dict, raw: dict[str, Any], this_design: float
+    row: dict[str, Any], spec: dict, raw: dict[str, Any], this_design: float | None
 ) -> dict[str, Any]:
     """What moving the round's bytes through the bare broker costs, against the training time."""
     train = row["training_s"]["median"]
@@ -134,14 +146,19 @@ def _floor(
     one_hop = (
         spec["sites"] + 1
     ) * model  # every update in once, the model out to the connector once
-    out = {"raw_broker": raw, "service_bytes_in_per_round_mb": this_design / 1024**2}
+    out: dict[str, Any] = {"raw_broker": raw}
+    if this_design is not None:
+        out["service_bytes_in_per_round_mb"] = this_design / 1024**2
     for name, nbytes in (("this_design", this_design), ("one_hop_minimum", one_hop)):
+        if nbytes is None:
+            continue
         seconds = nbytes / raw["bytes_per_s"]
         out[name] = {
             "mb": nbytes / 1024**2,
             "broker_s": seconds,
             "share": seconds / (train + seconds),
         }
+    out["overhead_over_one_hop"] = row["overhead_s"]["median"] / out["one_hop_minimum"]["broker_s"]
     return out
 
 
@@ -158,6 +175,7 @@ def _measure(spec: dict) -> dict[str, Any]:
         prefix=bench_prefix(NAME),
         training=c["training"],
         processes=spec["layout"] == PROCESSES,
+        claim_check=bool(spec.get("claim_check")),
     )
     counted = out["rounds"][1:]
     walls = [r["wall_s"] for r in counted]
@@ -184,7 +202,7 @@ def _measure(spec: dict) -> dict[str, Any]:
     }
 
 
-def run(smoke: bool) -> dict[str, Any]:
+def run(smoke: bool, claim: bool = False) -> dict[str, Any]:
     base = {
         "smoke": smoke,
         "method": "per configuration one campaign; a round's wall time is the interval between"
@@ -209,7 +227,7 @@ def run(smoke: bool) -> dict[str, Any]:
         return {**base, "error": reason, "results": []}
     results, skipped = [], []
     consumed: dict[tuple, float] = {}  # (model, sites) -> wire bytes the services consume per round
-    for spec in SMOKE if smoke else FULL:
+    for spec in SMOKE if smoke else CLAIM if claim else FULL:
         try:
             row = _measure(spec)
         except FileNotFoundError as exc:
@@ -220,25 +238,31 @@ def run(smoke: bool) -> dict[str, Any]:
         key = (spec["model"], spec["sites"])
         if spec["layout"] == ONE_PROCESS:  # every service's metrics are in this process
             consumed[key] = statistics.median(r["service_bytes_in"] for r in row["per_round"][1:])
-        if key in consumed:
+        if key in consumed or claim:
             raw = asyncio.run(_raw_broker_rate(model_bytes, count))
-            row["broker_floor"] = _floor(row, spec, raw, consumed[key])
+            row["broker_floor"] = _floor(row, spec, raw, consumed.get(key))
         results.append(row)
+        mode = "claim check" if spec.get("claim_check") else "in line"
         print(
-            f"{spec['layout']:>16}  {spec['model']:>12} x{spec['sites']:<3} wall {row['wall_s']['median']:7.2f} s"
+            f"{spec['layout']:>16} {mode:>11} {spec['model']:>12} x{spec['sites']:<3} wall {row['wall_s']['median']:7.2f} s"
             f"  training {row['training_s']['median']:6.2f} s  overhead"
             f" {row['overhead_s']['median']:6.2f} s ({row['overhead_share']['median']:.0%})",
             flush=True,
         )
         if "broker_floor" in row:
             fl = row["broker_floor"]
+            mine = fl.get("this_design")
             print(
-                f"{'':>32}bare broker {fl['raw_broker']['mb_per_s']:.0f} MB/s: this design's"
-                f" {fl['this_design']['mb']:.0f} MB/round = {fl['this_design']['broker_s']:.2f} s"
-                f" ({fl['this_design']['share']:.0%}); one hop {fl['one_hop_minimum']['mb']:.0f} MB"
-                f" = {fl['one_hop_minimum']['broker_s']:.2f} s ({fl['one_hop_minimum']['share']:.0%})",
+                f"{'':>32}bare broker {fl['raw_broker']['mb_per_s']:.0f} MB/s:"
+                + (f" this design's {mine['mb']:.0f} MB/round = {mine['broker_s']:.2f} s"
+                   f" ({mine['share']:.0%});" if mine else "")
+                + f" one hop {fl['one_hop_minimum']['mb']:.0f} MB"
+                f" = {fl['one_hop_minimum']['broker_s']:.2f} s; overhead ="
+                f" {fl['overhead_over_one_hop']:.2f}x one hop",
                 flush=True,
-            )
+            )  # fmt: skip
+    if claim:
+        return {**base, "results": results, "skipped": skipped, "summary": _claim_summary(results)}
     big = [r for r in results if r["model"] == "10M" and r["sites"] == 10]
     # the deployment shape decides the target when it ran; both layouts are reported
     big.sort(key=lambda r: r["layout"] != PROCESSES)
@@ -262,9 +286,28 @@ def run(smoke: bool) -> dict[str, Any]:
     }
 
 
+def _claim_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per model: overhead in line and by claim check, each over the one-hop floor."""
+    out: dict[str, Any] = {"target_overhead_over_one_hop_10M_10_sites": CLAIM_TARGET_FLOOR_RATIO}
+    for row in results:
+        mode = "claim_check" if row.get("claim_check") else "in_line"
+        entry = out.setdefault(f"{row['model']}x{row['sites']}", {})
+        entry[mode] = {
+            "overhead_s": row["overhead_s"]["median"],
+            "overhead_over_one_hop": row["broker_floor"]["overhead_over_one_hop"],
+        }
+    big = out.get("10Mx10", {}).get("claim_check")
+    out["target_met"] = big is not None and big["overhead_over_one_hop"] <= CLAIM_TARGET_FLOOR_RATIO
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line: [--smoke] [--out FILE]."""
-    return bench_main(NAME, run, __doc__, argv)
+    """Command line: [--smoke | --claim] [--out FILE]."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--claim" in args:
+        args.remove("--claim")
+        return bench_main(f"{NAME}_claim", lambda smoke: run(smoke, claim=True), __doc__, args)
+    return bench_main(NAME, run, __doc__, args)
 
 
 if __name__ == "__main__":

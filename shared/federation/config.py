@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     #: Where a PostgreSQL-backed service keeps large values as files (every replica mounts it);
     #: unset: state_dir/blobs.
     blob_dir: Path | None = None
+    #: Claim check: a directory every service mounts; large updates (update.raw/screened) are
+    #: sealed into it once and their messages carry a reference + SHA-256 (docs/replicas.md).
+    #: Unset: every message carries its bytes (the default).
+    claim_dir: Path | None = None
     #: Directory of Ed25519 keys (<sender>.key private, <sender>.pub public).
     keys_dir: Path | None = None
     service_id: str | None = None

@@ -20,6 +20,7 @@ __all__ = [
     "ExpiredError",
     "UnknownKeyError",
     "StaleRoundError",
+    "ClaimError",
     "BusError",
     "PublishError",
     "DatasiteError",
@@ -44,6 +45,7 @@ REJECT_REASONS = (
     "unknown_key",
     "stale_round",
     "invalid_stats",
+    "claim_missing",
 )
 
 
@@ -143,6 +145,12 @@ class StaleRoundError(SecurityError):
     """A message for a round or model version that is already closed."""
 
     reason = "stale_round"
+
+
+class ClaimError(SecurityError):
+    """A claim-check reference whose sealed body is not in the shared claim store."""
+
+    reason = "claim_missing"
 
 
 # --- bus ------------------------------------------------------------------

@@ -15,11 +15,14 @@ from federation.bus.base import Bus, Delivery, RejectMessage, RequeueMessage
 from federation.errors import (
     BusError,
     ChunkError,
+    ClaimError,
     ConfigError,
     MalformedMessage,
     PdmFedError,
     ReplayError,
 )
+from federation.wire.claims import ClaimReference
+from federation.wire.contracts import may_refer
 
 __all__ = ["SecureEndpoint", "SecureHandler", "RoundGuard"]
 
@@ -262,6 +265,9 @@ class SecureEndpoint:
         if not isinstance(sealer.replay, _RedeliveryAwareReplay):
             sealer.replay = _RedeliveryAwareReplay(sealer.replay)
         self._failed_chunked = _FailedChunked()
+        #: The claim-check store (runtime.claims) references are redeemed from; None: a
+        #: reference is refused (``claim_missing``).
+        self.claims: Any = None
         #: Pause before requeueing a delivery that met an unreachable seen-id store or broker.
         self.store_retry_s = STORE_RETRY_S
         assembler = getattr(sealer, "assembler", None)
@@ -458,7 +464,37 @@ class SecureEndpoint:
             raise MalformedMessage(
                 f"msg_type {envelope.msg_type!r} does not match routing key {delivery.routing_key!r}"
             )
+        claim = ClaimReference.from_payload(opened.payload)
+        if claim is not None:  # redeemed in a worker thread (_redeem)
+            if not may_refer(envelope.msg_type):
+                raise MalformedMessage(f"{envelope.msg_type} may not travel by reference")
+            return envelope, claim
         return envelope, messages.parse_payload(envelope.msg_type, opened.payload)
+
+    def _redeem(self, outer: Any, claim: ClaimReference) -> tuple[Any, Any]:
+        """The claim-check body: fetched, checked against the reference, opened and typed.
+
+        The handler gets the body's own envelope: its msg_id is the same however often the
+        producer's outbox publishes the reference, so the inbox handles it once.
+        """
+        from federation.wire import messages
+        from federation.wire.envelope import ENVELOPE_RESERVE
+
+        if self.claims is None:
+            raise ClaimError(
+                f"{self.service} has no claim store (PDMFED_CLAIM_DIR) to redeem {claim.ref}"
+            )
+        limit = int(self.sealer.assembler.max_update_bytes) + ENVELOPE_RESERVE
+        try:
+            body = self.claims.fetch(claim, max_bytes=limit)
+            opened = self.sealer.open_referenced(body, outer, max_bytes=limit)
+            return opened.envelope, messages.parse_payload(outer.msg_type, opened.payload)
+        except PdmFedError:
+            raise
+        except _DECODE_FAILURES as exc:
+            raise MalformedMessage(
+                f"referenced message does not decode: {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def _handle(
         self, delivery: Delivery, handler: SecureHandler, turn: _Turn | None = None
@@ -485,6 +521,11 @@ class SecureEndpoint:
             if opened is None:
                 return
             envelope, payload = opened
+            if isinstance(payload, ClaimReference):  # the bytes come from the claim store
+                claim = payload
+                envelope, payload = await asyncio.to_thread(self._redeem, envelope, claim)
+                if self.metrics is not None:
+                    self._child(self.metrics.message_bytes, "direction", "in").inc(claim.size)
             if turn is not None:  # earlier deliveries' handlers first
                 await turn.wait()
             if self.round_guard is not None:

@@ -262,7 +262,9 @@ class Sealer:
             sender=sender,
             identity=identity,
             trust=trust,
-            replay=ReplayGuard.from_settings(seen_store_from_settings(settings, role=role or sender), settings),
+            replay=ReplayGuard.from_settings(
+                seen_store_from_settings(settings, role=role or sender), settings
+            ),
             require_signature=settings.require_signatures,
             max_message_bytes=settings.max_message_bytes,
             window_s=window,
@@ -315,6 +317,15 @@ class Sealer:
         kind, parts = self._encode(msg_type, payload)
         body = self._seal_body(kind, parts.parts, parts.nbytes, datasite_id, round_num, None, None)
         return decode_envelope(body)
+
+    def seal_whole(
+        self, msg_type: str | MsgType, parts: Any, *, datasite_id: str = "", round_num: int = 0
+    ) -> bytes:
+        """One body of any size for already encoded ``parts`` (a claim-check's stored body)."""
+        kind = _msg_type(msg_type)
+        if self.require_signature and self.identity is None:
+            raise ConfigError("signatures are required but this sealer has no signing identity")
+        return self._seal_body(kind, parts.parts, parts.nbytes, datasite_id, round_num, None, None)
 
     def _encode(self, msg_type: str | MsgType, payload: Any) -> tuple[MsgType, Any]:
         kind = _msg_type(msg_type)
@@ -414,6 +425,40 @@ class Sealer:
         if not hmac.compare_digest(hashlib.sha256(plaintext).hexdigest(), env.checksum):
             raise IntegrityError("checksum of the decrypted payload does not match")
         self.replay.check(env.msg_id, env.timestamp)
+        return Opened(env, self._decode(plaintext))
+
+    def open_referenced(self, body: Any, outer: Envelope, *, max_bytes: int) -> Opened:
+        """Verify and decode the body a claim-check message (``outer``, already opened) names.
+
+        The body must be one unchunked envelope of the same sender, type, datasite and round,
+        with a valid signature (from a trusted sender when signatures are required), AEAD tag
+        and checksum. No freshness or replay check: the outer message is fresh and unique, and
+        its signed digest binds this body (a re-published outbox row names the same body).
+        """
+        env = decode_envelope(body, max_bytes=max_bytes)
+        same = (env.sender, env.msg_type, env.datasite_id, env.round_num) == (
+            outer.sender,
+            outer.msg_type,
+            outer.datasite_id,
+            outer.round_num,
+        )
+        if not same or env.chunk is not None:
+            raise IntegrityError(
+                "the referenced body is not the same sender's unchunked message of this type,"
+                " datasite and round"
+            )
+        aad = env.aad()
+        ct = env.encrypted_data
+        if not self._verify_signature(env, signed_bytes_for(aad, ct[len(ct) - TAG_LEN :])):
+            if outer.signature is not None:
+                raise AuthError("a signed claim check names an unsigned body")
+        if self.authorize is not None:
+            self.authorize(env)
+        aead = self.keyring.aead(env.key_id)
+        plaintext = np.empty(len(ct) - TAG_LEN, dtype=np.uint8)
+        self._decrypt(aead, env, aad, memoryview(plaintext))
+        if not hmac.compare_digest(hashlib.sha256(plaintext).hexdigest(), env.checksum):
+            raise IntegrityError("checksum of the decrypted referenced payload does not match")
         return Opened(env, self._decode(plaintext))
 
     def _verify_signature(self, env: Envelope, signed: bytes | None = None) -> bool:

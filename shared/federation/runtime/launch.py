@@ -203,6 +203,11 @@ async def start_node(
             updates_per_sender=SHARED_UPDATES_PER_SENDER,
         )
     endpoint = SecureEndpoint(bus, sealer, metrics, name, roles=roles)
+    if settings.claim_dir is not None:  # claim check: large updates sealed once, sent by reference
+        from federation.runtime.claims import ClaimStore
+
+        store.claims = endpoint.claims = ClaimStore(Path(settings.claim_dir), name, sealer)
+        store.collect_claims()
     _relearn_campaigns(endpoint, store)
     if hasattr(sealer.assembler, "refresh_limits"):  # a campaign.start another replica handled
         sealer.assembler.refresh_limits = lambda: _relearn_campaigns(endpoint, store)

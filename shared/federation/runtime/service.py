@@ -15,6 +15,7 @@ from federation.errors import ConfigError, EmitError, MalformedMessage
 from federation.runtime.observe import observe_emitted
 from federation.runtime.shared_chunks import drop_assembly
 from federation.runtime.store import AlreadyHandled, ServiceStore, Transaction
+from federation.wire.claims import CLAIM_KEY
 from federation.wire.messages import MESSAGE_CLASSES, Message, MsgType, parse_payload
 
 __all__ = [
@@ -205,7 +206,9 @@ class ServiceRunner:
             self._tick_task = asyncio.create_task(
                 self._tick_loop(), name=f"{self.service.name}-tick"
             )
-        self._sweep_task = asyncio.create_task(self._sweep_loop(), name=f"{self.service.name}-outbox")
+        self._sweep_task = asyncio.create_task(
+            self._sweep_loop(), name=f"{self.service.name}-outbox"
+        )
         if self.service.background is not None:
             self._background_task = asyncio.create_task(
                 self.service.background(self.metrics), name=f"{self.service.name}-background"
@@ -307,6 +310,9 @@ class ServiceRunner:
                     payload = self.store.cached_outbox_payload(head.id)
                     if payload is None:
                         payload = await asyncio.to_thread(self.store.outbox_payload, head.id)
+                    if self.store.claims is not None and CLAIM_KEY in payload:
+                        # a reference: its body's retention restarts as it goes out
+                        await asyncio.to_thread(self.store.claims.touch, payload)
                     await self.endpoint.publish(
                         head.msg_type,
                         payload,

@@ -20,6 +20,7 @@ guard before any handler sees it, so the inbox only needs to cover the window.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -31,7 +32,9 @@ from typing import Any, ClassVar
 
 from federation.errors import ConfigError
 from federation.runtime.blobs import BlobDirectory
-from federation.wire.codec import encode_payload_parts
+from federation.wire.codec import PayloadParts, encode_payload_parts
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ServiceStore",
@@ -119,6 +122,9 @@ class Transaction:
         self.created: list[str] = []  # blobs written here: removed if the transaction rolls back
         self.dropped: list[str] = []  # blobs no longer referenced: removed once it commits
         self.emitted: list[tuple[int, dict, int]] = []  # (outbox id, payload, encoded size)
+        #: The claim-check store (runtime.claims) when one is configured, else None.
+        self.claims: Any = None
+        self.claimed: list[Any] = []  # claim bodies written here: removed if it rolls back
 
     def _x(self, sql: str, params: tuple = ()) -> Any:
         if self.placeholder != "?":
@@ -127,7 +133,9 @@ class Transaction:
 
     def _encode(self, value: Any) -> tuple[bytes, str | None, int]:
         """(inline bytes, blob reference, encoded size): big values go to a blob file."""
-        parts = encode_payload_parts(value)
+        return self._keep(encode_payload_parts(value))
+
+    def _keep(self, parts: PayloadParts) -> tuple[bytes, str | None, int]:
         if parts.nbytes < BLOB_MIN_BYTES:
             return parts.tobytes(), None, parts.nbytes
         ref = self._blobs.write(parts)
@@ -201,8 +209,21 @@ class Transaction:
     def emit(
         self, msg_type: str, payload: dict, *, datasite_id: str = "", round_num: int = 0
     ) -> None:
-        """Queue a message to publish once this transaction commits."""
-        encoded, ref, nbytes = self._encode(payload)
+        """Queue a message to publish once this transaction commits.
+
+        With a claim-check store, a large payload of a type that may travel by reference is
+        sealed into it now (durably, before this transaction commits) and the outbox row holds
+        only the reference.
+        """
+        parts = encode_payload_parts(payload)
+        if self.claims is not None and self.claims.applies(msg_type, parts.nbytes):
+            claim = self.claims.deposit(
+                msg_type, parts, datasite_id=datasite_id, round_num=int(round_num)
+            )
+            self.claimed.append(claim)
+            payload = claim.to_payload()
+            parts = encode_payload_parts(payload)
+        encoded, ref, nbytes = self._keep(parts)
         row = self._x(
             "INSERT INTO outbox (msg_type, payload, datasite_id, round_num, blob)"
             " VALUES (?, ?, ?, ?, ?) RETURNING id",
@@ -241,6 +262,8 @@ class ServiceStore(ABC):
         self._emitted: dict[int, tuple[dict, int]] = {}
         self._emitted_bytes = 0
         self._emitted_lock = threading.Lock()
+        #: The claim-check store (runtime.claims) its transactions deposit large updates in.
+        self.claims: Any = None
 
     # -- backend hooks ---------------------------------------------------------------
     @abstractmethod
@@ -279,23 +302,30 @@ class ServiceStore(ABC):
         """Everything inside commits together or not at all."""
         conn = self._begin()
         tx = self.transaction_class(conn, self._blobs, self._clock)
+        tx.claims = self.claims
         try:
             try:
                 yield tx
             except BaseException:
                 self._rollback(conn)
                 self._blobs.remove(tx.created)
+                self._discard_claims(tx)
                 raise
             try:
                 self._commit(conn)
             except BaseException:
                 self._blobs.remove(tx.created)
+                self._discard_claims(tx)
                 raise
         finally:
             self._end(conn)
         self._blobs.remove(tx.dropped)
         self._remember_emitted(tx)
         self._maybe_prune()
+
+    def _discard_claims(self, tx: Transaction) -> None:
+        if tx.claimed and self.claims is not None:
+            self.claims.discard(tx.claimed)
 
     def _remember_emitted(self, tx: Transaction) -> None:
         with self._emitted_lock:
@@ -325,6 +355,11 @@ class ServiceStore(ABC):
         try:
             self._last_prune = now
             self.prune_inbox(now)
+            if self.claims is not None:
+                try:
+                    self.collect_claims()
+                except Exception:  # the next prune tries again; never fail a committed handler
+                    log.exception("collecting claim-check bodies failed")
         finally:
             self._prune_lock.release()
 
@@ -394,6 +429,14 @@ class ServiceStore(ABC):
             )
         }
         return self._blobs.collect(live, older_than_s=self.orphan_grace_s)
+
+    def collect_claims(self) -> int:
+        """Remove this service's claim bodies past their retention (see runtime.claims)."""
+        from federation.runtime.claims import live_claims
+
+        rows = self._query("SELECT payload FROM outbox WHERE blob IS NULL")
+        live = live_claims(self._blobs.load(r[0], None) for r in rows)
+        return self.claims.collect(live, self.inbox_retention_s)
 
     def settle(self) -> None:
         """Wait until the files of values dropped by committed transactions are unlinked."""

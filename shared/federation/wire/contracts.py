@@ -39,6 +39,7 @@ __all__ = [
     "consumed_keys",
     "sender_roles_of",
     "contracts_table",
+    "may_refer",
 ]
 
 
@@ -51,6 +52,13 @@ class Contract:
     consumers: tuple[tuple[Role, str], ...]
     #: The role whose signature the payload itself carries (checked by a consumer), if any.
     content_signer: Role | None = None
+    #: May travel as a claim-check reference (wire.claims) where a shared claim store is
+    #: configured: only types every consumer of which is a service that mounts the store.
+    by_reference: bool = False
+
+    def __post_init__(self) -> None:
+        if self.by_reference and any(r not in SERVICE_ROLES for r in self.consumer_roles):
+            raise ValueError(f"{self.msg_type.value}: only services can redeem claim checks")
 
     @property
     def msg_type(self) -> MsgType:
@@ -66,8 +74,9 @@ def _contract(
     senders: Iterable[Role],
     *consumers: tuple[Role, str],
     content_signer: Role | None = None,
+    by_reference: bool = False,
 ) -> Contract:
-    return Contract(payload, frozenset(senders), tuple(consumers), content_signer)
+    return Contract(payload, frozenset(senders), tuple(consumers), content_signer, by_reference)
 
 
 _O, _C, _D, _S, _A = (
@@ -162,11 +171,13 @@ CONTRACTS: dict[MsgType, Contract] = {
             {_C},
             (_S, "verifies the factory signature, screens and clips every update"),
             content_signer=Role.FACTORY,
+            by_reference=True,
         ),
         _contract(
             UpdateScreened,
             {_S},
             (_A, "aggregates the screened update into the round's model"),
+            by_reference=True,
         ),
         _contract(
             UpdateRejected,
@@ -209,6 +220,14 @@ def may_send(role: str | Role, msg_type: str | MsgType) -> bool:
         return False
 
 
+def may_refer(msg_type: str | MsgType) -> bool:
+    """Whether ``msg_type`` may travel as a claim-check reference (False for unknown types)."""
+    try:
+        return CONTRACTS[MsgType(msg_type)].by_reference
+    except ValueError:
+        return False
+
+
 def publish_keys(role: str | Role) -> tuple[str, ...]:
     """The routing keys ``role`` may publish (its broker topic write permissions)."""
     return tuple(t.value for t, c in CONTRACTS.items() if Role(role) in c.senders)
@@ -236,5 +255,6 @@ def contracts_table() -> str:
         if c.content_signer is not None:
             senders += f" (content signed by {c.content_signer.value})"
         consumers = "; ".join(f"{r.value}: {why}" for r, why in c.consumers)
-        rows.append(f"| `{msg_type.value}` | `{c.payload.__name__}` | {senders} | {consumers} |")
+        payload = f"`{c.payload.__name__}`" + (" or `ClaimReference`" if c.by_reference else "")
+        rows.append(f"| `{msg_type.value}` | {payload} | {senders} | {consumers} |")
     return "\n".join(rows) + "\n"

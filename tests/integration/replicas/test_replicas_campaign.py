@@ -125,3 +125,33 @@ def test_when_four_campaigns_run_at_once_on_the_replicas__each_completes_with_it
     assert [r.campaign_id for r in records] == [c.campaign_id for c in configs]
     for record in records:
         _check_rounds(record, 2)
+
+
+def test_when_updates_travel_by_claim_check__a_campaign_with_a_kill_each_round_counts_each_once(
+    pg_url, tmp_path
+):
+    reason = rabbit_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    settings, env, prefix = prepare(tmp_path, pg_url, IDS, SAMPLES, train_s=0.5)
+    claims = tmp_path / "claims"
+    cluster = Cluster(tmp_path, {**env, "PDMFED_CLAIM_DIR": str(claims)})
+    cfg = campaign_config(f"{prefix}-c1", IDS, ROUNDS, timeout_s=600)
+    seed = int(os.environ.get("PDMFED_REPLICA_KILL_SEED", "0")) or int.from_bytes(os.urandom(4))
+    try:
+        (record,) = asyncio.run(
+            run_campaigns(settings, prefix, [cfg], cluster, kill_each_round=True, timeout=900,
+                          seed=seed, kill_window_s=KILL_WINDOW_S)
+        )  # fmt: skip
+        _check_rounds(record, ROUNDS)
+    except Exception as exc:
+        raise AssertionError(f"seed {seed}, kills {cluster.kills}\n{_logs(cluster)}") from exc
+    # Every update crossed each hop as one sealed body in the claim store (kept for the
+    # retention), the broker carried references: nothing was chunked, nothing refused.
+    update_bytes = MODEL_PARAMS * 4
+    for producer in ("connector", "security"):
+        bodies = [p for p in (claims / producer).iterdir() if p.suffix != ".tmp"]
+        assert len(bodies) >= len(IDS) * ROUNDS, producer
+        assert all(p.stat().st_size > update_bytes for p in bodies), producer
+    logs = _logs(cluster)
+    assert "claim_missing" not in logs and "integrity" not in logs

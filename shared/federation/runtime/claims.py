@@ -1,0 +1,141 @@
+"""The claim-check store: large updates sealed once into a directory every service mounts.
+
+Where ``PDMFED_CLAIM_DIR`` is set, a message type whose contract allows it (``by_reference``:
+update.raw, update.screened) with an encoded payload of ``min_bytes`` or more is sealed (the
+usual envelope: AES-GCM, checksum, Ed25519) into ``<claim dir>/<producer>/<random>`` inside the
+transaction that queues it: the file is fsynced and renamed into place before that transaction
+commits the outbox row holding the reference (:class:`~federation.wire.claims.ClaimReference`),
+so a published reference always names a committed body; a rolled-back transaction removes it.
+A consumer reads the body by reference, checks its size and SHA-256 against the (signed)
+reference, then opens it like any message (signature, AEAD, checksum); a missing body is a
+:class:`~federation.errors.ClaimError`, a different one an IntegrityError — typed rejections,
+counted in ``pdmfed_messages_rejected_total``.
+
+Retention: a body is kept while an outbox row names it and ``retention_s`` after its message
+was last handed to the broker (the replay window plus skew, the inbox's retention: any later
+delivery of the message is refused as expired anyway); its producer's store removes older ones
+(:meth:`ClaimStore.collect`, at start and with the inbox pruning).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from federation.errors import (
+    BusError,
+    ClaimError,
+    IntegrityError,
+    MalformedMessage,
+    OversizeMessage,
+)
+from federation.runtime.blobs import BlobDirectory
+from federation.wire.claims import ClaimReference
+from federation.wire.codec import PayloadParts
+from federation.wire.contracts import may_refer
+
+__all__ = ["ClaimStore", "CLAIM_MIN_BYTES", "live_claims"]
+
+log = logging.getLogger(__name__)
+
+#: Payloads at least this big travel by reference: what a store keeps out of line anyway.
+CLAIM_MIN_BYTES = 256 * 1024
+
+
+class ClaimStore:
+    """Sealed bodies in ``root/<producer>`` (written here) and the other producers' folders."""
+
+    def __init__(
+        self,
+        root: Path,
+        producer: str,
+        sealer: Any,
+        *,
+        min_bytes: int = CLAIM_MIN_BYTES,
+        sync: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.producer = producer
+        self.sealer = sealer
+        self.min_bytes = int(min_bytes)
+        self._sync = sync
+        self._own = BlobDirectory(self.root / producer, sync=sync)
+        ClaimReference(f"{producer}/{'0' * 32}", "0" * 64, 1)  # a producer name refs can carry
+
+    # -- producing --------------------------------------------------------------------
+    def applies(self, msg_type: str, nbytes: int) -> bool:
+        """Whether a payload of ``nbytes`` encoded bytes of this type goes by reference."""
+        return nbytes >= self.min_bytes and may_refer(msg_type)
+
+    def deposit(
+        self, msg_type: str, parts: PayloadParts, *, datasite_id: str = "", round_num: int = 0
+    ) -> ClaimReference:
+        """Seal ``parts`` into one body, store it durably; the reference naming it."""
+        body = self.sealer.seal_whole(msg_type, parts, datasite_id=datasite_id, round_num=round_num)
+        digest = hashlib.sha256(body).hexdigest()
+        name = self._own.write(PayloadParts([body], len(body)))
+        return ClaimReference(f"{self.producer}/{name}", digest, len(body))
+
+    def discard(self, refs: Iterable[ClaimReference]) -> None:
+        """Remove bodies whose transaction rolled back (never referenced by a message)."""
+        self._own.remove([r.name for r in refs if r.producer == self.producer])
+
+    def touch(self, payload: Any) -> None:
+        """Restart the retention of the body a payload references (its message goes out now)."""
+        ref = ClaimReference.from_payload(payload)
+        if ref is None or ref.producer != self.producer:
+            return
+        try:
+            os.utime(self.root / ref.producer / ref.name)
+        except FileNotFoundError:
+            log.error("claim %s vanished before its message was published", ref.ref)
+
+    def collect(self, live: set[str], retention_s: float) -> int:
+        """Remove own bodies no pending message names, idle for ``retention_s``; how many."""
+        return self._own.collect(live, older_than_s=retention_s)
+
+    # -- consuming --------------------------------------------------------------------
+    def fetch(self, ref: ClaimReference, *, max_bytes: int) -> bytearray:
+        """The body ``ref`` names, checked against its size and SHA-256.
+
+        ClaimError when missing, IntegrityError when it differs, OversizeMessage when the
+        reference claims more than ``max_bytes``; an I/O failure other than absence is
+        infrastructure (BusError: the delivery is retried).
+        """
+        if ref.size > max_bytes:
+            raise OversizeMessage(f"claim check of {ref.size} bytes exceeds {max_bytes} bytes")
+        path = self.root / ref.producer / ref.name
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size != ref.size:
+                    raise IntegrityError(
+                        f"claim {ref.ref} holds {size} bytes, its reference says {ref.size}"
+                    )
+                buf = bytearray(size)
+                f.readinto(buf)
+        except FileNotFoundError:
+            raise ClaimError(f"claim {ref.ref} is not in the claim store") from None
+        except OSError as exc:
+            raise BusError(f"claim store unreadable: {exc}", reason="claim_store") from exc
+        if not hmac.compare_digest(hashlib.sha256(buf).hexdigest(), ref.sha256):
+            raise IntegrityError(f"claim {ref.ref} does not match its SHA-256")
+        return buf
+
+
+def live_claims(payloads: Iterable[Any]) -> set[str]:
+    """File names of the bodies these (pending outbox) payloads reference."""
+    live = set()
+    for payload in payloads:
+        try:
+            ref = ClaimReference.from_payload(payload)
+        except MalformedMessage:  # not a reference we wrote; keep collecting
+            continue
+        if ref is not None:
+            live.add(ref.name)
+    return live

@@ -1,0 +1,239 @@
+"""Claim check: large updates sealed once into the claim store, redeemed and checked by reference."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from federation.bus.base import Delivery, RejectMessage
+from federation.bus.memory import InMemoryBus
+from federation.bus.middleware import SecureEndpoint
+from federation.crypto import KeyRing, Sealer, SigningIdentity, TrustStore
+from federation.errors import MalformedMessage
+from federation.monitoring.metrics import Metrics
+from federation.roles import Role
+from federation.runtime.claims import ClaimStore
+from federation.runtime.store_sqlite import SqliteStore
+from federation.wire.claims import ClaimReference
+from federation.wire.contracts import CONTRACTS, Contract, may_refer
+from federation.wire.messages import RoundOpen, UpdateRaw
+from prometheus_client import CollectorRegistry
+
+pytestmark = pytest.mark.timeout(30)
+
+SENDER = "connector"
+ROLES = {SENDER: "connector"}
+N = 200_000  # 800 kB of float32: over the claim threshold
+
+
+def _update(n: int = N, round_num: int = 1) -> UpdateRaw:
+    return UpdateRaw(
+        campaign_id="c1",
+        round_num=round_num,
+        datasite_id="site-a",
+        model_version=0,
+        delta={"w": torch.arange(n, dtype=torch.float32)},
+        num_samples=10,
+    )
+
+
+class _Side:
+    """A producer (store + claim store) and a consumer endpoint sharing one claim directory."""
+
+    def __init__(self, tmp: Path, *, consumer_claims: bool = True) -> None:
+        ring = KeyRing("k1", {"k1": os.urandom(32)})
+        ident = SigningIdentity.generate(SENDER)
+        trust = TrustStore({SENDER: ident.public_bytes()})
+        self.out = Sealer(ring, sender=SENDER, identity=ident)
+        self.inn = Sealer(ring, sender="security", trust=trust)
+        self.claims = ClaimStore(tmp / "claims", SENDER, self.out, sync=False)
+        self.store = SqliteStore(tmp / "connector.sqlite")
+        self.store.claims = self.claims
+        self.registry = CollectorRegistry()
+        self.endpoint = SecureEndpoint(
+            InMemoryBus(), self.inn, Metrics("security", self.registry), "security", roles=ROLES
+        )
+        if consumer_claims:
+            self.endpoint.claims = ClaimStore(tmp / "claims", "security", self.inn, sync=False)
+
+    def emit(self, message: object) -> dict:
+        """Commit one message to the outbox; the payload its row holds."""
+        with self.store.transaction() as tx:
+            tx.emit(message.msg_type.value, message.to_payload(), round_num=message.round_num)
+        (item,) = self.store.pending_outbox()
+        self.store.outbox_done(item.id)
+        return item.payload
+
+    def deliver(self, payload: dict, msg_type: str = "update.raw", round_num: int = 1) -> bytes:
+        (body,) = self.out.seal(msg_type, payload, round_num=round_num)
+        return body
+
+    async def handle(self, body: bytes, msg_type: str = "update.raw") -> list:
+        got: list = []
+
+        async def handler(kind, payload, envelope) -> None:
+            got.append((payload, envelope))
+
+        await self.endpoint._handle(Delivery(body, msg_type), handler)
+        return got
+
+    def rejected(self, reason: str) -> float:
+        value = self.registry.get_sample_value(
+            "pdmfed_messages_rejected_total", {"service": "security", "reason": reason}
+        )
+        return 0.0 if value is None else value
+
+    def body_path(self, ref: ClaimReference) -> Path:
+        return self.claims.root / ref.producer / ref.name
+
+
+@pytest.fixture
+def side(tmp_path: Path) -> _Side:
+    s = _Side(tmp_path)
+    yield s
+    s.store.close()
+
+
+def test_when_a_large_update_is_emitted__the_outbox_holds_a_reference_to_its_sealed_body(side):
+    payload = side.emit(_update())
+    ref = ClaimReference.from_payload(payload)
+    assert ref is not None and ref.producer == SENDER
+    stored = side.body_path(ref).read_bytes()
+    assert len(stored) == ref.size > N * 4  # the whole update, sealed
+    assert torch.arange(N, dtype=torch.float32).numpy().tobytes() not in stored  # encrypted
+
+
+def test_when_an_update_is_small_or_its_type_may_not_refer__it_stays_inline(side):
+    assert ClaimReference.from_payload(side.emit(_update(1000))) is None
+    model = RoundOpen(
+        campaign_id="c1", round_num=1, model_version=1,
+        global_model={"w": torch.zeros(N)}, deadline_ts=time.time() + 60,
+    )  # fmt: skip
+    assert ClaimReference.from_payload(side.emit(model)) is None
+    assert list((side.claims.root / SENDER).iterdir()) == []
+
+
+def test_when_the_transaction_rolls_back__its_claim_body_is_removed(side):
+    with pytest.raises(RuntimeError), side.store.transaction() as tx:
+        tx.emit("update.raw", _update().to_payload(), round_num=1)
+        assert len(list((side.claims.root / SENDER).iterdir())) == 1
+        raise RuntimeError("handler failed")
+    side.store.settle()
+    side.claims._own.settle()
+    assert list((side.claims.root / SENDER).iterdir()) == []
+
+
+async def test_when_a_reference_is_redeemed__the_handler_gets_the_update_and_its_bodys_envelope(
+    side,
+):
+    payload = side.emit(_update())
+    first = await side.handle(side.deliver(payload))
+    again = await side.handle(side.deliver(payload))  # the outbox row published twice
+    (msg, envelope), (_, envelope2) = first[0], again[0]
+    assert isinstance(msg, UpdateRaw)
+    assert torch.equal(msg.delta["w"], torch.arange(N, dtype=torch.float32))
+    assert envelope.msg_id == envelope2.msg_id  # one handled id however often it is published
+    assert envelope.chunk is None and envelope.sender == SENDER
+
+
+async def test_when_the_claim_body_is_tampered_with__the_message_is_rejected_as_integrity(side):
+    ref = ClaimReference.from_payload(side.emit(_update()))
+    path = side.body_path(ref)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(RejectMessage) as exc:
+        await side.handle(side.deliver(ref.to_payload()))
+    assert exc.value.reason == "integrity"
+    assert side.rejected("integrity") == 1
+
+
+async def test_when_the_claim_body_is_missing__the_message_is_rejected_with_its_own_reason(side):
+    ref = ClaimReference.from_payload(side.emit(_update()))
+    side.body_path(ref).unlink()
+    with pytest.raises(RejectMessage) as exc:
+        await side.handle(side.deliver(ref.to_payload()))
+    assert exc.value.reason == "claim_missing"
+    assert side.rejected("claim_missing") == 1
+
+
+async def test_when_the_reference_digest_differs__the_body_is_refused_before_it_is_opened(side):
+    ref = ClaimReference.from_payload(side.emit(_update()))
+    wrong = ClaimReference(ref.ref, "0" * 64, ref.size)
+    with pytest.raises(RejectMessage) as exc:
+        await side.handle(side.deliver(wrong.to_payload()))
+    assert exc.value.reason == "integrity"
+    short = ClaimReference(ref.ref, ref.sha256, ref.size - 1)
+    with pytest.raises(RejectMessage):
+        await side.handle(side.deliver(short.to_payload()))
+    assert side.rejected("integrity") == 2
+
+
+async def test_when_a_reference_names_a_body_of_another_round__it_is_refused(side):
+    ref = ClaimReference.from_payload(side.emit(_update(round_num=1)))
+    with pytest.raises(RejectMessage) as exc:  # replaying round 1's body into round 2
+        await side.handle(side.deliver(ref.to_payload(), round_num=2))
+    assert exc.value.reason == "integrity"
+
+
+async def test_when_the_consumer_has_no_claim_store__a_reference_is_refused_not_crashed(tmp_path):
+    side = _Side(tmp_path, consumer_claims=False)
+    try:
+        ref = ClaimReference.from_payload(side.emit(_update()))
+        with pytest.raises(RejectMessage) as exc:
+            await side.handle(side.deliver(ref.to_payload()))
+        assert exc.value.reason == "claim_missing"
+    finally:
+        side.store.close()
+
+
+async def test_when_a_type_may_not_refer__its_reference_is_malformed(side):
+    ref = ClaimReference.from_payload(side.emit(_update()))
+    with pytest.raises(RejectMessage) as exc:
+        await side.handle(side.deliver(ref.to_payload(), msg_type="stats.raw"), "stats.raw")
+    assert exc.value.reason == "malformed"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"claim_check": {"ref": "../etc/passwd", "sha256": "0" * 64, "size": 1}},
+        {"claim_check": {"ref": "connector/" + "0" * 32, "sha256": "zz", "size": 1}},
+        {"claim_check": {"ref": "connector/" + "0" * 32, "sha256": "0" * 64, "size": 0}},
+        {"claim_check": {"ref": "connector/" + "0" * 32, "sha256": "0" * 64}},
+        {"claim_check": {"ref": "connector/" + "0" * 32, "sha256": "0" * 64, "size": 1}, "x": 1},
+    ],
+)
+def test_when_a_reference_is_malformed__it_is_refused_as_malformed(payload):
+    with pytest.raises(MalformedMessage):
+        ClaimReference.from_payload(payload)
+
+
+def test_when_claims_are_collected__only_idle_unreferenced_bodies_go(side):
+    pending = ClaimReference.from_payload(side.emit(_update()))
+    with side.store.transaction() as tx:  # a second one still in the outbox
+        tx.emit("update.raw", _update().to_payload(), round_num=1)
+    (item,) = side.store.pending_outbox()
+    queued = ClaimReference.from_payload(item.payload)
+    assert side.store.collect_claims() == 0  # young: kept
+    old = time.time() - 2 * side.store.inbox_retention_s
+    for ref in (pending, queued):
+        os.utime(side.body_path(ref), (old, old))
+    assert side.store.collect_claims() == 1
+    side.claims._own.settle()
+    assert not side.body_path(pending).exists()
+    assert side.body_path(queued).exists()  # its message is not published yet
+
+
+def test_when_contracts_declare_references__only_updates_to_services_may_refer():
+    assert {t.value for t, c in CONTRACTS.items() if c.by_reference} == {
+        "update.raw",
+        "update.screened",
+    }
+    assert may_refer("update.raw") and not may_refer("round.open") and not may_refer("nope")
+    with pytest.raises(ValueError):
+        Contract(RoundOpen, frozenset({Role.TRAINER_DISPATCH}), ((Role.ORCHESTRATOR, "x"),),
+                 by_reference=True)  # fmt: skip
