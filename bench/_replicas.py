@@ -125,10 +125,13 @@ class Cluster:
                 proc.wait(timeout=10)
 
 
-def model_shape(params: int) -> tuple[str, int, int]:
-    """(model kind, n_features, window) of a ``cnn`` with about ``params`` parameters."""
+def model_shape(params: int, kind: str = "cnn") -> tuple[str, int, int]:
+    """(model kind, n_features, window): a ``cnn`` with about ``params`` parameters, or the
+    C-MAPSS ``hybrid`` (14 features, window 30: 18,561 parameters)."""
     from bench._standins import cnn_features_for
 
+    if kind == "hybrid":
+        return "hybrid", 14, 30
     return "cnn", cnn_features_for(params), 30
 
 
@@ -140,6 +143,7 @@ def prepare(
     train_s: float,
     params: int = MODEL_PARAMS,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    kind: str = "cnn",
 ) -> tuple[Any, dict[str, str], str]:
     """Keys, roles, factory keys, the connectors' registry; (settings, env, topology prefix)."""
     from federation.crypto.signing import SigningIdentity
@@ -160,7 +164,7 @@ def prepare(
         root / "registry",
         {ds: (f"http://stand-in/{ds}", "connector@pdm-factory.com", "stand-in") for ds in ids},
     )
-    kind, n_features, window = model_shape(params)
+    kind, n_features, window = model_shape(params, kind)
     env.update(
         {
             "PDMFED_DATASITE_REGISTRY": str(registry),
@@ -176,12 +180,18 @@ def prepare(
 
 
 def campaign_config(
-    campaign_id: str, ids: list[str], rounds: int, timeout_s: float, params: int = MODEL_PARAMS
+    campaign_id: str,
+    ids: list[str],
+    rounds: int,
+    timeout_s: float,
+    params: int = MODEL_PARAMS,
+    kind: str = "cnn",
 ) -> Any:
-    """A campaign of ``rounds`` rounds on a ``params``-parameter CNN: every update accepted."""
+    """A campaign of ``rounds`` rounds on a ``params``-parameter CNN (or the hybrid model):
+    every update accepted."""
     from federation.campaign import CampaignConfig
 
-    kind, n_features, window = model_shape(params)
+    kind, n_features, window = model_shape(params, kind)
     return CampaignConfig.model_validate(
         {
             "campaign_id": campaign_id,
