@@ -24,6 +24,7 @@ import hmac
 import logging
 import os
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 #: Payloads at least this big travel by reference: what a store keeps out of line anyway.
 CLAIM_MIN_BYTES = 256 * 1024
+#: Bodies of one transaction sealed and written at once (security screens a round's updates
+#: together and emits them all in one transaction).
+DEPOSIT_WORKERS = 4
 
 
 class ClaimStore:
@@ -65,6 +69,9 @@ class ClaimStore:
         self.min_bytes = int(min_bytes)
         self._sync = sync
         self._own = BlobDirectory(self.root / producer, sync=sync)
+        self._workers = ThreadPoolExecutor(
+            max_workers=DEPOSIT_WORKERS, thread_name_prefix="pdmfed-claim"
+        )
         ClaimReference(f"{producer}/{'0' * 32}", "0" * 64, 1)  # a producer name refs can carry
 
     # -- producing --------------------------------------------------------------------
@@ -80,6 +87,15 @@ class ClaimStore:
         digest = hashlib.sha256(body).hexdigest()
         name = self._own.write(PayloadParts([body], len(body)))
         return ClaimReference(f"{self.producer}/{name}", digest, len(body))
+
+    def deposit_later(
+        self, msg_type: str, parts: PayloadParts, *, datasite_id: str = "", round_num: int = 0
+    ) -> Future[ClaimReference]:
+        """``deposit`` on a worker thread: a transaction emitting several updates seals and
+        writes them in parallel (AES, SHA-256 and fsync release the GIL)."""
+        return self._workers.submit(
+            self.deposit, msg_type, parts, datasite_id=datasite_id, round_num=round_num
+        )
 
     def discard(self, refs: Iterable[ClaimReference]) -> None:
         """Remove bodies whose transaction rolled back (never referenced by a message)."""

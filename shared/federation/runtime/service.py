@@ -263,6 +263,10 @@ class ServiceRunner:
                         drop_assembly(tx, bytes(chunk["update_id"]))
             except AlreadyHandled:
                 return False
+            # Messages sent by claim-check reference carry none of their fields through the
+            # outbox: their gauges and counters come from the committed originals.
+            for referred_type, original in tx.referenced:
+                self._observe_emitted(referred_type, original)
             return True
 
         try:
@@ -287,6 +291,12 @@ class ServiceRunner:
             observe(self.metrics, self.store, campaign_id)
         except Exception:  # a gauge is never worth a lost message or a dead service
             log.exception("%s: updating metrics failed", self.service.name)
+
+    def _observe_emitted(self, msg_type: str, payload: dict) -> None:
+        try:
+            observe_emitted(self.metrics, msg_type, payload)
+        except Exception:  # a gauge is never worth a stalled outbox
+            log.exception("%s: metrics of an emitted %s failed", self.service.name, msg_type)
 
     def _already_handled(self, msg_id: bytes) -> bool:
         with self.store.transaction() as tx:
@@ -323,7 +333,8 @@ class ServiceRunner:
                     await asyncio.shield(asyncio.to_thread(claim.release))
                     raise
                 await asyncio.to_thread(claim.done)
-                observe_emitted(self.metrics, head.msg_type, payload)
+                if CLAIM_KEY not in payload:  # a reference's original was observed at commit
+                    self._observe_emitted(head.msg_type, payload)
                 published += 1
 
     async def _sweep_loop(self) -> None:

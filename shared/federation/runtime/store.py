@@ -125,6 +125,10 @@ class Transaction:
         #: The claim-check store (runtime.claims) when one is configured, else None.
         self.claims: Any = None
         self.claimed: list[Any] = []  # claim bodies written here: removed if it rolls back
+        #: (msg_type, original payload) of the messages queued as claim-check references.
+        self.referenced: list[tuple[str, dict]] = []
+        #: Emits waiting for their claim bodies (sealed and written in parallel), in order.
+        self._deferred: list[tuple[str, Any, dict, str, int]] = []
 
     def _x(self, sql: str, params: tuple = ()) -> Any:
         if self.placeholder != "?":
@@ -216,13 +220,46 @@ class Transaction:
         only the reference.
         """
         parts = encode_payload_parts(payload)
-        if self.claims is not None and self.claims.applies(msg_type, parts.nbytes):
-            claim = self.claims.deposit(
-                msg_type, parts, datasite_id=datasite_id, round_num=int(round_num)
-            )
-            self.claimed.append(claim)
-            payload = claim.to_payload()
-            parts = encode_payload_parts(payload)
+        if self.claims is not None:
+            if self.claims.applies(msg_type, parts.nbytes):  # sealed and written meanwhile
+                pending = self.claims.deposit_later(
+                    msg_type, parts, datasite_id=datasite_id, round_num=int(round_num)
+                )
+                self._deferred.append((msg_type, pending, payload, datasite_id, int(round_num)))
+                return
+            if self._deferred:  # behind a pending body: keep the emit order in the outbox
+                self._deferred.append((msg_type, parts, payload, datasite_id, int(round_num)))
+                return
+        self._insert(msg_type, parts, payload, datasite_id, int(round_num))
+
+    def finish_claims(self) -> None:
+        """Wait for this transaction's claim bodies (durable once this returns) and queue their
+        references, in emit order; the store calls it just before committing."""
+        while self._deferred:
+            msg_type, item, payload, datasite_id, round_num = self._deferred[0]
+            if not isinstance(item, PayloadParts):
+                claim = item.result()  # raises: the rest stays for abandon_claims
+                self.claimed.append(claim)
+                self.referenced.append((msg_type, payload))
+                payload = claim.to_payload()
+                item = encode_payload_parts(payload)
+            self._insert(msg_type, item, payload, datasite_id, round_num)
+            self._deferred.pop(0)
+
+    def abandon_claims(self) -> list[Any]:
+        """Every claim body this transaction wrote or is writing (after those finish)."""
+        deferred, self._deferred = self._deferred, []
+        for _, item, _, _, _ in deferred:
+            if not isinstance(item, PayloadParts):
+                try:
+                    self.claimed.append(item.result())
+                except Exception:  # a body that failed to be written is not there to remove
+                    continue
+        return self.claimed
+
+    def _insert(
+        self, msg_type: str, parts: PayloadParts, payload: dict, datasite_id: str, round_num: int
+    ) -> None:
         encoded, ref, nbytes = self._keep(parts)
         row = self._x(
             "INSERT INTO outbox (msg_type, payload, datasite_id, round_num, blob)"
@@ -306,6 +343,8 @@ class ServiceStore(ABC):
         try:
             try:
                 yield tx
+                if tx.claims is not None:
+                    tx.finish_claims()
             except BaseException:
                 self._rollback(conn)
                 self._blobs.remove(tx.created)
@@ -324,8 +363,8 @@ class ServiceStore(ABC):
         self._maybe_prune()
 
     def _discard_claims(self, tx: Transaction) -> None:
-        if tx.claimed and self.claims is not None:
-            self.claims.discard(tx.claimed)
+        if self.claims is not None:
+            self.claims.discard(tx.abandon_claims())
 
     def _remember_emitted(self, tx: Transaction) -> None:
         with self._emitted_lock:

@@ -106,6 +106,16 @@ def test_when_a_large_update_is_emitted__the_outbox_holds_a_reference_to_its_sea
     assert torch.arange(N, dtype=torch.float32).numpy().tobytes() not in stored  # encrypted
 
 
+def test_when_a_transaction_emits_several_updates__the_outbox_keeps_their_order(side):
+    with side.store.transaction() as tx:
+        for rnd, n in ((1, N), (2, 10), (3, N), (4, 10)):
+            tx.emit("update.raw", _update(n, round_num=rnd).to_payload(), round_num=rnd)
+    items = side.store.pending_outbox()
+    assert [i.round_num for i in items] == [1, 2, 3, 4]
+    kinds = [ClaimReference.from_payload(i.payload) is not None for i in items]
+    assert kinds == [True, False, True, False]
+
+
 def test_when_an_update_is_small_or_its_type_may_not_refer__it_stays_inline(side):
     assert ClaimReference.from_payload(side.emit(_update(1000))) is None
     model = RoundOpen(
@@ -119,7 +129,7 @@ def test_when_an_update_is_small_or_its_type_may_not_refer__it_stays_inline(side
 def test_when_the_transaction_rolls_back__its_claim_body_is_removed(side):
     with pytest.raises(RuntimeError), side.store.transaction() as tx:
         tx.emit("update.raw", _update().to_payload(), round_num=1)
-        assert len(list((side.claims.root / SENDER).iterdir())) == 1
+        tx.emit("update.raw", _update().to_payload(), round_num=1)
         raise RuntimeError("handler failed")
     side.store.settle()
     side.claims._own.settle()
@@ -237,3 +247,43 @@ def test_when_contracts_declare_references__only_updates_to_services_may_refer()
     with pytest.raises(ValueError):
         Contract(RoundOpen, frozenset({Role.TRAINER_DISPATCH}), ((Role.ORCHESTRATOR, "x"),),
                  by_reference=True)  # fmt: skip
+
+
+async def test_when_a_runner_relays_screened_references__one_flush_sends_all_and_metrics_see_originals(
+    tmp_path,
+):
+    from federation.runtime.service import Service, ServiceRunner
+    from federation.wire.messages import UpdateScreened, Verdict
+
+    registry = CollectorRegistry()
+    side = _Side(tmp_path)
+    sent: list[str] = []
+
+    class _Bus:
+        async def publish(self, routing_key: str, body: bytes, *, headers=None) -> None:
+            sent.append(routing_key)
+
+    producer = SecureEndpoint(_Bus(), side.out, None, "security")  # type: ignore[arg-type]
+    runner = ServiceRunner(
+        Service(name="security", queue="unused"), producer, side.store, Metrics("security", registry)
+    )
+    screened = [
+        UpdateScreened(campaign_id="c1", round_num=1, datasite_id=f"site-{i}",
+                       delta={"w": torch.zeros(N)}, verdict=Verdict(reputation=0.5 + i / 10))
+        for i in range(3)
+    ]  # fmt: skip
+    try:
+        runner_commit = side.store.transaction()
+        with runner_commit as tx:
+            for msg in screened:
+                tx.emit(msg.msg_type.value, msg.to_payload(), datasite_id=msg.datasite_id)
+        for kind, original in tx.referenced:  # what the runner observes after its commit
+            runner._observe_emitted(kind, original)
+        assert await runner.flush_outbox() == 3  # none stalls the flush
+        assert sent == ["update.screened"] * 3
+        for i in range(3):
+            assert registry.get_sample_value(
+                "pdmfed_client_reputation", {"campaign": "c1", "datasite_id": f"site-{i}"}
+            ) == pytest.approx(0.5 + i / 10)
+    finally:
+        side.store.close()
