@@ -25,7 +25,7 @@ BENCHMARKS = {
 #: their sections).
 EXTRA = (
     "synthetic_task", "dpsgd_quality", "dpsgd_curve", "robustness_5", "robustness_10", "replicas",
-    "fednorm_fd001",
+    "fednorm_fd001", "round_claim", "replicas_claim", "replicas_item5",
 )
 
 _NOTES = Path(__file__).resolve().parent / "NOTES.md"
@@ -268,6 +268,53 @@ def _round(doc: dict | None) -> list[str]:
     return [*lines, ""]
 
 
+def _round_claim(doc: dict | None, replicas: dict | None) -> list[str]:
+    """Section 4b: updates in line against claim check, each over the one-hop floor."""
+    title = "4b. Claim check: round overhead against the one-hop floor"
+    if doc is None and replicas is None:
+        return [f"## {title}", "", "Not measured yet: `.venv/bin/python -m bench.bench_round --claim`.", ""]
+    lines = [
+        f"## {title}",
+        "",
+        "The same campaign alternately with every update in the messages (in line, as before) and"
+        " by claim check (`PDMFED_CLAIM_DIR`, docs/replicas.md#claim-check), same run. One hop ="
+        " the bare broker moving every update once and the model once at the rate measured right"
+        " after that campaign; the target (issue #20 item 6) is an overhead of at most"
+        f" {CLAIM_TARGET}× one hop for 10M × 10, and no worse than in line for the hybrid model."
+        " `.venv/bin/python -m bench.bench_round --claim` (SQLite, dispatch/security/aggregator as"
+        " processes) and `.venv/bin/python -m bench.bench_replicas --claim` (PostgreSQL, one"
+        " process of each service).",
+        "",
+        "| benchmark | model | sites | updates | rounds | overhead s | one hop s | overhead / one hop | target |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in (doc or {}).get("results", []):
+        oh, fl = r["overhead_s"], r["broker_floor"]
+        mode = "claim check" if r.get("claim_check") else "in line"
+        big = r["model"] == "10M" and r["sites"] == 10 and r.get("claim_check")
+        lines.append(
+            f"| bench_round | {r['model']} | {r['sites']} | {mode} | {r['rounds_counted']}"
+            f" | {oh['median']:.2f} ({oh['min']:.2f}–{oh['max']:.2f})"
+            f" | {fl['one_hop_minimum']['broker_s']:.2f} | {fl['overhead_over_one_hop']:.2f}"
+            f" | {_met(fl['overhead_over_one_hop'] <= CLAIM_TARGET) if big else '–'} |"
+        )
+    for r in (replicas or {}).get("rows", []):
+        oh, fl = r["overhead_s"], r["floor"]
+        mode = "claim check" if r.get("claim_check") else "in line"
+        big = r["model"] == "10M" and r["sites"] == 10 and r.get("claim_check")
+        lines.append(
+            f"| bench_replicas | {r['model']} | {r['sites']} | {mode} | {r['rounds']}"
+            f" | {oh['median']:.2f} ({oh['min']:.2f}–{oh['max']:.2f})"
+            f" | {fl['one_hop_s']:.2f} | {fl['overhead_over_one_hop']:.2f}"
+            f" | {_met(fl['overhead_over_one_hop'] <= CLAIM_TARGET) if big else '–'} |"
+        )
+    return [*lines, ""]
+
+
+#: Issue #20 item 6: the claim check's round overhead at most this many times the one-hop floor.
+CLAIM_TARGET = 1.5
+
+
 def _scale(doc: dict | None) -> list[str]:
     out = _missing("5. Scale: 10 → 200 clients", "scale", doc)
     if out:
@@ -410,37 +457,40 @@ def _store(doc: dict | None) -> list[str]:
     return [*lines, ""]
 
 
-def _replicas(doc: dict | None) -> list[str]:
+def _replicas(doc: dict | None, item5: dict | None = None) -> list[str]:
     title = "13. Replicas: 1 against 2 processes of every service (bench/bench_replicas.py)"
-    if doc is None:
+    if doc is None and item5 is None:
         return [f"## {title}", "", "Not measured yet: `.venv/bin/python -m bench.bench_replicas`.", ""]
     lines = [
         f"## {title}",
         "",
-        "`.venv/bin/python -m bench.bench_replicas`: trainer-dispatch, security, aggregator and the"
-        " connector (stand-in datasites that sleep, then sign a fixed delta) as 1 or 2 processes"
-        " each, state in PostgreSQL, the same campaign alternately; 8 MiB messages (updates"
-        " chunked). Wall = one round as the orchestrator sees it, overhead = wall − training"
-        " sleep, median (min–max) over the rounds after the first.",
+        "`.venv/bin/python -m bench.bench_replicas` (2M and 10M × 4) and `… --item5` (issue #20"
+        " item 5's sizes: 10M × 10, the hybrid model × 50): trainer-dispatch, security, aggregator"
+        " and the connector (stand-in datasites that sleep, then sign a fixed delta) as 1 or 2"
+        " processes each, state in PostgreSQL, the same campaign alternately; 8 MiB messages"
+        " (updates chunked). Wall = one round as the orchestrator sees it, overhead = wall −"
+        " training sleep, median (min–max) over the rounds after the first.",
         "",
         "| model | sites | replicas | rounds | wall s | overhead s | rounds/min |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in doc["rows"]:
+    rows = [*(doc or {}).get("rows", []), *(item5 or {}).get("rows", [])]
+    for r in rows:
         o = r["overhead_s"]
         lines.append(
             f"| {r['model']} | {r['sites']} | {r['replicas']} | {r['rounds']} | {r['wall_s']:.2f}"
             f" | {o['median']:.2f} ({o['min']:.2f}–{o['max']:.2f}) | {r['rounds_per_min']:.1f} |"
         )
     by_model: dict[str, dict[int, float]] = {}
-    for r in doc["rows"]:
-        by_model.setdefault(r["model"], {})[r["replicas"]] = r["rounds_per_min"]
+    for r in rows:
+        by_model.setdefault(f"{r['model']} × {r['sites']}", {})[r["replicas"]] = r["rounds_per_min"]
     ratios = [f"{m} {v[2] / v[1]:.2f}×" for m, v in by_model.items() if 1 in v and 2 in v]
+    machine = (doc or item5 or {}).get("machine", {})
     if ratios:
         lines += [
             "",
             "Rounds/min with 2 replicas against 1, same run: " + ", ".join(ratios) + f"; measured on"
-            f" {doc['machine'].get('cpu_count', '?')} cores shared with other jobs, where a second"
+            f" {machine.get('cpu_count', '?')} cores shared with other jobs, where a second"
             " process of each service adds no CPU: replicas give failover (any one may be killed,"
             " docs/replicas.md), more throughput needs more cores per replica set.",
         ]
@@ -690,6 +740,7 @@ def render(results: Path, *, smoke: bool = False) -> str:
     lines += _broker(docs["broker"])
     lines += _aggregation(docs["aggregation"])
     lines += _round(docs["round"])
+    lines += _round_claim(extra["round_claim"], extra["replicas_claim"])
     lines += _scale(docs["scale"])
     lines += _memory(docs["memory"])
     lines += _quality(docs["quality_fd001"])
@@ -698,7 +749,7 @@ def render(results: Path, *, smoke: bool = False) -> str:
     lines += _dp_curve(extra["dpsgd_curve"], extra["dpsgd_quality"])
     lines += _robustness({k: extra[k] for k in ("robustness_5", "robustness_10")})
     lines += _hostile(docs["hostile"])
-    lines += _replicas(extra["replicas"])
+    lines += _replicas(extra["replicas"], extra["replicas_item5"])
     lines += _fednorm(extra["fednorm_fd001"])
     if _NOTES.is_file() and not smoke:
         lines += [_NOTES.read_text(encoding="utf-8").rstrip(), ""]

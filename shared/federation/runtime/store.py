@@ -353,8 +353,9 @@ class ServiceStore(ABC):
             try:
                 self._commit(conn)
             except BaseException:
+                # Claim bodies stay: the commit may have landed, and a published reference
+                # must find its body; unreferenced ones are collected after the retention.
                 self._blobs.remove(tx.created)
-                self._discard_claims(tx)
                 raise
         finally:
             self._end(conn)
