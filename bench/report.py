@@ -464,8 +464,10 @@ def _replicas(doc: dict | None, item5: dict | None = None) -> list[str]:
     lines = [
         f"## {title}",
         "",
-        "`.venv/bin/python -m bench.bench_replicas` (2M and 10M × 4) and `… --item5` (issue #20"
-        " item 5's sizes: 10M × 10, the hybrid model × 50): trainer-dispatch, security, aggregator"
+        "`.venv/bin/python -m bench.bench_replicas` (2M and 10M × 4; `… --item5`: issue #20"
+        " item 5's sizes, 10M × 10 and the hybrid model × 50,"
+        + (" below" if item5 else " not measured yet")
+        + "): trainer-dispatch, security, aggregator"
         " and the connector (stand-in datasites that sleep, then sign a fixed delta) as 1 or 2"
         " processes each, state in PostgreSQL, the same campaign alternately; 8 MiB messages"
         " (updates chunked). Wall = one round as the orchestrator sees it, overhead = wall −"
