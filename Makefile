@@ -30,6 +30,7 @@ tools: $(TOOLS_STAMP) ## install the offline validators (promtool, ...) when mis
 
 test: install tools ## run the whole suite: lint, unit, integration (real RabbitMQ + PySyft), e2e
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-unit: install ## unit tier only (fast, no services)

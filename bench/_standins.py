@@ -31,7 +31,6 @@ __all__ = [
 ]
 
 
-
 def model_template(kind: str, n_features: int, window: int) -> dict[str, torch.Tensor]:
     """The campaign's initial state dict, built exactly as trainer-dispatch builds it."""
     from federation.ml.models import build_model
@@ -76,10 +75,17 @@ class _Base:
         """``result`` with the factory signature over its delta, bound like a datasite's."""
         from federation.datasite.signing import sign_tensors
 
-        bound = {"campaign_id": str(training_config.get("campaign_id", "")),
-                 "model_version": int(training_config.get("model_version", 0))}
-        _, signature = sign_tensors(self._identity(datasite_id), "delta", result["delta"],
-                                    int(training_config["round_number"]), **bound)
+        bound = {
+            "campaign_id": str(training_config.get("campaign_id", "")),
+            "model_version": int(training_config.get("model_version", 0)),
+        }
+        _, signature = sign_tensors(
+            self._identity(datasite_id),
+            "delta",
+            result["delta"],
+            int(training_config["round_number"]),
+            **bound,
+        )
         return {**result, "factory_signature": signature, "factory_key_id": datasite_id}
 
     def _raw_windows(self, datasite_id: str) -> np.ndarray:
@@ -96,8 +102,14 @@ class _Base:
         stats = window_stats(X, feature_columns(X.shape[2])).to_dict()
         campaign_id = str(stats_config.get("campaign_id", ""))
         signature = sign_stats(self._identity(datasite_id), stats, campaign_id=campaign_id)
-        return {"stats": stats, "stats_signature": signature, "factory_key_id": datasite_id,
-                "datasite_id": datasite_id, "campaign_id": campaign_id, "round_number": 0}
+        return {
+            "stats": stats,
+            "stats_signature": signature,
+            "factory_key_id": datasite_id,
+            "datasite_id": datasite_id,
+            "campaign_id": campaign_id,
+            "round_number": 0,
+        }
 
     def is_connected(self, datasite_id: str) -> bool:
         return datasite_id in self.connected
@@ -152,8 +164,12 @@ class TrainingDatasites(_Base):
         self._record(training_config["round_number"], datasite_id, time.perf_counter() - start)
         global_state = self.models[datasite_id]
         update = result["model_update"]
-        result["delta"] = {k: (update[k].to(torch.float32) - global_state[k].to(torch.float32))
-                           if update[k].is_floating_point() else update[k] for k in global_state}
+        result["delta"] = {
+            k: (update[k].to(torch.float32) - global_state[k].to(torch.float32))
+            if update[k].is_floating_point()
+            else update[k]
+            for k in global_state
+        }
         return self._signed(result, training_config, datasite_id)
 
 
@@ -223,7 +239,10 @@ class _ServiceProcesses:
                     start_new_session=True,
                 )
         deadline = time.monotonic() + timeout
-        for name, proc in self.procs.items():  # each logs "<name> started (queue ...)" when consuming
+        for (
+            name,
+            proc,
+        ) in self.procs.items():  # each logs "<name> started (queue ...)" when consuming
             while "started (queue" not in self.log(name):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"service {name} did not start:\n{self.log(name)[-2000:]}")
@@ -317,8 +336,15 @@ async def _run(
 
     topology = Topology().with_prefix(prefix)
     # the connector's own registry: stand-in URLs it never dials (the stand-ins train in-process)
-    registry = DatasiteRegistry.load(write_registry(state_dir.parent / "registry", {
-        ds: (f"http://stand-in/{ds}", "connector@pdm-factory.com", "bench-stand-in") for ds in cfg.cohort}))
+    registry = DatasiteRegistry.load(
+        write_registry(
+            state_dir.parent / "registry",
+            {
+                ds: (f"http://stand-in/{ds}", "connector@pdm-factory.com", "bench-stand-in")
+                for ds in cfg.cohort
+            },
+        )
+    )
     separate = None
     if processes:
         if not amqp_url:
@@ -328,13 +354,25 @@ async def _run(
 
         comm.write_factory_keys(Path(env["PDMFED_KEYS_DIR"]) / FACTORIES_DIR, cfg.cohort)
         separate = _ServiceProcesses(state_dir.parent, env)
-        fed = EmbeddedFederation(settings, comm_manager=comm, datasite_registry=registry, topology=topology,
-                                 services=("connector",))
+        fed = EmbeddedFederation(
+            settings,
+            comm_manager=comm,
+            datasite_registry=registry,
+            topology=topology,
+            services=("connector",),
+        )
     else:
-        settings = Settings(demo=True, state_dir=state_dir, amqp_url=amqp_url, redis_url=None,
-                            state_url=state_url,
-                            claim_dir=state_dir.parent / "claims" if claim_check else None)
-        fed = EmbeddedFederation(settings, comm_manager=comm, datasite_registry=registry, topology=topology)
+        settings = Settings(
+            demo=True,
+            state_dir=state_dir,
+            amqp_url=amqp_url,
+            redis_url=None,
+            state_url=state_url,
+            claim_dir=state_dir.parent / "claims" if claim_check else None,
+        )
+        fed = EmbeddedFederation(
+            settings, comm_manager=comm, datasite_registry=registry, topology=topology
+        )
     marks: dict[str, dict[int, float]] = {"round.open": {}, "round.completed": {}}
     consumed: dict[int, float] = {}  # round -> wire bytes the four services had consumed by its end
     await fed.start()  # declares the topology before the other processes attach to it
@@ -431,8 +469,17 @@ def run_campaign(
     )
     with tempfile.TemporaryDirectory(prefix="pdmfed-bench-") as tmp:
         out = asyncio.run(
-            _run(comm, cfg, amqp_url, prefix, timeout, Path(tmp) / "state", processes, state_url,
-                 claim_check)
+            _run(
+                comm,
+                cfg,
+                amqp_url,
+                prefix,
+                timeout,
+                Path(tmp) / "state",
+                processes,
+                state_url,
+                claim_check,
+            )
         )
     record = out["record"]
     done = out["marks"]["round.completed"]

@@ -287,9 +287,7 @@ class _CpuMeter:
         self._procs = {
             "publisher": [psutil.Process()],
             "consumer": [psutil.Process(consumer_pid)],
-            "broker": [
-                p for p in psutil.process_iter(["name"]) if p.info["name"] == "beam.smp"
-            ],
+            "broker": [p for p in psutil.process_iter(["name"]) if p.info["name"] == "beam.smp"],
         }
 
     @property
@@ -355,7 +353,10 @@ async def _run(plan: dict) -> dict[str, Any]:
             times: dict[str, list[float]] = {"raw": [], "sealed": []}
             spent = {kind: dict.fromkeys(_CpuMeter.ROLES, 0.0) for kind in times}
             for _ in range(plan["runs"]):
-                for kind, run_once, item in (("raw", raw.run_once, body), ("sealed", sealed.run_once, payload)):
+                for kind, run_once, item in (
+                    ("raw", raw.run_once, body),
+                    ("sealed", sealed.run_once, payload),
+                ):
                     before = meter.read()
                     times[kind].append(await run_once(item, count))
                     after = meter.read()
@@ -399,7 +400,9 @@ async def _run(plan: dict) -> dict[str, Any]:
         await cleanup.delete_topology()
         await cleanup.close()
     if consumer.rejected is None:
-        raise RuntimeError(f"the consumer process ended without its report (exit {consumer.proc.returncode})")
+        raise RuntimeError(
+            f"the consumer process ended without its report (exit {consumer.proc.returncode})"
+        )
     return {"rows": rows, "rejected": consumer.rejected, "topology_prefix": topo.prefix}
 
 

@@ -44,7 +44,9 @@ CLAIM = [
     {"model": "10M", "params": 10_000_000, "sites": 10, "rounds": 3, "train_s": 2.0, "repeats": 1,
      "vary": "claim_check"},
 ]  # fmt: skip
-SMOKE = [{"model": "200k", "params": 200_000, "sites": 3, "rounds": 3, "train_s": 0.05, "repeats": 1}]
+SMOKE = [
+    {"model": "200k", "params": 200_000, "sites": 3, "rounds": 3, "train_s": 0.05, "repeats": 1}
+]
 
 
 def _campaign(conf: dict, replicas: int, claim_check: bool = False) -> dict[str, Any]:
@@ -62,21 +64,30 @@ def _campaign(conf: dict, replicas: int, claim_check: bool = False) -> dict[str,
         if kind == "round.completed":
             done.setdefault(int(payload["round_num"]), time.perf_counter())
 
-    with tempfile.TemporaryDirectory(prefix="pdmfed-bench-replicas-") as tmp, scratch_database(
-        POSTGRES_URL, "bench"
-    ) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="pdmfed-bench-replicas-") as tmp,
+        scratch_database(POSTGRES_URL, "bench") as url,
+    ):
         root = Path(tmp)
         kind = conf.get("kind", "cnn")
-        settings, env, prefix = prepare(root, url, ids, samples, conf["train_s"], conf["params"],
-                                        max_message_bytes=settings_default_message_bytes(),
-                                        kind=kind)
+        settings, env, prefix = prepare(
+            root,
+            url,
+            ids,
+            samples,
+            conf["train_s"],
+            conf["params"],
+            max_message_bytes=settings_default_message_bytes(),
+            kind=kind,
+        )
         if claim_check:
             env["PDMFED_CLAIM_DIR"] = str(root / "claims")
         cluster = Cluster(root, env, count=replicas)
         cfg = campaign_config(f"{prefix}-c", ids, conf["rounds"], 600.0, conf["params"], kind)
         start = time.perf_counter()
-        (record,) = asyncio.run(run_campaigns(settings, prefix, [cfg], cluster, False, 1800.0, 0,
-                                              on_event=on_event))
+        (record,) = asyncio.run(
+            run_campaigns(settings, prefix, [cfg], cluster, False, 1800.0, 0, on_event=on_event)
+        )
     if record.completed is None or len(done) < conf["rounds"]:
         raise RuntimeError(f"campaign ended early: {record.completed}, rounds {sorted(done)}")
     walls, previous = [], start
@@ -93,14 +104,23 @@ def settings_default_message_bytes() -> int:
     return int(Settings.model_fields["max_message_bytes"].default)
 
 
-def _row(conf: dict, replicas: int, steady: list[float], claim_check: bool = False) -> dict[str, Any]:
+def _row(
+    conf: dict, replicas: int, steady: list[float], claim_check: bool = False
+) -> dict[str, Any]:
     overhead = [w - conf["train_s"] for w in steady]
     return {
-        "model": conf["model"], "params": conf["params"], "sites": conf["sites"],
-        "replicas": replicas, "claim_check": claim_check, "rounds": len(steady),
+        "model": conf["model"],
+        "params": conf["params"],
+        "sites": conf["sites"],
+        "replicas": replicas,
+        "claim_check": claim_check,
+        "rounds": len(steady),
         "wall_s": statistics.median(steady),
-        "overhead_s": {"median": statistics.median(overhead), "min": min(overhead),
-                       "max": max(overhead)},
+        "overhead_s": {
+            "median": statistics.median(overhead),
+            "min": min(overhead),
+            "max": max(overhead),
+        },
         "rounds_per_min": 60.0 / statistics.median(steady),
     }
 
@@ -119,8 +139,11 @@ def _one_hop_floor(conf: dict, overhead_s: float) -> dict[str, Any]:
     model = conf["params"] * 4
     raw = asyncio.run(_raw_broker_rate(model, max(4, min(64, (32 * 1024**2) // model))))
     seconds = (conf["sites"] + 1) * model / raw["bytes_per_s"]
-    return {"raw_broker_mb_per_s": raw["mb_per_s"], "one_hop_s": seconds,
-            "overhead_over_one_hop": overhead_s / seconds}
+    return {
+        "raw_broker_mb_per_s": raw["mb_per_s"],
+        "one_hop_s": seconds,
+        "overhead_over_one_hop": overhead_s / seconds,
+    }
 
 
 def run(smoke: bool, configs: list[dict] | None = None) -> dict[str, Any]:
@@ -129,7 +152,10 @@ def run(smoke: bool, configs: list[dict] | None = None) -> dict[str, Any]:
         variants = _variants(conf)
         walls: dict[tuple[int, bool], list[float]] = {v: [] for v in variants}
         for _ in range(conf["repeats"]):
-            for replicas, claim in variants:  # alternately: the machine's other load hits both alike
+            for (
+                replicas,
+                claim,
+            ) in variants:  # alternately: the machine's other load hits both alike
                 walls[(replicas, claim)] += _campaign(conf, replicas, claim)["walls"][1:]
         for replicas, claim in variants:
             row = _row(conf, replicas, walls[(replicas, claim)], claim)

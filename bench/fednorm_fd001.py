@@ -117,7 +117,9 @@ def _seed_row(smoke: bool, data_dir: Path, plan: dict[str, Any], seed: int) -> d
     groups = partition_engines(fit_engines, plan["sites"], seed=seed, mode="profile",
                                lifetimes=raw.train_lifetimes)  # fmt: skip
     raw_sites = split_partition(raw.train.select(fit_engines), groups)
-    merged = robust_merge({f"f{i}": window_stats(s.X, raw.features) for i, s in enumerate(raw_sites)})
+    merged = robust_merge(
+        {f"f{i}": window_stats(s.X, raw.features) for i, s in enumerate(raw_sites)}
+    )
     fed_norm = merged.normalizer
     row = {"seed": seed, "site_windows": [len(s) for s in raw_sites],
            "stats_gap": _stats_gap(central_norm, fed_norm),

@@ -24,8 +24,16 @@ BENCHMARKS = {
 #: Results rendered when present but not run by ``python -m bench`` (long: their commands are in
 #: their sections).
 EXTRA = (
-    "synthetic_task", "dpsgd_quality", "dpsgd_curve", "robustness_5", "robustness_10", "replicas",
-    "fednorm_fd001", "round_claim", "replicas_claim", "replicas_item5",
+    "synthetic_task",
+    "dpsgd_quality",
+    "dpsgd_curve",
+    "robustness_5",
+    "robustness_10",
+    "replicas",
+    "fednorm_fd001",
+    "round_claim",
+    "replicas_claim",
+    "replicas_item5",
 )
 
 _NOTES = Path(__file__).resolve().parent / "NOTES.md"
@@ -272,7 +280,12 @@ def _round_claim(doc: dict | None, replicas: dict | None) -> list[str]:
     """Section 4b: updates in line against claim check, each over the one-hop floor."""
     title = "4b. Claim check: round overhead against the one-hop floor"
     if doc is None and replicas is None:
-        return [f"## {title}", "", "Not measured yet: `.venv/bin/python -m bench.bench_round --claim`.", ""]
+        return [
+            f"## {title}",
+            "",
+            "Not measured yet: `.venv/bin/python -m bench.bench_round --claim`.",
+            "",
+        ]
     lines = [
         f"## {title}",
         "",
@@ -421,7 +434,8 @@ def _store(doc: dict | None) -> list[str]:
         )
     lines += [
         "",
-        f"A {mb:.0f} MB value" + (" (one encoded 10M-parameter update)" if mb > 30 else "")
+        f"A {mb:.0f} MB value"
+        + (" (one encoded 10M-parameter update)" if mb > 30 else "")
         + " committed and read back, median (min–max) seconds. Both stores keep it in a file of their blob directory; the PostgreSQL"
         " rows are the alternatives measured for keeping it inside the database.",
         "",
@@ -460,7 +474,12 @@ def _store(doc: dict | None) -> list[str]:
 def _replicas(doc: dict | None, item5: dict | None = None) -> list[str]:
     title = "13. Replicas: 1 against 2 processes of every service (bench/bench_replicas.py)"
     if doc is None and item5 is None:
-        return [f"## {title}", "", "Not measured yet: `.venv/bin/python -m bench.bench_replicas`.", ""]
+        return [
+            f"## {title}",
+            "",
+            "Not measured yet: `.venv/bin/python -m bench.bench_replicas`.",
+            "",
+        ]
     lines = [
         f"## {title}",
         "",
@@ -491,7 +510,9 @@ def _replicas(doc: dict | None, item5: dict | None = None) -> list[str]:
     if ratios:
         lines += [
             "",
-            "Rounds/min with 2 replicas against 1, same run: " + ", ".join(ratios) + f"; measured on"
+            "Rounds/min with 2 replicas against 1, same run: "
+            + ", ".join(ratios)
+            + f"; measured on"
             f" {machine.get('cpu_count', '?')} cores shared with other jobs, where a second"
             " process of each service adds no CPU: replicas give failover (any one may be killed,"
             " docs/replicas.md), more throughput needs more cores per replica set.",
@@ -508,11 +529,16 @@ def _synthetic_task(doc: dict | None) -> list[str]:
         "Central CNN, RMSE after each epoch on training windows / windows of held-out training"
         " engines / test engines. `.venv/bin/python -m bench.synthetic_task`",
         "",
-        "| data | " + " | ".join(f"epoch {r['epoch']}" for r in next(iter(doc["datasets"].values()))["history"]) + " |",
+        "| data | "
+        + " | ".join(f"epoch {r['epoch']}" for r in next(iter(doc["datasets"].values()))["history"])
+        + " |",
         "|---|" + "---|" * len(next(iter(doc["datasets"].values()))["history"]),
     ]
     for name, d in doc["datasets"].items():
-        cells = [f"{r['train_rmse']:.1f} / {r['held_out_rmse']:.1f} / {r['test_rmse']:.1f}" for r in d["history"]]
+        cells = [
+            f"{r['train_rmse']:.1f} / {r['held_out_rmse']:.1f} / {r['test_rmse']:.1f}"
+            for r in d["history"]
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
@@ -530,7 +556,11 @@ def _dp_curve(curve: dict | None, quality: dict | None) -> list[str]:
         "FD001, 3 non-IID factories, 5 rounds, the private recipe (public pre-training on the"
         " synthetic fleet, DP-SGD with iterate averaging, PLD accounting; see the module"
         " docstring), delta = 1e-5, epsilon per factory (record level)."
-        + (f" Non-private federation: {ref:.2f}; the goal is within 15 % ({ref * 1.15:.2f})." if ref else ""),
+        + (
+            f" Non-private federation: {ref:.2f}; the goal is within 15 % ({ref * 1.15:.2f})."
+            if ref
+            else ""
+        ),
         " `.venv/bin/python -m bench.dpsgd_quality --datasets fd001 --curve`",
         "",
         "| target epsilon | epsilon spent (max factory) | noise multiplier | test RMSE | vs non-private |",

@@ -37,8 +37,14 @@ class _Recorder:
         end = time.perf_counter() - self.t0
         with self._lock:
             self.events.append(
-                {"start": start - self.t0, "end": end, "service": service, "step": step,
-                 "msg_type": kind, "datasite_id": datasite}
+                {
+                    "start": start - self.t0,
+                    "end": end,
+                    "service": service,
+                    "step": step,
+                    "msg_type": kind,
+                    "datasite_id": datasite,
+                }
             )
 
     def install(self) -> None:
@@ -59,7 +65,9 @@ class _Recorder:
         async def timed_publish(self, msg_type, message, *, datasite_id="", round_num=0):
             start = time.perf_counter()
             try:
-                return await publish(self, msg_type, message, datasite_id=datasite_id, round_num=round_num)
+                return await publish(
+                    self, msg_type, message, datasite_id=datasite_id, round_num=round_num
+                )
             finally:
                 kind = str(getattr(msg_type, "value", msg_type))
                 recorder.add(start, str(self.service), "publish", kind, datasite_id)
@@ -104,21 +112,41 @@ def main(argv: list[str] | None = None) -> int:
     recorder = _Recorder()
     recorder.install()
     if args.smoke:
-        spec = {"model": "hybrid-sleep", "sites": 3, "rounds": 2, "train_s": 0.05,
-                "layout": bench_round.ONE_PROCESS}
+        spec = {
+            "model": "hybrid-sleep",
+            "sites": 3,
+            "rounds": 2,
+            "train_s": 0.05,
+            "layout": bench_round.ONE_PROCESS,
+        }
     else:
-        spec = {"model": "10M", "sites": args.sites, "rounds": 2, "train_s": bench_round.BIG_TRAIN_S,
-                "layout": bench_round.ONE_PROCESS}
+        spec = {
+            "model": "10M",
+            "sites": args.sites,
+            "rounds": 2,
+            "train_s": bench_round.BIG_TRAIN_S,
+            "layout": bench_round.ONE_PROCESS,
+        }
     row = bench_round._measure(spec)
     spans = last_round_spans(recorder.events)
-    print(f"{spec['model']} x{spec['sites']}: round {row['wall_s']['median']:.2f} s, training"
-          f" {row['training_s']['median']:.2f} s; last round, seconds after its round.open:")
-    print(f"{'service':>17} {'step':>8} {'message':>18} {'count':>5} {'first':>7} {'last':>7} {'busy':>7}")
+    print(
+        f"{spec['model']} x{spec['sites']}: round {row['wall_s']['median']:.2f} s, training"
+        f" {row['training_s']['median']:.2f} s; last round, seconds after its round.open:"
+    )
+    print(
+        f"{'service':>17} {'step':>8} {'message':>18} {'count':>5} {'first':>7} {'last':>7} {'busy':>7}"
+    )
     for s in spans:
-        print(f"{s['service']:>17} {s['step']:>8} {s['msg_type']:>18} {s['count']:>5}"
-              f" {s['first_start_s']:7.2f} {s['last_end_s']:7.2f} {s['busy_s']:7.2f}")
-    data = {"spec": spec, "round": {k: row[k] for k in ("wall_s", "training_s")},
-            "spans": spans, "events": recorder.events}
+        print(
+            f"{s['service']:>17} {s['step']:>8} {s['msg_type']:>18} {s['count']:>5}"
+            f" {s['first_start_s']:7.2f} {s['last_end_s']:7.2f} {s['busy_s']:7.2f}"
+        )
+    data = {
+        "spec": spec,
+        "round": {k: row[k] for k in ("wall_s", "training_s")},
+        "spans": spans,
+        "events": recorder.events,
+    }
     print(f"wrote {write_result(NAME, data, args.out or result_path(NAME, args.smoke))}")
     return 0
 

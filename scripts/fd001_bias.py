@@ -48,7 +48,9 @@ def main() -> None:
         if band.any():
             print(f"  true RUL in [{lo:g}, {hi:g}): {int(band.sum())} units, "
                   f"bias {float((pred - true)[band].mean()):+.1f}")  # fmt: skip
-    print(f"  predictions above the cap: {int((pred > cap).sum())}, below zero: {int((pred < 0).sum())}")
+    print(
+        f"  predictions above the cap: {int((pred > cap).sum())}, below zero: {int((pred < 0).sum())}"
+    )
     print(_line("bundle clipped to [0, cap]", np.clip(pred, 0, cap), true, mean))
     model_type = bundle.manifest["architecture"]["model_type"]
     for label, extra in (("central", {}), ("central DP-SGD", {"dp": {"noise_multiplier": 1.0,

@@ -105,9 +105,7 @@ def run_pdmfed(
     seconds = time.monotonic() - started
     time.sleep(0.2)  # a child that outlives its parent shows up here
     leftovers = kill_session(proc.pid)
-    return Run(
-        proc.returncode, out, err, seconds, leftovers, _leftover_tmp(tmpdir)
-    )
+    return Run(proc.returncode, out, err, seconds, leftovers, _leftover_tmp(tmpdir))
 
 
 @dataclass

@@ -39,7 +39,14 @@ from federation.bus.definitions import (  # noqa: F401 - the tool's API, one imp
     verify_password,
 )
 
-__all__ = ["HASHING_ALGORITHM", "hash_password", "verify_password", "password_env_var", "render", "generate"]
+__all__ = [
+    "HASHING_ALGORITHM",
+    "hash_password",
+    "verify_password",
+    "password_env_var",
+    "render",
+    "generate",
+]
 
 #: The vhost the committed definitions declare.
 VHOST = "pdmfed"

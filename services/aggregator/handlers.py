@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 
 
 def _new_global_model(
-    cfg: CampaignConfig, base: dict[str, torch.Tensor], accepted: list[dict], accountant: Any,
+    cfg: CampaignConfig,
+    base: dict[str, torch.Tensor],
+    accepted: list[dict],
+    accountant: Any,
     generator: torch.Generator | None = None,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """``base`` plus the pipeline's aggregate of the accepted deltas, and the noise std it added.
@@ -48,7 +51,9 @@ def _new_global_model(
     rule = aggregation_rule(cfg.robustness, p, accountant=accountant, generator=generator)
     if p.enabled and p.mode == "local" and p.noise_multiplier > 0 and accountant is not None:
         accountant.spend_round()  # security noised every released update once this round
-    agg = rule.aggregate([u["delta"] for u in accepted], [float(u.get("weight", 1.0)) for u in accepted])
+    agg = rule.aggregate(
+        [u["delta"] for u in accepted], [float(u.get("weight", 1.0)) for u in accepted]
+    )
     new = {}
     for k, v in base.items():
         if v.is_floating_point():
@@ -58,7 +63,9 @@ def _new_global_model(
     return new, float(getattr(rule, "last_noise_std", 0.0))
 
 
-def _quorum(cfg: CampaignConfig, verdicts: dict[str, dict], accepted: list[dict]) -> tuple[bool, dict]:
+def _quorum(
+    cfg: CampaignConfig, verdicts: dict[str, dict], accepted: list[dict]
+) -> tuple[bool, dict]:
     """Whether a round may publish a model (``federation.robust.pipeline.quorum``): at least
     ``quorum`` accepted updates, taken from a cohort of at least ``robustness.min_clients``
     screened ones (when screening is on)."""
@@ -69,7 +76,10 @@ def _quorum(cfg: CampaignConfig, verdicts: dict[str, dict], accepted: list[dict]
 
 def _weighted(accepted: list[dict], key: str) -> float | None:
     """A training figure (rmse, loss) of the accepted updates, weighted by their samples."""
-    figures = [(getattr(TrainingMetrics.from_payload(u["metrics"]), key), u.get("num_samples", 1)) for u in accepted]
+    figures = [
+        (getattr(TrainingMetrics.from_payload(u["metrics"]), key), u.get("num_samples", 1))
+        for u in accepted
+    ]
     pairs = [(m, n) for m, n in figures if m is not None]
     total = sum(n for _, n in pairs)
     return None if not pairs or total <= 0 else float(sum(m * n for m, n in pairs) / total)
@@ -100,10 +110,15 @@ def _record_privacy(tx: Transaction, cfg: CampaignConfig, verdicts: dict[str, di
     eps = {ds: float(ledger.epsilon(ds)) for ds in ledger.datasites()}
     allows_next = True
     if rp.max_epsilon is not None:
-        allows_next = not any(ledger.would_exceed(rp.max_epsilon, ds, p["z"], p["q"], p["steps"])
-                              for ds, p in last.items())
-    return {"record_epsilon": eps, "record_epsilon_max": max(eps.values(), default=0.0),
-            "record_budget_allows_next": allows_next}
+        allows_next = not any(
+            ledger.would_exceed(rp.max_epsilon, ds, p["z"], p["q"], p["steps"])
+            for ds, p in last.items()
+        )
+    return {
+        "record_epsilon": eps,
+        "record_epsilon_max": max(eps.values(), default=0.0),
+        "record_budget_allows_next": allows_next,
+    }
 
 
 def build_service(queue: str = "pdmfed.aggregator") -> Service:
@@ -117,8 +132,13 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
         raw = tx.get(f"ledger/{cfg.campaign_id}")
         if raw is not None:
             return PrivacyAccountant.from_dict(raw)
-        return PrivacyAccountant(noise_multiplier=p.noise_multiplier, sampling_rate=1.0, delta=p.delta,
-                                 max_epsilon=p.max_epsilon, method=p.accountant)
+        return PrivacyAccountant(
+            noise_multiplier=p.noise_multiplier,
+            sampling_rate=1.0,
+            delta=p.delta,
+            max_epsilon=p.max_epsilon,
+            method=p.accountant,
+        )
 
     def _round(tx: Transaction, cid: str, rnd: int) -> dict:
         r = tx.get(f"round/{cid}/{rnd:06d}")
@@ -139,10 +159,15 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
         if tx.get(f"round/{cid}/{rnd:06d}") is not None:
             return
         tx.put(f"base/{cid}/{rnd:06d}", msg.global_model)  # big: kept apart from the round record
-        tx.put(f"round/{cid}/{rnd:06d}", {
-            "status": "open", "model_version": msg.model_version, "opened_at": time.time(),
-            "expected": None,
-        })
+        tx.put(
+            f"round/{cid}/{rnd:06d}",
+            {
+                "status": "open",
+                "model_version": msg.model_version,
+                "opened_at": time.time(),
+                "expected": None,
+            },
+        )
 
     def on_round_close(tx: Transaction, msg: RoundClose, envelope: Any) -> None:
         cid, rnd = msg.campaign_id, msg.round_num
@@ -167,9 +192,14 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
                           "weight": msg.weight, "metrics": msg.metrics.to_payload(),
                           "reputation": msg.verdict.reputation}  # fmt: skip
             else:  # judged by security's screening (counts toward min_clients), or refused before
-                record = {"datasite_id": ds, "accepted": False, "reason": msg.reason,
-                          "screened": msg.reason in JUDGED_REASONS,
-                          "metrics": msg.detail.metrics.to_payload(), "reputation": msg.detail.reputation}
+                record = {
+                    "datasite_id": ds,
+                    "accepted": False,
+                    "reason": msg.reason,
+                    "screened": msg.reason in JUDGED_REASONS,
+                    "metrics": msg.detail.metrics.to_payload(),
+                    "reputation": msg.detail.reputation,
+                }
             base_version = int(r["model_version"])
             if accepted and msg.model_version != base_version:
                 # The factory signed the version it trained from: a delta of another base model
@@ -181,6 +211,7 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
                 record.pop("delta", None)
             tx.put(key, record)
             _maybe_aggregate(tx, cid, rnd)
+
         return handle
 
     def _maybe_aggregate(tx: Transaction, cid: str, rnd: int) -> None:
@@ -204,9 +235,15 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
             # too few screened updates: nothing is aggregated, spent or published this round
             new = {}
             status = "no_quorum"
-            log.warning("round %d publishes no model: %d accepted of %d screened updates, quorum %d "
-                        "from at least %d screened", rnd, quorum["accepted"], quorum["screened"],
-                        quorum["required"], quorum["min_clients"])
+            log.warning(
+                "round %d publishes no model: %d accepted of %d screened updates, quorum %d "
+                "from at least %d screened",
+                rnd,
+                quorum["accepted"],
+                quorum["screened"],
+                quorum["required"],
+                quorum["min_clients"],
+            )
         else:
             try:
                 new, noise_std = _new_global_model(cfg, base, accepted, acct, gen)
@@ -223,7 +260,11 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
             num_samples=int(sum(int(u.get("num_samples", 0)) for u in accepted)),
             duration_s=time.time() - float(r["opened_at"]),
             noise_std=float(noise_std),
-            reputation={ds: float(v["reputation"]) for ds, v in verdicts.items() if v.get("reputation") is not None},
+            reputation={
+                ds: float(v["reputation"])
+                for ds, v in verdicts.items()
+                if v.get("reputation") is not None
+            },
             quorum=Quorum(**quorum),
             **_record_privacy(tx, cfg, verdicts),
         )
@@ -233,13 +274,30 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
         tx.delete(f"base/{cid}/{rnd:06d}")
         for ds in r["expected"]:
             tx.delete(f"verdict/{cid}/{rnd:06d}/{ds}")
-        tx.emit(RoundCompleted(
-            campaign_id=cid, round_num=rnd, model_version=version, status=status,
-            participants=sorted(v["datasite_id"] for v in accepted), rejected=rejected,
-            failed=dict(r.get("failed", {})), byzantine=byzantine, metrics=metrics, epsilon=epsilon,
-            global_model=new,
-        ), round_num=rnd)
-        log.info("round %d %s: %d accepted, rejected %s, eps=%s", rnd, status, len(accepted), rejected, epsilon)
+        tx.emit(
+            RoundCompleted(
+                campaign_id=cid,
+                round_num=rnd,
+                model_version=version,
+                status=status,
+                participants=sorted(v["datasite_id"] for v in accepted),
+                rejected=rejected,
+                failed=dict(r.get("failed", {})),
+                byzantine=byzantine,
+                metrics=metrics,
+                epsilon=epsilon,
+                global_model=new,
+            ),
+            round_num=rnd,
+        )
+        log.info(
+            "round %d %s: %d accepted, rejected %s, eps=%s",
+            rnd,
+            status,
+            len(accepted),
+            rejected,
+            epsilon,
+        )
 
     return Service(
         name="aggregator",

@@ -53,8 +53,12 @@ class ConnectorLogic:
     #: Seconds between session checks (probe the logged-in datasites, log in to the others).
     session_check_s: float = 5.0
 
-    def __init__(self, comm_manager: Any, registry: DatasiteRegistry,
-                 on_refusal: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        comm_manager: Any,
+        registry: DatasiteRegistry,
+        on_refusal: Callable[[str], None] | None = None,
+    ) -> None:
         self.comm = comm_manager
         self.registry = registry
         self.store: Any = None
@@ -84,8 +88,12 @@ class ConnectorLogic:
                 unknown.append(ds)
         if unknown:
             self._on_refusal(UnknownDatasite.reason)
-            log.warning("campaign %s names datasites the connector's registry does not hold: %s;"
-                        " they will not be contacted", cfg.campaign_id, ", ".join(unknown))
+            log.warning(
+                "campaign %s names datasites the connector's registry does not hold: %s;"
+                " they will not be contacted",
+                cfg.campaign_id,
+                ", ".join(unknown),
+            )
         with self._campaigns_lock:
             self._campaigns[cfg.campaign_id] = tuple(known)
         return unknown
@@ -194,10 +202,16 @@ class ConnectorLogic:
             self._logins.pop(datasite_id, None)
         ok = self.comm.connect_to_datasite(
             datasite_url=entry.url,
-            credentials={"email": entry.email, "password": entry.password(), "datasite_id": datasite_id},
+            credentials={
+                "email": entry.email,
+                "password": entry.password(),
+                "datasite_id": datasite_id,
+            },
         )
         if not ok:
-            raise DatasiteConnectionError(f"cannot connect to datasite {datasite_id} at {entry.url}")
+            raise DatasiteConnectionError(
+                f"cannot connect to datasite {datasite_id} at {entry.url}"
+            )
         self._logins[datasite_id] = target
 
     def global_model(self, request: dict) -> dict[str, torch.Tensor]:
@@ -218,7 +232,9 @@ class ConnectorLogic:
             if model is not None:
                 return dict(model)  # sessions encode the tensors and never modify them
             if time.monotonic() > deadline:
-                raise RuntimeError(f"model version {request['model_version']} never arrived (round.open)")
+                raise RuntimeError(
+                    f"model version {request['model_version']} never arrived (round.open)"
+                )
             time.sleep(0.05)
 
     def train(self, request: dict) -> dict:
@@ -291,14 +307,22 @@ def _delta(result: dict, logic: ConnectorLogic, request: dict) -> dict[str, torc
         return dict(delta)
     global_model = logic.global_model(request)  # kept in memory since training sent it
     update = result["model_update"]
-    return {k: (update[k].to(torch.float32) - global_model[k].to(torch.float32)) if update[k].is_floating_point()
-            else update[k] for k in global_model}
+    return {
+        k: (update[k].to(torch.float32) - global_model[k].to(torch.float32))
+        if update[k].is_floating_point()
+        else update[k]
+        for k in global_model
+    }
 
 
 def training_metrics(result: dict) -> TrainingMetrics:
     """The figures of a datasite's training result that update.raw carries (MalformedMessage
     when one is not a finite number)."""
-    figures = {k: result[k] for k in ("loss", "rmse", "accuracy", "training_time") if result.get(k) is not None}
+    figures = {
+        k: result[k]
+        for k in ("loss", "rmse", "accuracy", "training_time")
+        if result.get(k) is not None
+    }
     dp = result.get("dp")
     if dp:
         if not isinstance(dp, dict):
@@ -321,8 +345,10 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
         """Keep the accepted campaign's datasites open (those its registry holds)."""
         stored = tx.get(f"campaign/{msg.campaign_id}")
         if stored is None:
-            log.warning("campaign %s accepted, but its campaign.start never reached the connector",
-                        msg.campaign_id)
+            log.warning(
+                "campaign %s accepted, but its campaign.start never reached the connector",
+                msg.campaign_id,
+            )
             return
         tx.put(f"accepted/{msg.campaign_id}", True)
         logic.remember_datasites(CampaignConfig.from_payload(stored))
@@ -365,8 +391,13 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
             except MalformedMessage as exc:  # the datasite's answer, not ours: a failed training
                 error = f"training at {ds} returned unusable metrics: {exc}"
         if error is not None:
-            tx.emit(DatasiteStatus(datasite_id=ds, status="failed", detail=replace(detail, error=error)),
-                    datasite_id=ds, round_num=rnd)
+            tx.emit(
+                DatasiteStatus(
+                    datasite_id=ds, status="failed", detail=replace(detail, error=error)
+                ),
+                datasite_id=ds,
+                round_num=rnd,
+            )
             tx.put(key, "failed")
             return
         result = prepared["result"]
@@ -385,7 +416,11 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
             datasite_id=ds,
             round_num=rnd,
         )
-        tx.emit(DatasiteStatus(datasite_id=ds, status="trained", detail=detail), datasite_id=ds, round_num=rnd)
+        tx.emit(
+            DatasiteStatus(datasite_id=ds, status="trained", detail=detail),
+            datasite_id=ds,
+            round_num=rnd,
+        )
         tx.put(key, "trained")
 
     def on_stats_request(tx: Transaction, msg: StatsRequest, envelope: Any, prepared: dict) -> None:
@@ -394,25 +429,45 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
         if tx.get(key) is not None:
             return  # this attempt was already answered
         if not prepared["ok"]:
-            detail = StatusDetail(campaign_id=cid, round_num=0, attempt=attempt, error=prepared["error"])
-            tx.emit(DatasiteStatus(datasite_id=ds, status="failed", detail=detail), datasite_id=ds, round_num=0)
+            detail = StatusDetail(
+                campaign_id=cid, round_num=0, attempt=attempt, error=prepared["error"]
+            )
+            tx.emit(
+                DatasiteStatus(datasite_id=ds, status="failed", detail=detail),
+                datasite_id=ds,
+                round_num=0,
+            )
             tx.put(key, "failed")
             return
         result = prepared["result"]
-        tx.emit("stats.raw", {
-            "campaign_id": cid, "round_num": 0, "datasite_id": ds, "attempt": attempt,
-            "stats": result.get("stats") or {}, "stats_signature": result.get("stats_signature"),
-            "factory_key_id": result.get("factory_key_id"),
-        }, datasite_id=ds, round_num=0)
+        tx.emit(
+            "stats.raw",
+            {
+                "campaign_id": cid,
+                "round_num": 0,
+                "datasite_id": ds,
+                "attempt": attempt,
+                "stats": result.get("stats") or {},
+                "stats_signature": result.get("stats_signature"),
+                "factory_key_id": result.get("factory_key_id"),
+            },
+            datasite_id=ds,
+            round_num=0,
+        )
         tx.put(key, "stats")
 
     return Service(
         name="connector",
         queue=queue,
-        handlers={CampaignStart: on_campaign_start, CampaignAccepted: on_campaign_accepted,
-                  CampaignRejected: on_campaign_rejected, RoundOpen: on_round_open,
-                  TrainRequest: on_train_request, CampaignCompleted: on_campaign_completed,
-                  StatsRequest: on_stats_request},
+        handlers={
+            CampaignStart: on_campaign_start,
+            CampaignAccepted: on_campaign_accepted,
+            CampaignRejected: on_campaign_rejected,
+            RoundOpen: on_round_open,
+            TrainRequest: on_train_request,
+            CampaignCompleted: on_campaign_completed,
+            StatsRequest: on_stats_request,
+        },
         prepare={TrainRequest: logic.prepare_train, StatsRequest: logic.prepare_stats},
         background=logic.watch_sessions,
     )

@@ -52,8 +52,10 @@ def _screen_round(
     from federation.robust.pipeline import screening_policy
 
     s = screen_cohort(
-        [u["delta"] for u in updates], [u["datasite_id"] for u in updates],
-        screening_policy(cfg.robustness), book,
+        [u["delta"] for u in updates],
+        [u["datasite_id"] for u in updates],
+        screening_policy(cfg.robustness),
+        book,
         num_samples=[float(u.get("num_samples", 1)) for u in updates],
     )
     p = cfg.privacy
@@ -61,12 +63,30 @@ def _screen_round(
     accepted = []
     for i, w in zip(s.accepted, s.weights, strict=True):
         u = updates[i]
-        delta = privatize_update(u["delta"], p.clip_norm, p.noise_multiplier, generator) if local else u["delta"]
-        accepted.append({**u, "delta": delta, "weight": w, "reputation": s.reputation[u["datasite_id"]],
-                         "local_noise": local and p.noise_multiplier > 0})
-    rejected = [{**why, "datasite_id": u["datasite_id"], "reputation": s.reputation[u["datasite_id"]],
-                 "metrics": dict(u.get("metrics") or {})}
-                for u in updates if (why := s.rejected.get(u["datasite_id"])) is not None]
+        delta = (
+            privatize_update(u["delta"], p.clip_norm, p.noise_multiplier, generator)
+            if local
+            else u["delta"]
+        )
+        accepted.append(
+            {
+                **u,
+                "delta": delta,
+                "weight": w,
+                "reputation": s.reputation[u["datasite_id"]],
+                "local_noise": local and p.noise_multiplier > 0,
+            }
+        )
+    rejected = [
+        {
+            **why,
+            "datasite_id": u["datasite_id"],
+            "reputation": s.reputation[u["datasite_id"]],
+            "metrics": dict(u.get("metrics") or {}),
+        }
+        for u in updates
+        if (why := s.rejected.get(u["datasite_id"])) is not None
+    ]
     return accepted, rejected
 
 
@@ -151,29 +171,52 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
         book = ReputationBook.from_dict(raw_book) if raw_book else ReputationBook()
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + rnd)
         accepted, rejected = _screen_round(cfg, valid, book, gen)
-        rejected += [{"datasite_id": ds, "reason": "auth", "why": [v["invalid"]]} for ds, v in invalid.items()]
+        rejected += [
+            {"datasite_id": ds, "reason": "auth", "why": [v["invalid"]]}
+            for ds, v in invalid.items()
+        ]
         tx.put(f"reputation/{cid}", book.to_dict())
         for u in accepted:
-            tx.emit(UpdateScreened(
-                campaign_id=cid, round_num=rnd, datasite_id=u["datasite_id"],
-                model_version=int(u.get("model_version", 0)), delta=u["delta"],
-                num_samples=int(u.get("num_samples", 0)), weight=float(u["weight"]),
-                metrics=TrainingMetrics.from_payload(u.get("metrics") or {}),
-                verdict=Verdict(accepted=True, reputation=u["reputation"], local_noise=u["local_noise"]),
-                expected=expected,
-            ), datasite_id=u["datasite_id"], round_num=rnd)
-        for r in rejected:
-            tx.emit(UpdateRejected(
-                campaign_id=cid, round_num=rnd, datasite_id=r["datasite_id"], reason=r["reason"],
-                detail=RejectionDetail(
-                    why=[str(w) for w in r.get("why", [])], scores=dict(r.get("scores") or {}),
-                    reputation=r.get("reputation"),
-                    metrics=TrainingMetrics.from_payload(r.get("metrics") or {}),
+            tx.emit(
+                UpdateScreened(
+                    campaign_id=cid,
+                    round_num=rnd,
+                    datasite_id=u["datasite_id"],
+                    model_version=int(u.get("model_version", 0)),
+                    delta=u["delta"],
+                    num_samples=int(u.get("num_samples", 0)),
+                    weight=float(u["weight"]),
+                    metrics=TrainingMetrics.from_payload(u.get("metrics") or {}),
+                    verdict=Verdict(
+                        accepted=True, reputation=u["reputation"], local_noise=u["local_noise"]
+                    ),
+                    expected=expected,
                 ),
-                expected=expected,
-            ), datasite_id=r["datasite_id"], round_num=rnd)
+                datasite_id=u["datasite_id"],
+                round_num=rnd,
+            )
+        for r in rejected:
+            tx.emit(
+                UpdateRejected(
+                    campaign_id=cid,
+                    round_num=rnd,
+                    datasite_id=r["datasite_id"],
+                    reason=r["reason"],
+                    detail=RejectionDetail(
+                        why=[str(w) for w in r.get("why", [])],
+                        scores=dict(r.get("scores") or {}),
+                        reputation=r.get("reputation"),
+                        metrics=TrainingMetrics.from_payload(r.get("metrics") or {}),
+                    ),
+                    expected=expected,
+                ),
+                datasite_id=r["datasite_id"],
+                round_num=rnd,
+            )
         if rejected:
-            log.warning("round %d: rejected %s", rnd, {r["datasite_id"]: r["reason"] for r in rejected})
+            log.warning(
+                "round %d: rejected %s", rnd, {r["datasite_id"]: r["reason"] for r in rejected}
+            )
         for ds in expected:
             tx.delete(f"pending/{cid}/{rnd:06d}/{ds}")
         tx.put(f"screened/{cid}/{rnd:06d}", True)
@@ -181,6 +224,11 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
     return Service(
         name="security",
         queue=queue,
-        handlers={CampaignStart: on_campaign_start, CampaignRejected: forget_refused_campaign,
-                  UpdateRaw: on_update_raw, RoundClose: on_round_close, StatsRaw: on_stats_raw},
+        handlers={
+            CampaignStart: on_campaign_start,
+            CampaignRejected: forget_refused_campaign,
+            UpdateRaw: on_update_raw,
+            RoundClose: on_round_close,
+            StatsRaw: on_stats_raw,
+        },
     )

@@ -50,8 +50,11 @@ def privacy_allows_round(cfg: CampaignConfig, rounds_done: int) -> bool:
     from federation.privacy.accountant import PrivacyAccountant
 
     acct = PrivacyAccountant(
-        noise_multiplier=p.noise_multiplier, sampling_rate=1.0, delta=p.delta,
-        max_epsilon=p.max_epsilon, method=p.accountant,
+        noise_multiplier=p.noise_multiplier,
+        sampling_rate=1.0,
+        delta=p.delta,
+        max_epsilon=p.max_epsilon,
+        method=p.accountant,
     )
     return acct.epsilon_after(rounds_done + 1) <= p.max_epsilon
 
@@ -105,8 +108,11 @@ def _finish_stats(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str, now
                     rnd["failed"], left_out)  # fmt: skip
         camp.update(status="completed", reason="no_quorum", normalizer_rejected=left_out)
         state.put_campaign(tx, cid, camp)
-        tx.emit("campaign.completed", {"campaign_id": cid, "rounds": 0, "reason": "no_quorum"},
-                round_num=0)
+        tx.emit(
+            "campaign.completed",
+            {"campaign_id": cid, "rounds": 0, "reason": "no_quorum"},
+            round_num=0,
+        )
         return
     camp["normalizer"] = merged.normalizer.to_dict()
     camp["normalizer_from"] = merged.kept
@@ -178,7 +184,9 @@ def _send_train_request(
             # no weights here: the connector keeps each version from round.open (one copy per
             # round on the wire instead of one per datasite)
             training_config=_training_config(
-                cfg, rnd["round_num"], (state.get_campaign(tx, cfg.campaign_id) or {}).get("normalizer")
+                cfg,
+                rnd["round_num"],
+                (state.get_campaign(tx, cfg.campaign_id) or {}).get("normalizer"),
             ),
             attempt=attempt,
         ),
@@ -193,8 +201,11 @@ def _training_config(cfg: CampaignConfig, round_num: int, normalizer: dict | Non
         out["normalizer"] = dict(normalizer)
     rp = cfg.record_privacy
     if rp.enabled:
-        out["dp"] = {"noise_multiplier": rp.noise_multiplier, "max_grad_norm": rp.max_grad_norm,
-                     "delta": cfg.privacy.delta}
+        out["dp"] = {
+            "noise_multiplier": rp.noise_multiplier,
+            "max_grad_norm": rp.max_grad_norm,
+            "delta": cfg.privacy.delta,
+        }
     return out
 
 
@@ -212,8 +223,13 @@ def _close_round(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str) -> N
         ),
         round_num=rnd["round_num"],
     )
-    log.info("round %d closing (%s): %d trained, %d failed", rnd["round_num"], why,
-             len(rnd["trained"]), len(rnd["failed"]))
+    log.info(
+        "round %d closing (%s): %d trained, %d failed",
+        rnd["round_num"],
+        why,
+        len(rnd["trained"]),
+        len(rnd["failed"]),
+    )
 
 
 def _maybe_close(tx: Transaction, cfg: CampaignConfig, rnd: dict) -> None:
@@ -243,10 +259,14 @@ def _startable(msg: CampaignStart) -> CampaignConfig:
 def _duplicate_reason(camp: dict) -> str:
     """One line for the person who started the same campaign_id twice."""
     if camp.get("status") == "running":
-        return (f"a campaign with this campaign_id is already running (round {camp.get('round', 0)}): "
-                "pass --resume to follow it, or choose a new campaign_id")
-    return (f"a campaign with this campaign_id already ran ({camp.get('status')}: "
-            f"{camp.get('reason')}): choose a new campaign_id")
+        return (
+            f"a campaign with this campaign_id is already running (round {camp.get('round', 0)}): "
+            "pass --resume to follow it, or choose a new campaign_id"
+        )
+    return (
+        f"a campaign with this campaign_id already ran ({camp.get('status')}: "
+        f"{camp.get('reason')}): choose a new campaign_id"
+    )
 
 
 def _reject(tx: Transaction, msg: CampaignStart, code: str, reason: str) -> None:
@@ -269,9 +289,16 @@ def on_campaign_start(tx: Transaction, msg: CampaignStart, envelope: Any) -> Non
     except ConfigError as exc:
         _reject(tx, msg, CampaignRejected.INVALID_CONFIG, str(exc))
         return
-    state.put_campaign(tx, cid, {
-        "config": cfg.to_payload(), "status": "running", "round": 0, "started_at": time.time(),
-    })
+    state.put_campaign(
+        tx,
+        cid,
+        {
+            "config": cfg.to_payload(),
+            "status": "running",
+            "round": 0,
+            "started_at": time.time(),
+        },
+    )
     state.put_model(tx, cid, {"version": 0, "state_dict": initial_model_state(cfg)})
     tx.emit(CampaignAccepted(cid, cfg.rounds, list(cfg.cohort), msg.start_id))
     _open_stats_round(tx, cfg, time.time())
@@ -338,7 +365,9 @@ def on_datasite_status(tx: Transaction, msg: DatasiteStatus, envelope: Any) -> N
     elif status == "failed":
         error = detail.error or "unknown error"
         if attempt <= cfg.max_retries and time.time() < rnd["deadline_ts"]:
-            log.warning("round %d: %s failed (%s); retry %d", rnd["round_num"], ds, error, attempt + 1)
+            log.warning(
+                "round %d: %s failed (%s); retry %d", rnd["round_num"], ds, error, attempt + 1
+            )
             if rnd["round_num"] == 0:
                 _send_stats_request(tx, cfg, rnd, ds, attempt + 1)
             else:
@@ -382,8 +411,12 @@ def on_round_completed(tx: Transaction, msg: RoundCompleted, envelope: Any) -> N
     camp["reason"] = reason
     state.put_campaign(tx, cid, camp)
     tx.emit(
-        CampaignCompleted(campaign_id=cid, rounds=round_num, reason=reason,
-                          final_metrics=CampaignMetrics.of_round(metrics, msg.epsilon)),
+        CampaignCompleted(
+            campaign_id=cid,
+            rounds=round_num,
+            reason=reason,
+            final_metrics=CampaignMetrics.of_round(metrics, msg.epsilon),
+        ),
         round_num=round_num,
     )
     log.info("campaign %s completed after %d rounds: %s", cid, round_num, reason)
@@ -413,16 +446,21 @@ def observe(metrics: Any, store: Any, campaign_id: str | None) -> None:
     from federation.runtime.observe import observe_campaign
 
     with store.transaction() as tx:
-        ids = [campaign_id] if campaign_id is not None else [
-            key.removeprefix("campaign/") for key in tx.keys("campaign/")]
+        ids = (
+            [campaign_id]
+            if campaign_id is not None
+            else [key.removeprefix("campaign/") for key in tx.keys("campaign/")]
+        )
         for cid in ids:
             camp = state.get_campaign(tx, cid)
             if camp is None:
                 continue
             rnd = state.get_round(tx, cid, int(camp.get("round") or 0))
             observe_campaign(
-                metrics, CampaignConfig.from_payload(camp["config"]),
-                running=camp.get("status") == "running", round_num=int(camp.get("round") or 0),
+                metrics,
+                CampaignConfig.from_payload(camp["config"]),
+                running=camp.get("status") == "running",
+                round_num=int(camp.get("round") or 0),
                 round_opened_at=None if rnd is None else float(rnd["opened_at"]),
             )
 

@@ -8,8 +8,14 @@ from federation.campaign import CampaignConfig
 from federation.runtime.store import Transaction
 
 __all__ = [
-    "get_campaign", "put_campaign", "running_campaigns", "get_round", "put_round", "new_round",
-    "get_model", "put_model",
+    "get_campaign",
+    "put_campaign",
+    "running_campaigns",
+    "get_round",
+    "put_round",
+    "new_round",
+    "get_model",
+    "put_model",
 ]
 
 

@@ -117,7 +117,10 @@ class StatsPrivacyConfig(_Strict):
 
     def job_config(self) -> dict[str, Any]:
         """What the datasite's statistics job needs: noise multiplier and bounds."""
-        return {"noise_multiplier": self.noise_multiplier(), "bounds": [list(b) for b in self.bounds]}
+        return {
+            "noise_multiplier": self.noise_multiplier(),
+            "bounds": [list(b) for b in self.bounds],
+        }
 
 
 class RobustnessConfig(_Strict):
@@ -201,8 +204,10 @@ class CampaignConfig(_Strict):
         if isinstance(value, list):
             for item in value:
                 if not isinstance(item, str):
-                    raise ValueError("name datasites by id only (e.g. [factory-1, factory-2]); their URLs"
-                                     " and credentials are in the connector's datasite registry")
+                    raise ValueError(
+                        "name datasites by id only (e.g. [factory-1, factory-2]); their URLs"
+                        " and credentials are in the connector's datasite registry"
+                    )
                 try:
                     check_sender_name(item)
                 except ConfigError as exc:

@@ -143,13 +143,19 @@ class Settings(BaseSettings):
         if phrase == DEMO_PASSPHRASE:
             raise ConfigError("PDMFED_ENCRYPTION_KEY is the public demo passphrase")
         check_secret(phrase, "PDMFED_ENCRYPTION_KEY", min_chars=_MIN_PASSPHRASE_CHARS)
-        check_secret(self.salt(), "PDMFED_KEY_SALT", min_chars=_MIN_SALT_CHARS,
-                     min_guesses_log10=_MIN_SALT_GUESSES_LOG10)
+        check_secret(
+            self.salt(),
+            "PDMFED_KEY_SALT",
+            min_chars=_MIN_SALT_CHARS,
+            min_guesses_log10=_MIN_SALT_GUESSES_LOG10,
+        )
         previous = self.previous_keys.get_secret_value() if self.previous_keys is not None else None
         for key_id, old in parse_previous_keys(previous).items():
             check_secret(old, f"PDMFED_PREVIOUS_KEYS ({key_id})", min_chars=_MIN_PASSPHRASE_CHARS)
         if self.datasite_admin_password is not None:
-            check_secret(self.datasite_admin_password.get_secret_value(), "PDMFED_DATASITE_ADMIN_PASSWORD")
+            check_secret(
+                self.datasite_admin_password.get_secret_value(), "PDMFED_DATASITE_ADMIN_PASSWORD"
+            )
         check_url_password(self.amqp_url, "PDMFED_AMQP_URL")
         check_url_password(self.state_url, "PDMFED_STATE_URL")
         self._validate_redis()
@@ -175,12 +181,12 @@ class Settings(BaseSettings):
         elif url_password:
             check_secret(unquote(url_password), "the password in PDMFED_REDIS_URL")
         else:
-            raise ConfigError("PDMFED_REDIS_URL has no credentials: Redis must require auth "
-                              "(set PDMFED_REDIS_PASSWORD, the role's ACL password)")
+            raise ConfigError(
+                "PDMFED_REDIS_URL has no credentials: Redis must require auth "
+                "(set PDMFED_REDIS_PASSWORD, the role's ACL password)"
+            )
 
 
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment, with explicit overrides winning."""
     return Settings(**overrides)  # type: ignore[arg-type]
-
-

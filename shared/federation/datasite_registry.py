@@ -31,7 +31,13 @@ from federation.crypto.signing import check_sender_name
 from federation.errors import ConfigError, DatasiteError
 from federation.runtime.private_files import open_private, private_dir
 
-__all__ = ["REGISTRY_FILE", "DatasiteEntry", "DatasiteRegistry", "UnknownDatasite", "write_registry"]
+__all__ = [
+    "REGISTRY_FILE",
+    "DatasiteEntry",
+    "DatasiteRegistry",
+    "UnknownDatasite",
+    "write_registry",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +66,9 @@ class DatasiteEntry:
         try:
             value = self.password_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise DatasiteError(f"cannot read the password file of datasite {self.datasite_id}: "
-                                f"{exc.strerror}") from exc
+            raise DatasiteError(
+                f"cannot read the password file of datasite {self.datasite_id}: {exc.strerror}"
+            ) from exc
         if not value:
             raise DatasiteError(f"the password file of datasite {self.datasite_id} is empty")
         return value
@@ -78,13 +85,23 @@ def _entry(datasite_id: object, raw: object, base: Path, where: str) -> Datasite
         raise ConfigError(f"{where}: datasite {datasite_id} must be a mapping of {sorted(_FIELDS)}")
     extra, missing = set(raw) - _FIELDS, _FIELDS - set(raw)
     if extra or missing:
-        raise ConfigError(f"{where}: datasite {datasite_id} needs exactly {sorted(_FIELDS)}"
-                          f" (missing {sorted(missing)}, unknown {sorted(map(str, extra))})")
+        raise ConfigError(
+            f"{where}: datasite {datasite_id} needs exactly {sorted(_FIELDS)}"
+            f" (missing {sorted(missing)}, unknown {sorted(map(str, extra))})"
+        )
     url, email, pw = raw["url"], raw["email"], raw["password_file"]
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
-        raise ConfigError(f"{where}: datasite {datasite_id}: url {url!r} is not http(s)://host[:port]")
+    if (
+        not isinstance(url, str)
+        or urlsplit(url).scheme not in ("http", "https")
+        or not urlsplit(url).hostname
+    ):
+        raise ConfigError(
+            f"{where}: datasite {datasite_id}: url {url!r} is not http(s)://host[:port]"
+        )
     if not isinstance(email, str) or "@" not in email:
-        raise ConfigError(f"{where}: datasite {datasite_id}: email must be the account's e-mail address")
+        raise ConfigError(
+            f"{where}: datasite {datasite_id}: email must be the account's e-mail address"
+        )
     if not isinstance(pw, str) or not pw:
         raise ConfigError(f"{where}: datasite {datasite_id}: password_file must name a file")
     path = Path(pw) if Path(pw).is_absolute() else base / pw
@@ -102,7 +119,9 @@ def _parse(path: Path) -> dict[str, DatasiteEntry]:
         raise ConfigError(f"datasite registry {path} cannot be read: {exc}") from exc
     sites = raw.get("datasites") if isinstance(raw, Mapping) else None
     if not isinstance(sites, Mapping) or not sites:
-        raise ConfigError(f"datasite registry {path}: expected a non-empty 'datasites' mapping (id -> entry)")
+        raise ConfigError(
+            f"datasite registry {path}: expected a non-empty 'datasites' mapping (id -> entry)"
+        )
     return {ds: _entry(ds, entry, path.parent, str(path)) for ds, entry in sites.items()}
 
 

@@ -104,7 +104,9 @@ def test_when_broker_runs_in_smoke__sealed_and_raw_rates_are_measured(tmp_path, 
         for path in ("sealed", "raw"):
             cpu = row["cpu_ms_per_update"][path]
             assert _positive(cpu["total"]) and cpu["cores_busy"] >= 0
-            assert cpu["total"] == pytest.approx(sum(cpu[r] for r in ("publisher", "consumer", "broker")))
+            assert cpu["total"] == pytest.approx(
+                sum(cpu[r] for r in ("publisher", "consumer", "broker"))
+            )
         assert _positive(row["cpu_bound_ratio"])
 
 
@@ -227,11 +229,17 @@ def test_when_the_first_call_is_slow__it_is_reported_apart_and_never_the_measure
     assert slow["runs"] == 1 and slow["median_s"] >= 0.05 and slow["first_call_s"] >= 0.05
 
 
-def test_when_the_round_timeline_runs_in_smoke__every_stage_of_the_last_round_is_spanned(tmp_path, rabbitmq):
+def test_when_the_round_timeline_runs_in_smoke__every_stage_of_the_last_round_is_spanned(
+    tmp_path, rabbitmq
+):
     out = tmp_path / "timeline.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench.round_timeline", "--smoke", "--out", str(out)],
-        cwd=str(ROOT), capture_output=True, text=True, timeout=240, check=False,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     doc = json.loads(out.read_text())
@@ -266,7 +274,10 @@ def test_when_the_store_bench_runs_in_smoke__both_backends_commit_store_big_valu
         m = row["ms_per_commit"]
         assert _positive(row["commits_per_s"]) and m["min"] <= m["median"] <= m["max"]
     assert set(doc["big_value"]) == {
-        "sqlite (blob file)", "postgresql (blob file)", "postgresql large object", "postgresql bytea",
+        "sqlite (blob file)",
+        "postgresql (blob file)",
+        "postgresql large object",
+        "postgresql bytea",
     }
     for row in doc["big_value"].values():
         assert _positive(row["write_commit_s"]["median"]) and _positive(row["read_s"]["median"])
@@ -290,7 +301,9 @@ def test_when_hostile_runs_in_smoke__every_hostile_body_is_refused_typed_and_fig
         assert after["replayed_v2"]["refused_as"] == "replay"
         for side in ("before", "after"):
             cells = row[side]["refusals"].values()
-            assert all(c["refused_as"] in ("malformed", "auth", "integrity", "replay") for c in cells)
+            assert all(
+                c["refused_as"] in ("malformed", "auth", "integrity", "replay") for c in cells
+            )
             assert _positive(row[side]["time_ratio"]) and _positive(row[side]["memory_ratio"])
     rows = doc["reassembly"]["rows"]
     assert {(r["attack"], r["side"]) for r in rows} == {
@@ -318,4 +331,8 @@ def test_when_replicas_runs_in_smoke__one_and_two_replicas_complete_every_round(
     assert [r["replicas"] for r in doc["rows"]] == [1, 2]
     for r in doc["rows"]:
         o = r["overhead_s"]
-        assert r["rounds"] == 2 and _positive(r["rounds_per_min"]) and o["min"] <= o["median"] <= o["max"]
+        assert (
+            r["rounds"] == 2
+            and _positive(r["rounds_per_min"])
+            and o["min"] <= o["median"] <= o["max"]
+        )

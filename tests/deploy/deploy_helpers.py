@@ -65,11 +65,23 @@ def require_tool(name: str) -> str:
     pytest.fail(message)
 
 
-def run(argv: list[str], *, stdin: str | None = None, cwd: Path | None = None,
-        env: dict[str, str] | None = None):
+def run(
+    argv: list[str],
+    *,
+    stdin: str | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+):
     """Run a validator and return the CompletedProcess (text mode, output captured)."""
     return subprocess.run(  # noqa: S603 - argv built from fixed tool paths
-        argv, input=stdin, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+        argv,
+        input=stdin,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

@@ -37,7 +37,13 @@ def test_when_check_jsonschema_validates_compose__it_matches_the_compose_spec():
 def test_when_docker_compose_1_29_reads_the_file_with_its_override__it_accepts_them(tmp_path):
     assert "name" not in _compose()  # a top-level name: is refused by docker-compose 1.29
     compose = require_tool("docker-compose")
-    for component in (*SERVICES, "orchestrator", *(f"factories/{f}" for f in FACTORIES), "redis", "grafana"):
+    for component in (
+        *SERVICES,
+        "orchestrator",
+        *(f"factories/{f}" for f in FACTORIES),
+        "redis",
+        "grafana",
+    ):
         (tmp_path / component).mkdir(parents=True)
         (tmp_path / component / "env").write_text("")
     env = {
@@ -84,7 +90,9 @@ def _component_dirs(svc: dict) -> set[str]:
 def test_each_container_reads_only_its_own_component_secrets():
     services = _compose()["services"]
     for name, svc in services.items():
-        expected = set() if name == "prometheus" else {f"factories/{name}" if name in FACTORIES else name}
+        expected = (
+            set() if name == "prometheus" else {f"factories/{name}" if name in FACTORIES else name}
+        )
         assert _component_dirs(svc) == expected, name
     for name in (*SERVICES, "orchestrator"):
         assert f"{SECRETS}/{name}/keys:/run/pdmfed/keys:ro" in services[name]["volumes"]
@@ -220,8 +228,14 @@ def test_the_replicas_override_runs_two_of_each_service_on_postgresql_without_sq
     result = run([tool, "--builtin-schema", "vendor.compose-spec", str(override)])
     assert result.returncode == 0, result.stdout + result.stderr
     compose = require_tool("docker-compose")
-    for component in (*SERVICES, "orchestrator", *(f"factories/{f}" for f in FACTORIES), "redis", "grafana",
-                      "postgres"):
+    for component in (
+        *SERVICES,
+        "orchestrator",
+        *(f"factories/{f}" for f in FACTORIES),
+        "redis",
+        "grafana",
+        "postgres",
+    ):
         (tmp_path / component).mkdir(parents=True)
         (tmp_path / component / "env").write_text("")
         (tmp_path / component / "state.env").write_text(

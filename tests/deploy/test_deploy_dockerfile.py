@@ -105,7 +105,9 @@ def test_the_base_image_is_an_argument_defaulting_to_the_official_python_image()
 
 
 def test_the_rules_see_through_a_base_image_argument():
-    unpinned = "ARG BASE_IMAGE=python\nFROM ${BASE_IMAGE} AS runtime\nUSER 1:1\nHEALTHCHECK CMD true\n"
+    unpinned = (
+        "ARG BASE_IMAGE=python\nFROM ${BASE_IMAGE} AS runtime\nUSER 1:1\nHEALTHCHECK CMD true\n"
+    )
     assert "not pinned" in " ".join(lint(unpinned))
     pinned = unpinned.replace("=python", "=python:3.11-slim")
     assert "not pinned" not in " ".join(lint(pinned))

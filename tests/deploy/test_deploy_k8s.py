@@ -9,7 +9,12 @@ import pytest
 import yaml
 from deploy_helpers import DEPLOY, SERVICES, load_yaml_docs, require_tool, run
 
-OVERLAYS = ["base", "overlays/rabbitmq-operator", "overlays/prometheus-operator", "overlays/replicas"]
+OVERLAYS = [
+    "base",
+    "overlays/rabbitmq-operator",
+    "overlays/prometheus-operator",
+    "overlays/replicas",
+]
 #: Custom resources kubernetes-validate has no schema for -> our schema in deploy/k8s/schemas.
 CRD_SCHEMAS = {
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"): "rabbitmqcluster-rabbitmq-v1beta1.json",
@@ -84,7 +89,9 @@ def test_every_service_deployment_is_probed_limited_and_locked_down(k8s_render):
 def _secret_names(volume: dict) -> set[str]:
     if "secret" in volume:
         return {volume["secret"]["secretName"]}
-    return {s["secret"]["name"] for s in volume.get("projected", {}).get("sources", []) if "secret" in s}
+    return {
+        s["secret"]["name"] for s in volume.get("projected", {}).get("sources", []) if "secret" in s
+    }
 
 
 def test_each_pod_mounts_only_its_own_keys(k8s_render):
@@ -93,7 +100,9 @@ def test_each_pod_mounts_only_its_own_keys(k8s_render):
     for name in SERVICES:
         volumes = deployments[name]["spec"]["template"]["spec"]["volumes"]
         mounted = set().union(*(_secret_names(v) for v in volumes))
-        expected = {f"pdmfed-{name}-keys"} | ({"pdmfed-factory-public-keys"} if name == "security" else set())
+        expected = {f"pdmfed-{name}-keys"} | (
+            {"pdmfed-factory-public-keys"} if name == "security" else set()
+        )
         expected |= {"pdmfed-connector-datasites"} if name == "connector" else set()
         assert mounted == expected, name
     for i in (1, 2, 3):
@@ -104,7 +113,9 @@ def test_each_pod_mounts_only_its_own_keys(k8s_render):
         assert [e["secretRef"]["name"] for e in container["envFrom"]] == [f"pdmfed-factory-{i}"]
 
 
-def test_each_datasite_serves_its_own_partition_on_every_interface_under_the_campaign_name(k8s_render):
+def test_each_datasite_serves_its_own_partition_on_every_interface_under_the_campaign_name(
+    k8s_render,
+):
     docs = load_yaml_docs(k8s_render("base"))
     deployments, services = _kinds(docs, "Deployment"), _kinds(docs, "Service")
     for i in (1, 2, 3):
@@ -117,10 +128,15 @@ def test_each_datasite_serves_its_own_partition_on_every_interface_under_the_cam
         assert args["--data"] == "/data/partition.npz"
         assert [p["port"] for p in services[name]["spec"]["ports"]] == [8080]
     campaign = yaml.safe_load((DEPLOY / "campaigns" / "synthetic.yaml").read_text())
-    assert campaign["datasites"] == ["factory-1", "factory-2", "factory-3"]  # ids; URLs: the registry
+    assert campaign["datasites"] == [
+        "factory-1",
+        "factory-2",
+        "factory-3",
+    ]  # ids; URLs: the registry
     (connector,) = deployments["connector"]["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container.get("env", [])} | {
-        e["name"]: e.get("value") for e in connector.get("env", [])}
+        e["name"]: e.get("value") for e in connector.get("env", [])
+    }
     assert env["PDMFED_DATASITE_REGISTRY"] == "/run/pdmfed/datasites/datasites.json"
 
 
@@ -129,7 +145,9 @@ def test_no_secret_object_is_shipped_only_referenced(k8s_render):
         assert not _kinds(load_yaml_docs(k8s_render(target)), "Secret"), target
 
 
-def test_stateful_workloads_run_one_replica_replaced_by_recreate_and_nothing_scales_them(k8s_render):
+def test_stateful_workloads_run_one_replica_replaced_by_recreate_and_nothing_scales_them(
+    k8s_render,
+):
     docs = load_yaml_docs(k8s_render("base"))
     assert not _kinds(docs, "HorizontalPodAutoscaler")
     for name, dep in _kinds(docs, "Deployment").items():
@@ -153,7 +171,9 @@ def test_the_replicas_overlay_scales_only_services_whose_state_is_in_postgresql(
         pod = dep["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         env = {e["name"]: e for e in container["env"]}
-        assert env["PDMFED_STATE_URL"]["valueFrom"]["secretKeyRef"]["name"] == f"pdmfed-{name}-state"
+        assert (
+            env["PDMFED_STATE_URL"]["valueFrom"]["secretKeyRef"]["name"] == f"pdmfed-{name}-state"
+        )
         claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
                   if "persistentVolumeClaim" in v}  # fmt: skip
         # no SQLite volume: the only claim is the blob directory every replica mounts
@@ -164,7 +184,10 @@ def test_the_replicas_overlay_scales_only_services_whose_state_is_in_postgresql(
     pdbs = {p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
             for p in _kinds(docs, "PodDisruptionBudget").values()}  # fmt: skip
     assert pdbs == replicated  # disruption budgets and autoscalers only for what can scale
-    hpas = {h["spec"]["scaleTargetRef"]["name"] for h in _kinds(docs, "HorizontalPodAutoscaler").values()}
+    hpas = {
+        h["spec"]["scaleTargetRef"]["name"]
+        for h in _kinds(docs, "HorizontalPodAutoscaler").values()
+    }
     assert hpas and hpas <= replicated
     for name in SERVICES:
         labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "service"}
@@ -200,7 +223,9 @@ def test_network_policies_let_services_reach_only_the_broker_and_cache(k8s_rende
     assert sources == [{"app.kubernetes.io/name": "connector"}]
 
 
-def test_redis_requires_per_service_acl_users_from_a_secret_and_probes_with_a_ping_only_user(k8s_render):
+def test_redis_requires_per_service_acl_users_from_a_secret_and_probes_with_a_ping_only_user(
+    k8s_render,
+):
     docs = load_yaml_docs(k8s_render("base"))
     pod = _kinds(docs, "Deployment")["redis"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -212,10 +237,16 @@ def test_redis_requires_per_service_acl_users_from_a_secret_and_probes_with_a_pi
     for probe in ("livenessProbe", "readinessProbe"):
         assert "redis-cli --user pdmfed-health ping" in container[probe]["exec"]["command"][-1]
     # the campaign Job opens result envelopes: it reaches Redis (as its own ACL user) too
-    orchestrator = {"app.kubernetes.io/name": "orchestrator", "app.kubernetes.io/component": "orchestrator"}
+    orchestrator = {
+        "app.kubernetes.io/name": "orchestrator",
+        "app.kubernetes.io/component": "orchestrator",
+    }
     assert ("redis", 6379) in _egress_targets(docs, orchestrator)
-    sources = [p["podSelector"]["matchLabels"] for rule in
-               _kinds(docs, "NetworkPolicy")["redis-ingress"]["spec"]["ingress"] for p in rule["from"]]
+    sources = [
+        p["podSelector"]["matchLabels"]
+        for rule in _kinds(docs, "NetworkPolicy")["redis-ingress"]["spec"]["ingress"]
+        for p in rule["from"]
+    ]
     assert {"app.kubernetes.io/name": "orchestrator"} in sources
 
 
@@ -255,7 +286,13 @@ def test_the_campaign_job_validates_and_writes_its_run_folder_to_the_runs_volume
     (container,) = pod["containers"]
     assert container["command"][:2] == ["pdmfed", "campaign"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert mounts["runs"] == "/var/lib/pdmfed/runs" and "/var/lib/pdmfed/runs" in container["command"]
-    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert (
+        mounts["runs"] == "/var/lib/pdmfed/runs" and "/var/lib/pdmfed/runs" in container["command"]
+    )
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims <= set(_kinds(load_yaml_docs(k8s_render("base")), "PersistentVolumeClaim"))
     assert pod["serviceAccountName"] == "orchestrator"

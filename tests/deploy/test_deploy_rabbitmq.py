@@ -93,8 +93,16 @@ def test_a_service_user_may_read_only_its_own_queue_and_configure_nothing(servic
     perms = _permissions()[f"pdmfed-{service}"]
     own = SERVICE_QUEUES[service]
     assert _matches(perms["read"], own)
-    assert _matches(perms["write"], "pdmfed") and _matches(perms["write"], "pdmfed.dlx")  # publish only
-    for name in ("pdmfed", "pdmfed.dlx", "pdmfed.dead", *SERVICE_QUEUES.values(), "amq_" + "0" * 32):
+    assert _matches(perms["write"], "pdmfed") and _matches(
+        perms["write"], "pdmfed.dlx"
+    )  # publish only
+    for name in (
+        "pdmfed",
+        "pdmfed.dlx",
+        "pdmfed.dead",
+        *SERVICE_QUEUES.values(),
+        "amq_" + "0" * 32,
+    ):
         assert not _matches(perms["configure"], name), f"{service} can configure {name}"
         if name not in ("pdmfed", "pdmfed.dlx"):  # a queue: writing one is binding it
             assert not _matches(perms["write"], name), f"{service} can bind {name}"
@@ -107,7 +115,9 @@ def test_a_service_user_may_read_only_its_own_queue_and_configure_nothing(servic
 def test_every_user_has_topic_permissions_on_both_exchanges_so_no_routing_key_is_open_by_default():
     # RabbitMQ lets a user publish any routing key on an exchange it has no topic permission for
     topics = {(t["user"], t["exchange"]) for t in DEFINITIONS["topic_permissions"]}
-    assert topics == {(u["name"], ex) for u in DEFINITIONS["users"] for ex in ("pdmfed", "pdmfed.dlx")}
+    assert topics == {
+        (u["name"], ex) for u in DEFINITIONS["users"] for ex in ("pdmfed", "pdmfed.dlx")
+    }
 
 
 def test_the_shipped_permissions_are_the_ones_derived_from_who_sends_what():
@@ -150,22 +160,30 @@ def test_when_rendering_without_every_password__it_names_the_missing_variables()
 
 
 def _real_passwords() -> dict[str, str]:
-    return {definitions_tool.password_env_var(u["name"]): secrets.token_urlsafe(24) for u in DEFINITIONS["users"]}
+    return {
+        definitions_tool.password_env_var(u["name"]): secrets.token_urlsafe(24)
+        for u in DEFINITIONS["users"]
+    }
 
 
 def test_when_rendering_with_real_passwords__every_hash_is_replaced_and_verifies():
     env = _real_passwords()
     rendered = definitions_tool.render(DEFINITIONS, env)
     for user in rendered["users"]:
-        assert definitions_tool.verify_password(env[definitions_tool.password_env_var(user["name"])],
-                                                user["password_hash"])
+        assert definitions_tool.verify_password(
+            env[definitions_tool.password_env_var(user["name"])], user["password_hash"]
+        )
     assert rendered["queues"] == DEFINITIONS["queues"]
-    assert rendered["topic_permissions"] == DEFINITIONS["topic_permissions"]  # least privilege survives
+    assert (
+        rendered["topic_permissions"] == DEFINITIONS["topic_permissions"]
+    )  # least privilege survives
     assert DEFINITIONS["users"][0]["password_hash"] != rendered["users"][0]["password_hash"]
     assert definitions_tool.ADMIN_USER not in {u["name"] for u in rendered["users"]}
 
 
-@pytest.mark.parametrize("weak", ["dev-only-connector-password-change-me", "a" * 24, "connector123"])
+@pytest.mark.parametrize(
+    "weak", ["dev-only-connector-password-change-me", "a" * 24, "connector123"]
+)
 def test_when_rendering_with_a_placeholder_or_weak_password__it_is_refused_by_name(weak):
     env = {**_real_passwords(), "PDMFED_RABBITMQ_PASSWORD_CONNECTOR": weak}
     with pytest.raises(ConfigError, match="PDMFED_RABBITMQ_PASSWORD_CONNECTOR") as err:
@@ -175,12 +193,21 @@ def test_when_rendering_with_a_placeholder_or_weak_password__it_is_refused_by_na
 
 def test_when_an_admin_password_is_given__the_rendered_copy_has_an_administrator_with_it():
     admin = secrets.token_urlsafe(24)
-    rendered = definitions_tool.render(DEFINITIONS, {**_real_passwords(), "PDMFED_RABBITMQ_PASSWORD_ADMIN": admin})
+    rendered = definitions_tool.render(
+        DEFINITIONS, {**_real_passwords(), "PDMFED_RABBITMQ_PASSWORD_ADMIN": admin}
+    )
     (user,) = [u for u in rendered["users"] if u["name"] == definitions_tool.ADMIN_USER]
-    assert user["tags"] == ["administrator"] and definitions_tool.verify_password(admin, user["password_hash"])
+    assert user["tags"] == ["administrator"] and definitions_tool.verify_password(
+        admin, user["password_hash"]
+    )
     with pytest.raises(ConfigError, match="PDMFED_RABBITMQ_PASSWORD_ADMIN"):
-        definitions_tool.render(DEFINITIONS, {**_real_passwords(),
-                                              "PDMFED_RABBITMQ_PASSWORD_ADMIN": "dev-only-admin-password-change-me"})
+        definitions_tool.render(
+            DEFINITIONS,
+            {
+                **_real_passwords(),
+                "PDMFED_RABBITMQ_PASSWORD_ADMIN": "dev-only-admin-password-change-me",
+            },
+        )
 
 
 def test_the_kubernetes_broker_config_is_the_compose_broker_config():

@@ -26,7 +26,9 @@ def broker_reachable(url: str = AMQP_URL) -> bool:
     """Whether a TCP connection to the broker opens."""
     parsed = urlparse(url)
     try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 5672), timeout=2):
+        with socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or 5672), timeout=2
+        ):
             return True
     except OSError:
         return False
@@ -37,15 +39,33 @@ def unique_prefix(tag: str) -> str:
     return f"e2e-{tag}-{uuid.uuid4().hex[:8]}"
 
 
-def campaign_config(sites: dict, *, campaign_id: str, rounds: int, n_features: int, window: int,
-                    seed: int = 0, **overrides) -> CampaignConfig:
+def campaign_config(
+    sites: dict,
+    *,
+    campaign_id: str,
+    rounds: int,
+    n_features: int,
+    window: int,
+    seed: int = 0,
+    **overrides,
+) -> CampaignConfig:
     """A small, fast campaign over the given datasite handles."""
     base = dict(
         campaign_id=campaign_id,
         datasites=list(sites),
-        rounds=rounds, round_timeout_s=90, quorum=2, max_retries=1, seed=seed,
-        training={"model_type": "cnn", "epochs": 1, "learning_rate": 0.005, "batch_size": 64,
-                  "n_features": n_features, "window": window},
+        rounds=rounds,
+        round_timeout_s=90,
+        quorum=2,
+        max_retries=1,
+        seed=seed,
+        training={
+            "model_type": "cnn",
+            "epochs": 1,
+            "learning_rate": 0.005,
+            "batch_size": 64,
+            "n_features": n_features,
+            "window": window,
+        },
         privacy={"enabled": True, "mode": "central", "noise_multiplier": 0.01, "clip_norm": 5.0},
         robustness={"enabled": True, "aggregation": "trimmed_mean", "min_clients": 3},
     )
@@ -67,11 +87,18 @@ class ServiceProcesses:
         state = self.root / "state" / name
         state.mkdir(parents=True, exist_ok=True)
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
-        env = {**self.env, "PDMFED_STATE_DIR": str(state), "PDMFED_SERVICE_ID": name,
-               **self.extra_env.get(name, {})}
+        env = {
+            **self.env,
+            "PDMFED_STATE_DIR": str(state),
+            "PDMFED_SERVICE_ID": name,
+            **self.extra_env.get(name, {}),
+        }
         proc = subprocess.Popen(
             [sys.executable, "-m", "federation.cli", "service", name],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.procs[name] = proc
         return proc
@@ -99,8 +126,15 @@ class ServiceProcesses:
         return (self.root / f"{name}.log").read_text(errors="replace")
 
 
-def service_env(amqp_url: str, prefix: str, keys: Path, trust_dir: Path, *, redis_url: str | None,
-                registry: Path) -> dict[str, str]:
+def service_env(
+    amqp_url: str,
+    prefix: str,
+    keys: Path,
+    trust_dir: Path,
+    *,
+    redis_url: str | None,
+    registry: Path,
+) -> dict[str, str]:
     """Environment of a deployed service: secrets and wiring come from here, never argv."""
     import secrets as _secrets
 
@@ -128,8 +162,15 @@ def service_env(amqp_url: str, prefix: str, keys: Path, trust_dir: Path, *, redi
     return env
 
 
-async def orchestrate(env: dict[str, str], cfg: CampaignConfig, state_dir: Path, *, on_event=None,
-                      timeout: float = 420, settle_s: float = 8.0):
+async def orchestrate(
+    env: dict[str, str],
+    cfg: CampaignConfig,
+    state_dir: Path,
+    *,
+    on_event=None,
+    timeout: float = 420,
+    settle_s: float = 8.0,
+):
     """Drive a campaign against service processes from the outside, like `pdmfed campaign`."""
     import asyncio
 
@@ -140,9 +181,15 @@ async def orchestrate(env: dict[str, str], cfg: CampaignConfig, state_dir: Path,
     from federation.runtime.launch import make_bus, make_sealer, sender_roles
     from prometheus_client import CollectorRegistry
 
-    settings = Settings(amqp_url=env["PDMFED_AMQP_URL"], encryption_key=env["PDMFED_ENCRYPTION_KEY"],
-                        key_salt=env["PDMFED_KEY_SALT"], keys_dir=Path(env["PDMFED_KEYS_DIR"]),
-                        topology_prefix=env["PDMFED_TOPOLOGY_PREFIX"], state_dir=state_dir, redis_url=None)
+    settings = Settings(
+        amqp_url=env["PDMFED_AMQP_URL"],
+        encryption_key=env["PDMFED_ENCRYPTION_KEY"],
+        key_salt=env["PDMFED_KEY_SALT"],
+        keys_dir=Path(env["PDMFED_KEYS_DIR"]),
+        topology_prefix=env["PDMFED_TOPOLOGY_PREFIX"],
+        state_dir=state_dir,
+        redis_url=None,
+    )
     bus = make_bus(settings, "orchestrator")
     for _ in range(60):  # the services declare the topology as they come up
         try:
@@ -151,11 +198,22 @@ async def orchestrate(env: dict[str, str], cfg: CampaignConfig, state_dir: Path,
         except Exception:
             await asyncio.sleep(0.5)
     sealer = make_sealer(settings, "orchestrator")
-    client = CampaignClient(bus, sealer, SecureEndpoint(bus, sealer, Metrics("orchestrator", CollectorRegistry()),
-                                                        "orchestrator", roles=sender_roles(settings)))
+    client = CampaignClient(
+        bus,
+        sealer,
+        SecureEndpoint(
+            bus,
+            sealer,
+            Metrics("orchestrator", CollectorRegistry()),
+            "orchestrator",
+            roles=sender_roles(settings),
+        ),
+    )
     client.on_event = on_event
     await client.listen()
-    await asyncio.sleep(settle_s)  # let every service finish starting (the connector imports PySyft)
+    await asyncio.sleep(
+        settle_s
+    )  # let every service finish starting (the connector imports PySyft)
     await client.start_campaign(cfg)
     try:
         return await client.wait(cfg.campaign_id, timeout)
@@ -169,7 +227,9 @@ async def delete_topology_async(amqp_url: str, prefix: str) -> None:
     from federation.bus.rabbitmq import RabbitBus
     from federation.bus.topology import DEFAULT_TOPOLOGY
 
-    bus = RabbitBus(amqp_url, service="cleanup", topology=DEFAULT_TOPOLOGY.with_prefix(prefix), declare=False)
+    bus = RabbitBus(
+        amqp_url, service="cleanup", topology=DEFAULT_TOPOLOGY.with_prefix(prefix), declare=False
+    )
     await bus.start()
     try:
         await bus.delete_topology()

@@ -23,8 +23,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
 def _settings(tmp_path, *, amqp_url=None, prefix="pdmfed") -> Settings:
-    return Settings(demo=True, amqp_url=amqp_url, topology_prefix=prefix, state_dir=tmp_path / "state",
-                    redis_url=None, keys_dir=tmp_path / "keys")
+    return Settings(
+        demo=True,
+        amqp_url=amqp_url,
+        topology_prefix=prefix,
+        state_dir=tmp_path / "state",
+        redis_url=None,
+        keys_dir=tmp_path / "keys",
+    )
 
 
 async def _run_campaign(settings, fleet, cfg, *, registry=None, on_event=None, timeout=240):
@@ -34,9 +40,13 @@ async def _run_campaign(settings, fleet, cfg, *, registry=None, on_event=None, t
 
     comm = PySyftCommunicationManager()
     registry = registry if registry is not None else CollectorRegistry()
-    fed = EmbeddedFederation(settings, comm_manager=comm, datasite_registry=DatasiteRegistry.load(fleet.registry_file),
-                             factory_trust=TrustStore.from_dir(fleet.trust_dir),
-                             registry=registry)
+    fed = EmbeddedFederation(
+        settings,
+        comm_manager=comm,
+        datasite_registry=DatasiteRegistry.load(fleet.registry_file),
+        factory_trust=TrustStore.from_dir(fleet.trust_dir),
+        registry=registry,
+    )
     await fed.start()
     try:
         if on_event is not None:
@@ -64,19 +74,27 @@ def _assert_every_update_accounted(record, cohort):
 @pytest.fixture(scope="module")
 def rabbit_and_memory_runs(fleet, amqp_url, tmp_path_factory):
     """The same campaign (same seed) once over RabbitMQ and once on the in-memory bus."""
-    cfg = campaign_config(fleet.sites, campaign_id="e2e-same-seed", rounds=3, seed=3,
-                          n_features=fleet.data.n_features, window=fleet.data.window)
+    cfg = campaign_config(
+        fleet.sites,
+        campaign_id="e2e-same-seed",
+        rounds=3,
+        seed=3,
+        n_features=fleet.data.n_features,
+        window=fleet.data.window,
+    )
     prefix = unique_prefix("campaign")
     rabbit_dir = tmp_path_factory.mktemp("rabbit")
     mem_dir = tmp_path_factory.mktemp("memory")
-    rabbit, rabbit_reg = asyncio.run(_run_campaign(_settings(rabbit_dir, amqp_url=amqp_url, prefix=prefix),
-                                                   fleet, cfg))
+    rabbit, rabbit_reg = asyncio.run(
+        _run_campaign(_settings(rabbit_dir, amqp_url=amqp_url, prefix=prefix), fleet, cfg)
+    )
     memory, _ = asyncio.run(_run_campaign(_settings(mem_dir), fleet, cfg))
     return cfg, rabbit, rabbit_reg, memory
 
 
-def test_when_campaign_runs_over_rabbitmq__rmse_improves_and_every_update_is_accounted(fleet,
-                                                                                      rabbit_and_memory_runs):
+def test_when_campaign_runs_over_rabbitmq__rmse_improves_and_every_update_is_accounted(
+    fleet, rabbit_and_memory_runs
+):
     from services.trainer_dispatch.handlers import initial_model_state
 
     cfg, record, registry, _ = rabbit_and_memory_runs
@@ -87,15 +105,21 @@ def test_when_campaign_runs_over_rabbitmq__rmse_improves_and_every_update_is_acc
     before = evaluate(initial_model_state(cfg), test.X, test.y, "cnn")["rmse"]
     after = evaluate(record.final_model, test.X, test.y, "cnn")["rmse"]
     assert after < before * 0.8, (before, after)
-    raw = _value(registry, "pdmfed_messages_published_total", service="connector", msg_type="update.raw")
+    raw = _value(
+        registry, "pdmfed_messages_published_total", service="connector", msg_type="update.raw"
+    )
     aggregated = _value(registry, "pdmfed_updates_aggregated_total", campaign=cfg.campaign_id)
-    rejected = _value(registry, "pdmfed_messages_published_total", service="security", msg_type="update.rejected")
+    rejected = _value(
+        registry, "pdmfed_messages_published_total", service="security", msg_type="update.rejected"
+    )
     assert raw == 9 and raw == aggregated + rejected
     eps = [r["epsilon"] for r in record.rounds]
     assert eps == sorted(eps) and eps[0] > 0
 
 
-def test_when_same_campaign_runs_on_the_memory_bus__the_model_is_bit_for_bit_the_same(rabbit_and_memory_runs):
+def test_when_same_campaign_runs_on_the_memory_bus__the_model_is_bit_for_bit_the_same(
+    rabbit_and_memory_runs,
+):
     _, rabbit, _, memory = rabbit_and_memory_runs
     assert rabbit.final_model.keys() == memory.final_model.keys()
     for k in rabbit.final_model:
@@ -139,7 +163,9 @@ def _publish_raw(url: str, exchange: str, routing_key: str, body: bytes) -> None
     try:
         ch = conn.channel()
         ch.confirm_delivery()
-        ch.basic_publish(exchange, routing_key, body, pika.BasicProperties(delivery_mode=2), mandatory=True)
+        ch.basic_publish(
+            exchange, routing_key, body, pika.BasicProperties(delivery_mode=2), mandatory=True
+        )
     finally:
         if conn.is_open:
             conn.close()
@@ -167,8 +193,15 @@ def test_when_outsiders_replay_tamper_forge_and_flood__each_is_rejected_counted_
 ):
     prefix = unique_prefix("attack")
     settings = _settings(tmp_path, amqp_url=amqp_url, prefix=prefix)
-    cfg = campaign_config(fleet.sites, campaign_id="e2e-attacks", rounds=3, seed=5,
-                          n_features=fleet.data.n_features, window=fleet.data.window, round_timeout_s=120)
+    cfg = campaign_config(
+        fleet.sites,
+        campaign_id="e2e-attacks",
+        rounds=3,
+        seed=5,
+        n_features=fleet.data.n_features,
+        window=fleet.data.window,
+        round_timeout_s=120,
+    )
     capture = _Capture(amqp_url, prefix, ("campaign.start", "update.raw"))
     attacks_done = threading.Event()
     errors: list[BaseException] = []
@@ -182,8 +215,14 @@ def test_when_outsiders_replay_tamper_forge_and_flood__each_is_rejected_counted_
             trust = TrustStore.from_dir(keys)
             # 1. replay a captured message verbatim
             _publish_raw(amqp_url, prefix, "campaign.start", capture.bodies["campaign.start"][0])
-            upd = {"campaign_id": cfg.campaign_id, "round_num": 2, "datasite_id": "automotive_detroit_main",
-                   "model_version": 1, "delta": {"w": torch.zeros(3)}, "num_samples": 10}
+            upd = {
+                "campaign_id": cfg.campaign_id,
+                "round_num": 2,
+                "datasite_id": "automotive_detroit_main",
+                "model_version": 1,
+                "delta": {"w": torch.zeros(3)},
+                "num_samples": 10,
+            }
             # 2a. a captured update, one byte flipped: its id was seen, refused as a replay
             body = bytearray(capture.bodies["update.raw"][0])
             body[len(body) // 2] ^= 0x01
@@ -197,14 +236,26 @@ def test_when_outsiders_replay_tamper_forge_and_flood__each_is_rejected_counted_
             # 3. forged sender: claims to be the connector, signed with a key nobody trusts
             mallory = SigningIdentity.generate("connector")
             forged = Sealer(ring, sender="connector", identity=mallory, trust=trust)
-            _publish_raw(amqp_url, prefix, "update.raw", forged.seal("update.raw", upd, round_num=2)[0])
+            _publish_raw(
+                amqp_url, prefix, "update.raw", forged.seal("update.raw", upd, round_num=2)[0]
+            )
             # 4. expired: a genuine connector message sealed an hour ago
-            old = Sealer(ring, sender="connector", identity=connector, trust=trust, clock=lambda: time.time() - 3600)
-            _publish_raw(amqp_url, prefix, "update.raw", old.seal("update.raw", upd, round_num=2)[0])
+            old = Sealer(
+                ring,
+                sender="connector",
+                identity=connector,
+                trust=trust,
+                clock=lambda: time.time() - 3600,
+            )
+            _publish_raw(
+                amqp_url, prefix, "update.raw", old.seal("update.raw", upd, round_num=2)[0]
+            )
             # 5. an update for a round that is already closed
             genuine = Sealer(ring, sender="connector", identity=connector, trust=trust)
             stale = {**upd, "round_num": 1}
-            _publish_raw(amqp_url, prefix, "update.raw", genuine.seal("update.raw", stale, round_num=1)[0])
+            _publish_raw(
+                amqp_url, prefix, "update.raw", genuine.seal("update.raw", stale, round_num=1)[0]
+            )
             # 6. garbage bytes
             _publish_raw(amqp_url, prefix, "update.raw", b"\x93garbage that is no envelope" * 3)
             # 7. a single message over PDMFED_MAX_MESSAGE_BYTES (20 MB): rejected by the consumer
@@ -261,7 +312,9 @@ def test_when_outsiders_replay_tamper_forge_and_flood__each_is_rejected_counted_
     # from a fresh run's dead queue below)
 
 
-def test_when_a_message_is_rejected__it_lands_in_the_dead_letter_queue_with_its_reason(amqp_url, tmp_path):
+def test_when_a_message_is_rejected__it_lands_in_the_dead_letter_queue_with_its_reason(
+    amqp_url, tmp_path
+):
     from federation.bus.middleware import SecureEndpoint
     from federation.monitoring import Metrics
     from federation.runtime.launch import make_bus, make_sealer, sender_roles
@@ -276,8 +329,13 @@ def test_when_a_message_is_rejected__it_lands_in_the_dead_letter_queue_with_its_
             from federation.runtime.launch import ensure_identities
 
             ensure_identities(settings.keys_dir, ["security", "trainer-dispatch"])
-            endpoint = SecureEndpoint(bus, make_sealer(settings, "security"), Metrics("security", CollectorRegistry()),
-                                      "security", roles=sender_roles(settings))
+            endpoint = SecureEndpoint(
+                bus,
+                make_sealer(settings, "security"),
+                Metrics("security", CollectorRegistry()),
+                "security",
+                roles=sender_roles(settings),
+            )
             seen = []
 
             async def handler(kind, payload, env):

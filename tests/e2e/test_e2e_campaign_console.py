@@ -27,8 +27,14 @@ def test_when_the_privacy_budget_stops_a_campaign_early__campaign_exits_1_with_t
     fleet, amqp_url, tmp_path
 ):
     prefix = unique_prefix("short")
-    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=None,
-                      registry=fleet.registry_file)
+    env = service_env(
+        amqp_url,
+        prefix,
+        tmp_path / "keys",
+        fleet.trust_dir,
+        redis_url=None,
+        registry=fleet.registry_file,
+    )
     procs = ServiceProcesses(env, tmp_path)
     for name in SERVICES:
         procs.start(name)
@@ -88,8 +94,14 @@ def test_when_resume_attaches_to_a_running_campaign__it_follows_it_to_its_end(
     from cli_helpers import PDMFED, kill_session
 
     prefix = unique_prefix("resume")
-    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=None,
-                      registry=fleet.registry_file)
+    env = service_env(
+        amqp_url,
+        prefix,
+        tmp_path / "keys",
+        fleet.trust_dir,
+        redis_url=None,
+        registry=fleet.registry_file,
+    )
     procs = ServiceProcesses(env, tmp_path)
     for name in SERVICES:
         procs.start(name)
@@ -120,7 +132,9 @@ def test_when_resume_attaches_to_a_running_campaign__it_follows_it_to_its_end(
             if line.startswith("round 1/3"):
                 break
         assert seen and seen[-1].startswith("round 1/3"), "".join(seen)
-        accepted = f"campaign {cfg.campaign_id} accepted by trainer-dispatch: 3 rounds over 3 datasites"
+        accepted = (
+            f"campaign {cfg.campaign_id} accepted by trainer-dispatch: 3 rounds over 3 datasites"
+        )
         assert accepted in [line.rstrip() for line in seen], "".join(seen)
         run = run_pdmfed(
             "campaign",
@@ -147,4 +161,6 @@ def test_when_resume_attaches_to_a_running_campaign__it_follows_it_to_its_end(
     assert f"{cfg.campaign_id}: all 3 rounds completed" in [line.rstrip() for line in lines]
     assert any(line.startswith("round 3/3") for line in lines)
     assert not any(line.startswith("round 1/3") for line in lines)  # it attached after round 1
-    assert not any("accepted by trainer-dispatch" in line for line in lines)  # it published no start
+    assert not any(
+        "accepted by trainer-dispatch" in line for line in lines
+    )  # it published no start

@@ -228,10 +228,23 @@ def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campai
 ):
     prefix = unique_prefix("prom")
     # the connector's registry: the fleet, and a fourth datasite that never answers
-    registry = write_registry(tmp_path / "registry", {
-        **{ds: (h.url, ORCH_EMAIL, os.environ[ORCH_PASSWORD_ENV]) for ds, h in fleet.sites.items()},
-        "factory_unreachable": (f"http://127.0.0.1:{free_port()}", ORCH_EMAIL, os.environ[ORCH_PASSWORD_ENV])})
-    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=None, registry=registry)
+    registry = write_registry(
+        tmp_path / "registry",
+        {
+            **{
+                ds: (h.url, ORCH_EMAIL, os.environ[ORCH_PASSWORD_ENV])
+                for ds, h in fleet.sites.items()
+            },
+            "factory_unreachable": (
+                f"http://127.0.0.1:{free_port()}",
+                ORCH_EMAIL,
+                os.environ[ORCH_PASSWORD_ENV],
+            ),
+        },
+    )
+    env = service_env(
+        amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=None, registry=registry
+    )
     ports = {name: free_port() for name in SERVICES}
     procs = ServiceProcesses(
         env, tmp_path, extra_env={n: {"PDMFED_METRICS_PORT": str(p)} for n, p in ports.items()}
@@ -268,7 +281,10 @@ def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campai
         round_timeout_s=10,
     )
     faulty = CampaignConfig.model_validate(
-        {**faulty.to_payload(), "datasites": [*faulty.to_payload()["datasites"], "factory_unreachable"]}
+        {
+            **faulty.to_payload(),
+            "datasites": [*faulty.to_payload()["datasites"], "factory_unreachable"],
+        }
     )
 
     def campaign_cli(c, **kw):

@@ -43,16 +43,32 @@ def test_when_each_service_is_killed_mid_round_and_restarted__campaign_completes
     from services.trainer_dispatch.handlers import initial_model_state  # noqa: F401 - import check
 
     prefix = unique_prefix("kill")
-    env = service_env(amqp_url, prefix, tmp_path / "keys", fleet.trust_dir, redis_url=replay_store.url,
-                      registry=fleet.registry_file)
+    env = service_env(
+        amqp_url,
+        prefix,
+        tmp_path / "keys",
+        fleet.trust_dir,
+        redis_url=replay_store.url,
+        registry=fleet.registry_file,
+    )
     order = ["connector", "trainer-dispatch", "security", "aggregator"]
-    procs = ServiceProcesses(env, tmp_path, extra_env={
-        name: {"PDMFED_REDIS_PASSWORD": replay_store.passwords[name]} for name in order})
+    procs = ServiceProcesses(
+        env,
+        tmp_path,
+        extra_env={name: {"PDMFED_REDIS_PASSWORD": replay_store.passwords[name]} for name in order},
+    )
     for name in order:
         procs.start(name)
-    cfg = campaign_config(fleet.sites, campaign_id="e2e-kill", rounds=len(order), seed=9,
-                          n_features=fleet.data.n_features, window=fleet.data.window,
-                          round_timeout_s=240, privacy={"enabled": False})
+    cfg = campaign_config(
+        fleet.sites,
+        campaign_id="e2e-kill",
+        rounds=len(order),
+        seed=9,
+        n_features=fleet.data.n_features,
+        window=fleet.data.window,
+        round_timeout_s=240,
+        privacy={"enabled": False},
+    )
     rng = random.Random(1234)
     kills: list[tuple[int, str, float]] = []
 
@@ -67,7 +83,9 @@ def test_when_each_service_is_killed_mid_round_and_restarted__campaign_completes
 
     def on_event(kind, payload, rec) -> None:
         if kind == "round.open" and payload["round_num"] <= len(order):
-            threading.Thread(target=kill_and_restart, args=(payload["round_num"],), daemon=True).start()
+            threading.Thread(
+                target=kill_and_restart, args=(payload["round_num"],), daemon=True
+            ).start()
 
     try:
         record = asyncio.run(orchestrate(env, cfg, tmp_path / "orchestrator", on_event=on_event))
@@ -98,18 +116,32 @@ def test_when_a_datasite_dies_mid_campaign__its_round_closes_with_the_others_and
 
     doomed_id = "rail_lyon_depot"
     part = fleet.partitions["aerospace_seattle_assembly"]
-    doomed = launch_datasite(doomed_id, 0, part, admin_password=secrets.token_urlsafe(18),
-                             signing_key_dir=tmp_path / "doomed-key", datasite_id=doomed_id,
-                             orchestrator_email=ORCH_EMAIL, orchestrator_password=os.environ[ORCH_PASSWORD_ENV])
+    doomed = launch_datasite(
+        doomed_id,
+        0,
+        part,
+        admin_password=secrets.token_urlsafe(18),
+        signing_key_dir=tmp_path / "doomed-key",
+        datasite_id=doomed_id,
+        orchestrator_email=ORCH_EMAIL,
+        orchestrator_password=os.environ[ORCH_PASSWORD_ENV],
+    )
     trust = TrustStore.from_dir(fleet.trust_dir)
     trust.add(doomed_id, SigningIdentity.load(tmp_path / "doomed-key", doomed_id).public_bytes())
     sites = {ds: fleet.sites[ds] for ds in ("automotive_detroit_main", "chemical_houston_reactor")}
     sites[doomed_id] = doomed
-    cfg = campaign_config(sites, campaign_id="e2e-datasite-dies", rounds=3, seed=4,
-                          n_features=fleet.data.n_features, window=fleet.data.window, round_timeout_s=45,
-                          max_retries=1,
-                          # the two survivors' updates are screened as a cohort of two
-                          robustness={"enabled": True, "aggregation": "trimmed_mean", "min_clients": 2})
+    cfg = campaign_config(
+        sites,
+        campaign_id="e2e-datasite-dies",
+        rounds=3,
+        seed=4,
+        n_features=fleet.data.n_features,
+        window=fleet.data.window,
+        round_timeout_s=45,
+        max_retries=1,
+        # the two survivors' updates are screened as a cohort of two
+        robustness={"enabled": True, "aggregation": "trimmed_mean", "min_clients": 2},
+    )
 
     def on_event(kind, payload, rec) -> None:
         if kind == "round.completed" and payload["round_num"] == 1:
@@ -117,10 +149,18 @@ def test_when_a_datasite_dies_mid_campaign__its_round_closes_with_the_others_and
 
     async def scenario():
         comm = PySyftCommunicationManager(request_timeout_s=10, training_timeout_s=20)
-        settings = Settings(demo=True, state_dir=tmp_path / "state", keys_dir=tmp_path / "keys", redis_url=None)
-        registry = DatasiteRegistry.load(write_registry(tmp_path / "registry", {
-            ds: (h.url, ORCH_EMAIL, os.environ[ORCH_PASSWORD_ENV]) for ds, h in sites.items()}))
-        fed = EmbeddedFederation(settings, comm_manager=comm, datasite_registry=registry, factory_trust=trust)
+        settings = Settings(
+            demo=True, state_dir=tmp_path / "state", keys_dir=tmp_path / "keys", redis_url=None
+        )
+        registry = DatasiteRegistry.load(
+            write_registry(
+                tmp_path / "registry",
+                {ds: (h.url, ORCH_EMAIL, os.environ[ORCH_PASSWORD_ENV]) for ds, h in sites.items()},
+            )
+        )
+        fed = EmbeddedFederation(
+            settings, comm_manager=comm, datasite_registry=registry, factory_trust=trust
+        )
         await fed.start()
         fed.client.on_event = on_event
         try:

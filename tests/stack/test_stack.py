@@ -57,8 +57,10 @@ def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("stack")
     owner = f"{IMAGE_UID}:{IMAGE_UID}"
     # the stack's own secrets step (`pdmfed keys init`), as `make stack` runs it
-    run(["bash", str(ROOT / "scripts/stack.sh"), "secrets", str(root / "secrets")],
-        env={**os.environ, "PY": sys.executable})
+    run(
+        ["bash", str(ROOT / "scripts/stack.sh"), "secrets", str(root / "secrets")],
+        env={**os.environ, "PY": sys.executable},
+    )
     run(
         [
             sys.executable,
@@ -265,16 +267,27 @@ def _redis_cli(stack: Stack, password: str | None, *args: str) -> str:
 def test_the_stacks_redis_confines_each_service_to_its_own_seen_ids(stack):
     def password(component: str) -> str:
         env = (stack.root / "secrets" / component / "env").read_text().splitlines()
-        return next(line.split("=", 1)[1] for line in env if line.startswith("PDMFED_REDIS_PASSWORD="))
+        return next(
+            line.split("=", 1)[1] for line in env if line.startswith("PDMFED_REDIS_PASSWORD=")
+        )
 
     victim_key = "pdmfed:seen:security:" + secrets.token_hex(16)
-    assert "OK" in _redis_cli(stack, password("security"), "--user", "pdmfed-security", "set", victim_key, "1")
+    assert "OK" in _redis_cli(
+        stack, password("security"), "--user", "pdmfed-security", "set", victim_key, "1"
+    )
     connector = ("--user", "pdmfed-connector")
     assert "NOPERM" in _redis_cli(stack, password("connector"), *connector, "del", victim_key)
     assert "NOPERM" in _redis_cli(stack, password("connector"), *connector, "get", victim_key)
     assert "NOAUTH" in _redis_cli(stack, None, "get", victim_key)  # the default user is off
-    assert "WRONGPASS" in _redis_cli(stack, password("connector"), "--user", "pdmfed-security", "ping")
-    assert _redis_cli(stack, password("security"), "--user", "pdmfed-security", "get", victim_key).strip() == "1"
+    assert "WRONGPASS" in _redis_cli(
+        stack, password("connector"), "--user", "pdmfed-security", "ping"
+    )
+    assert (
+        _redis_cli(
+            stack, password("security"), "--user", "pdmfed-security", "get", victim_key
+        ).strip()
+        == "1"
+    )
 
 
 def test_down_with_volumes_leaves_no_container_volume_or_network(stack):

@@ -83,24 +83,36 @@ def permissions(role: str, topology: Topology = DEFAULT_TOPOLOGY) -> dict[str, s
     """``role``'s configure / write / read regular expressions on the vhost."""
     exchanges = [topology.exchange.name, topology.dlx.name]
     if role == ORCHESTRATOR:
-        return {"configure": f"^{_EVENT_QUEUE}$",
-                "write": f"^({'|'.join(map(re.escape, exchanges))}|{_EVENT_QUEUE})$",
-                "read": f"^({re.escape(topology.exchange.name)}|{_EVENT_QUEUE})$"}
-    return {"configure": _NOTHING, "write": _exactly(exchanges),
-            "read": _exactly([topology.queue(role).name])}
+        return {
+            "configure": f"^{_EVENT_QUEUE}$",
+            "write": f"^({'|'.join(map(re.escape, exchanges))}|{_EVENT_QUEUE})$",
+            "read": f"^({re.escape(topology.exchange.name)}|{_EVENT_QUEUE})$",
+        }
+    return {
+        "configure": _NOTHING,
+        "write": _exactly(exchanges),
+        "read": _exactly([topology.queue(role).name]),
+    }
 
 
 def topic_permissions(role: str, topology: Topology = DEFAULT_TOPOLOGY) -> list[dict[str, str]]:
     """``role``'s topic permissions, one per exchange (both exchanges, always)."""
     binds = event_keys() if role == ORCHESTRATOR else ()
     return [
-        {"exchange": topology.exchange.name, "write": _exactly(publish_keys(role)), "read": _exactly(binds)},
+        {
+            "exchange": topology.exchange.name,
+            "write": _exactly(publish_keys(role)),
+            "read": _exactly(binds),
+        },
         {"exchange": topology.dlx.name, "write": _exactly([f"dead.{role}"]), "read": _NOTHING},
     ]
 
 
 def permission_definitions(
-    vhost: str, topology: Topology = DEFAULT_TOPOLOGY, *, user_prefix: str = "pdmfed",
+    vhost: str,
+    topology: Topology = DEFAULT_TOPOLOGY,
+    *,
+    user_prefix: str = "pdmfed",
     roles: Iterable[str] = ROLES,
 ) -> dict[str, list[dict[str, Any]]]:
     """The ``permissions`` and ``topic_permissions`` sections of a RabbitMQ definitions file."""

@@ -523,7 +523,9 @@ class PySyftCommunicationManager:
             except PdmFedError as exc:  # e.g. a factory signature that does not verify
                 return self._error(datasite_id, exc, request_id=request_id)
             except Exception as exc:  # transport: the datasite died or timed out
-                self._fail(session, f"statistics failed: {exc}", timed_out=isinstance(exc, TimeoutError))
+                self._fail(
+                    session, f"statistics failed: {exc}", timed_out=isinstance(exc, TimeoutError)
+                )
                 return self._error(datasite_id, exc, request_id=request_id)
         result["request_id"] = request_id
         return result

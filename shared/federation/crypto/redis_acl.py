@@ -43,8 +43,10 @@ def _digest(password: str) -> str:
 
 
 def _rule(role: str, password: str) -> str:
-    return (f"user {acl_user(role)} on #{_digest(password)} resetkeys ~{seen_namespace(role)}:* "
-            f"resetchannels {_COMMANDS}")
+    return (
+        f"user {acl_user(role)} on #{_digest(password)} resetkeys ~{seen_namespace(role)}:* "
+        f"resetchannels {_COMMANDS}"
+    )
 
 
 def render_acl_file(passwords: Mapping[str, str], health_password: str | None = None) -> str:

@@ -25,8 +25,16 @@ KNOWN_PLACEHOLDERS = frozenset(
     }
 )
 #: Words that mark a template value someone forgot to replace.
-_PLACEHOLDER_MARKERS = ("replace-with", "replace_with", "change-me", "changeme", "changethis",
-                        "dev-only", "placeholder", "example")
+_PLACEHOLDER_MARKERS = (
+    "replace-with",
+    "replace_with",
+    "change-me",
+    "changeme",
+    "changethis",
+    "dev-only",
+    "placeholder",
+    "example",
+)
 #: zxcvbn only looks at this many characters (its matching is quadratic); longer is stronger.
 _ZXCVBN_MAX_CHARS = 72
 
@@ -43,7 +51,9 @@ def is_placeholder(value: str) -> bool:
     return lowered in KNOWN_PLACEHOLDERS or any(m in lowered for m in _PLACEHOLDER_MARKERS)
 
 
-def check_secret(value: str, name: str, *, min_chars: int = 16, min_guesses_log10: float = 14.0) -> str:
+def check_secret(
+    value: str, name: str, *, min_chars: int = 16, min_guesses_log10: float = 14.0
+) -> str:
     """Return ``value`` if it is a usable secret; ConfigError naming ``name`` (never the value).
 
     Refused: known placeholders (and values containing a template marker such as
@@ -79,4 +89,6 @@ def check_url_password(url: str | None, name: str) -> None:
     except ValueError as exc:
         raise ConfigError(f"{name} is not a valid URL") from exc
     if password is not None and is_placeholder(unquote(password)):
-        raise ConfigError(f"the password in {name} is a public placeholder value: set a random secret")
+        raise ConfigError(
+            f"the password in {name} is a public placeholder value: set a random secret"
+        )

@@ -127,8 +127,10 @@ def _refuse_requester_noise_seed(cfg: Mapping[str, Any]) -> None:
 
     dp = cfg.get("dp")
     if isinstance(dp, Mapping) and "noise_seed" in dp:
-        raise PrivacyError("a training request may not choose dp.noise_seed: the datasite draws "
-                           "its DP noise from its own CSPRNG-seeded generator")
+        raise PrivacyError(
+            "a training request may not choose dp.noise_seed: the datasite draws "
+            "its DP noise from its own CSPRNG-seeded generator"
+        )
 
 
 def run_training_job(
@@ -230,17 +232,23 @@ def _pin_model(cfg: dict[str, Any], model: tuple[str, str] | None) -> None:
     if model is None:
         kind = cfg.get("model_type", "cnn")
         if kind not in SUPPORTED_MODELS:
-            raise ConfigError(f"model {kind!r} is not a built-in, and the approved job names no "
-                              "own model (an own model is named by the job's code)")
+            raise ConfigError(
+                f"model {kind!r} is not a built-in, and the approved job names no "
+                "own model (an own model is named by the job's code)"
+            )
         return
     entry_point, approved = model
     if cfg.setdefault("model_type", entry_point) != entry_point:
-        raise ConfigError(f"the training config names model {cfg['model_type']!r} but the "
-                          f"approved job is for {entry_point!r}")
+        raise ConfigError(
+            f"the training config names model {cfg['model_type']!r} but the "
+            f"approved job is for {entry_point!r}"
+        )
     installed = source_digest(entry_point)
     if installed != approved:
-        raise ConfigError(f"the installed source of {entry_point} (sha256 {installed[:12]}) is "
-                          f"not the approved one ({str(approved)[:12]}): approve it again")
+        raise ConfigError(
+            f"the installed source of {entry_point} (sha256 {installed[:12]}) is "
+            f"not the approved one ({str(approved)[:12]}): approve it again"
+        )
 
 
 def _run(
@@ -274,8 +282,12 @@ def _run(
     attack = os.environ.get(ENV_ATTACK)
     if attack:
         delta = compromise_delta(delta, attack)
-        update = {k: (global_state[k].to(torch.float32) + delta[k]).to(update[k].dtype)
-                  if update[k].is_floating_point() and k in global_state else update[k] for k in update}
+        update = {
+            k: (global_state[k].to(torch.float32) + delta[k]).to(update[k].dtype)
+            if update[k].is_floating_point() and k in global_state
+            else update[k]
+            for k in update
+        }
     bound = {"campaign_id": campaign_id, "model_version": model_version}
     update_digest, update_sig = sign_tensors(identity, "update", update, round_number, **bound)
     delta_digest, delta_sig = sign_tensors(identity, "delta", delta, round_number, **bound)

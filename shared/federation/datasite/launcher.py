@@ -175,8 +175,11 @@ class _ApprovalWatcher(threading.Thread):
                 continue
             code = request.code
             pieces = self._pieces(request, code)
-            decision = (self._policy.decide(pieces) if isinstance(pieces, RequestPieces)
-                        else Decision(False, "", pieces))
+            decision = (
+                self._policy.decide(pieces)
+                if isinstance(pieces, RequestPieces)
+                else Decision(False, "", pieces)
+            )
             entry = {
                 "request_id": rid,
                 "func_name": getattr(code, "service_func_name", "?"),
@@ -489,7 +492,9 @@ def launch_datasite(
     datasite_id = check_sender_name(datasite_id or name)
     X, y = check_partition(partition_arrays)
     email, password, demo = _resolve_admin(admin_email, admin_password, demo)
-    orchestrator = _resolve_connector_account(orchestrator_email, orchestrator_password, demo, password)
+    orchestrator = _resolve_connector_account(
+        orchestrator_email, orchestrator_password, demo, password
+    )
     model_caps = _approved_models(approved_models)
     allowed = set(approved_job_hashes() if allow_list is None else allow_list)
     allowed |= {training_request(model=m).digest() for m in model_caps.get("approved_models", {})}
@@ -531,8 +536,13 @@ def launch_datasite(
         _LIVE.add(handle)
         try:
             wait_until_serving(server, handle.url, temp_root / "server.log")
-            caps = _capabilities(datasite_id, X, handle.public_key, policy.allow_list,
-                                 {**model_caps, **dict(capabilities or {})})
+            caps = _capabilities(
+                datasite_id,
+                X,
+                handle.public_key,
+                policy.allow_list,
+                {**model_caps, **dict(capabilities or {})},
+            )
             _configure(handle, X, y, caps, orchestrator, mock_seed)
         except Exception as exc:
             handle.stop()

@@ -209,4 +209,8 @@ class ApprovalPolicy:
             return Decision(False, "", f"unreadable code: {exc}")
         if digest in self.allow_list:
             return Decision(True, digest, "request hash is on the allow-list")
-        return Decision(False, digest, "request hash is not on the allow-list (code, policies or bound assets differ)")
+        return Decision(
+            False,
+            digest,
+            "request hash is not on the allow-list (code, policies or bound assets differ)",
+        )

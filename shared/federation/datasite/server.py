@@ -26,7 +26,9 @@ __all__ = ["start_server", "wait_until_serving"]
 _LOG_TAIL_BYTES = 2000
 
 
-def _serve(name: str, host: str, port: int, root_email: str, root_password: str, log_path: str) -> None:
+def _serve(
+    name: str, host: str, port: int, root_email: str, root_password: str, log_path: str
+) -> None:
     """Child process: build the datasite with the factory's root account, then serve it."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)

@@ -83,7 +83,9 @@ class _Binding:
     model_version: int
 
 
-def _check(trust: TrustStore, kind: str, tensors: Any, claimed: Any, signature: Any, b: _Binding) -> None:
+def _check(
+    trust: TrustStore, kind: str, tensors: Any, claimed: Any, signature: Any, b: _Binding
+) -> None:
     if not isinstance(tensors, Mapping):
         raise MalformedMessage(f"{kind} is missing or not a state dict")
     digest = tensor_digest(tensors)

@@ -86,9 +86,7 @@ def _runner(fmt: str, path: Path):
     return lambda X: session.run(["rul"], {"windows": X})[0]
 
 
-def verify_export(
-    bundle: Bundle, fmt: str, path: Path, windows: np.ndarray
-) -> tuple[float, float]:
+def verify_export(bundle: Bundle, fmt: str, path: Path, windows: np.ndarray) -> tuple[float, float]:
     """(max |exported - PyTorch| in cycles, max of it / max(1, |RUL|)) on `windows`.
 
     BundleError when the relative difference exceeds ``TOLERANCE``.

@@ -32,7 +32,9 @@ def held_out_report(
     p = np.asarray(predicted, np.float64).reshape(-1)
     t = np.asarray(true, np.float64).reshape(-1)
     if p.shape != t.shape or p.size == 0 or not (np.isfinite(p).all() and np.isfinite(t).all()):
-        raise DatasetError(f"held-out evaluation needs matching finite arrays, got {p.shape}, {t.shape}")
+        raise DatasetError(
+            f"held-out evaluation needs matching finite arrays, got {p.shape}, {t.shape}"
+        )
     err = p - t
     base = np.full_like(t, float(train_mean)) - t
     ids = list(range(1, p.size + 1)) if units is None else [int(u) for u in np.asarray(units)]

@@ -231,7 +231,9 @@ def _per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((pred - target) / RUL_SCALE) ** 2
 
 
-def _accumulate(averaged: dict[str, torch.Tensor], params: Mapping[str, nn.Parameter], count: int) -> None:
+def _accumulate(
+    averaged: dict[str, torch.Tensor], params: Mapping[str, nn.Parameter], count: int
+) -> None:
     """Fold the parameters into their running mean (``count`` iterates so far, this one included)."""
     with torch.no_grad():
         for k, p in params.items():
@@ -308,7 +310,9 @@ def _check_dp_support(model: nn.Module, cfg: Mapping[str, Any]) -> None:
     try:
         check_dpsgd_support(model, cfg["n_features"], cfg["window"])
     except PrivacyError as exc:
-        raise TrainingError(f"model {cfg['model_type']!r} cannot train under DP-SGD: {exc}") from exc
+        raise TrainingError(
+            f"model {cfg['model_type']!r} cannot train under DP-SGD: {exc}"
+        ) from exc
 
 
 def train_local(

@@ -192,13 +192,24 @@ def _datasite_registry(settings: Settings) -> list[Finding]:
     try:
         registry = load_datasite_registry(settings)
     except PdmFedError as exc:
-        return [Finding("issue", str(exc), "point PDMFED_DATASITE_REGISTRY at connector/datasites/datasites.json")]
+        return [
+            Finding(
+                "issue",
+                str(exc),
+                "point PDMFED_DATASITE_REGISTRY at connector/datasites/datasites.json",
+            )
+        ]
     out = [Finding("ok", f"datasite registry {registry.source}: {', '.join(registry.ids)}")]
     for ds in registry.ids:
         path = registry.get(ds).password_file
         if stat.S_IMODE(path.stat().st_mode) & 0o007:  # k8s with fsGroup adds group read
-            out.append(Finding("issue", f"the password file of datasite {ds} ({path}) is readable by every user",
-                               f"chmod 600 {path}"))
+            out.append(
+                Finding(
+                    "issue",
+                    f"the password file of datasite {ds} ({path}) is readable by every user",
+                    f"chmod 600 {path}",
+                )
+            )
     return out
 
 

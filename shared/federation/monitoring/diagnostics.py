@@ -444,8 +444,13 @@ def _load_datasite_configs(
             registry = DatasiteRegistry.load(path)
             for ds in registry.ids:
                 entry = registry.get(ds)
-                configs.append({"datasite_id": ds, "url": entry.url,
-                                "credentials": {"email": entry.email, "password": entry.password()}})
+                configs.append(
+                    {
+                        "datasite_id": ds,
+                        "url": entry.url,
+                        "credentials": {"email": entry.email, "password": entry.password()},
+                    }
+                )
             items = []
         if not isinstance(items, list):
             raise ConfigError(f"{path}: expected a list of datasites (or a 'datasites' key)")
@@ -510,7 +515,9 @@ def validate_deployment_command(*, role: str = "orchestrator", json_out: bool) -
 
     findings = check_deployment(load_settings(), role)
     sys.stdout.write(
-        json.dumps(findings_json(findings), indent=2) + "\n" if json_out else format_findings(findings)
+        json.dumps(findings_json(findings), indent=2) + "\n"
+        if json_out
+        else format_findings(findings)
     )
     return 0 if all(f.status != "issue" for f in findings) else 1
 

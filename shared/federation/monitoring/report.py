@@ -385,7 +385,9 @@ def _plot_rejections(by_reason: Mapping[str, int]) -> bytes:
     if not shown:  # no zero-height bars: say so
         _empty(ax, "no message was rejected")
     else:
-        reasons = [r for r in REJECT_REASONS if r in shown] + sorted(set(shown) - set(REJECT_REASONS))
+        reasons = [r for r in REJECT_REASONS if r in shown] + sorted(
+            set(shown) - set(REJECT_REASONS)
+        )
         counts = [shown[r] for r in reasons]
         bars = ax.bar(reasons, counts, color="#c0392b")
         ax.bar_label(bars, labels=[str(c) for c in counts], fontsize=8)
@@ -612,7 +614,10 @@ def render_html(summary: CampaignSummary) -> str:
         parts.append(f'<p class="note">{_e(ev.get("split", ""))}: {_e(ev.get("units", ""))} units. '
                      "RUL in cycles; a late prediction over-estimates the remaining life.</p>")  # fmt: skip
         parts += _figures(
-            [(EVALUATION_PLOT_TITLES[0], _plot_pairs(ev)), (EVALUATION_PLOT_TITLES[1], _plot_errors(ev))]
+            [
+                (EVALUATION_PLOT_TITLES[0], _plot_pairs(ev)),
+                (EVALUATION_PLOT_TITLES[1], _plot_errors(ev)),
+            ]
         )
         parts += _gained(ev)
         parts.append("</section>")
@@ -631,7 +636,11 @@ def render_html(summary: CampaignSummary) -> str:
         # one factory a line: long datasite ids stay readable and the table fits the page
         rejected = "<br>".join(_e(f"{k}: {v}") for k, v in sorted(r["rejected"].items()))
         reputation = "<br>".join(_e(f"{k} {v:.2f}") for k, v in sorted(r["reputation"].items()))
-        test = r["test_rmse"] if r["test_rmse"] is not None or r["train_rmse"] is not None else r["rmse"]
+        test = (
+            r["test_rmse"]
+            if r["test_rmse"] is not None or r["train_rmse"] is not None
+            else r["rmse"]
+        )
         parts.append(
             f"<tr><td class=num>{r['round_num'] or '0 (initial model)'}</td>"
             f"<td class=num>{_fmt(test, '.2f')}</td>"

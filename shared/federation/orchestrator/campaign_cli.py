@@ -26,7 +26,9 @@ class CampaignUnanswered(PdmFedError):
     reason = "unanswered"
 
 
-def _unanswered(settings: Settings, cid: str, accept_timeout: float, sender: str) -> CampaignUnanswered:
+def _unanswered(
+    settings: Settings, cid: str, accept_timeout: float, sender: str
+) -> CampaignUnanswered:
     from federation.bus.base import REASON_HEADER
     from federation.runtime.launch import topology_of
 
@@ -39,10 +41,17 @@ def _unanswered(settings: Settings, cid: str, accept_timeout: float, sender: str
     )
 
 
-async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: float, out: Path,
-                       console: Any = None, resume: bool = False,
-                       bundle: dict | None = None,
-                       accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT_S) -> dict:
+async def run_campaign(
+    settings: Settings,
+    cfg: CampaignConfig,
+    *,
+    timeout: float,
+    out: Path,
+    console: Any = None,
+    resume: bool = False,
+    bundle: dict | None = None,
+    accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT_S,
+) -> dict:
     """Publish campaign.start, await trainer-dispatch's answer, follow the campaign, write the
     run folder; returns the summary.
 
@@ -74,7 +83,9 @@ async def run_campaign(settings: Settings, cfg: CampaignConfig, *, timeout: floa
             try:
                 await client.wait_accepted(cfg.campaign_id, accept_timeout)
             except TimeoutError:
-                raise _unanswered(settings, cfg.campaign_id, accept_timeout, ORCHESTRATOR_SENDER) from None
+                raise _unanswered(
+                    settings, cfg.campaign_id, accept_timeout, ORCHESTRATOR_SENDER
+                ) from None
         record = await client.wait(cfg.campaign_id, timeout)
     finally:
         await bus.close()
@@ -114,9 +125,15 @@ def _cards(paths: list[Path], cfg: CampaignConfig) -> dict:
         fail(str(exc))
 
 
-def campaign_main(*, config: Path, out: Path, timeout: float, resume: bool = False,
-                  data_cards: list[Path] | None = None,
-                  accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT_S) -> int:
+def campaign_main(
+    *,
+    config: Path,
+    out: Path,
+    timeout: float,
+    resume: bool = False,
+    data_cards: list[Path] | None = None,
+    accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT_S,
+) -> int:
     """CLI entry: exit 0 when the campaign reached its goal, else one line saying why and exit 1."""
     from rich.console import Console
 
@@ -128,8 +145,10 @@ def campaign_main(*, config: Path, out: Path, timeout: float, resume: bool = Fal
     settings = Settings()
     setup_logging(settings.log_level)
     if not settings.amqp_url:
-        raise ConfigError("PDMFED_AMQP_URL is not set: `pdmfed campaign` talks to running services "
-                          "(use `pdmfed demo` for a self-contained run)")
+        raise ConfigError(
+            "PDMFED_AMQP_URL is not set: `pdmfed campaign` talks to running services "
+            "(use `pdmfed demo` for a self-contained run)"
+        )
     settings.validate_secrets()
     cfg = load_campaign_config(config)
     cfg.check_model()
@@ -143,15 +162,32 @@ def campaign_main(*, config: Path, out: Path, timeout: float, resume: bool = Fal
 
     def on_event(kind: str, p: dict, rec: Any = None) -> None:
         if kind == "campaign.accepted" and rec is not None and rec.accepted is p:  # ours
-            console.print(f"campaign {cfg.campaign_id} accepted by trainer-dispatch: {p['rounds']} "
-                          f"rounds over {len(p['datasites'])} datasites", highlight=False, soft_wrap=True)
+            console.print(
+                f"campaign {cfg.campaign_id} accepted by trainer-dispatch: {p['rounds']} "
+                f"rounds over {len(p['datasites'])} datasites",
+                highlight=False,
+                soft_wrap=True,
+            )
         display(kind, p, rec)
 
     try:
-        summary = asyncio.run(run_campaign(settings, cfg, timeout=timeout, out=out, console=on_event,
-                                           resume=resume, bundle=bundle, accept_timeout=accept_timeout))
+        summary = asyncio.run(
+            run_campaign(
+                settings,
+                cfg,
+                timeout=timeout,
+                out=out,
+                console=on_event,
+                resume=resume,
+                bundle=bundle,
+                accept_timeout=accept_timeout,
+            )
+        )
     except TimeoutError:
-        fail(f"campaign {cfg.campaign_id}: not completed within {timeout:.0f} s (--timeout)", EXIT_FAILED)
+        fail(
+            f"campaign {cfg.campaign_id}: not completed within {timeout:.0f} s (--timeout)",
+            EXIT_FAILED,
+        )
     except CampaignRefused as exc:
         fail(f"campaign {cfg.campaign_id} refused by trainer-dispatch: {exc}", EXIT_FAILED)
     except CampaignUnanswered as exc:

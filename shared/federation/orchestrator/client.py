@@ -116,7 +116,9 @@ class CampaignClient:
         elif kind == "update.rejected":
             rec.rejected.append({k: p[k] for k in ("round_num", "datasite_id", "reason")})
         elif kind == "datasite.status":
-            rec.statuses.append({"datasite_id": p["datasite_id"], "status": p["status"], **(p.get("detail") or {})})
+            rec.statuses.append(
+                {"datasite_id": p["datasite_id"], "status": p["status"], **(p.get("detail") or {})}
+            )
         elif kind == "campaign.completed":
             rec.completed = p
             self._done[cid].set()
@@ -136,8 +138,10 @@ class CampaignClient:
         """Publish campaign.start under a fresh start id (its answer echoes it)."""
         rec = self._record(cfg.campaign_id)
         rec.start_id = secrets.token_hex(8)
-        await self.endpoint.publish("campaign.start", {"campaign_id": cfg.campaign_id, "config": cfg.to_payload(),
-                                                       "start_id": rec.start_id})
+        await self.endpoint.publish(
+            "campaign.start",
+            {"campaign_id": cfg.campaign_id, "config": cfg.to_payload(), "start_id": rec.start_id},
+        )
 
     async def wait_accepted(self, campaign_id: str, timeout: float) -> dict:
         """trainer-dispatch's campaign.accepted for our start; CampaignRefused when it rejected it,

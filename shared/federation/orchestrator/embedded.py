@@ -58,7 +58,9 @@ class EmbeddedFederation:
         if unknown:
             raise ValueError(f"unknown service(s) {unknown}; choose from {sorted(SERVICE_NAMES)}")
         if not settings.amqp_url and set(services) != set(SERVICE_NAMES):
-            raise ValueError("running only some services in-process needs a broker (PDMFED_AMQP_URL)")
+            raise ValueError(
+                "running only some services in-process needs a broker (PDMFED_AMQP_URL)"
+            )
         self.settings = settings
         self.services = tuple(services)
         self.comm_manager = comm_manager
@@ -89,11 +91,18 @@ class EmbeddedFederation:
             self._broker = InMemoryBroker(self.topology or topology_of(self.settings))
         for name in self.services:
             await self.start_service(name)
-        self._client_bus = make_bus(self.settings, "orchestrator", broker=self._broker, topology=self.topology)
+        self._client_bus = make_bus(
+            self.settings, "orchestrator", broker=self._broker, topology=self.topology
+        )
         await self._client_bus.start()
         sealer = make_sealer(self.settings, ORCHESTRATOR_SENDER)
-        endpoint = SecureEndpoint(self._client_bus, sealer, Metrics("orchestrator", self.registry), "orchestrator",
-                                  roles=self.roles)
+        endpoint = SecureEndpoint(
+            self._client_bus,
+            sealer,
+            Metrics("orchestrator", self.registry),
+            "orchestrator",
+            roles=self.roles,
+        )
         self.client = CampaignClient(self._client_bus, sealer, endpoint)
         await self.client.listen()
 
@@ -110,7 +119,11 @@ class EmbeddedFederation:
         """(Re)start one service with its persistent store."""
         state_dir = Path(self.settings.state_dir)
         node = await start_node(
-            name, self.settings, broker=self._broker, topology=self.topology, registry=self.registry,
+            name,
+            self.settings,
+            broker=self._broker,
+            topology=self.topology,
+            registry=self.registry,
             comm_manager=self.comm_manager if name == "connector" else None,
             datasite_registry=self.datasite_registry if name == "connector" else None,
             factory_trust=self.factory_trust if name == "security" else None,

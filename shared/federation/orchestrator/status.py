@@ -19,10 +19,7 @@ from federation.runtime.registry import SERVICE_NAMES
 __all__ = ["DEFAULT_SERVICE_URLS", "collect_status", "probe_service", "status_main"]
 
 #: Where the services answer in the compose stack and on Kubernetes (Service names, port 9100).
-DEFAULT_SERVICE_URLS = {
-    name: f"http://{name}:9100"
-    for name in SERVICE_NAMES
-}
+DEFAULT_SERVICE_URLS = {name: f"http://{name}:9100" for name in SERVICE_NAMES}
 
 
 def _get(url: str, timeout: float) -> tuple[int, str]:

@@ -40,7 +40,9 @@ def round_entry(r: dict, test_rmse: dict[int, float] | None = None) -> dict:
         "test_rmse": (test_rmse or {}).get(rn),
         "train_rmse": m.get("rmse"),
         # client-level ε when central/local update DP is on, else the worst factory's record-level ε
-        "epsilon": r.get("epsilon") if r.get("epsilon") is not None else m.get("record_epsilon_max"),
+        "epsilon": r.get("epsilon")
+        if r.get("epsilon") is not None
+        else m.get("record_epsilon_max"),
         "client_epsilon": r.get("epsilon"),
         "record_epsilon": {k: float(v) for k, v in (m.get("record_epsilon") or {}).items()},
         "participants": list(r.get("participants") or []),
@@ -66,12 +68,20 @@ def round_zero(record: CampaignRecord, test_rmse: dict[int, float] | None) -> di
     return entry
 
 
-def build_summary(record: CampaignRecord, config: dict, *, test_rmse: dict[int, float] | None = None,
-                  registry: Any = None) -> dict:
+def build_summary(
+    record: CampaignRecord,
+    config: dict,
+    *,
+    test_rmse: dict[int, float] | None = None,
+    registry: Any = None,
+) -> dict:
     """The CampaignSummary dict of federation.monitoring.report (round 0, the initial model's
     held-out RMSE, first when measured)."""
-    rounds = [round_entry(r, test_rmse) for r in sorted(record.rounds, key=lambda r: r["round_num"])
-              if int(r["round_num"]) > 0]
+    rounds = [
+        round_entry(r, test_rmse)
+        for r in sorted(record.rounds, key=lambda r: r["round_num"])
+        if int(r["round_num"]) > 0
+    ]
     zero = round_zero(record, test_rmse)
     if zero is not None:
         rounds.insert(0, zero)

@@ -44,7 +44,9 @@ class CentralDP:
             )
         self.rule = rule
         self.clip_norm = _check_positive("clip_norm", clip_norm)
-        self.noise_multiplier = _check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
+        self.noise_multiplier = _check_positive(
+            "noise_multiplier", noise_multiplier, allow_zero=True
+        )
         self.accountant = accountant
         self.generator = generator
         self.last_noise_std = 0.0
@@ -93,6 +95,8 @@ def dp_fedavg(
     from federation.robust.aggregators import FedAvg
 
     try:
-        return CentralDP(FedAvg(), clip_norm, noise_multiplier, generator=generator).aggregate(updates)
+        return CentralDP(FedAvg(), clip_norm, noise_multiplier, generator=generator).aggregate(
+            updates
+        )
     except RobustnessError as exc:  # mismatched names or shapes
         raise PrivacyError(str(exc)) from exc

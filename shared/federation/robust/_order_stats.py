@@ -92,7 +92,9 @@ def _network_arrays(n: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarr
 
 
 @numba.njit(cache=True, nogil=True)
-def _range_mean_kernel(rows, lo, hi, start, stop, block, out, nan_probe):  # pragma: no cover - compiled
+def _range_mean_kernel(
+    rows, lo, hi, start, stop, block, out, nan_probe
+):  # pragma: no cover - compiled
     n = len(rows)
     d = out.shape[0]
     buf = np.empty((n, block), dtype=out.dtype)
@@ -177,7 +179,8 @@ def _generated_dir() -> Path | None:
     uid = os.getuid() if hasattr(os, "getuid") else None
     candidates = [
         os.environ.get("NUMBA_CACHE_DIR"),
-        os.environ.get("XDG_CACHE_HOME") or (os.path.expanduser("~/.cache") if "HOME" in os.environ else None),
+        os.environ.get("XDG_CACHE_HOME")
+        or (os.path.expanduser("~/.cache") if "HOME" in os.environ else None),
         os.path.join(tempfile.gettempdir(), f"pdmfed-{uid}"),
     ]
     for base in filter(None, candidates):
@@ -267,7 +270,9 @@ def _row_groups(n: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def weighted_row_sum(rows: Sequence[np.ndarray], weights: Sequence[float]) -> tuple[np.ndarray, bool] | None:
+def weighted_row_sum(
+    rows: Sequence[np.ndarray], weights: Sequence[float]
+) -> tuple[np.ndarray, bool] | None:
     """sum_i weights[i] * rows[i], reading each row once (n loads and one store per coordinate;
     above REGISTER_MAX_N rows, one pass per group of rows added into the first), in the rows'
     precision, with (result, all_finite); None when the rows do not suit a register kernel
@@ -306,9 +311,7 @@ def _block_columns(n: int, itemsize: int) -> int:
     return block
 
 
-def sorted_range_mean(
-    rows: Sequence[np.ndarray], start: int, stop: int
-) -> tuple[np.ndarray, bool]:
+def sorted_range_mean(rows: Sequence[np.ndarray], start: int, stop: int) -> tuple[np.ndarray, bool]:
     """Per coordinate: the mean of the sorted values at positions [start, stop) of the n rows.
 
     ``rows`` are n 1-D float32 or float64 arrays of one length and dtype (e.g. the flattened
@@ -323,7 +326,9 @@ def sorted_range_mean(
         raise ValueError(f"need 1-D float32/float64 rows, got {first.dtype} {first.shape}")
     for i, row in enumerate(rows):
         if row.shape != first.shape or row.dtype != first.dtype:
-            raise ValueError(f"row {i} is {row.dtype} {row.shape}, row 0 is {first.dtype} {first.shape}")
+            raise ValueError(
+                f"row {i} is {row.dtype} {row.shape}, row 0 is {first.dtype} {first.shape}"
+            )
     if not 0 <= start < stop <= n:
         raise ValueError(f"bad position range [{start}, {stop}) for {n} rows")
     d = first.shape[0]
@@ -351,7 +356,9 @@ def warm_up(ns: Sequence[int] = WARM_UP_NS) -> None:
     for dtype in (np.float32, np.float64):
         rows = List([np.zeros(4, dtype=dtype)] * 3)
         lo, hi = _network_arrays(3, 1, 2)
-        _range_mean_kernel(rows, lo, hi, 1, 2, 4, np.empty(4, dtype=dtype), np.zeros(4, dtype=dtype))
+        _range_mean_kernel(
+            rows, lo, hi, 1, 2, 4, np.empty(4, dtype=dtype), np.zeros(4, dtype=dtype)
+        )
     for n in ns:  # the median and the trimmed mean at 10% (one row per end from 5 rows up)
         if 2 <= n <= REGISTER_MAX_N:
             rows = _typed_rows([np.zeros(4, dtype=np.float32)] * n)

@@ -234,7 +234,9 @@ def _finite_matrix(updates: Sequence[Update]):
 FUSED_SUM_MIN_ELEMENTS = 1 << 18
 
 
-def weighted_sum(updates: Sequence[Update], w: Sequence[float], spec: _Spec) -> dict[str, torch.Tensor]:
+def weighted_sum(
+    updates: Sequence[Update], w: Sequence[float], spec: _Spec
+) -> dict[str, torch.Tensor]:
     """Sum of w_i * update_i per tensor (no [n, d] matrix); checked finite. A large CPU tensor
     is summed by compiled passes that read each input once (one pass per REGISTER_MAX_N terms);
     otherwise the sum accumulates in place, term by term.
@@ -261,7 +263,9 @@ def weighted_sum(updates: Sequence[Update], w: Sequence[float], spec: _Spec) -> 
         acc = torch.mul(u0[name].detach().to(work), w0)  # a fresh tensor: no zero-fill pass
         for u, wi in rest:
             t = u[name]
-            acc.add_(t if t.dtype == work and not t.requires_grad else t.detach().to(work), alpha=wi)
+            acc.add_(
+                t if t.dtype == work and not t.requires_grad else t.detach().to(work), alpha=wi
+            )
         if not all_finite(acc):
             raise RobustnessError(NON_FINITE)
         out[name] = _cast(acc, dtype)
@@ -504,7 +508,9 @@ def rule_parameters(name: str) -> dict[str, Any]:
 def _rule_key(name: Any) -> str:
     key = str(name).lower().replace("-", "_")
     if key not in AGGREGATORS:
-        raise RobustnessError(f"unknown aggregation rule {name!r}; choose one of {sorted(AGGREGATORS)}")
+        raise RobustnessError(
+            f"unknown aggregation rule {name!r}; choose one of {sorted(AGGREGATORS)}"
+        )
     return key
 
 

@@ -84,10 +84,14 @@ def make_bus(settings: Settings, service_key: str, broker: Any = None, topology:
     if settings.amqp_url:
         from federation.bus.rabbitmq import RabbitBus
 
-        return RabbitBus(settings.amqp_url, service=service_key, topology=topo,
-                         expected_message_bytes=settings.max_message_bytes,
-                         declare=settings.declare_topology,
-                         connect_give_up_s=settings.amqp_connect_give_up_s)
+        return RabbitBus(
+            settings.amqp_url,
+            service=service_key,
+            topology=topo,
+            expected_message_bytes=settings.max_message_bytes,
+            declare=settings.declare_topology,
+            connect_give_up_s=settings.amqp_connect_give_up_s,
+        )
     from federation.bus.memory import InMemoryBroker, InMemoryBus
 
     return InMemoryBus(broker if broker is not None else InMemoryBroker(topo))
@@ -122,21 +126,38 @@ def load_datasite_registry(settings: Settings) -> Any:
     from federation.datasite_registry import DatasiteRegistry
 
     if settings.datasite_registry is None:
-        raise ConfigError("PDMFED_DATASITE_REGISTRY is not set: the connector reaches only the datasites"
-                          " its own registry names (`pdmfed keys init` writes connector/datasites/datasites.json)")
+        raise ConfigError(
+            "PDMFED_DATASITE_REGISTRY is not set: the connector reaches only the datasites"
+            " its own registry names (`pdmfed keys init` writes connector/datasites/datasites.json)"
+        )
     return DatasiteRegistry.load(settings.datasite_registry)
 
 
 def build_service_logic(
-    name: str, settings: Settings, *, comm_manager: Any = None, factory_trust: TrustStore | None = None,
-    queue: str | None = None, store: ServiceStore | None = None, datasite_registry: Any = None,
+    name: str,
+    settings: Settings,
+    *,
+    comm_manager: Any = None,
+    factory_trust: TrustStore | None = None,
+    queue: str | None = None,
+    store: ServiceStore | None = None,
+    datasite_registry: Any = None,
     metrics: Any = None,
 ) -> Service:
     """The Service (handlers) for one service name, built as its registry entry says."""
     spec = service_spec(name)
     q = queue or topology_of(settings).queue(spec.name).name
-    return spec.build_service(BuildContext(q, comm_manager=comm_manager, factory_trust=factory_trust, store=store,
-                                   settings=settings, datasite_registry=datasite_registry, metrics=metrics))
+    return spec.build_service(
+        BuildContext(
+            q,
+            comm_manager=comm_manager,
+            factory_trust=factory_trust,
+            store=store,
+            settings=settings,
+            datasite_registry=datasite_registry,
+            metrics=metrics,
+        )
+    )
 
 
 @dataclass
@@ -199,7 +220,9 @@ async def start_node(
         from federation.runtime.shared_chunks import SharedChunkAssembler
 
         sealer.assembler = SharedChunkAssembler(
-            store, max_update_bytes=settings.max_update_bytes, max_chunk_bytes=settings.max_message_bytes,
+            store,
+            max_update_bytes=settings.max_update_bytes,
+            max_chunk_bytes=settings.max_message_bytes,
             updates_per_sender=SHARED_UPDATES_PER_SENDER,
         )
     endpoint = SecureEndpoint(bus, sealer, metrics, name, roles=roles)
@@ -212,9 +235,16 @@ async def start_node(
     if hasattr(sealer.assembler, "refresh_limits"):  # a campaign.start another replica handled
         sealer.assembler.refresh_limits = lambda: _relearn_campaigns(endpoint, store)
     queue = (topology or topology_of(settings)).queue(name).name
-    service = build_service_logic(name, settings, comm_manager=comm_manager, factory_trust=factory_trust,
-                                  queue=queue, store=store, datasite_registry=datasite_registry,
-                                  metrics=metrics)
+    service = build_service_logic(
+        name,
+        settings,
+        comm_manager=comm_manager,
+        factory_trust=factory_trust,
+        queue=queue,
+        store=store,
+        datasite_registry=datasite_registry,
+        metrics=metrics,
+    )
     runner = ServiceRunner(service, endpoint, store, metrics)
     node = ServiceNode(name, runner, bus, endpoint, metrics, store)
     runner.concurrency = concurrency or service_spec(name).concurrency
@@ -243,7 +273,8 @@ def widen_thread_pool(loop: asyncio.AbstractEventLoop | None = None, workers: in
     from concurrent.futures import ThreadPoolExecutor
 
     (loop or asyncio.get_running_loop()).set_default_executor(
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pdmfed"))
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pdmfed")
+    )
 
 
 def service_main(name: str) -> int:
@@ -261,14 +292,24 @@ def service_main(name: str) -> int:
             log.info("security trusts factories: %s", ", ".join(factory_trust.senders))
     if name == "connector":
         registry = load_datasite_registry(settings)
-        log.info("connector reaches the datasites of its registry %s: %s", registry.source, ", ".join(registry.ids))
+        log.info(
+            "connector reaches the datasites of its registry %s: %s",
+            registry.source,
+            ", ".join(registry.ids),
+        )
 
     async def run() -> None:
         widen_thread_pool()
-        node = await start_node(name, settings, factory_trust=factory_trust, datasite_registry=registry)
-        trusted = TrustedKeys(kd, node.endpoint.sealer.trust, factory_trust,
-                              roles=node.endpoint.roles if roles_configured(settings) else None,
-                              roles_setting=settings.sender_roles)
+        node = await start_node(
+            name, settings, factory_trust=factory_trust, datasite_registry=registry
+        )
+        trusted = TrustedKeys(
+            kd,
+            node.endpoint.sealer.trust,
+            factory_trust,
+            roles=node.endpoint.roles if roles_configured(settings) else None,
+            roles_setting=settings.sender_roles,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -280,8 +321,12 @@ def service_main(name: str) -> int:
                 registry.reload()
 
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        log.info("%s: SIGHUP reloads its trusted public keys (%s), sender roles%s", name, trusted.describe(),
-                 " and its datasite registry" if registry is not None else "")
+        log.info(
+            "%s: SIGHUP reloads its trusted public keys (%s), sender roles%s",
+            name,
+            trusted.describe(),
+            " and its datasite registry" if registry is not None else "",
+        )
         await stop.wait()
         log.info("%s: shutting down", name)
         await node.stop()

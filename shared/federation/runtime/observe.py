@@ -18,7 +18,11 @@ def dp_budgets(cfg: Any) -> dict[str, float]:
 
 
 def observe_campaign(
-    metrics: Any, cfg: Any, *, running: bool, round_num: int | None = None,
+    metrics: Any,
+    cfg: Any,
+    *,
+    running: bool,
+    round_num: int | None = None,
     round_opened_at: float | None = None,
 ) -> None:
     """The campaign-level gauges trainer-dispatch owns: running, round, deadline and budgets."""
@@ -58,7 +62,9 @@ def observe_emitted(metrics: Any, msg_type: str, payload: dict) -> None:
         if payload.get("epsilon") is not None:
             metrics.dp_epsilon.labels(campaign=cid, level="client").set(float(payload["epsilon"]))
         if m.get("record_epsilon_max") is not None:
-            metrics.dp_epsilon.labels(campaign=cid, level="record").set(float(m["record_epsilon_max"]))
+            metrics.dp_epsilon.labels(campaign=cid, level="record").set(
+                float(m["record_epsilon_max"])
+            )
         if m.get("record_epsilon"):
             metrics.dp_noise_applications.labels(campaign=cid).inc(len(m["record_epsilon"]))
         if float(m.get("noise_std") or 0.0) > 0:
@@ -77,6 +83,8 @@ def observe_emitted(metrics: Any, msg_type: str, payload: dict) -> None:
         metrics.byzantine_detected.labels(campaign=cid, datasite_id=ds)  # the series exists at 0
         verdict = payload.get("verdict") or {}
         if verdict.get("reputation") is not None:
-            metrics.client_reputation.labels(campaign=cid, datasite_id=ds).set(float(verdict["reputation"]))
+            metrics.client_reputation.labels(campaign=cid, datasite_id=ds).set(
+                float(verdict["reputation"])
+            )
         if verdict.get("local_noise"):
             metrics.dp_noise_applications.labels(campaign=cid).inc()

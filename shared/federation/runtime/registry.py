@@ -61,8 +61,10 @@ class ServiceSpec:
         if handled != bound:
             missing = sorted(c.msg_type.value for c in bound - handled)
             extra = sorted(c.msg_type.value for c in handled - bound)
-            raise ConfigError(f"{self.name}: no handler for {missing or 'nothing'}; handlers"
-                              f" without a binding: {extra or 'none'}")
+            raise ConfigError(
+                f"{self.name}: no handler for {missing or 'nothing'}; handlers"
+                f" without a binding: {extra or 'none'}"
+            )
         return service
 
 
@@ -79,8 +81,9 @@ def _build_connector(ctx: BuildContext) -> Any:
         from federation.runtime.launch import load_datasite_registry
 
         registry = load_datasite_registry(ctx.settings)
-    logic = ConnectorLogic(comm, registry,
-                           on_refusal=ctx.metrics.refused_datasite if ctx.metrics is not None else None)
+    logic = ConnectorLogic(
+        comm, registry, on_refusal=ctx.metrics.refused_datasite if ctx.metrics is not None else None
+    )
     store = ctx.store
     if store is None:
         from federation.runtime.store_sqlite import SqliteStore

@@ -51,8 +51,11 @@ class SenderRoles(Mapping[str, Role]):
         """What taking ``other`` changes: ``+connector-2=connector``, ``-old``, ``x: a -> b``."""
         out = [f"+{s}={r}" for s, r in sorted(other.items()) if s not in self._roles]
         out += [f"-{s}" for s in sorted(self._roles) if s not in other]
-        out += [f"{s}: {self._roles[s]} -> {r}" for s, r in sorted(other.items())
-                if s in self._roles and self._roles[s] != r]
+        out += [
+            f"{s}: {self._roles[s]} -> {r}"
+            for s, r in sorted(other.items())
+            if s in self._roles and self._roles[s] != r
+        ]
         return out
 
     def authorize(self, envelope: Any) -> None:

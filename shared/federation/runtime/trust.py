@@ -32,8 +32,10 @@ def load_factory_trust(keys_dir: Path | None, *, demo: bool) -> TrustStore | Non
     if demo:
         return None
     shown = where if where is not None else f"$PDMFED_KEYS_DIR/{FACTORIES_DIR}"
-    raise ConfigError(f"no factory public keys in {shown}: the security service checks every "
-                      "update's factory signature (add <datasite_id>.pub files, e.g. from `pdmfed keys init`)")
+    raise ConfigError(
+        f"no factory public keys in {shown}: the security service checks every "
+        "update's factory signature (add <datasite_id>.pub files, e.g. from `pdmfed keys init`)"
+    )
 
 
 @dataclass
@@ -72,10 +74,16 @@ class TrustedKeys:
             return
         try:
             senders = TrustStore.from_dir(self.keys_dir) if self.senders is not None else None
-            factories = (load_factory_trust(self.keys_dir, demo=False)
-                         if self.factories is not None else None)
-            roles = (read_sender_roles(self.keys_dir, self.roles_setting)
-                     if self.roles is not None else None)
+            factories = (
+                load_factory_trust(self.keys_dir, demo=False)
+                if self.factories is not None
+                else None
+            )
+            roles = (
+                read_sender_roles(self.keys_dir, self.roles_setting)
+                if self.roles is not None
+                else None
+            )
         except ConfigError as exc:
             log.error("SIGHUP: kept the trusted public keys and sender roles as they were: %s", exc)
             return
@@ -87,17 +95,25 @@ class TrustedKeys:
             changed += _key_changes("factory key", self.factories, factories)
             self.factories.replace_with(factories)
         if roles is not None and self.roles is not None:
-            changed += [f"{c[0]}role {c[1:]}" if c[0] in "+-" else f"role {c}" for c in self.roles.changes(roles)]
+            changed += [
+                f"{c[0]}role {c[1:]}" if c[0] in "+-" else f"role {c}"
+                for c in self.roles.changes(roles)
+            ]
             self.roles.replace_with(roles)
         log.info("reloaded trusted public keys from %s (%s)", self.keys_dir, self.describe())
         log.info("SIGHUP changed: %s", "; ".join(changed) if changed else "nothing")
         if self.roles is not None and self.senders is not None:
             orphans = without_role(self.roles, self.senders.senders)
             if orphans:
-                log.error("trusted sender(s) %s have no role: their messages are refused as forbidden"
-                          " (add them to senders.json or PDMFED_SENDER_ROLES)", ", ".join(orphans))
+                log.error(
+                    "trusted sender(s) %s have no role: their messages are refused as forbidden"
+                    " (add them to senders.json or PDMFED_SENDER_ROLES)",
+                    ", ".join(orphans),
+                )
 
 
 def _key_changes(what: str, old: TrustStore, new: TrustStore) -> list[str]:
     before, after = set(old.senders), set(new.senders)
-    return [f"+{what} {s}" for s in sorted(after - before)] + [f"-{what} {s}" for s in sorted(before - after)]
+    return [f"+{what} {s}" for s in sorted(after - before)] + [
+        f"-{what} {s}" for s in sorted(before - after)
+    ]

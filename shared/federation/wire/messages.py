@@ -249,8 +249,11 @@ class Part(_Typed):
     whose unset optional fields are left out, as before they had a type."""
 
     def to_payload(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)  # type: ignore[arg-type]
-                if not (getattr(self, f.name) is None and f.default is None)}
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in fields(self)  # type: ignore[arg-type]
+            if not (getattr(self, f.name) is None and f.default is None)
+        }
 
 
 def _part(cls: type[Part]) -> _Check:
@@ -374,7 +377,9 @@ class CampaignMetrics(RoundMetrics):
 
     @classmethod
     def of_round(cls, metrics: RoundMetrics, epsilon: float | None) -> CampaignMetrics:
-        return cls(**{f.name: getattr(metrics, f.name) for f in fields(RoundMetrics)}, epsilon=epsilon)
+        return cls(
+            **{f.name: getattr(metrics, f.name) for f in fields(RoundMetrics)}, epsilon=epsilon
+        )
 
 
 class Message(_Typed):

@@ -26,10 +26,17 @@ def rabbitmqctl() -> str | None:
 
 
 def _ctl(*args: str, stdin: str | None = None) -> str:
-    done = subprocess.run([rabbitmqctl(), "-q", *args], input=stdin, capture_output=True, text=True,  # noqa: S603
-                          timeout=120)
+    done = subprocess.run(
+        [rabbitmqctl(), "-q", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,  # noqa: S603
+        timeout=120,
+    )
     if done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {args[0]} failed: {done.stderr.strip() or done.stdout.strip()}")
+        raise RuntimeError(
+            f"rabbitmqctl {args[0]} failed: {done.stderr.strip() or done.stdout.strip()}"
+        )
     return done.stdout
 
 
@@ -52,16 +59,27 @@ class ScratchBroker:
         """What the broker imports: the deployment's topology and permissions, in this vhost."""
         admin = urlsplit(AMQP_URL).username or "guest"
         self.passwords = {role: secrets.token_urlsafe(24) for role in ROLES}
-        users = [{"name": broker_user(role, self.user_prefix), "tags": [], "limits": {},
-                  "password_hash": definitions_tool.hash_password(pw),
-                  "hashing_algorithm": definitions_tool.HASHING_ALGORITHM}
-                 for role, pw in self.passwords.items()]
+        users = [
+            {
+                "name": broker_user(role, self.user_prefix),
+                "tags": [],
+                "limits": {},
+                "password_hash": definitions_tool.hash_password(pw),
+                "hashing_algorithm": definitions_tool.HASHING_ALGORITHM,
+            }
+            for role, pw in self.passwords.items()
+        ]
         granted = permission_definitions(self.vhost, DEFAULT_TOPOLOGY, user_prefix=self.user_prefix)
         # the test's own administrator: to look at queues and to clean up
-        granted["permissions"].append({"user": admin, "vhost": self.vhost, "configure": ".*", "write": ".*",
-                                       "read": ".*"})
-        return {"users": users, "vhosts": [{"name": self.vhost}], **granted,
-                **as_definitions(DEFAULT_TOPOLOGY, vhost=self.vhost)}
+        granted["permissions"].append(
+            {"user": admin, "vhost": self.vhost, "configure": ".*", "write": ".*", "read": ".*"}
+        )
+        return {
+            "users": users,
+            "vhosts": [{"name": self.vhost}],
+            **granted,
+            **as_definitions(DEFAULT_TOPOLOGY, vhost=self.vhost),
+        }
 
     def create(self) -> ScratchBroker:
         # on stdin: the broker's own user could not read a private temporary file

@@ -20,12 +20,9 @@ ROLES = {"PDMFED_SENDER_ROLES": "orchestrator=orchestrator,trainer-dispatch=trai
 
 def _campaign(tmp_path: Path, url: str, **extra: str):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        "rounds: 2\ndatasites: [a, b]\n"
-    )
+    cfg.write_text("rounds: 2\ndatasites: [a, b]\n")
     env = clean_env(
-        PDMFED_AMQP_URL=url, PDMFED_STATE_DIR=str(tmp_path / "state"), **SECRETS, **ROLES,
-        **extra
+        PDMFED_AMQP_URL=url, PDMFED_STATE_DIR=str(tmp_path / "state"), **SECRETS, **ROLES, **extra
     )
     return run_pdmfed("campaign", "--config", str(cfg), "--out", "runs", tmp_path=tmp_path, env=env)
 

@@ -302,7 +302,9 @@ async def test_when_a_campaign_started__a_claim_beyond_its_model_is_refused_and_
     await consumer.start()
     publisher = await buses.make(service="orchestrator")
     config = CampaignConfig(campaign_id="c1").to_payload()
-    (start,) = sealers["orchestrator"].seal("campaign.start", {"campaign_id": "c1", "config": config})
+    (start,) = sealers["orchestrator"].seal(
+        "campaign.start", {"campaign_id": "c1", "config": config}
+    )
     await publisher.publish("campaign.start", start)
     await wait_for(lambda: len(consumer.handled) == 1)
     cap = max_update_bytes(CampaignConfig(campaign_id="c1"))

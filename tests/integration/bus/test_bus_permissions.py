@@ -32,7 +32,9 @@ ALL_TYPES = tuple(t.value for t in MsgType)
 @pytest.fixture(scope="module")
 def broker():
     if rabbitmqctl() is None:
-        pytest.skip("rabbitmqctl is not installed: the test cannot create its scratch vhost and users")
+        pytest.skip(
+            "rabbitmqctl is not installed: the test cannot create its scratch vhost and users"
+        )
     scratch = ScratchBroker().create()
     try:
         yield scratch
@@ -55,8 +57,13 @@ async def _outcome(conn: aio_pika.abc.AbstractConnection, op) -> str:
 
 def publish(exchange: str, key: str):
     async def op(channel):
-        ex = channel.default_exchange if exchange == "" else await channel.get_exchange(exchange, ensure=False)
+        ex = (
+            channel.default_exchange
+            if exchange == ""
+            else await channel.get_exchange(exchange, ensure=False)
+        )
         await ex.publish(aio_pika.Message(b"probe"), routing_key=key)
+
     return op
 
 
@@ -64,30 +71,35 @@ def bind(queue: str, key: str, exchange: str = EXCHANGE):
     async def op(channel):
         q = await channel.get_queue(queue, ensure=False)
         await q.bind(exchange, key)
+
     return op
 
 
 def declare_queue(name: str):
     async def op(channel):
         await channel.declare_queue(name, durable=True)
+
     return op
 
 
 def declare_exchange(name: str):
     async def op(channel):
         await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+
     return op
 
 
 def delete_queue(name: str):
     async def op(channel):
         await channel.queue_delete(name)
+
     return op
 
 
 def delete_exchange(name: str):
     async def op(channel):
         await channel.exchange_delete(name)
+
     return op
 
 
@@ -96,6 +108,7 @@ def consume(queue: str):
         q = await channel.get_queue(queue, ensure=False)
         tag = await q.consume(lambda message: None)
         await q.cancel(tag)
+
     return op
 
 
@@ -103,6 +116,7 @@ def passive(queue: str):
     async def op(channel):
         await channel.declare_queue(queue, passive=True)
         await channel.get_exchange(EXCHANGE)  # passive exchange.declare
+
     return op
 
 
@@ -111,10 +125,16 @@ def _expectations(role: str) -> dict[str, tuple[str, object]]:
     own_dead = f"dead.{role}"
     cases: dict[str, tuple[str, object]] = {}
     for key in ALL_TYPES:
-        cases[f"publish {key}"] = ("ok" if key in publish_keys(role) else "refused", publish(EXCHANGE, key))
+        cases[f"publish {key}"] = (
+            "ok" if key in publish_keys(role) else "refused",
+            publish(EXCHANGE, key),
+        )
     for other in ROLES:
         dead = f"dead.{other}"
-        cases[f"dead-letter as {other}"] = ("ok" if dead == own_dead else "refused", publish(DLX, dead))
+        cases[f"dead-letter as {other}"] = (
+            "ok" if dead == own_dead else "refused",
+            publish(DLX, dead),
+        )
     cases["publish '#' pattern key"] = ("refused", publish(EXCHANGE, "#"))
     cases["publish via amq.topic"] = ("refused", publish("amq.topic", "update.screened"))
     for name, queue in SERVICE_QUEUES.items():  # straight into a queue through the default exchange
@@ -138,7 +158,9 @@ async def _event_queue_cases(conn) -> dict[str, str]:
     """The orchestrator's private event queue (named as the bus's robust channel names it), bound
     to event types only."""
     channel = await conn.channel()
-    queue = await channel.declare_queue(f"amq_{uuid.uuid4().hex}", exclusive=True, auto_delete=True, durable=False)
+    queue = await channel.declare_queue(
+        f"amq_{uuid.uuid4().hex}", exclusive=True, auto_delete=True, durable=False
+    )
     out = {"declare its event queue": "ok"}
     try:
         for key in event_keys():
@@ -165,8 +187,12 @@ async def test_each_role_may_do_exactly_what_its_role_does_on_the_broker(broker,
     if role == "orchestrator":
         want.update({"declare its event queue": "ok", "consume its event queue": "ok"})
         want.update({f"bind events to {k}": "ok" for k in event_keys()})
-        want.update({f"bind events to {k}": "refused" for k in ("update.screened", "update.raw", "train.request",
-                                                                 "#", "*.*")})
+        want.update(
+            {
+                f"bind events to {k}": "refused"
+                for k in ("update.screened", "update.raw", "train.request", "#", "*.*")
+            }
+        )
     wrong = {label: (want[label], got[label]) for label in want if got[label] != want[label]}
     assert not wrong, f"{role}: (expected, got) {wrong}"
     assert any(v == "ok" for v in got.values()) and any(v == "refused" for v in got.values())
@@ -181,7 +207,9 @@ async def _until(predicate, timeout_s: float) -> bool:
     return predicate()
 
 
-async def test_services_run_a_campaign_with_only_their_own_permissions_and_declare_nothing(broker, tmp_path):
+async def test_services_run_a_campaign_with_only_their_own_permissions_and_declare_nothing(
+    broker, tmp_path
+):
     from federation.bus.middleware import SecureEndpoint
     from federation.campaign import CampaignConfig
     from federation.config import Settings
@@ -205,42 +233,90 @@ async def test_services_run_a_campaign_with_only_their_own_permissions_and_decla
         admin = await aio_pika.connect(broker.url())
         try:
             channel = await admin.channel()
-            return (await channel.declare_queue(DEAD, passive=True)).declaration_result.message_count
+            return (
+                await channel.declare_queue(DEAD, passive=True)
+            ).declaration_result.message_count
         finally:
             await admin.close()
 
     def settings(role: str) -> Settings:
-        return Settings(demo=True, amqp_url=broker.url(role), declare_topology=False, keys_dir=keys,
-                        state_dir=tmp_path / role, redis_url=None, service_id=role)
+        return Settings(
+            demo=True,
+            amqp_url=broker.url(role),
+            declare_topology=False,
+            keys_dir=keys,
+            state_dir=tmp_path / role,
+            redis_url=None,
+            service_id=role,
+        )
 
     # the connector's registry points at a port nothing listens on: it answers datasite.status failed
-    registry = DatasiteRegistry.load(write_registry(tmp_path / "registry", {
-        "factory-1": ("http://127.0.0.1:9", "connector@pdm-factory.com", "a-password-nobody-checks")}))
+    registry = DatasiteRegistry.load(
+        write_registry(
+            tmp_path / "registry",
+            {
+                "factory-1": (
+                    "http://127.0.0.1:9",
+                    "connector@pdm-factory.com",
+                    "a-password-nobody-checks",
+                )
+            },
+        )
+    )
     metrics = CollectorRegistry()
     nodes = []
     client_bus = None
     try:
         for name in SERVICE_NAMES:
-            nodes.append(await start_node(name, settings(name), registry=metrics, datasite_registry=registry,
-                                          store_path=tmp_path / f"{name}.sqlite"))
+            nodes.append(
+                await start_node(
+                    name,
+                    settings(name),
+                    registry=metrics,
+                    datasite_registry=registry,
+                    store_path=tmp_path / f"{name}.sqlite",
+                )
+            )
         assert all(node.ready() for node in nodes)
         client_bus = make_bus(settings("orchestrator"), "orchestrator")
         await client_bus.start()
         sealer = make_sealer(settings("orchestrator"), "orchestrator")
-        client = CampaignClient(client_bus, sealer, SecureEndpoint(
-            client_bus, sealer, Metrics("orchestrator", metrics), "orchestrator",
-            roles=sender_roles(settings("orchestrator"))))
+        client = CampaignClient(
+            client_bus,
+            sealer,
+            SecureEndpoint(
+                client_bus,
+                sealer,
+                Metrics("orchestrator", metrics),
+                "orchestrator",
+                roles=sender_roles(settings("orchestrator")),
+            ),
+        )
         await client.listen()
-        cfg = CampaignConfig.from_payload({"campaign_id": "least-privilege", "datasites": ["factory-1"],
-                                           "rounds": 1, "quorum": 1, "max_retries": 0, "round_timeout_s": 60,
-                                           "robustness": {"enabled": False, "min_clients": 1}})
+        cfg = CampaignConfig.from_payload(
+            {
+                "campaign_id": "least-privilege",
+                "datasites": ["factory-1"],
+                "rounds": 1,
+                "quorum": 1,
+                "max_retries": 0,
+                "round_timeout_s": 60,
+                "robustness": {"enabled": False, "min_clients": 1},
+            }
+        )
         await client.start_campaign(cfg)
         record = client._record(cfg.campaign_id)
         # campaign.accepted, stats.request and campaign.completed (trainer-dispatch's user) and
         # datasite.status (the connector's) go through: round 0 reaches the unreachable datasite,
         # its failure reaches the orchestrator, and the campaign ends no_quorum in round 0
-        assert await _until(lambda: record.accepted and record.completed
-                            and any(s["status"] == "failed" for s in record.statuses), 120), record
+        assert await _until(
+            lambda: (
+                record.accepted
+                and record.completed
+                and any(s["status"] == "failed" for s in record.statuses)
+            ),
+            120,
+        ), record
         assert record.completed["reason"] == "no_quorum"
         # a forged train.request: the connector dead-letters it through the DLX with its own key
         before = await dead_letters()
@@ -248,7 +324,8 @@ async def test_services_run_a_campaign_with_only_their_own_permissions_and_decla
         try:
             channel = await forger.channel(publisher_confirms=True)
             await (await channel.get_exchange(EXCHANGE, ensure=False)).publish(
-                aio_pika.Message(b"not an envelope"), routing_key="train.request")
+                aio_pika.Message(b"not an envelope"), routing_key="train.request"
+            )
         finally:
             await forger.close()
 
@@ -264,11 +341,15 @@ async def test_services_run_a_campaign_with_only_their_own_permissions_and_decla
 
 
 @pytest.mark.parametrize("role", ["connector", "aggregator"])
-async def test_a_service_told_to_declare_the_topology_stops_with_one_line_saying_how_to_start(broker, role):
+async def test_a_service_told_to_declare_the_topology_stops_with_one_line_saying_how_to_start(
+    broker, role
+):
     from federation.bus.rabbitmq import RabbitBus
     from federation.errors import ConfigError
 
-    bus = RabbitBus(broker.url(role), service=role, topology=TOPO, declare=True, connect_give_up_s=5)
+    bus = RabbitBus(
+        broker.url(role), service=role, topology=TOPO, declare=True, connect_give_up_s=5
+    )
     with pytest.raises(ConfigError, match="PDMFED_DECLARE_TOPOLOGY=false") as info:
         await bus.start()
     assert "\n" not in str(info.value) and broker.passwords[role] not in str(info.value)

@@ -52,7 +52,12 @@ class Pair:
         self.bus = await self.buses.make()
         self.sender = SecureEndpoint(self.bus, self.out_sealer, None, "connector")
         self.receiver = SecureEndpoint(
-            self.bus, self.in_sealer, Metrics("security", self.registry), "security", roles=ROLES, **kw
+            self.bus,
+            self.in_sealer,
+            Metrics("security", self.registry),
+            "security",
+            roles=ROLES,
+            **kw,
         )
 
         async def record(msg_type, payload, envelope) -> None:

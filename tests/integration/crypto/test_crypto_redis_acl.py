@@ -25,12 +25,19 @@ def server(tmp_path_factory):
 
 
 def _as(server, role: str) -> redis.Redis:
-    return redis.Redis(host=server.host, port=server.port, username=acl_user(role),
-                       password=server.passwords[role], socket_timeout=5)
+    return redis.Redis(
+        host=server.host,
+        port=server.port,
+        username=acl_user(role),
+        password=server.passwords[role],
+        socket_timeout=5,
+    )
 
 
 def _store(server, role: str):
-    return seen_store_from_settings(Settings(redis_url=server.url, redis_password=server.passwords[role]), role=role)
+    return seen_store_from_settings(
+        Settings(redis_url=server.url, redis_password=server.passwords[role]), role=role
+    )
 
 
 def test_when_a_service_has_its_credentials__its_seen_ids_work_in_its_own_namespace(server):
@@ -53,7 +60,8 @@ def test_when_a_compromised_connector_attacks_the_security_services_seen_ids__re
         "delete the victim's id (re-opens replay)": lambda: attacker.delete(key),
         "expire it": lambda: attacker.pexpire(key, 1),
         "pre-fill the victim's namespace (drops future messages)": lambda: attacker.set(
-            f"pdmfed:seen:security:{os.urandom(16).hex()}", b"1"),
+            f"pdmfed:seen:security:{os.urandom(16).hex()}", b"1"
+        ),
         "read it": lambda: attacker.get(key),
         "list keys": lambda: attacker.keys("*"),
         "scan keys": lambda: attacker.scan(0),
@@ -75,10 +83,17 @@ def test_when_a_compromised_connector_attacks_the_security_services_seen_ids__re
 
 def test_when_a_client_has_no_or_wrong_credentials__redis_refuses_it(server):
     with pytest.raises(redis.exceptions.AuthenticationError):
-        redis.Redis(host=server.host, port=server.port, socket_timeout=5).set("pdmfed:seen:x:1", b"1")
+        redis.Redis(host=server.host, port=server.port, socket_timeout=5).set(
+            "pdmfed:seen:x:1", b"1"
+        )
     with pytest.raises(redis.exceptions.AuthenticationError):
-        redis.Redis(host=server.host, port=server.port, username=acl_user("security"),
-                    password=server.passwords["connector"], socket_timeout=5).ping()
+        redis.Redis(
+            host=server.host,
+            port=server.port,
+            username=acl_user("security"),
+            password=server.passwords["connector"],
+            socket_timeout=5,
+        ).ping()
 
 
 def test_when_the_url_is_rediss__the_store_speaks_tls_to_a_server_of_the_deployments_ca(tmp_path):
@@ -87,7 +102,12 @@ def test_when_the_url_is_rediss__the_store_speaks_tls_to_a_server_of_the_deploym
         store = _store(tls_server, "aggregator")
         msg_id = os.urandom(16)
         assert store.add_if_new(msg_id, 30) and not store.add_if_new(msg_id, 30)
-        plain = redis.Redis(host=tls_server.host, port=tls_server.port, username=acl_user("aggregator"),
-                            password=tls_server.passwords["aggregator"], socket_timeout=3)
+        plain = redis.Redis(
+            host=tls_server.host,
+            port=tls_server.port,
+            username=acl_user("aggregator"),
+            password=tls_server.passwords["aggregator"],
+            socket_timeout=3,
+        )
         with pytest.raises(redis.exceptions.ConnectionError):  # no plaintext on the TLS port
             plain.ping()

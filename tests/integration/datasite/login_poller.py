@@ -27,8 +27,13 @@ def main() -> int:
 
     stop = threading.Event()
     lock = threading.Lock()
-    counts = {"http_closed": 0, "http_refused": 0, "http_other": 0, "client_closed": 0,
-              "client_refused": 0}
+    counts = {
+        "http_closed": 0,
+        "http_refused": 0,
+        "http_other": 0,
+        "client_closed": 0,
+        "client_refused": 0,
+    }
     accepted: list[dict[str, Any]] = []
     keys: list[Any] = []
     first_response: list[float] = []
@@ -40,8 +45,9 @@ def main() -> int:
     def poll_route() -> None:
         while not stop.is_set():
             try:
-                r = requests.post(f"{url}/api/v2/login", json={"email": email, "password": password},
-                                  timeout=3)
+                r = requests.post(
+                    f"{url}/api/v2/login", json={"email": email, "password": password}, timeout=3
+                )
             except requests.RequestException:
                 note("http_closed")
                 time.sleep(0.02)
@@ -66,11 +72,17 @@ def main() -> int:
                 client = sy.login(url=url, email=email, password=password, cache=False)
             except Exception as exc:
                 text = str(exc).lower()
-                note("client_closed" if "connection" in text or "refused" in text else "client_refused")
+                note(
+                    "client_closed"
+                    if "connection" in text or "refused" in text
+                    else "client_refused"
+                )
                 time.sleep(0.02)
                 continue
             with lock:
-                accepted.append({"via": "client", "t": time.time(), "role": str(client.account.role)})
+                accepted.append(
+                    {"via": "client", "t": time.time(), "role": str(client.account.role)}
+                )
                 keys.append(client.credentials)
 
     threads = [threading.Thread(target=f, daemon=True) for f in (poll_route, poll_client)]
@@ -86,15 +98,26 @@ def main() -> int:
     if keys:
         guest = sy.login_as_guest(url=url)
         for key in keys:
-            client = type(guest)(connection=guest.connection, metadata=guest.metadata, credentials=key)
+            client = type(guest)(
+                connection=guest.connection, metadata=guest.metadata, credentials=key
+            )
             try:
                 data = client.datasets[0].assets[0].data
                 if data is not None and not isinstance(data, sy.SyftError):
                     still_working.append(str(key.verify_key))
             except Exception:  # refused: the key does not work (any more)
                 continue
-    print(json.dumps({"counts": counts, "accepted": accepted, "still_working": still_working,
-                      "first_response": first_response[0] if first_response else None}), flush=True)
+    print(
+        json.dumps(
+            {
+                "counts": counts,
+                "accepted": accepted,
+                "still_working": still_working,
+                "first_response": first_response[0] if first_response else None,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

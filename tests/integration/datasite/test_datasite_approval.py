@@ -28,9 +28,14 @@ PRIVATE_SHAPE = PARTITION["X"].shape
 def site(tmp_path_factory) -> Iterator[tuple[object, str]]:
     password = secrets.token_urlsafe(18)
     handle = launch_datasite(
-        DS_ID, 0, PARTITION, admin_password=secrets.token_urlsafe(18),
-        signing_key_dir=tmp_path_factory.mktemp("keys"), orchestrator_email=ORCH_EMAIL,
-        orchestrator_password=password, poll_interval_s=0.1,
+        DS_ID,
+        0,
+        PARTITION,
+        admin_password=secrets.token_urlsafe(18),
+        signing_key_dir=tmp_path_factory.mktemp("keys"),
+        orchestrator_email=ORCH_EMAIL,
+        orchestrator_password=password,
+        poll_interval_s=0.1,
     )
     try:
         yield handle, password
@@ -63,8 +68,12 @@ def _submit(client, *, inputs: dict | None = None, output_policy=None, job=pdmfe
     from syft.service.policy.policy import ExactMatch, SingleExecutionExactOutput
 
     assets = _assets(client)
-    bound = {"features": assets[FEATURES], "labels": assets[LABELS],
-             "global_model": _upload(client, b"model"), "train_config": _upload(client, b"config")}
+    bound = {
+        "features": assets[FEATURES],
+        "labels": assets[LABELS],
+        "global_model": _upload(client, b"model"),
+        "train_config": _upload(client, b"config"),
+    }
     bound.update(inputs or {})
     fn = sy.syft_function(
         input_policy=ExactMatch(**bound),
@@ -120,7 +129,10 @@ def test_when_the_same_code_binds_other_assets__it_stays_pending(client):
 
 def test_when_the_model_argument_is_bound_to_a_private_asset__it_stays_pending(client):
     assets = _assets(client)
-    assert _status_after_review(client, _submit(client, inputs={"global_model": assets[FEATURES]})) == "PENDING"
+    assert (
+        _status_after_review(client, _submit(client, inputs={"global_model": assets[FEATURES]}))
+        == "PENDING"
+    )
 
 
 def test_when_a_request_smuggles_a_read_grant_beside_the_approved_code__it_stays_pending(client):
@@ -135,17 +147,27 @@ def test_when_a_request_smuggles_a_read_grant_beside_the_approved_code__it_stays
     assets = _assets(client)
     name = f"pdmfed_train_r1_{uuid.uuid4().hex[:12]}"
     fn = sy.syft_function(
-        input_policy=ExactMatch(features=assets[FEATURES], labels=assets[LABELS],
-                                global_model=_upload(client, b"model"), train_config=_upload(client, b"config")),
-        output_policy=SingleExecutionExactOutput(), name=name,
+        input_policy=ExactMatch(
+            features=assets[FEATURES],
+            labels=assets[LABELS],
+            global_model=_upload(client, b"model"),
+            train_config=_upload(client, b"config"),
+        ),
+        output_policy=SingleExecutionExactOutput(),
+        name=name,
     )(pdmfed_train_job)
     client.code.submit(fn)
     (code,) = [c for c in client.code.get_all() if c.service_func_name == name]
-    run_it = UserCodeStatusChange(value=UserCodeStatus.APPROVED, linked_obj=code.status_link,
-                                  linked_user_code=LinkedObject.from_obj(code, server_uid=client.id))
+    run_it = UserCodeStatusChange(
+        value=UserCodeStatus.APPROVED,
+        linked_obj=code.status_link,
+        linked_user_code=LinkedObject.from_obj(code, server_uid=client.id),
+    )
     private = assets[FEATURES].pointer
-    grab = ActionStoreChange(linked_obj=LinkedObject.from_obj(private, server_uid=client.id),
-                             apply_permission_type=ActionPermission.READ)
+    grab = ActionStoreChange(
+        linked_obj=LinkedObject.from_obj(private, server_uid=client.id),
+        apply_permission_type=ActionPermission.READ,
+    )
     request = client.api.services.request.submit(SubmitRequest(changes=[run_it, grab]))
     status = _status_after_review(client, request)
     try:
@@ -163,10 +185,14 @@ def test_when_a_training_request_carries_a_dp_noise_seed__the_datasite_refuses_i
     handle, password = site
     comm = PySyftCommunicationManager(approval_timeout_s=20, training_timeout_s=120)
     try:
-        assert comm.connect_to_datasite(handle.url, {"email": ORCH_EMAIL, "password": password, "datasite_id": DS_ID})
+        assert comm.connect_to_datasite(
+            handle.url, {"email": ORCH_EMAIL, "password": password, "datasite_id": DS_ID}
+        )
         assert comm.send_model(tiny_global_model(), DS_ID)
         dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5, "noise_seed": 42}
-        result = comm.request_training({"epochs": 1, "batch_size": 16, "round_number": 1, "dp": dp}, DS_ID)
+        result = comm.request_training(
+            {"epochs": 1, "batch_size": 16, "round_number": 1, "dp": dp}, DS_ID
+        )
     finally:
         comm.cleanup_all_connections()
     assert "noise_seed" in result.get("error", "") and "model_update" not in result

@@ -28,9 +28,14 @@ PARTITION = tiny_partition(seed=9)
 def site(tmp_path_factory) -> Iterator[tuple[object, str, str]]:
     admin_password, connector_password = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
     handle = launch_datasite(
-        DS_ID, 0, PARTITION, admin_password=admin_password,
-        signing_key_dir=tmp_path_factory.mktemp("keys"), orchestrator_email=ORCH_EMAIL,
-        orchestrator_password=connector_password, poll_interval_s=0.1,
+        DS_ID,
+        0,
+        PARTITION,
+        admin_password=admin_password,
+        signing_key_dir=tmp_path_factory.mktemp("keys"),
+        orchestrator_email=ORCH_EMAIL,
+        orchestrator_password=connector_password,
+        poll_interval_s=0.1,
     )
     try:
         yield handle, admin_password, connector_password
@@ -62,14 +67,18 @@ def _refused(call) -> bool:
     return isinstance(result, sy.SyftError)
 
 
-def test_when_the_connector_is_given_a_factory_admins_credentials__it_refuses_to_log_in_with_them(site):
+def test_when_the_connector_is_given_a_factory_admins_credentials__it_refuses_to_log_in_with_them(
+    site,
+):
     from federation.runtime.launch import connector_session_manager
 
     handle, admin_password, _ = site
     comm = connector_session_manager()
     try:
-        ok = comm.connect_to_datasite(handle.url, {"email": handle.admin_email, "password": admin_password,
-                                                   "datasite_id": DS_ID})
+        ok = comm.connect_to_datasite(
+            handle.url,
+            {"email": handle.admin_email, "password": admin_password, "datasite_id": DS_ID},
+        )
         state = comm.get_connected_datasites()[DS_ID]
     finally:
         comm.cleanup_all_connections()
@@ -83,7 +92,9 @@ def test_the_connectors_account_is_a_data_scientist_and_the_connector_accepts_it
     handle, _, password = site
     comm = connector_session_manager()
     try:
-        assert comm.connect_to_datasite(handle.url, {"email": ORCH_EMAIL, "password": password, "datasite_id": DS_ID})
+        assert comm.connect_to_datasite(
+            handle.url, {"email": ORCH_EMAIL, "password": password, "datasite_id": DS_ID}
+        )
     finally:
         comm.cleanup_all_connections()
 
@@ -98,7 +109,9 @@ def test_when_the_connector_asks_for_the_private_partition__it_gets_only_the_moc
             data = assets[name].data
         except Exception:  # refused
             pass
-        assert not (isinstance(data, np.ndarray) and np.array_equal(data, private)), f"{name} leaked"
+        assert not (isinstance(data, np.ndarray) and np.array_equal(data, private)), (
+            f"{name} leaked"
+        )
         assert _refused(lambda a=assets[name]: connector.api.services.action.get(a.action_id))
 
 
@@ -113,21 +126,34 @@ def test_when_the_connector_submits_code_that_is_not_allow_listed__it_never_runs
     model = sy.ActionObject.from_obj(b"m").send(connector)
     config = sy.ActionObject.from_obj(b"c").send(connector)
     name = f"pdmfed_train_r1_{uuid.uuid4().hex[:12]}"
-    fn = sy.syft_function(input_policy=ExactMatch(features=assets[FEATURES], labels=assets[LABELS],
-                                                  global_model=model, train_config=config),
-                          output_policy=SingleExecutionExactOutput(), name=name)(pdmfed_train_job)
+    fn = sy.syft_function(
+        input_policy=ExactMatch(
+            features=assets[FEATURES],
+            labels=assets[LABELS],
+            global_model=model,
+            train_config=config,
+        ),
+        output_policy=SingleExecutionExactOutput(),
+        name=name,
+    )(pdmfed_train_job)
     request = connector.code.request_code_execution(fn)
     time.sleep(2.0)  # the approval watcher has seen it
     assert request.status.name == "PENDING"
     connector.refresh()
     result = None
     try:
-        result = getattr(connector.code, name)(features=assets[FEATURES], labels=assets[LABELS],
-                                               global_model=model, train_config=config)
+        result = getattr(connector.code, name)(
+            features=assets[FEATURES],
+            labels=assets[LABELS],
+            global_model=model,
+            train_config=config,
+        )
         result = result.get() if hasattr(result, "get") else result
     except Exception:  # refused
         pass
-    assert not (isinstance(result, dict) and "leak" in result), "unapproved code ran on private data"
+    assert not (isinstance(result, dict) and "leak" in result), (
+        "unapproved code ran on private data"
+    )
 
 
 def test_when_the_connector_tries_to_approve_a_request__it_is_refused(connector):
@@ -149,12 +175,21 @@ def test_when_the_connector_tries_to_manage_users__it_is_refused(connector, site
     me = connector.account
     attempts = {
         "create an admin": lambda: connector.users.create(
-            name="x", email=f"x{uuid.uuid4().hex[:6]}@evil.example", password="p" * 16,
-            password_verify="p" * 16, role=ServiceRole.ADMIN),
-        "promote itself": lambda: connector.api.services.user.update(uid=me.id, role=ServiceRole.ADMIN),
-        "list every user": lambda: [u for u in connector.users.get_all() if u.email == handle.admin_email][0],
+            name="x",
+            email=f"x{uuid.uuid4().hex[:6]}@evil.example",
+            password="p" * 16,
+            password_verify="p" * 16,
+            role=ServiceRole.ADMIN,
+        ),
+        "promote itself": lambda: connector.api.services.user.update(
+            uid=me.id, role=ServiceRole.ADMIN
+        ),
+        "list every user": lambda: [
+            u for u in connector.users.get_all() if u.email == handle.admin_email
+        ][0],
         "delete the admin": lambda: connector.api.services.user.delete(
-            uid=[u for u in connector.users.get_all() if u.email == handle.admin_email][0].id),
+            uid=[u for u in connector.users.get_all() if u.email == handle.admin_email][0].id
+        ),
     }
     allowed = [what for what, call in attempts.items() if not _refused(call)]
     assert allowed == []

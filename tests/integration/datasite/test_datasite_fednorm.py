@@ -46,7 +46,9 @@ def test_the_statistics_jobs_results_merge_to_exactly_the_union_statistics(two_s
     verify_stats_signature(noisy, _trust(two_sites))
     released = SensorStats.from_dict(noisy["stats"])  # passes security's checks
     assert released != SensorStats.from_dict(results[ds]["stats"])
-    assert abs(released.count - SensorStats.from_dict(results[ds]["stats"]).count) < 30  # z sqrt(1+2F)
+    assert (
+        abs(released.count - SensorStats.from_dict(results[ds]["stats"]).count) < 30
+    )  # z sqrt(1+2F)
     first = next(iter(results.values()))
     verify_stats_signature(first, _trust(two_sites))
     with pytest.raises(AuthError):  # moved to another campaign, the signature no longer holds

@@ -23,7 +23,10 @@ SYFT_DEFAULT_EMAIL, SYFT_DEFAULT_PASSWORD = "info@openmined.org", "changethis"  
 def _start_poller(url: str, email: str, password: str) -> subprocess.Popen:
     proc = subprocess.Popen(  # noqa: S603 - our own helper script
         [sys.executable, str(POLLER), url, email],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(password + "\n")
@@ -43,7 +46,9 @@ def _stop_poller(proc: subprocess.Popen) -> dict:
     return json.loads(summary[-1])
 
 
-def test_when_a_datasite_starts__the_default_root_login_is_refused_from_before_start_until_ready(tmp_path):
+def test_when_a_datasite_starts__the_default_root_login_is_refused_from_before_start_until_ready(
+    tmp_path,
+):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     poller = _start_poller(url, SYFT_DEFAULT_EMAIL, SYFT_DEFAULT_PASSWORD)
@@ -51,8 +56,11 @@ def test_when_a_datasite_starts__the_default_root_login_is_refused_from_before_s
     try:
         time.sleep(0.5)  # polled while nothing listens yet
         handle = launch_datasite(
-            "food_lyon_line", port, tiny_partition(seed=3),
-            admin_password=secrets.token_urlsafe(18), signing_key_dir=tmp_path / "keys",
+            "food_lyon_line",
+            port,
+            tiny_partition(seed=3),
+            admin_password=secrets.token_urlsafe(18),
+            signing_key_dir=tmp_path / "keys",
         )
         time.sleep(1.0)  # and a while after the launcher reported it ready
         summary = _stop_poller(poller)

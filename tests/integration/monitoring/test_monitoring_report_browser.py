@@ -24,7 +24,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def _chromium(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     if CHROMIUM is None:
-        pytest.skip("Debian package chromium is not installed (scripts/install-tools.sh installs it)")
+        pytest.skip(
+            "Debian package chromium is not installed (scripts/install-tools.sh installs it)"
+        )
     return subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
          f"--user-data-dir={cwd / 'profile'}", f"--window-size={WIDTH},2400", *args],
@@ -42,7 +44,9 @@ def report(tmp_path_factory) -> Path:
                         ("factory_seattle", "aerospace_seattle_assembly")):  # fmt: skip
         text = text.replace(short, long)
     summary = json.loads(text)
-    summary["rounds"][1]["rejected"] = {f"factory_{i:02d}_{'x' * 20}": "byzantine" for i in range(6)}
+    summary["rounds"][1]["rejected"] = {
+        f"factory_{i:02d}_{'x' * 20}": "byzantine" for i in range(6)
+    }
     # round 0, as a campaign's summary leads with it: the initial model's held-out RMSE
     summary["rounds"].insert(0, {"round_num": 0, "rmse": 87.25, "test_rmse": 87.25, "train_rmse": None,
                                  "epsilon": None, "participants": [], "rejected": {}, "byzantine": [],
@@ -77,8 +81,12 @@ def test_the_dom_holds_each_section_with_the_runs_numbers_and_fits_1280_px(repor
     sections = {
         "summary": ["held-out RMSE (cycles)", "14.6", "train-mean predictor: 41.3", "+1.7", "65%"],
         "data": ["../shared/data/cmapss/FD001", "17731"],
-        "evaluation": ["C-MAPSS test engines of FD001", "Predicted vs true RUL",
-                       "What federation gained", "automotive_detroit_main alone"],
+        "evaluation": [
+            "C-MAPSS test engines of FD001",
+            "Predicted vs true RUL",
+            "What federation gained",
+            "automotive_detroit_main alone",
+        ],
         "privacy": ["record-level (one sensor window), worst factory", "2.84", "1e-05"],
         "campaign": ["RMSE per round", "Privacy budget"],
         "rounds": ["automotive_detroit_main", "byzantine", "0 (initial model)", "87.25"],

@@ -232,7 +232,9 @@ def test_when_pdmfed_report_renders_the_campaign__the_page_shows_its_numbers(cam
     assert len(pngs) == 5
     assert all(base64.b64decode(p).startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
     for r in summary["rounds"]:
-        assert f"{r['rmse']:.2f}" in page and f"{r['epsilon']:.3f}" in page  # as the rounds table shows them
+        assert (
+            f"{r['rmse']:.2f}" in page and f"{r['epsilon']:.3f}" in page
+        )  # as the rounds table shows them
     assert SCALER in page and all(ds in page for ds in HONEST)
 
 

@@ -51,11 +51,19 @@ class AttackerListener:
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 self._record()
                 if self.path.endswith("/api/v2/metadata"):
-                    body = json.dumps({
-                        "metadata_version": 1, "name": "factory", "id": "0" * 32, "verify_key": "0" * 64,
-                        "syft_version": "0.9.5", "server_type": "datasite", "server_side_type": "high",
-                        "show_warnings": False, "min_size_blob_storage_mb": 16,
-                    }).encode()
+                    body = json.dumps(
+                        {
+                            "metadata_version": 1,
+                            "name": "factory",
+                            "id": "0" * 32,
+                            "verify_key": "0" * 64,
+                            "syft_version": "0.9.5",
+                            "server_type": "datasite",
+                            "server_side_type": "high",
+                            "show_warnings": False,
+                            "min_size_blob_storage_mb": 16,
+                        }
+                    ).encode()
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                 else:

@@ -36,7 +36,11 @@ class ServiceProcess:
     def __init__(self, name: str, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(  # noqa: S603 - our own CLI
             [sys.executable, "-m", "federation.cli", "service", name],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()

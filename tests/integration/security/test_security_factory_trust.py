@@ -17,12 +17,16 @@ def _keys(tmp_path, factories: list[str]):
     if factories:
         (keys / "factories").mkdir()
         for ds in factories:
-            (keys / "factories" / f"{ds}.pub").write_bytes(SigningIdentity.generate(ds).public_pem())
+            (keys / "factories" / f"{ds}.pub").write_bytes(
+                SigningIdentity.generate(ds).public_pem()
+            )
     return keys
 
 
 @pytest.mark.parametrize("layout", ["no factories directory", "an empty factories directory"])
-def test_when_security_starts_without_factory_public_keys__it_refuses_with_one_line(tmp_path, layout):
+def test_when_security_starts_without_factory_public_keys__it_refuses_with_one_line(
+    tmp_path, layout
+):
     keys = _keys(tmp_path, [])
     if layout == "an empty factories directory":
         (keys / "factories").mkdir()
@@ -31,7 +35,9 @@ def test_when_security_starts_without_factory_public_keys__it_refuses_with_one_l
         code = service.wait_exit()
     finally:
         service.stop()
-    assert code == 2, f"security kept running without factory keys (signatures unchecked): {service.lines[-5:]}"
+    assert code == 2, (
+        f"security kept running without factory keys (signatures unchecked): {service.lines[-5:]}"
+    )
     errors = [ln for ln in service.lines if ln.startswith("pdmfed:")]
     assert len(errors) == 1 and "factor" in errors[0] and str(keys / "factories") in errors[0]
 

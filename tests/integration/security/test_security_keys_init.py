@@ -25,9 +25,22 @@ FACTORIES = ("automotive_detroit_main", "chemical_houston_reactor")
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("deploy") / "provisioned"
-    code = pdmfed(["keys", "init", "--out", str(out), "--factory", f"{FACTORIES[0]}=http://factory-1:8081",
-                   "--factory", FACTORIES[1], "--broker", "amqp://rabbitmq:5672/pdmfed",
-                   "--redis", "redis://redis:6379/0"])
+    code = pdmfed(
+        [
+            "keys",
+            "init",
+            "--out",
+            str(out),
+            "--factory",
+            f"{FACTORIES[0]}=http://factory-1:8081",
+            "--factory",
+            FACTORIES[1],
+            "--broker",
+            "amqp://rabbitmq:5672/pdmfed",
+            "--redis",
+            "redis://redis:6379/0",
+        ]
+    )
     assert code == 0
     return out
 
@@ -81,7 +94,9 @@ def test_a_factorys_admin_password_exists_only_in_that_factorys_directory(deploy
         assert holders == [secret_file]
 
 
-def test_the_connector_holds_each_factorys_data_scientist_password_and_nothing_of_the_factories(deployment):
+def test_the_connector_holds_each_factorys_data_scientist_password_and_nothing_of_the_factories(
+    deployment,
+):
     from federation.datasite_registry import DatasiteRegistry
 
     manifest = json.loads((deployment / "manifest.json").read_text())
@@ -89,7 +104,9 @@ def test_the_connector_holds_each_factorys_data_scientist_password_and_nothing_o
     registry = DatasiteRegistry.load(path)  # what the connector reads (PDMFED_DATASITE_REGISTRY)
     assert registry.ids == sorted(FACTORIES)
     assert registry.get(FACTORIES[0]).url == "http://factory-1:8081"
-    assert registry.get(FACTORIES[1]).url == f"http://{FACTORIES[1]}:8080"  # the compose/k8s default
+    assert (
+        registry.get(FACTORIES[1]).url == f"http://{FACTORIES[1]}:8080"
+    )  # the compose/k8s default
     passwords = set()
     for ds in FACTORIES:
         factory_secrets = deployment / "factories" / ds / "secrets"
@@ -105,8 +122,12 @@ def test_the_connector_holds_each_factorys_data_scientist_password_and_nothing_o
 def test_factories_get_no_envelope_key_and_each_broker_password_is_its_owners(deployment):
     envelope = (deployment / "connector" / "secrets" / "pdmfed_encryption_key").read_text()
     for ds in FACTORIES:
-        assert not any(envelope in p.read_text(errors="ignore") for p in _files(deployment / "factories" / ds))
-    urls = {s: (deployment / s / "secrets" / "pdmfed_amqp_url").read_text() for s in ENVELOPE_SENDERS}
+        assert not any(
+            envelope in p.read_text(errors="ignore") for p in _files(deployment / "factories" / ds)
+        )
+    urls = {
+        s: (deployment / s / "secrets" / "pdmfed_amqp_url").read_text() for s in ENVELOPE_SENDERS
+    }
     assert len(set(urls.values())) == len(urls)
     for sender, url in urls.items():
         assert url.startswith(f"amqp://pdmfed-{sender}:") and url.endswith("@rabbitmq:5672/pdmfed")
@@ -115,19 +136,24 @@ def test_factories_get_no_envelope_key_and_each_broker_password_is_its_owners(de
         assert (deployment / sender / "secrets" / "pdmfed_redis_password").read_text() not in acl
 
 
-def test_when_the_directory_is_not_empty__keys_init_refuses_and_overwrites_nothing(deployment, capsys):
+def test_when_the_directory_is_not_empty__keys_init_refuses_and_overwrites_nothing(
+    deployment, capsys
+):
     before = {p: p.read_bytes() for p in _files(deployment)}
     assert pdmfed(["keys", "init", "--out", str(deployment), "--factory", "x_site"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in _files(deployment)} == before
 
 
-@pytest.mark.parametrize("args, reason", [
-    (["--factory", "a", "--factory", "a"], "unique"),
-    (["--factory", "a=ftp://x"], "not http"),
-    (["--factory", "security"], "named like a component"),
-    (["--factory", "a", "--broker", "http://rabbit"], "amqp"),
-])
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (["--factory", "a", "--factory", "a"], "unique"),
+        (["--factory", "a=ftp://x"], "not http"),
+        (["--factory", "security"], "named like a component"),
+        (["--factory", "a", "--broker", "http://rabbit"], "amqp"),
+    ],
+)
 def test_when_arguments_are_bad__keys_init_fails_with_one_line(tmp_path, capsys, args, reason):
     assert pdmfed(["keys", "init", "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err.strip()
@@ -138,11 +164,14 @@ def test_when_arguments_are_bad__keys_init_fails_with_one_line(tmp_path, capsys,
 def test_a_service_starts_from_its_own_directory_alone(deployment, tmp_path):
     """Its keys and secrets mounts are all the security service needs (bus/Redis wiring aside)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PDMFED_")}
-    env.update(PDMFED_KEYS_DIR=str(deployment / "security" / "keys"),
-               PDMFED_SECRETS_DIR=str(deployment / "security" / "secrets"),
-               PDMFED_STATE_DIR=str(tmp_path / "state"),
-               # no broker or Redis in this test: the environment overrides the secret files
-               PDMFED_AMQP_URL="", PDMFED_REDIS_URL="")
+    env.update(
+        PDMFED_KEYS_DIR=str(deployment / "security" / "keys"),
+        PDMFED_SECRETS_DIR=str(deployment / "security" / "secrets"),
+        PDMFED_STATE_DIR=str(tmp_path / "state"),
+        # no broker or Redis in this test: the environment overrides the secret files
+        PDMFED_AMQP_URL="",
+        PDMFED_REDIS_URL="",
+    )
     service = ServiceProcess("security", env)
     try:
         line = service.wait_for_line("trusts factories")
@@ -155,15 +184,24 @@ def test_a_service_starts_from_its_own_directory_alone(deployment, tmp_path):
 
 def _connector_env(deployment: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PDMFED_")}
-    env.update(PDMFED_KEYS_DIR=str(deployment / "connector" / "keys"),
-               PDMFED_SECRETS_DIR=str(deployment / "connector" / "secrets"),
-               PDMFED_STATE_DIR=str(tmp_path / "state"), PDMFED_AMQP_URL="", PDMFED_REDIS_URL="", **extra)
+    env.update(
+        PDMFED_KEYS_DIR=str(deployment / "connector" / "keys"),
+        PDMFED_SECRETS_DIR=str(deployment / "connector" / "secrets"),
+        PDMFED_STATE_DIR=str(tmp_path / "state"),
+        PDMFED_AMQP_URL="",
+        PDMFED_REDIS_URL="",
+        **extra,
+    )
     return env
 
 
-def test_the_connector_starts_from_its_own_directory_and_names_the_datasites_of_its_registry(deployment, tmp_path):
+def test_the_connector_starts_from_its_own_directory_and_names_the_datasites_of_its_registry(
+    deployment, tmp_path
+):
     registry = deployment / "connector" / "datasites" / "datasites.json"
-    service = ServiceProcess("connector", _connector_env(deployment, tmp_path, PDMFED_DATASITE_REGISTRY=str(registry)))
+    service = ServiceProcess(
+        "connector", _connector_env(deployment, tmp_path, PDMFED_DATASITE_REGISTRY=str(registry))
+    )
     try:
         line = service.wait_for_line("datasites of its registry")
         assert line is not None, service.lines[-10:]
@@ -173,11 +211,15 @@ def test_the_connector_starts_from_its_own_directory_and_names_the_datasites_of_
         service.stop()
 
 
-def test_without_its_datasite_registry__the_connector_refuses_to_start_with_one_line(deployment, tmp_path):
+def test_without_its_datasite_registry__the_connector_refuses_to_start_with_one_line(
+    deployment, tmp_path
+):
     service = ServiceProcess("connector", _connector_env(deployment, tmp_path))
     try:
         code = service.wait_exit()
     finally:
         service.stop()
     errors = [ln for ln in service.lines if ln.startswith("pdmfed:")]
-    assert code == 2 and len(errors) == 1 and "PDMFED_DATASITE_REGISTRY" in errors[0], service.lines[-5:]
+    assert code == 2 and len(errors) == 1 and "PDMFED_DATASITE_REGISTRY" in errors[0], (
+        service.lines[-5:]
+    )

@@ -70,7 +70,9 @@ class Newcomer:
             await self.bus.publish("campaign.start", body)
 
     def refused(self, reasons: tuple[str, ...]) -> list[str]:
-        return [dead_letter_info(d).reason for d in self.dead if dead_letter_info(d).reason in reasons]
+        return [
+            dead_letter_info(d).reason for d in self.dead if dead_letter_info(d).reason in reasons
+        ]
 
     async def stop(self) -> None:
         await self.bus.delete_topology()
@@ -91,13 +93,19 @@ async def _sighup(service: ServiceProcess, expect: str) -> str:
     return line
 
 
-async def test_sighup_reloads_sender_roles_with_keys_added_then_removed_senders_take_effect(tmp_path):
+async def test_sighup_reloads_sender_roles_with_keys_added_then_removed_senders_take_effect(
+    tmp_path,
+):
     keys = tmp_path / "keys"
     ensure_identities(keys, list(BASE_ROLES))
     write_roles_file(keys, BASE_ROLES)
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    env = service_env(keys, tmp_path / "state", PDMFED_AMQP_URL=AMQP_URL, PDMFED_TOPOLOGY_PREFIX=prefix)
-    del env["PDMFED_SENDER_ROLES"]  # the roles come from senders.json alone, as `keys init` writes it
+    env = service_env(
+        keys, tmp_path / "state", PDMFED_AMQP_URL=AMQP_URL, PDMFED_TOPOLOGY_PREFIX=prefix
+    )
+    del env[
+        "PDMFED_SENDER_ROLES"
+    ]  # the roles come from senders.json alone, as `keys init` writes it
     newcomer = Newcomer(tmp_path, env, prefix)
     await newcomer.start()
     service = ServiceProcess("trainer-dispatch", env)

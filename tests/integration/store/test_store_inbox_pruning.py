@@ -86,7 +86,9 @@ async def test_when_a_message_older_than_the_window_is_replayed__it_is_refused_t
         await bus.start()
         runner = ServiceRunner(
             service,
-            SecureEndpoint(bus, receiver(), None, "trainer-dispatch", roles={"connector": "connector"}),
+            SecureEndpoint(
+                bus, receiver(), None, "trainer-dispatch", roles={"connector": "connector"}
+            ),
             store,
         )
         await runner.start()

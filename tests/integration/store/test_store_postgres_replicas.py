@@ -161,7 +161,9 @@ def test_when_the_database_is_unreachable__opening_fails_with_one_line_and_no_pa
 
     url = "postgresql://pdmfed:s3cret-pass@127.0.0.1:9/pdmfed"  # nothing listens on port 9
     with pytest.raises(ConfigError) as err:
-        PostgresStore(url, schema="pdmfed_trainer_dispatch", blob_dir=tmp_path / "b", connect_timeout_s=1)
+        PostgresStore(
+            url, schema="pdmfed_trainer_dispatch", blob_dir=tmp_path / "b", connect_timeout_s=1
+        )
     text = str(err.value)
     assert "cannot reach the state database" in text and "s3cret-pass" not in text
     assert "\n" not in text.strip()

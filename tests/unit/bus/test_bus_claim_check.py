@@ -265,7 +265,10 @@ async def test_when_a_runner_relays_screened_references__one_flush_sends_all_and
 
     producer = SecureEndpoint(_Bus(), side.out, None, "security")  # type: ignore[arg-type]
     runner = ServiceRunner(
-        Service(name="security", queue="unused"), producer, side.store, Metrics("security", registry)
+        Service(name="security", queue="unused"),
+        producer,
+        side.store,
+        Metrics("security", registry),
     )
     screened = [
         UpdateScreened(campaign_id="c1", round_num=1, datasite_id=f"site-{i}",

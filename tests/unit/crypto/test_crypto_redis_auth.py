@@ -33,14 +33,19 @@ def test_when_the_redis_url_has_another_scheme__it_is_refused(url):
 
 @pytest.mark.parametrize("scheme", ["redis", "rediss"])
 def test_when_credentials_are_set__plain_and_tls_urls_are_accepted(scheme):
-    _settings(redis_url=f"{scheme}://redis:6379/0", redis_password=secrets.token_urlsafe(24)).validate_secrets()
-    _settings(redis_url=f"{scheme}://pdmfed-security:{secrets.token_urlsafe(24)}@redis:6379/0").validate_secrets()
+    _settings(
+        redis_url=f"{scheme}://redis:6379/0", redis_password=secrets.token_urlsafe(24)
+    ).validate_secrets()
+    _settings(
+        redis_url=f"{scheme}://pdmfed-security:{secrets.token_urlsafe(24)}@redis:6379/0"
+    ).validate_secrets()
 
 
 def test_when_a_role_opens_its_seen_store__it_uses_its_role_user_and_namespace():
     password = secrets.token_urlsafe(24)
-    store = seen_store_from_settings(Settings(redis_url="redis://redis:6379/0", redis_password=password),
-                                     role="security")
+    store = seen_store_from_settings(
+        Settings(redis_url="redis://redis:6379/0", redis_password=password), role="security"
+    )
     assert isinstance(store, RedisSeenStore) and store.namespace == seen_namespace("security")
     kwargs = store._client.connection_pool.connection_kwargs
     assert (kwargs["username"], kwargs["password"]) == ("pdmfed-security", password)

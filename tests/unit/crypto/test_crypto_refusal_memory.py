@@ -70,10 +70,17 @@ def test_when_a_msgpack_bomb_arrives__it_is_refused_without_building_its_objects
 def test_when_a_forged_body_names_a_trusted_sender__it_is_refused_before_any_copy(size, parties):
     keyring, trust, _ = parties
     forged = encode_envelope(
-        Envelope(msg_type="update.raw", msg_id=os.urandom(16), sender="connector-0",
-                 key_id="k1", timestamp=time.time(), nonce=os.urandom(12),
-                 encrypted_data=os.urandom(size), checksum="0" * 64,
-                 signature=os.urandom(64))  # fmt: skip
+        Envelope(
+            msg_type="update.raw",
+            msg_id=os.urandom(16),
+            sender="connector-0",
+            key_id="k1",
+            timestamp=time.time(),
+            nonce=os.urandom(12),
+            encrypted_data=os.urandom(size),
+            checksum="0" * 64,
+            signature=os.urandom(64),
+        )  # fmt: skip
     )
     receiver = _receiver(keyring, trust)
     peak, out = _peak(lambda: receiver.open(forged))

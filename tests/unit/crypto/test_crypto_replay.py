@@ -75,7 +75,9 @@ def test_when_redis_url_is_set__settings_select_the_redis_store_per_service():
 
 
 @pytest.mark.parametrize("ahead", [31.0, 120.0, 600.0])
-def test_when_a_key_holder_dates_a_message_in_the_future__beyond_the_clock_skew_it_is_expired(ahead):
+def test_when_a_key_holder_dates_a_message_in_the_future__beyond_the_clock_skew_it_is_expired(
+    ahead,
+):
     """A message dated ahead stays 'fresh' (and replayable) longer: accept at most the skew."""
     settings = Settings(clock_skew_s=30.0, message_ttl_s=600.0)
     guard = ReplayGuard.from_settings(InMemorySeenStore(), settings)

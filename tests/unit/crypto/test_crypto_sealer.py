@@ -126,7 +126,9 @@ def test_when_typed_message_is_sealed_and_opened__payload_parses_back(make_seale
         "k1",
     )
     out = messages.parse_payload(env.msg_type, opened.payload)
-    assert torch.equal(out.delta["w"], msg.delta["w"]) and out.metrics == messages.TrainingMetrics(loss=0.25)
+    assert torch.equal(out.delta["w"], msg.delta["w"]) and out.metrics == messages.TrainingMetrics(
+        loss=0.25
+    )
     out.delta["w"].add_(1)  # decoded tensors are writable
 
 
@@ -189,7 +191,9 @@ def test_when_timestamp_is_too_old_or_too_new__expired_error(make_sealer):
             make_sealer().open(body)
 
 
-def test_when_a_key_holder_seals_a_message_dated_in_the_future__open_refuses_past_the_skew(tmp_path):
+def test_when_a_key_holder_seals_a_message_dated_in_the_future__open_refuses_past_the_skew(
+    tmp_path,
+):
     conf = Settings(demo=True, keys_dir=tmp_path, clock_skew_s=30.0, message_ttl_s=600.0)
     sender = Sealer.from_settings(conf, "connector-0")
     receiver = Sealer.from_settings(conf, "security-0")  # trusts connector-0's key on disk

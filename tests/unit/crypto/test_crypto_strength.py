@@ -30,8 +30,10 @@ def _settings(**kw: str) -> Settings:
 @pytest.mark.parametrize(
     ("var", "value"),
     # the placeholders .env.example shipped before secrets moved to per-component files
-    [("PDMFED_ENCRYPTION_KEY", "replace-with-a-long-random-passphrase"),
-     ("PDMFED_KEY_SALT", "replace-with-a-random-salt")],
+    [
+        ("PDMFED_ENCRYPTION_KEY", "replace-with-a-long-random-passphrase"),
+        ("PDMFED_KEY_SALT", "replace-with-a-random-salt"),
+    ],
 )
 def test_when_a_service_is_given_the_env_example_placeholder__it_refuses_to_start(var, value):
     field = "encryption_key" if var == "PDMFED_ENCRYPTION_KEY" else "key_salt"
@@ -41,7 +43,14 @@ def test_when_a_service_is_given_the_env_example_placeholder__it_refuses_to_star
 
 
 @pytest.mark.parametrize(
-    "weak", ["a" * 16, "abcdefghijklmnopqrstu", "1234567890123456", "qwertyuiopasdfghjkl", "passwordpassword1"]
+    "weak",
+    [
+        "a" * 16,
+        "abcdefghijklmnopqrstu",
+        "1234567890123456",
+        "qwertyuiopasdfghjkl",
+        "passwordpassword1",
+    ],
 )
 def test_when_the_passphrase_has_low_entropy__the_service_refuses_and_never_echoes_it(weak):
     with pytest.raises(ConfigError, match="PDMFED_ENCRYPTION_KEY is too weak") as err:
@@ -71,7 +80,9 @@ def test_when_the_broker_url_carries_a_shipped_placeholder_password__it_is_refus
     with pytest.raises(ConfigError, match="PDMFED_AMQP_URL") as err:
         _settings(amqp_url=url).validate_secrets()
     assert password not in str(err.value)
-    check_url_password(f"amqp://pdmfed-connector:{secrets.token_urlsafe(24)}@rabbitmq:5672/pdmfed", "x")
+    check_url_password(
+        f"amqp://pdmfed-connector:{secrets.token_urlsafe(24)}@rabbitmq:5672/pdmfed", "x"
+    )
     check_url_password("redis://127.0.0.1:6379/0", "x")
 
 

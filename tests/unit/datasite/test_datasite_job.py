@@ -79,8 +79,16 @@ DP = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5}
 
 
 def _dp_config(**dp) -> bytes:
-    return encode_payload({"epochs": 1, "batch_size": 8, "model_type": "cnn", "round_number": 1, "seed": 3,
-                           "dp": {**DP, **dp}})
+    return encode_payload(
+        {
+            "epochs": 1,
+            "batch_size": 8,
+            "model_type": "cnn",
+            "round_number": 1,
+            "seed": 3,
+            "dp": {**DP, **dp},
+        }
+    )
 
 
 def test_when_a_requester_chooses_the_dp_noise_seed__the_datasite_refuses_the_request(factory):
@@ -142,7 +150,9 @@ def test_when_a_compromised_connector_moves_a_signed_delta__to_another_campaign_
         verify_factory_result({**result, "campaign_id": "campaign-b"}, factory.public_bytes())
 
 
-def test_the_statistics_job_returns_the_partitions_exact_statistics_signed_for_its_campaign(factory):
+def test_the_statistics_job_returns_the_partitions_exact_statistics_signed_for_its_campaign(
+    factory,
+):
     from federation.datasite.job import run_stats_job
     from federation.datasite.signing import verify_stats_signature
     from federation.errors import AuthError
@@ -159,7 +169,9 @@ def test_the_statistics_job_returns_the_partitions_exact_statistics_signed_for_i
             verify_stats_signature(forged, factory.public_bytes())
 
 
-def test_when_the_training_config_ships_statistics__the_job_trains_on_the_z_scored_partition(factory):
+def test_when_the_training_config_ships_statistics__the_job_trains_on_the_z_scored_partition(
+    factory,
+):
     from federation.ml.fedstats import window_stats
 
     X, y, state = _data()
@@ -179,7 +191,9 @@ def test_when_the_training_config_ships_statistics__the_job_trains_on_the_z_scor
     assert all(torch.equal(update[k], v) for k, v in local["model_update"].items())
 
 
-def test_when_the_campaign_asks_for_noisy_statistics__the_job_noises_them_and_refuses_a_seed(factory):
+def test_when_the_campaign_asks_for_noisy_statistics__the_job_noises_them_and_refuses_a_seed(
+    factory,
+):
     from federation.datasite.job import run_stats_job
     from federation.datasite.signing import verify_stats_signature
     from federation.ml.fedstats import SensorStats, window_stats

@@ -46,7 +46,12 @@ def test_when_the_body_differs_by_one_character__the_hash_differs():
         {"output_settings": {"limit": 1000}},
         {"input_policy": "syft.service.policy.policy.MixedInputPolicy"},
         {"bindings": {"x": asset_binding("pdm_partition", "labels"), "y": UPLOAD}},
-        {"bindings": {"x": asset_binding("pdm_partition", "features"), "y": asset_binding("pdm_partition", "labels")}},
+        {
+            "bindings": {
+                "x": asset_binding("pdm_partition", "features"),
+                "y": asset_binding("pdm_partition", "labels"),
+            }
+        },
         {"bindings": {"x": asset_binding("pdm_partition", "features")}},
         {"uses_datasite": True},
         {"nested_codes": ("helper",)},
@@ -61,8 +66,12 @@ def test_when_the_output_policy_has_its_own_fresh_id__the_hash_ignores_it():
 
 
 def test_the_request_hash_function_takes_the_pieces_directly():
-    assert request_hash(APPROVED, input_policy=EXACT_MATCH, bindings=PIECES.bindings,
-                        output_policy=EXECUTE_ONCE) == PIECES.digest()
+    assert (
+        request_hash(
+            APPROVED, input_policy=EXACT_MATCH, bindings=PIECES.bindings, output_policy=EXECUTE_ONCE
+        )
+        == PIECES.digest()
+    )
 
 
 def test_when_the_request_is_allow_listed__the_policy_approves_it():
@@ -94,6 +103,8 @@ def test_when_shipped__the_training_and_statistics_request_hashes_are_the_defaul
 
     pieces = training_request()
     assert approved_job_hashes() == {pieces.digest(), stats_request().digest()}
-    assert stats_request().bindings == {"features": "asset:pdm_partition/features",
-                                        "stats_config": "upload"}
+    assert stats_request().bindings == {
+        "features": "asset:pdm_partition/features",
+        "stats_config": "upload",
+    }
     assert pieces.bindings["global_model"] == UPLOAD and pieces.output_policy == EXECUTE_ONCE

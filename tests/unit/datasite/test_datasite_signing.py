@@ -74,9 +74,17 @@ def test_when_an_update_raw_payload_moves_to_another_round_or_site__verification
         verify_update_signature({**payload, "factory_signature": None}, trust)
 
 
-@pytest.mark.parametrize("bad", [None, {}, {"datasite_id": DS}, {"datasite_id": 3, "round_num": 1},
-                                 {"datasite_id": DS, "round_num": 1, "campaign_id": 7},
-                                 {"datasite_id": DS, "round_num": 1, "model_version": "2"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        {},
+        {"datasite_id": DS},
+        {"datasite_id": 3, "round_num": 1},
+        {"datasite_id": DS, "round_num": 1, "campaign_id": 7},
+        {"datasite_id": DS, "round_num": 1, "model_version": "2"},
+    ],
+)
 def test_when_the_payload_is_malformed__a_typed_error_is_raised(bad, identity):
     with pytest.raises(MalformedMessage):
         verify_update_signature(bad, {DS: identity.public_bytes()})

@@ -153,5 +153,19 @@ def test_when_a_model_trains_on_the_synthetic_fleet__held_out_engines_score_like
     baseline = float(np.sqrt(np.mean((p.test.y - fit.y.mean()) ** 2)))
     assert held_rmse < 1.35 * train_rmse, (train_rmse, held_rmse)
     assert test_rmse < 0.4 * baseline, (test_rmse, baseline)
-    assert p.features == ("s2", "s3", "s4", "s7", "s8", "s9", "s11", "s12",
-                                                 "s13", "s14", "s15", "s17", "s20", "s21")
+    assert p.features == (
+        "s2",
+        "s3",
+        "s4",
+        "s7",
+        "s8",
+        "s9",
+        "s11",
+        "s12",
+        "s13",
+        "s14",
+        "s15",
+        "s17",
+        "s20",
+        "s21",
+    )

@@ -220,7 +220,9 @@ def test_the_factories_data_cards_give_the_campaigns_bundle_its_inputs(tmp_path)
     (tmp_path / "a.json").write_text(json.dumps(a))
     shared = write_import(tmp_path / "b", data=_plant_csv(tmp_path / "b.csv", {"B": 12}),
                           schema=schema, normalizer=tmp_path / "a.json")  # fmt: skip
-    own = write_import(tmp_path / "c", data=_plant_csv(tmp_path / "c.csv", {"C": 12}), schema=schema)
+    own = write_import(
+        tmp_path / "c", data=_plant_csv(tmp_path / "c.csv", {"C": 12}), schema=schema
+    )
     training = {"n_features": 2, "window": 3}
     info = bundle_info_from_cards([a, shared], training)
     assert info["features"] == SENSORS and info["normalizer"] == a["normalizer"]

@@ -209,12 +209,16 @@ def test_round_0_the_initial_models_held_out_rmse_leads_the_rounds_table_and_plo
     from federation.orchestrator.client import CampaignRecord
     from federation.orchestrator.summary import build_summary
 
-    rec = CampaignRecord("c0", normalizer={"columns": ["x1"]}, completed={"rounds": 1, "reason": "max_rounds"})
+    rec = CampaignRecord(
+        "c0", normalizer={"columns": ["x1"]}, completed={"rounds": 1, "reason": "max_rounds"}
+    )
     rec.rounds.append({"round_num": 1, "status": "aggregated", "participants": ["a", "b"],
                        "metrics": {"rmse": 30.0}})  # fmt: skip
     summary = build_summary(rec, {"rounds": 1}, test_rmse={0: 80.5, 1: 25.25})
     assert [r["round_num"] for r in summary["rounds"]] == [0, 1]
-    assert summary["rounds"][0]["test_rmse"] == 80.5 and summary["rounds"][0]["status"] == "statistics"
+    assert (
+        summary["rounds"][0]["test_rmse"] == 80.5 and summary["rounds"][0]["status"] == "statistics"
+    )
     assert summary["final"] == {"rmse": 25.25, "epsilon": None, "rounds": 1, "reason": "max_rounds"}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     page = render_report(tmp_path).read_text()
@@ -238,11 +242,18 @@ def _run_after_round_0(tmp_path, released):
     for msg in (RoundOpen("c", 1, 0, ["f1"], 1.0, dict(state), norm, released),
                 RoundCompleted("c", 1, 1, ["f1"], metrics=RoundMetrics(rmse=20.0), global_model=dict(state))):  # fmt: skip
         wire = codec.decode_payload(codec.encode_payload(msg.to_payload()))
-        client.record_event(msg.msg_type.value, parse_payload(msg.msg_type.value, wire).to_payload())
-    config = {"training": {"model_type": "cnn", "n_features": 2, "window": 3}, "privacy": {"enabled": False}}
+        client.record_event(
+            msg.msg_type.value, parse_payload(msg.msg_type.value, wire).to_payload()
+        )
+    config = {
+        "training": {"model_type": "cnn", "n_features": 2, "window": 3},
+        "privacy": {"enabled": False},
+    }
     record = client.records["c"]
     write_run(tmp_path, build_summary(record, config), record.final_model)
-    return json.loads((tmp_path / "bundle.json").read_text()), (tmp_path / "report.html").read_text()
+    return json.loads((tmp_path / "bundle.json").read_text()), (
+        tmp_path / "report.html"
+    ).read_text()
 
 
 def test_when_round_0_noised_the_statistics__bundle_and_report_carry_their_epsilon_delta_and_scope(
@@ -272,6 +283,8 @@ def test_when_round_0_sent_exact_statistics__bundle_and_report_say_they_are_not_
     assert "normalisation statistics (round 0) not noised" in privacy
 
 
-def test_a_run_whose_dispatch_did_not_say_how_round_0_released_its_statistics_claims_nothing(tmp_path):
+def test_a_run_whose_dispatch_did_not_say_how_round_0_released_its_statistics_claims_nothing(
+    tmp_path,
+):
     bundle, _ = _run_after_round_0(tmp_path, None)  # an older trainer-dispatch
     assert "statistics" not in bundle["privacy"]

@@ -79,7 +79,9 @@ def test_when_shapes_are_arbitrary__the_trimmed_mean_equals_numpys(n, d, seed, b
         mp.setattr(order_stats, "REGISTER_MAX_N", limit)
         out, finite = sorted_range_mean(list(x), k, n - k)
     assert finite
-    np.testing.assert_allclose(out, np.sort(x, axis=0)[k : n - k].mean(axis=0), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(
+        out, np.sort(x, axis=0)[k : n - k].mean(axis=0), rtol=1e-5, atol=1e-3
+    )
 
 
 @pytest.mark.parametrize("n", [33, 50, order_stats.REGISTER_MAX_N])
@@ -94,7 +96,9 @@ def test_when_many_clients_use_the_largest_register_kernels__trim_and_median_equ
         np.testing.assert_allclose(out, ref[start:stop].mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
-def test_when_a_register_kernel_is_generated__it_is_kept_on_disk_and_in_memory(tmp_path, monkeypatch):
+def test_when_a_register_kernel_is_generated__it_is_kept_on_disk_and_in_memory(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(order_stats, "_generated", {})
     x = np.arange(12, dtype=np.float32).reshape(3, 4)[::-1].copy()
@@ -104,7 +108,9 @@ def test_when_a_register_kernel_is_generated__it_is_kept_on_disk_and_in_memory(t
     (median,) = tmp_path.glob("pdmfed-networks-v*/network_3_trim_1.py")
     assert "min(x0, x1)" in median.read_text()
     kernel = order_stats._generated[(3, 1)]
-    out, _ = sorted_range_mean(list(x), 0, 2)  # not symmetric: the blocked kernel, nothing generated
+    out, _ = sorted_range_mean(
+        list(x), 0, 2
+    )  # not symmetric: the blocked kernel, nothing generated
     np.testing.assert_allclose(out, (x[1] + x[2]) / 2)
     assert set(order_stats._generated) == {(3, 1)}
     assert len(list(tmp_path.glob("pdmfed-networks-v*/network_3*.py"))) == 1
@@ -112,7 +118,9 @@ def test_when_a_register_kernel_is_generated__it_is_kept_on_disk_and_in_memory(t
     assert order_stats._generated[(3, 1)] is kernel  # compiled once per process
 
 
-def test_when_a_cache_directory_is_writable_by_others__generated_code_is_not_kept_there(tmp_path, monkeypatch):
+def test_when_a_cache_directory_is_writable_by_others__generated_code_is_not_kept_there(
+    tmp_path, monkeypatch
+):
     shared = tmp_path / "shared"
     (shared / f"pdmfed-networks-v{order_stats._GENERATED_VERSION}").mkdir(parents=True)
     (shared / f"pdmfed-networks-v{order_stats._GENERATED_VERSION}").chmod(0o777)
@@ -133,7 +141,9 @@ def test_when_no_directory_is_writable__the_kernel_is_compiled_from_memory(monke
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_when_one_value_is_not_finite__the_kernel_says_so_even_if_it_would_be_trimmed(bad, kernel_path):
+def test_when_one_value_is_not_finite__the_kernel_says_so_even_if_it_would_be_trimmed(
+    bad, kernel_path
+):
     x = np.random.default_rng(0).standard_normal((9, 5000), dtype=np.float32)
     x[4, 4321] = bad
     _, finite = sorted_range_mean(list(x), 2, 7)
@@ -226,9 +236,11 @@ def test_when_a_sum_overflows_but_values_are_finite__all_finite_still_says_true(
 
 
 def _naive_centered_clipping(x, tau, iters):
-    v = torch.median(x, dim=0).values if x.shape[0] % 2 else x.sort(dim=0).values[
-        x.shape[0] // 2 - 1 : x.shape[0] // 2 + 1
-    ].mean(dim=0)
+    v = (
+        torch.median(x, dim=0).values
+        if x.shape[0] % 2
+        else x.sort(dim=0).values[x.shape[0] // 2 - 1 : x.shape[0] // 2 + 1].mean(dim=0)
+    )
     if tau is None:
         tau = float(torch.linalg.vector_norm(x - v, dim=1).median())
     for _ in range(iters):
@@ -249,7 +261,9 @@ def test_when_centered_clipping_runs_without_temporaries__it_equals_the_textbook
     torch.testing.assert_close(got, _naive_centered_clipping(x, tau, 3), rtol=1e-10, atol=1e-10)
 
 
-def test_when_distances_are_blocked_off_cpu_or_compiled_on_cpu__both_equal_the_direct_norm(monkeypatch):
+def test_when_distances_are_blocked_off_cpu_or_compiled_on_cpu__both_equal_the_direct_norm(
+    monkeypatch,
+):
     from federation.robust import aggregators
 
     g = torch.Generator().manual_seed(5)
@@ -260,7 +274,9 @@ def test_when_distances_are_blocked_off_cpu_or_compiled_on_cpu__both_equal_the_d
     monkeypatch.setattr(aggregators, "squared_distances", None)
     xh = x.to(torch.bfloat16)  # not a compiled dtype: takes the blocked torch path
     want_h = torch.linalg.vector_norm(xh.double() - v.to(torch.bfloat16).double(), dim=1)
-    torch.testing.assert_close(aggregators.row_distances(xh, v.to(torch.bfloat16)), want_h, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(
+        aggregators.row_distances(xh, v.to(torch.bfloat16)), want_h, rtol=1e-2, atol=1e-2
+    )
 
 
 def test_when_a_service_warms_up__both_kernel_signatures_are_ready():
@@ -280,7 +296,9 @@ def test_when_rows_are_weighted_and_summed_in_one_pass__it_equals_numpys_sum(n, 
     w = rng.random(n)
     out, finite = order_stats.weighted_row_sum(list(x), list(w))
     assert finite and out.dtype == dtype
-    np.testing.assert_allclose(out, (w[:, None] * x.astype(np.float64)).sum(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        out, (w[:, None] * x.astype(np.float64)).sum(axis=0), rtol=1e-5, atol=1e-5
+    )
     x[n // 2, 500] = np.inf
     assert order_stats.weighted_row_sum(list(x), list(w))[1] is False
 
@@ -307,7 +325,9 @@ def test_when_more_rows_than_a_kernel_takes_are_summed__groups_of_rows_add_up_to
     w = rng.random(n)
     out, finite = order_stats.weighted_row_sum(list(x), list(w))
     assert finite and out.dtype == np.float32
-    np.testing.assert_allclose(out, (w[:, None] * x.astype(np.float64)).sum(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        out, (w[:, None] * x.astype(np.float64)).sum(axis=0), rtol=1e-5, atol=1e-5
+    )
     x[n - 1, 7] = np.nan  # in the last group: the added parts carry it
     assert order_stats.weighted_row_sum(list(x), list(w))[1] is False
 

@@ -11,7 +11,9 @@ class LocalDatasites:
     Unit tier only; the integration tier uses real PySyft datasites.
     """
 
-    def __init__(self, partitions: dict[str, tuple[np.ndarray, np.ndarray]], attack: dict | None = None):
+    def __init__(
+        self, partitions: dict[str, tuple[np.ndarray, np.ndarray]], attack: dict | None = None
+    ):
         self.partitions = partitions
         #: datasite -> a function of its windows (n, window, F) giving the rows it claims instead
         self.stats_lie: dict = {}
@@ -48,7 +50,11 @@ class LocalDatasites:
         X, _ = self.partitions[datasite_id]
         X = self.stats_lie.get(datasite_id, lambda w: w)(X)
         stats = window_stats(X, feature_columns(X.shape[2])).to_dict()
-        return {"stats": stats, "datasite_id": datasite_id, "campaign_id": stats_config["campaign_id"]}
+        return {
+            "stats": stats,
+            "datasite_id": datasite_id,
+            "campaign_id": stats_config["campaign_id"],
+        }
 
     def request_training(self, training_config, datasite_id):
         from federation.datasite.job import normalised_features
@@ -66,8 +72,10 @@ class LocalDatasites:
         factor = self.attack.get(datasite_id)
         if factor is not None:
             g = self.models[datasite_id]
-            result["model_update"] = {k: g[k] + factor * (v - g[k]) if v.is_floating_point() else v
-                                      for k, v in result["model_update"].items()}
+            result["model_update"] = {
+                k: g[k] + factor * (v - g[k]) if v.is_floating_point() else v
+                for k, v in result["model_update"].items()
+            }
         return result
 
     def get_connection_status(self):
@@ -91,5 +99,12 @@ def local_registry(directory, ids):
     id back from the URL)."""
     from federation.datasite_registry import DatasiteRegistry, write_registry
 
-    return DatasiteRegistry.load(write_registry(
-        directory, {ds: (f"http://local/{ds}", "connector@pdm-factory.com", "unit-test-password") for ds in ids}))
+    return DatasiteRegistry.load(
+        write_registry(
+            directory,
+            {
+                ds: (f"http://local/{ds}", "connector@pdm-factory.com", "unit-test-password")
+                for ds in ids
+            },
+        )
+    )

@@ -37,11 +37,16 @@ class RecordingSessions:
 
 
 def _write(tmp_path, sites):
-    return write_registry(tmp_path / "datasites", {ds: (url, EMAIL, pw) for ds, (url, pw) in sites.items()})
+    return write_registry(
+        tmp_path / "datasites", {ds: (url, EMAIL, pw) for ds, (url, pw) in sites.items()}
+    )
 
 
 def test_write_then_load_gives_each_datasite_its_url_account_and_private_password_file(tmp_path):
-    path = _write(tmp_path, {"factory-1": ("http://factory-1:8080/", "pw-1"), "factory-2": ("https://f2", "pw-2")})
+    path = _write(
+        tmp_path,
+        {"factory-1": ("http://factory-1:8080/", "pw-1"), "factory-2": ("https://f2", "pw-2")},
+    )
     registry = DatasiteRegistry.load(path)
     assert registry.ids == ["factory-1", "factory-2"]
     entry = registry.get("factory-1")
@@ -52,14 +57,23 @@ def test_write_then_load_gives_each_datasite_its_url_account_and_private_passwor
         registry.get("attacker-site")
 
 
-@pytest.mark.parametrize(("mutate", "reason"), [
-    (lambda d: d["datasites"]["factory-1"].update(url="ftp://x"), "not http"),
-    (lambda d: d["datasites"]["factory-1"].update(password_env="PDMFED_ENCRYPTION_KEY"), "unknown"),
-    (lambda d: d["datasites"]["factory-1"].pop("password_file"), "missing"),
-    (lambda d: d["datasites"]["factory-1"].update(password_file="nowhere"), "does not exist"),
-    (lambda d: d["datasites"].update({"../x": d["datasites"]["factory-1"]}), "invalid sender id"),
-    (lambda d: d.update(datasites=[]), "non-empty 'datasites' mapping"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda d: d["datasites"]["factory-1"].update(url="ftp://x"), "not http"),
+        (
+            lambda d: d["datasites"]["factory-1"].update(password_env="PDMFED_ENCRYPTION_KEY"),
+            "unknown",
+        ),
+        (lambda d: d["datasites"]["factory-1"].pop("password_file"), "missing"),
+        (lambda d: d["datasites"]["factory-1"].update(password_file="nowhere"), "does not exist"),
+        (
+            lambda d: d["datasites"].update({"../x": d["datasites"]["factory-1"]}),
+            "invalid sender id",
+        ),
+        (lambda d: d.update(datasites=[]), "non-empty 'datasites' mapping"),
+    ],
+)
 def test_a_registry_file_that_is_wrong_is_refused_with_one_line(tmp_path, mutate, reason):
     path = _write(tmp_path, {"factory-1": ("http://factory-1:8080", "pw")})
     data = json.loads(path.read_text())
@@ -94,8 +108,11 @@ def test_a_registry_file_broken_on_disk_leaves_the_entries_as_they_were(tmp_path
 
 def test_an_unknown_datasite_is_counted_and_never_contacted(tmp_path):
     sessions, refusals = RecordingSessions(), []
-    logic = ConnectorLogic(sessions, DatasiteRegistry.load(_write(tmp_path, {"factory-1": ("http://f1", "pw")})),
-                           on_refusal=refusals.append)
+    logic = ConnectorLogic(
+        sessions,
+        DatasiteRegistry.load(_write(tmp_path, {"factory-1": ("http://f1", "pw")})),
+        on_refusal=refusals.append,
+    )
     cfg = CampaignConfig.from_payload({"campaign_id": "c", "datasites": ["factory-1", "elsewhere"]})
     assert logic.remember_datasites(cfg) == ["elsewhere"]
     with pytest.raises(UnknownDatasite):
@@ -103,10 +120,17 @@ def test_an_unknown_datasite_is_counted_and_never_contacted(tmp_path):
     assert refusals == ["unknown_datasite", "unknown_datasite"] and sessions.logins == []
 
 
-@pytest.mark.parametrize("entry", [
-    {"datasite_id": "factory-1", "url": "http://attacker:8080", "password_env": "PDMFED_ENCRYPTION_KEY"},
-    {"datasite_id": "factory-1"},
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {
+            "datasite_id": "factory-1",
+            "url": "http://attacker:8080",
+            "password_env": "PDMFED_ENCRYPTION_KEY",
+        },
+        {"datasite_id": "factory-1"},
+    ],
+)
 def test_a_campaign_names_datasites_by_id_only(entry):
     with pytest.raises(ConfigError, match="by id only"):
         CampaignConfig.from_payload({"datasites": [entry]})

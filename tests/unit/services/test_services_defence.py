@@ -57,14 +57,22 @@ def _open(svc: _Driven, cfg: CampaignConfig, base: dict, rnd: int = 1) -> None:
 
 def _screened(ds: str, delta: dict, rnd: int = 1, samples: int = 100) -> dict:
     return {
-        "campaign_id": CID, "round_num": rnd, "datasite_id": ds, "model_version": rnd - 1,
-        "delta": delta, "num_samples": samples, "weight": float(samples), "metrics": {},
+        "campaign_id": CID,
+        "round_num": rnd,
+        "datasite_id": ds,
+        "model_version": rnd - 1,
+        "delta": delta,
+        "num_samples": samples,
+        "weight": float(samples),
+        "metrics": {},
         "verdict": {"accepted": True, "reputation": 1.0},
     }
 
 
 @pytest.mark.parametrize("n, kept", [(5, 3), (7, 5), (9, 7), (12, 8)])
-def test_when_the_aggregator_noises_a_trimmed_mean__the_std_is_z_times_clip_over_the_rows_kept(n, kept):
+def test_when_the_aggregator_noises_a_trimmed_mean__the_std_is_z_times_clip_over_the_rows_kept(
+    n, kept
+):
     # ceil(0.1 n) rows trimmed from each end: the noise must be z C / (n - 2 ceil(0.1 n))
     z, clip = 0.8, 2.0
     cfg = _cfg(
@@ -104,10 +112,18 @@ def test_when_security_and_aggregator_defend_one_round__they_run_the_pipelines_f
     sec.handle("campaign.start", {"campaign_id": CID, "config": cfg.to_payload()})
     _open(agg, cfg, base)
     for ds, u, s in zip(ids, ups, samples, strict=True):
-        sec.handle("update.raw", {
-            "campaign_id": CID, "round_num": 1, "datasite_id": ds, "model_version": 0,
-            "delta": u, "num_samples": s, "metrics": {},
-        })
+        sec.handle(
+            "update.raw",
+            {
+                "campaign_id": CID,
+                "round_num": 1,
+                "datasite_id": ds,
+                "model_version": 0,
+                "delta": u,
+                "num_samples": s,
+                "metrics": {},
+            },
+        )
     close = {"campaign_id": CID, "round_num": 1, "expected": ids, "failed": {}}
     sec.handle("round.close", close)
     agg.handle("round.close", close)
@@ -140,8 +156,18 @@ def test_when_privacy_is_local__security_noises_each_accepted_update_and_the_agg
     for ds in ids:  # far above the clip norm, in one coordinate
         delta = {"w": torch.zeros(NOISE_D)}
         delta["w"][0] = 100.0
-        sec.handle("update.raw", {"campaign_id": CID, "round_num": 1, "datasite_id": ds,
-                                  "model_version": 0, "delta": delta, "num_samples": 10, "metrics": {}})
+        sec.handle(
+            "update.raw",
+            {
+                "campaign_id": CID,
+                "round_num": 1,
+                "datasite_id": ds,
+                "model_version": 0,
+                "delta": delta,
+                "num_samples": 10,
+                "metrics": {},
+            },
+        )
     close = {"campaign_id": CID, "round_num": 1, "expected": ids, "failed": {}}
     sec.handle("round.close", close)
     agg.handle("round.close", close)
@@ -155,7 +181,9 @@ def test_when_privacy_is_local__security_noises_each_accepted_update_and_the_agg
         agg.handle("update.screened", p)
     (done,) = agg.take("round.completed")
     assert done["status"] == "aggregated"
-    assert done["epsilon"] == pytest.approx(PrivacyAccountant(z, 1.0, cfg.privacy.delta).epsilon_after(1))
+    assert done["epsilon"] == pytest.approx(
+        PrivacyAccountant(z, 1.0, cfg.privacy.delta).epsilon_after(1)
+    )
 
 
 def test_when_central_dp_is_asked_of_a_rule_without_a_sound_bound__the_campaign_is_refused_up_front():

@@ -42,27 +42,59 @@ def _runner(emit) -> tuple[ServiceRunner, SqliteStore, _Endpoint]:
 
 async def _deliver(runner: ServiceRunner) -> bytes:
     msg_id = os.urandom(16)
-    await runner._on_message("datasite.status", {"datasite_id": "f1", "status": "trained"}, _Envelope(msg_id))
+    await runner._on_message(
+        "datasite.status", {"datasite_id": "f1", "status": "trained"}, _Envelope(msg_id)
+    )
     return msg_id
 
 
 @pytest.mark.parametrize(
     "emit,why",
     [
-        (lambda tx: tx.emit("round.close", {"campaign_id": "c", "round_num": "one"}), "malformed round.close"),
-        (lambda tx: tx.emit("round.close", {"campaign_id": "c", "round_num": 1, "expectd": []}), "unknown fields"),
-        (lambda tx: tx.emit("round.completed", {"campaign_id": "c", "round_num": 1, "model_version": 2}),
-         "may not send round.completed"),
+        (
+            lambda tx: tx.emit("round.close", {"campaign_id": "c", "round_num": "one"}),
+            "malformed round.close",
+        ),
+        (
+            lambda tx: tx.emit("round.close", {"campaign_id": "c", "round_num": 1, "expectd": []}),
+            "unknown fields",
+        ),
+        (
+            lambda tx: tx.emit(
+                "round.completed", {"campaign_id": "c", "round_num": 1, "model_version": 2}
+            ),
+            "may not send round.completed",
+        ),
         (lambda tx: tx.emit("no.such.type", {}), "may not send no.such.type"),
-        (lambda tx: tx.emit(CampaignCompleted("c", 1, "max_rounds", CampaignMetrics(rmse=float("nan")))),
-         "field final_metrics: field rmse must be a finite number"),
+        (
+            lambda tx: tx.emit(
+                CampaignCompleted("c", 1, "max_rounds", CampaignMetrics(rmse=float("nan")))
+            ),
+            "field final_metrics: field rmse must be a finite number",
+        ),
         (lambda tx: tx.emit(RoundClose("c", 1, ["f1"], {"f2": 3})), "field failed"),
-        (lambda tx: tx.emit("campaign.completed", {"campaign_id": "c", "rounds": 1, "reason": "x",
-                                                   "final_metrics": {"rmse": 1.0, "rmse_typo": 2.0}}),
-         "CampaignMetrics payload has unknown fields ['rmse_typo']"),
+        (
+            lambda tx: tx.emit(
+                "campaign.completed",
+                {
+                    "campaign_id": "c",
+                    "rounds": 1,
+                    "reason": "x",
+                    "final_metrics": {"rmse": 1.0, "rmse_typo": 2.0},
+                },
+            ),
+            "CampaignMetrics payload has unknown fields ['rmse_typo']",
+        ),
     ],
-    ids=["wrong-type", "misspelt-key", "not-its-role", "unknown-type", "bad-nested-number", "bad-typed-map",
-         "misspelt-nested-key"],
+    ids=[
+        "wrong-type",
+        "misspelt-key",
+        "not-its-role",
+        "unknown-type",
+        "bad-nested-number",
+        "bad-typed-map",
+        "misspelt-nested-key",
+    ],
 )
 async def test_when_a_handler_emits_what_breaks_a_contract__its_transaction_fails_and_nothing_is_published(
     emit, why

@@ -16,8 +16,14 @@ def _cfg(data, ids, **kw) -> CampaignConfig:
         rounds=2,
         round_timeout_s=60,
         quorum=2,
-        training={"model_type": "cnn", "epochs": 1, "batch_size": 64, "n_features": data.n_features,
-                  "window": data.window, "learning_rate": 0.005},
+        training={
+            "model_type": "cnn",
+            "epochs": 1,
+            "batch_size": 64,
+            "n_features": data.n_features,
+            "window": data.window,
+            "learning_rate": 0.005,
+        },
         privacy={"enabled": True, "mode": "central", "noise_multiplier": 0.5, "clip_norm": 5.0},
         robustness={"enabled": True, "aggregation": "trimmed_mean"},
     )
@@ -31,8 +37,11 @@ def settings(tmp_path):
 
 
 def _fed(settings, comm) -> EmbeddedFederation:
-    return EmbeddedFederation(settings, comm_manager=comm,
-                              datasite_registry=local_registry(settings.state_dir / "registry", comm.partitions))
+    return EmbeddedFederation(
+        settings,
+        comm_manager=comm,
+        datasite_registry=local_registry(settings.state_dir / "registry", comm.partitions),
+    )
 
 
 async def _run(settings, comm, cfg, timeout=60):
@@ -54,14 +63,17 @@ async def test_when_three_honest_factories_train__campaign_completes_with_every_
     assert rec.completed["reason"] == "max_rounds"
     assert [r["round_num"] for r in rec.rounds] == [1, 2]
     for r in rec.rounds:
-        assert sorted(r["participants"]) + sorted(r["rejected"]) == sorted(parts) or \
-            sorted(list(r["participants"]) + list(r["rejected"])) == sorted(parts)
+        assert sorted(r["participants"]) + sorted(r["rejected"]) == sorted(parts) or sorted(
+            list(r["participants"]) + list(r["rejected"])
+        ) == sorted(parts)
         assert r["epsilon"] is not None and r["epsilon"] > 0
     assert rec.rounds[1]["epsilon"] > rec.rounds[0]["epsilon"]
     assert len(comm.calls) == 6
 
 
-async def test_when_one_factory_scales_its_update__it_is_flagged_byzantine(settings, tiny_partitions):
+async def test_when_one_factory_scales_its_update__it_is_flagged_byzantine(
+    settings, tiny_partitions
+):
     data, parts = tiny_partitions
     comm = LocalDatasites(parts, attack={"factory_c": 50.0})
     cfg = _cfg(data, list(parts), privacy={"enabled": False})
@@ -70,7 +82,9 @@ async def test_when_one_factory_scales_its_update__it_is_flagged_byzantine(setti
     assert all("factory_c" not in r["participants"] for r in rec.rounds)
 
 
-async def test_when_a_datasite_fails_once__it_is_retried_within_the_round(settings, tiny_partitions):
+async def test_when_a_datasite_fails_once__it_is_retried_within_the_round(
+    settings, tiny_partitions
+):
     data, parts = tiny_partitions
     comm = LocalDatasites(parts)
     comm.fail_next["factory_b"] = 1
@@ -101,8 +115,14 @@ async def test_when_a_factory_misses_the_deadline__round_closes_with_the_others_
     data, parts = tiny_partitions
     comm = _SlowDatasites(parts, slow="factory_c", delay_s=4.0)
     # two screened updates must be enough for this campaign (the default min_clients is 3)
-    cfg = _cfg(data, list(parts), rounds=1, round_timeout_s=1.5, max_retries=0,
-               robustness={"enabled": True, "aggregation": "trimmed_mean", "min_clients": 2})
+    cfg = _cfg(
+        data,
+        list(parts),
+        rounds=1,
+        round_timeout_s=1.5,
+        max_retries=0,
+        robustness={"enabled": True, "aggregation": "trimmed_mean", "min_clients": 2},
+    )
     fed = _fed(settings, comm)
     await fed.start()
     try:
@@ -114,7 +134,8 @@ async def test_when_a_factory_misses_the_deadline__round_closes_with_the_others_
 
         for _ in range(100):  # the late update arrives after the round closed: rejected as stale
             stale = fed.registry.get_sample_value(
-                "pdmfed_messages_rejected_total", {"service": "security", "reason": "stale_round"})
+                "pdmfed_messages_rejected_total", {"service": "security", "reason": "stale_round"}
+            )
             if stale:
                 break
             await asyncio.sleep(0.1)
@@ -150,7 +171,9 @@ async def test_when_a_round_completes__the_model_crosses_the_broker_once_in_roun
     assert max(sizes["train.request"]) < 4096
 
 
-def test_when_only_some_services_run_in_process__a_broker_is_required_and_names_are_checked(settings):
+def test_when_only_some_services_run_in_process__a_broker_is_required_and_names_are_checked(
+    settings,
+):
     with pytest.raises(ValueError, match="unknown service"):
         EmbeddedFederation(settings, services=("connector", "scheduler"))
     with pytest.raises(ValueError, match="needs a broker"):
@@ -159,7 +182,9 @@ def test_when_only_some_services_run_in_process__a_broker_is_required_and_names_
     assert EmbeddedFederation(rabbit, services=("connector",)).services == ("connector",)
 
 
-async def test_round_0_sums_the_factories_statistics_and_every_training_uses_them(settings, tiny_partitions):
+async def test_round_0_sums_the_factories_statistics_and_every_training_uses_them(
+    settings, tiny_partitions
+):
     import numpy as np
     from federation.datasite.job import feature_columns
     from federation.ml.fedstats import window_stats
@@ -204,7 +229,9 @@ async def test_when_one_factory_lies_in_round_0__its_statistics_are_left_out_of_
     assert sorted(ds for ds, _ in comm.calls) == sorted(parts)  # c still trains (screened there)
 
 
-async def test_when_too_few_factories_send_statistics__the_campaign_ends_in_round_0(settings, tiny_partitions):
+async def test_when_too_few_factories_send_statistics__the_campaign_ends_in_round_0(
+    settings, tiny_partitions
+):
     data, parts = tiny_partitions
     comm = LocalDatasites(parts)
     for ds in ("factory_a", "factory_b"):

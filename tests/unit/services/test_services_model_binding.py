@@ -31,8 +31,12 @@ def test_when_a_delta_was_signed_for_another_base_model__the_aggregator_rejects_
     """A compromised connector hands a factory an old global model (version 0) in round 2."""
     service, store = build_aggregator(), SqliteStore()
     cfg = CampaignConfig.model_validate(
-        {"campaign_id": CID, "quorum": 1, "privacy": {"enabled": False},
-         "robustness": {"min_clients": 2}}  # a and b: a screened cohort of two
+        {
+            "campaign_id": CID,
+            "quorum": 1,
+            "privacy": {"enabled": False},
+            "robustness": {"min_clients": 2},
+        }  # a and b: a screened cohort of two
     )
     _handle(service, store, "campaign.start", {"campaign_id": CID, "config": cfg.to_payload()})
     _handle(service, store, "round.open", {"campaign_id": CID, "round_num": 2, "model_version": 1,

@@ -22,10 +22,21 @@ def _cfg(data, ids, campaign_id="unit-observe", **kw) -> CampaignConfig:
         rounds=2,
         round_timeout_s=45,
         quorum=2,
-        training={"model_type": "cnn", "epochs": 1, "batch_size": 64, "n_features": data.n_features,
-                  "window": data.window, "learning_rate": 0.005},
-        privacy={"enabled": True, "mode": "central", "noise_multiplier": 0.5, "clip_norm": 5.0,
-                 "max_epsilon": 50.0},
+        training={
+            "model_type": "cnn",
+            "epochs": 1,
+            "batch_size": 64,
+            "n_features": data.n_features,
+            "window": data.window,
+            "learning_rate": 0.005,
+        },
+        privacy={
+            "enabled": True,
+            "mode": "central",
+            "noise_multiplier": 0.5,
+            "clip_norm": 5.0,
+            "max_epsilon": 50.0,
+        },
         robustness={"enabled": True, "aggregation": "trimmed_mean"},
     )
     base.update(kw)
@@ -43,7 +54,9 @@ def settings(tmp_path, monkeypatch):
     return Settings(demo=True, state_dir=tmp_path / "state", amqp_url=None, redis_url=None)
 
 
-def test_the_connector_counts_a_campaigns_live_sessions_and_drops_a_silent_datasite(tiny_partitions, tmp_path):
+def test_the_connector_counts_a_campaigns_live_sessions_and_drops_a_silent_datasite(
+    tiny_partitions, tmp_path
+):
     data, parts = tiny_partitions
     comm = LocalDatasites(parts)
     logic = ConnectorLogic(comm, local_registry(tmp_path, parts))
@@ -84,8 +97,12 @@ async def test_a_campaign_is_exported_running_with_its_budget_and_deadline_then_
 ):
     data, parts = tiny_partitions
     registry = CollectorRegistry()
-    fed = EmbeddedFederation(settings, comm_manager=LocalDatasites(parts), registry=registry,
-                             datasite_registry=local_registry(settings.state_dir / "registry", parts))
+    fed = EmbeddedFederation(
+        settings,
+        comm_manager=LocalDatasites(parts),
+        registry=registry,
+        datasite_registry=local_registry(settings.state_dir / "registry", parts),
+    )
     await fed.start()
     cfg = _cfg(data, list(parts), record_privacy={"enabled": True, "max_epsilon": 40.0})
     try:
@@ -112,7 +129,9 @@ async def test_a_campaign_is_exported_running_with_its_budget_and_deadline_then_
     assert _value(registry, "pdmfed_dp_epsilon", **c, level="client") == pytest.approx(
         rec.rounds[-1]["epsilon"]
     )
-    assert _value(registry, "pdmfed_train_rmse", **c) == pytest.approx(rec.rounds[-1]["metrics"]["rmse"])
+    assert _value(registry, "pdmfed_train_rmse", **c) == pytest.approx(
+        rec.rounds[-1]["metrics"]["rmse"]
+    )
     assert _value(registry, "pdmfed_round_opened_timestamp_seconds", **c) > 0
     assert _value(registry, "pdmfed_updates_aggregated_total", **c) == sum(
         len(r["participants"]) for r in rec.rounds

@@ -14,7 +14,9 @@ from federation.runtime.registry import SERVICE_NAMES, SERVICE_SPECS, service_sp
 def test_each_service_has_one_name_its_role_and_its_queue_is_named_by_it():
     assert SERVICE_NAMES == tuple(r.value for r in SERVICE_ROLES) == SERVICES
     assert SERVICE_NAMES == tuple(s.role.value for s in SERVICE_SPECS.values())
-    assert [DEFAULT_TOPOLOGY.queue(n).name for n in SERVICE_NAMES] == [f"pdmfed.{n}" for n in SERVICE_NAMES]
+    assert [DEFAULT_TOPOLOGY.queue(n).name for n in SERVICE_NAMES] == [
+        f"pdmfed.{n}" for n in SERVICE_NAMES
+    ]
     for other_spelling in ("dispatch", "trainer_dispatch"):
         with pytest.raises(KeyError, match="expected one of"):
             service_spec(other_spelling)
@@ -23,8 +25,9 @@ def test_each_service_has_one_name_its_role_and_its_queue_is_named_by_it():
 @pytest.mark.parametrize("name", SERVICE_NAMES)
 def test_a_service_handles_exactly_the_types_bound_to_its_queue(name):
     spec = service_spec(name)
-    service = build_service_logic(name, Settings(demo=True), comm_manager=object(),
-                                  datasite_registry=DatasiteRegistry({}))
+    service = build_service_logic(
+        name, Settings(demo=True), comm_manager=object(), datasite_registry=DatasiteRegistry({})
+    )
     bound = DEFAULT_TOPOLOGY.queue(spec.name).bindings
     # handler tables are keyed by message class: every binding has its handler, every handler
     # its binding, and both are what the contracts say this role consumes

@@ -53,7 +53,9 @@ def test_when_a_store_from_before_blob_files_is_opened__its_rows_still_read(tmp_
     assert float(store.read("big")["delta"]["w"][0]) == 2.0
 
 
-def test_when_a_payload_was_just_committed__the_flush_gets_it_from_memory_not_disk(tmp_path, monkeypatch):
+def test_when_a_payload_was_just_committed__the_flush_gets_it_from_memory_not_disk(
+    tmp_path, monkeypatch
+):
     from federation.runtime import store as store_module
 
     path = tmp_path / "s.sqlite"

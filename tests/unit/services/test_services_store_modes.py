@@ -31,7 +31,11 @@ def test_when_a_service_commits_state__no_other_local_user_can_read_any_of_it(tm
     with store.transaction() as tx:
         tx.put("update/1", _big())
     try:
-        files = [state / "security.sqlite", state / "security.sqlite-wal", state / "security.sqlite-shm"]
+        files = [
+            state / "security.sqlite",
+            state / "security.sqlite-wal",
+            state / "security.sqlite-shm",
+        ]
         blob_dir = state / "security.sqlite.blobs"
         files += [p for p in blob_dir.iterdir()]
         assert len(files) > 3, "the big value was not stored as a file"

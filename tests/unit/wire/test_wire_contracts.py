@@ -58,8 +58,9 @@ def test_the_trust_each_component_gets_is_the_senders_of_what_it_consumes():
     assert trusted_senders("aggregator") == sorted(["orchestrator", "trainer-dispatch", "security"])
     assert trusted_senders("security") == sorted(["orchestrator", "trainer-dispatch", "connector"])
     # round 0: dispatch sums the statistics security verified
-    assert trusted_senders("trainer-dispatch") == sorted(["orchestrator", "aggregator", "connector",
-                                                          "security"])
+    assert trusted_senders("trainer-dispatch") == sorted(
+        ["orchestrator", "aggregator", "connector", "security"]
+    )
 
 
 def test_the_architecture_document_holds_the_generated_contract_table():

@@ -9,7 +9,9 @@ from federation.wire import codec, messages
 from federation.wire.messages import MESSAGE_CLASSES, MsgType, parse_payload
 
 SD = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(2)}
-TM = messages.TrainingMetrics(loss=0.5, rmse=20.0, dp=messages.DpSpend(1.1, 0.05, 40, 1.0, 1e-5, 2.5))
+TM = messages.TrainingMetrics(
+    loss=0.5, rmse=20.0, dp=messages.DpSpend(1.1, 0.05, 40, 1.0, 1e-5, 2.5)
+)
 RM = messages.RoundMetrics(rmse=20.1, num_samples=128, duration_s=3.5, reputation={"f1": 1.0},
                            quorum=messages.Quorum(1, 1, 2, 2), record_epsilon={"f1": 2.5}, record_epsilon_max=2.5,
                            record_budget_allows_next=True)  # fmt: skip
@@ -19,18 +21,38 @@ EXAMPLES = [
     messages.RoundClose("c1", 1, ["f1", "f2"], {"f3": "deadline"}, "deadline"),
     messages.TrainRequest("c1", 1, "f1", 0, {"epochs": 1}, attempt=2),
     messages.UpdateRaw("c1", 1, "f1", 0, SD, 128, TM, b"\x01" * 64, "f1"),
-    messages.UpdateScreened("c1", 1, "f1", 0, SD, 128, 0.5, TM, messages.Verdict(True, 0.9, True), ["f1", "f2"]),
-    messages.UpdateRejected("c1", 1, "f2", "byzantine", messages.RejectionDetail(["norm 9.1"], {"norm": 9.1}, 0.2, TM),
-                            ["f1", "f2"]),
-    messages.RoundCompleted("c1", 1, 1, ["f1"], {"f2": "byzantine"}, ["f2"], RM, 1.25, "aggregated",
-                            {"f3": "deadline"}, SD),
+    messages.UpdateScreened(
+        "c1", 1, "f1", 0, SD, 128, 0.5, TM, messages.Verdict(True, 0.9, True), ["f1", "f2"]
+    ),
+    messages.UpdateRejected(
+        "c1",
+        1,
+        "f2",
+        "byzantine",
+        messages.RejectionDetail(["norm 9.1"], {"norm": 9.1}, 0.2, TM),
+        ["f1", "f2"],
+    ),
+    messages.RoundCompleted(
+        "c1",
+        1,
+        1,
+        ["f1"],
+        {"f2": "byzantine"},
+        ["f2"],
+        RM,
+        1.25,
+        "aggregated",
+        {"f3": "deadline"},
+        SD,
+    ),
     messages.CampaignCompleted("c1", 3, "max_rounds", messages.CampaignMetrics.of_round(RM, 1.25)),
     messages.CampaignAccepted("c1", 3, ["f1", "f2"], "a1b2"),
     messages.CampaignRejected("c1", messages.CampaignRejected.DUPLICATE, "already running", "a1b2"),
     messages.DatasiteStatus("f1", "failed", messages.StatusDetail("c1", 1, 2, "timeout")),
     messages.StatsRequest("c1", 0, "f1", attempt=1),
-    messages.StatsRaw("c1", 0, "f1", {"version": 1, "columns": ["x1"], "regimes": []}, b"\x02" * 64,
-                      "f1", 1),
+    messages.StatsRaw(
+        "c1", 0, "f1", {"version": 1, "columns": ["x1"], "regimes": []}, b"\x02" * 64, "f1", 1
+    ),
     messages.StatsScreened("c1", 0, "f1", {"version": 1, "columns": ["x1"], "regimes": []}, 1),
     messages.StatsRejected("c1", 0, "f2", "invalid_stats", "negative variance in x1", 1),
 ]
@@ -150,7 +172,11 @@ UNTYPED_ERA = {
 def test_payloads_sent_before_parts_had_types_decode_into_typed_parts(msg_type):
     payload = UNTYPED_ERA[msg_type]
     msg = parse_payload(msg_type, codec.decode_payload(codec.encode_payload(payload)))
-    parts = [getattr(msg, n) for n in ("metrics", "verdict", "detail", "final_metrics") if hasattr(msg, n)]
+    parts = [
+        getattr(msg, n)
+        for n in ("metrics", "verdict", "detail", "final_metrics")
+        if hasattr(msg, n)
+    ]
     assert parts and all(isinstance(p, messages.Part) for p in parts)
     again = msg.to_payload()  # the wire map again: a part's unset optional fields stay absent
     for name in ("verdict", "detail"):
