@@ -58,7 +58,8 @@ SMOKE = {"rounds": 2, "batch_size": 256, "learning_rate": 2e-3, "max_batches": 6
 
 
 def _normalised(part: Partition, norm: Any) -> Partition:
-    return Partition(norm.transform_windows(part.X), part.y, part.engine_ids)
+    """The partition z-scored (per regime when it keeps settings and ``norm`` is per regime)."""
+    return Partition(norm.transform_windows(part.X, part.settings), part.y, part.engine_ids)
 
 
 def _federated_run(sites, val, test, plan, prepared, seed) -> dict[str, Any]:

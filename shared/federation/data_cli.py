@@ -82,18 +82,20 @@ def write_partitions(
 ) -> dict:
     """Split the training engines of C-MAPSS `data` (or the synthetic fleet) across factories.
 
-    Writes `out/<factory>/partition.npz` (arrays X, y, engine_ids; no pickled objects) and
+    Writes `out/<factory>/partition.npz` (arrays X, y, engine_ids, and each window row's
+    operating settings with their regime decimals; no pickled objects) and
     `out/manifest.json` (source, split, per-factory windows/engines/sha256); returns the
     manifest. Engines never straddle factories; test engines are never written. Files are
     private (0600, directories 0700), owned by `owner` when given (the datasite image's user).
     """
     import numpy as np
 
-    from federation.ml.data import Partition, load_dataset
+    from federation.ml.data import load_dataset
     from federation.ml.partition import partition_engines, split_partition
 
     names = names or [f"factory-{i + 1}" for i in range(sites)]
-    prepared = load_dataset(data, seed=seed, normalise=False)  # factories store raw windows
+    # factories store raw windows, with each row's operating settings (per-regime statistics)
+    prepared = load_dataset(data, seed=seed, normalise=False, keep_settings=True)
     groups = partition_engines(
         prepared.train.engines, sites, seed=seed, mode=mode, lifetimes=prepared.train_lifetimes
     )
@@ -104,6 +106,7 @@ def write_partitions(
         "mode": mode,
         "window": prepared.window,
         "features": list(prepared.features),
+        "regime_decimals": list(prepared.train.decimals),
         "max_windows": max_windows,
         "factories": {},
     }
@@ -112,7 +115,7 @@ def write_partitions(
         if max_windows is not None and len(part) > max_windows:
             # evenly spaced windows, so every engine of the factory keeps some of its life
             keep = np.unique(np.linspace(0, len(part) - 1, max_windows).round().astype(np.int64))
-            part = Partition(part.X[keep], part.y[keep], part.engine_ids[keep])
+            part = part.take(keep)
         site_dir = out / name
         site_dir.mkdir(mode=0o700, exist_ok=True)
         path = part.save(site_dir / PARTITION_FILE)

@@ -19,7 +19,8 @@ __all__ = ["datasite_main", "job_hash_command", "launch_command"]
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {"X": npz["X"], "y": npz["y"]}
+            extra = [k for k in ("settings", "decimals") if k in npz.files]  # per-regime stats
+            return {k: npz[k] for k in ("X", "y", *extra)}
     except (OSError, KeyError, ValueError) as exc:
         raise ConfigError(f"cannot read partition {path}: {exc}") from exc
 

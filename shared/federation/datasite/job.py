@@ -171,20 +171,20 @@ def _identity() -> Any:
 
 
 def _stats(features: Any, stats_config: Any) -> dict:
+    from federation.datasite.partition import job_windows, regime_decimals
     from federation.datasite.signing import sign_stats
     from federation.ml.fedstats import window_stats
 
     identity = _identity()
     cfg = _config(stats_config)
     campaign_id = str(cfg.get("campaign_id", ""))
-    X = np.asarray(features)
-    if X.ndim != 3:
-        raise ValueError(f"the partition's features are not windows (n, window, F): {X.shape}")
+    decimals = regime_decimals()
+    X, settings = job_windows(features, decimals)
     columns = feature_columns(X.shape[2])
     noise = cfg.get("noise")
-    if noise is None:
-        stats = window_stats(X, columns).to_dict()
-    else:  # the campaign's DP on the statistics: noise drawn here, from the OS's entropy
+    if noise is None:  # per operating regime when the partition keeps its settings
+        stats = window_stats(X, columns, settings, decimals).to_dict()
+    else:  # the campaign's DP on the statistics (pooled): noise drawn here, from the OS's entropy
         from federation.ml.fedstats import window_rows
         from federation.privacy.stats_dp import StatsNoise, noisy_row_stats
 
@@ -209,13 +209,20 @@ def feature_columns(n_features: int) -> tuple[str, ...]:
     return tuple(f"x{i + 1}" for i in range(int(n_features)))
 
 
-def normalised_features(features: Any, normalizer: Any) -> np.ndarray:
-    """The raw partition's windows z-scored with the campaign's federated statistics."""
+def normalised_features(
+    features: Any, normalizer: Any, decimals: tuple[int, ...] = ()
+) -> np.ndarray:
+    """The raw partition's sensor windows z-scored with the campaign's federated statistics:
+    each row with its operating regime's when the features carry settings (``decimals``)."""
+    from federation.datasite.partition import job_windows
     from federation.ml.data import Normalizer
 
+    X, settings = job_windows(features, decimals)
+    if normalizer is None:
+        return X
     if not isinstance(normalizer, dict):
         raise ValueError("the training config's normalizer is not a map")
-    return Normalizer.from_dict(normalizer).transform_windows(np.asarray(features))
+    return Normalizer.from_dict(normalizer).transform_windows(X, settings)
 
 
 def _pin_model(cfg: dict[str, Any], model: tuple[str, str] | None) -> None:
@@ -274,7 +281,9 @@ def _run(
 
     # The partition is stored raw; the campaign's round 0 agreed on the statistics to z-score with.
     normalizer = cfg.pop("normalizer", None)
-    X = np.asarray(features) if normalizer is None else normalised_features(features, normalizer)
+    from federation.datasite.partition import regime_decimals
+
+    X = normalised_features(features, normalizer, regime_decimals())
     torch.set_num_threads(_JOB_THREADS)
     out = train_local(global_state, X, np.asarray(labels), cfg, seed)
     update = out["model_update"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
 from federation.config import load_settings
@@ -28,9 +30,11 @@ from federation.datasite.job import ENV_ATTACK, ENV_DATASITE_ID, ENV_KEYS_DIR
 from federation.datasite.partition import (
     CAPABILITIES,
     DATASET_NAME,
+    ENV_REGIME_DECIMALS,
     FEATURES,
     LABELS,
     check_partition,
+    check_settings,
     make_mock,
 )
 from federation.datasite.policy import (
@@ -491,6 +495,7 @@ def launch_datasite(
     """
     datasite_id = check_sender_name(datasite_id or name)
     X, y = check_partition(partition_arrays)
+    settings, decimals = check_settings(partition_arrays, X)
     email, password, demo = _resolve_admin(admin_email, admin_password, demo)
     orchestrator = _resolve_connector_account(
         orchestrator_email, orchestrator_password, demo, password
@@ -517,6 +522,8 @@ def launch_datasite(
         # A compromised factory (demo and robustness tests only): its installed software
         # manipulates what it sends; it still signs it with its own key.
         ENV_ATTACK: attack or "",
+        # the features asset carries each window row's operating settings after the sensors
+        ENV_REGIME_DECIMALS: json.dumps(list(decimals)),
     }
     with _FORK_LOCK:
         server, pid = _start_server(name, port, host, env, temp_root, email, password)
@@ -536,14 +543,16 @@ def launch_datasite(
         _LIVE.add(handle)
         try:
             wait_until_serving(server, handle.url, temp_root / "server.log")
+            regime_caps = {"regime_decimals": list(decimals)} if decimals else {}
             caps = _capabilities(
                 datasite_id,
                 X,
                 handle.public_key,
                 policy.allow_list,
-                {**model_caps, **dict(capabilities or {})},
+                {**model_caps, **regime_caps, **dict(capabilities or {})},
             )
-            _configure(handle, X, y, caps, orchestrator, mock_seed)
+            asset = X if settings is None else np.concatenate([X, settings], axis=2)
+            _configure(handle, asset, y, caps, orchestrator, mock_seed)
         except Exception as exc:
             handle.stop()
             if isinstance(exc, DatasiteError | ConfigError):

@@ -429,14 +429,24 @@ class Normalizer:
         mean, std = np.asarray(self.mean)[idx], np.asarray(self.std)[idx]
         return ((x - mean) / std).astype(np.float32)
 
-    def transform_windows(self, windows: np.ndarray) -> np.ndarray:
-        """Z-score raw windows (n, window, F) that carry no settings: one regime only (float32)."""
-        if len(self.regimes) != 1:
-            raise DatasetError(f"windows carry no operating settings: normalising them needs "
-                               f"one regime's statistics, these have {len(self.regimes)}")  # fmt: skip
+    def transform_windows(
+        self, windows: np.ndarray, settings: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Z-score raw windows (n, window, F) (float32): each row with its regime's statistics
+        when ``settings`` (n, window, S) are given and the statistics are per regime; windows
+        without settings, or pooled statistics (decimals []), use the one regime there is."""
         x = np.asarray(windows, dtype=np.float64)
         if x.ndim != 3 or x.shape[2] != len(self.columns):
             raise DatasetError(f"expected windows (n, window, {len(self.columns)}), got {x.shape}")
+        if settings is not None and self.decimals != []:
+            s = np.asarray(settings, dtype=np.float64)
+            if s.ndim != 3 or s.shape[:2] != x.shape[:2]:
+                raise DatasetError(f"settings {s.shape} do not match windows {x.shape}")
+            rows = self.transform(x.reshape(-1, x.shape[2]), s.reshape(-1, s.shape[2]))
+            return rows.reshape(x.shape)
+        if len(self.regimes) != 1:
+            raise DatasetError(f"windows carry no operating settings: normalising them needs "
+                               f"one regime's statistics, these have {len(self.regimes)}")  # fmt: skip
         mean, std = np.asarray(self.mean[0]), np.asarray(self.std[0])
         return ((x - mean) / std).astype(np.float32)
 
@@ -523,17 +533,30 @@ def make_windows(
 # --- prepared windows -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Partition:
-    """Windows (X), RUL labels (y) and the engine each window came from."""
+    """Windows (X), RUL labels (y), the engine each window came from and, when the data declares
+    operating settings, each window row's raw settings and the decimals that name a regime."""
 
     X: np.ndarray  # float32 (n, window, F)
     y: np.ndarray  # float32 (n,)
     engine_ids: np.ndarray  # int64 (n,)
+    settings: np.ndarray | None = None  # float32 (n, window, S): raw settings per window row
+    decimals: tuple[int, ...] = ()  # per setting: decimals it is rounded to (len S)
 
     def __post_init__(self) -> None:
         if self.X.ndim != 3 or self.y.ndim != 1 or self.engine_ids.ndim != 1:
             raise DatasetError("partition arrays must be X (n,w,F), y (n,), engine_ids (n,)")
         if not self.X.shape[0] == self.y.shape[0] == self.engine_ids.shape[0]:
             raise DatasetError("partition arrays have different lengths")
+        if self.settings is None:
+            if self.decimals:
+                raise DatasetError("partition has regime decimals but no settings")
+            return
+        s = self.settings
+        if s.ndim != 3 or s.shape[:2] != self.X.shape[:2] or s.shape[2] != len(self.decimals):
+            raise DatasetError(f"partition settings must be (n, window, {len(self.decimals)}) "
+                               f"next to X {self.X.shape}, got {s.shape}")  # fmt: skip
+        if not s.shape[2] or any(not 0 <= d <= 6 for d in self.decimals):
+            raise DatasetError("partition settings need 1+ columns, each rounded to 0..6 decimals")
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -543,14 +566,22 @@ class Partition:
         """Sorted distinct engine ids in this partition."""
         return np.unique(self.engine_ids)
 
+    def take(self, index: np.ndarray) -> Partition:
+        """The windows at ``index`` (a boolean mask or integer positions), settings kept."""
+        s = None if self.settings is None else self.settings[index]
+        return Partition(self.X[index], self.y[index], self.engine_ids[index], s, self.decimals)
+
     def select(self, engines: Sequence[int] | np.ndarray) -> Partition:
         """The windows of the given engines only."""
-        mask = np.isin(self.engine_ids, np.asarray(engines))
-        return Partition(self.X[mask], self.y[mask], self.engine_ids[mask])
+        return self.take(np.isin(self.engine_ids, np.asarray(engines)))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain numpy arrays for a PySyft asset: X, y, engine_ids."""
-        return {"X": self.X, "y": self.y, "engine_ids": self.engine_ids}
+        """Plain numpy arrays for a PySyft asset: X, y, engine_ids (and settings, decimals)."""
+        out = {"X": self.X, "y": self.y, "engine_ids": self.engine_ids}
+        if self.settings is not None:
+            out["settings"] = self.settings
+            out["decimals"] = np.asarray(self.decimals, dtype=np.int64)
+        return out
 
     def save(self, path: str | Path) -> Path:
         """Write the arrays to an uncompressed .npz file (no pickled objects)."""
@@ -571,16 +602,22 @@ class Partition:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, Any]) -> Partition:
-        """Inverse of to_arrays; validates keys, dtypes and shapes."""
+        """Inverse of to_arrays; validates keys, dtypes and shapes (no settings: one regime)."""
         try:
             X = np.asarray(arrays["X"], dtype=np.float32)
             y = np.asarray(arrays["y"], dtype=np.float32)
             e = np.asarray(arrays["engine_ids"], dtype=np.int64)
+            s = arrays.get("settings")
+            s = None if s is None else np.asarray(s, dtype=np.float32)
+            dec = arrays.get("decimals")
+            dec = () if dec is None else tuple(int(d) for d in np.asarray(dec).reshape(-1))
         except (KeyError, TypeError, ValueError) as exc:
             raise DatasetError(f"malformed partition arrays: {exc}") from exc
         if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
             raise DatasetError("partition arrays contain non-finite values")
-        return cls(X, y, e)
+        if s is not None and not np.all(np.isfinite(s)):
+            raise DatasetError("partition settings contain non-finite values")
+        return cls(X, y, e, s, dec)
 
 
 @dataclass(frozen=True)
@@ -608,6 +645,7 @@ def prepare(
     rul_cap: float = DEFAULT_RUL_CAP,
     sensors: Sequence[str] | None = None,
     normalise: bool = True,
+    keep_settings: bool = False,
 ) -> Prepared:
     """Select sensors and fit the normaliser on training rows, then window train and test.
 
@@ -615,7 +653,9 @@ def prepare(
     each engine's last window, label = capped true RUL from the RUL file. ``normalise=False``
     keeps both windows' raw sensor values (what a factory stores: a federation normalises at
     training time with statistics its factories computed together, federation.ml.fedstats);
-    ``normalizer`` is then the central fit, for comparison only.
+    ``normalizer`` is then the central fit, for comparison only. ``keep_settings`` keeps each
+    window row's operating settings in the partitions (C-MAPSS's regime rounding), so the
+    federation can z-score per regime.
     """
     chosen = (
         tuple(sensors)
@@ -636,10 +676,16 @@ def prepare(
     )
     test_rul = piecewise_rul(data.test, rul_cap, final_rul=data.test_rul)
     Xte, yte, ete = make_windows(test_x, data.test.units, test_rul, window, last_only=True)
+    train, test = Partition(Xtr, ytr, etr), Partition(Xte, yte, ete)
+    if keep_settings:  # each window row's raw settings, for per-regime z-scoring later
+        dec = _REGIME_DECIMALS
+        Str = make_windows(data.train.settings, data.train.units, None, window)[0]
+        Ste = make_windows(data.test.settings, data.test.units, None, window, last_only=True)[0]
+        train, test = Partition(Xtr, ytr, etr, Str, dec), Partition(Xte, yte, ete, Ste, dec)
     return Prepared(
         name=data.name,
-        train=Partition(Xtr, ytr, etr),
-        test=Partition(Xte, yte, ete),
+        train=train,
+        test=test,
         features=chosen,
         normalizer=norm,
         window=window,

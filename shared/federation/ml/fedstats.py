@@ -284,13 +284,26 @@ def window_rows(X: np.ndarray) -> np.ndarray:
     return np.concatenate([fresh, x[continues, -1]])
 
 
-def window_stats(X: np.ndarray, columns: Sequence[str]) -> SensorStats:
-    """Pooled statistics of the sensor rows in windows (n, window, F), as the datasite has
-    them (each row once: see window_rows)."""
+def window_stats(
+    X: np.ndarray,
+    columns: Sequence[str],
+    settings: np.ndarray | None = None,
+    decimals: Sequence[int] | None = None,
+) -> SensorStats:
+    """Statistics of the sensor rows in windows (n, window, F), as the datasite has them (each
+    row once: see window_rows): per operating regime when each row's ``settings``
+    (n, window, S) are given with their regime ``decimals``, else pooled."""
     x = np.asarray(X, dtype=np.float32)
     if x.ndim != 3 or x.shape[2] != len(columns):
         raise DatasetError(f"windows must be (n, window, {len(columns)}), got shape {x.shape}")
-    return SensorStats.of_rows(window_rows(x), columns)
+    if settings is None:
+        return SensorStats.of_rows(window_rows(x), columns)
+    s = np.asarray(settings, dtype=np.float32)
+    if s.ndim != 3 or s.shape[:2] != x.shape[:2]:
+        raise DatasetError(f"settings {s.shape} do not match windows {x.shape}")
+    rows = window_rows(np.concatenate([x, s], axis=2))  # a row repeats with its settings
+    f = x.shape[2]
+    return SensorStats.of_rows(rows[:, :f], columns, rows[:, f:], decimals)
 
 
 def merge_stats(parts: Iterable[SensorStats]) -> SensorStats:

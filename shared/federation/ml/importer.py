@@ -44,7 +44,8 @@ def import_table(
     factory (federation.ml.fedstats). `normalizer` (statistics given), else one fitted on this
     table, is checked against the table (same sensors, every operating regime known) and
     recorded in the data card for information only. The label is the RUL capped at the
-    schema's ``rul_cap``; one window ends at every cycle from the window-th on.
+    schema's ``rul_cap``; one window ends at every cycle from the window-th on. The schema's
+    operating settings, if any, are kept per window row with their regime rounding.
     """
     if schema.label == "none":
         raise ImportError_("label: none gives nothing to train on: say failure_at_last_cycle or "
@@ -61,7 +62,11 @@ def import_table(
     assert table.rul is not None
     labels = np.minimum(table.rul, schema.rul_cap).astype(np.float32)
     X, y, codes = make_windows(table.sensors, table.units, labels, schema.window)
-    return Partition(X, y, table.unit_numbers[codes]), normalizer, table
+    settings = None
+    if schema.settings:  # kept per window row: the federation z-scores per operating regime
+        settings = make_windows(table.settings, table.units, None, schema.window)[0]
+    part = Partition(X, y, table.unit_numbers[codes], settings, tuple(schema.decimals))
+    return part, normalizer, table
 
 
 def data_card(

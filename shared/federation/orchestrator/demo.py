@@ -100,7 +100,8 @@ def _partitions(opts: DemoOptions) -> tuple[Any, list[tuple[str, dict]]]:
     from federation.ml.partition import partition_engines, split_partition
 
     # Factories hold raw sensor windows: the campaign's round 0 agrees on how to z-score them.
-    data = load_dataset(opts.data, seed=opts.seed, normalise=False)
+    # (with each window row's operating settings: round 0 sums statistics per regime)
+    data = load_dataset(opts.data, seed=opts.seed, normalise=False, keep_settings=True)
     groups = partition_engines(
         data.train.engines,
         opts.sites,
@@ -123,8 +124,9 @@ def federated_normalizer(raw: dict | None, features: Any) -> Any:
 
 
 def _test_windows(data: Any, normalizer: Any) -> Any:
-    """The held-out test engines' last windows z-scored with the campaign's statistics."""
-    return normalizer.transform_windows(data.test.X)
+    """The held-out test engines' last windows z-scored with the campaign's statistics (per
+    operating regime when they are)."""
+    return normalizer.transform_windows(data.test.X, data.test.settings)
 
 
 def _evaluate(data: Any, model_type: str, state: dict, normalizer: Any) -> float:
@@ -176,7 +178,9 @@ def _alone(
     dp = {"noise_multiplier": rec.noise_multiplier, "max_grad_norm": rec.max_grad_norm}
     from federation.ml.pretrain import initial_state
 
-    scaled = [(ds, {**a, "X": normalizer.transform_windows(a["X"])}) for ds, a in parts]
+    scaled = [
+        (ds, {**a, "X": normalizer.transform_windows(a["X"], a.get("settings"))}) for ds, a in parts
+    ]
     return each_factory_alone(
         scaled,
         _test_windows(data, normalizer),

@@ -16,7 +16,10 @@ import yaml
 from datasite_helpers import ORCH_EMAIL
 from federation.communication import PySyftCommunicationManager
 from federation.datasite import verify_factory_result
+from federation.datasite.job import feature_columns
 from federation.datasite.launcher import free_port
+from federation.ml.data import Partition
+from federation.ml.fedstats import SensorStats, window_stats
 from federation.ml.models import build_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -77,12 +80,23 @@ def test_when_a_factory_imports_its_csv__a_datasite_serves_it_and_trains_on_it(t
         assert comm.connect_to_datasite(info["url"], creds)
         caps = comm.get_connected_datasites()[ds]["capabilities"]
         assert caps["num_samples"] == card["windows"]
+        assert caps["n_features"] == len(card["features"]) and caps["regime_decimals"] == [0, 1, 0]
+        # round 0 over the imported partition: per operating regime (FD001 runs in one)
+        answer = comm.request_stats({"campaign_id": "import-it"}, ds)
+        assert "error" not in answer, answer.get("error")
+        stats = SensorStats.from_dict(answer["stats"])
+        part = Partition.load(site / "partition.npz")
+        columns = feature_columns(len(card["features"]))
+        assert stats == window_stats(part.X, columns, part.settings, part.decimals)
+        assert list(stats.regimes) == [(0.0, 0.0, 100.0)] and stats.decimals == [0, 1, 0]
         torch.manual_seed(0)
         model = build_model("cnn", len(card["features"]), card["window"])
         assert comm.send_model({k: v.detach().clone() for k, v in model.state_dict().items()}, ds)
         result = comm.request_training(
-            {"epochs": 1, "round_number": 1, "max_batches": 2, "model_type": "cnn"}, ds
-        )
+            {"epochs": 1, "round_number": 1, "max_batches": 2, "model_type": "cnn",
+             "normalizer": stats.normalizer().to_dict()}, ds
+        )  # fmt: skip
+        assert "error" not in result, result.get("error")
         assert verify_factory_result(result, bytes.fromhex(info["public_key"]))
         assert result["num_samples"] == card["windows"] and result["rmse"] > 0
     finally:

@@ -207,3 +207,50 @@ def test_when_the_campaign_asks_for_noisy_statistics__the_job_noises_them_and_re
     verify_stats_signature(out, factory.public_bytes())  # the factory signs what it released
     seeded = run_stats_job(X, encode_payload({"campaign_id": "c", "noise": {**noise, "seed": 1}}))
     assert "names a seed" in seeded["error"]
+
+
+def _regime_windows(seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Raw windows (24, 6, 3) whose rows run in two regimes far apart, and their settings."""
+    rng = np.random.default_rng(seed)
+    regime = rng.integers(0, 2, size=(24, 6))
+    settings = np.stack([regime * 10.0 + rng.normal(0, 1e-3, regime.shape),
+                         np.full(regime.shape, 100.0)], axis=2).astype(np.float32)  # fmt: skip
+    X = (rng.standard_normal((24, 6, 3)) + 50.0 * regime[..., None]).astype(np.float32)
+    return X, settings
+
+
+def test_when_the_partition_keeps_settings__statistics_and_training_are_per_regime(
+    factory, monkeypatch
+):
+    from federation.datasite.job import run_stats_job
+    from federation.datasite.partition import ENV_REGIME_DECIMALS
+    from federation.ml.fedstats import SensorStats, window_stats
+
+    X, settings = _regime_windows()
+    asset = np.concatenate([X, settings], axis=2)  # as the datasite's features asset holds it
+    monkeypatch.setenv(ENV_REGIME_DECIMALS, "[0, 0]")
+    out = run_stats_job(asset, encode_payload({"campaign_id": "camp-1"}))
+    assert "error" not in out, out.get("error")
+    stats = SensorStats.from_dict(out["stats"])
+    assert stats == window_stats(X, ("x1", "x2", "x3"), settings, [0, 0])
+    assert sorted(stats.regimes) == [(0.0, 100.0), (10.0, 100.0)]
+    norm = stats.normalizer()
+    _, y, state = _data()
+    cfg = {"epochs": 1, "batch_size": 8, "model_type": "cnn", "round_number": 1, "seed": 5}
+    threads = torch.get_num_threads()
+    try:
+        trained = run_training_job(asset, y, encode_state_dict(state),
+                                   encode_payload({**cfg, "normalizer": norm.to_dict()}))  # fmt: skip
+        z = norm.transform_windows(X, settings)
+        local = train_local(state, z, y, {k: v for k, v in cfg.items() if k != "seed"}, 5)
+    finally:
+        torch.set_num_threads(threads)
+    assert "error" not in trained, trained.get("error")
+    assert abs(float(z.mean())) < 0.2 and abs(float(z.std()) - 1.0) < 0.2  # regimes removed
+    update = decode_state_dict(trained["model_update"])
+    assert all(torch.equal(update[k], v) for k, v in local["model_update"].items())
+    # without the datasite's declaration the settings would be taken for sensors: refused
+    monkeypatch.delenv(ENV_REGIME_DECIMALS)
+    wrong = run_training_job(asset, y, encode_state_dict(state),
+                             encode_payload({**cfg, "normalizer": norm.to_dict()}))  # fmt: skip
+    assert "expected windows (n, window, 3)" in wrong["error"]

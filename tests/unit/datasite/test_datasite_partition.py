@@ -42,3 +42,34 @@ def test_when_a_mock_is_made__shapes_match_and_no_real_row_or_label_appears():
     assert not any(np.array_equal(a, b) for a in mX for b in X)
     assert not np.isin(my, y).any()
     assert y.min() <= my.min() and my.max() <= y.max()
+
+
+def test_when_a_partition_keeps_settings__they_are_checked_and_split_off_the_features_asset(
+    monkeypatch,
+):
+    from federation.datasite.partition import (
+        ENV_REGIME_DECIMALS,
+        check_settings,
+        job_windows,
+        regime_decimals,
+    )
+
+    X, y = _part()
+    S = np.full((20, 5, 2), 100.0)
+    settings, dec = check_settings({"X": X, "y": y, "settings": S, "decimals": [0, 1]}, X)
+    assert settings.dtype == np.float32 and dec == (0, 1)
+    assert check_settings({"X": X, "y": y}, X) == (None, ())  # an old partition: pooled
+    for bad in ({"settings": S, "decimals": [0]}, {"settings": S[:3], "decimals": [0, 1]},
+                {"settings": S * np.nan, "decimals": [0, 1]},
+                {"settings": S, "decimals": [0, 9]}):  # fmt: skip
+        with pytest.raises(DatasiteError):
+            check_settings({"X": X, "y": y, **bad}, X)
+    asset = np.concatenate([X, S], axis=2)
+    monkeypatch.setenv(ENV_REGIME_DECIMALS, "[0, 1]")
+    sensors, back = job_windows(asset, regime_decimals())
+    assert np.array_equal(sensors, X) and np.array_equal(back, S)
+    monkeypatch.setenv(ENV_REGIME_DECIMALS, "")
+    assert job_windows(asset, regime_decimals())[1] is None
+    monkeypatch.setenv(ENV_REGIME_DECIMALS, "not json")
+    with pytest.raises(DatasiteError):
+        regime_decimals()

@@ -266,3 +266,22 @@ def test_each_setting_is_rounded_as_the_schema_says_when_naming_regimes(tmp_path
                         schema=_schema(tmp_path / "b.yaml", settings={"load": 2}))  # fmt: skip
     assert [r[0] for r in coarse["normalizer"]["regimes"]] == [10.0, 20.0]
     assert len(fine["normalizer"]["regimes"]) == 6 and fine["normalizer"]["decimals"] == [2]
+
+
+def test_the_partition_keeps_each_window_rows_settings_and_the_schemas_rounding(tmp_path):
+    rows = _rows({"A": 5, "B": 4})
+    for k, r in enumerate(rows):
+        r["load"] = 10.0 * (k % 3)
+    data = _csv(tmp_path / "p.csv", rows)
+    write_import(tmp_path / "out", data=data, schema=_schema(tmp_path / "s.yaml"))
+    part = Partition.load(tmp_path / "out" / PARTITION_FILE)
+    assert part.decimals == (0,) and part.settings.shape == (5, 3, 1)
+    # unit A rows 0..4 -> windows end at rows 2, 3, 4; unit B rows 5..8 -> at rows 7, 8
+    loads = np.array([r["load"] for r in rows], np.float32)
+    expect = np.stack([loads[i - 2 : i + 1] for i in (2, 3, 4, 7, 8)])[..., None]
+    assert np.array_equal(part.settings, expect)
+    no_settings = [{k: v for k, v in r.items() if k != "load"} for r in rows]
+    write_import(tmp_path / "old", data=_csv(tmp_path / "q.csv", no_settings),
+                 schema=_schema(tmp_path / "t.yaml", settings={}))  # fmt: skip
+    old = Partition.load(tmp_path / "old" / PARTITION_FILE)
+    assert old.settings is None and old.decimals == ()  # one pooled regime, as before

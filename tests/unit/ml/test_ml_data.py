@@ -222,3 +222,24 @@ def test_when_a_partition_is_saved_to_npz__it_loads_back_without_pickle(tmp_path
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(DatasetError):
         Partition.load(tmp_path / "bad.npz")
+
+
+def test_a_partition_with_settings_round_trips_and_an_old_one_has_none(tmp_path):
+    import numpy as np
+    from federation.ml.data import DatasetError, Partition
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((5, 4, 2)).astype(np.float32)
+    y, e = np.arange(5, dtype=np.float32), np.array([1, 1, 2, 2, 3])
+    S = rng.standard_normal((5, 4, 3)).astype(np.float32)
+    part = Partition(X, y, e, S, (0, 1, 0))
+    back = Partition.load(part.save(tmp_path / "p.npz"))
+    assert back.decimals == (0, 1, 0) and np.array_equal(back.settings, S)
+    sub = back.select([2])
+    assert np.array_equal(sub.settings, S[2:4]) and sub.decimals == (0, 1, 0)
+    old = Partition.load(Partition(X, y, e).save(tmp_path / "old.npz"))
+    assert old.settings is None and old.decimals == ()
+    with pytest.raises(DatasetError, match="settings must be"):
+        Partition(X, y, e, S[:, :2], (0, 1, 0))
+    with pytest.raises(DatasetError, match="non-finite"):
+        Partition.from_arrays({**part.to_arrays(), "settings": S * np.nan})

@@ -135,3 +135,25 @@ def test_window_statistics_count_each_row_of_sliding_windows_once():
     assert window_stats(X, COLUMNS) == SensorStats.of_rows(rows, COLUMNS)
     # windows kept apart (subsampled) contribute every row they hold
     assert window_rows(X[::40]).shape[0] == X[::40].shape[0] * 30
+
+
+def test_window_statistics_per_regime_equal_the_row_statistics_and_z_score_each_regime():
+    from federation.ml.data import make_windows
+
+    data = synthetic_fleet(n_engines=8, seed=4, n_regimes=3)
+    cols = ("s1", "s2", "s3")
+    x, s, units = data.train.sensors[:, :3], data.train.settings, data.train.units
+    X = make_windows(x, units, None, 5)[0]
+    S = make_windows(s, units, None, 5)[0]
+    stats = window_stats(X, cols, S, [0, 1, 0])
+    assert stats == SensorStats.of_rows(x, cols, s, [0, 1, 0])  # each row once, in its regime
+    assert len(stats.regimes) == 3
+    norm = stats.normalizer()
+    z = norm.transform_windows(X, S)
+    np.testing.assert_allclose(z.reshape(-1, 3), norm.transform(X.reshape(-1, 3), S.reshape(-1, 3)))
+    with pytest.raises(DatasetError, match="carry no operating settings"):
+        norm.transform_windows(X)  # three regimes cannot z-score windows without settings
+    pooled = window_stats(X, cols)  # an old partition: no settings, one regime
+    assert list(pooled.regimes) == [(0.0,)] and pooled.decimals == []
+    np.testing.assert_allclose(pooled.normalizer().transform_windows(X, S),
+                               pooled.normalizer().transform_windows(X))  # fmt: skip
