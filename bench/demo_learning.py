@@ -78,13 +78,19 @@ def run(opts: demo.DemoOptions, central_only: bool) -> dict[str, Any]:
         print(f"  test RMSE by round: {shown}", flush=True)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     data, parts = demo._partitions(opts)
-    stats = merge_stats(window_stats(a["X"], data.features) for _, a in parts)
+    dec = list(data.train.decimals)  # per operating regime, as the demo's datasites sum them
+    stats = merge_stats(window_stats(a["X"], data.features, a["settings"], dec) for _, a in parts)
     norm = stats.normalizer()  # the demo's round 0: every factory's exact statistics summed
-    test = (norm.transform_windows(data.test.X), data.test.y)
+    test = (norm.transform_windows(data.test.X, data.test.settings), data.test.y)
+
+    def scaled(chosen: list) -> np.ndarray:
+        return norm.transform_windows(np.concatenate([a["X"] for _, a in chosen]),
+                                      np.concatenate([a["settings"] for _, a in chosen]))  # fmt: skip
+
     epochs = opts.rounds * opts.epochs
     recipe = demo.demo_recipe(opts)
     own = {"batch_size": recipe["batch_size"], "learning_rate": recipe["learning_rate"]}
-    X = norm.transform_windows(np.concatenate([a["X"] for _, a in parts]))
+    X = scaled(parts)
     y = np.concatenate([a["y"] for _, a in parts])
     central = {}
     for name, setting in (("demo_setting", own), ("synthetic_task_setting", TASK_SETTING)):
@@ -93,7 +99,7 @@ def run(opts: demo.DemoOptions, central_only: bool) -> dict[str, Any]:
     honest = parts[:-1] if opts.attack != "none" else parts  # the demo compromises the last
     print(f"  central, the honest factories' data only, {own}", flush=True)
     central["honest_factories_demo_setting"] = _central(
-        norm.transform_windows(np.concatenate([a["X"] for _, a in honest])),
+        scaled(honest),
         np.concatenate([a["y"] for _, a in honest]),
         test,
         own,
