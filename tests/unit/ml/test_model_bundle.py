@@ -279,3 +279,55 @@ def test_each_factory_alone_is_trained_as_long_as_the_campaign_and_scored_on_the
     assert rows == again  # seeded: the comparison is reproducible
     longer = each_factory_alone(parts, test_X, test_y, 60.0, training=training, dp=None, rounds=3)
     assert [r["rmse"] for r in longer] != [r["rmse"] for r in rows]
+
+
+def test_predict_z_scores_each_row_with_its_regimes_federated_statistics(tmp_path):
+    from federation.datasite.job import feature_columns
+    from federation.ml.data import Partition
+    from federation.ml.fedstats import merge_stats, named_normalizer, window_stats
+    from federation.ml.tabular import ImportError_
+
+    def table(path: Path, units: dict[str, int], loads=(1, 2)) -> Path:
+        lines = ["engine,cycle,load,temp,vib"]
+        for u, n in units.items():
+            for c in range(1, n + 1):
+                load = loads[c % len(loads)]  # the regime flips every cycle; temp follows it
+                lines.append(f"{u},{c},{load},{500.0 * load + c * 0.5},{0.1 * c * load}")
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    schema = _schema(tmp_path / "plant.yaml")
+    parts = []
+    for i, units in enumerate(({"A": 9}, {"B": 8, "C": 7})):  # two factories' imports
+        write_import(tmp_path / f"s{i}", data=table(tmp_path / f"t{i}.csv", units), schema=schema)
+        parts.append(Partition.load(tmp_path / f"s{i}" / "partition.npz"))
+    raw = (
+        merge_stats(
+            window_stats(p.X, feature_columns(2), p.settings, list(p.decimals)) for p in parts
+        )
+        .normalizer()
+        .to_dict()
+    )  # round 0, as the datasites sum it
+    norm = named_normalizer(raw, SENSORS)
+    assert norm.regimes == [[1.0], [2.0]] and norm.decimals == [0]
+    torch.manual_seed(0)
+    state = {k: v.detach().clone() for k, v in build_model("cnn", 2, 3).state_dict().items()}
+    state[[k for k in state if k.endswith(".bias")][-1]] += 0.5  # an output inside [0, cap]
+    summary = {"campaign_id": "regimes", "config": CONFIG, "rounds": ROUNDS,
+               "final": {"rmse": None, "epsilon": None, "rounds": 1, "reason": "max_rounds"}}  # fmt: skip
+    write_run(tmp_path / "run", summary, state, bundle={
+        "features": SENSORS, "normalizer": norm.to_dict(), "rul_cap": 125.0,
+        "schema": load_schema(schema).to_dict()})  # fmt: skip
+    bundle = load_bundle(tmp_path / "run")
+    rows = predict_units(bundle, table(tmp_path / "engines.csv", {"E-1": 6}))
+    cycles = np.array([4, 5, 6])  # the unit's last window; load is (1, 2)[cycle % 2]
+    loads = np.where(cycles % 2 == 0, 1.0, 2.0)
+    x = np.column_stack([500.0 * loads + cycles * 0.5, 0.1 * cycles * loads])
+    z = norm.transform(x, loads[:, None])
+    assert np.abs(z).max() < 3  # per-regime z-scores, not raw temperatures of 500-1000
+    got = predict(bundle.model, z[None].astype(np.float32))[0]
+    swapped = predict(bundle.model, norm.transform(x, 3.0 - loads[:, None])[None])[0]
+    assert 0 < got < 125 and abs(got - swapped) > 0.01  # the regime of each row matters
+    assert rows[0]["rul"] == pytest.approx(float(got), abs=0.01)
+    with pytest.raises(ImportError_, match=r"operating regime \[3.0\] was not seen"):
+        predict_units(bundle, table(tmp_path / "new.csv", {"E-2": 4}, loads=(3,)))
