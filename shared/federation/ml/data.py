@@ -30,6 +30,7 @@ __all__ = [
     "piecewise_rul",
     "prepare",
     "regime_ids",
+    "REGIME_DECIMALS",
     "synthetic_fleet",
 ]
 
@@ -43,8 +44,10 @@ FD001_INFORMATIVE_SENSORS = (2, 3, 4, 7, 8, 9, 11, 12, 13, 14, 15, 17, 20, 21)
 _N_COLUMNS = 26
 _N_SETTINGS = 3
 _N_CMAPSS_SENSORS = 21
-#: Settings are rounded to these decimals to name an operating regime (FD002/FD004 have six).
-_REGIME_DECIMALS = (0, 1, 0)
+#: Settings are rounded to these decimals to name an operating regime (FD002/FD004 have six:
+#: altitude 0-42 kft, Mach 0-0.84, TRA 60/100; Mach needs 2 decimals — its 0.25 regime would
+#: split between 0.2 and 0.3 at 1).
+REGIME_DECIMALS = (0, 2, 0)
 
 
 class DatasetError(PdmFedError):
@@ -233,7 +236,7 @@ def _simulate_engine(
     )
     constant = sensitivity == 0
     sensors[:, constant] = regime_offsets[regimes][:, constant]
-    settings = regime_settings[regimes] + rng.normal(0.0, 1e-3, size=(n_cycles, _N_SETTINGS))
+    settings = regime_settings[regimes] + rng.normal(0.0, 1e-4, size=(n_cycles, _N_SETTINGS))
     return settings, sensors
 
 
@@ -331,13 +334,13 @@ def piecewise_rul(fleet: Fleet, cap: float = DEFAULT_RUL_CAP, final_rul: Any = N
 def regime_ids(settings: np.ndarray, decimals: Sequence[int] | None = None) -> np.ndarray:
     """Operating-regime keys: each row's settings rounded (1 regime for FD001/FD003).
 
-    ``decimals`` per setting column defaults to C-MAPSS's (0, 1, 0); no setting column at all,
+    ``decimals`` per setting column defaults to C-MAPSS's (0, 2, 0); no setting column at all,
     or empty ``decimals`` (statistics pooled over every regime), is one regime keyed (0.0,).
     """
     s = np.asarray(settings, dtype=np.float64)
     if s.ndim != 2 or s.shape[1] == 0 or (decimals is not None and len(decimals) == 0):
         return np.zeros((s.shape[0], 1))
-    dec = _REGIME_DECIMALS if decimals is None else tuple(decimals)
+    dec = REGIME_DECIMALS if decimals is None else tuple(decimals)
     if len(dec) != s.shape[1]:
         raise DatasetError(f"{s.shape[1]} setting columns but {len(dec)} regime roundings")
     cols = [np.round(s[:, j], dec[j]) + 0.0 for j in range(s.shape[1])]
@@ -678,7 +681,7 @@ def prepare(
     Xte, yte, ete = make_windows(test_x, data.test.units, test_rul, window, last_only=True)
     train, test = Partition(Xtr, ytr, etr), Partition(Xte, yte, ete)
     if keep_settings:  # each window row's raw settings, for per-regime z-scoring later
-        dec = _REGIME_DECIMALS
+        dec = REGIME_DECIMALS
         Str = make_windows(data.train.settings, data.train.units, None, window)[0]
         Ste = make_windows(data.test.settings, data.test.units, None, window, last_only=True)[0]
         train, test = Partition(Xtr, ytr, etr, Str, dec), Partition(Xte, yte, ete, Ste, dec)

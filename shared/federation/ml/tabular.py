@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from federation.ml.data import DEFAULT_RUL_CAP, DEFAULT_WINDOW, DatasetError
+from federation.ml.data import DEFAULT_RUL_CAP, DEFAULT_WINDOW, REGIME_DECIMALS, DatasetError
 
 __all__ = [
     "CMAPSS_COLUMNS",
@@ -131,7 +131,7 @@ def cmapss_schema(sensors: Sequence[str], *, window: int = DEFAULT_WINDOW,
     raw = {
         "unit": "unit",
         "cycle": "cycle",
-        "settings": {"setting_1": 0, "setting_2": 1, "setting_3": 0},
+        "settings": dict(zip(CMAPSS_COLUMNS[2:5], REGIME_DECIMALS, strict=True)),
         "sensors": list(sensors),
         "ignore": [c for c in CMAPSS_COLUMNS[5:] if c not in sensors],
         "label": "failure_at_last_cycle",

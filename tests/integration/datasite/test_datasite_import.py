@@ -80,7 +80,7 @@ def test_when_a_factory_imports_its_csv__a_datasite_serves_it_and_trains_on_it(t
         assert comm.connect_to_datasite(info["url"], creds)
         caps = comm.get_connected_datasites()[ds]["capabilities"]
         assert caps["num_samples"] == card["windows"]
-        assert caps["n_features"] == len(card["features"]) and caps["regime_decimals"] == [0, 1, 0]
+        assert caps["n_features"] == len(card["features"]) and caps["regime_decimals"] == [0, 2, 0]
         # round 0 over the imported partition: per operating regime (FD001 runs in one)
         answer = comm.request_stats({"campaign_id": "import-it"}, ds)
         assert "error" not in answer, answer.get("error")
@@ -88,7 +88,7 @@ def test_when_a_factory_imports_its_csv__a_datasite_serves_it_and_trains_on_it(t
         part = Partition.load(site / "partition.npz")
         columns = feature_columns(len(card["features"]))
         assert stats == window_stats(part.X, columns, part.settings, part.decimals)
-        assert list(stats.regimes) == [(0.0, 0.0, 100.0)] and stats.decimals == [0, 1, 0]
+        assert list(stats.regimes) == [(0.0, 0.0, 100.0)] and stats.decimals == [0, 2, 0]
         torch.manual_seed(0)
         model = build_model("cnn", len(card["features"]), card["window"])
         assert comm.send_model({k: v.detach().clone() for k, v in model.state_dict().items()}, ds)

@@ -65,7 +65,7 @@ def test_when_run_through_pdmfed__each_factory_gets_a_disjoint_private_partition
             assert set(np.unique(npz["engine_ids"]).tolist()) == set(info["engines"])
             # each window row's operating settings, with the regime rounding they are named by
             assert npz["settings"].shape == (*npz["X"].shape[:2], 3)
-            assert npz["decimals"].tolist() == manifest["regime_decimals"] == [0, 1, 0]
+            assert npz["decimals"].tolist() == manifest["regime_decimals"] == [0, 2, 0]
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
         assert f"{name}: {info['windows']} windows" in result.stdout
