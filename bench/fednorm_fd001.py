@@ -125,14 +125,23 @@ def _seed_row(smoke: bool, data_dir: Path, plan: dict[str, Any], seed: int) -> d
     row = {"seed": seed, "site_windows": [len(s) for s in raw_sites],
            "stats_gap": _stats_gap(central_norm, fed_norm),
            "stats_left_out": merged.rejected, "stats_capped": merged.capped}  # fmt: skip
-    for arm, norm in (("central", central_norm), ("federated", fed_norm)):
+    row.update(run_arms({"central": central_norm, "federated": fed_norm}, raw_sites,
+                        val_engines, plan, raw, seed))  # fmt: skip
+    return row
+
+
+def run_arms(arms: dict[str, Any], raw_sites: list[Partition], val_engines: Any,
+             plan: dict[str, Any], raw: Any, seed: int) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The same federated run once per normaliser in ``arms``, scored on the same engines."""
+    out = {}
+    for arm, norm in arms.items():
         sites = [_normalised(s, norm) for s in raw_sites]
         val = _normalised(raw.train.select(val_engines), norm)
         test = _normalised(raw.test, norm)
-        row[arm] = _federated_run(sites, val, test, plan, raw, seed)
-        print(f"  seed {seed} {arm}: test RMSE {row[arm]['test_rmse']:.3f} "
-              f"(round {row[arm]['best_round']})", flush=True)  # fmt: skip
-    return row
+        out[arm] = _federated_run(sites, val, test, plan, raw, seed)
+        print(f"  seed {seed} {arm}: test RMSE {out[arm]['test_rmse']:.3f} "
+              f"(round {out[arm]['best_round']})", flush=True)  # fmt: skip
+    return out
 
 
 def run(smoke: bool, seeds: list[int], data_dir: Path, rounds: int | None = None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from federation.ml.fedstats import window_stats
 from federation.ml.robust_stats import robust_merge
 
 from bench._common import write_result
-from bench.fednorm_fd001 import _federated_run, _normalised
+from bench.fednorm_fd001 import run_arms
 
 PLAN = {"rounds": 5, "batch_size": 256, "learning_rate": 2e-3, "max_batches": None, "sites": 3}
 
@@ -57,13 +57,8 @@ def _seed_row(data_dir: Path | None, plan: dict[str, Any], seed: int) -> dict[st
                            for i, s in enumerate(sites)}).normalizer  # fmt: skip
     row: dict[str, Any] = {"seed": seed, "regimes": len(per_regime.regimes),
                            "site_windows": [len(s) for s in sites]}  # fmt: skip
-    for arm, norm in (("per_regime", per_regime), ("pooled", pooled)):
-        z = [_normalised(s, norm) for s in sites]
-        val = _normalised(raw.train.select(val_ids), norm)
-        test = _normalised(raw.test, norm)
-        row[arm] = _federated_run(z, val, test, plan, raw, seed)
-        print(f"  seed {seed} {arm}: test RMSE {row[arm]['test_rmse']:.3f} "
-              f"(round {row[arm]['best_round']})", flush=True)  # fmt: skip
+    row.update(run_arms({"per_regime": per_regime, "pooled": pooled}, sites, val_ids, plan, raw,
+                        seed))  # fmt: skip
     return row
 
 

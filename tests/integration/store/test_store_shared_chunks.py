@@ -99,16 +99,12 @@ def test_when_a_replica_dies_after_the_last_chunk__its_redelivery_completes_the_
 ):
     sender, open_replica = replicas
     (store_a, a), (_, b) = open_replica(), open_replica()
-    bodies = sender.seal("update.raw", _update(2), datasite_id="f1", round_num=1)
-    for body in bodies[:-1]:
-        a.open(body)
-    assert a.open(bodies[-1]) is not None  # ... and replica a is killed before handling it
+    bodies, _ = _completed_on(a, sender, 2)  # ... and replica a is killed before handling it
     again = b.open(bodies[-1])  # the broker redelivers the unacked last chunk to b
     assert again is not None
     uid = handled_id(again.envelope)
     with store_a.transaction() as tx:  # b handles it: effect, inbox and chunk drop together
-        tx.mark_handled(uid, "update.raw")
-        drop_assembly(tx, uid)
+        _mark_handled(tx, uid)
     _, c = open_replica()  # a replica that never saw it (its own replay memory)
     assert c.open(bodies[-1]) is None  # a later copy adds nothing: the update was handled
     assert c.assembler.pending == 0
@@ -187,6 +183,22 @@ def test_when_another_replica_received_the_campaign_start__its_update_limit_stil
         b.open(sender.seal("update.raw", big, datasite_id="f1", round_num=1)[0])
 
 
+def _completed_on(replica, sender, seed: int) -> tuple[list[bytes], bytes]:
+    """Seal an update and open every chunk on ``replica``: (the chunk bodies, its update id)."""
+    bodies = sender.seal("update.raw", _update(seed), datasite_id="f1", round_num=1)
+    for body in bodies[:-1]:
+        replica.open(body)
+    complete = replica.open(bodies[-1])
+    assert complete is not None
+    return bodies, handled_id(complete.envelope)
+
+
+def _mark_handled(tx, uid: bytes) -> None:
+    """What a handler's transaction does for the update: inbox row and chunk drop together."""
+    tx.mark_handled(uid, "update.raw")
+    drop_assembly(tx, uid)
+
+
 def _racing(store, prefix: str, race) -> None:
     """Make ``store``'s next listing of ``prefix`` run ``race`` (another replica's committed
     transaction) right after the listing, as PostgreSQL's READ COMMITTED lets happen."""
@@ -215,17 +227,11 @@ def test_when_another_replica_handles_an_update_while_a_first_chunk_is_stored__t
 
     sender, open_replica = replicas
     (store_a, a), (store_b, b) = open_replica(), open_replica()
-    done = sender.seal("update.raw", _update(3), datasite_id="f1", round_num=1)
-    for body in done[:-1]:
-        a.open(body)
-    complete = a.open(done[-1])
-    assert complete is not None
-    uid = handled_id(complete.envelope)
+    _, uid = _completed_on(a, sender, 3)
 
     def handle_elsewhere() -> None:  # replica a's handler commits the update's effect
         with store_a.transaction() as tx:
-            tx.mark_handled(uid, "update.raw")
-            drop_assembly(tx, uid)
+            _mark_handled(tx, uid)
 
     _racing(store_b, ASSEMBLY_PREFIX, handle_elsewhere)
     other = sender.seal("update.raw", _update(4), datasite_id="f2", round_num=1)
@@ -245,19 +251,13 @@ def test_when_a_replica_handles_an_update_while_another_completes_a_redelivered_
 
     sender, open_replica = replicas
     (store_a, a), (store_b, b) = open_replica(), open_replica()
-    bodies = sender.seal("update.raw", _update(5), datasite_id="f1", round_num=1)
-    for body in bodies[:-1]:
-        a.open(body)
-    complete = a.open(bodies[-1])
-    assert complete is not None
-    uid = handled_id(complete.envelope)
+    bodies, uid = _completed_on(a, sender, 5)
     handler_started = threading.Event()
     commit_now = threading.Event()
 
     def handler() -> None:  # replica a's handler: holds its transaction until told to commit
         with store_a.transaction() as tx:
-            tx.mark_handled(uid, "update.raw")
-            drop_assembly(tx, uid)
+            _mark_handled(tx, uid)
             handler_started.set()
             commit_now.wait(10)
 
