@@ -144,6 +144,14 @@ def _wait_metric(port: int, name: str, campaign: str, value: float, timeout: flo
     pytest.fail(f"{name}{{campaign={campaign!r}}} never reached {value}")
 
 
+def _wait_gone(port: int, series: str, timeout: float) -> None:
+    """Poll a service's /metrics until `series` is no longer exported, for at most `timeout`
+    seconds (the assertion on the scrape that follows says what was left)."""
+    deadline = time.monotonic() + timeout
+    while series in _get(f"http://127.0.0.1:{port}/metrics")[1] and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def _budget_alerts_on_real_series(prom, campaign: str, workdir: Path):
     """`promtool test rules` on the series Prometheus scraped for `campaign` (every label as
     scraped): the budget alerts stay quiet on the real values and fire once the spent epsilon
@@ -321,7 +329,8 @@ def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campai
         # the documented path: `pdmfed campaign --config …` against the running services
         cli = campaign_cli(cfg)
         cli_out, _ = cli.communicate(timeout=360)
-        time.sleep(3)  # the last scrapes after round 2, the connector's check after completion
+        # the connector drops its sessions' series once it learns of the completion (bounded)
+        _wait_gone(ports["connector"], f'pdmfed_datasites_connected{{campaign="{c}"}}', 30)
         watcher.stop.set()
         watcher.join(timeout=30)
         health = {

@@ -142,12 +142,17 @@ class Stack:
         assert body["status"] == "success", body
         return body["data"]["result"]
 
-    def wait_query(self, expr: str, timeout: float, min_series: int = 1) -> list[dict]:
+    def wait_query(
+        self, expr: str, timeout: float, min_series: int = 1, services: frozenset[str] = frozenset()
+    ) -> list[dict]:
+        """Poll an instant query until it has `min_series` series, from at least `services`
+        (one failed scrape under load marks a target's series stale for a scrape interval)."""
         deadline = time.time() + timeout
         result: list[dict] = []
         while time.time() < deadline:
             result = self.query(expr)
-            if len(result) >= min_series:
+            seen = {s["metric"].get("service") for s in result}
+            if len(result) >= min_series and services <= seen:
                 return result
             time.sleep(2)
         raise AssertionError(f"Prometheus: {expr!r} gave {result} after {timeout:.0f}s")
