@@ -71,21 +71,26 @@ class _Base:
         for ds in ids:
             (factories_dir / f"{ds}.pub").write_bytes(self._identity(ds).public_pem())
 
-    def _signed(self, result: dict, training_config: dict, datasite_id: str) -> dict:
-        """``result`` with the factory signature over its delta, bound like a datasite's."""
-        from federation.datasite.signing import sign_tensors
+    def _signed(
+        self, result: dict, training_config: dict, datasite_id: str, digest: str | None = None
+    ) -> dict:
+        """``result`` with the factory signature over its delta, bound like a datasite's;
+        ``digest``: the delta's tensor digest when already known (a fixed delta)."""
+        from federation.crypto.signing import sign_digest
+        from federation.datasite.signing import bound_digest, sign_tensors
 
+        identity = self._identity(datasite_id)
+        round_num = int(training_config["round_number"])
         bound = {
             "campaign_id": str(training_config.get("campaign_id", "")),
             "model_version": int(training_config.get("model_version", 0)),
         }
-        _, signature = sign_tensors(
-            self._identity(datasite_id),
-            "delta",
-            result["delta"],
-            int(training_config["round_number"]),
-            **bound,
-        )
+        if digest is None:
+            _, signature = sign_tensors(identity, "delta", result["delta"], round_num, **bound)
+        else:
+            signature = sign_digest(
+                identity, bound_digest("delta", digest, round_num, identity.sender, **bound)
+            )
         return {**result, "factory_signature": signature, "factory_key_id": datasite_id}
 
     def _raw_windows(self, datasite_id: str) -> np.ndarray:
@@ -191,6 +196,12 @@ class SleepingDatasites(_Base):
             }
             for ds in ids
         }
+        # Hashed once: a datasite hashes its update on its own machine, not on the cores the
+        # federation's services share here (the per-round signature still binds round,
+        # campaign and base model).
+        from federation.wire.codec import tensor_digest
+
+        self.digests = {ds: tensor_digest(delta) for ds, delta in self.deltas.items()}
 
     def _raw_windows(self, datasite_id: str) -> np.ndarray:
         # no data: a fixed small window set per site (its normaliser is not used)
@@ -210,7 +221,7 @@ class SleepingDatasites(_Base):
             "accuracy": 0.0,
             "training_time": seconds,
         }
-        return self._signed(result, training_config, datasite_id)
+        return self._signed(result, training_config, datasite_id, self.digests[datasite_id])
 
 
 #: The services that run as their own `pdmfed service` processes in the deployment shape; the

@@ -1,6 +1,6 @@
 """Where a round's time goes: every handled and published message of one campaign, timed.
 
-Run: ``.venv/bin/python -m bench.round_timeline [--smoke] [--sites N] [--out PATH]``.
+Run: ``.venv/bin/python -m bench.round_timeline [--smoke] [--claim] [--sites N] [--out PATH]``.
 A diagnostic beside ``bench_round`` (not part of ``make bench``): the same in-process
 federation over RabbitMQ, with each service's message handling (``ServiceRunner._on_message``:
 assembled and verified message → committed) and each publish (``SecureEndpoint.publish``:
@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a small model and 3 sites, seconds")
     parser.add_argument("--sites", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="events and spans as JSON")
+    parser.add_argument(
+        "--claim", action="store_true", help="updates by claim check (PDMFED_CLAIM_DIR)"
+    )
     args = parser.parse_args(argv)
     from federation.runtime.allocator import keep_freed_buffers
 
@@ -127,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_s": bench_round.BIG_TRAIN_S,
             "layout": bench_round.ONE_PROCESS,
         }
+    spec["claim_check"] = args.claim
     row = bench_round._measure(spec)
     spans = last_round_spans(recorder.events)
     print(

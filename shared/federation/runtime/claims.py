@@ -6,8 +6,10 @@ usual envelope: AES-GCM, checksum, Ed25519) into ``<claim dir>/<producer>/<rando
 transaction that queues it: the file is fsynced and renamed into place before that transaction
 commits the outbox row holding the reference (:class:`~federation.wire.claims.ClaimReference`),
 so a published reference always names a committed body; a rolled-back transaction removes it.
-A consumer reads the body by reference, checks its size and SHA-256 against the (signed)
-reference, then opens it like any message (signature, AEAD, checksum); a missing body is a
+A consumer reads the body by reference, checks its size and binding digest (the SHA-256 of its
+header, tag and signature: :func:`~federation.wire.envelope.binding_digest`; no second pass over
+the ciphertext) against the (signed) reference, then opens it like any message (signature,
+AEAD, checksum of the plaintext); a missing body is a
 :class:`~federation.errors.ClaimError`, a different one an IntegrityError — typed rejections,
 counted in ``pdmfed_messages_rejected_total``.
 
@@ -19,7 +21,6 @@ delivery of the message is refused as expired anyway); its producer's store remo
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import os
@@ -39,6 +40,7 @@ from federation.runtime.blobs import BlobDirectory
 from federation.wire.claims import ClaimReference
 from federation.wire.codec import PayloadParts
 from federation.wire.contracts import may_refer
+from federation.wire.envelope import binding_digest
 
 __all__ = ["ClaimStore", "CLAIM_MIN_BYTES", "live_claims"]
 
@@ -84,7 +86,7 @@ class ClaimStore:
     ) -> ClaimReference:
         """Seal ``parts`` into one body, store it durably; the reference naming it."""
         body = self.sealer.seal_whole(msg_type, parts, datasite_id=datasite_id, round_num=round_num)
-        digest = hashlib.sha256(body).hexdigest()
+        digest = binding_digest(body)
         name = self._own.write(PayloadParts([body], len(body)))
         return ClaimReference(f"{self.producer}/{name}", digest, len(body))
 
@@ -117,7 +119,7 @@ class ClaimStore:
 
     # -- consuming --------------------------------------------------------------------
     def fetch(self, ref: ClaimReference, *, max_bytes: int) -> bytearray:
-        """The body ``ref`` names, checked against its size and SHA-256.
+        """The body ``ref`` names, checked against its size and binding digest.
 
         ClaimError when missing, IntegrityError when it differs, OversizeMessage when the
         reference claims more than ``max_bytes``; an I/O failure other than absence is
@@ -139,8 +141,12 @@ class ClaimStore:
             raise ClaimError(f"claim {ref.ref} is not in the claim store") from None
         except OSError as exc:
             raise BusError(f"claim store unreadable: {exc}", reason="claim_store") from exc
-        if not hmac.compare_digest(hashlib.sha256(buf).hexdigest(), ref.sha256):
-            raise IntegrityError(f"claim {ref.ref} does not match its SHA-256")
+        try:
+            digest = binding_digest(buf)
+        except MalformedMessage:
+            raise IntegrityError(f"claim {ref.ref} is not a sealed body") from None
+        if not hmac.compare_digest(digest, ref.sha256):
+            raise IntegrityError(f"claim {ref.ref} does not match its digest")
         return buf
 
 

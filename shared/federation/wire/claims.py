@@ -1,4 +1,4 @@
-"""Claim-check references: a message that carries the name and SHA-256 of its sealed body.
+"""Claim-check references: a message that carries the name and digest of its sealed body.
 
 A producer with a shared claim store seals a large payload once into a file every service can
 read (:mod:`~federation.runtime.claims`) and publishes a small message of the same type whose
@@ -25,7 +25,8 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class ClaimReference:
-    """Where a sealed body is (``ref``), its SHA-256 (hex) and its size in bytes."""
+    """Where a sealed body is (``ref``), its binding digest (hex SHA-256 of its header, tag and
+    signature: :func:`~federation.wire.envelope.binding_digest`) and its size in bytes."""
 
     ref: str
     sha256: str

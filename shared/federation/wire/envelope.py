@@ -34,6 +34,7 @@ The encoding is canonical: a body that decodes re-encodes to the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import struct
@@ -58,6 +59,7 @@ __all__ = [
     "MAX_CHUNKS",
     "HEADER_FIELDS",
     "Envelope",
+    "binding_digest",
     "validate_header",
     "validate_chunk",
     "encode_header",
@@ -401,3 +403,20 @@ def decode_envelope(data: Any, *, max_bytes: int | None = None) -> Envelope:
         signature=bytes(mv[ct_end:]) if sig_len else None,
         chunk=chunk,
     )
+
+
+def binding_digest(data: Any) -> str:
+    """SHA-256 (hex) of what binds a sealed body: its header, GCM tag and signature.
+
+    Names one body exactly without hashing its ciphertext: the header holds the unique msg_id
+    and the SHA-256 of the plaintext, which every consumer checks after decrypting; any other
+    ciphertext under this header and tag either fails the GCM tag or decrypts to a payload whose
+    checksum differs. MalformedMessage when ``data`` is not an envelope.
+    """
+    env = decode_envelope(data)
+    mv = memoryview(data).cast("B")
+    sig_len = SIGNATURE_LEN if env.signature is not None else 0
+    header_len = len(mv) - len(env.encrypted_data) - sig_len
+    h = hashlib.sha256(mv[:header_len])
+    h.update(mv[len(mv) - sig_len - TAG_LEN :])  # the tag, then the signature
+    return h.hexdigest()

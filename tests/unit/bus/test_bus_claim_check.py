@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from federation.bus.base import Delivery, RejectMessage
 from federation.bus.memory import InMemoryBus
 from federation.bus.middleware import SecureEndpoint
@@ -18,7 +19,9 @@ from federation.roles import Role
 from federation.runtime.claims import ClaimStore
 from federation.runtime.store_sqlite import SqliteStore
 from federation.wire.claims import ClaimReference
+from federation.wire.codec import encode_payload_parts
 from federation.wire.contracts import CONTRACTS, Contract, may_refer
+from federation.wire.envelope import TAG_LEN, decode_envelope
 from federation.wire.messages import RoundOpen, UpdateRaw
 from prometheus_client import CollectorRegistry
 
@@ -180,6 +183,37 @@ async def test_when_the_reference_digest_differs__the_body_is_refused_before_it_
     with pytest.raises(RejectMessage):
         await side.handle(side.deliver(short.to_payload()))
     assert side.rejected("integrity") == 2
+
+
+async def test_when_a_key_holder_reencrypts_other_bytes_under_the_bodys_header__it_is_refused(
+    side,
+):
+    """The reference binds the body's header, tag and signature, not a hash of its ciphertext:
+    whoever holds the encryption key and rewrites the ciphertext (with a valid tag) under the
+    same header changes the tag, so the digest no longer matches."""
+    ref = ClaimReference.from_payload(side.emit(_update()))
+    path = side.body_path(ref)
+    body = path.read_bytes()
+    env = decode_envelope(body)
+    other = UpdateRaw(**{**_update().__dict__, "delta": {"w": torch.zeros(N)}}).to_payload()
+    plain = encode_payload_parts(other).tobytes()
+    assert len(plain) == len(env.encrypted_data) - TAG_LEN
+    aad = env.aad()
+    ct = AESGCM(side.out.keyring.sealing_key()).encrypt(env.nonce, plain, aad)
+    path.write_bytes(aad + ct + body[len(aad) + len(ct) :])  # header, new ciphertext, signature
+    with pytest.raises(RejectMessage) as exc:
+        await side.handle(side.deliver(ref.to_payload()))
+    assert exc.value.reason == "integrity"
+
+
+async def test_when_a_body_is_swapped_for_the_senders_other_body_of_the_round__it_is_refused(side):
+    first = ClaimReference.from_payload(side.emit(_update()))
+    second = ClaimReference.from_payload(side.emit(_update()))
+    assert first.size == second.size
+    side.body_path(second).replace(side.body_path(first))  # same sender, type, site, round
+    with pytest.raises(RejectMessage) as exc:
+        await side.handle(side.deliver(first.to_payload()))
+    assert exc.value.reason == "integrity"
 
 
 async def test_when_a_reference_names_a_body_of_another_round__it_is_refused(side):
