@@ -17,6 +17,7 @@ from federation.datasite_registry import DatasiteRegistry, UnknownDatasite
 from federation.errors import DatasiteConnectionError, MalformedMessage
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
+from federation.wire.codec import encode_payload_parts
 from federation.wire.messages import (
     CampaignAccepted,
     CampaignCompleted,
@@ -292,13 +293,50 @@ class ConnectorLogic:
         return await self._at_datasite(self.stats, msg.datasite_id, msg.to_payload(), "statistics")
 
     async def prepare_train(self, msg: TrainRequest, envelope: Any) -> dict:
-        """Run training outside the transaction; a failure becomes data, not an exception."""
-        return await self._at_datasite(self.train, msg.datasite_id, msg.to_payload(), "training")
+        """Run training outside the transaction; a failure becomes data, not an exception.
+
+        With a claim store, the update is also sealed into it here, in parallel with the other
+        datasites' and before the handler's transaction (``sealed``): the transaction then only
+        queues its reference.
+        """
+        prepared = await self._at_datasite(
+            self.train, msg.datasite_id, msg.to_payload(), "training"
+        )
+        claims = getattr(self.store, "claims", None)
+        if not prepared["ok"] or claims is None:
+            return prepared
+        try:
+            update = update_message(msg, prepared["result"], self)
+        except MalformedMessage:
+            return prepared  # the handler reports the failed training
+        parts = encode_payload_parts(update.to_payload())
+        if claims.applies(update.msg_type.value, parts.nbytes):
+            prepared["update"] = update
+            prepared["sealed"] = await asyncio.to_thread(
+                claims.deposit, update.msg_type.value, parts,
+                datasite_id=msg.datasite_id, round_num=msg.round_num,
+            )  # fmt: skip
+        return prepared
 
 
 def model_key(campaign_id: str, version: int) -> str:
     """Store key of a global model version kept by the connector."""
     return f"model/{campaign_id}/{version:08d}"
+
+
+def update_message(msg: TrainRequest, result: dict, logic: ConnectorLogic) -> UpdateRaw:
+    """The update.raw of a datasite's training result (MalformedMessage for unusable metrics)."""
+    return UpdateRaw(
+        campaign_id=msg.campaign_id,
+        round_num=msg.round_num,
+        datasite_id=msg.datasite_id,
+        model_version=msg.model_version,
+        delta=_delta(result, logic, msg.to_payload()),
+        num_samples=int(result.get("num_samples", 0)),
+        metrics=training_metrics(result),
+        factory_signature=result.get("factory_signature"),
+        factory_key_id=result.get("factory_key_id"),
+    )
 
 
 def _delta(result: dict, logic: ConnectorLogic, request: dict) -> dict[str, torch.Tensor]:
@@ -381,13 +419,17 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
         cid, rnd, ds = msg.campaign_id, msg.round_num, msg.datasite_id
         attempt = msg.attempt
         key = f"done/{cid}/{rnd:06d}/{ds}/{attempt}"
+        sealed = prepared.get("sealed")
         if tx.get(key) is not None:
+            if sealed is not None:  # sealed for nothing: no message will name it
+                tx.claims.discard([sealed])
             return  # this attempt was already answered
         detail = StatusDetail(campaign_id=cid, round_num=rnd, attempt=attempt)
         error = None if prepared["ok"] else prepared["error"]
-        if error is None:
+        update = prepared.get("update")
+        if error is None and update is None:
             try:
-                metrics = training_metrics(prepared["result"])
+                update = update_message(msg, prepared["result"], logic)
             except MalformedMessage as exc:  # the datasite's answer, not ours: a failed training
                 error = f"training at {ds} returned unusable metrics: {exc}"
         if error is not None:
@@ -400,22 +442,7 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
             )
             tx.put(key, "failed")
             return
-        result = prepared["result"]
-        tx.emit(
-            UpdateRaw(
-                campaign_id=cid,
-                round_num=rnd,
-                datasite_id=ds,
-                model_version=msg.model_version,
-                delta=_delta(result, logic, msg.to_payload()),
-                num_samples=int(result.get("num_samples", 0)),
-                metrics=metrics,
-                factory_signature=result.get("factory_signature"),
-                factory_key_id=result.get("factory_key_id"),
-            ),
-            datasite_id=ds,
-            round_num=rnd,
-        )
+        tx.emit(update, datasite_id=ds, round_num=rnd, sealed=sealed)
         tx.emit(
             DatasiteStatus(datasite_id=ds, status="trained", detail=detail),
             datasite_id=ds,

@@ -11,6 +11,7 @@ from federation.campaign import CampaignConfig
 from federation.errors import AuthError, PdmFedError, StaleRoundError
 from federation.runtime.service import Service
 from federation.runtime.store import Transaction
+from federation.wire.claims import CLAIM_KEY, ClaimReference
 from federation.wire.messages import (
     CampaignRejected,
     CampaignStart,
@@ -75,6 +76,7 @@ def _screen_round(
                 "weight": w,
                 "reputation": s.reputation[u["datasite_id"]],
                 "local_noise": local and p.noise_multiplier > 0,
+                "delta_unchanged": not local,
             }
         )
     rejected = [
@@ -88,6 +90,19 @@ def _screen_round(
         if (why := s.rejected.get(u["datasite_id"])) is not None
     ]
     return accepted, rejected
+
+
+#: Key of a pending update's record: the claim-check reference its body arrived by.
+RECEIVED_CLAIM = "received_claim"
+
+
+def _forwardable(update: dict) -> ClaimReference | None:
+    """The reference to pass an accepted update on by, when its delta is the body's unchanged
+    (no local DP) and it arrived by claim check: the aggregator reads the connector's body."""
+    claim = update.get(RECEIVED_CLAIM)
+    if claim is None or not update.get("delta_unchanged"):
+        return None
+    return ClaimReference.from_payload({CLAIM_KEY: claim})
 
 
 def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "pdmfed.security",
@@ -145,6 +160,9 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
                 tx.put(key, {"datasite_id": ds, "invalid": str(exc)})
                 _maybe_screen(tx, cfg, rnd)
                 return
+        claim = getattr(envelope, "claim", None)
+        if claim is not None:  # its body stays in the claim store: forwardable as it is
+            payload[RECEIVED_CLAIM] = claim.to_payload()[CLAIM_KEY]
         tx.put(key, payload)
         _maybe_screen(tx, cfg, rnd)
 
@@ -194,6 +212,7 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
                 ),
                 datasite_id=u["datasite_id"],
                 round_num=rnd,
+                forward=_forwardable(u),
             )
         for r in rejected:
             tx.emit(

@@ -9,6 +9,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from federation.bus.base import Bus, Delivery, RejectMessage, RequeueMessage
@@ -21,8 +22,13 @@ from federation.errors import (
     PdmFedError,
     ReplayError,
 )
-from federation.wire.claims import ClaimReference
-from federation.wire.contracts import may_refer
+from federation.wire.claims import (
+    ClaimReference,
+    forwarded_fields,
+    forwarded_id,
+    merge_forwarded,
+)
+from federation.wire.contracts import forwarded_type, may_refer
 
 __all__ = ["SecureEndpoint", "SecureHandler", "RoundGuard"]
 
@@ -80,6 +86,15 @@ def _to_payload(message: Any) -> dict:
 _REDELIVERY: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "pdmfed_redelivery", default=False
 )
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """A received claim-check reference, redeemed off the event loop (``_redeem``)."""
+
+    claim: ClaimReference
+    #: A forwarding reference's own fields (wire.claims), None for a plain reference.
+    forwarded: dict[str, Any] | None = None
 
 
 class _RedeliveryAwareReplay:
@@ -468,18 +483,25 @@ class SecureEndpoint:
         if claim is not None:  # redeemed in a worker thread (_redeem)
             if not may_refer(envelope.msg_type):
                 raise MalformedMessage(f"{envelope.msg_type} may not travel by reference")
-            return envelope, claim
+            forwarded = forwarded_fields(opened.payload)
+            if forwarded is not None and forwarded_type(envelope.msg_type) is None:
+                raise MalformedMessage(f"{envelope.msg_type} may not forward another's body")
+            return envelope, _Reference(claim, forwarded)
         return envelope, messages.parse_payload(envelope.msg_type, opened.payload)
 
-    def _redeem(self, outer: Any, claim: ClaimReference) -> tuple[Any, Any]:
+    def _redeem(self, outer: Any, reference: _Reference) -> tuple[Any, Any]:
         """The claim-check body: fetched, checked against the reference, opened and typed.
 
-        The handler gets the body's own envelope: its msg_id is the same however often the
-        producer's outbox publishes the reference, so the inbox handles it once.
+        The handler gets the body's own envelope (with the reference it was redeemed from):
+        its msg_id is the same however often the producer's outbox publishes the reference, so
+        the inbox handles it once. A forwarding reference's body is the forwarded type's, sealed
+        by its own sender: the handler gets the outer message's type and sender with an id
+        derived from the body's, and the body's fields with the reference's own.
         """
         from federation.wire import messages
         from federation.wire.envelope import ENVELOPE_RESERVE
 
+        claim = reference.claim
         if self.claims is None:
             raise ClaimError(
                 f"{self.service} has no claim store (PDMFED_CLAIM_DIR) to redeem {claim.ref}"
@@ -487,8 +509,14 @@ class SecureEndpoint:
         limit = int(self.sealer.assembler.max_update_bytes) + ENVELOPE_RESERVE
         try:
             body = self.claims.fetch(claim, max_bytes=limit)
+            if reference.forwarded is not None:
+                opened = self.sealer.open_forwarded(body, outer, max_bytes=limit)
+                payload = merge_forwarded(outer.msg_type, opened.payload, reference.forwarded)
+                envelope = replace(outer, msg_id=forwarded_id(opened.envelope.msg_id), claim=claim)
+                return envelope, messages.parse_payload(outer.msg_type, payload)
             opened = self.sealer.open_referenced(body, outer, max_bytes=limit)
-            return opened.envelope, messages.parse_payload(outer.msg_type, opened.payload)
+            envelope = replace(opened.envelope, claim=claim)
+            return envelope, messages.parse_payload(outer.msg_type, opened.payload)
         except PdmFedError:
             raise
         except _DECODE_FAILURES as exc:
@@ -521,9 +549,9 @@ class SecureEndpoint:
             if opened is None:
                 return
             envelope, payload = opened
-            if isinstance(payload, ClaimReference):  # the bytes come from the claim store
-                claim = payload
-                envelope, payload = await asyncio.to_thread(self._redeem, envelope, claim)
+            if isinstance(payload, _Reference):  # the bytes come from the claim store
+                claim = payload.claim
+                envelope, payload = await asyncio.to_thread(self._redeem, envelope, payload)
                 if self.metrics is not None:
                     self._child(self.metrics.message_bytes, "direction", "in").inc(claim.size)
             if turn is not None:  # earlier deliveries' handlers first

@@ -436,16 +436,34 @@ class Sealer:
         its signed digest binds this body (a re-published outbox row names the same body).
         """
         env = decode_envelope(body, max_bytes=max_bytes)
-        same = (env.sender, env.msg_type, env.datasite_id, env.round_num) == (
-            outer.sender,
-            outer.msg_type,
-            outer.datasite_id,
-            outer.round_num,
-        )
-        if not same or env.chunk is not None:
+        if env.sender != outer.sender or env.msg_type != outer.msg_type:
             raise IntegrityError(
                 "the referenced body is not the same sender's unchunked message of this type,"
                 " datasite and round"
+            )
+        return self._open_body(env, outer)
+
+    def open_forwarded(self, body: Any, outer: Envelope, *, max_bytes: int) -> Opened:
+        """``open_referenced`` for a forwarding reference (wire.claims): the body is a message
+        of the type ``outer``'s contract forwards, sealed by its own sender (whose role must be
+        allowed to send that type), for the same datasite and round."""
+        from federation.wire.contracts import forwarded_type
+
+        env = decode_envelope(body, max_bytes=max_bytes)
+        source = forwarded_type(outer.msg_type)
+        if source is None or env.msg_type != source.value:
+            raise IntegrityError(f"the forwarded body is not a {source} message")
+        return self._open_body(env, outer)
+
+    def _open_body(self, env: Envelope, outer: Envelope) -> Opened:
+        """A referenced body's checks past its sender and type: unchunked, the outer message's
+        datasite and round, signature (and the sender's role), AEAD tag, checksum."""
+        if env.chunk is not None or (env.datasite_id, env.round_num) != (
+            outer.datasite_id,
+            outer.round_num,
+        ):
+            raise IntegrityError(
+                "the referenced body is not an unchunked message of this datasite and round"
             )
         aad = env.aad()
         ct = env.encrypted_data

@@ -59,6 +59,17 @@ class BlobDirectory:
             self._sync_directory()
         return ref
 
+    def link(self, source: Path) -> str:
+        """Add an existing file by a hard link (no bytes copied; durable when ``sync``); the
+        new reference. FileNotFoundError when ``source`` is gone."""
+        if self.directory is None:
+            raise ValueError("an in-memory blob directory cannot link files")
+        ref = uuid.uuid4().hex
+        os.link(source, self.directory / ref)
+        if self.sync:
+            self._sync_directory()
+        return ref
+
     def read(self, ref: str) -> bytes | bytearray:
         """The stored bytes (a writable buffer for files: decoded tensors can alias it)."""
         if self.directory is None:

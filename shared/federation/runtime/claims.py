@@ -40,7 +40,7 @@ from federation.runtime.blobs import BlobDirectory
 from federation.wire.claims import ClaimReference
 from federation.wire.codec import PayloadParts
 from federation.wire.contracts import may_refer
-from federation.wire.envelope import binding_digest
+from federation.wire.envelope import MAX_HEADER_BYTES, binding_digest, binding_spans
 
 __all__ = ["ClaimStore", "CLAIM_MIN_BYTES", "live_claims"]
 
@@ -98,6 +98,39 @@ class ClaimStore:
         return self._workers.submit(
             self.deposit, msg_type, parts, datasite_id=datasite_id, round_num=round_num
         )
+
+    def forward(self, ref: ClaimReference) -> ClaimReference | None:
+        """Keep the body ``ref`` names under this producer by a hard link (no bytes sealed or
+        written; its retention becomes this producer's) and the reference naming the link; None
+        when the body is gone or is not the one ``ref`` names (the caller seals its own)."""
+        try:
+            name = self._own.link(self.root / ref.producer / ref.name)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("claim %s cannot be linked, sealed again instead: %s", ref.ref, exc)
+            return None
+        forwarded = ClaimReference(f"{self.producer}/{name}", ref.sha256, ref.size)
+        try:
+            # Its retention restarts now: a collection before the reference commits spares it.
+            os.utime(self.root / forwarded.producer / forwarded.name)
+            same = self._digest_of(forwarded) == ref.sha256
+        except (OSError, MalformedMessage):
+            same = False
+        if not same:
+            log.warning("claim %s changed since it was received; sealed again instead", ref.ref)
+            self._own.remove([name])
+            return None
+        return forwarded
+
+    def _digest_of(self, ref: ClaimReference) -> str:
+        """The binding digest of a stored body, read from its header and tail only."""
+        with open(self.root / ref.producer / ref.name, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(min(size, MAX_HEADER_BYTES))
+            _, tag_at = binding_spans(head, size)
+            f.seek(tag_at)
+            return binding_digest(head, tail=f.read(), size=size)
 
     def discard(self, refs: Iterable[ClaimReference]) -> None:
         """Remove bodies whose transaction rolled back (never referenced by a message)."""

@@ -26,7 +26,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -211,14 +211,43 @@ class Transaction:
             raise AlreadyHandled(f"message {bytes(msg_id).hex()} was already handled")
 
     def emit(
-        self, msg_type: str, payload: dict, *, datasite_id: str = "", round_num: int = 0
+        self,
+        msg_type: str,
+        payload: dict,
+        *,
+        datasite_id: str = "",
+        round_num: int = 0,
+        forward: Any = None,
+        sealed: Any = None,
     ) -> None:
         """Queue a message to publish once this transaction commits.
 
         With a claim-check store, a large payload of a type that may travel by reference is
         sealed into it now (durably, before this transaction commits) and the outbox row holds
-        only the reference.
+        only the reference. ``forward``: the claim-check reference of a received body of the
+        type ``msg_type``'s contract forwards, whose fields ``payload`` repeats unchanged; the
+        row then names that body (kept by a hard link) and holds only ``payload``'s own fields;
+        sealed as above when the body cannot be kept. ``sealed``: the reference of a body this
+        very message was already sealed into (``ClaimStore.deposit`` before the transaction, so
+        sealing waits for no lock); the row holds it, and a rollback removes the body.
         """
+        if sealed is not None and self.claims is not None:
+            self.claimed.append(sealed)
+            self.referenced.append((msg_type, payload))
+            ref_payload = sealed.to_payload()
+            self._queue(msg_type, encode_payload_parts(ref_payload), ref_payload, datasite_id,
+                        int(round_num))  # fmt: skip
+            return
+        if forward is not None and self.claims is not None:
+            own = _own_fields(msg_type, payload)
+            kept = self.claims.forward(forward) if own is not None else None
+            if kept is not None:
+                self.claimed.append(kept)
+                self.referenced.append((msg_type, payload))
+                ref_payload = kept.to_payload(forwarded=own)
+                self._queue(msg_type, encode_payload_parts(ref_payload), ref_payload, datasite_id,
+                            int(round_num))  # fmt: skip
+                return
         parts = encode_payload_parts(payload)
         if self.claims is not None:
             if self.claims.applies(msg_type, parts.nbytes):  # sealed and written meanwhile
@@ -227,10 +256,16 @@ class Transaction:
                 )
                 self._deferred.append((msg_type, pending, payload, datasite_id, int(round_num)))
                 return
-            if self._deferred:  # behind a pending body: keep the emit order in the outbox
-                self._deferred.append((msg_type, parts, payload, datasite_id, int(round_num)))
-                return
-        self._insert(msg_type, parts, payload, datasite_id, int(round_num))
+        self._queue(msg_type, parts, payload, datasite_id, int(round_num))
+
+    def _queue(
+        self, msg_type: str, parts: PayloadParts, payload: dict, datasite_id: str, round_num: int
+    ) -> None:
+        """Insert an outbox row now, or behind the pending claim bodies (emit order kept)."""
+        if self._deferred:
+            self._deferred.append((msg_type, parts, payload, datasite_id, round_num))
+        else:
+            self._insert(msg_type, parts, payload, datasite_id, round_num)
 
     def finish_claims(self) -> None:
         """Wait for this transaction's claim bodies (durable once this returns) and queue their
@@ -267,6 +302,19 @@ class Transaction:
             (str(msg_type), encoded, datasite_id, int(round_num), ref),
         ).fetchone()
         self.emitted.append((int(row[0]), payload, nbytes))
+
+
+def _own_fields(msg_type: str, payload: dict) -> dict | None:
+    """The fields of ``payload`` that the type ``msg_type`` forwards does not have (None when
+    ``msg_type`` forwards nothing)."""
+    from federation.wire.contracts import forwarded_type
+    from federation.wire.messages import MESSAGE_CLASSES
+
+    source = forwarded_type(msg_type)
+    if source is None:
+        return None
+    inherited = {f.name for f in fields(MESSAGE_CLASSES[source])}
+    return {k: v for k, v in payload.items() if k not in inherited}
 
 
 class ServiceStore(ABC):

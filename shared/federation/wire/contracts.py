@@ -40,6 +40,7 @@ __all__ = [
     "sender_roles_of",
     "contracts_table",
     "may_refer",
+    "forwarded_type",
 ]
 
 
@@ -55,10 +56,15 @@ class Contract:
     #: May travel as a claim-check reference (wire.claims) where a shared claim store is
     #: configured: only types every consumer of which is a service that mounts the store.
     by_reference: bool = False
+    #: A type whose sealed body this one may forward by reference, adding only its own fields
+    #: (wire.claims): the bytes its sender received are not sealed and written again.
+    forwards: MsgType | None = None
 
     def __post_init__(self) -> None:
         if self.by_reference and any(r not in SERVICE_ROLES for r in self.consumer_roles):
             raise ValueError(f"{self.msg_type.value}: only services can redeem claim checks")
+        if self.forwards is not None and not self.by_reference:
+            raise ValueError(f"{self.msg_type.value}: only a by-reference type may forward")
 
     @property
     def msg_type(self) -> MsgType:
@@ -75,8 +81,11 @@ def _contract(
     *consumers: tuple[Role, str],
     content_signer: Role | None = None,
     by_reference: bool = False,
+    forwards: MsgType | None = None,
 ) -> Contract:
-    return Contract(payload, frozenset(senders), tuple(consumers), content_signer, by_reference)
+    return Contract(
+        payload, frozenset(senders), tuple(consumers), content_signer, by_reference, forwards
+    )
 
 
 _O, _C, _D, _S, _A = (
@@ -178,6 +187,7 @@ CONTRACTS: dict[MsgType, Contract] = {
             {_S},
             (_A, "aggregates the screened update into the round's model"),
             by_reference=True,
+            forwards=MsgType.UPDATE_RAW,
         ),
         _contract(
             UpdateRejected,
@@ -239,9 +249,20 @@ def consumed_keys(role: str | Role) -> tuple[str, ...]:
 
 
 def sender_roles_of(role: str | Role) -> tuple[Role, ...]:
-    """The roles whose envelopes ``role`` must verify: the senders of what it consumes."""
-    found = {s for c in CONTRACTS.values() if Role(role) in c.consumer_roles for s in c.senders}
+    """The roles whose envelopes ``role`` must verify: the senders of what it consumes, and
+    of the bodies those types may forward."""
+    consumed = [c for c in CONTRACTS.values() if Role(role) in c.consumer_roles]
+    found = {s for c in consumed for s in c.senders}
+    found |= {s for c in consumed if c.forwards is not None for s in CONTRACTS[c.forwards].senders}
     return tuple(r for r in ENVELOPE_ROLES if r in found)
+
+
+def forwarded_type(msg_type: str | MsgType) -> MsgType | None:
+    """The type whose sealed body ``msg_type`` may forward by reference, if any."""
+    try:
+        return CONTRACTS[MsgType(msg_type)].forwards
+    except ValueError:
+        return None
 
 
 def contracts_table() -> str:
@@ -256,5 +277,7 @@ def contracts_table() -> str:
             senders += f" (content signed by {c.content_signer.value})"
         consumers = "; ".join(f"{r.value}: {why}" for r, why in c.consumers)
         payload = f"`{c.payload.__name__}`" + (" or `ClaimReference`" if c.by_reference else "")
+        if c.forwards is not None:
+            payload += f" (may forward the body of an `{c.forwards.value}`)"
         rows.append(f"| `{msg_type.value}` | {payload} | {senders} | {consumers} |")
     return "\n".join(rows) + "\n"

@@ -39,7 +39,7 @@ import math
 import re
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from federation.errors import MalformedMessage, OversizeMessage
@@ -60,6 +60,7 @@ __all__ = [
     "HEADER_FIELDS",
     "Envelope",
     "binding_digest",
+    "binding_spans",
     "validate_header",
     "validate_chunk",
     "encode_header",
@@ -265,6 +266,9 @@ class Envelope:
     chunk: dict[str, Any] | None = None
     security_version: str = SECURITY_VERSION
     communication_type: str = COMMUNICATION_TYPE
+    #: Not on the wire: the claim-check reference this body was redeemed from, set by the
+    #: consuming endpoint (a handler may forward the body by it, wire.claims).
+    claim: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         header = validate_header({k: getattr(self, k) for k in HEADER_FIELDS})
@@ -405,18 +409,40 @@ def decode_envelope(data: Any, *, max_bytes: int | None = None) -> Envelope:
     )
 
 
-def binding_digest(data: Any) -> str:
+def binding_spans(prefix: Any, size: int) -> tuple[int, int]:
+    """(header length, offset of the GCM tag) of a sealed body of ``size`` bytes, from its
+    first bytes (at least the header); MalformedMessage when they describe no such body."""
+    mv = memoryview(prefix).cast("B")
+    if len(mv) < _PREFIX.size:
+        raise MalformedMessage("body is shorter than an envelope header")
+    magic, version, flags, header_len, ct_len = _PREFIX.unpack_from(mv, 0)
+    sig_len = SIGNATURE_LEN if flags & _FLAG_SIGNED else 0
+    if (
+        magic != WIRE_MAGIC
+        or version != WIRE_VERSION
+        or not _PREFIX.size <= header_len <= min(len(mv), MAX_HEADER_BYTES)
+        or ct_len < TAG_LEN
+        or header_len + ct_len + sig_len != size
+    ):
+        raise MalformedMessage("bytes are not a sealed body of this size")
+    return header_len, size - sig_len - TAG_LEN
+
+
+def binding_digest(data: Any, *, tail: Any = None, size: int | None = None) -> str:
     """SHA-256 (hex) of what binds a sealed body: its header, GCM tag and signature.
 
     Names one body exactly without hashing its ciphertext: the header holds the unique msg_id
     and the SHA-256 of the plaintext, which every consumer checks after decrypting; any other
     ciphertext under this header and tag either fails the GCM tag or decrypts to a payload whose
-    checksum differs. MalformedMessage when ``data`` is not an envelope.
+    checksum differs. ``data`` is the whole body (validated as an envelope), or only its first
+    bytes with ``tail`` (from the tag on) and ``size`` (a body read in part from a file).
+    MalformedMessage when the bytes are not a sealed body.
     """
-    env = decode_envelope(data)
     mv = memoryview(data).cast("B")
-    sig_len = SIGNATURE_LEN if env.signature is not None else 0
-    header_len = len(mv) - len(env.encrypted_data) - sig_len
+    if tail is None:
+        decode_envelope(mv)
+        size = len(mv)
+    header_len, tag_at = binding_spans(mv, int(size if size is not None else len(mv)))
     h = hashlib.sha256(mv[:header_len])
-    h.update(mv[len(mv) - sig_len - TAG_LEN :])  # the tag, then the signature
+    h.update(mv[tag_at:] if tail is None else memoryview(tail).cast("B"))
     return h.hexdigest()

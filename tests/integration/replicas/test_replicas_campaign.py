@@ -146,12 +146,18 @@ def test_when_updates_travel_by_claim_check__a_campaign_with_a_kill_each_round_c
         _check_rounds(record, ROUNDS)
     except Exception as exc:
         raise AssertionError(f"seed {seed}, kills {cluster.kills}\n{_logs(cluster)}") from exc
-    # Every update crossed each hop as one sealed body in the claim store (kept for the
-    # retention), the broker carried references: nothing was chunked, nothing refused.
+    # Every update was sealed and written once, by the connector (kept for the retention);
+    # security passed each on by a hard link to that body, the broker carried references:
+    # nothing was chunked, sealed twice or refused.
     update_bytes = MODEL_PARAMS * 4
-    for producer in ("connector", "security"):
-        bodies = [p for p in (claims / producer).iterdir() if p.suffix != ".tmp"]
-        assert len(bodies) >= len(IDS) * ROUNDS, producer
-        assert all(p.stat().st_size > update_bytes for p in bodies), producer
+    bodies = {
+        producer: [p for p in (claims / producer).iterdir() if p.suffix != ".tmp"]
+        for producer in ("connector", "security")
+    }
+    assert len(bodies["connector"]) >= len(IDS) * ROUNDS
+    assert all(p.stat().st_size > update_bytes for p in bodies["connector"])
+    sealed = {p.stat().st_ino for p in bodies["connector"]}
+    assert len(bodies["security"]) >= len(IDS) * ROUNDS
+    assert {p.stat().st_ino for p in bodies["security"]} <= sealed
     logs = _logs(cluster)
     assert "claim_missing" not in logs and "integrity" not in logs

@@ -55,7 +55,10 @@ def test_bindings_are_the_service_consumers_of_the_contracts():
 
 
 def test_the_trust_each_component_gets_is_the_senders_of_what_it_consumes():
-    assert trusted_senders("aggregator") == sorted(["orchestrator", "trainer-dispatch", "security"])
+    # and of the bodies those may forward: security passes the connector's update on by reference
+    assert trusted_senders("aggregator") == sorted(
+        ["orchestrator", "trainer-dispatch", "security", "connector"]
+    )
     assert trusted_senders("security") == sorted(["orchestrator", "trainer-dispatch", "connector"])
     # round 0: dispatch sums the statistics security verified
     assert trusted_senders("trainer-dispatch") == sorted(
