@@ -32,8 +32,12 @@ For a container stack (``--env-files``, ``--rabbitmq-definitions``, ``--owner``)
 
 For services on replicas sharing PostgreSQL (``--state-url``; docs/replicas.md):
 
-    OUT/<service>/state.env                 PDMFED_STATE_URL with the database user's password
-    OUT/postgres/env                        POSTGRES_USER / POSTGRES_DB / POSTGRES_PASSWORD
+    OUT/<service>/state.env                 PDMFED_STATE_URL as the service's own database role
+                                             pdmfed_<service> (its password), owner of its schema only
+    OUT/postgres/env                        POSTGRES_USER / POSTGRES_DB / POSTGRES_PASSWORD: the
+                                             superuser, for the postgres container only
+    OUT/postgres/initdb/10-pdmfed-roles.sql the roles and their schemas (SCRAM verifiers only), run
+                                             by the postgres image at first start
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from federation.datasite_registry import write_registry
 from federation.errors import ConfigError
 from federation.runtime.private_files import open_private, private_dir
 from federation.runtime.roles import write_roles_file
+from federation.runtime.store_postgres_roles import role_of, roles_sql
 from federation.wire.contracts import ENVELOPE_ROLES, SERVICE_ROLES, Role, sender_roles_of
 
 __all__ = [
@@ -74,6 +79,10 @@ ENVELOPE_SENDERS = tuple(r.value for r in ENVELOPE_ROLES)
 CONNECTOR_ACCOUNT_EMAIL = "connector@pdm-factory.com"
 ADMIN_EMAIL = "admin@pdm-factory.com"
 _SECRET_BYTES = 32
+#: The database's superuser (POSTGRES_USER): only the postgres container has its password.
+POSTGRES_SUPERUSER = "pdmfed"
+#: The roles' SQL the postgres image runs at first start (postgres/initdb/, hashes only).
+ROLES_SQL_FILE = "10-pdmfed-roles.sql"
 
 
 def trusted_senders(role: str) -> list[str]:
@@ -126,10 +135,10 @@ def _write_secret(directory: Path, name: str, value: str) -> str:
     return name
 
 
-def _with_credentials(url: str, user: str, password: str) -> str:
+def _with_credentials(url: str, user: str, password: str, *, what: str = "the broker URL") -> str:
     parts = urlsplit(url)
     if parts.username or parts.password:
-        raise ConfigError("give the broker URL without credentials: each component gets its own")
+        raise ConfigError(f"give {what} without credentials: each component gets its own")
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
@@ -196,6 +205,8 @@ def provision(
     clash = set(ids) & set(ENVELOPE_SENDERS)
     if clash:
         raise ConfigError(f"a factory may not be named like a component: {sorted(clash)}")
+    if options.state_url is not None:
+        _state_database(options.state_url)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty: keys init never overwrites keys")
@@ -309,26 +320,46 @@ def _render_broker_definitions(writer: _Writer, template: Path, broker: Mapping[
     writer.infrastructure("rabbitmq", {"pdmfed_rabbitmq_admin_password": admin})
 
 
-def _state_env_files(out: Path, state_url: str) -> None:
-    """``<service>/state.env`` and ``postgres/env``: one database user shared by the services."""
+def _state_database(state_url: str) -> str:
+    """The database of ``--state-url``; ConfigError unless postgresql://host[:port]/<identifier>."""
     parts = urlsplit(state_url)
     database = parts.path.strip("/")
     if parts.scheme not in ("postgresql", "postgres") or not database:
         raise ConfigError(f"--state-url {state_url!r} is not postgresql://host[:port]/database")
-    password = _token()
-    url = _with_credentials(state_url, "pdmfed", password)
-    for service in SERVICES:
+    roles_sql(database, {})  # refuses a name the roles' SQL could not take unquoted
+    return database
+
+
+def _state_env_files(out: Path, state_url: str) -> None:
+    """``<service>/state.env``: its own role's URL; ``postgres/env``: the superuser, which only
+    the database keeps; ``postgres/initdb/``: the roles' SQL (SCRAM verifiers, no password)."""
+    database = _state_database(state_url)
+    passwords = {service: _token() for service in SERVICES}
+    sql = roles_sql(database, passwords)
+    for service, password in passwords.items():
+        url = _with_credentials(state_url, role_of(service), password, what="--state-url")
         with open_private(out / service / "state.env") as fh:
             fh.write(f"PDMFED_STATE_URL={url}\n".encode())
-    with open_private(private_dir(out / "postgres") / "env") as fh:
+    postgres = private_dir(out / "postgres")
+    with open_private(postgres / "env") as fh:
         fh.write(
-            f"POSTGRES_USER=pdmfed\nPOSTGRES_DB={database}\nPOSTGRES_PASSWORD={password}\n".encode()
+            f"POSTGRES_USER={POSTGRES_SUPERUSER}\nPOSTGRES_DB={database}\n"
+            f"POSTGRES_PASSWORD={_token()}\n".encode()
         )
+    with open_private(private_dir(postgres / "initdb") / ROLES_SQL_FILE) as fh:
+        fh.write(sql.encode("utf-8"))
 
 
 #: Files their servers read under their images' own users (uids differ between images): they
 #: hold password hashes only, so they are readable by all, in traversable, unlistable directories.
-_SERVER_READABLE = ("rabbitmq/definitions.json", "redis/users.acl")
+_SERVER_READABLE = (
+    "rabbitmq/definitions.json",
+    "redis/users.acl",
+    f"postgres/initdb/{ROLES_SQL_FILE}",
+)
+#: Directories a server lists (the postgres image runs every file of its initdb folder; one it
+#: cannot list would be skipped without a word). They hold hashes only.
+_SERVER_LISTABLE = ("postgres/initdb",)
 
 
 def _hand_over(out: Path, owner: tuple[int, int]) -> None:
@@ -339,8 +370,11 @@ def _hand_over(out: Path, owner: tuple[int, int]) -> None:
         path = out / name
         if path.exists():
             path.chmod(0o644)
-            for directory in (path.parent, out):
-                directory.chmod(0o711)
+            for directory in path.relative_to(out).parents:
+                (out / directory).chmod(0o711)
+    for name in _SERVER_LISTABLE:
+        if (out / name).exists():
+            (out / name).chmod(0o755)
 
 
 def public_key_files(keys_dir: Path) -> Mapping[str, Path]:

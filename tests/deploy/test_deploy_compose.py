@@ -250,7 +250,9 @@ def test_the_replicas_override_runs_two_of_each_service_on_postgresql_without_sq
     result = run([compose, "--env-file", str(tmp_path / "empty.env"), "config"], cwd=ROOT, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     merged = yaml.safe_load(result.stdout)
-    assert "postgres" in merged["services"]
+    postgres = merged["services"]["postgres"]
+    # the roles' SQL (verifiers only), run by the image at its first start, read-only
+    assert f"{tmp_path}/postgres/initdb:/docker-entrypoint-initdb.d:ro" in postgres["volumes"]
     for name in SERVICES:
         svc = merged["services"][name]
         assert svc["deploy"]["replicas"] == 2, name

@@ -194,6 +194,40 @@ def test_the_replicas_overlay_scales_only_services_whose_state_is_in_postgresql(
         assert ("postgres", 5432) in _egress_targets(docs, labels), name
 
 
+def _secret_refs(pod: dict) -> set[str]:
+    """Every Secret a pod spec reads: mounted, as env files, or one key at a time."""
+    names = set().union(set(), *(_secret_names(v) for v in pod.get("volumes", [])))
+    for container in pod["containers"]:
+        names |= {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
+        names |= {
+            e["valueFrom"]["secretKeyRef"]["name"]
+            for e in container.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+    return names
+
+
+def test_in_the_replicas_overlay_each_service_reads_its_own_database_role_and_postgres_the_rest(
+    k8s_render,
+):
+    docs = load_yaml_docs(k8s_render("overlays/replicas"))
+    deployments = _kinds(docs, "Deployment")
+    for name in SERVICES:
+        refs = _secret_refs(deployments[name]["spec"]["template"]["spec"])
+        assert {r for r in refs if "state" in r or "postgres" in r} == {f"pdmfed-{name}-state"}
+    pod = _kinds(docs, "StatefulSet")["postgres"]["spec"]["template"]["spec"]
+    assert _secret_refs(pod) == {"pdmfed-postgres", "pdmfed-postgres-initdb"}
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "initdb"]
+    assert mount == {
+        "name": "initdb",
+        "mountPath": "/docker-entrypoint-initdb.d",
+        "readOnly": True,
+    }
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "initdb"]
+    assert volume["secret"] == {"secretName": "pdmfed-postgres-initdb", "defaultMode": 0o444}
+
+
 def _egress_targets(docs: list[dict], labels: dict[str, str]) -> set[tuple[str, int]]:
     """(target app name, port) pairs the NetworkPolicies let a pod with ``labels`` reach."""
     allowed = set()

@@ -560,11 +560,12 @@ def open_store(
                 "PDMFED_STATE_URL must be a postgresql:// URL (unset: SQLite in PDMFED_STATE_DIR)"
             )
         from federation.runtime.store_postgres import PostgresStore
+        from federation.runtime.store_postgres_roles import schema_of
 
         blob_root = settings.blob_dir or Path(settings.state_dir) / "blobs"
         return PostgresStore(
             url,
-            schema="pdmfed_" + service_key.replace("-", "_"),
+            schema=schema_of(service_key),
             blob_dir=Path(blob_root) / service_key,
             collect_orphans=collect_orphans,
             inbox_retention_s=retention,

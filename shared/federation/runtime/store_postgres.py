@@ -136,6 +136,8 @@ class PostgresStore(ServiceStore):
             raise ConfigError(f"invalid PostgreSQL schema name {schema!r}")
         self.url = url
         self.schema = schema
+        #: The database role it connects as (known once connected).
+        self.role = urlsplit(url).username or ""
         super().__init__(
             BlobDirectory(Path(blob_dir), sync=True),
             inbox_retention_s=inbox_retention_s,
@@ -172,13 +174,29 @@ class PostgresStore(ServiceStore):
             raise
 
     def _migrate(self) -> None:
+        from psycopg.errors import InsufficientPrivilege
+
+        try:
+            self._migrate_as_role()
+        except InsufficientPrivilege as exc:
+            raise self._refused(exc.diag.message_primary or str(exc)) from exc
+
+    def _refused(self, why: str) -> ConfigError:
+        return ConfigError(
+            f"the state database refuses role {self.role} on schema {self.schema}: {why} (each"
+            " service connects as the role that owns its schema, from its state.env:"
+            " docs/replicas.md)"
+        )
+
+    def _migrate_as_role(self) -> None:
         with self._pool.connection() as conn, conn.transaction():
+            self.role = conn.info.user
             # Replicas starting together: one migrates, the others wait and find it done.
             conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                 (f"pdmfed-migrate:{self.schema}",),
             )
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            self._ensure_schema(conn)
             conn.execute(f"SET LOCAL search_path TO {self.schema}")  # created after connecting
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
@@ -204,6 +222,30 @@ class PostgresStore(ServiceStore):
                 log.info(
                     "state schema %s migrated to version %d: %s", self.schema, version, description
                 )
+
+    def _ensure_schema(self, conn: Any) -> None:
+        """Create the schema unless it exists (a service role owns its schema but may not create
+        one, and CREATE SCHEMA IF NOT EXISTS checks that privilege first); refuse one the role
+        cannot use."""
+        exists, usable, superuser = conn.execute(
+            "SELECT n.oid IS NOT NULL,"
+            " n.oid IS NOT NULL AND has_schema_privilege(n.oid, 'USAGE')"
+            " AND has_schema_privilege(n.oid, 'CREATE'),"
+            " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+            " FROM (SELECT %s::text AS name) wanted"
+            " LEFT JOIN pg_namespace n ON n.nspname = wanted.name",
+            (self.schema,),
+        ).fetchone()
+        if superuser:
+            log.warning(
+                "state schema %s: connected as a superuser, which can read and change every"
+                " service's schema; give each service its own role (docs/replicas.md)",
+                self.schema,
+            )
+        if not exists:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+        elif not usable:
+            raise self._refused("permission denied to use and create in it")
 
     @property
     def schema_version(self) -> int:

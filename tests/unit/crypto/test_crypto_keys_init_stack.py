@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -11,7 +13,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from federation.bus.definitions import verify_password
 from federation.cli import main as pdmfed
-from federation.provision import ENVELOPE_SENDERS, SERVICES
+from federation.provision import ENVELOPE_SENDERS, ROLES_SQL_FILE, SERVICES
+from federation.runtime.store_postgres_roles import role_of, scram_sha256_verifier
 
 ROOT = Path(__file__).resolve().parents[3]
 OWNER = (54321, 54322)
@@ -103,13 +106,17 @@ def test_with_an_owner_every_file_is_the_images_users_and_only_hashes_are_readab
     readable = {
         stack_secrets / "rabbitmq" / "definitions.json",
         stack_secrets / "redis" / "users.acl",
+        stack_secrets / "postgres" / "initdb" / ROLES_SQL_FILE,
     }
+    traversable = {stack_secrets, *(stack_secrets / d for d in ("rabbitmq", "redis", "postgres"))}
     for path in [stack_secrets, *stack_secrets.rglob("*")]:
         assert (path.stat().st_uid, path.stat().st_gid) == OWNER, path
         if path in readable:  # hashes only, for the servers' own users
             assert _mode(path) == 0o644, path
-        elif path in {stack_secrets, stack_secrets / "rabbitmq", stack_secrets / "redis"}:
+        elif path in traversable:
             assert _mode(path) == 0o711, path  # traversable, not listable
+        elif path == stack_secrets / "postgres" / "initdb":
+            assert _mode(path) == 0o755, path  # the image runs every file it lists there
         elif path.is_dir():
             assert _mode(path) == 0o700, path
         elif (
@@ -130,16 +137,48 @@ def test_an_owner_that_is_not_uid_gid_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_with_a_state_url_each_service_gets_the_shared_databases_url_and_postgres_its_password(
+def test_with_a_state_url_each_service_gets_its_own_database_role_and_postgres_the_superuser(
     stack_secrets,
 ):
     postgres = _env(stack_secrets / "postgres" / "env")
     assert (postgres["POSTGRES_USER"], postgres["POSTGRES_DB"]) == ("pdmfed", "pdmfed")
+    roles_sql = (stack_secrets / "postgres" / "initdb" / ROLES_SQL_FILE).read_text()
+    passwords = set()
     for service in SERVICES:
         url = urlsplit(_env(stack_secrets / service / "state.env")["PDMFED_STATE_URL"])
-        assert (url.username, url.hostname, url.path) == ("pdmfed", "postgres", "/pdmfed")
-        assert unquote(url.password) == postgres["POSTGRES_PASSWORD"]
+        assert (url.username, url.hostname, url.path) == (role_of(service), "postgres", "/pdmfed")
+        password = unquote(url.password)
+        passwords.add(password)
+        assert password not in roles_sql  # the init SQL holds verifiers only
+        (verifier,) = re.findall(rf"ALTER ROLE {url.username} [^;]*PASSWORD '([^']+)'", roles_sql)
+        iterations, salt = verifier.split("$")[1].split(":")
+        assert verifier == scram_sha256_verifier(
+            password, salt=base64.b64decode(salt), iterations=int(iterations)
+        )
         assert "PDMFED_STATE_URL" not in _env(
             stack_secrets / service / "env"
         )  # the base stays on SQLite
+    assert len(passwords) == len(SERVICES)  # one password per role
+    # the superuser's password: the postgres container's only
+    assert (
+        postgres["POSTGRES_PASSWORD"] not in passwords
+        and postgres["POSTGRES_PASSWORD"] not in roles_sql
+    )
     assert not (stack_secrets / "orchestrator" / "state.env").exists()
+
+
+def test_a_state_url_whose_database_is_not_a_plain_identifier_is_refused(tmp_path, capsys):
+    code = pdmfed(
+        [
+            "keys",
+            "init",
+            "--out",
+            str(tmp_path / "out"),
+            "--factory",
+            "factory-1",
+            "--state-url",
+            "postgresql://postgres:5432/pdm-fed",
+        ]
+    )
+    assert code != 0 and "database name 'pdm-fed'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
