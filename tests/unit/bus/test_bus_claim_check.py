@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -183,6 +184,19 @@ async def test_when_the_reference_digest_differs__the_body_is_refused_before_it_
     with pytest.raises(RejectMessage):
         await side.handle(side.deliver(short.to_payload()))
     assert side.rejected("integrity") == 2
+
+
+async def test_when_a_reference_names_its_body_by_the_sha256_of_all_its_bytes__it_still_redeems(
+    side,
+):
+    """References an older build wrote (whole-body SHA-256) may sit in an outbox across an
+    upgrade: the body is as well bound, and the update is not lost."""
+    ref = ClaimReference.from_payload(side.emit(_update()))
+    whole = hashlib.sha256(side.body_path(ref).read_bytes()).hexdigest()
+    ((msg, _),) = await side.handle(
+        side.deliver(ClaimReference(ref.ref, whole, ref.size).to_payload())
+    )
+    assert torch.equal(msg.delta["w"], torch.arange(N, dtype=torch.float32))
 
 
 async def test_when_a_key_holder_reencrypts_other_bytes_under_the_bodys_header__it_is_refused(
