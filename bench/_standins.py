@@ -97,6 +97,11 @@ class _Base:
         """The site's raw windows (n, window, F) whose statistics round 0 sums."""
         raise NotImplementedError
 
+    def _reported_stats(self, datasite_id: str, stats: Any) -> dict:
+        """What the datasite reports of its windows' statistics: the truth (a compromised
+        factory's stand-in overrides this)."""
+        return stats.to_dict()
+
     def request_stats(self, stats_config: dict, datasite_id: str) -> dict:
         """Round 0 as a datasite answers it: exact statistics of its windows, signed."""
         from federation.datasite.job import feature_columns
@@ -104,7 +109,7 @@ class _Base:
         from federation.ml.fedstats import window_stats
 
         X = self._raw_windows(datasite_id)
-        stats = window_stats(X, feature_columns(X.shape[2])).to_dict()
+        stats = self._reported_stats(datasite_id, window_stats(X, feature_columns(X.shape[2])))
         campaign_id = str(stats_config.get("campaign_id", ""))
         signature = sign_stats(self._identity(datasite_id), stats, campaign_id=campaign_id)
         return {

@@ -104,8 +104,8 @@ def _finish_stats(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str, now
             **(merged.rejected if merged else ({"*": refused} if refused else {})),
         }
         log.warning("round 0 of %s: statistics kept from %d datasites < quorum %d (%s); failed: %s;"
-                    " left out: %s", cid, len(merged.kept) if merged else 0, cfg.quorum, why,
-                    rnd["failed"], left_out)  # fmt: skip
+                    " left out: %s", cid, len(merged.kept) if merged else len(parts), cfg.quorum,
+                    why, rnd["failed"], left_out)  # fmt: skip
         camp.update(status="completed", reason="no_quorum", normalizer_rejected=left_out)
         state.put_campaign(tx, cid, camp)
         tx.emit(
