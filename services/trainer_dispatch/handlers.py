@@ -59,6 +59,10 @@ def privacy_allows_round(cfg: CampaignConfig, rounds_done: int) -> bool:
     return acct.epsilon_after(rounds_done + 1) <= p.max_epsilon
 
 
+#: Reason code of a factory whose round-0 statistics the robust merge left out.
+OUTLIER_STATS = "outlier_stats"
+
+
 def _open_stats_round(tx: Transaction, cfg: CampaignConfig, now: float) -> None:
     """Round 0: every datasite of the cohort computes its raw partition's statistics."""
     rnd = state.new_round(cfg, 0, now, 0)
@@ -117,6 +121,10 @@ def _finish_stats(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str, now
     camp["normalizer"] = merged.normalizer.to_dict()
     camp["normalizer_from"] = merged.kept
     camp["normalizer_rejected"] = {**refused_by_security, **merged.rejected}
+    camp["normalizer_left_out"] = {
+        **{ds: why.split(":", 1)[0] for ds, why in refused_by_security.items()},
+        **dict.fromkeys(merged.rejected, OUTLIER_STATS),
+    }
     camp["normalizer_capped"] = merged.capped
     sp = cfg.stats_privacy
     if sp.enabled:  # each factory released its statistics once, noised at its datasite
@@ -152,6 +160,7 @@ def _open_round(tx: Transaction, cfg: CampaignConfig, round_num: int, now: float
             global_model=model["state_dict"],
             normalizer=camp.get("normalizer") or {},
             normalizer_privacy=_normalizer_privacy(camp),
+            normalizer_left_out=dict(camp.get("normalizer_left_out") or {}),
         ),
         round_num=round_num,
     )

@@ -39,6 +39,8 @@ class CampaignRecord:
     normalizer: dict | None = None
     #: How round 0 released them (round.open's ``normalizer_privacy``; None: not stated).
     normalizer_privacy: dict | None = None
+    #: Factories whose statistics round 0 left out -> reason code (round.open).
+    normalizer_left_out: dict[str, str] = field(default_factory=dict)
     #: The model round 1 starts from (round 0's model: the initial one).
     initial_model: dict | None = None
     event_errors: int = 0
@@ -107,6 +109,7 @@ class CampaignClient:
                 rec.normalizer = dict(p["normalizer"])
                 released = p.get("normalizer_privacy")
                 rec.normalizer_privacy = None if released is None else dict(released)
+                rec.normalizer_left_out = dict(p.get("normalizer_left_out") or {})
             if int(p["round_num"]) == 1 and p.get("global_model") and rec.initial_model is None:
                 rec.initial_model = p["global_model"]
         elif kind == "round.completed":

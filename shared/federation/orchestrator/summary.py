@@ -58,12 +58,14 @@ def round_entry(r: dict, test_rmse: dict[int, float] | None = None) -> dict:
 
 
 def round_zero(record: CampaignRecord, test_rmse: dict[int, float] | None) -> dict | None:
-    """Round 0: the initial model's held-out RMSE, once the factories' statistics were summed
-    (None when it was not measured)."""
+    """Round 0: the factories whose statistics it left out (reason codes) and the initial
+    model's held-out RMSE (None when it neither left anyone out nor was measured)."""
     rmse = (test_rmse or {}).get(0)
-    if rmse is None:
+    if rmse is None and not record.normalizer_left_out:
         return None
-    entry = round_entry({"round_num": 0, "status": "statistics", "metrics": {}}, test_rmse)
+    zero = {"round_num": 0, "status": "statistics", "metrics": {},
+            "rejected": dict(record.normalizer_left_out)}  # fmt: skip
+    entry = round_entry(zero, test_rmse)
     entry["normalizer"] = "federated" if record.normalizer else "none"
     return entry
 

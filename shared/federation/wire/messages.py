@@ -446,6 +446,9 @@ class RoundOpen(Message):
     normalizer: dict[str, Any] = _f(_dict, default_factory=dict)
     #: How those statistics were released (None: not stated, e.g. by an older trainer-dispatch).
     normalizer_privacy: StatsPrivacy | None = _f(_opt_part(StatsPrivacy), default=None)
+    #: Factories whose statistics round 0 left out, with the reason code (``invalid_stats`` /
+    #: ``auth``: refused by security; ``outlier_stats``: left out by the robust merge).
+    normalizer_left_out: dict[str, str] = _f(_str_map, default_factory=dict)
 
 
 @dataclass(frozen=True)

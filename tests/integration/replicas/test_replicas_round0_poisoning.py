@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from federation.orchestrator.summary import build_summary, write_run
 from replica_helpers import rabbit_unavailable, rounds_by_number
 
 from bench._replicas import Cluster, campaign_config, prepare, run_campaigns
@@ -64,3 +65,12 @@ def test_when_factories_poison_round_0__the_campaign_normalises_with_the_honest_
     # the liars still train: their updates are screened like everyone's
     (only,) = rounds_by_number(record).values()
     assert only["participants"] == IDS
+    # ... and the engineer sees who round 0 left out, and why, in the report
+    left_out = {"f4": "outlier_stats", "f5": "invalid_stats"}
+    assert record.normalizer_left_out == left_out
+    summary = build_summary(record, cfg.to_payload())
+    assert summary["rounds"][0]["round_num"] == 0 and summary["rounds"][0]["rejected"] == left_out
+    assert summary["rejections_by_reason"] == {"outlier_stats": 1, "invalid_stats": 1}
+    write_run(tmp_path / "run", summary, record.final_model)
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "f4: outlier_stats" in html and "f5: invalid_stats" in html
