@@ -306,12 +306,11 @@ class ConnectorLogic:
         if not prepared["ok"] or claims is None:
             return prepared
         try:
-            update = update_message(msg, prepared["result"], self)
+            prepared["update"] = update = update_message(msg, prepared["result"], self)
         except MalformedMessage:
             return prepared  # the handler reports the failed training
         parts = encode_payload_parts(update.to_payload())
         if claims.applies(update.msg_type.value, parts.nbytes):
-            prepared["update"] = update
             prepared["sealed"] = await asyncio.to_thread(
                 claims.deposit, update.msg_type.value, parts,
                 datasite_id=msg.datasite_id, round_num=msg.round_num,

@@ -232,21 +232,13 @@ class Transaction:
         sealing waits for no lock); the row holds it, and a rollback removes the body.
         """
         if sealed is not None and self.claims is not None:
-            self.claimed.append(sealed)
-            self.referenced.append((msg_type, payload))
-            ref_payload = sealed.to_payload()
-            self._queue(msg_type, encode_payload_parts(ref_payload), ref_payload, datasite_id,
-                        int(round_num))  # fmt: skip
+            self._queue_reference(msg_type, payload, sealed, None, datasite_id, int(round_num))
             return
         if forward is not None and self.claims is not None:
             own = _own_fields(msg_type, payload)
             kept = self.claims.forward(forward) if own is not None else None
             if kept is not None:
-                self.claimed.append(kept)
-                self.referenced.append((msg_type, payload))
-                ref_payload = kept.to_payload(forwarded=own)
-                self._queue(msg_type, encode_payload_parts(ref_payload), ref_payload, datasite_id,
-                            int(round_num))  # fmt: skip
+                self._queue_reference(msg_type, payload, kept, own, datasite_id, int(round_num))
                 return
         parts = encode_payload_parts(payload)
         if self.claims is not None:
@@ -257,6 +249,17 @@ class Transaction:
                 self._deferred.append((msg_type, pending, payload, datasite_id, int(round_num)))
                 return
         self._queue(msg_type, parts, payload, datasite_id, int(round_num))
+
+    def _queue_reference(self, msg_type: str, payload: dict, ref: Any, forwarded: dict | None,
+                         datasite_id: str, round_num: int) -> None:  # fmt: skip
+        """Queue the reference ``ref`` (with a forwarding reference's own fields) for
+        ``payload``, whose body this transaction then owns (removed if it rolls back)."""
+        self.claimed.append(ref)
+        self.referenced.append((msg_type, payload))
+        ref_payload = ref.to_payload(forwarded=forwarded)
+        self._queue(
+            msg_type, encode_payload_parts(ref_payload), ref_payload, datasite_id, round_num
+        )
 
     def _queue(
         self, msg_type: str, parts: PayloadParts, payload: dict, datasite_id: str, round_num: int

@@ -442,7 +442,7 @@ def binding_digest(data: Any, *, tail: Any = None, size: int | None = None) -> s
     if tail is None:
         decode_envelope(mv)
         size = len(mv)
-    header_len, tag_at = binding_spans(mv, int(size if size is not None else len(mv)))
+    header_len, tag_at = binding_spans(mv, int(size))
     h = hashlib.sha256(mv[:header_len])
     h.update(mv[tag_at:] if tail is None else memoryview(tail).cast("B"))
     return h.hexdigest()

@@ -196,6 +196,7 @@ async def test_when_a_forwarder_overrides_what_the_body_carries__it_is_refused_a
     with pytest.raises(RejectMessage) as exc:
         await fed.handle(fed.deliver(forged))
     assert exc.value.reason == "malformed"
+    assert fed.rejected("malformed") >= 1  # counted, like every refusal
 
 
 async def test_when_a_type_that_forwards_nothing_carries_forwarded_fields__it_is_malformed(fed):
@@ -206,6 +207,7 @@ async def test_when_a_type_that_forwards_nothing_carries_forwarded_fields__it_is
     with pytest.raises(RejectMessage) as exc:
         await fed.handle(body, "update.raw")
     assert exc.value.reason == "malformed"
+    assert fed.rejected("malformed") >= 1  # counted, like every refusal
 
 
 async def test_when_the_forwarded_body_is_of_another_round_or_datasite__it_is_refused(fed):
@@ -213,9 +215,11 @@ async def test_when_the_forwarded_body_is_of_another_round_or_datasite__it_is_re
     with pytest.raises(RejectMessage) as exc:  # round 1's update replayed into round 2
         await fed.handle(fed.deliver(row, round_num=2))
     assert exc.value.reason == "integrity"
+    assert fed.rejected("integrity") >= 1  # counted, like every refusal
     with pytest.raises(RejectMessage) as exc:  # site-a's update credited to site-b
         await fed.handle(fed.deliver(row, datasite_id="site-b"))
     assert exc.value.reason == "integrity"
+    assert fed.rejected("integrity") >= 1  # counted, like every refusal
 
 
 async def test_when_the_forwarded_body_is_not_an_update_raw__it_is_refused(fed):
@@ -226,6 +230,7 @@ async def test_when_the_forwarded_body_is_not_an_update_raw__it_is_refused(fed):
     with pytest.raises(RejectMessage) as exc:
         await fed.handle(fed.deliver(forged))
     assert exc.value.reason == "integrity"
+    assert fed.rejected("integrity") >= 1  # counted, like every refusal
 
 
 async def test_when_the_forwarded_body_is_sealed_by_a_role_that_may_not_send_it__forbidden(fed):
@@ -240,6 +245,7 @@ async def test_when_the_forwarded_body_is_sealed_by_a_role_that_may_not_send_it_
     with pytest.raises(RejectMessage) as exc:
         await fed.handle(fed.deliver(forged))
     assert exc.value.reason == "forbidden"
+    assert fed.rejected("forbidden") >= 1  # counted, like every refusal
 
 
 @pytest.mark.parametrize("privacy", ["none", "central", "local"])

@@ -28,27 +28,25 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def _keys_init(out: Path, *options: str) -> int:
+    """`pdmfed keys init --out OUT --factory factory-1 OPTIONS…`; its exit code."""
+    return pdmfed(["keys", "init", "--out", str(out), "--factory", "factory-1", *options])
+
+
 @pytest.fixture(scope="module")
 def stack_secrets(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stack") / "deployment"
     owner = [] if os.geteuid() != 0 else ["--owner", f"{OWNER[0]}:{OWNER[1]}"]
-    code = pdmfed(
-        [
-            "keys",
-            "init",
-            "--out",
-            str(out),
-            "--factory",
-            "factory-1",
-            "--factory",
-            "factory-2",
-            "--env-files",
-            "--rabbitmq-definitions",
-            str(ROOT / "deploy/rabbitmq/definitions.json"),
-            "--state-url",
-            "postgresql://postgres:5432/pdmfed",
-            *owner,
-        ]
+    code = _keys_init(
+        out,
+        "--factory",
+        "factory-2",
+        "--env-files",
+        "--rabbitmq-definitions",
+        str(ROOT / "deploy/rabbitmq/definitions.json"),
+        "--state-url",
+        "postgresql://postgres:5432/pdmfed",
+        *owner,
     )
     assert code == 0
     return out
@@ -83,18 +81,7 @@ def test_a_template_user_without_a_password_stops_keys_init_with_its_name(tmp_pa
     template = json.loads((ROOT / "deploy/rabbitmq/definitions.json").read_text())
     template["users"].append({**template["users"][0], "name": "pdmfed-intruder"})
     (tmp_path / "defs.json").write_text(json.dumps(template))
-    code = pdmfed(
-        [
-            "keys",
-            "init",
-            "--out",
-            str(tmp_path / "out"),
-            "--factory",
-            "factory-1",
-            "--rabbitmq-definitions",
-            str(tmp_path / "defs.json"),
-        ]
-    )
+    code = _keys_init(tmp_path / "out", "--rabbitmq-definitions", str(tmp_path / "defs.json"))
     assert code != 0
     assert "PDMFED_RABBITMQ_PASSWORD_INTRUDER" in capsys.readouterr().err
 
@@ -130,9 +117,7 @@ def test_with_an_owner_every_file_is_the_images_users_and_only_hashes_are_readab
 
 
 def test_an_owner_that_is_not_uid_gid_is_refused(tmp_path, capsys):
-    code = pdmfed(
-        ["keys", "init", "--out", str(tmp_path / "out"), "--factory", "factory-1", "--owner", "app"]
-    )
+    code = _keys_init(tmp_path / "out", "--owner", "app")
     assert code != 0 and "--owner 'app' is not UID:GID" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -168,17 +153,6 @@ def test_with_a_state_url_each_service_gets_its_own_database_role_and_postgres_t
 
 
 def test_a_state_url_whose_database_is_not_a_plain_identifier_is_refused(tmp_path, capsys):
-    code = pdmfed(
-        [
-            "keys",
-            "init",
-            "--out",
-            str(tmp_path / "out"),
-            "--factory",
-            "factory-1",
-            "--state-url",
-            "postgresql://postgres:5432/pdm-fed",
-        ]
-    )
+    code = _keys_init(tmp_path / "out", "--state-url", "postgresql://postgres:5432/pdm-fed")
     assert code != 0 and "database name 'pdm-fed'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything is written
