@@ -209,7 +209,9 @@ def build_service(queue: str = "pdmfed.aggregator") -> Service:
                             base_version)  # fmt: skip
                 record.update(accepted=False, reason="stale_model")
                 record.pop("delta", None)
-            tx.put(key, record)
+            # By reference: the body it arrived in is kept as the stored delta (no second copy).
+            kept = tx.keep_received(envelope, {"delta": msg.delta}) if "delta" in record else None
+            tx.put(key, record, kept=kept)
             _maybe_aggregate(tx, cid, rnd)
 
         return handle

@@ -310,11 +310,11 @@ class ConnectorLogic:
         except MalformedMessage:
             return prepared  # the handler reports the failed training
         parts = encode_payload_parts(update.to_payload())
-        if claims.applies(update.msg_type.value, parts.nbytes):
-            prepared["sealed"] = await asyncio.to_thread(
-                claims.deposit, update.msg_type.value, parts,
-                datasite_id=msg.datasite_id, round_num=msg.round_num,
-            )  # fmt: skip
+        if claims.applies(update.msg_type.value, parts.nbytes):  # on the store's sealing threads
+            prepared["sealed"] = await asyncio.wrap_future(claims.deposit_later(
+                update.msg_type.value, parts, datasite_id=msg.datasite_id,
+                round_num=msg.round_num,
+            ))  # fmt: skip
         return prepared
 
 

@@ -160,10 +160,13 @@ def build_service(verify_factory: FactoryVerifier | None = None, queue: str = "p
                 tx.put(key, {"datasite_id": ds, "invalid": str(exc)})
                 _maybe_screen(tx, cfg, rnd)
                 return
-        claim = getattr(envelope, "claim", None)
-        if claim is not None:  # its body stays in the claim store: forwardable as it is
+        # Arrived by reference: the body is kept as the stored delta (not written again) and
+        # is what an accepted, unchanged update is forwarded as.
+        kept = tx.keep_received(envelope, {"delta": msg.delta})
+        claim = kept.ref if kept is not None else getattr(envelope, "claim", None)
+        if claim is not None:
             payload[RECEIVED_CLAIM] = claim.to_payload()[CLAIM_KEY]
-        tx.put(key, payload)
+        tx.put(key, payload, kept=kept)
         _maybe_screen(tx, cfg, rnd)
 
     def on_round_close(tx: Transaction, msg: RoundClose, envelope: Any) -> None:

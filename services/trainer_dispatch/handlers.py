@@ -143,8 +143,13 @@ def _finish_stats(tx: Transaction, cfg: CampaignConfig, rnd: dict, why: str, now
     _open_round(tx, cfg, 1, now)
 
 
-def _open_round(tx: Transaction, cfg: CampaignConfig, round_num: int, now: float) -> None:
-    model = state.get_model(tx, cfg.campaign_id)
+def _open_round(
+    tx: Transaction, cfg: CampaignConfig, round_num: int, now: float, model: dict | None = None
+) -> None:
+    """Open ``round_num`` on the campaign's latest model (``model``: the one just stored, so
+    40 MB are not read back and decoded again)."""
+    if model is None:
+        model = state.get_model(tx, cfg.campaign_id)
     rnd = state.new_round(cfg, round_num, now, model["version"])
     state.put_round(tx, cfg.campaign_id, rnd)
     camp = state.get_campaign(tx, cfg.campaign_id)
@@ -396,8 +401,10 @@ def on_round_completed(tx: Transaction, msg: RoundCompleted, envelope: Any) -> N
     cfg = CampaignConfig.from_payload(camp["config"])
     rnd["status"] = "closed"
     state.put_round(tx, cid, rnd)
+    model = None
     if msg.global_model:
-        state.put_model(tx, cid, {"version": msg.model_version, "state_dict": msg.global_model})
+        model = {"version": msg.model_version, "state_dict": msg.global_model}
+        state.put_model(tx, cid, model)
     metrics = msg.metrics
     rmse = metrics.rmse
     reason = None
@@ -414,7 +421,7 @@ def on_round_completed(tx: Transaction, msg: RoundCompleted, envelope: Any) -> N
     elif metrics.record_budget_allows_next is False:
         reason = "privacy_budget"
     if reason is None:
-        _open_round(tx, cfg, round_num + 1, time.time())
+        _open_round(tx, cfg, round_num + 1, time.time(), model)
         return
     camp["status"] = "completed"
     camp["reason"] = reason

@@ -455,13 +455,38 @@ class Sealer:
             raise IntegrityError(f"the forwarded body is not a {source} message")
         return self._open_body(env, outer)
 
-    def _open_body(self, env: Envelope, outer: Envelope) -> Opened:
+    def open_kept(
+        self,
+        body: Any,
+        *,
+        msg_types: Iterable[str],
+        datasite_id: str,
+        round_num: int,
+        max_bytes: int,
+    ) -> Opened:
+        """Verify and decode a body this service received by reference and kept
+        (runtime.claims): one of ``msg_types``, of this datasite and round, with the checks of
+        its arrival (signature and the sender's role, AEAD tag, checksum). No freshness or
+        replay check: it was fresh and unique when it arrived, and it is opened again only
+        because the fields it stands for are no longer in memory."""
+        env = decode_envelope(body, max_bytes=max_bytes)
+        if env.msg_type not in set(msg_types):
+            raise IntegrityError(f"the kept body is a {env.msg_type} message")
+        return self._open_body(env, env, expect=(datasite_id, int(round_num)))
+
+    def _open_body(
+        self,
+        env: Envelope,
+        outer: Envelope,
+        *,
+        expect: tuple[str, int] | None = None,
+    ) -> Opened:
         """A referenced body's checks past its sender and type: unchunked, the outer message's
-        datasite and round, signature (and the sender's role), AEAD tag, checksum."""
-        if env.chunk is not None or (env.datasite_id, env.round_num) != (
-            outer.datasite_id,
-            outer.round_num,
-        ):
+        datasite and round (or ``expect``), signature (and the sender's role; required when the
+        outer message was signed), AEAD tag, checksum."""
+        if expect is None:
+            expect = (outer.datasite_id, outer.round_num)
+        if env.chunk is not None or (env.datasite_id, env.round_num) != expect:
             raise IntegrityError(
                 "the referenced body is not an unchunked message of this datasite and round"
             )

@@ -61,6 +61,11 @@ DEFAULT_INBOX_RETENTION_S = 660.0
 PRUNE_INTERVAL_S = 60.0
 #: Highest key character for prefix ranges (keys are compared bytewise in both backends).
 _KEY_MAX = chr(0x10FFFF)
+#: A kv row's ``blob`` column starting with this names a kept claim body (runtime.claims), not
+#: a blob file: the value's pinned fields are that body's.
+PIN_PREFIX = "pin:"
+#: The key of a pinned value's pin (``KeptBody.to_record``) in its stored form.
+_PIN_KEY = "__kept_body__"
 
 
 class AlreadyHandled(Exception):
@@ -129,6 +134,8 @@ class Transaction:
         self.referenced: list[tuple[str, dict]] = []
         #: Emits waiting for their claim bodies (sealed and written in parallel), in order.
         self._deferred: list[tuple[str, Any, dict, str, int]] = []
+        #: Kept bodies no value pins once this transaction commits (their fields leave memory).
+        self.unpinned: list[str] = []
 
     def _x(self, sql: str, params: tuple = ()) -> Any:
         if self.placeholder != "?":
@@ -148,7 +155,11 @@ class Transaction:
 
     def _drop_blob_of(self, key: str) -> None:
         row = self._x("SELECT blob FROM kv WHERE key = ?", (key,)).fetchone()
-        if row is not None and row[0] is not None:
+        if row is None or row[0] is None:
+            return
+        if row[0].startswith(PIN_PREFIX):  # the body itself stays until the claim collection
+            self.unpinned.append(row[0][len(PIN_PREFIX) :])
+        else:
             self.dropped.append(row[0])
 
     def lock(self, name: str) -> None:
@@ -159,23 +170,65 @@ class Transaction:
         """
 
     def get(self, key: str, default: Any = None) -> Any:
-        """Read a value (decoded with the tensor-aware codec)."""
+        """Read a value (decoded with the tensor-aware codec; a pinned value's fields from the
+        body it keeps)."""
         row = self._x("SELECT value, blob FROM kv WHERE key = ?", (key,)).fetchone()
-        return default if row is None else self._blobs.load(row[0], row[1])
+        if row is None:
+            return default
+        if row[1] is not None and row[1].startswith(PIN_PREFIX):
+            from federation.runtime.claims import KeptBody
+
+            value = self._blobs.load(row[0], None)
+            kept = KeptBody.from_record(value.pop(_PIN_KEY))
+            if self.claims is None:
+                raise ConfigError(f"{key} keeps a claim body, and no claim store is configured")
+            return {**value, **self.claims.recall(kept)}
+        return self._blobs.load(row[0], row[1])
 
     def has(self, key: str) -> bool:
         """Whether a key exists, without decoding its value (cheap for big tensors)."""
         return self._x("SELECT 1 FROM kv WHERE key = ?", (key,)).fetchone() is not None
 
-    def put(self, key: str, value: Any) -> None:
-        """Write a value (encoded with the tensor-aware codec, never pickle)."""
-        encoded, ref, _ = self._encode(value)
+    def put(self, key: str, value: Any, *, kept: Any = None) -> None:
+        """Write a value (encoded with the tensor-aware codec, never pickle). ``kept``: the
+        :class:`~federation.runtime.claims.KeptBody` from ``keep_received`` whose fields
+        ``value`` holds unchanged: those are not written again, the row pins the body."""
+        if kept is not None and all(value.get(f) is not None for f in kept.fields):
+            if _PIN_KEY in value:
+                raise ValueError(f"{_PIN_KEY} is reserved")
+            rest = {k: v for k, v in value.items() if k not in kept.fields}
+            encoded = encode_payload_parts({**rest, _PIN_KEY: kept.to_record()}).tobytes()
+            ref = PIN_PREFIX + kept.ref.name
+        else:
+            encoded, ref, _ = self._encode(value)
         self._drop_blob_of(key)
         self._x(
             "INSERT INTO kv (key, value, blob) VALUES (?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value, blob = excluded.blob",
             (key, encoded, ref),
         )
+
+    def keep_received(self, envelope: Any, fields: dict[str, Any]) -> Any:
+        """Keep the claim body ``envelope``'s message arrived in (a hard link in this service's
+        folder, removed if this transaction rolls back) as the stored form of ``fields``, its
+        decoded fields, held in memory meanwhile; the ``KeptBody`` to ``put`` the value with.
+        None when it did not arrive by reference, there is no claim store or the body is gone:
+        ``put`` then writes the fields itself."""
+        claim = getattr(envelope, "claim", None)
+        if claim is None or self.claims is None:
+            return None
+        from federation.runtime.claims import KeptBody
+        from federation.wire.contracts import forwarded_type
+
+        ref = self.claims.keep(claim)
+        if ref is None:
+            return None
+        self.claimed.append(ref)
+        source = forwarded_type(envelope.msg_type)
+        msg_types = (envelope.msg_type,) + (() if source is None else (source.value,))
+        kept = KeptBody(ref, tuple(fields), msg_types, envelope.datasite_id, envelope.round_num)
+        self.claims.remember(ref.name, dict(fields))
+        return kept
 
     def delete(self, key: str) -> None:
         """Remove a value if present."""
@@ -236,7 +289,7 @@ class Transaction:
             return
         if forward is not None and self.claims is not None:
             own = _own_fields(msg_type, payload)
-            kept = self.claims.forward(forward) if own is not None else None
+            kept = self.claims.keep(forward) if own is not None else None
             if kept is not None:
                 self._queue_reference(msg_type, payload, kept, own, datasite_id, int(round_num))
                 return
@@ -411,6 +464,8 @@ class ServiceStore(ABC):
         finally:
             self._end(conn)
         self._blobs.remove(tx.dropped)
+        if self.claims is not None and tx.unpinned:
+            self.claims.forget(tx.unpinned)
         self._remember_emitted(tx)
         self._maybe_prune()
 
@@ -527,6 +582,8 @@ class ServiceStore(ABC):
 
         rows = self._query("SELECT payload FROM outbox WHERE blob IS NULL")
         live = live_claims(self._blobs.load(r[0], None) for r in rows)
+        pins = self._query("SELECT blob FROM kv WHERE blob LIKE ?", (PIN_PREFIX + "%",))
+        live.update(r[0][len(PIN_PREFIX) :] for r in pins)
         return self.claims.collect(live, self.inbox_retention_s)
 
     def settle(self) -> None:

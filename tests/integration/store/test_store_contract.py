@@ -182,3 +182,49 @@ def test_when_the_schema_is_newer_than_this_build__the_store_refuses_to_open(ope
     store.close()
     with pytest.raises(ConfigError, match="999"):
         open_store()
+
+
+def test_when_a_value_keeps_a_received_claim_body__it_pins_it_across_a_restart_until_deleted(
+    open_store, tmp_path
+):
+    """A received update kept as its claim body: no blob file, the pin survives a restart (the
+    delta reopened from the body), the collection spares the body while the row pins it."""
+    from types import SimpleNamespace
+
+    from federation.crypto import KeyRing, Sealer, SigningIdentity, TrustStore
+    from federation.runtime.claims import ClaimStore
+    from federation.wire.codec import encode_payload_parts
+    from federation.wire.messages import UpdateRaw
+
+    ring = KeyRing("k1", {"k1": os.urandom(32)})
+    ident = SigningIdentity.generate("connector")
+    trust = TrustStore({"connector": ident.public_bytes()})
+    root = tmp_path / "claims"
+    sent = ClaimStore(root, "connector", Sealer(ring, sender="connector", identity=ident))
+    raw = UpdateRaw(campaign_id="c1", round_num=1, datasite_id="site-a", model_version=0,
+                    delta=_big(5.0)["delta"], num_samples=7)  # fmt: skip
+    ref = sent.deposit("update.raw", encode_payload_parts(raw.to_payload()),
+                       datasite_id="site-a", round_num=1)  # fmt: skip
+    envelope = SimpleNamespace(claim=ref, msg_type="update.raw", datasite_id="site-a", round_num=1)
+
+    def opened():
+        store = open_store(inbox_retention_s=1.0)
+        store.claims = ClaimStore(root, "security", Sealer(ring, sender="security", trust=trust))
+        return store
+
+    store = opened()
+    with store.transaction() as tx:
+        kept = tx.keep_received(envelope, {"delta": raw.delta})
+        tx.put("pending/site-a", {"num_samples": 7, "delta": raw.delta}, kept=kept)
+    assert _blob_files(store) == []
+    restarted = opened()  # nothing in memory: the delta comes from the body, checked again
+    got = restarted.read("pending/site-a")
+    assert got["num_samples"] == 7 and torch.equal(got["delta"]["w"], raw.delta["w"])
+    link = root / "security" / kept.ref.name
+    old = time.time() - 3600
+    os.utime(link, (old, old))
+    assert restarted.collect_claims() == 0 and link.exists()  # pinned: spared however old
+    with restarted.transaction() as tx:
+        tx.delete("pending/site-a")
+    os.utime(link, (old, old))
+    assert restarted.collect_claims() == 1 and not link.exists()

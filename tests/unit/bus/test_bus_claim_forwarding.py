@@ -275,7 +275,11 @@ def test_security_forwards_an_accepted_update_only_when_its_delta_leaves_unchang
     handle("campaign.start", {"campaign_id": "c1", "config": cfg.to_payload()})
     raw = _raw()
     received = ClaimReference.from_payload(fed.emit("connector", raw))
-    handle("update.raw", raw.to_payload(), SimpleNamespace(claim=received))
+    handle(
+        "update.raw",
+        raw.to_payload(),
+        SimpleNamespace(claim=received, msg_type="update.raw", datasite_id="site-a", round_num=1),
+    )
     handle("round.close", {"campaign_id": "c1", "round_num": 1, "expected": ["site-a"]})
     (row,) = [i.payload for i in store.pending_outbox(10) if i.msg_type == "update.screened"]
     forwarded = forwarded_fields(row) is not None
