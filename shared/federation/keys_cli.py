@@ -39,7 +39,7 @@ def init(
         typer.Option(
             "--env-files",
             help="also write <component>/env (NAME=value) for docker compose"
-            " env_file and kubectl --from-env-file, and Grafana's admin password",
+            " env_file, and Grafana's admin password (Kubernetes mounts <component>/secrets/)",
         ),
     ] = False,
     rabbitmq_definitions: Annotated[

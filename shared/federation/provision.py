@@ -23,8 +23,9 @@ holds what and who trusts whom; it holds no secret.
 For a container stack (``--env-files``, ``--rabbitmq-definitions``, ``--owner``):
 
     OUT/<component>/env                     its secrets as NAME=value lines, for docker compose
-                                             ``env_file`` and ``kubectl create secret
-                                             --from-env-file`` (also redis/env, grafana/env)
+                                             ``env_file`` (also redis/env, grafana/env); a
+                                             Kubernetes Secret is made from ``secrets/``
+                                             (``--from-file``) and mounted as files
     OUT/grafana/secrets/                    Grafana's admin password
     OUT/rabbitmq/definitions.json           the broker definitions rendered with each broker
                                              user's password hash (no password)

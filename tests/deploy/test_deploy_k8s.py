@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import re
+from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
-from deploy_helpers import DEPLOY, SERVICES, load_yaml_docs, require_tool, run
+from deploy_helpers import DEPLOY, ROOT, SERVICES, load_yaml_docs, require_tool, run
+from pydantic import SecretStr
 
 OVERLAYS = [
     "base",
@@ -80,9 +85,8 @@ def test_every_service_deployment_is_probed_limited_and_locked_down(k8s_render):
         assert pod["serviceAccountName"] == name and pod["automountServiceAccountToken"] is False
         # a stable signing identity (the service name, not the pod's) whose key is prepared
         assert {"name": "PDMFED_SERVICE_ID", "value": name} in container["env"]
-        # its secrets from its own Secret only
-        secrets = [e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e]
-        assert secrets == [f"pdmfed-{name}"]
+        # its secrets as files (below), none in its environment
+        assert not any("secretRef" in e for e in container["envFrom"])
         assert not any("valueFrom" in e for e in container["env"])
 
 
@@ -94,23 +98,20 @@ def _secret_names(volume: dict) -> set[str]:
     }
 
 
-def test_each_pod_mounts_only_its_own_keys(k8s_render):
+def test_each_pod_mounts_only_its_own_keys_and_secrets(k8s_render):
     docs = load_yaml_docs(k8s_render("base"))
     deployments = _kinds(docs, "Deployment")
     for name in SERVICES:
         volumes = deployments[name]["spec"]["template"]["spec"]["volumes"]
         mounted = set().union(*(_secret_names(v) for v in volumes))
-        expected = {f"pdmfed-{name}-keys"} | (
+        expected = {f"pdmfed-{name}", f"pdmfed-{name}-keys"} | (
             {"pdmfed-factory-public-keys"} if name == "security" else set()
         )
         expected |= {"pdmfed-connector-datasites"} if name == "connector" else set()
         assert mounted == expected, name
     for i in (1, 2, 3):
         pod = deployments[f"factory-{i}"]["spec"]["template"]["spec"]
-        mounted = set().union(*(_secret_names(v) for v in pod["volumes"]))
-        assert mounted == {f"pdmfed-factory-{i}-keys"}
-        (container,) = pod["containers"]
-        assert [e["secretRef"]["name"] for e in container["envFrom"]] == [f"pdmfed-factory-{i}"]
+        assert _secret_refs(pod) == {f"pdmfed-factory-{i}", f"pdmfed-factory-{i}-keys"}
 
 
 def test_each_datasite_serves_its_own_partition_on_every_interface_under_the_campaign_name(
@@ -170,10 +171,9 @@ def test_the_replicas_overlay_scales_only_services_whose_state_is_in_postgresql(
         assert dep["spec"]["strategy"]["type"] == "RollingUpdate", name
         pod = dep["spec"]["template"]["spec"]
         (container,) = pod["containers"]
-        env = {e["name"]: e for e in container["env"]}
-        assert (
-            env["PDMFED_STATE_URL"]["valueFrom"]["secretKeyRef"]["name"] == f"pdmfed-{name}-state"
-        )
+        volume, _ = _secrets_mount(pod, container)
+        (state,) = [s for s in _secret_sources(volume) if s["name"] == f"pdmfed-{name}-state"]
+        assert state["items"] == [{"key": "PDMFED_STATE_URL", "path": "pdmfed_state_url"}]
         claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
                   if "persistentVolumeClaim" in v}  # fmt: skip
         # no SQLite volume: the only claim is the blob directory every replica mounts
@@ -269,7 +269,10 @@ def test_redis_requires_per_service_acl_users_from_a_secret_and_probes_with_a_pi
     assert acl["secret"]["secretName"] == "pdmfed-redis-acl"
     assert {"name": "acl", "mountPath": "/etc/redis", "readOnly": True} in container["volumeMounts"]
     for probe in ("livenessProbe", "readinessProbe"):
-        assert "redis-cli --user pdmfed-health ping" in container[probe]["exec"]["command"][-1]
+        assert (
+            "redis-cli --user pdmfed-health --askpass ping <"
+            in container[probe]["exec"]["command"][-1]
+        )
     # the campaign Job opens result envelopes: it reaches Redis (as its own ACL user) too
     orchestrator = {
         "app.kubernetes.io/name": "orchestrator",
@@ -330,3 +333,234 @@ def test_the_campaign_job_validates_and_writes_its_run_folder_to_the_runs_volume
     }
     assert claims <= set(_kinds(load_yaml_docs(k8s_render("base")), "PersistentVolumeClaim"))
     assert pod["serviceAccountName"] == "orchestrator"
+
+
+# Secrets reach a pod as files, never through its environment: /proc/<pid>/environ, every child
+# process, crash reports and debug tooling all see the environment.
+
+#: What PDMFED_SECRETS_DIR names in every pdmfed container: its own Secret, mounted read-only.
+SECRETS_DIR = "/run/pdmfed/secrets"
+#: The datasites as the manifests and docs/deploy.md's `keys init` name them.
+K8S_FACTORIES = ("factory-1", "factory-2", "factory-3")
+
+
+def _workloads(docs: list[dict]) -> dict[str, dict]:
+    """Pod spec of every workload rendered in ``docs`` and of the campaign Job ("campaign")."""
+    (job,) = load_yaml_docs((DEPLOY / "k8s" / "campaign-job.yaml").read_text())
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"]
+            for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")}  # fmt: skip
+    return pods | {"campaign": job["spec"]["template"]["spec"]}
+
+
+def _pdmfed_pods(docs: list[dict]) -> dict[str, dict]:
+    return {
+        name: pod
+        for name, pod in _workloads(docs).items()
+        if any(c["image"].startswith("pdm-federation") for c in pod["containers"])
+    }
+
+
+def _component(workload: str) -> str:
+    """The `pdmfed keys init` directory a workload's secrets come from."""
+    if workload == "campaign":
+        return "orchestrator"
+    return workload if workload in SERVICES else f"factories/{workload}"
+
+
+def _own_secrets(workload: str, target: str) -> set[str]:
+    own = {f"pdmfed-{_component(workload).removeprefix('factories/')}"}
+    if target == "overlays/replicas" and workload in SERVICES:
+        own.add(f"pdmfed-{workload}-state")  # its own database role, in the same directory
+    return own
+
+
+def _secret_sources(volume: dict) -> list[dict]:
+    if "secret" in volume:
+        return [{**volume["secret"], "name": volume["secret"]["secretName"]}]
+    return [s["secret"] for s in volume.get("projected", {}).get("sources", []) if "secret" in s]
+
+
+def _mount_of(pod: dict, container: dict, path: str) -> tuple[dict, dict]:
+    """(volume, mount) of the mount holding ``path``."""
+    (mount,) = [m for m in container.get("volumeMounts", [])
+                if path == m["mountPath"] or path.startswith(m["mountPath"] + "/")]  # fmt: skip
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    return volume, mount
+
+
+def _secrets_mount(pod: dict, container: dict) -> tuple[dict, dict]:
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert env.get("PDMFED_SECRETS_DIR") == SECRETS_DIR, container["name"]
+    volume, mount = _mount_of(pod, container, SECRETS_DIR)
+    assert mount["mountPath"] == SECRETS_DIR
+    return volume, mount
+
+
+def _modes(volume: dict) -> set[int]:
+    spec = volume.get("secret") or volume["projected"]
+    items = [i for s in _secret_sources(volume) for i in s.get("items", [])]
+    return {spec.get("defaultMode", 0o644)} | {i["mode"] for i in items if "mode" in i}
+
+
+def _materialise(volume: dict, secrets: dict[str, dict[str, bytes]], root: Path) -> Path:
+    """Write a secret or projected volume as the kubelet does: the files in a timestamped
+    directory, `..data` pointing at it and one symlink per top-level name; ``root``."""
+    spec = volume.get("secret") or volume["projected"]
+    stamp = root / "..2025_01_01_00_00_00.000000001"
+    stamp.mkdir(parents=True)
+    for source in _secret_sources(volume):
+        assert source["name"] in secrets, f"docs/deploy.md never creates {source['name']}"
+        data = secrets[source["name"]]
+        for item in source.get("items") or [{"key": k, "path": k} for k in data]:
+            assert item["key"] in data, f"Secret {source['name']} has no key {item['key']}"
+            path = stamp / item["path"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data[item["key"]])
+            path.chmod(item.get("mode", spec.get("defaultMode", 0o644)))
+    (root / "..data").symlink_to(stamp.name)
+    for top in {p.relative_to(stamp).parts[0] for p in stamp.rglob("*")}:
+        (root / top).symlink_to(f"..data/{top}")
+    return root
+
+
+def _documented_k8s_commands() -> str:
+    """The shell lines of docs/deploy.md's Kubernetes section that create the namespace and the
+    Secrets (its indented code blocks)."""
+    section = (ROOT / "docs" / "deploy.md").read_text().split("## On Kubernetes", 1)[1]
+    starts = ("kubectl create namespace", "kubectl -n pdmfed create secret", "for ", "done")
+    return "\n".join(
+        line.strip()
+        for line in section.splitlines()
+        if line.startswith(" " * 7) and line.strip().startswith(starts)
+    )
+
+
+@pytest.fixture(scope="module")
+def documented_secrets(tmp_path_factory) -> tuple[Path, dict[str, dict[str, bytes]]]:
+    """A fresh `pdmfed keys init` as docs/deploy.md runs it, and every Secret its kubectl
+    commands create from it, built by kubectl itself (client-side dry run): (the keys init
+    directory, Secret name -> key -> value)."""
+    from federation.cli import main as pdmfed
+
+    kubectl = require_tool("kubectl")
+    root = tmp_path_factory.mktemp("k8s-secrets")
+    out, created = root / "secrets", root / "created"
+    factories = [arg for f in K8S_FACTORIES for arg in ("--factory", f)]
+    code = pdmfed(["keys", "init", "--out", str(out), *factories, "--env-files",
+                   "--rabbitmq-definitions", str(DEPLOY / "rabbitmq" / "definitions.json"),
+                   "--state-url", "postgresql://postgres:5432/pdmfed"])  # fmt: skip
+    assert code == 0
+    created.mkdir()
+    commands = _documented_k8s_commands()
+    assert "create secret" in commands
+    shim = (
+        'kubectl() { n=$((n + 1)); "$KUBECTL" "$@" --dry-run=client -o json > "$CREATED/$n.json"; }'
+    )
+    env = {"PATH": os.environ["PATH"], "HOME": str(root), "S": str(out), "KUBECTL": kubectl,
+           "CREATED": str(created), "n": "0"}  # fmt: skip
+    result = run(["bash", "-euo", "pipefail", "-c", f"{shim}\n{commands}"], env=env)
+    assert result.returncode == 0, result.stderr
+    secrets = {}
+    for path in created.glob("*.json"):
+        obj = json.loads(path.read_text())
+        if obj["kind"] == "Secret":
+            data = obj.get("data", {})
+            secrets[obj["metadata"]["name"]] = {k: base64.b64decode(v) for k, v in data.items()}
+    return out, secrets
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_no_container_takes_a_secret_through_its_environment(target, k8s_render):
+    for name, pod in _workloads(load_yaml_docs(k8s_render(target))).items():
+        for container in pod["containers"] + pod.get("initContainers", []):
+            where = (target, name, container["name"])
+            assert not [e for e in container.get("envFrom", []) if "secretRef" in e], where
+            env = container.get("env", [])
+            assert not [e for e in env if "secretKeyRef" in e.get("valueFrom", {})], where
+            assert "$(PDMFED_" not in " ".join(container.get("command", [])), where
+
+
+@pytest.mark.parametrize("target", ["base", "overlays/replicas"])
+def test_each_pdmfed_container_reads_only_its_own_secret_from_a_read_only_group_only_mount(
+    target, k8s_render
+):
+    pods = _pdmfed_pods(load_yaml_docs(k8s_render(target)))
+    assert set(pods) == {*SERVICES, *K8S_FACTORIES, "campaign"}
+    for name, pod in pods.items():
+        (container,) = pod["containers"]
+        volume, mount = _secrets_mount(pod, container)
+        assert mount.get("readOnly") is True, name
+        assert {s["name"] for s in _secret_sources(volume)} == _own_secrets(name, target), name
+        # files root:fsGroup, no write bit, nothing for others: only this pod's user reads them
+        assert _modes(volume) <= {0o400, 0o440}, name
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] and context["fsGroup"] == context["runAsGroup"], name
+
+
+def test_the_docs_create_every_secret_the_workloads_mount(k8s_render, documented_secrets):
+    _, secrets = documented_secrets
+    for target in OVERLAYS:
+        pods = _workloads(load_yaml_docs(k8s_render(target))).values()
+        referenced = set().union(*(_secret_refs(pod) for pod in pods))
+        assert referenced <= set(secrets), (target, referenced - set(secrets))
+
+
+@pytest.mark.parametrize("target", ["base", "overlays/replicas"])
+def test_each_pdmfed_pod_sees_every_secret_of_its_component_from_files_alone(
+    target, k8s_render, documented_secrets, tmp_path, monkeypatch
+):
+    from federation.config import Settings
+
+    out, secrets = documented_secrets
+    for name, pod in _pdmfed_pods(load_yaml_docs(k8s_render(target))).items():
+        (container,) = pod["containers"]
+        volume, _ = _secrets_mount(pod, container)
+        mounted = _materialise(volume, secrets, tmp_path / name)
+        component = out / _component(name)
+        expected = {f.name: f.read_text() for f in (component / "secrets").iterdir()}
+        if target == "overlays/replicas" and name in SERVICES:
+            line = (component / "state.env").read_text().strip()
+            expected["pdmfed_state_url"] = line.removeprefix("PDMFED_STATE_URL=")
+        # exactly its own component's secrets, one file per setting
+        assert {p.name for p in mounted.iterdir() if not p.name.startswith("..")} == set(
+            expected
+        ), name
+        with monkeypatch.context() as env:
+            for key in [k for k in os.environ if k.startswith("PDMFED_")]:
+                env.delenv(key)
+            env.setenv("PDMFED_SECRETS_DIR", str(mounted))
+            settings = Settings()
+            for file_name, value in expected.items():
+                got = getattr(settings, file_name.removeprefix("pdmfed_"))
+                got = got.get_secret_value() if isinstance(got, SecretStr) else got
+                assert got == value, (name, file_name)
+            if _component(name) in (*SERVICES, "orchestrator"):
+                settings.validate_secrets()
+
+
+def test_redis_probes_and_postgres_read_their_passwords_from_their_own_mounted_files(
+    k8s_render, documented_secrets, tmp_path
+):
+    out, secrets = documented_secrets
+    pods = _workloads(load_yaml_docs(k8s_render("overlays/replicas")))
+    pod = pods["redis"]
+    (container,) = pod["containers"]
+    health = (out / "redis" / "secrets" / "rediscli_auth").read_text()
+    for probe in ("livenessProbe", "readinessProbe"):
+        # redis-cli reads the password on stdin: in no process's environment or command line
+        script = container[probe]["exec"]["command"][-1]
+        (path,) = re.findall(r"--askpass ping < (\S+)", script)
+        volume, mount = _mount_of(pod, container, path)
+        assert mount.get("readOnly") is True and _modes(volume) <= {0o400, 0o440}
+        root = _materialise(volume, secrets, tmp_path / probe)
+        assert (root / os.path.relpath(path, mount["mountPath"])).read_text() == health
+    pod = pods["postgres"]
+    (container,) = pod["containers"]
+    path = {e["name"]: e.get("value") for e in container["env"]}["POSTGRES_PASSWORD_FILE"]
+    volume, mount = _mount_of(pod, container, path)
+    assert mount.get("readOnly") is True and _modes(volume) <= {0o400, 0o440}
+    root = _materialise(volume, secrets, tmp_path / "postgres")
+    superuser = dict(ln.split("=", 1) for ln in (out / "postgres" / "env").read_text().splitlines())
+    assert (root / os.path.relpath(path, mount["mountPath"])).read_text() == superuser[
+        "POSTGRES_PASSWORD"
+    ]

@@ -33,3 +33,19 @@ def test_when_the_secrets_dir_does_not_exist__settings_refuse_with_its_name(tmp_
     monkeypatch.setenv("PDMFED_SECRETS_DIR", str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="PDMFED_SECRETS_DIR .*missing"):
         Settings()
+
+
+def test_when_the_files_are_named_like_the_variables__settings_still_read_them(
+    tmp_path, monkeypatch
+):
+    """A Kubernetes Secret created with --from-env-file has keys PDMFED_...; docs/deploy.md
+    says such a Secret still loads when mounted."""
+    passphrase = secrets.token_urlsafe(24)
+    (tmp_path / "PDMFED_ENCRYPTION_KEY").write_text(passphrase)
+    (tmp_path / "PDMFED_STATE_URL").write_text("postgresql://pdmfed_security:pw@postgres/pdmfed")
+    monkeypatch.setenv("PDMFED_SECRETS_DIR", str(tmp_path))
+    monkeypatch.delenv("PDMFED_ENCRYPTION_KEY", raising=False)
+    monkeypatch.delenv("PDMFED_STATE_URL", raising=False)
+    settings = Settings()
+    assert settings.passphrase() == passphrase
+    assert settings.state_url == "postgresql://pdmfed_security:pw@postgres/pdmfed"
