@@ -20,12 +20,29 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from federation.runtime.private_files import open_private, private_dir
 from federation.wire.codec import PayloadParts, decode_payload
 
-__all__ = ["BlobDirectory"]
+__all__ = ["BlobDirectory", "read_whole"]
 
 log = logging.getLogger(__name__)
+
+
+def read_whole(f: Any, size: int | None = None) -> memoryview:
+    """The ``size`` bytes (default: all) of an open file as one writable buffer.
+
+    An uninitialised numpy buffer, not ``bytearray(size)``: that zero-fills first, 34 ms for
+    40 MB against 9 ms. OSError when the file holds fewer bytes (it shrank while read).
+    """
+    if size is None:
+        size = os.fstat(f.fileno()).st_size
+    buf = memoryview(np.empty(size, dtype=np.uint8))
+    got = f.readinto(buf)
+    if got != size:
+        raise OSError(f"{getattr(f, 'name', 'file')} ended after {got} of {size} bytes")
+    return buf
 
 
 class BlobDirectory:
@@ -70,15 +87,12 @@ class BlobDirectory:
             self._sync_directory()
         return ref
 
-    def read(self, ref: str) -> bytes | bytearray:
+    def read(self, ref: str) -> bytes | memoryview:
         """The stored bytes (a writable buffer for files: decoded tensors can alias it)."""
         if self.directory is None:
             return self._memory[ref]
-        path = self.directory / ref
-        with open(path, "rb") as f:
-            buf = bytearray(os.fstat(f.fileno()).st_size)
-            f.readinto(buf)
-        return buf
+        with open(self.directory / ref, "rb") as f:
+            return read_whole(f)
 
     def load(self, value: bytes, ref: str | None) -> Any:
         """Decode a stored value: inline bytes, or the blob ``ref`` names."""

@@ -48,7 +48,7 @@ from federation.errors import (
     MalformedMessage,
     OversizeMessage,
 )
-from federation.runtime.blobs import BlobDirectory
+from federation.runtime.blobs import BlobDirectory, read_whole
 from federation.wire.claims import ClaimReference
 from federation.wire.codec import PayloadParts
 from federation.wire.contracts import may_refer
@@ -269,7 +269,7 @@ class ClaimStore:
         return self._own.collect(live, older_than_s=retention_s)
 
     # -- consuming --------------------------------------------------------------------
-    def fetch(self, ref: ClaimReference, *, max_bytes: int) -> bytearray:
+    def fetch(self, ref: ClaimReference, *, max_bytes: int) -> memoryview:
         """The body ``ref`` names, checked against its size and binding digest.
 
         ClaimError when missing, IntegrityError when it differs, OversizeMessage when the
@@ -286,8 +286,10 @@ class ClaimStore:
                     raise IntegrityError(
                         f"claim {ref.ref} holds {size} bytes, its reference says {ref.size}"
                     )
-                buf = bytearray(size)
-                f.readinto(buf)
+                try:
+                    buf = read_whole(f, size)
+                except OSError:  # shorter than it was a moment ago: not the body named
+                    raise IntegrityError(f"claim {ref.ref} changed while it was read") from None
         except FileNotFoundError:
             raise ClaimError(f"claim {ref.ref} is not in the claim store") from None
         except OSError as exc:
