@@ -28,6 +28,7 @@ from federation.wire.claims import (
     forwarded_id,
     merge_forwarded,
 )
+from federation.wire.codec import rough_nbytes
 from federation.wire.contracts import forwarded_type, may_refer
 
 __all__ = ["SecureEndpoint", "SecureHandler", "RoundGuard"]
@@ -202,33 +203,6 @@ def _prepare_first(prepare: Callable[[], Any]) -> tuple[Any, bytes]:
     return sealing, next(sealing)
 
 
-def _rough_nbytes(obj: Any, limit: int, _depth: int = 0) -> int:
-    """Bytes of the tensors/arrays/bytes in a payload, counted until ``limit`` is passed.
-
-    A cheap walk (no encoding) used to decide where to seal; anything too deep or too long to
-    walk counts as over the limit.
-    """
-    if isinstance(obj, bytes | bytearray | memoryview | str):
-        return len(obj)
-    nbytes = getattr(obj, "nbytes", None)  # numpy arrays; torch tensors below
-    if nbytes is not None and not callable(nbytes):
-        return int(nbytes)
-    numel = getattr(obj, "numel", None)
-    if callable(numel) and hasattr(obj, "element_size"):
-        return int(numel()) * int(obj.element_size())
-    if isinstance(obj, Mapping | list | tuple):
-        values = obj.values() if isinstance(obj, Mapping) else obj
-        if _depth >= 8 or len(values) > 4096:
-            return limit + 1
-        total = 0
-        for value in values:
-            total += _rough_nbytes(value, limit, _depth + 1)
-            if total > limit:
-                break
-        return total
-    return 0
-
-
 def _update_id(envelope: Any) -> bytes | None:
     chunk = getattr(envelope, "chunk", None)
     return bytes(chunk["update_id"]) if chunk else None
@@ -338,7 +312,7 @@ class SecureEndpoint:
         # Encoding copies what is not already contiguous CPU memory: keep large payloads off
         # the loop from the start.
         first: bytes | None = None
-        if _rough_nbytes(payload, self.inline_seal_bytes) <= self.inline_seal_bytes:
+        if rough_nbytes(payload, self.inline_seal_bytes) <= self.inline_seal_bytes:
             sealing = prepare()
         else:  # one worker-thread trip encodes, digests the chunks and seals the first body
             sealing, first = await asyncio.to_thread(_prepare_first, prepare)

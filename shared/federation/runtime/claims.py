@@ -49,8 +49,8 @@ from federation.errors import (
     OversizeMessage,
 )
 from federation.runtime.blobs import BlobDirectory, read_whole
-from federation.wire.claims import ClaimReference
-from federation.wire.codec import PayloadParts
+from federation.wire.claims import CLAIM_KEY, ClaimReference
+from federation.wire.codec import PayloadParts, rough_nbytes
 from federation.wire.contracts import may_refer
 from federation.wire.envelope import MAX_HEADER_BYTES, binding_digest, binding_spans
 
@@ -85,7 +85,7 @@ class KeptBody:
     def to_record(self) -> dict[str, Any]:
         """The pin as stored beside the rest of the value."""
         return {
-            **self.ref.to_payload()["claim_check"],
+            **self.ref.to_payload()[CLAIM_KEY],
             "fields": list(self.fields),
             "msg_types": list(self.msg_types),
             "datasite_id": self.datasite_id,
@@ -197,7 +197,7 @@ class ClaimStore:
     # -- kept bodies: decoded fields in memory, the body on disk ------------------------
     def remember(self, name: str, fields: dict[str, Any]) -> None:
         """Hold the decoded ``fields`` of the kept body ``name`` (evicting the least recent)."""
-        nbytes = _nbytes(fields)
+        nbytes = rough_nbytes(fields, self.kept_cache_bytes)
         if nbytes > self.kept_cache_bytes:
             return
         with self._kept_lock:
@@ -301,21 +301,6 @@ class ClaimStore:
         if not hmac.compare_digest(digest, ref.sha256) and not _legacy_match(buf, ref):
             raise IntegrityError(f"claim {ref.ref} does not match its digest")
         return buf
-
-
-def _nbytes(value: Any) -> int:
-    """Bytes of the tensors and arrays in a (nested) value; what a cache entry holds."""
-    if isinstance(value, Mapping):
-        return sum(_nbytes(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return sum(_nbytes(v) for v in value)
-    nbytes = getattr(value, "nbytes", None)
-    if isinstance(nbytes, int):
-        return nbytes
-    numel = getattr(value, "numel", None)
-    if callable(numel):
-        return int(numel()) * int(value.element_size())
-    return 64
 
 
 def _legacy_match(body: Any, ref: ClaimReference) -> bool:

@@ -37,6 +37,7 @@ __all__ = [
     "encode_state_dict",
     "decode_state_dict",
     "tensor_digest",
+    "rough_nbytes",
 ]
 
 #: msgpack ext type code of a tensor descriptor.
@@ -335,3 +336,30 @@ def tensor_digest(sd: Mapping[str, Any]) -> str:
         h.update(header)
         h.update(data)
     return h.hexdigest()
+
+
+def rough_nbytes(obj: Any, limit: int, _depth: int = 0) -> int:
+    """Bytes of the tensors/arrays/bytes in a payload, counted until ``limit`` is passed.
+
+    A cheap walk (no encoding): where to seal a message, whether decoded fields fit a cache;
+    anything too deep or too long to walk counts as over the limit.
+    """
+    if isinstance(obj, bytes | bytearray | memoryview | str):
+        return len(obj)
+    nbytes = getattr(obj, "nbytes", None)  # numpy arrays; torch tensors below
+    if nbytes is not None and not callable(nbytes):
+        return int(nbytes)
+    numel = getattr(obj, "numel", None)
+    if callable(numel) and hasattr(obj, "element_size"):
+        return int(numel()) * int(obj.element_size())
+    if isinstance(obj, Mapping | list | tuple):
+        values = obj.values() if isinstance(obj, Mapping) else obj
+        if _depth >= 8 or len(values) > 4096:
+            return limit + 1
+        total = 0
+        for value in values:
+            total += rough_nbytes(value, limit, _depth + 1)
+            if total > limit:
+                break
+        return total
+    return 0

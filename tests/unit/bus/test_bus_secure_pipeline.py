@@ -130,8 +130,8 @@ async def test_when_sealing_and_opening_inline_or_in_a_thread__handlers_get_the_
 
 def test_when_sizing_a_payload_to_choose_loop_or_thread__tensors_and_bytes_count():
     import numpy as np
+    from federation.wire.codec import rough_nbytes as rough
 
-    rough = middleware._rough_nbytes
     payload = {"delta": {"w": torch.zeros(1000), "b": np.zeros(10)}, "blob": b"x" * 100}
     assert rough(payload, 1 << 20) == 4000 + 80 + 100 + 0
     assert rough({"a": [torch.zeros(1 << 20)] * 8}, 1000) > 1000  # stops once past the limit
