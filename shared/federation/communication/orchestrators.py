@@ -59,15 +59,6 @@ class InsufficientDatasitesError(DatasiteConnectionError):
     """A round could not reach the minimum number of datasites (seed: "Insufficient datasites")."""
 
 
-def _resolve_key(encryption_key: str | bytes | None) -> str | bytes:
-    if encryption_key:
-        return encryption_key
-    from federation.config import load_settings
-
-    # PDMFED_ENCRYPTION_KEY (or the demo passphrase when PDMFED_DEMO=1); ConfigError otherwise
-    return load_settings().passphrase()
-
-
 def _state_of(global_model: Any) -> dict[str, torch.Tensor]:
     """The seed's `{name: param.clone().detach()}` from an nn.Module or a state dict."""
     state_dict = getattr(global_model, "state_dict", None)
@@ -119,7 +110,9 @@ class FederatedLearningOrchestrator:
     """One round: connect, send the global model, train at each factory, aggregate.
 
     ``use_secure_communication`` builds a SecurePySyftCommunicationManager (DP + Byzantine
-    tolerance) whose passphrase is ``encryption_key`` or PDMFED_ENCRYPTION_KEY; secrets are never
+    tolerance) whose passphrase is ``encryption_key`` or PDMFED_ENCRYPTION_KEY, and whose salt
+    is PDMFED_KEY_SALT (``manager_options["salt"]`` overrides), both read as the services read
+    them (``federation.config``: environment, then PDMFED_SECRETS_DIR); secrets are never
     embedded here. ``comm_manager`` injects a ready manager instead (the flag is then ignored;
     the manager's type decides the path, as in the seed). ``training_config`` adds keys to the
     seed's training request (e.g. model_type, seed, max_batches). ``manager_options`` go to the
@@ -147,7 +140,7 @@ class FederatedLearningOrchestrator:
 
             options = {"dp_mode": "central", **dict(manager_options or {})}
             self.comm_manager = SecurePySyftCommunicationManager(
-                encryption_key=_resolve_key(encryption_key),
+                encryption_key=encryption_key or None,
                 enable_dp=options.pop("enable_dp", True),
                 enable_bft=options.pop("enable_bft", True),
                 **options,
@@ -386,9 +379,11 @@ class ProductionSecureOrchestrator:
 
     ``security_config`` takes the seed's keys (encryption_key, enable_differential_privacy,
     noise_multiplier, enable_byzantine_tolerance, byzantine_threshold, min_clients_for_bft);
-    ``encryption_key`` falls back to PDMFED_ENCRYPTION_KEY. Optional: ``violation_limit`` for
-    the monitor and the secure manager's own options (dp_mode, clip_norm, max_epsilon, ...;
-    dp_mode defaults to "central" so that the aggregate is actually noised).
+    ``encryption_key`` falls back to PDMFED_ENCRYPTION_KEY and ``salt`` to PDMFED_KEY_SALT (read
+    as the services read them; ConfigError when unset outside `pdmfed demo`). Optional:
+    ``violation_limit`` for the monitor and the secure manager's own options (dp_mode,
+    clip_norm, max_epsilon, ...; dp_mode defaults to "central" so that the aggregate is
+    actually noised).
     """
 
     def __init__(
@@ -411,7 +406,7 @@ class ProductionSecureOrchestrator:
             options.setdefault("dp_mode", "central")
             # Initialize secure communication with production settings
             self.secure_comm = SecurePySyftCommunicationManager(
-                encryption_key=_resolve_key(security_config.get("encryption_key")),
+                encryption_key=security_config.get("encryption_key") or None,
                 enable_dp=security_config.get("enable_differential_privacy", True),
                 noise_multiplier=security_config.get("noise_multiplier", 1.0),
                 enable_bft=security_config.get("enable_byzantine_tolerance", True),

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from federation.communication.syft_client import PySyftCommunicationManager
+from federation.config import load_settings
 from federation.crypto import KeyRing, ReplayGuard, Sealer
 from federation.crypto.replay import InMemorySeenStore
 from federation.errors import (
@@ -30,12 +31,8 @@ from federation.robust.pipeline import Quorum, judge, quorum, trusted
 from federation.wire.envelope import Envelope
 from federation.wire.messages import MsgType
 
-__all__ = ["SecurePySyftCommunicationManager", "DEFAULT_SALT", "DP_MODES"]
+__all__ = ["SecurePySyftCommunicationManager", "DP_MODES"]
 
-#: Salt used when none is given and PDMFED_KEY_SALT is unset, so that two processes with the same
-#: passphrase agree on the key. It is public: a production run passes ``salt=`` (or sets
-#: PDMFED_KEY_SALT) to a per-deployment random value.
-DEFAULT_SALT = "pdm-federation/secure-syft-client/default-salt/v1"
 #: "local": each update is noised (the seed's behaviour); "central": DP-FedAvg noises the sum once.
 DP_MODES = ("local", "central")
 _PAYLOAD_KEY = "model_update"
@@ -64,6 +61,34 @@ def _as_updates(updates: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _key_material(
+    encryption_key: str | bytes | None, salt: str | bytes | None, key_id: str | None
+) -> tuple[str | bytes, str | bytes, str]:
+    """The passphrase, salt and key id to seal with, as the services derive them.
+
+    An argument given wins; each one left out comes from ``federation.config`` settings, the
+    services' own loader: PDMFED_ENCRYPTION_KEY / PDMFED_KEY_SALT / PDMFED_KEY_ID from the
+    environment, then from the files in PDMFED_SECRETS_DIR. Only ``pdmfed demo``
+    (PDMFED_DEMO=1) falls back to the public demo passphrase and salt; otherwise a missing one
+    is a ConfigError naming its variable, never a built-in value.
+    """
+    if encryption_key is not None and (
+        not isinstance(encryption_key, str | bytes) or not encryption_key
+    ):
+        raise ConfigError("encryption_key must be a non-empty passphrase")
+    if salt is not None and (not isinstance(salt, str | bytes) or not salt):
+        raise ConfigError("salt must be a non-empty string (or left out: PDMFED_KEY_SALT)")
+    if encryption_key is None or salt is None or key_id is None:
+        settings = load_settings()
+        if encryption_key is None:
+            encryption_key = settings.passphrase()
+        if salt is None:
+            salt = settings.salt()
+        if key_id is None:
+            key_id = settings.key_id
+    return encryption_key, salt, key_id
+
+
 class SecurePySyftCommunicationManager(PySyftCommunicationManager):
     """The secure manager's API over our envelope (AES-256-GCM, header AAD, checksum, replay guard),
     clip-then-noise DP with a budgeted accountant, robust screening, reputation and aggregation.
@@ -71,11 +96,17 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
     Updates may be full weights (as in the seed) or deltas. When the global model that was sent
     out is known (``send_model`` records it, or ``set_reference_model``), screening, clipping and
     aggregation work on ``update - reference``, which is what they are meant for.
+
+    The sealing key is derived as the services derive theirs: ``encryption_key``, ``salt`` and
+    ``key_id`` when given, otherwise PDMFED_ENCRYPTION_KEY, PDMFED_KEY_SALT and PDMFED_KEY_ID
+    through ``federation.config`` (the environment, then PDMFED_SECRETS_DIR files). Outside
+    ``pdmfed demo`` (PDMFED_DEMO) a missing passphrase or salt raises ConfigError naming the
+    variable; there is no built-in salt.
     """
 
     def __init__(
         self,
-        encryption_key: str | bytes,
+        encryption_key: str | bytes | None = None,
         enable_dp: bool = True,
         noise_multiplier: float = 1.0,
         enable_bft: bool = True,
@@ -95,7 +126,7 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         reputation_threshold: float = 0.3,
         accounting: str = "rdp",
         sender: str = "secure-comm",
-        key_id: str = "k1",
+        key_id: str | None = None,
         identity: Any = None,
         trust: Any = None,
         require_signature: bool | None = None,
@@ -108,8 +139,7 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(encryption_key, str | bytes) or not encryption_key:
-            raise ConfigError("encryption_key must be a non-empty passphrase")
+        passphrase, salt, key_id = _key_material(encryption_key, salt, key_id)
         if dp_mode not in DP_MODES:
             raise ConfigError(f"dp_mode must be one of {DP_MODES}, got {dp_mode!r}")
         if not (isinstance(bft_threshold, int | float) and bft_threshold > 0):
@@ -156,8 +186,7 @@ class SecurePySyftCommunicationManager(PySyftCommunicationManager):
             seed if seed is not None else int.from_bytes(os.urandom(8), "little")
         )
 
-        salt = salt if salt is not None else (os.environ.get("PDMFED_KEY_SALT") or DEFAULT_SALT)
-        keyring = KeyRing.from_passphrase(encryption_key, salt, key_id)
+        keyring = KeyRing.from_passphrase(passphrase, salt, key_id)
         if require_signature is None:
             require_signature = identity is not None and trust is not None
         self._sealer = Sealer(

@@ -539,6 +539,8 @@ def validate_security_command(
     settings.validate_secrets()
     secure_comm = SecurePySyftCommunicationManager(
         encryption_key=settings.passphrase(),
+        salt=settings.salt(),
+        key_id=settings.key_id,
         enable_dp=not no_dp,
         noise_multiplier=noise_multiplier,
         enable_bft=not no_bft,

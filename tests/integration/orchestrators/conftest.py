@@ -10,6 +10,16 @@ import pytest
 from orchestrators_helpers import COMPROMISED, HONEST, ORCH_EMAIL, Factories, tiny_partition
 
 
+@pytest.fixture(scope="module", autouse=True)
+def deployment_salt() -> Iterator[str]:
+    """The seed's orchestrators name no salt: the deployment supplies PDMFED_KEY_SALT, as an
+    operator's does (module-wide: the round and campaign fixtures are module-scoped)."""
+    salt = secrets.token_hex(16)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PDMFED_KEY_SALT", salt)
+        yield salt
+
+
 @pytest.fixture(scope="module")
 def factories(tmp_path_factory) -> Iterator[Factories]:
     """Launched once per module on free ports; every process and temp dir removed afterwards."""

@@ -28,6 +28,12 @@ PASSPHRASE = "unit-test-passphrase-orchestrators"
 SHAPES = {"w": (6, 5), "b": (6,)}
 
 
+@pytest.fixture(autouse=True)
+def _deployment_salt(monkeypatch):
+    """The seed's orchestrators name no salt: the deployment supplies it, as an operator's does."""
+    monkeypatch.setenv("PDMFED_KEY_SALT", "unit-test-salt-orchestrators")
+
+
 def _global(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randn(*s, generator=g) for k, s in SHAPES.items()}
