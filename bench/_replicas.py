@@ -144,8 +144,12 @@ def prepare(
     params: int = MODEL_PARAMS,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     kind: str = "cnn",
+    claim_check: bool = False,
 ) -> tuple[Any, dict[str, str], str]:
-    """Keys, roles, factory keys, the connectors' registry; (settings, env, topology prefix)."""
+    """Keys, roles, factory keys, the connectors' registry; (settings, env, topology prefix).
+
+    ``claim_check``: updates and models travel by reference through ``root/claims``, which
+    this process's orchestrator mounts too."""
     from federation.crypto.signing import SigningIdentity
     from federation.datasite_registry import write_registry
     from federation.runtime.trust import FACTORIES_DIR
@@ -153,7 +157,7 @@ def prepare(
     from bench._standins import _process_settings
 
     prefix = f"replicas-{uuid.uuid4().hex[:8]}"
-    settings, env = _process_settings(root / "state", AMQP_URL, prefix, state_url)
+    settings, env = _process_settings(root / "state", AMQP_URL, prefix, state_url, claim_check)
     factory_private = root / "factory-keys"
     factories = Path(env["PDMFED_KEYS_DIR"]) / FACTORIES_DIR
     factories.mkdir(parents=True, exist_ok=True)

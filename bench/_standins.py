@@ -290,8 +290,9 @@ def _process_settings(
     """Settings for the harness and the environment of the service processes: one fresh
     passphrase, salt and key directory for the run, handed over in the environment only;
     with ``state_url``, every service keeps its state in that PostgreSQL database and its
-    large values in one blob directory of the run; with ``claim_check``, updates travel by
-    reference through one claim directory of the run (PDMFED_CLAIM_DIR)."""
+    large values in one blob directory of the run; with ``claim_check``, updates and models
+    travel by reference through one claim directory of the run (PDMFED_CLAIM_DIR, which the
+    harness's orchestrator mounts too: PDMFED_CLAIM_MODELS)."""
     import secrets
 
     from federation.config import Settings
@@ -317,10 +318,11 @@ def _process_settings(
     if state_url:
         env.update({"PDMFED_STATE_URL": state_url, "PDMFED_BLOB_DIR": str(blobs)})
     claims = state_dir.parent / "claims" if claim_check else None
-    if claims is not None:
-        env["PDMFED_CLAIM_DIR"] = str(claims)
+    if claims is not None:  # the orchestrator (this harness) mounts it too: models as well
+        env.update({"PDMFED_CLAIM_DIR": str(claims), "PDMFED_CLAIM_MODELS": "true"})
     settings = Settings(
         claim_dir=claims,
+        claim_models=claims is not None,
         state_url=state_url,
         blob_dir=blobs if state_url else None,
         amqp_url=amqp_url,
@@ -385,6 +387,7 @@ async def _run(
             redis_url=None,
             state_url=state_url,
             claim_dir=state_dir.parent / "claims" if claim_check else None,
+            claim_models=claim_check,
         )
         fed = EmbeddedFederation(
             settings, comm_manager=comm, datasite_registry=registry, topology=topology

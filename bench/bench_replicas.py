@@ -79,9 +79,8 @@ def _campaign(conf: dict, replicas: int, claim_check: bool = False) -> dict[str,
             conf["params"],
             max_message_bytes=settings_default_message_bytes(),
             kind=kind,
+            claim_check=claim_check,
         )
-        if claim_check:
-            env["PDMFED_CLAIM_DIR"] = str(root / "claims")
         cluster = Cluster(root, env, count=replicas)
         cfg = campaign_config(f"{prefix}-c", ids, conf["rounds"], 600.0, conf["params"], kind)
         start = time.perf_counter()

@@ -404,7 +404,7 @@ def on_round_completed(tx: Transaction, msg: RoundCompleted, envelope: Any) -> N
     model = None
     if msg.global_model:
         model = {"version": msg.model_version, "state_dict": msg.global_model}
-        state.put_model(tx, cid, model)
+        state.put_model(tx, cid, model, received=envelope)
     metrics = msg.metrics
     rmse = metrics.rmse
     reason = None

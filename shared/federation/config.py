@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     #: sealed into it once and their messages carry a reference + SHA-256 (docs/replicas.md).
     #: Unset: every message carries its bytes (the default).
     claim_dir: Path | None = None
+    #: With a claim directory: the global model's messages (round.open, round.completed) travel
+    #: by reference too. Set it only where the orchestrator mounts the claim directory as well
+    #: (it consumes both); an orchestrator without it refuses such a round with that reason.
+    claim_models: bool = False
     #: Directory of Ed25519 keys (<sender>.key private, <sender>.pub public).
     keys_dir: Path | None = None
     service_id: str | None = None

@@ -421,6 +421,15 @@ class SecureEndpoint:
 
         await self.bus.consume(queue, on_any, prefetch=prefetch, concurrency=concurrency)
 
+    def open_received(self, delivery: Delivery) -> tuple[Any, Any] | None:
+        """A delivery opened, typed and, when it came by reference, redeemed from the claim
+        store with every check (a listener outside ``subscribe``: the orchestrator's events).
+        None for a chunk of an incomplete message. Blocking: call it in a worker thread."""
+        opened = self._open(delivery)
+        if opened is not None and isinstance(opened[1], _Reference):
+            return self._redeem(*opened)
+        return opened
+
     def _open(self, delivery: Delivery) -> tuple[Any, Any] | None:
         """CPU-bound part (worker thread or copied context): open, bind to routing key, type it.
 
@@ -481,6 +490,7 @@ class SecureEndpoint:
         if self.claims is None:
             raise ClaimError(
                 f"{self.service} has no claim store (PDMFED_CLAIM_DIR) to redeem {claim.ref}"
+                f" ({outer.msg_type} by reference)"
             )
         limit = int(self.sealer.assembler.max_update_bytes) + ENVELOPE_RESERVE
         try:

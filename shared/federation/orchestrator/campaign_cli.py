@@ -61,19 +61,23 @@ async def run_campaign(
     the campaign already running under ``cfg.campaign_id`` is followed to its end (the summary
     holds the rounds completed from then on).
     """
-    from federation.bus.middleware import SecureEndpoint
     from federation.monitoring import Metrics
     from federation.orchestrator.client import CampaignClient
     from federation.orchestrator.embedded import ORCHESTRATOR_SENDER
     from federation.orchestrator.summary import build_summary, write_run
-    from federation.runtime.launch import make_bus, make_sealer, sender_roles
+    from federation.runtime.launch import (
+        make_bus,
+        make_sealer,
+        orchestrator_endpoint,
+        sender_roles,
+    )
 
     sealer = make_sealer(settings, ORCHESTRATOR_SENDER)
     roles = sender_roles(settings, sealer.trust.senders if sealer.trust is not None else ())
     bus = make_bus(settings, "orchestrator")
     await bus.start()
     try:
-        endpoint = SecureEndpoint(bus, sealer, Metrics("orchestrator"), "orchestrator", roles=roles)
+        endpoint = orchestrator_endpoint(settings, bus, sealer, Metrics("orchestrator"), roles)
         client = CampaignClient(bus, sealer, endpoint)
         if console is not None:
             client.on_event = console

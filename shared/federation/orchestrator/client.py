@@ -12,9 +12,8 @@ from typing import Any
 
 from federation.bus.base import Delivery
 from federation.campaign import CampaignConfig
-from federation.errors import CampaignRefused, PdmFedError
+from federation.errors import CampaignRefused, ClaimError, ConfigError, PdmFedError
 from federation.wire.contracts import Role, consumed_keys
-from federation.wire.messages import parse_payload
 
 __all__ = ["CampaignClient", "CampaignRecord", "EVENT_KEYS"]
 
@@ -62,6 +61,9 @@ class CampaignClient:
         self._done: dict[str, asyncio.Event] = {}
         self._answered: dict[str, asyncio.Event] = {}
         self.on_event: Callable[[str, dict, CampaignRecord], None] | None = None
+        #: Set when an event came by reference and this orchestrator has no claim store to
+        #: read it from: every wait ends with it (the services send models by reference).
+        self.cannot_follow: ConfigError | None = None
 
     async def listen(self) -> None:
         """Bind a private queue to the event types (refused without sender roles)."""
@@ -76,11 +78,13 @@ class CampaignClient:
         return self.records[cid]
 
     def _open(self, delivery: Delivery) -> tuple[str, dict] | None:
-        opened = self.sealer.open(delivery.body, expected_msg_type=delivery.routing_key)
+        """Open, check and type one event; redeemed from the claim store if it came by
+        reference (the endpoint's checks: signature and sender role, AEAD, checksum, digest)."""
+        opened = self.endpoint.open_received(delivery)
         if opened is None:
             return None
-        kind = str(opened.envelope.msg_type)
-        return kind, parse_payload(kind, opened.payload).to_payload()
+        envelope, payload = opened
+        return str(envelope.msg_type), payload.to_payload()
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         try:
@@ -88,6 +92,8 @@ class CampaignClient:
         except PdmFedError as exc:
             log.warning("event %s rejected (%s): %s", delivery.routing_key, exc.reason, exc)
             self.endpoint._count_rejection(exc.reason)
+            if isinstance(exc, ClaimError) and self.endpoint.claims is None:
+                self._stop_following(delivery.routing_key)
             return
         if opened is None:
             return
@@ -128,6 +134,15 @@ class CampaignClient:
         if self.on_event is not None:
             self.on_event(kind, p, rec)
 
+    def _stop_following(self, kind: str) -> None:
+        """End every wait: the services send this orchestrator events it cannot read."""
+        self.cannot_follow = ConfigError(
+            f"{kind} arrived by claim-check reference (PDMFED_CLAIM_MODELS) but this orchestrator"
+            " has no claim store: mount the claim directory and set PDMFED_CLAIM_DIR"
+        )
+        for done in (*self._done.values(), *self._answered.values()):
+            done.set()
+
     def _answer(self, cid: str, kind: str, p: dict) -> None:
         rec = self.records[cid]
         if kind == "campaign.accepted":
@@ -151,6 +166,8 @@ class CampaignClient:
         TimeoutError when no answer came within timeout seconds."""
         self._record(campaign_id)
         await asyncio.wait_for(self._answered[campaign_id].wait(), timeout)
+        if self.cannot_follow is not None:
+            raise self.cannot_follow
         return self._accepted_or_raise(campaign_id)
 
     def _accepted_or_raise(self, campaign_id: str) -> dict:
@@ -164,7 +181,11 @@ class CampaignClient:
         """Wait for campaign.completed (TimeoutError after timeout seconds; CampaignRefused as
         soon as trainer-dispatch rejected our start)."""
         self._record(campaign_id)
+        if self.cannot_follow is not None:
+            raise self.cannot_follow
         await asyncio.wait_for(self._done[campaign_id].wait(), timeout)
+        if self.cannot_follow is not None:
+            raise self.cannot_follow
         rec = self.records[campaign_id]
         if rec.completed is None:
             self._accepted_or_raise(campaign_id)

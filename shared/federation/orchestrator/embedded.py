@@ -78,9 +78,13 @@ class EmbeddedFederation:
     async def start(self) -> None:
         """Start the four services, then the orchestrator's event listener."""
         from federation.bus.memory import InMemoryBroker
-        from federation.bus.middleware import SecureEndpoint
         from federation.monitoring import Metrics
-        from federation.runtime.launch import make_bus, make_sealer, topology_of
+        from federation.runtime.launch import (
+            make_bus,
+            make_sealer,
+            orchestrator_endpoint,
+            topology_of,
+        )
 
         widen_thread_pool()
         kd = keys_dir_of(self.settings)
@@ -96,12 +100,12 @@ class EmbeddedFederation:
         )
         await self._client_bus.start()
         sealer = make_sealer(self.settings, ORCHESTRATOR_SENDER)
-        endpoint = SecureEndpoint(
+        endpoint = orchestrator_endpoint(
+            self.settings,
             self._client_bus,
             sealer,
             Metrics("orchestrator", self.registry),
-            "orchestrator",
-            roles=self.roles,
+            self.roles,
         )
         self.client = CampaignClient(self._client_bus, sealer, endpoint)
         await self.client.listen()

@@ -1,11 +1,13 @@
 """The claim-check store: large updates sealed once into a directory every service mounts.
 
 Where ``PDMFED_CLAIM_DIR`` is set, a message type whose contract allows it (``by_reference``:
-update.raw, update.screened) with an encoded payload of ``min_bytes`` or more is sealed (the
-usual envelope: AES-GCM, checksum, Ed25519) into ``<claim dir>/<producer>/<random>`` inside the
-transaction that queues it: the file is fsynced and renamed into place before that transaction
-commits the outbox row holding the reference (:class:`~federation.wire.claims.ClaimReference`),
-so a published reference always names a committed body; a rolled-back transaction removes it.
+update.raw, update.screened; with ``PDMFED_CLAIM_MODELS``, where the orchestrator mounts the
+store too, also the global model's round.open and round.completed) with an encoded payload of
+``min_bytes`` or more is sealed (the usual envelope: AES-GCM, checksum, Ed25519) into
+``<claim dir>/<producer>/<random>`` inside the transaction that queues it: the file is fsynced
+and renamed into place before that transaction commits the outbox row holding the reference
+(:class:`~federation.wire.claims.ClaimReference`), so a published reference always names a
+committed body; a rolled-back transaction removes it.
 A consumer reads the body by reference, checks its size and binding digest (the SHA-256 of its
 header, tag and signature: :func:`~federation.wire.envelope.binding_digest`; no second pass over
 the ciphertext) against the (signed) reference, then opens it like any message (signature,
@@ -51,7 +53,7 @@ from federation.errors import (
 from federation.runtime.blobs import BlobDirectory, read_whole
 from federation.wire.claims import CLAIM_KEY, ClaimReference
 from federation.wire.codec import PayloadParts, rough_nbytes
-from federation.wire.contracts import may_refer
+from federation.wire.contracts import may_refer, reaches_orchestrator
 from federation.wire.envelope import MAX_HEADER_BYTES, binding_digest, binding_spans
 
 __all__ = ["ClaimStore", "CLAIM_MIN_BYTES", "KEPT_CACHE_BYTES", "KeptBody", "live_claims"]
@@ -115,13 +117,17 @@ class ClaimStore:
         *,
         min_bytes: int = CLAIM_MIN_BYTES,
         sync: bool = True,
+        models: bool = False,
     ) -> None:
         self.root = Path(root)
+        #: The orchestrator mounts this store too: types it consumes (the global model's
+        #: round.open and round.completed) may go by reference as well (PDMFED_CLAIM_MODELS).
+        self.models = models
         self.producer = producer
         self.sealer = sealer
         self.min_bytes = int(min_bytes)
         self._sync = sync
-        self._own = BlobDirectory(self.root / producer, sync=sync)
+        self._own = BlobDirectory(self.root / producer, sync=sync) if producer else None
         self._workers = ThreadPoolExecutor(
             max_workers=DEPOSIT_WORKERS, thread_name_prefix="pdmfed-claim"
         )
@@ -130,12 +136,21 @@ class ClaimStore:
         self._kept_bytes = 0
         self._kept_lock = threading.Lock()
         self.kept_cache_bytes = KEPT_CACHE_BYTES
-        ClaimReference(f"{producer}/{'0' * 32}", "0" * 64, 1)  # a producer name refs can carry
+        if producer:
+            ClaimReference(f"{producer}/{'0' * 32}", "0" * 64, 1)  # a name refs can carry
+
+    @classmethod
+    def reader(cls, root: Path, sealer: Any) -> ClaimStore:
+        """A store that only redeems references (the orchestrator): it has no folder of its
+        own, so it never writes into the claim directory (which may be mounted read-only)."""
+        return cls(root, "", sealer)
 
     # -- producing --------------------------------------------------------------------
     def applies(self, msg_type: str, nbytes: int) -> bool:
         """Whether a payload of ``nbytes`` encoded bytes of this type goes by reference."""
-        return nbytes >= self.min_bytes and may_refer(msg_type)
+        if nbytes < self.min_bytes or not may_refer(msg_type):
+            return False
+        return self.models or not reaches_orchestrator(msg_type)
 
     def deposit(
         self, msg_type: str, parts: PayloadParts, *, datasite_id: str = "", round_num: int = 0

@@ -229,7 +229,9 @@ async def start_node(
     if settings.claim_dir is not None:  # claim check: large updates sealed once, sent by reference
         from federation.runtime.claims import ClaimStore
 
-        store.claims = endpoint.claims = ClaimStore(Path(settings.claim_dir), name, sealer)
+        store.claims = endpoint.claims = ClaimStore(
+            Path(settings.claim_dir), name, sealer, models=settings.claim_models
+        )
         store.collect_claims()
     _relearn_campaigns(endpoint, store)
     if hasattr(sealer.assembler, "refresh_limits"):  # a campaign.start another replica handled
@@ -265,6 +267,20 @@ def _relearn_campaigns(endpoint: Any, store: Any) -> None:
     for value in stored:
         if isinstance(value, dict):  # the config itself, or dispatch's record holding it
             endpoint.learn_campaign(value.get("config", value))
+
+
+def orchestrator_endpoint(settings: Settings, bus: Any, sealer: Any, metrics: Any,
+                          roles: Any) -> Any:  # fmt: skip
+    """The orchestrator's endpoint; where it mounts the claim directory (PDMFED_CLAIM_DIR), it
+    redeems events sent by reference (PDMFED_CLAIM_MODELS) from it, read-only."""
+    from federation.bus.middleware import SecureEndpoint
+
+    endpoint = SecureEndpoint(bus, sealer, metrics, "orchestrator", roles=roles)
+    if settings.claim_dir is not None:
+        from federation.runtime.claims import ClaimStore
+
+        endpoint.claims = ClaimStore.reader(Path(settings.claim_dir), sealer)
+    return endpoint
 
 
 def widen_thread_pool(loop: asyncio.AbstractEventLoop | None = None, workers: int = 32) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "sender_roles_of",
     "contracts_table",
     "may_refer",
+    "reaches_orchestrator",
     "forwarded_type",
 ]
 
@@ -54,15 +55,17 @@ class Contract:
     #: The role whose signature the payload itself carries (checked by a consumer), if any.
     content_signer: Role | None = None
     #: May travel as a claim-check reference (wire.claims) where a shared claim store is
-    #: configured: only types every consumer of which is a service that mounts the store.
+    #: configured: types consumed by services that mount the store, and by the orchestrator
+    #: only where it mounts the store too (``reaches_orchestrator``; PDMFED_CLAIM_MODELS).
     by_reference: bool = False
     #: A type whose sealed body this one may forward by reference, adding only its own fields
     #: (wire.claims): the bytes its sender received are not sealed and written again.
     forwards: MsgType | None = None
 
     def __post_init__(self) -> None:
-        if self.by_reference and any(r not in SERVICE_ROLES for r in self.consumer_roles):
-            raise ValueError(f"{self.msg_type.value}: only services can redeem claim checks")
+        readers = (*SERVICE_ROLES, Role.ORCHESTRATOR)
+        if self.by_reference and any(r not in readers for r in self.consumer_roles):
+            raise ValueError(f"{self.msg_type.value}: only envelope roles can redeem claim checks")
         if self.forwards is not None and not self.by_reference:
             raise ValueError(f"{self.msg_type.value}: only a by-reference type may forward")
 
@@ -162,6 +165,7 @@ CONTRACTS: dict[MsgType, Contract] = {
             (_C, "keeps the round's global model: train.request names its version only"),
             (_A, "keeps the round's base model (deltas are applied to it) and opens the round"),
             (_O, "shows the round as open; keeps the campaign's normalisation statistics"),
+            by_reference=True,
         ),
         _contract(
             RoundClose,
@@ -200,6 +204,7 @@ CONTRACTS: dict[MsgType, Contract] = {
             {_A},
             (_D, "adopts the new model; starts the next round or stops (rounds, RMSE, budget)"),
             (_O, "records the round's metrics and the latest model"),
+            by_reference=True,
         ),
         _contract(
             CampaignCompleted,
@@ -234,6 +239,15 @@ def may_refer(msg_type: str | MsgType) -> bool:
     """Whether ``msg_type`` may travel as a claim-check reference (False for unknown types)."""
     try:
         return CONTRACTS[MsgType(msg_type)].by_reference
+    except ValueError:
+        return False
+
+
+def reaches_orchestrator(msg_type: str | MsgType) -> bool:
+    """Whether the orchestrator consumes ``msg_type`` (it redeems a reference only where it
+    mounts the claim store: a producer sends such a type by reference only when told so)."""
+    try:
+        return Role.ORCHESTRATOR in CONTRACTS[MsgType(msg_type)].consumer_roles
     except ValueError:
         return False
 

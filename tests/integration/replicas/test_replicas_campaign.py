@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import pytest
 from replica_helpers import rabbit_unavailable, rounds_by_number
@@ -133,9 +134,9 @@ def test_when_updates_travel_by_claim_check__a_campaign_with_a_kill_each_round_c
     reason = rabbit_unavailable()
     if reason is not None:
         pytest.skip(reason)
-    settings, env, prefix = prepare(tmp_path, pg_url, IDS, SAMPLES, train_s=0.5)
-    claims = tmp_path / "claims"
-    cluster = Cluster(tmp_path, {**env, "PDMFED_CLAIM_DIR": str(claims)})
+    settings, env, prefix = prepare(tmp_path, pg_url, IDS, SAMPLES, train_s=0.5, claim_check=True)
+    claims = Path(env["PDMFED_CLAIM_DIR"])
+    cluster = Cluster(tmp_path, env)
     cfg = campaign_config(f"{prefix}-c1", IDS, ROUNDS, timeout_s=600)
     seed = int(os.environ.get("PDMFED_REPLICA_KILL_SEED", "0")) or int.from_bytes(os.urandom(4))
     try:
@@ -159,5 +160,11 @@ def test_when_updates_travel_by_claim_check__a_campaign_with_a_kill_each_round_c
     sealed = {p.stat().st_ino for p in bodies["connector"]}
     assert len(bodies["security"]) >= len(IDS) * ROUNDS
     assert {p.stat().st_ino for p in bodies["security"]} <= sealed
+    # The global model too: dispatch sealed each round.open once, the aggregator each
+    # round.completed, and the orchestrator here redeemed them from the same store.
+    for producer in ("trainer-dispatch", "aggregator"):
+        models = [p for p in (claims / producer).iterdir() if p.suffix != ".tmp"]
+        assert len(models) >= ROUNDS and all(p.stat().st_size > update_bytes for p in models)
+    assert len(record.rounds) == ROUNDS
     logs = _logs(cluster)
     assert "claim_missing" not in logs and "integrity" not in logs

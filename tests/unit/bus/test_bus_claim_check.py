@@ -286,14 +286,17 @@ def test_when_claims_are_collected__only_idle_unreferenced_bodies_go(side):
     assert side.body_path(queued).exists()  # its message is not published yet
 
 
-def test_when_contracts_declare_references__only_updates_to_services_may_refer():
+def test_when_contracts_declare_references__only_updates_and_models_may_refer():
     assert {t.value for t, c in CONTRACTS.items() if c.by_reference} == {
         "update.raw",
         "update.screened",
+        "round.open",
+        "round.completed",
     }
-    assert may_refer("update.raw") and not may_refer("round.open") and not may_refer("nope")
-    with pytest.raises(ValueError):
-        Contract(RoundOpen, frozenset({Role.TRAINER_DISPATCH}), ((Role.ORCHESTRATOR, "x"),),
+    assert may_refer("update.raw") and may_refer("round.open")
+    assert not may_refer("stats.raw") and not may_refer("nope")
+    with pytest.raises(ValueError):  # a factory seals no envelope and mounts no claim store
+        Contract(RoundOpen, frozenset({Role.TRAINER_DISPATCH}), ((Role.FACTORY, "x"),),
                  by_reference=True)  # fmt: skip
 
 
