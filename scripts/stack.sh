@@ -17,14 +17,16 @@ export PDMFED_RUNS_DIR=${PDMFED_RUNS_DIR:-$ROOT/runs}
 
 log() { printf 'stack: %s\n' "$*" >&2; }
 
-# Every component's keys and secrets, one directory each, handed to the images' user:
-# per-component env files, per-service Redis ACL users, the broker's rendered definitions,
-# and the PostgreSQL credentials the replicas override (deploy/compose/replicas.yml) uses.
+# Every component's keys and secrets, one directory each, handed to the images' user (uid and
+# gid 10001; Redis and Grafana read their own passwords through that group): one file per
+# setting in <component>/secrets/, which its container mounts read-only (no env files),
+# per-service Redis ACL users, the broker's rendered definitions, and the PostgreSQL
+# credentials the replicas override (deploy/compose/replicas.yml) uses.
 write_secrets() {
   "$PY" -m federation.cli keys init --out "$1" \
     --factory factory-1 --factory factory-2 --factory factory-3 \
     --broker amqp://rabbitmq:5672/pdmfed --redis redis://redis:6379/0 \
-    --env-files --rabbitmq-definitions deploy/rabbitmq/definitions.json \
+    --rabbitmq-definitions deploy/rabbitmq/definitions.json \
     --state-url postgresql://postgres:5432/pdmfed --owner "$IMAGE_USER" >/dev/null
   log "secrets written to $1 (pdmfed keys init)"
 }

@@ -90,13 +90,21 @@ class Settings(BaseSettings):
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
     ):  # noqa: ANN001, ANN206
         """Arguments, then the environment, then PDMFED_SECRETS_DIR: one file per setting, named
-        like its variable in lower case (``pdmfed_encryption_key``), as compose/k8s secrets mount."""
-        secrets_dir = os.environ.get("PDMFED_SECRETS_DIR")
-        if not secrets_dir:
+        like its variable in lower case (``pdmfed_encryption_key``), as compose/k8s secrets mount.
+        Several directories may be named, separated by ``:`` (os.pathsep); a later one wins."""
+        value = os.environ.get("PDMFED_SECRETS_DIR")
+        directories = [d for d in (value or "").split(os.pathsep) if d]
+        if not directories:
             return init_settings, env_settings, dotenv_settings
-        if not Path(secrets_dir).is_dir():
-            raise ConfigError(f"PDMFED_SECRETS_DIR {secrets_dir} is not a directory")
-        files = SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir)
+        for directory in directories:
+            if not Path(directory).is_dir():
+                raise ConfigError(f"PDMFED_SECRETS_DIR {directory} is not a directory")
+            if not os.access(directory, os.R_OK | os.X_OK):
+                raise ConfigError(
+                    f"PDMFED_SECRETS_DIR {directory} is not readable by uid {os.geteuid()}"
+                    " (`pdmfed keys init --owner` must name the user that reads it)"
+                )
+        files = SecretsSettingsSource(settings_cls, secrets_dir=directories)
         return init_settings, env_settings, dotenv_settings, files
 
     @property

@@ -38,8 +38,9 @@ def init(
         bool,
         typer.Option(
             "--env-files",
-            help="also write <component>/env (NAME=value) for docker compose"
-            " env_file, and Grafana's admin password (Kubernetes mounts <component>/secrets/)",
+            help="also write each component's secrets again as <component>/env (NAME=value),"
+            " for tools that want an env file (compose and Kubernetes mount"
+            " <component>/secrets/ as files instead)",
         ),
     ] = False,
     rabbitmq_definitions: Annotated[
@@ -53,13 +54,17 @@ def init(
     ] = None,
     owner: Annotated[
         str | None,
-        typer.Option(help="UID:GID owning every file (the container images' user, 10001:10001)"),
+        typer.Option(
+            help="UID:GID owning every file (the container images' user, 10001:10001); the"
+            " servers' own secrets (Redis, Grafana) are readable by that GID"
+        ),
     ] = None,
     state_url: Annotated[
         str | None,
         typer.Option(
             help="PostgreSQL URL without credentials of the services' shared state"
-            " (replicas): writes <service>/state.env and postgres/env"
+            " (replicas): writes <service>/state-secrets/ (and state.env), postgres/secrets/"
+            " (and postgres/env)"
         ),
     ] = None,
 ) -> int:

@@ -19,24 +19,33 @@ holds what and who trusts whom; it holds no secret.
     OUT/redis/users.acl                     Redis ACL file (password hashes only): one user per
                                              role, and the PING-only health-check user
     OUT/redis/secrets/rediscli_auth         the health-check user's password (probes only)
+    OUT/grafana/secrets/                    Grafana's admin password (gf_security_admin_password)
 
-For a container stack (``--env-files``, ``--rabbitmq-definitions``, ``--owner``):
+Compose bind-mounts ``<component>/secrets/`` read-only at /run/pdmfed/secrets (PDMFED_SECRETS_DIR)
+and Kubernetes makes a Secret of it (``--from-file``): no secret travels in an environment.
 
-    OUT/<component>/env                     its secrets as NAME=value lines, for docker compose
-                                             ``env_file`` (also redis/env, grafana/env); a
-                                             Kubernetes Secret is made from ``secrets/``
-                                             (``--from-file``) and mounted as files
-    OUT/grafana/secrets/                    Grafana's admin password
+For a container stack (``--rabbitmq-definitions``, ``--owner``, ``--env-files``):
+
     OUT/rabbitmq/definitions.json           the broker definitions rendered with each broker
                                              user's password hash (no password)
     OUT/rabbitmq/secrets/                   the broker administrator's password (operators only)
+    OUT/<component>/env                     (``--env-files``) its secrets again, as NAME=value
+                                             lines, for tools that want an env file; neither
+                                             compose nor Kubernetes uses them
 
 For services on replicas sharing PostgreSQL (``--state-url``; docs/replicas.md):
 
-    OUT/<service>/state.env                 PDMFED_STATE_URL as the service's own database role
-                                             pdmfed_<service> (its password), owner of its schema only
+    OUT/<service>/state-secrets/pdmfed_state_url
+                                            PDMFED_STATE_URL as the service's own database role
+                                             pdmfed_<service> (its password), owner of its schema
+                                             only: compose's replicas override adds this directory
+                                             to PDMFED_SECRETS_DIR
+    OUT/<service>/state.env                 the same as PDMFED_STATE_URL=... (Kubernetes'
+                                             --from-env-file)
+    OUT/postgres/secrets/postgres_password  the superuser's password, for the postgres container
+                                             only (POSTGRES_PASSWORD_FILE)
     OUT/postgres/env                        POSTGRES_USER / POSTGRES_DB / POSTGRES_PASSWORD: the
-                                             superuser, for the postgres container only
+                                             same superuser (Kubernetes' --from-env-file)
     OUT/postgres/initdb/10-pdmfed-roles.sql the roles and their schemas (SCRAM verifiers only), run
                                              by the postgres image at first start
 """
@@ -116,7 +125,7 @@ class ProvisionOptions:
 
     broker_url: str = "amqp://rabbitmq:5672/pdmfed"
     redis_url: str | None = "redis://redis:6379/0"
-    #: Also write each component's secrets as ``<component>/env`` (compose, kubectl), and Grafana's.
+    #: Also write each component's secrets as ``<component>/env`` (NAME=value lines).
     env_files: bool = False
     #: RabbitMQ definitions template to render with the broker users' password hashes.
     broker_definitions: Path | None = None
@@ -285,8 +294,8 @@ def provision(
         _render_broker_definitions(writer, options.broker_definitions, broker)
     if options.state_url is not None:
         _state_env_files(out, options.state_url)
+    writer.infrastructure("grafana", {"gf_security_admin_password": _token()})
     if options.env_files:
-        writer.infrastructure("grafana", {"gf_security_admin_password": _token()})
         writer.env_files()
 
     manifest = {
@@ -332,20 +341,25 @@ def _state_database(state_url: str) -> str:
 
 
 def _state_env_files(out: Path, state_url: str) -> None:
-    """``<service>/state.env``: its own role's URL; ``postgres/env``: the superuser, which only
-    the database keeps; ``postgres/initdb/``: the roles' SQL (SCRAM verifiers, no password)."""
+    """Each service's own role's URL (``<service>/state-secrets/pdmfed_state_url``, and as
+    ``<service>/state.env``); the superuser's password, which only the database keeps
+    (``postgres/secrets/postgres_password``, and ``postgres/env``); ``postgres/initdb/``: the
+    roles' SQL (SCRAM verifiers, no password)."""
     database = _state_database(state_url)
     passwords = {service: _token() for service in SERVICES}
     sql = roles_sql(database, passwords)
     for service, password in passwords.items():
         url = _with_credentials(state_url, role_of(service), password, what="--state-url")
+        _write_secret(private_dir(out / service / "state-secrets"), "pdmfed_state_url", url)
         with open_private(out / service / "state.env") as fh:
             fh.write(f"PDMFED_STATE_URL={url}\n".encode())
     postgres = private_dir(out / "postgres")
+    superuser = _token()
+    _write_secret(private_dir(postgres / "secrets"), "postgres_password", superuser)
     with open_private(postgres / "env") as fh:
         fh.write(
             f"POSTGRES_USER={POSTGRES_SUPERUSER}\nPOSTGRES_DB={database}\n"
-            f"POSTGRES_PASSWORD={_token()}\n".encode()
+            f"POSTGRES_PASSWORD={superuser}\n".encode()
         )
     with open_private(private_dir(postgres / "initdb") / ROLES_SQL_FILE) as fh:
         fh.write(sql.encode("utf-8"))
@@ -361,10 +375,15 @@ _SERVER_READABLE = (
 #: Directories a server lists (the postgres image runs every file of its initdb folder; one it
 #: cannot list would be skipped without a word). They hold hashes only.
 _SERVER_LISTABLE = ("postgres/initdb",)
+#: Secrets a server reads under its image's own user (Redis's health check, Grafana): readable
+#: by the owner's group, which compose adds to those containers (group_add); nothing for others.
+_SERVER_GROUP_READABLE = ("redis/secrets", "grafana/secrets")
 
 
 def _hand_over(out: Path, owner: tuple[int, int]) -> None:
-    """Every file and directory to ``owner`` (the images' user), modes kept private."""
+    """Every file and directory to ``owner`` (the images' user), modes kept private: 0600 files
+    in 0700 directories; the servers' hash-only files readable by all, their own passwords by
+    the owner's group."""
     for path in [out, *sorted(out.rglob("*"))]:
         os.chown(path, *owner)
     for name in _SERVER_READABLE:
@@ -376,6 +395,11 @@ def _hand_over(out: Path, owner: tuple[int, int]) -> None:
     for name in _SERVER_LISTABLE:
         if (out / name).exists():
             (out / name).chmod(0o755)
+    for name in _SERVER_GROUP_READABLE:
+        if (out / name).is_dir():
+            (out / name).chmod(0o750)
+            for path in (out / name).iterdir():
+                path.chmod(0o640)
 
 
 def public_key_files(keys_dir: Path) -> Mapping[str, Path]:

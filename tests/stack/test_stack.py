@@ -270,10 +270,10 @@ def _redis_cli(stack: Stack, password: str | None, *args: str) -> str:
 
 def test_the_stacks_redis_confines_each_service_to_its_own_seen_ids(stack):
     def password(component: str) -> str:
-        env = (stack.root / "secrets" / component / "env").read_text().splitlines()
-        return next(
-            line.split("=", 1)[1] for line in env if line.startswith("PDMFED_REDIS_PASSWORD=")
-        )
+        # the file its container reads through PDMFED_SECRETS_DIR
+        return (
+            stack.root / "secrets" / component / "secrets" / "pdmfed_redis_password"
+        ).read_text()
 
     victim_key = "pdmfed:seen:security:" + secrets.token_hex(16)
     assert "OK" in _redis_cli(

@@ -1,8 +1,8 @@
 """The stack's Redis, from the attacker's side: `pdmfed keys init` secrets, compose's command line.
 
 A redis-server runs with the command line docker-compose.yml gives the stack's Redis and the
-users.acl `pdmfed keys init --env-files` writes; each service connects with nothing but what
-its own env file holds. One service's credentials must not read, delete or pre-fill another
+users.acl `pdmfed keys init` writes; each service connects with nothing but what its own
+secrets directory holds (the files its container mounts as PDMFED_SECRETS_DIR). One service's credentials must not read, delete or pre-fill another
 service's seen ids; the default user, no password and the health-check user get nothing more.
 """
 
@@ -42,13 +42,9 @@ def _host_address() -> str:
     return address
 
 
-def _env(path: Path) -> dict[str, str]:
-    pairs = (
-        line.partition("=")
-        for line in path.read_text().splitlines()
-        if line and not line.startswith("#")
-    )
-    return {key: value for key, _, value in pairs}
+def _env(directory: Path) -> dict[str, str]:
+    """A component's secrets as its container reads them: one file per setting (upper-cased)."""
+    return {f.name.upper(): f.read_text() for f in directory.iterdir() if f.is_file()}
 
 
 def _compose_redis_args() -> list[str]:
@@ -63,7 +59,7 @@ def _compose_redis_args() -> list[str]:
 @pytest.fixture(scope="module")
 def stack_redis(tmp_path_factory):
     out = tmp_path_factory.mktemp("stack") / "secrets"
-    code = pdmfed(["keys", "init", "--out", str(out), "--factory", "factory-1", "--env-files"])
+    code = pdmfed(["keys", "init", "--out", str(out), "--factory", "factory-1"])
     assert code == 0
     args = [
         str(out / "redis/users.acl") if a == ACL_IN_CONTAINER else a for a in _compose_redis_args()
@@ -84,7 +80,7 @@ def _client(port: int, username: str | None = None, password: str | None = None)
 
 
 def _store(out: Path, port: int, role: str):
-    env = _env(out / role / "env")
+    env = _env(out / role / "secrets")
     assert env["PDMFED_REDIS_URL"] == "redis://redis:6379/0"  # as the containers reach it
     settings = Settings(
         redis_url=f"redis://{_host_address()}:{port}/0", redis_password=env["PDMFED_REDIS_PASSWORD"]
@@ -92,17 +88,17 @@ def _store(out: Path, port: int, role: str):
     return seen_store_from_settings(settings, role=role)
 
 
-def test_each_service_env_file_holds_only_its_own_redis_password(stack_redis):
+def test_each_services_secrets_hold_only_its_own_redis_password(stack_redis):
     out, _ = stack_redis
-    passwords = {s: _env(out / s / "env")["PDMFED_REDIS_PASSWORD"] for s in ENVELOPE_SENDERS}
+    passwords = {s: _env(out / s / "secrets")["PDMFED_REDIS_PASSWORD"] for s in ENVELOPE_SENDERS}
     assert len(set(passwords.values())) == len(passwords)
-    for component in [p.parent for p in out.rglob("env")]:
+    for component in [p.parent for p in out.rglob("secrets") if p.is_dir()]:
         text = "".join(f.read_text() for f in component.rglob("*") if f.is_file())
         own = component.name if component.name in passwords else None
         assert [s for s, pw in passwords.items() if pw in text and s != own] == [], component
 
 
-def test_each_service_works_in_its_own_namespace_with_its_env_file(stack_redis):
+def test_each_service_works_in_its_own_namespace_with_its_secrets(stack_redis):
     out, port = stack_redis
     for role in ENVELOPE_SENDERS:
         store = _store(out, port, role)
@@ -120,7 +116,7 @@ def test_when_a_service_uses_its_credentials_against_another_services_seen_ids__
     seen = os.urandom(16)
     assert victim.add_if_new(seen, 60)
     client = _client(
-        port, acl_user(attacker), _env(out / attacker / "env")["PDMFED_REDIS_PASSWORD"]
+        port, acl_user(attacker), _env(out / attacker / "secrets")["PDMFED_REDIS_PASSWORD"]
     )
     key = f"pdmfed:seen:security:{seen.hex()}"
     attempts = {
@@ -157,7 +153,7 @@ def test_when_a_client_has_no_password_or_is_the_default_user__redis_refuses_it(
 
 def test_the_health_check_user_may_only_ping(stack_redis):
     out, port = stack_redis
-    env = _env(out / "redis" / "env")
+    env = _env(out / "redis" / "secrets")
     assert set(env) == {"REDISCLI_AUTH"}  # all the Redis container gets: its health password
     health = _client(port, HEALTH_USER, env["REDISCLI_AUTH"])
     assert health.ping()

@@ -96,10 +96,17 @@ def test_with_an_owner_every_file_is_the_images_users_and_only_hashes_are_readab
         stack_secrets / "postgres" / "initdb" / ROLES_SQL_FILE,
     }
     traversable = {stack_secrets, *(stack_secrets / d for d in ("rabbitmq", "redis", "postgres"))}
+    # the servers' own passwords, for compose's group_add of the owner's group (their uids
+    # differ between images): Redis's health check, Grafana's admin
+    group_readable = {stack_secrets / "redis" / "secrets", stack_secrets / "grafana" / "secrets"}
     for path in [stack_secrets, *stack_secrets.rglob("*")]:
         assert (path.stat().st_uid, path.stat().st_gid) == OWNER, path
         if path in readable:  # hashes only, for the servers' own users
             assert _mode(path) == 0o644, path
+        elif path.parent in group_readable:  # read by a server through the owner's group
+            assert _mode(path) == 0o640, path
+        elif path in group_readable:
+            assert _mode(path) == 0o750, path
         elif path in traversable:
             assert _mode(path) == 0o711, path  # traversable, not listable
         elif path == stack_secrets / "postgres" / "initdb":
@@ -156,3 +163,24 @@ def test_a_state_url_whose_database_is_not_a_plain_identifier_is_refused(tmp_pat
     code = _keys_init(tmp_path / "out", "--state-url", "postgresql://postgres:5432/pdm-fed")
     assert code != 0 and "database name 'pdm-fed'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_compose_reads_grafanas_postgres_and_each_services_database_url_as_files(stack_secrets):
+    """One file per setting, as PDMFED_SECRETS_DIR, POSTGRES_PASSWORD_FILE and Grafana's
+    $__file{} read them; the same values as the env files Kubernetes' --from-env-file reads."""
+    grafana = (stack_secrets / "grafana" / "secrets" / "gf_security_admin_password").read_text()
+    assert grafana == _env(stack_secrets / "grafana" / "env")["GF_SECURITY_ADMIN_PASSWORD"]
+    postgres = (stack_secrets / "postgres" / "secrets" / "postgres_password").read_text()
+    assert postgres == _env(stack_secrets / "postgres" / "env")["POSTGRES_PASSWORD"]
+    for service in SERVICES:
+        (url,) = (stack_secrets / service / "state-secrets").iterdir()
+        assert url.name == "pdmfed_state_url"
+        assert url.read_text() == _env(stack_secrets / service / "state.env")["PDMFED_STATE_URL"]
+        # not in its secrets directory: the stack without the replicas override stays on SQLite
+        assert not (stack_secrets / service / "secrets" / "pdmfed_state_url").exists()
+
+
+def test_without_env_files__grafanas_password_is_written_and_no_env_file(tmp_path):
+    assert _keys_init(tmp_path / "out") == 0
+    assert (tmp_path / "out" / "grafana" / "secrets" / "gf_security_admin_password").read_text()
+    assert not list((tmp_path / "out").rglob("env"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 
 import pytest
@@ -49,3 +50,42 @@ def test_when_the_files_are_named_like_the_variables__settings_still_read_them(
     settings = Settings()
     assert settings.passphrase() == passphrase
     assert settings.state_url == "postgresql://pdmfed_security:pw@postgres/pdmfed"
+
+
+def test_when_several_directories_are_named__settings_read_all_and_a_later_one_wins(
+    tmp_path, monkeypatch
+):
+    """compose's replicas override adds a service's database URL as a second directory."""
+    first, second = tmp_path / "secrets", tmp_path / "state-secrets"
+    first.mkdir()
+    second.mkdir()
+    passphrase = secrets.token_urlsafe(24)
+    (first / "pdmfed_encryption_key").write_text(passphrase)
+    (first / "pdmfed_state_url").write_text("postgresql://old:pw@postgres/pdmfed")
+    (second / "pdmfed_state_url").write_text("postgresql://pdmfed_security:pw@postgres/pdmfed")
+    monkeypatch.setenv("PDMFED_SECRETS_DIR", f"{first}:{second}")
+    monkeypatch.delenv("PDMFED_ENCRYPTION_KEY", raising=False)
+    monkeypatch.delenv("PDMFED_STATE_URL", raising=False)
+    settings = Settings()
+    assert settings.passphrase() == passphrase
+    assert settings.state_url == "postgresql://pdmfed_security:pw@postgres/pdmfed"
+
+
+def test_when_one_of_several_directories_is_missing__settings_refuse_with_its_name(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PDMFED_SECRETS_DIR", f"{tmp_path}:{tmp_path / 'missing'}")
+    with pytest.raises(ConfigError, match="PDMFED_SECRETS_DIR .*missing"):
+        Settings()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory")
+def test_when_the_secrets_dir_is_not_readable__settings_say_so_and_by_whom(tmp_path, monkeypatch):
+    """A container whose user does not own its mounted secrets (keys init without --owner)."""
+    (tmp_path / "secrets").mkdir(mode=0o000)
+    monkeypatch.setenv("PDMFED_SECRETS_DIR", str(tmp_path / "secrets"))
+    try:
+        with pytest.raises(ConfigError, match=rf"not readable by uid {os.geteuid()}"):
+            Settings()
+    finally:
+        (tmp_path / "secrets").chmod(0o700)
