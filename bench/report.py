@@ -289,10 +289,12 @@ def _round_claim(doc: dict | None, replicas: dict | None) -> list[str]:
     lines = [
         f"## {title}",
         "",
-        "The same campaign alternately with every update in the messages (in line, as before) and"
-        " by claim check (`PDMFED_CLAIM_DIR`, docs/replicas.md#claim-check), same run. One hop ="
-        " the bare broker moving every update once and the model once at the rate measured right"
-        " after that campaign; the target (issue #20 item 6) is an overhead of at most"
+        "The same campaign alternately with every update and model in the messages (in line, as"
+        " before) and by claim check (`PDMFED_CLAIM_DIR` with `PDMFED_CLAIM_MODELS`: updates and"
+        " the global model sealed once into the claim store, the orchestrator mounting it too;"
+        " docs/replicas.md#claim-check), same run. One hop = the bare broker moving every update"
+        " once and the model once at the rate measured right after that campaign (by claim check"
+        " none of those bytes cross the broker, so it can come in under 1×); the target (issue #20 item 6) is an overhead of at most"
         f" {CLAIM_TARGET}× one hop for 10M × 10, and no worse than in line for the hybrid model."
         " `.venv/bin/python -m bench.bench_round --claim` (SQLite, dispatch/security/aggregator as"
         " processes) and `.venv/bin/python -m bench.bench_replicas --claim` (PostgreSQL, one"
