@@ -173,25 +173,12 @@ async def test_an_orchestrator_without_the_store_stops_waiting_with_the_reason(t
 
 
 async def test_a_service_redeems_round_open_by_reference(tmp_path):
-    # The connector keeps the round's model from round.open sent by reference by dispatch.
+    # The connector receives the round's model from round.open sent by reference by dispatch.
     plane = _Plane(tmp_path)
-    dispatch = ClaimStore(plane.root, "trainer-dispatch", plane.sealers["trainer-dispatch"],
-                          sync=False, models=True)  # fmt: skip
-    store = SqliteStore(tmp_path / "dispatch.sqlite")
-    store.claims = dispatch
+    dstore, ref = _round_open_by_reference(plane, tmp_path, 3.0)
+    store, endpoint, _, _ = _connector(plane, tmp_path)
     try:
-        model = RoundOpen(campaign_id="c1", round_num=1, model_version=1,
-                          global_model={"w": torch.full((N,), 3.0)}, deadline_ts=2e9)  # fmt: skip
-        with store.transaction() as tx:
-            tx.emit("round.open", model.to_payload(), round_num=1)
-        (item,) = store.pending_outbox()
-        ref = ClaimReference.from_payload(item.payload)
         assert ref is not None and ref.producer == "trainer-dispatch"
-        inn = Sealer(plane.ring, sender="connector",
-                     trust=TrustStore({"trainer-dispatch":
-                                       plane.idents["trainer-dispatch"].public_bytes()}))  # fmt: skip
-        endpoint = SecureEndpoint(InMemoryBus(), inn, None, "connector", roles=ROLES)
-        endpoint.claims = ClaimStore(plane.root, "connector", inn, sync=False)
         got: list = []
 
         async def handler(kind, payload, envelope) -> None:
@@ -204,7 +191,23 @@ async def test_a_service_redeems_round_open_by_reference(tmp_path):
         assert torch.equal(payload.global_model["w"], torch.full((N,), 3.0))
     finally:
         store.close()
+        dstore.close()
         plane.store.close()
+
+
+def _round_open_by_reference(plane: _Plane, tmp: Path, fill: float):
+    """Dispatch (its store and claim folder, models by reference) emits round 1's round.open
+    with a model of ``fill``: its store and the reference the outbox row holds."""
+    dispatch = ClaimStore(plane.root, "trainer-dispatch", plane.sealers["trainer-dispatch"],
+                          sync=False, models=True)  # fmt: skip
+    store = SqliteStore(tmp / "dispatch.sqlite")
+    store.claims = dispatch
+    model = RoundOpen(campaign_id="c1", round_num=1, model_version=1,
+                      global_model={"w": torch.full((N,), fill)}, deadline_ts=2e9)  # fmt: skip
+    with store.transaction() as tx:
+        tx.emit("round.open", model.to_payload(), round_num=1)
+    (item,) = store.pending_outbox()
+    return store, ClaimReference.from_payload(item.payload)
 
 
 def _connector(plane: _Plane, tmp: Path, name: str = "connector.sqlite"):
@@ -234,16 +237,7 @@ async def test_the_connector_keeps_round_opens_body_as_its_model_and_checks_it_w
     from services.connector.handlers import model_key
 
     plane = _Plane(tmp_path)
-    dispatch = ClaimStore(plane.root, "trainer-dispatch", plane.sealers["trainer-dispatch"],
-                          sync=False, models=True)  # fmt: skip
-    dstore = SqliteStore(tmp_path / "dispatch.sqlite")
-    dstore.claims = dispatch
-    model = RoundOpen(campaign_id="c1", round_num=1, model_version=1,
-                      global_model={"w": torch.full((N,), 4.0)}, deadline_ts=2e9)  # fmt: skip
-    with dstore.transaction() as tx:
-        tx.emit("round.open", model.to_payload(), round_num=1)
-    (item,) = dstore.pending_outbox()
-    ref = ClaimReference.from_payload(item.payload)
+    dstore, ref = _round_open_by_reference(plane, tmp_path, 4.0)
     store, endpoint, logic, service = _connector(plane, tmp_path)
     _, handler = service.handler_of("round.open")
 
