@@ -133,15 +133,20 @@ def _wait_firing(prom, wanted: set[str], timeout: float, **labels: str) -> set[s
     return seen
 
 
-def _wait_metric(port: int, name: str, campaign: str, value: float, timeout: float) -> None:
+def _wait_metric(
+    port: int, name: str, campaign: str, value: float, timeout: float, cli: subprocess.Popen
+) -> None:
+    """Poll a service's /metrics until `name` of `campaign` reaches `value`; fail with the
+    campaign CLI's output when it ended first (the campaign finished without getting there)."""
     deadline = time.monotonic() + timeout
     pattern = re.compile(rf'^{name}\{{campaign="{re.escape(campaign)}"\}} (\S+)$', re.M)
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and cli.poll() is None:
         match = pattern.search(_get(f"http://127.0.0.1:{port}/metrics")[1])
         if match and float(match.group(1)) >= value:
             return
         time.sleep(0.2)
-    pytest.fail(f"{name}{{campaign={campaign!r}}} never reached {value}")
+    ended = "" if cli.poll() is None else f"; the campaign ended: {cli.communicate()[0][-3000:]}"
+    pytest.fail(f"{name}{{campaign={campaign!r}}} never reached {value}{ended}")
 
 
 def _wait_gone(port: int, series: str, timeout: float) -> None:
@@ -276,7 +281,9 @@ def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campai
         },
     )
     # the faulty campaign: a fourth datasite that never answers, and the aggregator frozen as
-    # round 1 opens (the round outlives its 10 s deadline: it can never complete)
+    # round 1 opens (the round outlives its 30 s deadline: it can never complete). The deadline
+    # also bounds round 0, where the three real datasites compute their statistics: a shorter
+    # one ends the campaign no_quorum on a loaded machine before round 1 ever opens.
     faulty = campaign_config(
         fleet.sites,
         campaign_id="e2e-prometheus-faulty",
@@ -286,7 +293,7 @@ def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campai
         max_retries=0,
         n_features=fleet.data.n_features,
         window=fleet.data.window,
-        round_timeout_s=10,
+        round_timeout_s=30,
     )
     faulty = CampaignConfig.model_validate(
         {
@@ -350,7 +357,9 @@ def test_prometheus_sees_every_panel_answer_and_the_alerts_tell_a_healthy_campai
         budget_cases = _budget_alerts_on_real_series(prom, c, tmp_path)
 
         faulty_cli = campaign_cli(faulty)
-        _wait_metric(ports["trainer-dispatch"], "pdmfed_round", faulty.campaign_id, 1, timeout=120)
+        _wait_metric(
+            ports["trainer-dispatch"], "pdmfed_round", faulty.campaign_id, 1, 120, faulty_cli
+        )
         os.killpg(procs.procs["aggregator"].pid, signal.SIGSTOP)  # round 1 can never complete
         frozen = "aggregator"
         wanted = {"PdmfedDatasitesDisconnectedNow", "PdmfedRoundOverDeadlineNow"}
