@@ -227,7 +227,7 @@ class ConnectorLogic:
                 if model is None:
                     model = self.store.read(key)
                     if model is not None and isinstance(model.get("global_model"), dict):
-                        model = model["global_model"]  # kept as the round.open body it came in
+                        model = model["global_model"]  # as stored (bare tensors: older stores)
                     if model is not None:
                         self._models[key] = model
                         while len(self._models) > self.models_in_memory:
@@ -413,11 +413,8 @@ def build_service(logic: ConnectorLogic, queue: str = "pdmfed.connector") -> Ser
         cid, version = msg.campaign_id, msg.model_version
         # Sent by reference (PDMFED_CLAIM_MODELS): the body it came in is kept as its stored
         # form, not written again; else the tensors are stored.
-        kept = tx.keep_received(envelope, {"global_model": msg.global_model})
-        if kept is not None:
-            tx.put(model_key(cid, version), {"global_model": msg.global_model}, kept=kept)
-        else:
-            tx.put(model_key(cid, version), msg.global_model)
+        stored = {"global_model": msg.global_model}
+        tx.put(model_key(cid, version), stored, kept=tx.keep_received(envelope, stored))
         for key in tx.keys(f"model/{cid}/"):
             if key < model_key(cid, version - 1):  # keep this version and the one before (retries)
                 tx.delete(key)

@@ -71,20 +71,15 @@ def put_round(tx: Transaction, cid: str, record: dict) -> None:
 def get_model(tx: Transaction, cid: str) -> dict[str, Any]:
     """The current global model {version, state_dict}."""
     record = tx.get(f"model/{cid}")
-    if record is not None and "global_model" in record:  # kept as a round.completed body
+    if record is not None and "global_model" in record:  # as stored ({version, state_dict}: older)
         record = {"version": record["version"], "state_dict": record["global_model"]}
     return record
 
 
 def put_model(tx: Transaction, cid: str, record: dict, received: Any = None) -> None:
-    """Save the current global model. ``received``: the envelope of the round.completed it
-    came in; sent by reference (PDMFED_CLAIM_MODELS), that body is kept as its stored form
-    instead of the tensors being written again."""
-    kept = None
-    if received is not None:
-        kept = tx.keep_received(received, {"global_model": record["state_dict"]})
-    if kept is None:
-        tx.put(f"model/{cid}", record)
-        return
-    stored = {"version": record["version"], "global_model": record["state_dict"]}
-    tx.put(f"model/{cid}", stored, kept=kept)
+    """Save the current global model {version, state_dict}. ``received``: the envelope of the
+    round.completed it came in; sent by reference (PDMFED_CLAIM_MODELS), that body is kept as
+    its stored form instead of the tensors being written again."""
+    model = {"global_model": record["state_dict"]}
+    kept = tx.keep_received(received, model)
+    tx.put(f"model/{cid}", {"version": record["version"], **model}, kept=kept)

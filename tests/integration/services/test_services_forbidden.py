@@ -138,7 +138,7 @@ async def federation(tmp_path):
 
 
 def _forged_model(fed: Federation) -> dict[str, torch.Tensor]:
-    model = fed.get("trainer-dispatch", f"model/{CID}")["state_dict"]
+    model = fed.get("trainer-dispatch", f"model/{CID}")["global_model"]
     return {k: torch.full_like(v, 66.0) if v.is_floating_point() else v for k, v in model.items()}
 
 
