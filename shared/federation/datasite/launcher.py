@@ -434,6 +434,7 @@ def _configure(
     caps: dict[str, Any],
     orchestrator: tuple[str, str] | None,
     mock_seed: int,
+    settings_channels: int = 0,
 ) -> None:
     import syft as sy
     from syft.service.user.user_roles import ServiceRole
@@ -452,7 +453,7 @@ def _configure(
                 ),
                 "create orchestrator account",
             )
-        mock_X, mock_y = make_mock(X, y, seed=mock_seed)
+        mock_X, mock_y = make_mock(X, y, seed=mock_seed, settings_channels=settings_channels)
         dataset = sy.Dataset(
             name=DATASET_NAME,
             description=f"Private sensor windows of factory {handle.datasite_id} (RUL labels).",
@@ -552,7 +553,7 @@ def launch_datasite(
                 {**model_caps, **regime_caps, **dict(capabilities or {})},
             )
             asset = X if settings is None else np.concatenate([X, settings], axis=2)
-            _configure(handle, asset, y, caps, orchestrator, mock_seed)
+            _configure(handle, asset, y, caps, orchestrator, mock_seed, len(decimals))
         except Exception as exc:
             handle.stop()
             if isinstance(exc, DatasiteError | ConfigError):

@@ -57,10 +57,19 @@ def check_partition(partition: Any) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def make_mock(X: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic stand-ins with the same shapes and dtypes and no real row or label."""
+def make_mock(
+    X: np.ndarray, y: np.ndarray, seed: int = 0, settings_channels: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic stand-ins with the same shapes and dtypes and no real row or label.
+
+    The last ``settings_channels`` channels of X (the operating settings) are zero in the mock:
+    one stand-in regime. PySyft runs every approved job on the mock as well as on the data, and
+    random settings would make each mock row a regime of its own.
+    """
     rng = np.random.default_rng(seed)
     mock_X = rng.standard_normal(X.shape).astype(np.float32)
+    if settings_channels:
+        mock_X[..., -settings_channels:] = 0.0
     lo, hi = float(y.min()), float(y.max())
     mock_y = rng.uniform(lo, hi if hi > lo else lo + 1.0, size=y.shape).astype(np.float32)
     return mock_X, mock_y

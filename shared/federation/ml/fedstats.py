@@ -109,8 +109,10 @@ class SensorStats:
             return out
         uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
-        for r, key in enumerate(uniq):
-            rows = x[inverse == r]
+        order = np.argsort(inverse, kind="stable")  # each regime's rows together, one sort
+        counts = np.bincount(inverse, minlength=len(uniq))
+        for key, end, count in zip(uniq, np.cumsum(counts), counts, strict=True):
+            rows = x[order[end - count : end]]
             sums, squares = zip(*(_exact_sums(rows[:, j]) for j in range(x.shape[1])), strict=True)
             out.regimes[tuple(float(v) for v in key)] = (
                 int(rows.shape[0]),

@@ -44,6 +44,23 @@ def test_when_a_mock_is_made__shapes_match_and_no_real_row_or_label_appears():
     assert y.min() <= my.min() and my.max() <= y.max()
 
 
+def test_when_a_mock_is_made_of_windows_with_settings__they_are_one_stand_in_regime():
+    """PySyft runs every approved job on the mock too: random settings would be thousands of
+    regimes, and the round-0 statistics job on them took a minute per datasite."""
+    from federation.ml.data import regime_ids
+
+    X, y = check_partition(_part())
+    settings = np.stack([np.full(X.shape[:2], v, np.float32) for v in (35.0, 0.84, 60.0)], axis=2)
+    asset = np.concatenate([X, settings], axis=2)
+    mX, my = make_mock(asset, y, seed=1, settings_channels=3)
+    assert mX.shape == asset.shape and mX.dtype == np.float32
+    mock_settings = mX[..., -3:].reshape(-1, 3)
+    assert len(np.unique(regime_ids(mock_settings, (0, 2, 0)), axis=0)) == 1
+    assert not np.isin(mock_settings, settings).any()
+    sensors = mX[..., :-3]
+    assert sensors.std() > 0.5 and not any(np.array_equal(a, b) for a in sensors for b in X)
+
+
 def test_when_a_partition_keeps_settings__they_are_checked_and_split_off_the_features_asset(
     monkeypatch,
 ):

@@ -157,3 +157,14 @@ def test_window_statistics_per_regime_equal_the_row_statistics_and_z_score_each_
     assert list(pooled.regimes) == [(0.0,)] and pooled.decimals == []
     np.testing.assert_allclose(pooled.normalizer().transform_windows(X, S),
                                pooled.normalizer().transform_windows(X))  # fmt: skip
+
+
+def test_statistics_of_many_interleaved_regimes_equal_each_regime_s_own():
+    rng = np.random.default_rng(7)
+    rows = _rows(5, 3000)
+    settings = rng.integers(0, 300, size=(3000, 1)).astype(np.float32)  # ~300 regimes, mixed
+    stats = SensorStats.of_rows(rows, COLUMNS, settings, (0,))
+    assert len(stats.regimes) == len(np.unique(settings))
+    for value in np.unique(settings)[::37]:
+        (own,) = SensorStats.of_rows(rows[settings[:, 0] == value], COLUMNS).regimes.values()
+        assert stats.regimes[(float(value),)] == own
