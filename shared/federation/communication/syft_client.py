@@ -166,11 +166,9 @@ class PySyftCommunicationManager:
         return False if session is None else self._connect(session)
 
     def _login(self, session: _Session) -> Any:
-        import syft as sy
+        from federation.communication.syft_login import login
 
-        return sy.login(
-            url=session.url, email=session.email, password=session.password, cache=False
-        )
+        return login(session.url, session.email, session.password)
 
     def _connect(self, session: _Session) -> bool:
         # The first `import syft` of a process takes from seconds to a minute on a busy machine

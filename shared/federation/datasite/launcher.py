@@ -130,9 +130,9 @@ def _class_path(policy_type: Any) -> str:
 
 
 def _login(url: str, email: str, password: str) -> Any:
-    import syft as sy
+    from federation.communication.syft_login import login
 
-    return sy.login(url=url, email=email, password=password, cache=False)
+    return login(url, email, password)
 
 
 class _ApprovalWatcher(threading.Thread):

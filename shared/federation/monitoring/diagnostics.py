@@ -99,11 +99,11 @@ def _default_login(url: str, email: str, password: str) -> Any:
     import contextlib
     import io
 
-    import syft as sy
+    from federation.communication.syft_login import login
 
     # sy.login prints banners to stdout, which would corrupt `pdmfed diagnose --json`.
     with contextlib.redirect_stdout(io.StringIO()):
-        return sy.login(url=_base_url(url), email=email, password=password)
+        return login(_base_url(url), email, password)
 
 
 def diagnose_connection_failures(
