@@ -77,6 +77,18 @@ def _call_with_timeout(fn: Callable[[], Any], timeout_s: float, what: str) -> An
     return box["value"]
 
 
+def _inputs_at(client: Any, inputs: Mapping[str, Any]) -> dict[Any, dict[str, Any]]:
+    """A code request's inputs keyed as PySyft's input policy keys them, on the session's own
+    datasite. PySyft's lookup (``partition_by_server``) would ask every datasite this process
+    ever logged into, one HTTP call per input each, in turn: one gone dark would stall every
+    other datasite's requests."""
+    from syft.client.api import ServerIdentity
+    from syft.service.dataset.dataset import Asset
+
+    ids = {name: v.action_id if isinstance(v, Asset) else v.id for name, v in inputs.items()}
+    return {ServerIdentity.from_api(client.api): ids}
+
+
 def _syft_ok(result: Any, what: str) -> Any:
     from syft.service.response import SyftError
 
@@ -432,7 +444,7 @@ class PySyftCommunicationManager:
 
         def run() -> Any:
             submit = sy.syft_function(
-                input_policy=ExactMatch(**inputs),
+                input_policy=ExactMatch(init_kwargs=_inputs_at(session.client, inputs)),
                 output_policy=SingleExecutionExactOutput(),
                 name=name,
             )(job)

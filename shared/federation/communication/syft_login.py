@@ -15,9 +15,10 @@ class GuardedRegistry(OrderedDict):
     """PySyft 0.9's process-wide API registry with writes under one lock and iteration over a
     snapshot taken under it.
 
-    Every login (and every ``client.refresh()``) writes the registry while building a code
-    request (``ExactMatch``) iterates it: a connector serving several datasites from threads
-    saw ``RuntimeError: OrderedDict mutated during iteration`` fail a datasite's round.
+    Every login (and every ``client.refresh()``) writes the registry while PySyft's lookups
+    iterate it (``ExactMatch`` built from bare inputs did): a connector serving several
+    datasites from threads saw ``RuntimeError: OrderedDict mutated during iteration`` fail a
+    datasite's round.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -106,6 +108,40 @@ def test_when_training_on_two_datasites__results_equal_local_training_on_the_sam
             "factory_key_id": result["factory_key_id"],
         }
         verify_update_signature(payload, trust)
+
+
+def test_when_a_datasite_this_process_knew_goes_dark__requests_to_the_others_never_ask_it(
+    manager, two_sites
+):
+    """PySyft's own input lookup asks every datasite the process ever logged into, in turn,
+    whether it holds each input: one whose packets are dropped stalled every other factory's
+    code requests until they timed out."""
+    from syft.client.api import APIRegistry
+    from syft.service.user.user import SyftSigningKey
+    from syft.types.uid import UID
+
+    asked = []
+
+    def exists(uid):
+        asked.append(uid)
+        time.sleep(60)  # no answer: the datasite's host dropped off the network
+        return False
+
+    dark = SimpleNamespace(services=SimpleNamespace(action=SimpleNamespace(exists=exists)))
+    key = (UID(), SyftSigningKey.generate().verify_key)
+    APIRegistry.set_api_for(*key, api=dark)
+    registry = APIRegistry.__dict__["__api_registry__"]
+    registry.move_to_end(key, last=False)  # logged into before the live ones
+    try:
+        ds = "chemical_houston_reactor"
+        assert manager.send_model(tiny_global_model(), ds) is True
+        result = manager.request_training(CONFIG, ds)
+        stats = manager.request_stats({"campaign_id": "dark-neighbour"}, ds)
+    finally:
+        del registry[key]
+    assert "error" not in result, result.get("error")
+    assert "error" not in stats, stats.get("error")
+    assert asked == []
 
 
 def test_when_a_signed_update_is_altered__verification_fails(manager, two_sites):
