@@ -200,7 +200,6 @@ async def orchestrate(
     sealer = make_sealer(settings, "orchestrator")
     client = CampaignClient(
         bus,
-        sealer,
         SecureEndpoint(
             bus,
             sealer,

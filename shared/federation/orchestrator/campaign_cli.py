@@ -78,7 +78,7 @@ async def run_campaign(
     await bus.start()
     try:
         endpoint = orchestrator_endpoint(settings, bus, sealer, Metrics("orchestrator"), roles)
-        client = CampaignClient(bus, sealer, endpoint)
+        client = CampaignClient(bus, endpoint)
         if console is not None:
             client.on_event = console
         await client.listen()

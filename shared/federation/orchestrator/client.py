@@ -53,9 +53,8 @@ class CampaignRecord:
 class CampaignClient:
     """Starts a campaign on a bus and collects its events (sealed like every other message)."""
 
-    def __init__(self, bus: Any, sealer: Any, endpoint: Any) -> None:
+    def __init__(self, bus: Any, endpoint: Any) -> None:
         self.bus = bus
-        self.sealer = sealer
         self.endpoint = endpoint
         self.records: dict[str, CampaignRecord] = {}
         self._done: dict[str, asyncio.Event] = {}

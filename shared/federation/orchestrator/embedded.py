@@ -107,7 +107,7 @@ class EmbeddedFederation:
             Metrics("orchestrator", self.registry),
             self.roles,
         )
-        self.client = CampaignClient(self._client_bus, sealer, endpoint)
+        self.client = CampaignClient(self._client_bus, endpoint)
         await self.client.listen()
 
     def _sender_roles(self, kd: Path | None) -> SenderRoles:

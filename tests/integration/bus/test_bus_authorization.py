@@ -111,7 +111,7 @@ class Plane:
                 consumer.handled.append(bytes(env.msg_id))
 
             if role is Role.ORCHESTRATOR:
-                client = CampaignClient(self.bus, consumer.sealer, endpoint)
+                client = CampaignClient(self.bus, endpoint)
                 client.on_event = lambda kind, p, rec, c=consumer: c.handled.append(kind.encode())
                 await client.listen()
             else:

@@ -283,7 +283,6 @@ async def test_services_run_a_campaign_with_only_their_own_permissions_and_decla
         sealer = make_sealer(settings("orchestrator"), "orchestrator")
         client = CampaignClient(
             client_bus,
-            sealer,
             SecureEndpoint(
                 client_bus,
                 sealer,

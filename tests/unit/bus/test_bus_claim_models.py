@@ -66,7 +66,7 @@ class _Plane:
         endpoint = orchestrator_endpoint(
             settings, InMemoryBus(), inn, Metrics("orchestrator", self.registry), ROLES
         )
-        self.client = CampaignClient(None, inn, endpoint)
+        self.client = CampaignClient(None, endpoint)
 
     def emit(self, message: RoundCompleted | RoundOpen) -> dict:
         with self.store.transaction() as tx:

@@ -236,7 +236,7 @@ def _run_after_round_0(tmp_path, released):
     from federation.wire import codec
     from federation.wire.messages import RoundCompleted, RoundMetrics, RoundOpen, parse_payload
 
-    client = CampaignClient(bus=None, sealer=None, endpoint=None)
+    client = CampaignClient(bus=None, endpoint=None)
     state = build_model("cnn", 2, 3).state_dict()
     norm = {"columns": ["temp", "vib"], "mean": [500.0, 0.5], "std": [2.0, 0.1]}
     for msg in (RoundOpen("c", 1, 0, ["f1"], 1.0, dict(state), norm, released),
