@@ -71,7 +71,7 @@ def put_round(tx: Transaction, cid: str, record: dict) -> None:
 def get_model(tx: Transaction, cid: str) -> dict[str, Any]:
     """The current global model {version, state_dict}."""
     record = tx.get(f"model/{cid}")
-    if record is not None and "global_model" in record:  # as stored ({version, state_dict}: older)
+    if record is not None and "global_model" in record:  # else the older {version, state_dict}
         record = {"version": record["version"], "state_dict": record["global_model"]}
     return record
 

@@ -79,9 +79,10 @@ def _call_with_timeout(fn: Callable[[], Any], timeout_s: float, what: str) -> An
 
 def _inputs_at(client: Any, inputs: Mapping[str, Any]) -> dict[Any, dict[str, Any]]:
     """A code request's inputs keyed as PySyft's input policy keys them, on the session's own
-    datasite. PySyft's lookup (``partition_by_server``) would ask every datasite this process
-    ever logged into, one HTTP call per input each, in turn: one gone dark would stall every
-    other datasite's requests."""
+    datasite. PySyft's lookup (``partition_by_server``) would iterate its process-wide API
+    registry, asking every datasite this process ever logged into, one HTTP call per input
+    each: one gone dark stalled every other datasite's requests, and a login in another thread
+    meanwhile failed the request (``OrderedDict mutated during iteration``)."""
     from syft.client.api import ServerIdentity
     from syft.service.dataset.dataset import Asset
 
@@ -178,9 +179,11 @@ class PySyftCommunicationManager:
         return False if session is None else self._connect(session)
 
     def _login(self, session: _Session) -> Any:
-        from federation.communication.syft_login import login
+        import syft as sy
 
-        return login(session.url, session.email, session.password)
+        return sy.login(
+            url=session.url, email=session.email, password=session.password, cache=False
+        )
 
     def _connect(self, session: _Session) -> bool:
         # The first `import syft` of a process takes from seconds to a minute on a busy machine

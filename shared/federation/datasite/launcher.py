@@ -130,9 +130,9 @@ def _class_path(policy_type: Any) -> str:
 
 
 def _login(url: str, email: str, password: str) -> Any:
-    from federation.communication.syft_login import login
+    import syft as sy
 
-    return login(url, email, password)
+    return sy.login(url=url, email=email, password=password, cache=False)
 
 
 class _ApprovalWatcher(threading.Thread):

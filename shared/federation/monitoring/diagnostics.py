@@ -99,11 +99,11 @@ def _default_login(url: str, email: str, password: str) -> Any:
     import contextlib
     import io
 
-    from federation.communication.syft_login import login
+    import syft as sy
 
     # sy.login prints banners to stdout, which would corrupt `pdmfed diagnose --json`.
     with contextlib.redirect_stdout(io.StringIO()):
-        return login(_base_url(url), email, password)
+        return sy.login(url=_base_url(url), email=email, password=password)
 
 
 def diagnose_connection_failures(

@@ -113,9 +113,10 @@ def test_when_training_on_two_datasites__results_equal_local_training_on_the_sam
 def test_when_a_datasite_this_process_knew_goes_dark__requests_to_the_others_never_ask_it(
     manager, two_sites
 ):
-    """PySyft's own input lookup asks every datasite the process ever logged into, in turn,
-    whether it holds each input: one whose packets are dropped stalled every other factory's
-    code requests until they timed out."""
+    """PySyft's own input lookup iterates its process-wide registry, asking every datasite the
+    process ever logged into whether it holds each input: one whose packets are dropped stalled
+    every other factory's code requests until they timed out (and a parallel login raced the
+    iteration). Never asked means the registry is not iterated at all."""
     from syft.client.api import APIRegistry
     from syft.service.user.user import SyftSigningKey
     from syft.types.uid import UID
